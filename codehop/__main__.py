@@ -1,0 +1,5 @@
+import sys
+
+from codehop.cli import main
+
+sys.exit(main())

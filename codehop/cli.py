@@ -1,0 +1,59 @@
+"""`codehop` command line: one entry point, subcommands discovered from codehop/commands/.
+
+Each module in codehop/commands/ defines `register(subparsers)` which adds its subcommand(s)
+and sets `func` on the parser: `func(args) -> int` (the exit code). Errors from our hierarchy
+become one line on stderr and that error's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+from index.errors import CodehopError
+
+import codehop.commands
+
+
+def _configure_threads() -> None:
+    # On small machines a spinning OpenMP pool slows torch 10-30x; wait passively.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codehop", description="Self-hosted RAG and code-assistant backend."
+    )
+    parser.add_argument("--config", help="TOML settings file (default: ./codehop.toml if present)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(codehop.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"codehop.commands.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _configure_threads()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CodehopError as error:
+        print(f"codehop: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("codehop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The one exception hierarchy of codehop.
+
+Every layer raises these; the faces map them once: to one line and an exit code in the CLI,
+to HTTP status codes in rest.py, to JSON-RPC errors in lsp.py. Messages say how to fix it.
+"""
+
+
+class CodehopError(Exception):
+    """Base of every error a user may see. The message is one line that names the problem."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class InvalidInputError(CodehopError):
+    """The caller gave something unusable: empty query, bad parameter, malformed record."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class NotFoundError(CodehopError):
+    """A named thing (path, collection, document, model) does not exist."""
+
+    exit_code = 3
+    http_status = 404
+
+
+class CorruptIndexError(CodehopError):
+    """An on-disk index or store is unreadable, truncated, or of an unknown format version."""
+
+    exit_code = 4
+    http_status = 500
+
+
+class ModelNotFoundError(NotFoundError):
+    """A model name resolved to no local path, no installed package and no reachable hub."""
+
+
+class MissingDependencyError(CodehopError):
+    """An optional stack (vllm, ray, llama.cpp, faiss-gpu) is needed but not installed."""
+
+    exit_code = 5
+    http_status = 501
+
+
+class ConflictError(CodehopError):
+    """The request conflicts with current state (e.g. a collection that already exists)."""
+
+    exit_code = 6
+    http_status = 409

