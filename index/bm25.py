@@ -36,7 +36,9 @@ class BM25Config:
     b: float = 0.75
     idf: str = "okapi"  # "okapi" (rank-bm25 parity) or "lucene"
     epsilon: float = 0.25  # Okapi only: floor for negative idf, as a fraction of mean idf
-    backend: str = "numpy"  # "numpy" or "numba" (faster queries when numba is installed)
+    # "numba" makes queries ~3x faster once compiled, but compiling costs seconds per process:
+    # right for servers and benches, wrong for one-shot CLI searches.
+    backend: str = "numpy"
 
     def __post_init__(self) -> None:
         if self.idf not in ("okapi", "lucene"):
@@ -156,6 +158,8 @@ class BM25Index:
             if meta["n"]:
                 index._engine = bm25s.BM25.load(str(directory / "engine"))
                 index._engine.backend = index.config.backend
+                if index.config.backend == "numba":
+                    index._engine.activate_numba_scorer()
         except CorruptIndexError:
             raise
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
