@@ -1,0 +1,445 @@
+"""Repository-level code completion (METHODS.md, "Repository-level completion").
+
+`RepoCompleter.complete(path, line, col)`:
+1. query = the last ~20 non-empty lines before the cursor;
+2. context = BM25 top-50 over the pool (syntax chunks, blocks, abstracts) -> dense re-rank top-5,
+   + the definitions of symbols imported or called near the cursor, + the abstracts of imported
+   files; chunks of the file being completed are never candidates (no leakage);
+3. a token-budgeted prompt: cross-file context, the file path, the left context, and the right
+   context when the generator has a fill-in-the-middle format (else a plain prefix prompt);
+4. greedy generation with stop rules, then truncation to one line or one statement.
+
+Every stage is timed; `Completion.timings` holds seconds per stage.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import tokenize as pytokenize
+from dataclasses import dataclass, field
+from typing import Any
+
+from code_tools.languages import language_for_path, outline
+from code_tools.repo import RepoIndex
+from index.errors import InvalidInputError, NotFoundError
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    """Settings of one completer.
+
+    Args:
+        use_context: False = "no context" (no cross-file retrieval at all).
+        query_lines: non-empty lines before the cursor that form the retrieval query.
+        bm25_candidates / rerank_top: BM25 pool size and how many chunks survive re-ranking.
+        dense_rerank: False keeps the BM25 order (the "BM25 only" variant).
+        max_definitions / max_abstracts: caps on symbol definitions and import abstracts.
+        near_lines: lines before the cursor whose calls/imported names count as "near".
+        context_tokens / left_tokens / right_tokens: prompt budgets.
+        max_new_tokens: generation budget.
+        truncate: "statement" or "line".
+        fim: use fill-in-the-middle when the generator supports it.
+        reuse_kv_cache: reuse the previous prompt's KV cache through PIE (TransformersGenerator).
+    """
+
+    use_context: bool = True
+    query_lines: int = 20
+    bm25_candidates: int = 50
+    rerank_top: int = 5
+    dense_rerank: bool = True
+    max_definitions: int = 4
+    max_abstracts: int = 2
+    near_lines: int = 10
+    context_tokens: int = 1024
+    left_tokens: int = 1024
+    right_tokens: int = 256
+    max_new_tokens: int = 48
+    truncate: str = "statement"
+    fim: bool = True
+    reuse_kv_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if self.truncate not in ("statement", "line"):
+            raise InvalidInputError(f"truncate must be 'statement' or 'line', not {self.truncate!r}")
+        if min(self.context_tokens, self.left_tokens, self.right_tokens) < 0:
+            raise InvalidInputError("token budgets must be >= 0")
+
+
+@dataclass
+class ContextItem:
+    """One piece of cross-file context in the prompt."""
+
+    source: str  # "retrieved", "definition" or "abstract"
+    path: str
+    start_line: int
+    end_line: int
+    score: float
+    text: str
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Completion:
+    """A completion: truncated `text`, the raw generation, the prompt and per-stage timings."""
+
+    text: str
+    prompt_tokens: int
+    context: list[ContextItem]
+    timings: dict[str, float]
+    raw_text: str = ""
+    prompt: str = ""
+    fim: bool = False
+    kv_reuse: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text, "raw_text": self.raw_text, "prompt_tokens": self.prompt_tokens,
+            "fim": self.fim, "timings": self.timings, "kv_reuse": self.kv_reuse,
+            "context": [item.to_dict() for item in self.context],
+        }
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def _balanced_python(snippet: str) -> bool:
+    """True when Python's own tokenizer sees no open bracket or unterminated string."""
+    try:
+        for _ in pytokenize.generate_tokens(io.StringIO(snippet + "\n").readline):
+            pass
+    except (pytokenize.TokenError, IndentationError, SyntaxError):
+        return False
+    return True
+
+
+def _balanced_generic(snippet: str) -> bool:
+    """Bracket/quote balance for C-like languages (// and /* */ comments skipped)."""
+    depth, quote, i = 0, None, 0
+    while i < len(snippet):
+        ch = snippet[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif snippet.startswith("//", i):
+            newline = snippet.find("\n", i)
+            i = len(snippet) if newline < 0 else newline
+            continue
+        elif snippet.startswith("/*", i):
+            end = snippet.find("*/", i + 2)
+            if end < 0:
+                return False
+            i = end + 2
+            continue
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        i += 1
+    return depth <= 0 and quote is None
+
+
+def truncate_completion(generated: str, line_prefix: str, mode: str = "statement",
+                        language: str = "python") -> str:
+    """Cut a generation to the rest of the current line or of the current statement.
+
+    `line_prefix` is the text between the last newline and the cursor. In statement mode the
+    cut is the first line end where the statement (line_prefix + text) is balanced: Python's
+    tokenizer for Python, a bracket/quote scanner elsewhere. Example:
+    ``truncate_completion("foo(a,\\n    b)\\nx = 1", "y = ")`` -> ``"foo(a,\\n    b)"``.
+    """
+    if mode == "line" or "\n" not in generated:
+        return generated.split("\n", 1)[0].rstrip()
+    lines = generated.split("\n")
+    balanced = _balanced_python if language == "python" else _balanced_generic
+    for n in range(1, len(lines) + 1):
+        snippet = "\n".join(lines[:n])
+        if not snippet.strip():
+            continue
+        if balanced(line_prefix + snippet):
+            return snippet.rstrip()
+    return lines[0].rstrip()  # never balanced within the budget: keep the first line
+
+
+# ---------------------------------------------------------------- the completer
+
+
+def _tail_lines(text: str, n: int) -> str:
+    lines = [line for line in text.split("\n") if line.strip()]
+    return "\n".join(lines[-n:])
+
+
+def _overlaps(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
+    if a[0] != b[0]:
+        return False
+    inter = min(a[2], b[2]) - max(a[1], b[1]) + 1
+    return inter > 0 and inter >= 0.5 * min(a[2] - a[1] + 1, b[2] - b[1] + 1)
+
+
+class RepoCompleter:
+    """Completes code at a cursor with context assembled from a RepoIndex.
+
+    Args:
+        repo: the indexed repository.
+        generator: a rag.llm Generator (None: assemble context and prompt only).
+        config: CompletionConfig.
+    """
+
+    def __init__(self, repo: RepoIndex, generator=None, config: CompletionConfig = CompletionConfig()):
+        self.repo = repo
+        self.generator = generator
+        self.config = config
+        self._pie = None
+
+    # ---- token counting
+
+    def count_tokens(self, text: str) -> int:
+        if self.generator is not None:
+            return int(self.generator.count_tokens(text))
+        return max(1, len(text) // 4) if text else 0  # no tokenizer: ~4 chars per token
+
+    def _fit_tail(self, text: str, budget: int) -> str:
+        """The longest suffix of whole lines within `budget` tokens (the left context)."""
+        return self._fit(text, budget, tail=True)
+
+    def _fit(self, text: str, budget: int, tail: bool) -> str:
+        if budget <= 0 or not text:
+            return ""
+        tokens = self.count_tokens(text)
+        while tokens > budget:
+            # Cut proportionally at a line boundary, then re-check (usually one pass).
+            keep = max(1, int(len(text) * budget / tokens * 0.95))
+            if tail:
+                cut = text[-keep:]
+                newline = cut.find("\n")
+                text = cut[newline + 1:] if 0 <= newline < len(cut) - 1 else cut
+            else:
+                cut = text[:keep]
+                newline = cut.rfind("\n")
+                text = cut[:newline] if newline > 0 else cut
+            tokens = self.count_tokens(text)
+        return text
+
+    # ---- context assembly
+
+    def assemble_context(self, path: str, prefix: str) -> tuple[list[ContextItem], dict[str, float]]:
+        """Cross-file context for a cursor in `path` after `prefix`, within the context budget."""
+        timings: dict[str, float] = {}
+        if not self.config.use_context:
+            return [], timings
+        cfg = self.config
+        started = time.perf_counter()
+        query = _tail_lines(prefix, cfg.query_lines)
+        hits = self.repo.search_bm25(query, cfg.bm25_candidates, exclude_paths=(path,))
+        timings["bm25"] = time.perf_counter() - started
+
+        t = time.perf_counter()
+        if cfg.dense_rerank and len(hits):
+            ranked = self.repo.rerank(query, hits.ids, len(hits))
+        else:
+            ranked = hits
+        timings["rerank"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        retrieved: list[ContextItem] = []
+        spans: list[tuple[str, int, int]] = []
+        for chunk_id, score in zip(ranked.ids, ranked.scores):
+            chunk = self.repo.chunk(int(chunk_id))
+            span = (chunk.path, chunk.start_line, chunk.end_line)
+            if chunk.kind != "abstract" and any(_overlaps(span, s) for s in spans):
+                continue  # a block and a syntax chunk of the same lines: keep the better one
+            spans.append(span)
+            retrieved.append(ContextItem("retrieved", chunk.path, chunk.start_line, chunk.end_line,
+                                         float(score), chunk.text))
+            if len(retrieved) >= cfg.rerank_top:
+                break
+
+        definitions, abstracts = self._symbol_context(path, prefix, spans)
+        timings["symbols"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        items = self._budget(definitions + retrieved + abstracts, cfg.context_tokens)
+        timings["budget"] = time.perf_counter() - t
+        timings["context"] = time.perf_counter() - started
+        return items, timings
+
+    def _symbol_context(self, path: str, prefix: str, spans: list) -> tuple[list, list]:
+        """Definitions of symbols imported or called near the cursor + imported files' abstracts."""
+        cfg = self.config
+        parsed = outline(path, prefix)
+        if parsed is None:
+            return [], []
+        cursor_line = prefix.count("\n") + 1
+        near = cursor_line - cfg.near_lines
+        names: list[str] = [name for name, line in reversed(parsed.calls) if line >= near]
+        imported = {n for imp in parsed.imports for n in imp.names}
+        recent = prefix.split("\n")[-cfg.near_lines:]
+        names += [n for n in imported if any(n in line for line in recent)]
+        targets = self.repo.resolve_imports(path, parsed.imports)
+        defined_here = {s.name for s in parsed.symbols}
+
+        definitions: list[ContextItem] = []
+        seen: set[int] = set()
+        for name in dict.fromkeys(names):
+            if name in defined_here and name not in imported:
+                continue
+            options = [d for d in self.repo.definition(name) if d.path != path and d.chunk_id is not None]
+            # Prefer a definition in a file this file imports, then the shortest path.
+            options.sort(key=lambda d: (d.path not in targets, len(d.path), d.path))
+            for d in options[:1]:
+                if d.chunk_id in seen:
+                    continue
+                seen.add(d.chunk_id)
+                chunk = self.repo.chunk(d.chunk_id)
+                span = (chunk.path, chunk.start_line, chunk.end_line)
+                if any(_overlaps(span, s) for s in spans):
+                    continue
+                spans.append(span)
+                definitions.append(ContextItem("definition", chunk.path, chunk.start_line,
+                                               chunk.end_line, 1.0, chunk.text))
+            if len(definitions) >= cfg.max_definitions:
+                break
+
+        abstracts: list[ContextItem] = []
+        for target in targets:
+            if target == path or len(abstracts) >= cfg.max_abstracts:
+                continue
+            chunk = self.repo.abstract(target)
+            if chunk is not None:
+                abstracts.append(ContextItem("abstract", chunk.path, chunk.start_line,
+                                             chunk.end_line, 0.0, chunk.text))
+        return definitions, abstracts
+
+    def _budget(self, items: list[ContextItem], budget: int) -> list[ContextItem]:
+        """Greedy fill in priority order; an item that does not fit is cut at a line end."""
+        kept: list[ContextItem] = []
+        left = budget
+        for item in items:
+            if left < 32:
+                break
+            tokens = self.count_tokens(item.text) + 1
+            if tokens > left:
+                item.text = self._fit(item.text, left - 1, tail=False)
+                tokens = self.count_tokens(item.text) + 1
+                if not item.text.strip() or tokens > left:
+                    continue
+            item.tokens = tokens
+            kept.append(item)
+            left -= tokens
+        return kept
+
+    # ---- prompt and generation
+
+    def build_prompt(self, path: str, prefix: str, suffix: str,
+                     items: list[ContextItem]) -> tuple[str, bool]:
+        """Cross-file context + path + left context (+ right context in FIM form)."""
+        spec = language_for_path(path)
+        comment = spec.comment if spec else "#"
+        context = "\n\n".join(item.text for item in items)
+        left = self._fit_tail(prefix, self.config.left_tokens)
+        head = (context + "\n\n" if context else "") + f"{comment} {path}\n"
+        if self.config.fim and suffix.strip() and self.generator is not None:
+            right = self._fit(suffix, self.config.right_tokens, tail=False)
+            fim = self.generator.fim_prompt(head + left, right)
+            if fim is not None:
+                return fim, True
+        return head + left, False
+
+    def _split(self, path: str, line: int | None, col: int | None) -> tuple[str, str]:
+        full = self.repo.root / path
+        try:
+            text = full.read_text(encoding="utf-8", errors="replace")
+        except OSError as error:
+            raise NotFoundError(f"cannot read {full}: {error}") from error
+        lines = text.split("\n")
+        if line is None:
+            return text, ""
+        if not 1 <= line <= len(lines):
+            raise InvalidInputError(f"--line {line} is outside {path} (1..{len(lines)})")
+        col = 1 if col is None else col
+        if not 1 <= col <= len(lines[line - 1]) + 1:
+            raise InvalidInputError(
+                f"--col {col} is outside line {line} of {path} (1..{len(lines[line - 1]) + 1})"
+            )
+        offset = sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+        return text[:offset], text[offset:]
+
+    def complete(self, path: str, line: int | None = None, col: int | None = None,
+                 prefix: str | None = None, suffix: str | None = None) -> Completion:
+        """Complete at (line, col) (1-based) of `path`, or after an explicit prefix/suffix.
+
+        Args:
+            path: file path (relative to the repository root, or absolute inside it).
+            line, col: cursor position; used when `prefix` is None.
+            prefix, suffix: the text before/after the cursor (e.g. an unsaved editor buffer).
+        Returns:
+            Completion with the truncated text, prompt size, context and timings.
+        """
+        started = time.perf_counter()
+        path = self.repo.relative(path)
+        if prefix is None:
+            prefix, file_suffix = self._split(path, line, col)
+            suffix = file_suffix if suffix is None else suffix
+        suffix = suffix or ""
+        items, timings = self.assemble_context(path, prefix)
+        t = time.perf_counter()
+        prompt, fim = self.build_prompt(path, prefix, suffix, items)
+        timings["prompt"] = time.perf_counter() - t
+        result = Completion(text="", prompt_tokens=self.count_tokens(prompt), context=items,
+                            timings=timings, prompt=prompt, fim=fim)
+        if self.generator is not None:
+            t = time.perf_counter()
+            raw = self._generate(prompt, result)
+            timings["generate"] = time.perf_counter() - t
+            line_prefix = prefix.rsplit("\n", 1)[-1]
+            spec = language_for_path(path)
+            result.raw_text = raw
+            result.text = truncate_completion(raw, line_prefix, self.config.truncate,
+                                              spec.name if spec else "python")
+        timings["total"] = time.perf_counter() - started
+        return result
+
+    def _stop(self) -> tuple[str, ...]:
+        return ("\n",) if self.config.truncate == "line" else ("\n\n\n", "\ndef ", "\nclass ")
+
+    def _generate(self, prompt: str, result: Completion) -> str:
+        from rag.llm import GenerationConfig  # rag is a sibling behaviour package
+
+        config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
+                                  stop=self._stop())
+        if self.config.reuse_kv_cache and hasattr(self.generator, "model"):
+            text = self._generate_pie(prompt, result)
+            if text is not None:
+                return text
+        return self.generator.complete(prompt, config).text
+
+    def _generate_pie(self, prompt: str, result: Completion) -> str | None:
+        """Greedy decoding from a KV cache corrected by PIE for the edit since the last prompt."""
+        try:
+            from code_tools.pie import PieCache
+        except ImportError:
+            result.kv_reuse = {"used": False, "reason": "code_tools.pie is not available"}
+            return None
+        tokenizer = self.generator.tokenizer
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if self._pie is None:
+            self._pie = PieCache(self.generator.model, tokenizer)
+            self._pie.prefill(ids)
+            stats = None
+        else:
+            stats = self._pie.sync(ids)
+        eos = tuple(i for i in [tokenizer.eos_token_id] if i is not None)
+        new_ids = self._pie.generate(self.config.max_new_tokens, stop_token_ids=eos)
+        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        for stop in self._stop():
+            if stop in text:
+                text = text[: text.index(stop)]
+        result.kv_reuse = {"used": True, "stats": getattr(stats, "__dict__", stats)}
+        return text
