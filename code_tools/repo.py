@@ -400,23 +400,29 @@ class _Resolver:
         here = "" if here == "." else here
         found: list[str] = []
         if spec.name == "python":
+            # `from pkg import a, b`: a and b may be submodules; the package itself counts only
+            # when some imported name is not a submodule (then it is defined in pkg/__init__).
             if module.startswith("."):
                 level = len(module) - len(module.lstrip("."))
                 base = here.split("/") if here else []
                 base = base[: len(base) - (level - 1)] if level > 1 else base
                 rest = module.lstrip(".")
                 stem = "/".join(base + (rest.split(".") if rest else []))
-                targets = [stem] + [f"{stem}/{name}" for name in imp.names]
-                for target in targets:
+
+                def lookup(target: str) -> str | None:
                     for candidate in (f"{target}.py", f"{target}/__init__.py"):
                         if candidate.lstrip("/") in self.files:
-                            found.append(candidate.lstrip("/"))
-                            break
+                            return candidate.lstrip("/")
+                    return None
+
+                package = lookup(stem)
+                subs = [lookup(f"{stem}/{name}") for name in imp.names]
             else:
-                for dotted in [module] + [f"{module}.{name}" for name in imp.names]:
-                    hit = self._py(dotted)
-                    if hit:
-                        found.append(hit)
+                package = self._py(module)
+                subs = [self._py(f"{module}.{name}") for name in imp.names]
+            found.extend(sub for sub in subs if sub)
+            if package and (not imp.names or not all(subs)):
+                found.insert(0, package)
         elif spec.name in ("javascript", "typescript", "tsx"):
             if module.startswith("."):
                 stem = os.path.normpath(os.path.join(here, module)).replace(os.sep, "/")
@@ -637,8 +643,13 @@ class RepoIndex:
             if text is None:
                 read = self._read(path)
                 if read is None:
+                    dependants = sorted(self.importers.pop(path, set()))
                     self.remove_file(path)
                     self._resolver.remove(path)
+                    for other in dependants:  # their edges to the deleted file go away
+                        if other in self.files:
+                            self._unlink(other)
+                            self._link(other)
                     return time.perf_counter() - started
                 text, stat = read
             else:
