@@ -248,21 +248,24 @@ class RepoCompleter:
         timings["rerank"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        retrieved: list[ContextItem] = []
+        # Definitions first: a retrieved chunk covering the same lines adds nothing.
         spans: list[tuple[str, int, int]] = []
+        definitions, abstracts = self._symbol_context(path, prefix, spans)
+        timings["symbols"] = time.perf_counter() - t
+        retrieved: list[ContextItem] = []
         for chunk_id, score in zip(ranked.ids, ranked.scores):
             chunk = self.repo.chunk(int(chunk_id))
             span = (chunk.path, chunk.start_line, chunk.end_line)
-            if chunk.kind != "abstract" and any(_overlaps(span, s) for s in spans):
+            if chunk.kind == "abstract":
+                if any(a.path == chunk.path for a in abstracts):
+                    continue
+            elif any(_overlaps(span, s) for s in spans):
                 continue  # a block and a syntax chunk of the same lines: keep the better one
             spans.append(span)
             retrieved.append(ContextItem("retrieved", chunk.path, chunk.start_line, chunk.end_line,
                                          float(score), chunk.text))
             if len(retrieved) >= cfg.rerank_top:
                 break
-
-        definitions, abstracts = self._symbol_context(path, prefix, spans)
-        timings["symbols"] = time.perf_counter() - t
 
         t = time.perf_counter()
         items = self._budget(definitions + retrieved + abstracts, cfg.context_tokens)

@@ -1,0 +1,133 @@
+"""RepoCompleter: no leakage, symbol context, prompt budgets, truncation, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from code_tools.completion import CompletionConfig, RepoCompleter, truncate_completion
+from code_tools.repo import RepoIndex
+from index.errors import InvalidInputError
+
+FILES = {
+    "shop/pricing.py": (
+        "TAX_RATE = 0.2\n\n\n"
+        "def apply_discount(price, percent):\n    \"\"\"Price after a percentage discount.\"\"\"\n"
+        "    return price * (1 - percent / 100)\n\n\n"
+        "def with_tax(price):\n    return price * (1 + TAX_RATE)\n"
+    ),
+    "shop/cart.py": (
+        "from shop.pricing import apply_discount, with_tax\n\n\n"
+        "class Cart:\n    def __init__(self):\n        self.items = []\n\n"
+        "    def add(self, name, price):\n        self.items.append((name, price))\n\n"
+        "    def total(self, percent=0):\n        subtotal = sum(p for _, p in self.items)\n"
+        "        discounted = apply_discount(subtotal, percent)\n        return with_tax(discounted)\n"
+    ),
+    "shop/report.py": (
+        "from shop.cart import Cart\n\n\n"
+        "def summary(cart):\n    zebracorn_marker = len(cart.items)\n    return zebracorn_marker\n"
+    ),
+}
+
+
+@pytest.fixture()
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return RepoIndex.open(root)
+
+
+def _fast(**kwargs) -> CompletionConfig:
+    return CompletionConfig(dense_rerank=False, **kwargs)
+
+
+def test_truncation_to_line_and_statement():
+    assert truncate_completion("x + 1\ny = 2", "a = ", "line") == "x + 1"
+    assert truncate_completion("foo(a,\n    b)\nx = 1", "y = ", "statement") == "foo(a,\n    b)"
+    assert truncate_completion("'''doc\nmore'''\nz", "s = ", "statement") == "'''doc\nmore'''"
+    assert truncate_completion("\n\nreturn x\nfoo", "    ", "statement") == "\n\nreturn x"
+    assert truncate_completion("call(1,\n  2);\nnext();", "", "statement", "c") == "call(1,\n  2);"
+    assert truncate_completion("if x:\n    y()", "", "statement") == "if x:"
+    # never balanced within the budget: the first line only
+    assert truncate_completion("foo(1,\n2,", "", "statement") == "foo(1,"
+
+
+def test_the_current_file_never_retrieves_itself(repo):
+    completer = RepoCompleter(repo, None, _fast())
+    prefix = "def summary(cart):\n    zebracorn_marker = len(cart.items)\n    "
+    items, _ = completer.assemble_context("shop/report.py", prefix)
+    assert items and all(item.path != "shop/report.py" for item in items)
+    # Even when the only BM25 match is the file itself, nothing from it comes back.
+    hits = repo.search_bm25("zebracorn_marker", 10, exclude_paths=("shop/report.py",))
+    assert len(hits) == 0
+    assert len(repo.search_bm25("zebracorn_marker", 10)) > 0
+
+
+def test_context_has_called_definitions_and_imported_abstracts(repo):
+    completer = RepoCompleter(repo, None, _fast())
+    lines = FILES["shop/cart.py"].split("\n")
+    line = next(i for i, text in enumerate(lines, 1) if "discounted = apply_discount" in text)
+    result = completer.complete("shop/cart.py", line=line + 1, col=9)
+    sources = {(item.source, item.path) for item in result.context}
+    assert ("definition", "shop/pricing.py") in sources
+    definition = next(i for i in result.context if i.source == "definition")
+    assert "def apply_discount(price, percent):" in definition.text
+    assert any(i.source == "abstract" and i.path == "shop/pricing.py" for i in result.context) or any(
+        i.path == "shop/pricing.py" and i.source == "retrieved" for i in result.context)
+    assert result.prompt.rstrip().endswith("discounted = apply_discount(subtotal, percent)")
+    assert "# shop/cart.py\n" in result.prompt
+    assert {"bm25", "rerank", "symbols", "context", "total"} <= set(result.timings)
+
+
+def test_no_context_option(repo):
+    result = RepoCompleter(repo, None, _fast(use_context=False)).complete("shop/cart.py", line=4, col=1)
+    assert result.context == []
+    assert result.prompt == "# shop/cart.py\n" + FILES["shop/cart.py"].split("class Cart")[0]
+
+
+def test_prompt_respects_token_budgets(repo):
+    completer = RepoCompleter(repo, None, _fast(context_tokens=60, left_tokens=20))
+    result = completer.complete("shop/cart.py", line=14, col=1)
+    assert sum(item.tokens for item in result.context) <= 60
+    assert all(completer.count_tokens(item.text) + 1 == item.tokens for item in result.context)
+    left = result.prompt.split("# shop/cart.py\n", 1)[1]
+    assert completer.count_tokens(left) <= 20 and left
+    assert FILES["shop/cart.py"].split("\n")[12] in left  # the lines nearest the cursor survive
+    big = RepoCompleter(repo, None, _fast(context_tokens=4000)).complete("shop/cart.py", line=14, col=1)
+    assert len(big.context) > len(result.context)
+
+
+def test_cursor_outside_the_file_is_a_clear_error(repo):
+    completer = RepoCompleter(repo, None, _fast())
+    with pytest.raises(InvalidInputError, match="--line 99"):
+        completer.complete("shop/cart.py", line=99, col=1)
+    with pytest.raises(InvalidInputError, match="--col"):
+        completer.complete("shop/cart.py", line=1, col=500)
+
+
+def test_cli_context_only_json(repo, tmp_path, capsys):
+    from codehop.cli import main
+
+    code = main(["complete", str(repo.root / "shop/cart.py"), "--line", "13", "--col", "9",
+                 "--repo", str(repo.root), "--workspace", str(tmp_path / "ws"),
+                 "--context-only", "--no-rerank", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["context"] and all(c["path"] != "shop/cart.py" for c in payload["context"])
+    assert main(["complete", str(repo.root / "shop/cart.py"), "--line", "0", "--repo",
+                 str(repo.root), "--context-only"]) != 0
+
+
+def test_end_to_end_with_the_tiny_model(repo, request):
+    llm = pytest.importorskip("rag.llm")
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    generator = llm.TransformersGenerator.from_model(model, tokenizer)
+    completer = RepoCompleter(repo, generator, _fast(max_new_tokens=8, truncate="line"))
+    result = completer.complete("shop/cart.py", line=13, col=9)
+    assert "\n" not in result.text
+    assert result.raw_text.startswith(result.text.rstrip()) or result.text == ""
+    assert result.prompt_tokens == generator.count_tokens(result.prompt)
+    assert result.timings["generate"] > 0 and result.context
