@@ -1,0 +1,360 @@
+"""PIE: positional integrity encoding for editing the KV cache of a RoPE transformer.
+
+Reference: "Let the Code LLM Edit Itself When You Edit the Code" (He et al., ICLR 2025), sec. 3.
+With rotary embeddings a cached key at position i is ``R(i) W_k x``. When an edit before it
+shifts the token by ``delta = inserted - deleted``, the key of the edited sequence is
+``R(i + delta) W_k x = R(delta) R(i) W_k x``: one rotation of the cached key, per layer and
+head, fixes its position. Values carry no position and stay as they are. Deleted rows are
+dropped, and only the inserted tokens are encoded, against the corrected cache. The suffix
+rows are *not* recomputed: their content still reflects the old context (the PIE
+approximation); at the first layer, whose keys depend only on token and position, the result
+equals full recomputation up to float error.
+
+Worked example: cached ids ``[a, b, c, d]`` and ``Edit(1, 2, [x, y])`` (replace ``b`` by
+``x y``): row ``a`` is kept, row ``b`` dropped, ``x, y`` are encoded at positions 1, 2
+attending to ``a``, rows ``c, d`` are rotated by ``delta = +1`` to positions 3, 4.
+
+The cache lives as one (keys, values) tensor pair per layer, shaped
+``[batch=1, kv_heads, seq, head_dim]``, and is wrapped in a transformers ``DynamicCache``
+only for a forward pass (whose ``update`` concatenates into new tensors, so ours stay intact).
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from index.errors import InvalidInputError
+
+try:  # torch/transformers are core dependencies, but keep `import code_tools.pie` cheap to fail
+    import torch
+except ImportError:  # pragma: no cover - torch is a hard dependency of the project
+    torch = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace cached tokens ``[start, end)`` by ``new_token_ids`` (positions in the current cache).
+
+    Insert: ``start == end``; delete: empty ``new_token_ids``; replace: both.
+    """
+
+    start: int
+    end: int
+    new_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "new_token_ids", tuple(int(t) for t in self.new_token_ids))
+
+
+@dataclass(frozen=True)
+class PieConfig:
+    """Settings of a PieCache.
+
+    Args:
+        correct_positions: re-rotate suffix keys by the position delta (PIE). False gives the
+            "naive reuse" baseline of the paper: rows kept with their stale positions.
+        recompute_above: when an edit would encode more than this fraction of the new
+            sequence, prefill from scratch instead (same cost, fewer forward passes).
+    """
+
+    correct_positions: bool = True
+    recompute_above: float = 0.5
+
+
+@dataclass
+class EditStats:
+    """What one `apply_edits`/`sync` did and what it cost (not frozen: RepoCompleter reads __dict__).
+
+    ``tokens_encoded`` counts tokens run through the model; a full recomputation would encode
+    ``sequence_length`` tokens, so ``compute_fraction = tokens_encoded / sequence_length``.
+    ``flops`` is an estimate: per encoded token 2 x non-embedding parameters plus the attention
+    score/value products against the context it sees; plus ~3 per re-rotated key element.
+    """
+
+    edits: int = 0
+    inserted: int = 0
+    deleted: int = 0
+    reused: int = 0
+    rerotated: int = 0
+    tokens_encoded: int = 0
+    sequence_length: int = 0
+    flops: float = 0.0
+    full_recompute: bool = False
+    elapsed_s: float = 0.0
+    positions_corrected: bool = True
+
+    @property
+    def compute_fraction(self) -> float:
+        return self.tokens_encoded / self.sequence_length if self.sequence_length else 0.0
+
+
+@dataclass
+class _Costs:
+    """Model sizes for the FLOPs estimate."""
+
+    params: int
+    layers: int
+    kv_width: int  # heads * head_dim of queries (score and value products per context token)
+    key_width: int  # kv_heads * head_dim: one rotation costs ~3 flops per key element
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def flops(self, tokens: int, context_start: int) -> float:
+        # token j (0-based within the chunk) attends to context_start + j + 1 keys
+        attended = tokens * context_start + tokens * (tokens + 1) / 2
+        return 2.0 * self.params * tokens + 4.0 * self.layers * self.kv_width * attended
+
+
+def _find_rotary(model) -> Any:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    rotary = getattr(decoder, "rotary_emb", None)
+    if rotary is None:
+        for module in model.modules():
+            if type(module).__name__.endswith("RotaryEmbedding"):
+                return module
+        raise InvalidInputError(
+            f"{type(model).__name__} has no rotary embedding; PIE needs a RoPE model (Llama family)")
+    return rotary
+
+
+def rotate_keys(keys, deltas, rotary) -> Any:
+    """Move cached RoPE keys by ``deltas`` positions: ``k' = R(delta) k`` (rotate_half convention).
+
+    Args:
+        keys: ``[batch, heads, seq, head_dim]`` keys already rotated to their old positions.
+        deltas: int tensor ``[seq]`` of position shifts (may be negative or zero).
+        rotary: the model's own rotary-embedding module, so rope scaling (linear, llama3, ...)
+            gives the same frequencies the model uses.
+    Returns:
+        The re-rotated keys, same shape and dtype.
+    """
+    if keys.shape[-2] == 0:
+        return keys
+    work = keys.float()
+    cos, sin = rotary(work, deltas.to(keys.device).view(1, -1))
+    # the module folds attention_scaling into cos/sin; R(delta) itself must be a pure rotation
+    scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+    cos, sin = cos[:, None] / scale, sin[:, None] / scale  # [1, 1, seq, head_dim]
+    half = work.shape[-1] // 2
+    rotated_half = torch.cat((-work[..., half:], work[..., :half]), dim=-1)
+    return (work * cos + rotated_half * sin).to(keys.dtype)
+
+
+class PieCache:
+    """An editable KV cache over a transformers causal LM with rotary positions.
+
+    Args:
+        model: a transformers causal LM with RoPE (e.g. LlamaForCausalLM, SmolLM2).
+        tokenizer: its tokenizer (kept for callers; ids are what the cache works on).
+        config: PieConfig; ``PieConfig(correct_positions=False)`` is the naive-reuse baseline.
+    """
+
+    def __init__(self, model, tokenizer=None, config: PieConfig | None = None) -> None:
+        if torch is None:  # pragma: no cover
+            raise InvalidInputError("PIE needs torch: install codehop's core dependencies")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or PieConfig()
+        self.rotary = _find_rotary(model)
+        self.token_ids: list[int] = []
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.device = next(model.parameters()).device
+        from transformers import DynamicCache
+
+        if any(layer.is_sliding for layer in DynamicCache(config=model.config).layers):
+            raise InvalidInputError("PIE supports full-attention RoPE models only (no sliding-window layers)")
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        # non-embedding parameters do the per-token work (logits are only taken for one token)
+        embedding = model.get_input_embeddings().weight.numel()
+        output = model.get_output_embeddings()
+        untied = output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+        params = sum(p.numel() for p in model.parameters()) - embedding - (output.weight.numel() if untied else 0)
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        self._costs = _Costs(params=params, layers=cfg.num_hidden_layers, kv_width=heads * head_dim,
+                             key_width=kv_heads * head_dim)
+        self.last_generate_tokens = 0
+
+    # ---- cache primitives -------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def _encode(self, ids: Sequence[int], prefix_len: int) -> tuple[list, Any]:
+        """Run ``ids`` at positions ``prefix_len..`` against cached rows ``[0, prefix_len)``.
+
+        Returns (per-layer (k, v) rows of the new tokens, logits of the last new token).
+        """
+        from transformers import DynamicCache
+
+        past = DynamicCache(ddp_cache_data=[(k[:, :, :prefix_len], v[:, :, :prefix_len])
+                                            for k, v in self.layers]) if prefix_len else DynamicCache()
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        positions = torch.arange(prefix_len, prefix_len + len(ids), device=self.device).view(1, -1)
+        with torch.no_grad():
+            # `cache=` (transformers >= 5.24; was past_key_values) is grown in place by the model
+            out = self.model(input_ids=input_ids, position_ids=positions, cache=past,
+                             use_cache=True, logits_to_keep=1)
+        rows = [(layer.keys[:, :, prefix_len:], layer.values[:, :, prefix_len:]) for layer in past.layers]
+        return rows, out.logits[0, -1]
+
+    def prefill(self, token_ids: Sequence[int]) -> EditStats:
+        """Encode ``token_ids`` from scratch (the full-recomputation path).
+
+        Returns:
+            EditStats with ``tokens_encoded == len(token_ids)``.
+        """
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidInputError("prefill needs at least one token id")
+        start = time.perf_counter()
+        self.layers = []
+        self.token_ids = []
+        rows, _ = self._encode(ids, 0)
+        self.layers = [(k.contiguous(), v.contiguous()) for k, v in rows]
+        self.token_ids = ids
+        return EditStats(edits=0, inserted=len(ids), tokens_encoded=len(ids), sequence_length=len(ids),
+                         flops=self._costs.flops(len(ids), 0), full_recompute=True,
+                         elapsed_s=time.perf_counter() - start,
+                         positions_corrected=self.config.correct_positions)
+
+    def apply_edits(self, edits: Sequence[Edit]) -> EditStats:
+        """Apply several non-overlapping edits at once (coordinates of the current cache).
+
+        Deleted rows are dropped, every kept row is rotated once by its cumulative shift, and the
+        inserted segments are encoded left to right, each against the corrected prefix before it
+        (earlier insertions included). Suffix rows are reused, not recomputed.
+
+        Returns:
+            EditStats (tokens encoded, rows reused/re-rotated, FLOPs estimate, wall time).
+        """
+        if not self.token_ids:
+            raise InvalidInputError("the cache is empty: call prefill(token_ids) before editing")
+        start_time = time.perf_counter()
+        n = len(self.token_ids)
+        ordered = sorted(edits, key=lambda e: (e.start, e.end))
+        cursor = 0
+        for e in ordered:
+            if not (0 <= e.start <= e.end <= n) or e.start < cursor:
+                raise InvalidInputError(
+                    f"edit [{e.start}, {e.end}) is out of range or overlaps another (cache has {n} tokens)")
+            cursor = e.end
+        ordered = [e for e in ordered if e.end > e.start or e.new_token_ids]
+        new_ids: list[int] = []
+        kept_old: list[int] = []      # old row index of every kept row, in new order
+        kept_new: list[int] = []      # its new position
+        segments: list[tuple[int, tuple[int, ...]]] = []  # (new start, ids) of inserted segments
+        cursor = 0
+        for e in ordered:
+            for i in range(cursor, e.start):
+                kept_old.append(i)
+                kept_new.append(len(new_ids))
+                new_ids.append(self.token_ids[i])
+            if e.new_token_ids:
+                segments.append((len(new_ids), e.new_token_ids))
+                new_ids.extend(e.new_token_ids)
+            cursor = e.end
+        for i in range(cursor, n):
+            kept_old.append(i)
+            kept_new.append(len(new_ids))
+            new_ids.append(self.token_ids[i])
+        if not new_ids:
+            raise InvalidInputError("the edits delete every token; prefill a new sequence instead")
+        inserted = sum(len(s) for _, s in segments)
+        stats = EditStats(edits=len(ordered), inserted=inserted, deleted=n - len(kept_old),
+                          reused=len(kept_old), sequence_length=len(new_ids),
+                          positions_corrected=self.config.correct_positions)
+        if inserted > self.config.recompute_above * len(new_ids):
+            full = self.prefill(new_ids)
+            full.edits, full.deleted = len(ordered), n - len(kept_old)
+            return full
+
+        old_idx = torch.tensor(kept_old, dtype=torch.long, device=self.device)
+        deltas = torch.tensor(kept_new, dtype=torch.long, device=self.device) - old_idx
+        moved = deltas != 0
+        stats.rerotated = int(moved.sum()) if self.config.correct_positions else 0
+        stats.flops = 3.0 * stats.rerotated * self._costs.layers * self._costs.key_width
+        new_len = len(new_ids)
+        new_layers = []
+        dest = torch.tensor(kept_new, dtype=torch.long, device=self.device)
+        for k, v in self.layers:
+            k_kept, v_kept = k[:, :, old_idx], v[:, :, old_idx]
+            if self.config.correct_positions and stats.rerotated:
+                k_kept = rotate_keys(k_kept, deltas, self.rotary)
+            shape = (k.shape[0], k.shape[1], new_len, k.shape[3])
+            k_new = k.new_zeros(shape)
+            v_new = v.new_zeros((v.shape[0], v.shape[1], new_len, v.shape[3]))
+            k_new[:, :, dest] = k_kept
+            v_new[:, :, dest] = v_kept
+            new_layers.append((k_new, v_new))
+        self.layers = new_layers
+        self.token_ids = new_ids
+        for seg_start, seg_ids in segments:  # left to right: later segments see earlier ones
+            rows, _ = self._encode(seg_ids, seg_start)
+            for layer, (k_rows, v_rows) in enumerate(rows):
+                k_new, v_new = self.layers[layer]
+                k_new[:, :, seg_start:seg_start + len(seg_ids)] = k_rows
+                v_new[:, :, seg_start:seg_start + len(seg_ids)] = v_rows
+            stats.tokens_encoded += len(seg_ids)
+            stats.flops += self._costs.flops(len(seg_ids), seg_start)
+        stats.elapsed_s = time.perf_counter() - start_time
+        return stats
+
+    def sync(self, new_token_ids: Sequence[int]) -> EditStats:
+        """Bring the cache to ``new_token_ids``: diff against the cached ids and apply the edits.
+
+        Args:
+            new_token_ids: the full new sequence.
+        Returns:
+            EditStats of the edit (a prefill when the cache was empty).
+        """
+        new = [int(t) for t in new_token_ids]
+        if not new:
+            raise InvalidInputError("sync needs at least one token id")
+        if not self.token_ids:
+            return self.prefill(new)
+        matcher = difflib.SequenceMatcher(None, self.token_ids, new, autojunk=False)
+        edits = [Edit(i1, i2, tuple(new[j1:j2]))
+                 for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+        if not edits:
+            return EditStats(reused=len(new), sequence_length=len(new),
+                             positions_corrected=self.config.correct_positions)
+        return self.apply_edits(edits)
+
+    def next_token_logits(self):
+        """Logits after the cached sequence, computed by re-encoding only its last token."""
+        _, logits = self._encode(self.token_ids[-1:], len(self.token_ids) - 1)
+        return logits
+
+    def generate(self, max_new_tokens: int, stop_token_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy continuation from the corrected cache, leaving the cache untouched.
+
+        The last cached token is re-encoded (one token) to get the first logits; generated
+        tokens live in a temporary DynamicCache built over our rows.
+
+        Returns:
+            Generated token ids (the stop token, if hit, is not included).
+        """
+        from transformers import DynamicCache
+
+        if not self.token_ids:
+            raise InvalidInputError("the cache is empty: call prefill(token_ids) before generate")
+        stops = set(int(t) for t in stop_token_ids)
+        n = len(self.token_ids)
+        past = DynamicCache(ddp_cache_data=[(k[:, :, :n - 1], v[:, :, :n - 1]) for k, v in self.layers]) \
+            if n > 1 else DynamicCache()
+        token, position, out_ids = self.token_ids[-1], n - 1, []
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
+                                 position_ids=torch.tensor([[position]], device=self.device),
+                                 cache=past, use_cache=True)
+                token = int(out.logits[0, -1].argmax())
+                if token in stops:
+                    break
+                out_ids.append(token)
+                position += 1
+        self.last_generate_tokens = len(out_ids) + 1
+        return out_ids
