@@ -1,0 +1,132 @@
+"""Exact inner-product search over every vector (the `flat` DenseIndex backend).
+
+The oracle SPANN and PQ are measured against: a dense (n, d) float32 matrix and an int64 id
+map; a query is one matrix product and an `argpartition`. Brute force is the right tool up to
+a few hundred thousand MiniLM vectors on a CPU (faiss IndexFlatIP does the same arithmetic).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index.errors import CorruptIndexError, InvalidInputError
+from index.types import Hits
+
+FORMAT_VERSION = 1
+_META, _IDS, _VECTORS = "flat_meta.json", "flat_ids.npy", "flat_vectors.npy"
+
+
+@dataclass(frozen=True)
+class FlatConfig:
+    """Flat search has nothing to tune; the config exists so every backend looks alike."""
+
+    query_batch: int = 256  # queries per matrix product (bounds the (batch, n) score matrix)
+
+
+class FlatIndex:
+    """Brute-force inner-product index with int64 ids; implements `index.dense.DenseIndex`."""
+
+    kind = "flat"
+
+    def __init__(self, dim: int, config: FlatConfig | None = None) -> None:
+        if dim <= 0:
+            raise InvalidInputError(f"vector dimension must be positive, got {dim}")
+        self.dim = int(dim)
+        self.config = config or FlatConfig()
+        self._ids = np.empty(0, dtype=np.int64)
+        self._vectors = np.empty((0, self.dim), dtype=np.float32)
+
+    @classmethod
+    def create(cls, dim: int, config: FlatConfig | None = None) -> "FlatIndex":
+        return cls(dim, config)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add `vectors` (n, dim) under new int64 `ids` (n,)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
+            raise InvalidInputError(
+                f"FlatIndex.add needs ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"
+            )
+        if len(np.unique(ids)) != len(ids) or np.isin(ids, self._ids).any():
+            raise InvalidInputError("FlatIndex.add: ids must be new and unique")
+        self._ids = np.concatenate([self._ids, ids])
+        self._vectors = np.concatenate([self._vectors, vectors])
+
+    def delete(self, ids: np.ndarray) -> None:
+        keep = ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))
+        self._ids, self._vectors = self._ids[keep], self._vectors[keep]
+
+    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
+        """Top-k ids by inner product for each query row, best first (ties: lower row first)."""
+        if k <= 0:
+            raise InvalidInputError(f"k must be positive, got {k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.shape[1] != self.dim:
+            raise InvalidInputError(f"query dimension {queries.shape[1]} != index dimension {self.dim}")
+        if not len(self._ids):
+            return [Hits.empty() for _ in range(len(queries))]
+        k = min(k, len(self._ids))
+        out: list[Hits] = []
+        for start in range(0, len(queries), self.config.query_batch):
+            scores = queries[start : start + self.config.query_batch] @ self._vectors.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for row, candidates in zip(scores, top):
+                order = candidates[np.lexsort((candidates, -row[candidates]))]
+                out.append(Hits(self._ids[order], row[order].astype(np.float32)))
+        return out
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors for `ids` (all must be present)."""
+        position = {int(i): n for n, i in enumerate(self._ids)}
+        try:
+            return self._vectors[[position[int(i)] for i in ids]]
+        except KeyError as error:
+            raise InvalidInputError(f"id {error.args[0]} is not in the index") from error
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / _IDS, self._ids)
+        np.save(directory / _VECTORS, self._vectors)
+        meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "n": len(self),
+                "config": asdict(self.config)}
+        (directory / _META).write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, directory: Path) -> "FlatIndex":
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / _META).read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CorruptIndexError(
+                    f"flat index at {directory} has format {meta.get('format_version')}, expected "
+                    f"{FORMAT_VERSION}: rebuild it (codehop index --rebuild)"
+                )
+            index = cls(int(meta["dim"]), FlatConfig(**meta.get("config", {})))
+            ids = np.load(directory / _IDS)
+            vectors = np.load(directory / _VECTORS)
+        except CorruptIndexError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+            raise CorruptIndexError(
+                f"flat index at {directory} is unreadable ({type(error).__name__}: {error}); "
+                "rebuild it (codehop index --rebuild)"
+            ) from error
+        if ids.shape != (meta["n"],) or vectors.shape != (meta["n"], index.dim):
+            raise CorruptIndexError(f"flat index at {directory} is truncated: rebuild it")
+        index._ids, index._vectors = ids.astype(np.int64), vectors.astype(np.float32)
+        return index

@@ -1,0 +1,314 @@
+"""The document store: one sqlite file per workspace (WAL), opened through sqlite-utils.
+
+Tables:
+    meta(key, value)                         format_version of the store
+    collections(name, config, generation)    generation = last committed index build
+    documents(id, collection, path, hash, metadata)          one row per source file/text
+    chunks(id, collection, doc_id, ordinal, text, text_hash, start_line, end_line, kind, metadata)
+
+`chunks.id` is an AUTOINCREMENT int64 so a deleted chunk's id is never handed out again: the
+BM25 and dense indexes use these ids, and a reused id could point an old vector at new text.
+Users see the string id ``"{doc_id}:{ordinal}"`` which stays the same while a document is
+unchanged. Writes happen inside `transaction()` (BEGIN IMMEDIATE ... COMMIT); WAL lets searches
+in other processes read the last committed state meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+
+from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.types import Chunk
+
+FORMAT_VERSION = 1
+_LOOKUP_BATCH = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY, config TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, path TEXT NOT NULL,
+    hash TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL,
+    UNIQUE (collection, path));
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, doc_id INTEGER NOT NULL,
+    ordinal INTEGER NOT NULL, text TEXT NOT NULL, text_hash TEXT NOT NULL,
+    start_line INTEGER NOT NULL, end_line INTEGER NOT NULL, kind TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (doc_id);
+CREATE INDEX IF NOT EXISTS chunks_collection ON chunks (collection);
+"""
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A stored chunk with its ids and its document's path."""
+
+    row_id: int
+    doc_id: int
+    ordinal: int
+    path: str
+    text: str
+    text_hash: str
+    start_line: int
+    end_line: int
+    kind: str
+    metadata: dict[str, Any]
+
+    @property
+    def chunk_id(self) -> str:
+        return f"{self.doc_id}:{self.ordinal}"
+
+    def to_chunk(self) -> Chunk:
+        return Chunk(self.text, self.path, self.start_line, self.end_line, self.kind,
+                     {**self.metadata, "id": self.chunk_id})
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    id: int
+    path: str
+    hash: str
+    metadata: dict[str, Any]
+
+
+def _corrupt(path: Path, error: Exception) -> CorruptIndexError:
+    return CorruptIndexError(
+        f"store {path} is unreadable ({error}); delete the workspace directory and re-run "
+        "codehop index"
+    )
+
+
+class Store:
+    """sqlite-backed documents and chunks of every collection in a workspace."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False,
+                                   isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            self.db.conn.executescript(_SCHEMA)
+            version = self.db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
+            if version is None:
+                self.db.execute("INSERT INTO meta VALUES ('format_version', ?)", [str(FORMAT_VERSION)])
+            elif version[0] != str(FORMAT_VERSION):
+                raise CorruptIndexError(
+                    f"store {self.path} has format {version[0]}, this codehop reads "
+                    f"{FORMAT_VERSION}: re-index into a new workspace"
+                )
+        except sqlite3.DatabaseError as error:
+            raise _corrupt(self.path, error) from error
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # ---------------------------------------------------------------- transactions
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all (nested blocks join the outer one)."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self.db.conn.rollback()
+                raise
+            self._depth -= 1
+            if outer:
+                self._execute("COMMIT")
+
+    def _execute(self, sql: str, params: list | tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self.db.execute(sql, params)
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                raise
+            raise _corrupt(self.path, error) from error
+
+    def _write(self, sql: str, params: list | tuple = ()) -> sqlite3.Cursor:
+        if self._depth == 0:
+            raise RuntimeError("store writes must run inside Store.transaction()")
+        return self._execute(sql, params)
+
+    # ---------------------------------------------------------------- collections
+
+    def collection(self, name: str) -> dict[str, Any] | None:
+        """{"name", "config" (dict), "generation"} or None."""
+        with self._lock:
+            row = self._execute(
+                "SELECT name, config, generation FROM collections WHERE name=?", [name]
+            ).fetchone()
+        if row is None:
+            return None
+        return {"name": row[0], "config": json.loads(row[1]), "generation": int(row[2])}
+
+    def collections(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._execute("SELECT name FROM collections ORDER BY name")]
+
+    def create_collection(self, name: str, config: dict[str, Any]) -> None:
+        if not name or "/" in name or name.startswith("."):
+            raise InvalidInputError(f"bad collection name {name!r}: use letters, digits, - or _")
+        with self.transaction():
+            self._write("INSERT INTO collections VALUES (?, ?, 0, ?)",
+                        [name, json.dumps(config, sort_keys=True), time.time()])
+
+    def set_config(self, name: str, config: dict[str, Any]) -> None:
+        self._write("UPDATE collections SET config=? WHERE name=?",
+                    [json.dumps(config, sort_keys=True), name])
+
+    def set_generation(self, name: str, generation: int) -> None:
+        self._write("UPDATE collections SET generation=? WHERE name=?", [generation, name])
+
+    def drop_collection(self, name: str) -> None:
+        with self.transaction():
+            self._write("DELETE FROM chunks WHERE collection=?", [name])
+            self._write("DELETE FROM documents WHERE collection=?", [name])
+            self._write("DELETE FROM collections WHERE name=?", [name])
+
+    # ---------------------------------------------------------------- documents
+
+    def documents(self, collection: str) -> dict[str, DocumentRow]:
+        """Every document of a collection by path."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT id, path, hash, metadata FROM documents WHERE collection=?", [collection]
+            ).fetchall()
+        return {r[1]: DocumentRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows}
+
+    def find_document(self, collection: str, key: str | int) -> DocumentRow:
+        """A document by path, by int id, or by a chunk id "doc:ordinal"; NotFoundError if none."""
+        with self._lock:
+            row = self._execute(
+                "SELECT id, path, hash, metadata FROM documents WHERE collection=? AND path=?",
+                [collection, str(key)],
+            ).fetchone()
+            text = str(key)
+            head = text.split(":", 1)[0]
+            if row is None and head.isdigit() and (text.isdigit() or text[len(head) + 1:].isdigit()):
+                row = self._execute(
+                    "SELECT id, path, hash, metadata FROM documents WHERE collection=? AND id=?",
+                    [collection, int(head)],
+                ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no document {key!r} in collection {collection!r}")
+        return DocumentRow(row[0], row[1], row[2], json.loads(row[3]))
+
+    def put_document(
+        self, collection: str, path: str, content_hash: str, chunks: list[Chunk],
+        text_hashes: list[str], metadata: dict[str, Any] | None = None,
+    ) -> tuple[int, list[int], list[int]]:
+        """Insert or replace a document and its chunks (inside a transaction).
+
+        Returns:
+            (doc_id, removed chunk row ids, new chunk row ids in chunk order).
+        """
+        row = self._write(
+            "SELECT id FROM documents WHERE collection=? AND path=?", [collection, path]
+        ).fetchone()
+        meta = json.dumps(metadata or {})
+        removed: list[int] = []
+        if row is None:
+            doc_id = self._write(
+                "INSERT INTO documents (collection, path, hash, metadata, updated) VALUES (?,?,?,?,?)",
+                [collection, path, content_hash, meta, time.time()],
+            ).lastrowid
+        else:
+            doc_id = row[0]
+            removed = self._remove_chunks(doc_id)
+            self._write("UPDATE documents SET hash=?, metadata=?, updated=? WHERE id=?",
+                        [content_hash, meta, time.time(), doc_id])
+        added = []
+        for ordinal, (chunk, text_hash) in enumerate(zip(chunks, text_hashes)):
+            cursor = self._write(
+                "INSERT INTO chunks (collection, doc_id, ordinal, text, text_hash, start_line, "
+                "end_line, kind, metadata) VALUES (?,?,?,?,?,?,?,?,?)",
+                [collection, doc_id, ordinal, chunk.text, text_hash, chunk.start_line,
+                 chunk.end_line, chunk.kind, json.dumps(chunk.metadata, default=str)],
+            )
+            added.append(int(cursor.lastrowid))
+        return int(doc_id), removed, added
+
+    def _remove_chunks(self, doc_id: int) -> list[int]:
+        ids = [r[0] for r in self._write("SELECT id FROM chunks WHERE doc_id=?", [doc_id])]
+        self._write("DELETE FROM chunks WHERE doc_id=?", [doc_id])
+        return ids
+
+    def delete_document(self, doc_id: int) -> list[int]:
+        """Remove a document and its chunks (inside a transaction); returns removed row ids."""
+        removed = self._remove_chunks(doc_id)
+        self._write("DELETE FROM documents WHERE id=?", [doc_id])
+        return removed
+
+    # ---------------------------------------------------------------- chunks
+
+    def chunk_table(self, collection: str) -> tuple[list[int], list[str], list[str]]:
+        """(row ids, texts, text hashes) of every chunk of a collection, in row-id order."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT id, text, text_hash FROM chunks WHERE collection=? ORDER BY id", [collection]
+            ).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def get_chunks(self, row_ids: list[int]) -> dict[int, ChunkRow]:
+        """Stored chunks by row id (missing ids are left out)."""
+        found: dict[int, ChunkRow] = {}
+        unique = list(dict.fromkeys(int(i) for i in row_ids))
+        with self._lock:
+            for start in range(0, len(unique), _LOOKUP_BATCH):
+                part = unique[start : start + _LOOKUP_BATCH]
+                rows = self._execute(
+                    "SELECT c.id, c.doc_id, c.ordinal, d.path, c.text, c.text_hash, c.start_line, "
+                    "c.end_line, c.kind, c.metadata FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                    f"WHERE c.id IN ({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                for r in rows:
+                    found[r[0]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                                           json.loads(r[9]))
+        return found
+
+    def row_ids_for(self, collection: str, chunk_ids: list[str]) -> list[int | None]:
+        """Row ids of user-facing chunk ids "doc:ordinal" (None where unknown)."""
+        out: list[int | None] = []
+        with self._lock:
+            for chunk_id in chunk_ids:
+                doc, _, ordinal = str(chunk_id).partition(":")
+                if not (doc.isdigit() and ordinal.isdigit()):
+                    raise InvalidInputError(f"bad chunk id {chunk_id!r}: expected 'doc:ordinal'")
+                row = self._execute(
+                    "SELECT id FROM chunks WHERE collection=? AND doc_id=? AND ordinal=?",
+                    [collection, int(doc), int(ordinal)],
+                ).fetchone()
+                out.append(None if row is None else int(row[0]))
+        return out
+
+    def counts(self, collection: str) -> dict[str, int]:
+        with self._lock:
+            documents = self._execute(
+                "SELECT count(*) FROM documents WHERE collection=?", [collection]).fetchone()[0]
+            chunks = self._execute(
+                "SELECT count(*) FROM chunks WHERE collection=?", [collection]).fetchone()[0]
+        return {"documents": int(documents), "chunks": int(chunks)}
