@@ -1,0 +1,671 @@
+"""A Collection ties the store, BM25 and a dense index together and persists them safely.
+
+Workspace layout::
+
+    <workspace>/store.sqlite                  documents and chunks of every collection (WAL)
+    <workspace>/embeddings/<model>.sqlite     vector cache keyed by chunk-text hash
+    <workspace>/collections/<name>/manifest.json   -> the committed generation
+    <workspace>/collections/<name>/gen-000007/     bm25/ and dense/ of that generation
+
+A commit (add, delete, rebuild) is crash-safe in this order: new chunks are embedded into the
+cache first (outside any transaction: slow, but committed per batch so a re-run resumes);
+then, inside one store transaction, documents/chunks change and the generation counter is
+bumped; the indexes of the new generation are written to a temp dir, fsynced and renamed to
+`gen-N`; the store commits; finally manifest.json is replaced atomically. A kill before the
+store commit leaves the previous generation (store and manifest agree); a kill after it leaves
+a manifest one generation behind the store, which `open` notices and repairs by rebuilding
+the indexes from the store and the vector cache (no re-embedding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from index.bm25 import BM25Config, BM25Index
+from index.dense import DENSE_KINDS, DenseIndex, create_dense_index, load_dense_index
+from index.embed import Embedder, EmbedderConfig, content_hash
+from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.hybrid import rrf_fuse, weighted_fuse
+from index.ingest import Chunker, IngestConfig, chunk_text, read_text, walk
+from index.models import DEFAULT_EMBEDDING_MODEL
+from index.store import Store
+from index.tokenize import TokenizerConfig, tokenize
+from index.types import Chunk, Hits, SearchResult
+
+FORMAT_VERSION = 1
+MODES = ("hybrid", "bm25", "dense")
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """Everything that decides how a collection is chunked, embedded, indexed and fused.
+
+    Args:
+        dense: dense backend kind, one of "flat", "spann", "pq".
+        dense_config: that backend's config dataclass (None: its defaults).
+        embedding_model: model name for `index.models.resolve_model`.
+        embed_batch_size: texts per embedding forward pass.
+        bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
+        ingest: chunk sizes and file limits.
+        fusion: "rrf" (reciprocal rank, k=`rrf_k`) or "weighted" (min-max scores,
+            `dense_weight` for the dense list) for hybrid search.
+        candidates: hits taken from each retriever before fusion.
+    """
+
+    dense: str = "flat"
+    dense_config: Any = None
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embed_batch_size: int = 32
+    # Lucene's idf, not rank-bm25's Okapi idf: Okapi scores a term found in half the documents
+    # as 0, which hides exact matches in small collections (a handful of files).
+    bm25: BM25Config = BM25Config(k1=1.2, b=0.75, idf="lucene")
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    ingest: IngestConfig = IngestConfig()
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 0.5
+    candidates: int = 100
+
+    def __post_init__(self) -> None:
+        if self.dense not in DENSE_KINDS:
+            raise InvalidInputError(f"unknown dense index {self.dense!r}; choose one of {DENSE_KINDS}")
+        if self.fusion not in ("rrf", "weighted"):
+            raise InvalidInputError(f"fusion must be 'rrf' or 'weighted', not {self.fusion!r}")
+        if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
+            raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in ("bm25", "tokenizer", "ingest"):
+            data[key] = asdict(data[key])
+        extra = self.dense_config
+        data["dense_config"] = None if extra is None else {
+            "class": f"{type(extra).__module__}:{type(extra).__qualname__}", "fields": asdict(extra)}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CollectionConfig":
+        data = dict(data)
+        data["bm25"] = BM25Config(**data["bm25"])
+        data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
+        data["ingest"] = IngestConfig(**data["ingest"])
+        if data.get("dense_config"):
+            module, _, name = data["dense_config"]["class"].partition(":")
+            data["dense_config"] = getattr(importlib.import_module(module), name)(
+                **data["dense_config"]["fields"])
+        return cls(**data)
+
+
+@dataclass
+class IndexReport:
+    """What one add/delete/rebuild did."""
+
+    collection: str
+    files: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_embedded: int = 0
+    documents: int = 0
+    chunks: int = 0
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.files} files: {self.added} added, {self.updated} updated, {self.unchanged} "
+            f"unchanged, {self.removed} removed, {len(self.skipped)} skipped; "
+            f"+{self.chunks_added}/-{self.chunks_removed} chunks ({self.chunks_embedded} embedded); "
+            f"collection {self.collection!r} now has {self.documents} documents, {self.chunks} "
+            f"chunks [{self.elapsed_s:.1f} s]"
+        )
+
+
+@dataclass
+class _Put:
+    path: str
+    hash: str
+    chunks: list[Chunk]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0], "index_format": str(FORMAT_VERSION)}
+    for package in ("codehop", "numpy", "bm25s", "sentence-transformers", "faiss-cpu"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class Collection:
+    """Documents, chunks and their BM25 + dense indexes under one name in a workspace."""
+
+    def __init__(self, workspace: Path, name: str, store: Store, config: CollectionConfig) -> None:
+        self.workspace, self.name, self.store, self.config = workspace, name, store, config
+        self.directory = workspace / "collections" / name
+        self._embedder: Embedder | None = None
+        self._lock = threading.RLock()
+        self._loaded_stamp: tuple | None = None
+        self._bm25: BM25Index | None = None
+        self._dense: DenseIndex | None = None
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, workspace: Path, name: str = "default", config: CollectionConfig | None = None,
+             create: bool = True) -> "Collection":
+        """Open (or create) a collection.
+
+        Args:
+            workspace: the workspace directory (created if missing when `create`).
+            name: collection name.
+            config: settings; None uses the stored ones (or defaults for a new collection).
+                A config whose index settings differ from the stored ones rebuilds the indexes.
+            create: create the collection when it does not exist (else NotFoundError).
+        """
+        workspace = Path(workspace).expanduser()
+        if workspace.exists() and not workspace.is_dir():
+            raise InvalidInputError(f"workspace {workspace} is a file, not a directory")
+        if not create and not (workspace / "store.sqlite").exists():
+            raise NotFoundError(f"no workspace at {workspace}: run codehop index first")
+        workspace.mkdir(parents=True, exist_ok=True)
+        store = Store(workspace / "store.sqlite")
+        stored = store.collection(name)
+        manifest = workspace / "collections" / name / "manifest.json"
+        if stored is None:
+            if not create:
+                raise NotFoundError(
+                    f"no collection {name!r} in {workspace} (have: {store.collections() or 'none'})")
+            if manifest.exists():
+                raise CorruptIndexError(
+                    f"collection {name!r} has index files but no rows in {store.path}: the store "
+                    "was lost or truncated; delete the workspace and re-run codehop index")
+            config = config or CollectionConfig()
+            store.create_collection(name, config.to_dict())
+            return cls(workspace, name, store, config)
+        try:
+            current = CollectionConfig.from_dict(stored["config"])
+        except (TypeError, KeyError, ValueError, AttributeError, ImportError) as error:
+            raise CorruptIndexError(f"collection {name!r} has an unreadable config ({error})") from error
+        collection = cls(workspace, name, store, current)
+        if config is not None and config.to_dict() != current.to_dict():
+            collection.config = config
+            with store.transaction():
+                store.set_config(name, config.to_dict())
+            if stored["generation"] > 0:
+                collection.rebuild(progress=False)
+        return collection
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+        self.store.close()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def embedder(self) -> Embedder:
+        """The collection's embedder (model loaded on first encode)."""
+        if self._embedder is None:
+            self._embedder = Embedder(EmbedderConfig(
+                model=self.config.embedding_model, batch_size=self.config.embed_batch_size,
+                cache_dir=self.workspace / "embeddings"))
+        return self._embedder
+
+    def __len__(self) -> int:
+        return self.store.counts(self.name)["chunks"]
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, **self.store.counts(self.name), "dense": self.config.dense,
+                "embedding_model": self.config.embedding_model}
+
+    # ---------------------------------------------------------------- adding
+
+    def add_paths(self, paths: list[str | Path], chunker: Chunker | None = None,
+                  progress: bool = True) -> IndexReport:
+        """Index files and directories incrementally by content hash.
+
+        Unchanged files are skipped, changed ones re-chunked, and documents under a given
+        directory whose files are gone are removed.
+
+        Args:
+            paths: files and/or directories.
+            chunker: optional `(path, text) -> list[Chunk] | None`; None results fall back to
+                the built-in chunkers.
+            progress: show tqdm bars (files, then chunks) on stderr.
+        Returns:
+            an IndexReport (also lists skipped files with the reason).
+        """
+        from tqdm import tqdm
+
+        started = time.perf_counter()
+        if not paths:
+            raise InvalidInputError("no paths given: name the files or directories to index")
+        roots = []
+        for given in paths:
+            root = Path(given).expanduser()
+            if not root.exists():
+                raise NotFoundError(f"path {given} does not exist")
+            roots.append(root.resolve())
+        report = IndexReport(self.name)
+        existing = self.store.documents(self.name)
+        seen: set[str] = set()
+        puts: list[_Put] = []
+        files = list(walk(roots))
+        for file in tqdm(files, desc="scan", unit="file", disable=not progress, leave=False):
+            report.files += 1
+            key = str(file.resolve())
+            text, reason = read_text(file, self.config.ingest)
+            if text is None:
+                report.skipped.append((key, reason))
+                continue
+            digest = content_hash(text)
+            old = existing.get(key)
+            if old is not None and old.hash == digest:
+                seen.add(key)
+                report.unchanged += 1
+                continue
+            try:
+                chunks, reason = chunk_text(key, text, self.config.ingest, chunker)
+            except (ValueError, RecursionError) as error:  # a chunker choking on odd input
+                chunks, reason = [], f"chunker failed ({error})"
+            if not chunks and old is None:
+                report.skipped.append((key, reason))
+                continue
+            seen.add(key)
+            puts.append(_Put(key, digest, chunks))
+            if old is None:
+                report.added += 1
+            else:
+                report.updated += 1
+        gone = [doc.id for path, doc in existing.items()
+                if path not in seen and any(path == str(r) or path.startswith(str(r) + os.sep)
+                                            for r in roots)]
+        report.removed = len(gone)
+        self._embed_chunks([c for put in puts for c in put.chunks], report, progress)
+        if puts or gone:
+            self._commit(puts, gone, report)
+        self._finish(report, started)
+        return report
+
+    def add_texts(self, texts: list[str], paths: list[str] | None = None,
+                  metadatas: list[dict[str, Any]] | None = None) -> list[str]:
+        """Index raw texts, one document and one chunk each.
+
+        Args:
+            texts: the texts (non-empty).
+            paths: optional document path per text (a text with an existing path replaces it);
+                default "text:<hash>".
+            metadatas: optional metadata per text.
+        Returns:
+            the chunk ids, in order.
+        """
+        if isinstance(texts, str) or not texts:
+            raise InvalidInputError("add_texts needs a non-empty list of texts")
+        if any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise InvalidInputError("add_texts: every text must be a non-empty string")
+        for extra, label in ((paths, "paths"), (metadatas, "metadatas")):
+            if extra is not None and len(extra) != len(texts):
+                raise InvalidInputError(f"add_texts: {label} must have one entry per text")
+        puts = []
+        for i, text in enumerate(texts):
+            path = paths[i] if paths else f"text:{content_hash(text)[:16]}"
+            metadata = dict(metadatas[i]) if metadatas else {}
+            chunk = Chunk(text, path, 1, max(1, len(text.splitlines())), "text", metadata)
+            puts.append(_Put(path, content_hash(text), [chunk], metadata))
+        report = IndexReport(self.name)
+        self._embed_chunks([p.chunks[0] for p in puts], report, progress=False)
+        doc_ids = self._commit(puts, [], report)
+        return [f"{doc_id}:0" for doc_id in doc_ids]
+
+    def delete(self, path_or_doc_id: str | int | Path) -> int:
+        """Remove one document (by path, document id or chunk id); returns chunks removed."""
+        key = path_or_doc_id
+        try:
+            doc = self.store.find_document(self.name, str(key))
+        except NotFoundError:
+            resolved = str(Path(str(key)).expanduser().resolve())
+            doc = self.store.find_document(self.name, resolved)
+        report = IndexReport(self.name)
+        self._commit([], [doc.id], report)
+        return report.chunks_removed
+
+    def rebuild(self, progress: bool = True) -> IndexReport:
+        """Rebuild BM25 and the dense index from the store (cached vectors are reused)."""
+        started = time.perf_counter()
+        report = IndexReport(self.name)
+        _, texts, _ = self.store.chunk_table(self.name)
+        self._embed_texts(texts, report, progress)
+        self._commit([], [], report, rebuild=True)
+        self._finish(report, started)
+        return report
+
+    def _finish(self, report: IndexReport, started: float) -> None:
+        counts = self.store.counts(self.name)
+        report.documents, report.chunks = counts["documents"], counts["chunks"]
+        report.elapsed_s = time.perf_counter() - started
+
+    def _embed_chunks(self, chunks: list[Chunk], report: IndexReport, progress: bool) -> None:
+        self._embed_texts([c.text for c in chunks], report, progress)
+
+    def _embed_texts(self, texts: list[str], report: IndexReport, progress: bool) -> None:
+        """Put every text's vector into the cache (already cached ones cost a lookup)."""
+        if not texts:
+            return
+        from tqdm import tqdm
+
+        missing = len(texts) - len(self.embedder.cached(texts))
+        report.chunks_embedded += missing
+        if missing == 0:
+            return
+        with tqdm(total=len(texts), desc="embed", unit="chunk", disable=not progress,
+                  leave=False) as bar:
+            self.embedder.encode(texts, progress=bar.update)
+
+    # ---------------------------------------------------------------- committing
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """One writer per collection across processes (flock), and across threads."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.directory / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _commit(self, puts: list[_Put], gone: list[int], report: IndexReport,
+                rebuild: bool = False) -> list[int]:
+        doc_ids: list[int] = []
+        with self._write_lock():
+            if rebuild:  # must work even when the current indexes are unreadable
+                self._bm25 = self._dense = None
+            else:
+                self._ensure_loaded(repair=False)
+            staged: Path | None = None
+            try:
+                with self.store.transaction():
+                    removed: list[int] = []
+                    added: list[int] = []
+                    for doc_id in gone:
+                        removed += self.store.delete_document(doc_id)
+                    for put in puts:
+                        hashes = [content_hash(c.text) for c in put.chunks]
+                        doc_id, old, new = self.store.put_document(
+                            self.name, put.path, put.hash, put.chunks, hashes, put.metadata)
+                        doc_ids.append(doc_id)
+                        removed += old
+                        added += new
+                    report.chunks_added += len(added)
+                    report.chunks_removed += len(removed)
+                    generation = self.store.collection(self.name)["generation"] + 1
+                    self.store.set_generation(self.name, generation)
+                    staged = self._write_generation(generation, removed, added, rebuild)
+            except BaseException:
+                self._loaded_stamp = None  # indexes may have been modified in memory
+                if staged is not None:
+                    shutil.rmtree(staged, ignore_errors=True)
+                raise
+            self._write_manifest(generation)
+            self._clean(keep=staged.name)
+            self._loaded_stamp = None
+        return doc_ids
+
+    def _write_generation(self, generation: int, removed: list[int], added: list[int],
+                          rebuild: bool) -> Path:
+        """Build this generation's indexes from the (uncommitted) store view; returns its dir."""
+        ids, texts, _ = self.store.chunk_table(self.name)
+        bm25 = BM25Index(self.config.bm25)
+        bm25.index([tokenize(text, self.config.tokenizer) for text in texts],
+                   np.asarray(ids, dtype=np.int64))
+        dense = self._dense
+        if rebuild or dense is None or dense.kind != self.config.dense:
+            dense, added = None, ids  # start from scratch with every chunk
+        elif removed:
+            dense.delete(np.asarray(removed, dtype=np.int64))
+        if added:
+            rows = self.store.get_chunks(added)
+            vectors = self.embedder.encode([rows[i].text for i in added])
+            if dense is None:
+                dense = create_dense_index(self.config.dense, vectors.shape[1], self.config.dense_config)
+            dense.add(np.asarray(added, dtype=np.int64), vectors)
+        temp = self.directory / f".tmp-gen-{generation:06d}-{os.getpid()}"
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+        bm25.save(temp / "bm25")
+        if dense is not None:
+            dense.save(temp / "dense")
+        counts = {"chunks": len(ids), "bm25": len(bm25), "dense": 0 if dense is None else len(dense)}
+        (temp / "counts.json").write_text(json.dumps(counts))
+        _fsync_tree(temp)
+        final = self.directory / f"gen-{generation:06d}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(temp, final)
+        _fsync_dir(self.directory)
+        self._pending_manifest = {
+            "format_version": FORMAT_VERSION, "collection": self.name, "generation": generation,
+            "index_dir": final.name, "dense_kind": self.config.dense,
+            "dim": None if dense is None else int(dense.dim),
+            "counts": {**counts, "documents": self.store.counts(self.name)["documents"]},
+            "embedding_model": self.config.embedding_model, "versions": _versions(),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return final
+
+    def _write_manifest(self, generation: int) -> None:
+        manifest = self._pending_manifest
+        assert manifest["generation"] == generation
+        temp = self.directory / f".manifest.{os.getpid()}.tmp"
+        with open(temp, "w") as handle:
+            json.dump(manifest, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.directory / "manifest.json")
+        _fsync_dir(self.directory)
+
+    def _clean(self, keep: str) -> None:
+        """Remove older generations and temp dirs left by killed runs."""
+        for entry in self.directory.iterdir():
+            stale_gen = entry.name.startswith("gen-") and entry.name != keep
+            if stale_gen or entry.name.startswith(".tmp-gen-"):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # ---------------------------------------------------------------- loading
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        path = self.directory / "manifest.json"
+        if not path.exists():
+            return None
+        try:
+            manifest = json.loads(path.read_text())
+            generation = int(manifest["generation"])
+            version = manifest["format_version"]
+            manifest["index_dir"], manifest["counts"]["bm25"]  # noqa: B018 - presence check
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CorruptIndexError(
+                f"manifest {path} is unreadable ({type(error).__name__}); rebuild with "
+                f"codehop index --rebuild --collection {self.name}") from error
+        if version != FORMAT_VERSION:
+            raise CorruptIndexError(
+                f"collection {self.name!r} has index format {version}, this codehop reads "
+                f"{FORMAT_VERSION}: rebuild with codehop index --rebuild")
+        if generation < 0:
+            raise CorruptIndexError(f"manifest {path} has a negative generation")
+        return manifest
+
+    def _ensure_loaded(self, repair: bool = True) -> None:
+        """Load the committed indexes once; reload only when another writer committed."""
+        path = self.directory / "manifest.json"
+        try:
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if self._loaded_stamp is not None and self._loaded_stamp == (stamp,):
+                return
+            manifest = self._read_manifest()
+            stored = self.store.collection(self.name)
+            if stored is None:
+                raise CorruptIndexError(f"collection {self.name!r} vanished from {self.store.path}")
+            have = 0 if manifest is None else manifest["generation"]
+            if have != stored["generation"]:
+                if not repair:
+                    self._bm25 = self._dense = None  # the next commit rebuilds everything
+                    return
+                # An interrupted commit: the store is ahead of the indexes. Rebuild them.
+                _log.warning("collection %r: indexes behind the store; rebuilding", self.name)
+                self.rebuild(progress=False)
+                return self._ensure_loaded(repair=False)
+            self._bm25, self._dense = None, None
+            if manifest is not None:
+                directory = self.directory / manifest["index_dir"]
+                if not directory.is_dir():
+                    raise CorruptIndexError(
+                        f"index dir {directory} is missing; rebuild with codehop index --rebuild")
+                self._bm25 = BM25Index.load(directory / "bm25")
+                if (directory / "dense").is_dir():
+                    self._dense = load_dense_index(manifest["dense_kind"], directory / "dense")
+                counts = manifest["counts"]
+                dense_n = 0 if self._dense is None else len(self._dense)
+                if len(self._bm25) != counts["bm25"] or dense_n != counts["dense"]:
+                    raise CorruptIndexError(
+                        f"indexes of collection {self.name!r} do not match their manifest; "
+                        "rebuild with codehop index --rebuild")
+            self._loaded_stamp = (stamp,)
+
+    # ---------------------------------------------------------------- searching
+
+    def search(self, query: str, k: int = 10, mode: str = "hybrid") -> list[SearchResult]:
+        """Top-k chunks for a text query.
+
+        Args:
+            query: free text (not empty).
+            k: number of results (> 0).
+            mode: "hybrid" (BM25 + dense fused), "bm25" or "dense".
+        Returns:
+            SearchResults best first; `score` is BM25, cosine or the fused score by mode.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("empty query: give some words to search for")
+        if mode not in MODES:
+            raise InvalidInputError(f"unknown search mode {mode!r}; choose one of {MODES}")
+        if not isinstance(k, int) or k <= 0:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        self._ensure_loaded()
+        if mode == "bm25":
+            return self._results(self._bm25_hits(query, k))
+        if mode == "dense":
+            return self._results(self._dense_hits(query, k))
+        n = max(k, self.config.candidates)
+        lists = [self._bm25_hits(query, n), self._dense_hits(query, n)]
+        if self.config.fusion == "rrf":
+            fused = rrf_fuse(lists, k=self.config.rrf_k)
+        else:
+            fused = weighted_fuse(lists, [1 - self.config.dense_weight, self.config.dense_weight])
+        return self._results(fused.top(k))
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
+        """Top-k chunks by inner product with an already embedded (normalised) query vector."""
+        if k <= 0:
+            raise InvalidInputError(f"k must be positive, got {k}")
+        self._ensure_loaded()
+        if self._dense is None:
+            return []
+        return self._results(self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0])
+
+    def _bm25_hits(self, query: str, k: int) -> Hits:
+        tokens = tokenize(query, self.config.tokenizer)
+        if self._bm25 is None or not tokens:
+            return Hits.empty()
+        return self._bm25.search(tokens, k)
+
+    def _dense_hits(self, query: str, k: int) -> Hits:
+        if self._dense is None or len(self._dense) == 0:
+            return Hits.empty()
+        return self._dense.search(self.embedder.encode_query(query)[None, :], k)[0]
+
+    def _results(self, hits: Hits) -> list[SearchResult]:
+        rows = self.store.get_chunks([int(i) for i in hits.ids])
+        out = []
+        for row_id, score in zip(hits.ids, hits.scores):
+            row = rows.get(int(row_id))
+            if row is None:  # deleted by a writer after our indexes were loaded
+                continue
+            out.append(SearchResult(row.chunk_id, float(score), row.path, row.start_line,
+                                    row.end_line, row.text, {**row.metadata, "kind": row.kind}))
+        return out
+
+    def get_chunks(self, ids: list[str | int]) -> list[Chunk]:
+        """Chunks by user-facing id ("doc:ordinal") or int64 row id, in the given order."""
+        row_ids = [int(i) if isinstance(i, (int, np.integer)) else None for i in ids]
+        text_ids = [str(i) for i, r in zip(ids, row_ids) if r is None]
+        resolved = iter(self.store.row_ids_for(self.name, text_ids))
+        row_ids = [next(resolved) if r is None else r for r in row_ids]
+        rows = self.store.get_chunks([r for r in row_ids if r is not None])
+        missing = [i for i, r in zip(ids, row_ids) if r is None or r not in rows]
+        if missing:
+            raise NotFoundError(f"no chunk {missing[0]!r} in collection {self.name!r}")
+        return [rows[r].to_chunk() for r in row_ids]
+
+    def get_vectors(self, ids: list[str | int]) -> np.ndarray:
+        """Embeddings of chunks by id (from the vector cache; embeds any that are missing)."""
+        return self.embedder.encode([chunk.text for chunk in self.get_chunks(ids)])
+
+
+def drop_collection(workspace: Path, name: str) -> None:
+    """Delete a collection's rows and index files."""
+    store = Store(Path(workspace) / "store.sqlite")
+    try:
+        if store.collection(name) is None:
+            raise NotFoundError(f"no collection {name!r} in {workspace}")
+        store.drop_collection(name)
+    finally:
+        store.close()
+    shutil.rmtree(Path(workspace) / "collections" / name, ignore_errors=True)
+
+
