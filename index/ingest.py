@@ -161,7 +161,8 @@ class _HTMLText(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.lines: dict[int, str] = {}
-        self.breaks: set[int] = set()
+        self.breaks: set[int] = set()  # a paragraph starts on this line (opening block tag)
+        self.ends: set[int] = set()  # a paragraph ends on this line (closing block tag)
         self._hidden = 0
 
     def handle_starttag(self, tag, attrs):
@@ -174,7 +175,7 @@ class _HTMLText(HTMLParser):
         if tag in self._HIDDEN and self._hidden:
             self._hidden -= 1
         if tag in self._BLOCK:
-            self.breaks.add(self.getpos()[0])
+            self.ends.add(self.getpos()[0])
 
     def handle_data(self, data):
         if self._hidden:
@@ -192,7 +193,8 @@ def html_passages(text: str, path: str, config: IngestConfig = IngestConfig()) -
     parser.close()
     lines: list[tuple[int, str]] = []
     for number in sorted(parser.lines):
-        gap = bool(lines) and number > lines[-1][0] + 1
+        previous = lines[-1][0] if lines else None
+        gap = previous is not None and (number > previous + 1 or previous in parser.ends)
         if (gap or number in parser.breaks) and lines and lines[-1][1]:
             lines.append((number, ""))  # paragraph break before this line
         lines.append((number, parser.lines[number]))

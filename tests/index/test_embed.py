@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from index.embed import Embedder, EmbedderConfig, content_hash
+from index.errors import InvalidInputError, ModelNotFoundError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embeddings")
+
+
+@pytest.fixture(scope="module")
+def embedder(cache_dir):
+    return Embedder(EmbedderConfig(batch_size=4, cache_dir=cache_dir))
+
+
+def test_vectors_are_normalised_float32_and_semantic(embedder):
+    texts = ["How do I open a file in Python?", "Reading files with open()",
+             "The cat sat on the mat."]
+    vectors = embedder.encode(texts)
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert embedder.dim == 384
+
+
+def test_batching_does_not_change_vectors(embedder, cache_dir):
+    texts = [f"sentence number {i} about sorting lists" for i in range(9)]
+    one_by_one = np.stack([Embedder(EmbedderConfig(batch_size=1)).encode([t])[0] for t in texts])
+    batched = Embedder(EmbedderConfig(batch_size=8)).encode(texts)
+    np.testing.assert_allclose(one_by_one, batched, atol=1e-5)
+
+
+def test_cache_skips_reembedding_and_survives_a_new_embedder(embedder, cache_dir):
+    calls = []
+    texts = ["alpha beta", "gamma delta"]
+    first = embedder.encode(texts, progress=calls.append)
+    again = Embedder(EmbedderConfig(batch_size=4, cache_dir=cache_dir))
+    seen = []
+    original = again._embed
+    again._embed = lambda batch: seen.append(list(batch)) or original(batch)
+    mixed = again.encode(["gamma delta", "epsilon", "alpha beta"])
+    assert seen == [["epsilon"]]  # only the new text reached the model
+    np.testing.assert_array_equal(mixed[0], first[1])
+    np.testing.assert_array_equal(mixed[2], first[0])
+    assert set(again.cached(["alpha beta", "zeta"])) == {content_hash("alpha beta")}
+    assert sum(calls) == 2
+
+
+def test_bad_inputs():
+    with pytest.raises(ModelNotFoundError):
+        Embedder(EmbedderConfig(model="no-such-model-package"))
+    with pytest.raises(InvalidInputError):
+        EmbedderConfig(batch_size=0)
+    embedder = Embedder(EmbedderConfig())
+    with pytest.raises(InvalidInputError):
+        embedder.encode("a string, not a list")
+    with pytest.raises(InvalidInputError):
+        embedder.encode_query("   ")
+    assert content_hash("x") == content_hash("x") != content_hash("y")
