@@ -212,13 +212,13 @@ class Collection:
         stored = store.collection(name)
         manifest = workspace / "collections" / name / "manifest.json"
         if stored is None:
-            if not create:
-                raise NotFoundError(
-                    f"no collection {name!r} in {workspace} (have: {store.collections() or 'none'})")
             if manifest.exists():
                 raise CorruptIndexError(
                     f"collection {name!r} has index files but no rows in {store.path}: the store "
                     "was lost or truncated; delete the workspace and re-run codehop index")
+            if not create:
+                raise NotFoundError(
+                    f"no collection {name!r} in {workspace} (have: {store.collections() or 'none'})")
             config = config or CollectionConfig()
             store.create_collection(name, config.to_dict())
             return cls(workspace, name, store, config)
@@ -452,7 +452,9 @@ class Collection:
                 raise
             self._write_manifest(generation)
             self._clean(keep=staged.name)
-            self._loaded_stamp = None
+            # The indexes just written are the committed ones: keep them instead of reloading.
+            self._bm25, self._dense = self._staged_indexes
+            self._loaded_stamp = (self._manifest_stamp(),)
         return doc_ids
 
     def _write_generation(self, generation: int, removed: list[int], added: list[int],
@@ -486,6 +488,7 @@ class Collection:
         shutil.rmtree(final, ignore_errors=True)
         os.rename(temp, final)
         _fsync_dir(self.directory)
+        self._staged_indexes = (bm25, dense)
         self._pending_manifest = {
             "format_version": FORMAT_VERSION, "collection": self.name, "generation": generation,
             "index_dir": final.name, "dense_kind": self.config.dense,
@@ -537,14 +540,16 @@ class Collection:
             raise CorruptIndexError(f"manifest {path} has a negative generation")
         return manifest
 
+    def _manifest_stamp(self) -> tuple | None:
+        try:
+            stat = (self.directory / "manifest.json").stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
     def _ensure_loaded(self, repair: bool = True) -> None:
         """Load the committed indexes once; reload only when another writer committed."""
-        path = self.directory / "manifest.json"
-        try:
-            stat = path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        except FileNotFoundError:
-            stamp = None
+        stamp = self._manifest_stamp()
         with self._lock:
             if self._loaded_stamp is not None and self._loaded_stamp == (stamp,):
                 return

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.errors import ConflictError, CorruptIndexError, InvalidInputError, NotFoundError
 from index.types import Chunk
 
 FORMAT_VERSION = 1
@@ -99,7 +99,7 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         try:
-            conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False,
+            conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
                                    isolation_level=None)
             self.db = sqlite_utils.Database(conn)
             self.db.enable_wal()
@@ -112,6 +112,11 @@ class Store:
                     f"store {self.path} has format {version[0]}, this codehop reads "
                     f"{FORMAT_VERSION}: re-index into a new workspace"
                 )
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error):
+                raise _corrupt(self.path, error) from error
+            raise ConflictError(
+                f"store {self.path} is locked by another process; retry when it finishes") from error
         except sqlite3.DatabaseError as error:
             raise _corrupt(self.path, error) from error
 

@@ -1,0 +1,222 @@
+import json
+
+import numpy as np
+import pytest
+
+from index import Chunk, Collection, CollectionConfig, SearchResult
+from index.bm25 import BM25Index
+from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+
+pytestmark = pytest.mark.slow  # embeds with the shipped MiniLM (loaded once per process)
+
+DOCS = {
+    "sqlite.md": "# SQLite\n\nWrite-ahead logging lets readers continue while a writer commits.\n\n"
+                 "Checkpoints move pages from the WAL file back into the database.",
+    "cooking.txt": "Pasta recipe\n\nBoil salted water, cook the spaghetti for nine minutes,\n"
+                   "then toss it with tomato sauce and basil.",
+    "src/geometry.py": "import math\n\n\ndef circle_area(radius):\n    return math.pi * radius ** 2\n\n\n"
+                       "def rectangle_perimeter(width, height):\n    return 2 * (width + height)\n",
+}
+
+
+def _tree(root, docs=DOCS):
+    for name, text in docs.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    tree = _tree(tmp_path / "tree")
+    collection = Collection.open(tmp_path / "ws")
+    report = collection.add_paths([tree], progress=False)
+    yield collection, tree, report
+    collection.close()
+
+
+def _top_path(collection, query, mode):
+    return collection.search(query, k=1, mode=mode)[0].path
+
+
+def test_search_modes_find_the_right_file_with_true_spans(indexed):
+    collection, tree, report = indexed
+    assert (report.added, report.documents) == (3, 3) and report.chunks_embedded == report.chunks
+    for mode in ("bm25", "dense", "hybrid"):
+        assert _top_path(collection, "write-ahead logging readers writer", mode).endswith("sqlite.md")
+        assert _top_path(collection, "how long to boil spaghetti", mode).endswith("cooking.txt")
+    results = collection.search("circle area radius", k=3, mode="hybrid")
+    assert isinstance(results[0], SearchResult) and results[0].path.endswith("geometry.py")
+    for result in results:
+        lines = open(result.path).read().splitlines()[result.start_line - 1 : result.end_line]
+        assert result.text == "\n".join(lines).strip("\n") or result.text.split() == " ".join(lines).split()
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+
+
+def test_incremental_reindex_skips_changes_and_removes(indexed, tmp_path):
+    collection, tree, _ = indexed
+    again = collection.add_paths([tree], progress=False)
+    assert (again.unchanged, again.added, again.updated, again.chunks_embedded) == (3, 0, 0, 0)
+    (tree / "cooking.txt").write_text("Bread recipe\n\nKnead the dough and let it rise overnight.")
+    (tree / "sqlite.md").unlink()
+    (tree / "new.rst").write_text("Volcanoes\n=========\n\nMagma erupts through the crust.")
+    changed = collection.add_paths([tree], progress=False)
+    assert (changed.added, changed.updated, changed.removed, changed.unchanged) == (1, 1, 1, 1)
+    assert changed.documents == 3
+    paths = {r.path for r in collection.search("write-ahead logging", k=10, mode="bm25")}
+    assert not any(p.endswith("sqlite.md") for p in paths)
+    assert _top_path(collection, "dough rise overnight", "bm25").endswith("cooking.txt")
+    assert _top_path(collection, "magma eruption", "dense").endswith("new.rst")
+    assert not collection.search("spaghetti", k=5, mode="bm25")
+    # a fresh object over the same workspace sees the same committed state
+    with Collection.open(tmp_path / "ws", create=False) as other:
+        assert len(other) == len(collection)
+        assert _top_path(other, "magma eruption", "hybrid").endswith("new.rst")
+
+
+def test_indexes_load_once_and_reload_after_another_writer(indexed, tmp_path, monkeypatch):
+    collection, tree, _ = indexed
+    loads = []
+    original = BM25Index.load.__func__
+    monkeypatch.setattr(BM25Index, "load", classmethod(lambda cls, d: loads.append(d) or original(cls, d)))
+    reader = Collection.open(tmp_path / "ws", create=False)
+    for _ in range(3):
+        reader.search("pasta", k=2, mode="bm25")
+    assert len(loads) == 1
+    collection.add_texts(["Tardigrades survive in outer space."])
+    assert reader.search("tardigrades", k=1, mode="bm25")[0].text.startswith("Tardigrades")
+    assert len(loads) == 2
+    reader.close()
+
+
+def test_add_texts_get_chunks_delete(indexed):
+    collection, tree, _ = indexed
+    ids = collection.add_texts(["Photosynthesis turns light into sugar.", "Mitochondria make ATP."],
+                               paths=["bio/a", "bio/b"], metadatas=[{"topic": "plants"}, {}])
+    assert len(ids) == 2 and all(isinstance(i, str) for i in ids)
+    chunks = collection.get_chunks(ids)
+    assert [c.text for c in chunks] == ["Photosynthesis turns light into sugar.", "Mitochondria make ATP."]
+    assert chunks[0].metadata["topic"] == "plants" and chunks[0].path == "bio/a"
+    hit = collection.search("photosynthesis light", k=1, mode="hybrid")[0]
+    assert hit.id == ids[0] and hit.metadata["topic"] == "plants"
+    vectors = collection.get_vectors(ids)
+    np.testing.assert_allclose(collection.search_vector(vectors[1], k=1)[0].score, 1.0, rtol=1e-5)
+    assert collection.search_vector(vectors[1], k=1)[0].id == ids[1]
+    assert collection.delete("bio/a") == 1
+    assert collection.delete(ids[1]) == 1  # a chunk id names its document too
+    assert collection.delete(str(tree / "cooking.txt")) >= 1
+    assert not collection.search("photosynthesis", k=3, mode="bm25")
+    with pytest.raises(NotFoundError):
+        collection.delete("bio/a")
+    with pytest.raises(NotFoundError):
+        collection.get_chunks([ids[0]])
+
+
+def test_injected_chunker_wins_when_it_returns_a_list(tmp_path):
+    tree = _tree(tmp_path / "tree")
+
+    def chunker(path, text):
+        if path.endswith(".py"):
+            return [Chunk(text, path, 1, len(text.splitlines()), "syntax", {"by": "test"})]
+        return None
+
+    with Collection.open(tmp_path / "ws") as collection:
+        collection.add_paths([tree], chunker=chunker, progress=False)
+        hit = collection.search("rectangle perimeter", k=1, mode="bm25")[0]
+        assert hit.metadata == {"by": "test", "kind": "syntax"} and hit.start_line == 1
+        assert collection.search("boil water", k=1, mode="bm25")[0].metadata["kind"] == "passage"
+
+
+def test_kill_after_store_commit_is_repaired_on_open(indexed, tmp_path, monkeypatch):
+    collection, tree, _ = indexed
+    (tree / "extra.md").write_text("Quasars are bright galactic nuclei.")
+
+    def killed(self, generation):
+        raise KeyboardInterrupt  # the process dies between the store commit and the manifest
+
+    monkeypatch.setattr(Collection, "_write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        collection.add_paths([tree], progress=False)
+    monkeypatch.undo()
+    with Collection.open(tmp_path / "ws", create=False) as reopened:
+        assert _top_path(reopened, "quasars galactic", "bm25").endswith("extra.md")
+        assert _top_path(reopened, "quasars galactic", "dense").endswith("extra.md")
+        manifest = json.loads((reopened.directory / "manifest.json").read_text())
+        assert manifest["generation"] == reopened.store.collection("default")["generation"]
+
+
+def test_kill_before_store_commit_keeps_previous_state(indexed, tmp_path, monkeypatch):
+    collection, tree, _ = indexed
+    before = [r.id for r in collection.search("spaghetti basil", k=3)]
+    (tree / "extra.md").write_text("Quasars are bright galactic nuclei.")
+    (tree / "cooking.txt").unlink()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("index.collection._fsync_dir", killed)  # dies while writing indexes
+    with pytest.raises(KeyboardInterrupt):
+        collection.add_paths([tree], progress=False)
+    monkeypatch.undo()
+    with Collection.open(tmp_path / "ws", create=False) as reopened:
+        assert [r.id for r in reopened.search("spaghetti basil", k=3)] == before
+        assert not reopened.search("quasars", k=3, mode="bm25")
+        assert reopened.stats()["documents"] == 3
+        assert list(collection.directory.glob(".tmp-gen-*"))  # debris of the killed run
+        report = reopened.add_paths([tree], progress=False)  # the re-run finishes the job
+        assert (report.added, report.removed, report.chunks_embedded) == (1, 1, 0)
+        assert _top_path(reopened, "quasars", "bm25").endswith("extra.md")
+    assert not list(collection.directory.glob(".tmp-gen-*"))
+
+
+def test_corrupt_manifest_and_store_raise_and_rebuild_repairs(indexed, tmp_path):
+    collection, tree, _ = indexed
+    manifest = collection.directory / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    with Collection.open(tmp_path / "ws", create=False) as broken:
+        with pytest.raises(CorruptIndexError, match="manifest"):
+            broken.search("pasta", mode="bm25")
+        broken.rebuild(progress=False)
+        assert _top_path(broken, "spaghetti", "bm25").endswith("cooking.txt")
+    collection.close()
+    (tmp_path / "ws" / "store.sqlite").write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "ws" / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    with pytest.raises(CorruptIndexError, match="store"):
+        Collection.open(tmp_path / "ws", create=False)
+
+
+def test_config_is_persisted_and_a_changed_config_rebuilds(tmp_path):
+    tree = _tree(tmp_path / "tree")
+    config = CollectionConfig(fusion="weighted", dense_weight=0.7)
+    with Collection.open(tmp_path / "ws", "notes", config=config) as collection:
+        collection.add_paths([tree], progress=False)
+    with Collection.open(tmp_path / "ws", "notes") as reopened:
+        assert reopened.config == config
+        assert _top_path(reopened, "write-ahead logging", "hybrid").endswith("sqlite.md")
+    with Collection.open(tmp_path / "ws", "notes", config=CollectionConfig()) as changed:
+        assert changed.config.fusion == "rrf"
+        assert _top_path(changed, "spaghetti", "hybrid").endswith("cooking.txt")
+    with pytest.raises(NotFoundError):
+        Collection.open(tmp_path / "ws", "other", create=False)
+
+
+def test_bad_inputs(indexed, tmp_path):
+    collection, tree, _ = indexed
+    with pytest.raises(InvalidInputError):
+        collection.search("   ")
+    with pytest.raises(InvalidInputError):
+        collection.search("pasta", mode="fuzzy")
+    with pytest.raises(InvalidInputError):
+        collection.search("pasta", k=0)
+    with pytest.raises(NotFoundError):
+        collection.add_paths([tmp_path / "missing"], progress=False)
+    with pytest.raises(InvalidInputError):
+        collection.add_texts([""])
+    with pytest.raises(InvalidInputError):
+        CollectionConfig(dense="annoy")
+    (tree / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    report = collection.add_paths([tree], progress=False)
+    assert (str(tree / "blob.bin"), "binary file") in report.skipped
+    assert collection.search("the and of", k=3, mode="bm25") == []  # only stopwords
