@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from index.errors import InvalidInputError
 
@@ -328,14 +328,19 @@ class PieCache:
         _, logits = self._encode(self.token_ids[-1:], len(self.token_ids) - 1)
         return logits
 
-    def generate(self, max_new_tokens: int, stop_token_ids: Sequence[int] = ()) -> list[int]:
+    def generate(self, max_new_tokens: int, stop_token_ids: Sequence[int] = (),
+                 stop_when: Callable[[list[int]], bool] | None = None) -> list[int]:
         """Greedy continuation from the corrected cache, leaving the cache untouched.
 
         The last cached token is re-encoded (one token) to get the first logits; generated
         tokens live in a temporary DynamicCache built over our rows.
 
+        Args:
+            max_new_tokens: upper bound on generated tokens.
+            stop_token_ids: ids that end generation (not included in the result).
+            stop_when: optional predicate on the ids generated so far (included); True stops.
         Returns:
-            Generated token ids (the stop token, if hit, is not included).
+            Generated token ids.
         """
         from transformers import DynamicCache
 
@@ -356,5 +361,7 @@ class PieCache:
                     break
                 out_ids.append(token)
                 position += 1
+                if stop_when is not None and stop_when(out_ids):
+                    break
         self.last_generate_tokens = len(out_ids) + 1
         return out_ids
