@@ -1,0 +1,257 @@
+"""Typed tools the code agent calls, bound to one repository root.
+
+Every tool validates its arguments against its spec and never reads outside the root; a bad
+call raises InvalidInputError, which the agent loop turns into an error observation.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from index.errors import InvalidInputError, NotFoundError
+
+
+@dataclass(frozen=True)
+class Param:
+    type: type
+    description: str
+    required: bool = True
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    params: dict[str, Param]
+    run: Callable[..., str]
+
+    def signature(self) -> str:
+        args = ", ".join(
+            f"{name}: {p.type.__name__}" + ("" if p.required else f" = {p.default!r}")
+            for name, p in self.params.items()
+        )
+        return f"- {self.name}({args}): {self.description}"
+
+
+@dataclass(frozen=True)
+class ToolConfig:
+    max_read_lines: int = 200
+    max_references: int = 40
+    search_k: int = 5
+    sandbox_cpu_s: int = 20
+    sandbox_memory_mb: int = 1024
+    sandbox_wall_s: int = 60
+
+
+def _validate(spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(args) - set(spec.params)
+    if unknown:
+        raise InvalidInputError(
+            f"{spec.name} got unknown argument(s) {sorted(unknown)}; expected {sorted(spec.params)}"
+        )
+    clean = {}
+    for name, param in spec.params.items():
+        if name not in args or args[name] is None:
+            if param.required:
+                raise InvalidInputError(f"{spec.name} needs argument {name!r} ({param.description})")
+            clean[name] = param.default
+            continue
+        value = args[name]
+        if param.type is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, param.type) or (param.type is int and isinstance(value, bool)):
+            raise InvalidInputError(
+                f"{spec.name}: argument {name!r} must be {param.type.__name__}, got {type(value).__name__}"
+            )
+        if param.type is str and not value.strip() and param.required:
+            raise InvalidInputError(f"{spec.name}: argument {name!r} must not be empty")
+        clean[name] = value
+    return clean
+
+
+@dataclass
+class ToolBox:
+    """The agent's tools over `root`, a RepoIndex (code) and optionally a Collection (docs)."""
+
+    root: Path
+    repo_index: Any = None  # code_tools.repo.RepoIndex
+    collection: Any = None  # index.Collection with documentation
+    config: ToolConfig = field(default_factory=ToolConfig)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        if not self.root.is_dir():
+            raise NotFoundError(f"repository root {self.root} is not a directory")
+        self._specs = {spec.name: spec for spec in self._build_specs()}
+
+    # -- registry -------------------------------------------------------------------------
+    def _build_specs(self) -> list[ToolSpec]:
+        text = lambda d: Param(str, d)  # noqa: E731
+        k = Param(int, "number of results", required=False, default=self.config.search_k)
+        specs = [
+            ToolSpec("search_code", "search the repository's code", {"query": text("what to find"), "k": k}, self.search_code),
+            ToolSpec("read_file", "read lines of a repository file",
+                     {"path": text("repository-relative path"),
+                      "start_line": Param(int, "first line (1-based)", False, 1),
+                      "end_line": Param(int, "last line (inclusive)", False, None)}, self.read_file),
+            ToolSpec("find_definition", "where a function/class/method is defined", {"symbol": text("name")}, self.find_definition),
+            ToolSpec("find_references", "lines that mention a symbol", {"symbol": text("name")}, self.find_references),
+            ToolSpec("list_symbols", "definitions in one file", {"path": text("repository-relative path")}, self.list_symbols),
+            ToolSpec("run_python", "run a Python snippet in a sandbox (cwd = a copy of the repo)", {"code": text("source")}, self.run_python),
+            ToolSpec("run_tests", "run pytest on a test path in a sandboxed copy of the repo, optionally after applying a patch",
+                     {"path": text("test file or directory"),
+                      "patch": Param(str, "unified diff to apply first", False, "")}, self.run_tests),
+        ]
+        if self.collection is not None:
+            specs.insert(1, ToolSpec("search_docs", "search the documentation collection",
+                                     {"query": text("what to find"), "k": k}, self.search_docs))
+        return specs
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def describe(self) -> str:
+        return "\n".join(spec.signature() for spec in self._specs.values())
+
+    def call(self, name: str, args: dict[str, Any]) -> str:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise InvalidInputError(f"unknown tool {name!r}; tools are {', '.join(self._specs)}")
+        return spec.run(**_validate(spec, args))
+
+    # -- helpers --------------------------------------------------------------------------
+    def resolve(self, relative: str) -> Path:
+        """A path inside the root; anything escaping it (.., absolute, symlink) is refused."""
+        candidate = (self.root / relative).resolve()
+        if not candidate.is_relative_to(self.root):
+            raise InvalidInputError(f"path {relative!r} is outside the repository")
+        return candidate
+
+    def _files(self) -> list[Path]:
+        if self.repo_index is not None:
+            return [self.root / path for path in sorted(self.repo_index.files)]
+        from code_tools.repo import iter_repo_files
+
+        return [self.root / path for path in iter_repo_files(self.root)]
+
+    # -- tools ----------------------------------------------------------------------------
+    def search_code(self, query: str, k: int) -> str:
+        if self.repo_index is None:
+            raise InvalidInputError("search_code needs a repository index")
+        candidates = self.repo_index.search_bm25(query, k=50)
+        hits = self.repo_index.rerank(query, candidates.ids, k=max(1, min(k, 20)))
+        chunks = [self.repo_index.chunk(int(i)) for i in hits.ids]
+        return "\n\n".join(c.text for c in chunks) or "no matches"
+
+    def search_docs(self, query: str, k: int) -> str:
+        results = self.collection.search(query, k=max(1, min(k, 20)))
+        return "\n\n".join(f"[{r.path}:{r.start_line}-{r.end_line}]\n{r.text}" for r in results) or "no matches"
+
+    def read_file(self, path: str, start_line: int, end_line: int | None) -> str:
+        target = self.resolve(path)
+        if not target.is_file():
+            raise NotFoundError(f"no file {path!r} in the repository")
+        lines = target.read_text(errors="replace").splitlines()
+        start = max(1, start_line)
+        end = min(len(lines), end_line or start + self.config.max_read_lines - 1,
+                  start + self.config.max_read_lines - 1)
+        if start > len(lines):
+            raise InvalidInputError(f"{path} has only {len(lines)} lines")
+        body = "\n".join(f"{n:5d}  {lines[n - 1]}" for n in range(start, end + 1))
+        return f"{path} lines {start}-{end} of {len(lines)}\n{body}"
+
+    def find_definition(self, symbol: str) -> str:
+        if self.repo_index is None:
+            raise InvalidInputError("find_definition needs a repository index")
+        locations = self.repo_index.definition(symbol)
+        if not locations:
+            return f"no definition of {symbol!r} found"
+        return "\n".join(f"{d.path}:{d.start_line}-{d.end_line} {d.kind} {d.qualname}" for d in locations[:20])
+
+    def find_references(self, symbol: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", symbol):
+            raise InvalidInputError(f"find_references expects an identifier, got {symbol!r}")
+        pattern = re.compile(rf"\b{re.escape(symbol)}\b")
+        hits = []
+        for path in self._files():
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for number, line in enumerate(text.splitlines(), 1):
+                if pattern.search(line):
+                    hits.append(f"{path.relative_to(self.root)}:{number}: {line.strip()[:160]}")
+                    if len(hits) >= self.config.max_references:
+                        return "\n".join(hits) + "\n[more references cut]"
+        return "\n".join(hits) or f"no references to {symbol!r}"
+
+    def list_symbols(self, path: str) -> str:
+        target = self.resolve(path)
+        if not target.is_file():
+            raise NotFoundError(f"no file {path!r} in the repository")
+        from code_tools.languages import outline
+
+        parsed = outline(str(target.relative_to(self.root)), target.read_text(errors="replace"))
+        if parsed is None:
+            return f"{path} is not in a language we parse"
+        return "\n".join(f"{s.start_line}-{s.end_line} {s.kind} {s.qualname}" for s in parsed.symbols) or "no definitions"
+
+    def _sandbox_limits(self):
+        from code_tools.sandbox import SandboxLimits
+
+        return SandboxLimits(timeout_s=self.config.sandbox_wall_s, cpu_s=self.config.sandbox_cpu_s,
+                             memory_mb=self.config.sandbox_memory_mb)
+
+    def _scratch_copy(self) -> Path:
+        scratch = Path(tempfile.mkdtemp(prefix="codehop-agent-"))
+        ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".codehop", "node_modules")
+        shutil.copytree(self.root, scratch / "repo", ignore=ignore, symlinks=True)
+        return scratch
+
+    def run_python(self, code: str) -> str:
+        from code_tools.sandbox import run_python
+
+        scratch = self._scratch_copy()
+        try:
+            result = run_python(_in_directory(scratch / "repo", code), self._sandbox_limits())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return _format_run(result)
+
+    def run_tests(self, path: str, patch: str) -> str:
+        from agents.patch import apply_patch
+        from code_tools.sandbox import run_python
+
+        self.resolve(path)  # refuse paths outside the root before copying anything
+        scratch = self._scratch_copy()
+        try:
+            if patch.strip():
+                apply_patch(scratch / "repo", patch)
+            code = ("import sys, pytest\n"
+                    f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', {path!r}]))\n")
+            result = run_python(_in_directory(scratch / "repo", code), self._sandbox_limits())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return _format_run(result)
+
+
+def _in_directory(directory: Path, code: str) -> str:
+    """Prefix `code` so it runs from `directory` with the repository importable."""
+    return (f"import os, sys\nos.chdir({str(directory)!r})\n"
+            f"sys.path.insert(0, {str(directory)!r})\n" + code)
+
+
+def _format_run(result) -> str:
+    status = "TIMEOUT" if result.timed_out else f"exit code {result.returncode}"
+    if result.killed_reason:
+        status += f" ({result.killed_reason})"
+    out = (result.stdout or "")[-2000:]
+    err = (result.stderr or "")[-1500:]
+    return f"{status}\nstdout:\n{out}\nstderr:\n{err}"

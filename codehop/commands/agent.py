@@ -1,0 +1,68 @@
+"""`codehop agent "task" --repo PATH [--json]`: the tool-using code agent over a repository."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from index.errors import NotFoundError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("agent", help="answer a question or write a patch over a repository")
+    parser.add_argument("task", help="what the agent should do")
+    parser.add_argument("--repo", default=".", help="repository root (default: .)")
+    parser.add_argument("--workspace", help="workspace directory (default: $CODEHOP_WORKSPACE or ./.codehop)")
+    parser.add_argument("--model", default=None, help="generator model (default: the shipped SmolLM2)")
+    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--max-tokens", type=int, default=24_000)
+    parser.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
+    parser.set_defaults(func=run)
+
+
+def build_agent(repo: Path, workspace: Path, model: str | None, max_steps: int, max_tokens: int):
+    """Wire the real objects: RepoIndex over the repo, the configured generator, the tools."""
+    from agents.code_agent import AgentConfig, CodeAgent
+    from agents.tools import ToolBox
+    from code_tools.repo import RepoIndex
+    from codehop.config import load_settings
+    from rag.llm import load_generator
+
+    settings = load_settings(None)
+    generator = load_generator(model or settings.generator.model,
+                               backend=settings.generator.backend, workspace=workspace)
+    repo_index = RepoIndex.open(repo, workspace)
+    tools = ToolBox(repo, repo_index=repo_index)
+    return CodeAgent(generator, tools, AgentConfig(max_steps=max_steps, max_tokens=max_tokens))
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.code_agent import AgentResult
+    from codehop.config import resolve_workspace
+
+    repo = Path(args.repo).expanduser()
+    if not repo.is_dir():
+        raise NotFoundError(f"--repo {repo} is not a directory")
+    agent = build_agent(repo, resolve_workspace(args.workspace), args.model, args.max_steps, args.max_tokens)
+    result = None
+    for event in agent.run_stream(args.task):
+        if isinstance(event, AgentResult):
+            result = event
+        elif not args.json:
+            tool = f"{event.tool}({json.dumps(event.args)})" if event.tool else "finish"
+            print(f"[step {event.index}] {tool}", file=sys.stderr)
+            if event.error:
+                print(f"    error: {event.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"status: {result.status} ({len(result.steps)} steps, {result.tokens_used} tokens)")
+    if result.answer:
+        print(result.answer)
+    if result.patch:
+        print(result.patch)
+    if result.patch_error:
+        print(f"patch rejected: {result.patch_error}")
+    return 0
