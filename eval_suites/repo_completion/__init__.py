@@ -1,0 +1,1 @@
+"""Repository-level completion benchmark (RepoEval-style tasks from pinned PyPI sdists)."""
