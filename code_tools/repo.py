@@ -167,6 +167,14 @@ class IncrementalBM25:
         self.n_alive = 0
         self._idf: np.ndarray | None = None
         self._tail_size = 0
+        # term id -> (avgdl, tail length, doc ids, tf part of the score): exact while the
+        # corpus is unchanged, recomputed lazily per term after an edit moves avgdl.
+        self._weights: dict[int, tuple[float, int, np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_weights"] = {}  # a cache: not worth persisting
+        return state
 
     def _term_id(self, term: str) -> int:
         tid = self.vocab.get(term)
@@ -250,6 +258,7 @@ class IncrementalBM25:
             keep = self.alive[docs]
             self._docs[tid], self._tfs[tid] = docs[keep], tfs[keep]
         self._tail_size = 0
+        self._weights.clear()
 
     def _idf_vector(self) -> np.ndarray:
         if self._idf is None:
@@ -272,12 +281,18 @@ class IncrementalBM25:
             tid = self.vocab.get(term)
             if tid is None or self.df[tid] <= 0:
                 continue
-            docs, tfs = self._docs[tid], self._tfs[tid]
-            if self._tail_docs[tid]:
-                docs = np.concatenate([docs, np.asarray(self._tail_docs[tid], np.int32)])
-                tfs = np.concatenate([tfs, np.asarray(self._tail_tfs[tid], np.float32)])
-            norm = self.k1 * (1 - self.b + self.b * self.doc_len[docs] / avgdl)
-            out[docs] += (weight * idf[tid]) * tfs * (self.k1 + 1) / (tfs + norm)
+            cached = self._weights.get(tid)
+            if cached is not None and cached[0] == avgdl and cached[1] == len(self._tail_docs[tid]):
+                docs, part = cached[2], cached[3]
+            else:
+                docs, tfs = self._docs[tid], self._tfs[tid]
+                if self._tail_docs[tid]:
+                    docs = np.concatenate([docs, np.asarray(self._tail_docs[tid], np.int32)])
+                    tfs = np.concatenate([tfs, np.asarray(self._tail_tfs[tid], np.float32)])
+                norm = self.k1 * (1 - self.b + self.b * self.doc_len[docs] / avgdl)
+                part = (tfs * (self.k1 + 1) / (tfs + norm)).astype(np.float32)
+                self._weights[tid] = (avgdl, len(self._tail_docs[tid]), docs, part)
+            out[docs] += np.float32(weight * idf[tid]) * part
         out[~self.alive] = 0.0
         return out
 
