@@ -9,9 +9,11 @@ is one state; repeat until empty. Reversed, the states run "" -> ... -> program 
 step becomes a unified diff with zero context lines and no ``---``/``+++`` header.
 
 Linters: ``pyflakes`` (errors only, see ``PYFLAKES_ERRORS``) plus ``compile()`` for syntax
-(the fast default) and ``pylint`` (the reference: E and F messages plus bad-indentation,
-C/R/W disabled; ``import-error`` is left out because it depends on what this machine has
-installed, not on the program).
+(the fast default) and ``pylint`` (the reference: E and F messages plus bad-indentation and
+super-init-not-called, the warnings the authors' code promotes to errors; other warnings
+ignored; ``import-error`` is left out because it depends on what this machine has installed,
+not on the program). A flagged line is deleted with its indented children, as in the
+authors' code.
 
 Worked example: ``"x = 1\\nif x:\\n    y = x\\n"`` may go backward as delete ``y = x`` ->
 ``if x:`` is now an empty block, a syntax error at its header -> delete it -> ``"x = 1\\n"``
@@ -40,7 +42,7 @@ PYFLAKES_ERRORS = (
     "TwoStarredExpressions", "TooManyExpressionsInStarredAssignment", "ImportStarNotPermitted",
     "LateFutureImport", "FutureFeatureNotDefined",
 )
-PYLINT_ARGS = ("--disable=all", "--enable=E,F,bad-indentation", "--disable=import-error",
+PYLINT_ARGS = ("--disable=all", "--enable=E,F,bad-indentation,super-init-not-called", "--disable=import-error",
                "--persistent=n", "--score=n")
 _BLOCK_AFTER = re.compile(r"after '.*?' statement on line (\d+)")
 
@@ -206,6 +208,17 @@ def sample_states(code: str, rng: random.Random, lint: Callable[[str], set[int]]
     alive = list(range(len(lines)))
     states = [_render(lines, alive)]
 
+    def with_children(targets: set[int]) -> set[int]:
+        """Targets plus the lines indented under them (blank/comment lines do not end a block)."""
+        doomed = set(targets)
+        for target in (t for t in targets if _is_code(lines[t])):
+            base = _indent(lines[target])
+            for i in alive[alive.index(target) + 1:]:
+                if _is_code(lines[i]) and _indent(lines[i]) <= base:
+                    break
+                doomed.add(i)
+        return doomed
+
     def drop(indices: set[int]) -> None:
         nonlocal alive
         gone = set()
@@ -219,14 +232,7 @@ def sample_states(code: str, rng: random.Random, lint: Callable[[str], set[int]]
             break
         weights = [1 + _indent(lines[i]) / 4 for i in code_lines]  # deeper indentation: more likely
         pick = rng.choices(code_lines, weights=weights)[0]
-        base = _indent(lines[pick])
-        pos = alive.index(pick)
-        doomed = {pick}
-        for i in alive[pos + 1:]:  # indented children (blank/comment lines do not end the block)
-            if _is_code(lines[i]) and _indent(lines[i]) <= base:
-                break
-            doomed.add(i)
-        drop(doomed)
+        drop(with_children({pick}))
         for _ in range(max_lint_rounds):
             text = _render(lines, alive)
             errors = lint(text) if text else set()
@@ -235,7 +241,7 @@ def sample_states(code: str, rng: random.Random, lint: Callable[[str], set[int]]
             targets = {alive[n - 1] for n in errors if 1 <= n <= len(alive)}
             if not targets:  # error at EOF (e.g. an empty block at the end): drop the last code line
                 targets = {[i for i in alive if i in groups][-1]}
-            drop(targets)
+            drop(with_children(targets))  # as the reference: flagged lines go with their children
         else:  # pragma: no cover - every round deletes at least one line, so this cannot loop forever
             raise RuntimeError("lint loop did not converge")
         states.append(_render(lines, alive))

@@ -1,0 +1,1 @@
+"""LintSeq throughput benchmark: python -m eval_suites.lintseq_bench --out DIR."""
