@@ -448,15 +448,12 @@ class RepoCompleter:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if self._pie is None:
             self._pie = PieCache(self.generator.model, tokenizer)
-            self._pie.prefill(ids)
-            stats = None
-        else:
-            stats = self._pie.sync(ids)
+        stats = self._pie.sync(ids)  # a prefill the first time, PIE edits afterwards
         eos = tuple(i for i in [tokenizer.eos_token_id] if i is not None)
         new_ids = self._pie.generate(self.config.max_new_tokens, stop_token_ids=eos)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         for stop in self._stop():
             if stop in text:
                 text = text[: text.index(stop)]
-        result.kv_reuse = {"used": True, "stats": getattr(stats, "__dict__", stats)}
+        result.kv_reuse = {"used": True, **dict(stats.__dict__)}
         return text

@@ -327,10 +327,7 @@ class _ChunkEmbedder:
         try:  # the CORE helper's Embedder when present (one resolver, one cache policy)
             from index.embed import Embedder, EmbedderConfig
 
-            embedder = Embedder(EmbedderConfig(model=self.model_name))
-            inner = getattr(embedder, "model", None)
-            if inner is not None and hasattr(inner, "max_seq_length"):
-                inner.max_seq_length = self.max_tokens
+            embedder = Embedder(EmbedderConfig(model=self.model_name, max_seq_length=self.max_tokens))
             return embedder.encode
         except ImportError:
             from sentence_transformers import SentenceTransformer

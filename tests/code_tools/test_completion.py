@@ -131,3 +131,37 @@ def test_end_to_end_with_the_tiny_model(repo, request):
     assert result.raw_text.startswith(result.text.rstrip()) or result.text == ""
     assert result.prompt_tokens == generator.count_tokens(result.prompt)
     assert result.timings["generate"] > 0 and result.context
+
+
+class _BareTransformersGenerator:
+    """Exposes .model/.tokenizer like rag.llm.TransformersGenerator (the PIE path uses only those)."""
+
+    supports_fim = False
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def fim_prompt(self, prefix, suffix):
+        return None
+
+
+def test_kv_cache_reuse_through_pie_matches_a_fresh_prefill(repo, request):
+    pie = pytest.importorskip("code_tools.pie")
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    generator = _BareTransformersGenerator(model, tokenizer)
+    config = _fast(max_new_tokens=6, reuse_kv_cache=True, context_tokens=200, left_tokens=200)
+    completer = RepoCompleter(repo, generator, config)
+    first = completer.complete("shop/cart.py", line=13, col=9)
+    assert first.kv_reuse["used"] and first.kv_reuse["tokens_encoded"] == first.kv_reuse["sequence_length"]
+    # The user types one more line: the second prompt shares most tokens with the first.
+    second = completer.complete("shop/cart.py", line=14, col=9)
+    stats = second.kv_reuse
+    assert stats["used"] and stats["tokens_encoded"] < stats["sequence_length"]
+    fresh = pie.PieCache(model, tokenizer)
+    fresh.prefill(tokenizer(second.prompt, add_special_tokens=False)["input_ids"])
+    expected = tokenizer.decode(fresh.generate(6, stop_token_ids=(tokenizer.eos_token_id,)),
+                                skip_special_tokens=True)
+    assert second.raw_text == expected.split("\n\n\n")[0].split("\ndef ")[0].split("\nclass ")[0]
