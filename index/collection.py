@@ -49,6 +49,9 @@ from index.types import Chunk, Hits, SearchResult
 
 FORMAT_VERSION = 1
 MODES = ("hybrid", "bm25", "dense")
+# Settings baked into the indexes: changing one rebuilds them. Chunk sizes apply to files
+# (re-)indexed later; batch size and fusion settings apply at once.
+_INDEX_KEYS = ("dense", "dense_config", "embedding_model", "bm25", "tokenizer")
 _log = logging.getLogger(__name__)
 
 
@@ -231,7 +234,8 @@ class Collection:
             collection.config = config
             with store.transaction():
                 store.set_config(name, config.to_dict())
-            if stored["generation"] > 0:
+            new, old = config.to_dict(), current.to_dict()
+            if stored["generation"] > 0 and any(new[key] != old[key] for key in _INDEX_KEYS):
                 collection.rebuild(progress=False)
         return collection
 
@@ -290,6 +294,11 @@ class Collection:
             if not root.exists():
                 raise NotFoundError(f"path {given} does not exist")
             roots.append(root.resolve())
+        for root in roots:  # a file named explicitly must be indexable: say why not, change nothing
+            if root.is_file():
+                text, reason = read_text(root, self.config.ingest)
+                if text is None:
+                    raise InvalidInputError(f"cannot index {root}: {reason}")
         report = IndexReport(self.name)
         existing = self.store.documents(self.name)
         seen: set[str] = set()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from index import Chunk, Collection, CollectionConfig, SearchResult
-from index.bm25 import BM25Index
+from index.bm25 import BM25Config, BM25Index
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 
 pytestmark = pytest.mark.slow  # embeds with the shipped MiniLM (loaded once per process)
@@ -195,9 +195,14 @@ def test_config_is_persisted_and_a_changed_config_rebuilds(tmp_path):
     with Collection.open(tmp_path / "ws", "notes") as reopened:
         assert reopened.config == config
         assert _top_path(reopened, "write-ahead logging", "hybrid").endswith("sqlite.md")
+    generation = lambda c: c.store.collection("notes")["generation"]  # noqa: E731
     with Collection.open(tmp_path / "ws", "notes", config=CollectionConfig()) as changed:
-        assert changed.config.fusion == "rrf"
+        assert changed.config.fusion == "rrf" and generation(changed) == 1  # query-time only
         assert _top_path(changed, "spaghetti", "hybrid").endswith("cooking.txt")
+    okapi = CollectionConfig(bm25=BM25Config(k1=1.5, idf="okapi"))
+    with Collection.open(tmp_path / "ws", "notes", config=okapi) as rebuilt:
+        assert generation(rebuilt) == 2  # BM25 settings are baked into the index: rebuilt
+        assert rebuilt._bm25.config == okapi.bm25 and rebuilt.stats()["chunks"] == 3
     with pytest.raises(NotFoundError):
         Collection.open(tmp_path / "ws", "other", create=False)
 
@@ -219,4 +224,6 @@ def test_bad_inputs(indexed, tmp_path):
     (tree / "blob.bin").write_bytes(bytes(range(256)) * 4)
     report = collection.add_paths([tree], progress=False)
     assert (str(tree / "blob.bin"), "binary file") in report.skipped
+    with pytest.raises(InvalidInputError, match="binary file"):  # named explicitly: an error
+        collection.add_paths([tree / "blob.bin"], progress=False)
     assert collection.search("the and of", k=3, mode="bm25") == []  # only stopwords

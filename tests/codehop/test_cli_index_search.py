@@ -1,0 +1,200 @@
+"""End to end through the `codehop` CLI: index a small real tree, search it in every mode,
+survive a kill -9 during indexing, and turn bad input into one error line."""
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from codehop.cli import main
+
+pytestmark = pytest.mark.slow  # embeds with the shipped MiniLM
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = {  # devdocs page id -> file written into the tree (first ~5,000 characters)
+    "numpy~1.22/reference/generated/numpy.linspace.txt": "numpy/linspace.txt",
+    "pandas~1/reference/api/pandas.dataframe.where.txt": "pandas/where.md",
+    "python~3.9/library/heapq.txt": "python/heapq.txt",
+    "python~3.9/library/zipfile.txt": "python/zipfile.md",
+    "pygame/ref/mixer.txt": "pygame/mixer.txt",
+}
+PYTHON_FILES = {
+    "src/geometry.py": "import math\n\n\ndef circle_area(radius):\n    \"\"\"Area of a circle.\"\"\"\n"
+                       "    return math.pi * radius ** 2\n\n\ndef rectangle_perimeter(width, height):\n"
+                       "    return 2 * (width + height)\n",
+    "src/retry.py": "import time\n\n\ndef retry_with_backoff(call, attempts=5, base_delay=0.5):\n"
+                    "    \"\"\"Call again after failures, doubling the delay each time.\"\"\"\n"
+                    "    for attempt in range(attempts):\n        try:\n            return call()\n"
+                    "        except ConnectionError:\n            time.sleep(base_delay * 2 ** attempt)\n"
+                    "    raise RuntimeError('gave up')\n",
+}
+QUERIES = {  # query -> the file that must come first, in every mode
+    "evenly spaced numbers over a specified interval": "numpy/linspace.txt",
+    "replace values where the condition is False": "pandas/where.md",
+    "heap queue priority queue algorithm": "python/heapq.txt",
+    "read and write ZIP archive files": "python/zipfile.md",
+    "play sounds and music through mixer channels": "pygame/mixer.txt",
+    "area of a circle from its radius": "src/geometry.py",
+    "retry a failing call with exponential backoff": "src/retry.py",
+}
+
+
+def _devdocs(shared_data, ids):
+    pages = {}
+    with gzip.open(shared_data / "coderag" / "devdocs.jsonl.gz", "rt") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record["id"] in ids:
+                pages[record["id"]] = record["text"]
+                if len(pages) == len(ids):
+                    break
+    return pages
+
+
+def _write_tree(root, shared_data):
+    for page_id, text in _devdocs(shared_data, set(PAGES)).items():
+        path = root / PAGES[page_id]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text[:5000])
+    for name, text in PYTHON_FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def _count_vectors(cache):
+    with sqlite3.connect(cache, timeout=30) as conn:
+        return conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, shared_data):
+    base = tmp_path_factory.mktemp("e2e")
+    tree = _write_tree(base / "tree", shared_data)
+    workspace = base / "ws"
+    code = main(["index", str(tree), "--workspace", str(workspace), "--no-progress"])
+    assert code == 0
+    return tree, workspace
+
+
+@pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
+def test_search_finds_the_right_file_first(indexed, capsys, mode):
+    tree, workspace = indexed
+    for query, expected in QUERIES.items():
+        code, out, err = _cli(capsys, "search", query, "--mode", mode, "--k", "3", "--json",
+                              "--workspace", str(workspace))
+        assert code == 0, err
+        results = json.loads(out)["results"]  # exactly one JSON document on stdout
+        assert results and set(results[0]) == {"id", "score", "path", "start_line", "end_line", "text"}
+        assert results[0]["path"] == str(tree / expected), (mode, query)
+        top = results[0]
+        lines = Path(top["path"]).read_text().splitlines()[top["start_line"] - 1 : top["end_line"]]
+        if top["path"].endswith(".py"):  # code chunks may carry a header or be an abstract
+            name = expected.split("/")[-1]
+            assert any(line.startswith("def ") and line.split("(")[0][4:] in top["text"]
+                       for line in lines), (name, top)
+        else:
+            assert top["text"].split() == " ".join(lines).split()  # the span holds that text
+
+
+def test_reindex_is_incremental_and_human_output_readable(indexed, capsys, monkeypatch):
+    tree, workspace = indexed
+    monkeypatch.setenv("CODEHOP_WORKSPACE", str(workspace))  # default workspace from the env
+    code, out, _ = _cli(capsys, "index", str(tree), "--no-progress")
+    assert code == 0 and f"0 added, 0 updated, {len(PAGES) + len(PYTHON_FILES)} unchanged" in out
+    assert "(0 embedded)" in out
+    code, out, _ = _cli(capsys, "search", "circle area", "--mode", "bm25", "--k", "2")
+    first = out.splitlines()[0]
+    assert code == 0 and first.startswith(" 1. ") and f"{tree / 'src/geometry.py'}:" in first
+    assert "def circle_area" in out
+
+
+def test_bad_input_gives_one_error_line(indexed, capsys, tmp_path):
+    tree, workspace = indexed
+    ws = ["--workspace", str(workspace)]
+    code, out, err = _cli(capsys, "index", str(tmp_path / "missing"), *ws)
+    assert code == 3 and err.strip().count("\n") == 0 and "does not exist" in err
+    code, out, err = _cli(capsys, "search", "   ", *ws)
+    assert code == 2 and err.startswith("codehop: error: empty query")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
+    code, out, err = _cli(capsys, "index", str(tmp_path / "image.png"), *ws)
+    assert code == 2 and "binary file" in err and err.strip().count("\n") == 0
+    code, out, err = _cli(capsys, "search", "x", "--collection", "nope", *ws)
+    assert code == 3 and "no collection 'nope'" in err
+    code, out, err = _cli(capsys, "search", "x", "--workspace", str(tmp_path / "no-ws"))
+    assert code == 3 and "no workspace" in err
+
+
+def test_corrupt_workspace_gives_one_error_line_without_traceback(indexed, capsys, tmp_path):
+    _, workspace = indexed
+    broken = tmp_path / "ws"
+    shutil.copytree(workspace, broken)
+    manifest = broken / "collections" / "default" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "codehop", "search", "heap", "--mode", "bm25",
+                          "--workspace", str(broken)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 4 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "manifest" in run.stderr
+    store = broken / "store.sqlite"
+    store.write_bytes(store.read_bytes()[:3000])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    code, out, err = _cli(capsys, "search", "heap", "--workspace", str(broken))
+    assert code == 4 and err.count("\n") == 1 and "store" in err
+
+
+def test_kill_during_indexing_leaves_previous_state_searchable(indexed, capsys, shared_data, tmp_path):
+    tree, workspace = indexed
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    before = _cli(capsys, "search", "heap queue", "--mode", "hybrid", "--json", "--workspace", str(ws))
+    # A larger tree: many more devdocs pages (their passages must all be embedded).
+    big = tmp_path / "big"
+    with gzip.open(shared_data / "coderag" / "devdocs.jsonl.gz", "rt") as handle:
+        for number, line in enumerate(handle):
+            if number >= 400:
+                break
+            record = json.loads(line)
+            (big / f"page{number:04d}.txt").parent.mkdir(parents=True, exist_ok=True)
+            (big / f"page{number:04d}.txt").write_text(record["text"][:600])
+    # Small embedding batches: the cache commits every 8 batches, so the kill lands early.
+    (tmp_path / "codehop.toml").write_text("[embedding]\nbatch_size = 2\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cache = next((ws / "embeddings").glob("*.sqlite"))
+    cached_before = _count_vectors(cache)
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "codehop", "--config", str(tmp_path / "codehop.toml"), "index",
+             str(tree), str(big), "--workspace", str(ws)],
+            stderr=stderr, stdout=subprocess.DEVNULL, env=env)
+    # Kill once it is really embedding: the vector cache has grown by its first batch.
+    deadline = time.time() + 150
+    while _count_vectors(cache) == cached_before and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, log.read_text(errors="replace")[-500:]  # still mid-run
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert _count_vectors(cache) > cached_before  # the embedding work done so far is kept
+    after = _cli(capsys, "search", "heap queue", "--mode", "hybrid", "--json", "--workspace", str(ws))
+    assert after[0] == 0 and json.loads(after[1]) == json.loads(before[1])
+    code, out, _ = _cli(capsys, "search", "zipfile archive", "--mode", "bm25", "--json", "--k", "50",
+                        "--workspace", str(ws))
+    paths = {r["path"] for r in json.loads(out)["results"]}
+    assert paths and not any(str(big) in p for p in paths)  # nothing of the killed run

