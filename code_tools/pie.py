@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from index.errors import InvalidInputError
@@ -99,7 +99,6 @@ class _Costs:
     layers: int
     kv_width: int  # heads * head_dim of queries (score and value products per context token)
     key_width: int  # kv_heads * head_dim: one rotation costs ~3 flops per key element
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def flops(self, tokens: int, context_start: int) -> float:
         # token j (0-based within the chunk) attends to context_start + j + 1 keys

@@ -132,3 +132,17 @@ def test_cli_skips_malformed_records_and_is_reproducible(tmp_path, capsys):
     assert out1.read_text() == out2.read_text()  # same seed, different worker counts
     assert all(replay(r["edit_path"]) == PROGRAM for r in rows)
     assert main(["lintseq", str(tmp_path / "missing.jsonl"), "--out", str(out2)]) != 0
+
+
+def test_cli_ray_without_ray_is_a_clear_error(tmp_path, capsys):
+    import importlib.util
+
+    from codehop.cli import main
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"code": "x = 1\n"}) + "\n")
+    assert main(["lintseq", str(src), "--out", str(tmp_path / "o.jsonl"), "--ray", "--no-progress"]) != 0
+    assert "ray" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "o.jsonl").exists()

@@ -152,3 +152,13 @@ def test_bad_edits_raise_clear_errors(tiny_llama):
         pie.apply_edits([Edit(5, 20)])
     with pytest.raises(InvalidInputError):
         pie.apply_edits([Edit(2, 6), Edit(4, 8)])
+
+
+def test_large_rewrite_falls_back_to_prefill(tiny_llama):
+    model, _ = tiny_llama
+    pie = _fresh(model, _ids(20, 11))
+    new = _ids(30, 12)
+    stats = pie.sync(new)
+    assert stats.full_recompute and stats.tokens_encoded == 30
+    for layer in range(len(pie.layers)):
+        assert _maxdiff(pie, _fresh(model, new), layer) < 1e-6
