@@ -444,8 +444,9 @@ class Collection:
                         removed += self.store.delete_document(doc_id)
                     for put in puts:
                         hashes = [content_hash(c.text) for c in put.chunks]
+                        tokens = [tokenize(c.text, self.config.tokenizer) for c in put.chunks]
                         doc_id, old, new = self.store.put_document(
-                            self.name, put.path, put.hash, put.chunks, hashes, put.metadata)
+                            self.name, put.path, put.hash, put.chunks, hashes, put.metadata, tokens)
                         doc_ids.append(doc_id)
                         removed += old
                         added += new
@@ -469,10 +470,14 @@ class Collection:
     def _write_generation(self, generation: int, removed: list[int], added: list[int],
                           rebuild: bool) -> Path:
         """Build this generation's indexes from the (uncommitted) store view; returns its dir."""
-        ids, texts, _ = self.store.chunk_table(self.name)
+        if rebuild:  # the tokenizer settings may have changed: tokenise everything again
+            ids, texts, _ = self.store.chunk_table(self.name)
+            tokens = [tokenize(text, self.config.tokenizer) for text in texts]
+            self.store.set_tokens(list(zip(ids, tokens)))
+        else:
+            ids, tokens = self.store.chunk_tokens(self.name)
         bm25 = BM25Index(self.config.bm25)
-        bm25.index([tokenize(text, self.config.tokenizer) for text in texts],
-                   np.asarray(ids, dtype=np.int64))
+        bm25.index(tokens, np.asarray(ids, dtype=np.int64))
         dense = self._dense
         if rebuild or dense is None or dense.kind != self.config.dense:
             dense, added = None, ids  # start from scratch with every chunk

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, doc_id INTEGER NOT NULL,
     ordinal INTEGER NOT NULL, text TEXT NOT NULL, text_hash TEXT NOT NULL,
     start_line INTEGER NOT NULL, end_line INTEGER NOT NULL, kind TEXT NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}');
+    metadata TEXT NOT NULL DEFAULT '{}', tokens TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (doc_id);
 CREATE INDEX IF NOT EXISTS chunks_collection ON chunks (collection);
 """
@@ -224,8 +224,12 @@ class Store:
     def put_document(
         self, collection: str, path: str, content_hash: str, chunks: list[Chunk],
         text_hashes: list[str], metadata: dict[str, Any] | None = None,
+        tokens: list[list[str]] | None = None,
     ) -> tuple[int, list[int], list[int]]:
         """Insert or replace a document and its chunks (inside a transaction).
+
+        `tokens` are each chunk's BM25 tokens, kept so that rebuilding BM25 after a small
+        change does not re-tokenise the whole collection.
 
         Returns:
             (doc_id, removed chunk row ids, new chunk row ids in chunk order).
@@ -246,12 +250,14 @@ class Store:
             self._write("UPDATE documents SET hash=?, metadata=?, updated=? WHERE id=?",
                         [content_hash, meta, time.time(), doc_id])
         added = []
-        for ordinal, (chunk, text_hash) in enumerate(zip(chunks, text_hashes)):
+        tokens = tokens or [[] for _ in chunks]
+        for ordinal, (chunk, text_hash, words) in enumerate(zip(chunks, text_hashes, tokens)):
             cursor = self._write(
                 "INSERT INTO chunks (collection, doc_id, ordinal, text, text_hash, start_line, "
-                "end_line, kind, metadata) VALUES (?,?,?,?,?,?,?,?,?)",
+                "end_line, kind, metadata, tokens) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [collection, doc_id, ordinal, chunk.text, text_hash, chunk.start_line,
-                 chunk.end_line, chunk.kind, json.dumps(chunk.metadata, default=str)],
+                 chunk.end_line, chunk.kind, json.dumps(chunk.metadata, default=str),
+                 " ".join(words)],
             )
             added.append(int(cursor.lastrowid))
         return int(doc_id), removed, added
@@ -276,6 +282,20 @@ class Store:
                 "SELECT id, text, text_hash FROM chunks WHERE collection=? ORDER BY id", [collection]
             ).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def chunk_tokens(self, collection: str) -> tuple[list[int], list[list[str]]]:
+        """(row ids, stored BM25 tokens) of every chunk of a collection, in row-id order."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT id, tokens FROM chunks WHERE collection=? ORDER BY id", [collection]
+            ).fetchall()
+        return [r[0] for r in rows], [r[1].split() for r in rows]
+
+    def set_tokens(self, items: list[tuple[int, list[str]]]) -> None:
+        """Replace the stored tokens of chunks (inside a transaction)."""
+        self._write("SELECT 1")  # refuses to run outside a transaction
+        self.db.conn.executemany("UPDATE chunks SET tokens=? WHERE id=?",
+                                 [(" ".join(words), row_id) for row_id, words in items])
 
     def get_chunks(self, row_ids: list[int]) -> dict[int, ChunkRow]:
         """Stored chunks by row id (missing ids are left out)."""

@@ -16,8 +16,12 @@ def test_put_update_delete_and_ids_never_reused(tmp_path):
     store.create_collection("c", {"x": 1})
     with store.transaction():
         doc, removed, added = store.put_document("c", "/a.txt", "h1", _chunks("/a.txt", "one", "two"),
-                                                 ["t1", "t2"])
+                                                 ["t1", "t2"], tokens=[["one"], ["two", "2"]])
     assert removed == [] and len(added) == 2
+    assert store.chunk_tokens("c") == (added, [["one"], ["two", "2"]])
+    with store.transaction():
+        store.set_tokens([(added[0], ["uno"])])
+    assert store.chunk_tokens("c")[1] == [["uno"], ["two", "2"]]
     rows = store.get_chunks(added)
     assert [rows[i].chunk_id for i in added] == [f"{doc}:0", f"{doc}:1"]
     assert rows[added[1]].text == "two" and rows[added[1]].path == "/a.txt"
