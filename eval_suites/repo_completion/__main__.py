@@ -172,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/repo_completion"))
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "codehop" / "repo_completion")
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES))
-    parser.add_argument("--tasks", type=int, default=40, help="total tasks, spread over packages")
-    parser.add_argument("--context-tokens", type=int, default=384)
-    parser.add_argument("--left-tokens", type=int, default=512)
+    parser.add_argument("--tasks", type=int, default=32, help="total tasks, spread over packages")
+    parser.add_argument("--context-tokens", type=int, default=256)
+    parser.add_argument("--left-tokens", type=int, default=384)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--big-files", type=int, default=10_000, help="0 skips the 10k-file run")
-    parser.add_argument("--big-queries", type=int, default=60)
+    parser.add_argument("--big-queries", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     by_mode = {s["mode"]: s for s in summary}
     for s in summary:
         s["EM_vs_none"] = s["EM"] / by_mode["no_retrieval"]["EM"] if by_mode["no_retrieval"]["EM"] else float("nan")
-        s["ES_vs_none"] = s["ES"] / by_mode["no_retrieval"]["ES"]
+        s["ES_vs_none"] = s["ES"] / by_mode["no_retrieval"]["ES"] if by_mode["no_retrieval"]["ES"] else float("nan")
 
     big = {}
     if args.big_files:
