@@ -185,3 +185,21 @@ def test_dense_rerank_prefers_the_semantically_closest_chunk(repo_dir):
     ranked = repo.rerank("return a friendly hello message for the user's name", hits.ids, 3)
     assert len(ranked) == 3 and np.all(np.diff(ranked.scores) <= 0)
     assert "hello" in repo.chunk(int(ranked.ids[0])).text
+
+
+def test_watch_mode_picks_up_edits(repo_dir):
+    import threading
+
+    repo = RepoIndex.open(repo_dir)
+    stop, seen = threading.Event(), []
+    thread = threading.Thread(target=repo.watch, args=(stop, 0.05, seen.extend), daemon=True)
+    thread.start()
+    try:
+        (repo_dir / "pkg" / "util.py").write_text("def audit(event, who):\n    print(event)\n\n\ndef watched():\n    pass\n")
+        deadline = time.time() + 5
+        while not repo.definition("watched") and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(2)
+    assert repo.definition("watched") and "pkg/util.py" in seen
