@@ -56,12 +56,17 @@ class LintSeqConfig:
         samples: sequences sampled per program (the paper uses 5).
         seed: base seed; each (program key, sample) pair derives its own generator from it.
         max_lint_rounds: safety bound on lint/delete rounds per step.
+        ignore_source_errors: ignore errors the program already has on the lines where it has
+            them (the authors' ``ignore_init_errors``; off by default there and here). Without
+            it a program pylint flags, e.g. for 2-space indentation, loses those lines in the
+            first backward step.
     """
 
     linter: str = "pyflakes"
     samples: int = 5
     seed: int = 0
     max_lint_rounds: int = 1000
+    ignore_source_errors: bool = False
 
     def __post_init__(self) -> None:
         if self.linter not in LINTERS:
@@ -191,13 +196,14 @@ def normalize(code: str) -> str:
 
 
 def sample_states(code: str, rng: random.Random, lint: Callable[[str], set[int]],
-                  max_lint_rounds: int = 1000) -> list[str]:
+                  max_lint_rounds: int = 1000, ignore_source_errors: bool = False) -> list[str]:
     """One backward trajectory: states from the full program down to "" (both included).
 
     Args:
         code: the program (normalised with `normalize`).
         rng: the random generator that drives line choice.
         lint: code -> set of 1-based error lines.
+        ignore_source_errors: errors on lines that already had one in ``code`` do not count.
     Returns:
         Lint-clean states after each step, starting with the program itself and ending with "".
     """
@@ -207,6 +213,9 @@ def sample_states(code: str, rng: random.Random, lint: Callable[[str], set[int]]
         return [normalize(code), ""] if lines else [""]
     alive = list(range(len(lines)))
     states = [_render(lines, alive)]
+    # a syntax error is never ignored: it would hide every other message of the state
+    ignorable = ignore_source_errors and _syntax_error_lines(states[0]) is None
+    ignored = {n - 1 for n in lint(states[0])} if ignorable else set()
 
     def with_children(targets: set[int]) -> set[int]:
         """Targets plus the lines indented under them (blank/comment lines do not end a block)."""
@@ -236,9 +245,9 @@ def sample_states(code: str, rng: random.Random, lint: Callable[[str], set[int]]
         for _ in range(max_lint_rounds):
             text = _render(lines, alive)
             errors = lint(text) if text else set()
-            if not errors:
+            targets = {alive[n - 1] for n in errors if 1 <= n <= len(alive)} - ignored
+            if not targets and all(1 <= n <= len(alive) for n in errors):
                 break
-            targets = {alive[n - 1] for n in errors if 1 <= n <= len(alive)}
             if not targets:  # error at EOF (e.g. an empty block at the end): drop the last code line
                 targets = {[i for i in alive if i in groups][-1]}
             drop(with_children(targets))  # as the reference: flagged lines go with their children
@@ -313,7 +322,8 @@ def edit_paths(code: str, config: LintSeqConfig = LintSeqConfig(), key: str = ""
     paths = []
     for sample in range(config.samples):
         rng = random.Random(f"lintseq:{config.seed}:{key}:{sample}")  # str seeds hash stably
-        paths.append(states_to_edit_path(sample_states(code, rng, lint, config.max_lint_rounds)))
+        states = sample_states(code, rng, lint, config.max_lint_rounds, config.ignore_source_errors)
+        paths.append(states_to_edit_path(states))
     return paths
 
 

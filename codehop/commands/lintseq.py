@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--linter", choices=("pyflakes", "pylint"), default="pyflakes",
                         help="pyflakes + compile() (fast, default) or pylint E/F + bad-indentation")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    parser.add_argument("--ignore-source-errors", action="store_true",
+                        help="ignore lint errors the program already has (e.g. pylint bad-indentation)")
     parser.add_argument("--code-field", default=None, help="read the program from this field only")
     parser.add_argument("--ray", action="store_true", help="distribute with Ray (needs ray installed)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -87,7 +89,8 @@ def handler(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise NotFoundError(f"input file {source} does not exist")
-    config = LintSeqConfig(linter=args.linter, samples=args.samples, seed=args.seed)
+    config = LintSeqConfig(linter=args.linter, samples=args.samples, seed=args.seed,
+                           ignore_source_errors=args.ignore_source_errors)
     workers = args.workers or os.cpu_count() or 1
     if workers < 1:
         raise InvalidInputError("--workers must be >= 1")

@@ -38,8 +38,9 @@ def load_programs(data: Path) -> dict[str, list[tuple[str, str]]]:
     return sets
 
 
-def measure(name: str, programs: list[tuple[str, str]], linter: str, samples: int, seed: int) -> dict:
-    config = LintSeqConfig(linter=linter, samples=samples, seed=seed)
+def measure(name: str, programs: list[tuple[str, str]], linter: str, samples: int, seed: int,
+            ignore_source_errors: bool = False) -> dict:
+    config = LintSeqConfig(linter=linter, samples=samples, seed=seed, ignore_source_errors=ignore_source_errors)
     lint = get_linter(linter)
     lint("x = 1\n")  # warm-up (pylint builds its linter once per process)
     edits, lines, exact, clean_src = [], [], 0, 0
@@ -55,7 +56,8 @@ def measure(name: str, programs: list[tuple[str, str]], linter: str, samples: in
         paths = edit_paths(code, config, key=key)
         exact += all(replay(p) == normalize(code) for p in paths)
         clean_src += not lint(normalize(code))
-    return {"dataset": name, "linter": linter, "programs": len(programs), "samples": samples,
+    return {"dataset": name, "linter": linter + (" (source errors ignored)" if ignore_source_errors else ""),
+            "programs": len(programs), "samples": samples,
             "programs/s per core": len(programs) / cpu, "sequences/s per core": len(programs) * samples / cpu,
             "cpu s": cpu, "wall s": wall, "edits per sequence": statistics.mean(edits),
             "edits per sequence (median)": statistics.median(edits), "lines per program": statistics.mean(lines),
@@ -98,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, programs in sets.items():
         rows.append(measure(name, programs, "pyflakes", args.samples, args.seed))
         rows.append(measure(name, programs[:args.pylint_programs], "pylint", args.samples, args.seed))
+        if rows[-1]["source lint-clean %"] < 100:
+            rows.append(measure(name, programs[:args.pylint_programs], "pylint", args.samples, args.seed,
+                                ignore_source_errors=True))
         baseline.append(shortcut(name, programs, args.samples, args.seed))
-        ours = rows[-2]
+        ours = next(r for r in rows if r["dataset"] == name and r["linter"] == "pyflakes")
         baseline.append({"dataset": name, "method": "LintSeq (pyflakes loop)",
                          "intermediate states": "", "states with lint errors %": 0.0,
                          "edits per sequence": ours["edits per sequence"],
@@ -112,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                           "'replay exact' = all sequences of a program rebuild it exactly; every "
                           "intermediate state is lint-clean by construction (and by the tests).")
     speed = {(r["dataset"], r["linter"]): r["programs/s per core"] for r in rows}
+    report.add("Why pylint finds errors in MBPP sources",
+               "Under pylint about half of the MBPP solutions are not clean at the start: every message is "
+               "bad-indentation (tab or 2-space indented code), which the reference counts as an error. "
+               "Without `ignore_source_errors` (the authors' `ignore_init_errors`, off by default) the first "
+               "backward step deletes those lines, so sequences are shorter; the extra row shows the option on.")
     ratios = "\n".join(f"- {d}: pyflakes loop is {speed[(d, 'pyflakes')] / speed[(d, 'pylint')]:.0f}x faster "
                        f"than the pylint reference ({speed[(d, 'pyflakes')]:.1f} vs {speed[(d, 'pylint')]:.2f} "
                        f"programs/s per core)" for d in sets)

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from code_tools.lintseq import (LintSeqConfig, apply_diff, edit_paths, extract_code, get_linter, normalize,
-                                process_record, pyflakes_errors, replay, sample_states, state_diff)
+                                process_record, pyflakes_errors, replay, sample_states, state_diff,
+                                states_to_edit_path)
 from index.errors import InvalidInputError
 
 PROGRAM = '''import math
@@ -146,3 +147,19 @@ def test_cli_ray_without_ray_is_a_clear_error(tmp_path, capsys):
     assert main(["lintseq", str(src), "--out", str(tmp_path / "o.jsonl"), "--ray", "--no-progress"]) != 0
     assert "ray" in capsys.readouterr().err.lower()
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_ignore_source_errors_keeps_preexisting_errors_only():
+    code = "def f():\n    return undefined_thing\n\n\nx = 1\ny = x + 1\nz = y * 2\n"
+    kept = False
+    for seed in range(5):
+        strict = sample_states(code, random.Random(seed), pyflakes_errors)
+        assert all("undefined_thing" not in s for s in strict[1:])
+        lenient = sample_states(code, random.Random(seed), pyflakes_errors, ignore_source_errors=True)
+        for state in lenient[1:]:
+            lines = state.splitlines()
+            assert all(lines[n - 1] == "    return undefined_thing" for n in pyflakes_errors(state))
+        kept |= any("undefined_thing" in s for s in lenient[1:])
+        path = states_to_edit_path(lenient)
+        assert replay(path) == code
+    assert kept  # the pre-existing error did survive some backward steps
