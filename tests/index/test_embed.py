@@ -61,3 +61,15 @@ def test_bad_inputs():
     with pytest.raises(InvalidInputError):
         embedder.encode_query("   ")
     assert content_hash("x") == content_hash("x") != content_hash("y")
+
+
+def test_truncation_is_per_embedder_although_the_model_is_shared(embedder):
+    long_text = "sqlite write-ahead logging " * 10 + "but the ending is about bananas " * 20
+    plain = Embedder(EmbedderConfig())  # no cache: every call reaches the model
+    short = Embedder(EmbedderConfig(max_seq_length=16))
+    full_before = plain.encode([long_text])[0]
+    truncated = short.encode([long_text])[0]
+    full_after = plain.encode([long_text])[0]
+    assert short.model is plain.model is embedder.model  # one copy per process
+    assert float(truncated @ full_before) < 0.99
+    np.testing.assert_allclose(full_after, full_before, atol=1e-5)  # no leaked limit
