@@ -1,0 +1,565 @@
+"""codehop's REST API (FastAPI): collections, search, RAG answers, OpenAI/Tabby compatibility.
+
+Wiring only: every endpoint validates its request (codehop/rest_models.py), calls one public
+object of a lower layer and converts the result. Resources (collections, the generator, the
+repository completer) live in a `Resources` object built in `lifespan` and reach endpoints
+through `Depends`, so tests swap them with `app.dependency_overrides`.
+
+Errors: every `index.errors.CodehopError` becomes its `http_status` in ONE handler
+(`_codehop_error`), with OpenAI's `{"error": {"type", "message", "code"}}` body.
+
+Concurrency: one writer thread runs indexing jobs one at a time; each collection has a
+readers-writer lock. A job embeds new chunks into the vector cache first (the slow part,
+readers unaffected), then holds the write side only while the collection commits (cached
+vectors: tokenise, rebuild BM25, add to the dense index, fsync), so searches always see one
+committed generation and never wait on the embedding model.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from codehop import rest_models as m
+from codehop.config import Settings, resolve_workspace
+from codehop.rest_metrics import Metrics, MetricsMiddleware
+from index.errors import (CodehopError, ConflictError, InvalidInputError, MissingDependencyError,
+                          NotFoundError)
+
+VERSION = "0.1.0"
+_MAX_JOBS = 1000
+_ERRORS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+           405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+           422: "invalid_request", 501: "not_implemented"}
+
+
+class PathOutsideRootsError(CodehopError):
+    """A file path resolves outside every configured root (path traversal, symlink escape)."""
+
+    exit_code = 2
+    http_status = 403
+
+
+# ---------------------------------------------------------------- resources
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer and not self._waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Resources:
+    """What the endpoints share: the workspace's collections, the jobs, lazily loaded models.
+
+    Args:
+        settings: typed settings (generator, collection defaults, server roots and API key).
+        workspace: the workspace directory.
+        roots: directories whose files may be indexed through the API (resolved).
+        repo_root: the repository that completions draw context from (None: no completions).
+    """
+
+    def __init__(self, settings: Settings, workspace: Path, roots: list[Path],
+                 repo_root: Path | None) -> None:
+        self.settings, self.workspace, self.repo_root = settings, workspace, repo_root
+        self.roots = [Path(r).expanduser().resolve() for r in roots]
+        self.jobs: OrderedDict[str, m.Job] = OrderedDict()
+        self._collections: dict[str, Any] = {}
+        self._locks: dict[str, RWLock] = {}
+        self._guard = threading.RLock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="codehop-writer")
+        self._generator = None
+        self._embedder = None
+        self._repo = None
+        self._completers: dict[int, Any] = {}
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True, cancel_futures=True)
+        with self._guard:
+            for collection in self._collections.values():
+                collection.close()
+            self._collections.clear()
+
+    # ---- collections
+
+    def names(self) -> list[str]:
+        from index.store import Store
+
+        if not (self.workspace / "store.sqlite").exists():
+            return []
+        store = Store(self.workspace / "store.sqlite")
+        try:
+            return store.collections()
+        finally:
+            store.close()
+
+    def collection(self, name: str):
+        """The open Collection `name` (NotFoundError when it does not exist)."""
+        from index.collection import Collection
+
+        with self._guard:
+            if name not in self._collections:
+                self._collections[name] = Collection.open(self.workspace, name, create=False)
+                self._locks.setdefault(name, RWLock())
+            return self._collections[name]
+
+    def lock(self, name: str) -> RWLock:
+        with self._guard:
+            return self._locks.setdefault(name, RWLock())
+
+    def create(self, name: str, dense: str):
+        from index.collection import Collection
+
+        with self._guard:
+            if name in self.names():
+                raise ConflictError(f"collection {name!r} already exists: delete it first or pick another name")
+            config = self.settings.collection_config(dense=dense)
+            self._collections[name] = Collection.open(self.workspace, name, config=config)
+            return self._collections[name]
+
+    def drop(self, name: str) -> None:
+        from index.collection import drop_collection
+
+        self.collection(name)  # NotFoundError first
+        with self.lock(name).write(), self._guard:
+            self._collections.pop(name).close()
+            drop_collection(self.workspace, name)
+
+    # ---- jobs: one writer thread, one job at a time
+
+    def submit(self, name: str, kind: str, work: Callable[[Any], dict[str, Any]]) -> m.Job:
+        """Queue `work(collection)` on the writer thread; returns the job (poll /v1/jobs/{id})."""
+        self.collection(name)
+        job = m.Job(id=uuid.uuid4().hex, collection=name, kind=kind, status="queued",
+                    created=time.time())
+        with self._guard:
+            self.jobs[job.id] = job
+            while len(self.jobs) > _MAX_JOBS:
+                self.jobs.popitem(last=False)
+        self._writer.submit(self._run, job, work)
+        return job
+
+    def _run(self, job: m.Job, work: Callable[[Any], dict[str, Any]]) -> None:
+        job.status = "running"
+        try:
+            job.result = work(self.collection(job.collection))
+            job.status = "done"
+        except CodehopError as error:
+            job.error = m.ErrorBody(type=type(error).__name__, message=str(error),
+                                    code=error.http_status)
+            job.status = "failed"
+        except Exception as error:  # a job must never die silently: record it
+            job.error = m.ErrorBody(type=type(error).__name__, message=str(error), code=500)
+            job.status = "failed"
+        finally:
+            job.finished = time.time()
+
+    # ---- files: only inside the configured roots
+
+    def confine(self, given: str) -> Path:
+        """Resolve `given` (relative: to the first root) and require it to lie inside a root."""
+        if not self.roots:
+            raise PathOutsideRootsError(
+                "no roots configured: adding files is disabled; set [server] roots in codehop.toml "
+                "or pass --source to codehop serve")
+        try:
+            path = Path(given).expanduser()
+            path = (path if path.is_absolute() else self.roots[0] / path).resolve()
+        except (OSError, ValueError, RuntimeError) as error:
+            raise InvalidInputError(f"bad path {given!r}: {error}") from error
+        if not any(path == root or path.is_relative_to(root) for root in self.roots):
+            raise PathOutsideRootsError(
+                f"path {given!r} is outside the configured roots "
+                f"({', '.join(map(str, self.roots))}): only files inside them can be indexed")
+        if not path.exists():
+            raise NotFoundError(f"path {given!r} does not exist under the configured roots")
+        return path
+
+    # ---- models
+
+    def generator(self):
+        """The configured generator, loaded on first use (rag.llm.load_generator)."""
+        with self._guard:
+            if self._generator is None:
+                try:
+                    from rag.llm import load_generator
+                except ImportError as error:
+                    raise MissingDependencyError(f"generation needs rag.llm ({error})") from error
+                g = self.settings.generator
+                self._generator = load_generator(g.model, backend=g.backend, workspace=self.workspace)
+            return self._generator
+
+    def embedder(self):
+        """The configured embedding model (shares the workspace's vector cache)."""
+        from index.embed import Embedder, EmbedderConfig
+
+        with self._guard:
+            if self._embedder is None:
+                e = self.settings.embedding
+                self._embedder = Embedder(EmbedderConfig(
+                    model=e.model, batch_size=e.batch_size, cache_dir=self.workspace / "embeddings"))
+            return self._embedder
+
+    def completer(self, generator):
+        """A RepoCompleter over `repo_root` for this generator (the repository indexed once)."""
+        from code_tools.completion import RepoCompleter
+        from code_tools.repo import RepoIndex
+
+        if self.repo_root is None:
+            raise InvalidInputError(
+                "no repository configured for completions: run codehop serve inside a repository")
+        with self._guard:
+            if self._repo is None:
+                self._repo = RepoIndex.open(self.repo_root, self.workspace)
+            key = id(generator)
+            if key not in self._completers:
+                self._completers[key] = RepoCompleter(self._repo, generator)
+            return self._completers[key]
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def get_resources(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+def get_generator(resources: Resources = Depends(get_resources)):
+    return resources.generator()
+
+
+def get_completer(resources: Resources = Depends(get_resources), generator=Depends(get_generator)):
+    return resources.completer(generator)
+
+
+def require_api_key(request: Request, resources: Resources = Depends(get_resources)) -> None:
+    """When [server] api_key is set: `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+    expected = resources.settings.server.api_key
+    if not expected:
+        return
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        given = given or auth[7:].strip()
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise StarletteHTTPException(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _error(status_code: int, kind: str, message: str) -> JSONResponse:
+    body = {"error": {"type": kind, "message": message, "code": status_code}, "detail": message}
+    return JSONResponse(body, status_code=status_code)
+
+
+async def _codehop_error(request: Request, error: CodehopError) -> JSONResponse:
+    return _error(error.http_status, type(error).__name__, str(error))
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return _error(error.status_code, _ERRORS.get(error.status_code, "error"), str(error.detail))
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+        for e in error.errors()[:5])
+    response = _error(422, "invalid_request", problems or "invalid request")
+    return response
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": m.ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 501)}
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _hit(result) -> m.SearchHit:
+    return m.SearchHit(**result.to_dict())
+
+
+def _search(resources: Resources, body: m.SearchRequest) -> list[m.SearchHit]:
+    collection = resources.collection(body.collection)
+    f = body.filters
+    filtered = f.path_prefix is not None or f.kind is not None
+    # Filters apply to an over-fetched candidate list (5x k, at most 500).
+    fetch = min(500, body.k * 5) if filtered else body.k
+    with resources.lock(body.collection).read():
+        results = collection.search(body.query, k=fetch, mode=body.mode)
+    if f.path_prefix is not None:
+        results = [r for r in results if r.path.startswith(f.path_prefix)]
+    if f.kind is not None:
+        results = [r for r in results if r.metadata.get("kind") == f.kind]
+    return [_hit(r) for r in results[: body.k]]
+
+
+collections_router = APIRouter(prefix="/v1", tags=["collections"])
+
+
+@collections_router.get("/collections", response_model=list[m.CollectionInfo])
+def list_collections(resources: Resources = Depends(get_resources)):
+    return [resources.collection(name).stats() for name in resources.names()]
+
+
+@collections_router.post("/collections", response_model=m.CollectionInfo, status_code=201)
+def create_collection(body: m.CollectionCreate, resources: Resources = Depends(get_resources)):
+    return resources.create(body.name, body.dense).stats()
+
+
+@collections_router.get("/collections/{name}", response_model=m.CollectionInfo)
+def get_collection(name: str, resources: Resources = Depends(get_resources)):
+    return resources.collection(name).stats()
+
+
+@collections_router.delete("/collections/{name}", status_code=204)
+def delete_collection(name: str, resources: Resources = Depends(get_resources)):
+    resources.drop(name)
+    return Response(status_code=204)
+
+
+@collections_router.get("/collections/{name}/documents", response_model=m.DocumentList)
+def list_documents(name: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+                   resources: Resources = Depends(get_resources)):
+    documents = sorted(resources.collection(name).store.documents(name).values(), key=lambda d: d.id)
+    page = documents[offset: offset + limit]
+    return m.DocumentList(documents=[m.DocumentInfo(**d.__dict__) for d in page], total=len(documents))
+
+
+def _commit(resources: Resources, name: str, write: Callable[[Any], Any]) -> Any:
+    with resources.lock(name).write():
+        return write(resources.collection(name))
+
+
+@collections_router.post("/collections/{name}/documents", response_model=m.Job, status_code=202)
+def add_documents(name: str, body: m.DocumentsAdd, resources: Resources = Depends(get_resources)):
+    from index.embed import content_hash
+
+    if not body.texts and not body.files:
+        raise InvalidInputError("nothing to add: give 'texts' and/or 'files'")
+    files = [resources.confine(f) for f in body.files]  # 403/404 now, not in the job
+    texts = [t.text for t in body.texts]
+    # Same default key as Collection.add_texts, so re-adding a text replaces it.
+    paths = [t.path or f"text:{content_hash(t.text)[:16]}" for t in body.texts]
+
+    def work(collection) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if texts:
+            collection.embedder.encode(texts)  # warm the vector cache outside the write lock
+            ids = _commit(resources, name, lambda c: c.add_texts(
+                texts, paths=paths, metadatas=[t.metadata for t in body.texts]))
+            out["text_chunk_ids"] = ids
+        if files:
+            report = _add_files(resources, name, collection, files)
+            out.update(files=report.files, added=report.added, updated=report.updated,
+                       unchanged=report.unchanged, skipped=[list(s) for s in report.skipped],
+                       chunks_added=report.chunks_added)
+        out.update(collection.stats())
+        return out
+
+    return resources.submit(name, "add", work)
+
+
+def _code_chunker():
+    try:
+        from code_tools.chunker import chunk_for_index
+    except ImportError:
+        return None
+    return chunk_for_index
+
+
+def _add_files(resources: Resources, name: str, collection, files: list[Path]):
+    """Chunk and embed outside the write lock, then commit (cached vectors) under it."""
+    from index.ingest import chunk_text, read_text, walk
+
+    chunker = _code_chunker()
+    texts = []
+    for file in walk(files):
+        text, _ = read_text(file, collection.config.ingest)
+        if text is None:
+            continue
+        try:
+            chunks, _ = chunk_text(str(file.resolve()), text, collection.config.ingest, chunker)
+        except (ValueError, RecursionError):
+            continue  # add_paths reports it as skipped
+        texts.extend(c.text for c in chunks)
+    if texts:
+        collection.embedder.encode(texts)
+    return _commit(resources, name, lambda c: c.add_paths(files, chunker=chunker, progress=False))
+
+
+@collections_router.put("/collections/{name}/documents/{doc_id}", response_model=m.Job,
+                        status_code=202)
+def update_document(name: str, doc_id: str, body: m.DocumentUpdate,
+                    resources: Resources = Depends(get_resources)):
+    collection = resources.collection(name)
+    document = collection.store.find_document(name, doc_id)
+
+    def work(collection) -> dict[str, Any]:
+        collection.embedder.encode([body.text])
+        ids = _commit(resources, name, lambda c: c.add_texts(
+            [body.text], paths=[document.path], metadatas=[body.metadata]))
+        return {"text_chunk_ids": ids, **collection.stats()}
+
+    return resources.submit(name, "update", work)
+
+
+@collections_router.delete("/collections/{name}/documents/{doc_id}", response_model=m.Job,
+                           status_code=202)
+def delete_document(name: str, doc_id: str, resources: Resources = Depends(get_resources)):
+    document = resources.collection(name).store.find_document(name, doc_id)
+
+    def work(collection) -> dict[str, Any]:
+        removed = _commit(resources, name, lambda c: c.delete(document.id))
+        return {"chunks_removed": removed, **collection.stats()}
+
+    return resources.submit(name, "delete", work)
+
+
+@collections_router.post("/collections/{name}/reindex", response_model=m.Job, status_code=202)
+def reindex(name: str, body: m.ReindexRequest = m.ReindexRequest(),
+            resources: Resources = Depends(get_resources)):
+    """Re-read file documents inside the roots (changed files re-chunked, deleted ones removed)."""
+    collection = resources.collection(name)
+    files = []
+    for path in collection.store.documents(name):
+        try:
+            files.append(resources.confine(path))
+        except CodehopError:
+            continue  # texts, vanished files and files outside the roots are left as they are
+
+    def work(collection) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if body.rebuild:
+            _commit(resources, name, lambda c: c.rebuild(progress=False))
+            out["rebuilt"] = True
+        if files:
+            report = _add_files(resources, name, collection, files)
+            out.update(files=report.files, updated=report.updated, removed=report.removed)
+        return {**out, **collection.stats()}
+
+    return resources.submit(name, "reindex", work)
+
+
+@collections_router.get("/jobs", response_model=list[m.Job])
+def list_jobs(resources: Resources = Depends(get_resources)):
+    return list(resources.jobs.values())
+
+
+@collections_router.get("/jobs/{job_id}", response_model=m.Job)
+def get_job(job_id: str, resources: Resources = Depends(get_resources)):
+    job = resources.jobs.get(job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r} (jobs are kept in memory until restart)")
+    return job
+
+
+search_router = APIRouter(prefix="/v1", tags=["retrieval"])
+
+
+@search_router.post("/search", response_model=m.SearchResponse)
+def search(body: m.SearchRequest, resources: Resources = Depends(get_resources)):
+    started = time.perf_counter()
+    hits = _search(resources, body)
+    return m.SearchResponse(results=hits, mode=body.mode, collection=body.collection,
+                            elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+# ---------------------------------------------------------------- app
+
+
+def create_app(settings: Settings | None = None, *, workspace: Path | None = None,
+               roots: list[Path] | None = None, repo_root: Path | None = None) -> FastAPI:
+    """The codehop REST app.
+
+    Args:
+        settings: typed settings (None: defaults). `[server] roots` and `api_key` apply.
+        workspace: workspace directory (None: settings / $CODEHOP_WORKSPACE / ./.codehop).
+        roots: directories whose files may be indexed (None: `[server] roots`).
+        repo_root: repository for code completions (None: the first root, if any).
+    Returns:
+        A FastAPI app; resources are built when its lifespan starts.
+    """
+    settings = settings or Settings()
+    workspace = Path(workspace) if workspace else resolve_workspace(None, settings)
+    roots = [Path(r) for r in (roots if roots is not None else settings.server.roots)]
+    repo_root = repo_root or next((r for r in roots if Path(r).is_dir()), None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        resources = Resources(settings, workspace, roots, repo_root)
+        app.state.resources = resources
+        try:
+            yield
+        finally:
+            resources.close()
+
+    app = FastAPI(title="codehop", version=VERSION, lifespan=lifespan,
+                  max_body_size=settings.server.max_body_bytes, responses=ERROR_RESPONSES,
+                  description="Self-hosted RAG and code-assistant backend.")
+    app.state.metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_exception_handler(CodehopError, _codehop_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/health", response_model=m.Health, tags=["service"])
+    def health(resources: Resources = Depends(get_resources)):
+        return m.Health(status="ok", version=VERSION, workspace=str(resources.workspace),
+                        collections=resources.names())
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+    def metrics():
+        return PlainTextResponse(app.state.metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    auth = [Depends(require_api_key)]
+    from codehop import rest_generation
+
+    for router in (collections_router, search_router, rest_generation.router):
+        app.include_router(router, dependencies=auth)
+    return app

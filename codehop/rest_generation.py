@@ -1,0 +1,150 @@
+"""OpenAI- and Tabby-compatible endpoints: /v1/models, /v1/embeddings, /v1/completions,
+/v1/chat/completions (streaming as OpenAI's server-sent `chat.completion.chunk`s).
+
+`/v1/completions` takes two request shapes, told apart by their fields: OpenAI's (`prompt`,
+optional `suffix` for fill-in-the-middle) goes to the generator; Tabby's (`segments` with
+prefix, suffix, filepath, ...) goes to code_tools' RepoCompleter, which adds repository context.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import StreamingResponse
+
+from codehop import rest_models as m
+from codehop.rest import Resources, get_completer, get_generator, get_resources
+from index.errors import ModelNotFoundError
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+# One generation at a time per process: a CPU model gains nothing from concurrent forwards.
+_GENERATE = threading.Lock()
+
+
+def _config(body: m._Sampling, stop: tuple[str, ...] = ()):
+    from rag.llm import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=body.max_tokens, temperature=body.temperature,
+                            top_p=body.top_p, stop=tuple(body.stops()) + stop, seed=body.seed)
+
+
+def _check_model(requested: str | None, available: str) -> None:
+    if requested and requested != available:
+        raise ModelNotFoundError(f"model {requested!r} is not served here; use {available!r} "
+                                 "(GET /v1/models lists them)")
+
+
+def _sse(payloads: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """OpenAI's stream framing: `data: {json}` events, then `data: [DONE]`."""
+    with _GENERATE:  # held across the stream; released when the client disconnects too
+        for payload in payloads:
+            yield f"data: {json.dumps(payload)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _usage(generator, prompt_tokens: int, text: str) -> m.Usage:
+    completion = generator.count_tokens(text) if text else 0
+    return m.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
+                   total_tokens=prompt_tokens + completion)
+
+
+@router.get("/models", response_model=m.ModelList)
+def models(resources: Resources = Depends(get_resources)):
+    s = resources.settings
+    return m.ModelList(data=[m.ModelCard(id=s.generator.model), m.ModelCard(id=s.embedding.model)])
+
+
+@router.post("/embeddings", response_model=m.EmbeddingResponse)
+def embeddings(body: m.EmbeddingRequest, resources: Resources = Depends(get_resources)):
+    name = resources.settings.embedding.model
+    _check_model(body.model, name)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    embedder = resources.embedder()
+    vectors = embedder.encode(texts)
+    tokens = sum(len(t.split()) for t in texts)  # whitespace words: the embedder hides its tokenizer
+    return m.EmbeddingResponse(
+        data=[m.Embedding(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)],
+        model=name, usage=m.Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+@router.post("/completions", response_model=m.CompletionResponse)
+def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: Response,
+                resources: Resources = Depends(get_resources), generator=Depends(get_generator)):
+    created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
+    if isinstance(body, m.TabbyCompletionRequest):
+        return _tabby(body, resources, generator, created, cid)
+    _check_model(body.model, generator.name)
+    prompt, fim = body.prompt, False
+    if body.suffix:
+        fim_prompt = generator.fim_prompt(body.prompt, body.suffix)
+        if fim_prompt is not None:
+            prompt, fim = fim_prompt, True
+    # A model without a fill-in-the-middle format completes the prefix only; the header says so.
+    response.headers["x-codehop-fim"] = "true" if fim else "false"
+    config = _config(body)
+    if body.stream:
+        def chunks() -> Iterator[dict[str, Any]]:
+            for piece in generator.stream(prompt, config):
+                yield {"id": cid, "object": "text_completion", "created": created,
+                       "model": generator.name,
+                       "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+            yield {"id": cid, "object": "text_completion", "created": created,
+                   "model": generator.name,
+                   "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
+        return StreamingResponse(_sse(chunks()), media_type="text/event-stream",
+                                 headers={"x-codehop-fim": response.headers["x-codehop-fim"]})
+    with _GENERATE:
+        result = generator.complete(prompt, config)
+    return m.CompletionResponse(
+        id=cid, created=created, model=generator.name,
+        choices=[m.CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
+        usage=_usage(generator, result.prompt_tokens, result.text))
+
+
+def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, created: int,
+           cid: str) -> m.CompletionResponse:
+    """Tabby's shape, answered by RepoCompleter (repository context + truncation rules).
+
+    Tabby's client-side `declarations` and `relevant_snippets_*` are accepted but not used:
+    RepoCompleter retrieves its own context from the indexed repository.
+    """
+    completer = get_completer(resources, generator)
+    seg = body.segments
+    path = seg.filepath or "untitled.py"
+    with _GENERATE:
+        result = completer.complete(path, prefix=seg.prefix, suffix=seg.suffix or "")
+    return m.CompletionResponse(
+        id=cid, created=created, model=generator.name,
+        choices=[m.CompletionChoice(text=result.text, finish_reason="stop")],
+        usage=_usage(generator, result.prompt_tokens, result.text))
+
+
+@router.post("/chat/completions", response_model=m.ChatResponse)
+def chat_completions(body: m.ChatRequest, generator=Depends(get_generator)):
+    _check_model(body.model, generator.name)
+    created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    messages = [{"role": msg.role, "content": msg.content} for msg in body.messages]
+    config = _config(body)
+    if body.stream:
+        def chunks() -> Iterator[dict[str, Any]]:
+            head = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                    "model": generator.name}
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None}]}
+            for piece in generator.chat_stream(messages, config):
+                yield {**head, "choices": [{"index": 0, "delta": {"content": piece},
+                                            "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        return StreamingResponse(_sse(chunks()), media_type="text/event-stream")
+    with _GENERATE:
+        result = generator.chat(messages, config)
+    return m.ChatResponse(
+        id=cid, created=created, model=generator.name,
+        choices=[m.ChatChoice(message={"role": "assistant", "content": result.text},
+                              finish_reason=result.finish_reason)],
+        usage=_usage(generator, result.prompt_tokens, result.text))

@@ -1,0 +1,345 @@
+"""Pydantic request/response models of the REST API (codehop/rest.py).
+
+Every request field is bounded (lengths, counts, ranges) so that no input reaches the lower
+layers unchecked; unknown fields are rejected on our own endpoints (a misspelt option must
+not be silently ignored) but allowed on the OpenAI-compatible ones, whose clients send extras
+(`user`, `n`, `presence_penalty`, ...) we do not implement.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_QUERY = 4_000
+MAX_TEXT = 200_000
+MAX_PROMPT = 32_000
+MAX_ITEMS = 256
+MAX_TOKENS = 1024
+
+Name = Field(pattern=NAME_PATTERN, description="collection name: letters, digits, _ . -")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_no_nul)]
+
+
+# ---------------------------------------------------------------- errors, health
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """Every error: OpenAI's `{"error": {...}}` shape, so their clients show the message."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    workspace: str
+    collections: list[str]
+
+
+# ---------------------------------------------------------------- collections and documents
+
+
+class CollectionCreate(Strict):
+    name: str = Name
+    dense: Literal["flat", "spann", "pq"] = "flat"
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    documents: int
+    chunks: int
+    dense: str
+    embedding_model: str
+
+
+class TextDocument(Strict):
+    text: SafeStr = Field(min_length=1, max_length=MAX_TEXT)
+    path: SafeStr | None = Field(default=None, min_length=1, max_length=1024,
+                                 description="document key; an existing key is replaced")
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+
+
+class DocumentsAdd(Strict):
+    texts: list[TextDocument] = Field(default_factory=list, max_length=MAX_ITEMS)
+    files: list[str] = Field(default_factory=list, max_length=MAX_ITEMS,
+                             description="files or directories inside the configured roots")
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item or len(item) > 4096:
+                raise ValueError("each file path must have 1..4096 characters")
+            _no_nul(item)
+        return value
+
+
+class DocumentUpdate(Strict):
+    text: SafeStr = Field(min_length=1, max_length=MAX_TEXT)
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+
+
+class DocumentInfo(BaseModel):
+    id: int
+    path: str
+    hash: str
+    metadata: dict[str, Any]
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentInfo]
+    total: int
+
+
+class ReindexRequest(Strict):
+    rebuild: bool = Field(default=False, description="also rebuild BM25 and dense indexes")
+
+
+class Job(BaseModel):
+    id: str
+    collection: str
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    created: float
+    finished: float | None = None
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+# ---------------------------------------------------------------- retrieval and answers
+
+
+class SearchFilters(Strict):
+    path_prefix: str | None = Field(default=None, max_length=1024)
+    kind: str | None = Field(default=None, max_length=32, description="chunk kind, e.g. syntax")
+
+
+class SearchRequest(Strict):
+    query: str = Field(min_length=1, max_length=MAX_QUERY)
+    collection: str = Field(default="default", pattern=NAME_PATTERN)
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    k: int = Field(default=10, ge=1, le=100)
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is blank: give some words to search for")
+        return _no_nul(value)
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    path: str
+    start_line: int
+    end_line: int
+    text: str
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    mode: str
+    collection: str
+    elapsed_ms: float
+
+
+class AskRequest(SearchRequest):
+    query: str = Field(min_length=1, max_length=MAX_QUERY, description="the question")
+    stages: dict[str, bool] = Field(
+        default_factory=dict, max_length=16,
+        description="switch pipeline stages on/off, e.g. {\"rewrite\": false, \"filter\": true}")
+    stream: bool = False
+    max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
+
+
+class MultihopRequest(SearchRequest):
+    pass
+
+
+# ---------------------------------------------------------------- OpenAI-compatible
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "codehop"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class EmbeddingRequest(Lenient):
+    input: str | list[str] = Field(description="a text or up to 256 texts")
+    model: str | None = Field(default=None, max_length=256)
+    encoding_format: Literal["float"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts or len(texts) > MAX_ITEMS:
+            raise ValueError(f"input needs 1..{MAX_ITEMS} texts")
+        if any(not t.strip() or len(t) > MAX_TEXT or "\x00" in t for t in texts):
+            raise ValueError(f"each input text must be non-blank, NUL-free, <= {MAX_TEXT} chars")
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class _Sampling(Lenient):
+    model: str | None = Field(default=None, max_length=256)
+    max_tokens: int = Field(default=64, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    stream: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
+            raise ValueError("stop: at most 4 non-empty strings of <= 64 chars")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class CompletionRequest(_Sampling):
+    """OpenAI /v1/completions; `suffix` asks for fill-in-the-middle."""
+
+    prompt: str = Field(max_length=MAX_PROMPT)
+    suffix: str | None = Field(default=None, max_length=MAX_PROMPT)
+
+
+class Declaration(Lenient):
+    filepath: str = Field(default="", max_length=1024)
+    body: str = Field(default="", max_length=MAX_PROMPT)
+
+
+class Snippet(Lenient):
+    filepath: str = Field(default="", max_length=1024)
+    body: str = Field(default="", max_length=MAX_PROMPT)
+    score: float | None = None
+
+
+class Segments(Lenient):
+    prefix: str = Field(max_length=MAX_PROMPT)
+    suffix: str | None = Field(default=None, max_length=MAX_PROMPT)
+    filepath: str | None = Field(default=None, max_length=1024)
+    git_url: str | None = Field(default=None, max_length=1024)
+    declarations: list[Declaration] | None = Field(default=None, max_length=64)
+    relevant_snippets_from_changed_files: list[Snippet] | None = Field(default=None, max_length=64)
+    relevant_snippets_from_recently_opened_files: list[Snippet] | None = Field(
+        default=None, max_length=64)
+    clipboard: str | None = Field(default=None, max_length=MAX_PROMPT)
+
+    @field_validator("filepath")
+    @classmethod
+    def _filepath(cls, value: str | None) -> str | None:
+        if value is not None and (".." in value.replace("\\", "/").split("/") or "\x00" in value):
+            raise ValueError("filepath must not contain '..' or NUL: give a path inside the repository")
+        return value
+
+
+class TabbyCompletionRequest(Lenient):
+    """Tabby's /v1/completions shape: told apart from OpenAI's by `segments`."""
+
+    language: str | None = Field(default=None, max_length=64)
+    segments: Segments
+    user: str | None = Field(default=None, max_length=256)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    mode: str | None = Field(default=None, max_length=32)
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_PROMPT)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: dict[str, str]
+    finish_reason: str | None = None
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
