@@ -39,7 +39,8 @@ import numpy as np
 from index.bm25 import BM25Config, BM25Index
 from index.dense import DENSE_KINDS, DenseIndex, create_dense_index, load_dense_index
 from index.embed import Embedder, EmbedderConfig, content_hash
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.errors import (CorruptIndexError, InvalidInputError, MissingDependencyError,
+                          NotFoundError)
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.ingest import Chunker, IngestConfig, chunk_text, read_text, walk
 from index.models import DEFAULT_EMBEDDING_MODEL
@@ -151,6 +152,18 @@ class _Put:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def _dense_backend(kind: str):
+    """(create, load) for a dense kind, or a clear error when its module is not installed."""
+    from index.dense import _backend
+
+    try:
+        _backend(kind)
+    except ModuleNotFoundError as error:
+        raise MissingDependencyError(
+            f"dense index {kind!r} is not available here ({error}); use --dense flat") from error
+    return create_dense_index, load_dense_index
+
+
 def _fsync_tree(directory: Path) -> None:
     for root, _, files in os.walk(directory):
         for name in files:
@@ -210,6 +223,8 @@ class Collection:
             raise InvalidInputError(f"workspace {workspace} is a file, not a directory")
         if not create and not (workspace / "store.sqlite").exists():
             raise NotFoundError(f"no workspace at {workspace}: run codehop index first")
+        if config is not None:
+            _dense_backend(config.dense)  # fail before any work when the backend is missing
         workspace.mkdir(parents=True, exist_ok=True)
         store = Store(workspace / "store.sqlite")
         stored = store.collection(name)
@@ -487,7 +502,8 @@ class Collection:
             rows = self.store.get_chunks(added)
             vectors = self.embedder.encode([rows[i].text for i in added])
             if dense is None:
-                dense = create_dense_index(self.config.dense, vectors.shape[1], self.config.dense_config)
+                create, _ = _dense_backend(self.config.dense)
+                dense = create(self.config.dense, vectors.shape[1], self.config.dense_config)
             dense.add(np.asarray(added, dtype=np.int64), vectors)
         temp = self.directory / f".tmp-gen-{generation:06d}-{os.getpid()}"
         shutil.rmtree(temp, ignore_errors=True)
@@ -588,7 +604,8 @@ class Collection:
                         f"index dir {directory} is missing; rebuild with codehop index --rebuild")
                 self._bm25 = BM25Index.load(directory / "bm25")
                 if (directory / "dense").is_dir():
-                    self._dense = load_dense_index(manifest["dense_kind"], directory / "dense")
+                    _, load = _dense_backend(manifest["dense_kind"])
+                    self._dense = load(manifest["dense_kind"], directory / "dense")
                 counts = manifest["counts"]
                 dense_n = 0 if self._dense is None else len(self._dense)
                 if len(self._bm25) != counts["bm25"] or dense_n != counts["dense"]:
