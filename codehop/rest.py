@@ -17,7 +17,6 @@ committed generation and never wait on the embedding model.
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -28,9 +27,9 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codehop import rest_models as m
@@ -324,12 +323,13 @@ def _hit(result) -> m.SearchHit:
 
 
 def _search(resources: Resources, body: m.SearchRequest) -> list[m.SearchHit]:
-    collection = resources.collection(body.collection)
+    name = body.collection or resources.settings.collection.name
+    collection = resources.collection(name)
     f = body.filters
     filtered = f.path_prefix is not None or f.kind is not None
     # Filters apply to an over-fetched candidate list (5x k, at most 500).
     fetch = min(500, body.k * 5) if filtered else body.k
-    with resources.lock(body.collection).read():
+    with resources.lock(name).read():
         results = collection.search(body.query, k=fetch, mode=body.mode)
     if f.path_prefix is not None:
         results = [r for r in results if r.path.startswith(f.path_prefix)]
@@ -505,7 +505,8 @@ search_router = APIRouter(prefix="/v1", tags=["retrieval"])
 def search(body: m.SearchRequest, resources: Resources = Depends(get_resources)):
     started = time.perf_counter()
     hits = _search(resources, body)
-    return m.SearchResponse(results=hits, mode=body.mode, collection=body.collection,
+    return m.SearchResponse(results=hits, mode=body.mode,
+                            collection=body.collection or resources.settings.collection.name,
                             elapsed_ms=(time.perf_counter() - started) * 1000)
 
 

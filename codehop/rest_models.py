@@ -143,7 +143,8 @@ class SearchFilters(Strict):
 
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=MAX_QUERY)
-    collection: str = Field(default="default", pattern=NAME_PATTERN)
+    collection: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                   description="default: the server's default collection")
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
     k: int = Field(default=10, ge=1, le=100)
     filters: SearchFilters = Field(default_factory=SearchFilters)

@@ -1,0 +1,261 @@
+"""codehop.rest through the real app (TestClient) over a small real collection (MiniLM)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from codehop.config import ServerSettings, Settings
+from codehop.rest import create_app
+
+pytestmark = pytest.mark.slow  # loads MiniLM
+
+SOURCE = '''"""Geometry helpers."""
+
+
+def area_of_circle(radius):
+    """Area of a circle of the given radius."""
+    return 3.14159 * radius * radius
+
+
+def perimeter_of_square(side):
+    return 4 * side
+'''
+
+NOTES = "# Deployment notes\n\nThe zebra service listens on port 9000 behind nginx.\n"
+
+
+def wait(client: TestClient, job: dict, timeout: float = 120.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = client.get(f"/v1/jobs/{job['id']}").json()
+        if state["status"] in ("done", "failed"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"job {job['id']} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rest")
+    root = base / "root"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "geometry.py").write_text(SOURCE)
+    (root / "notes.md").write_text(NOTES)
+    (base / "secret.txt").write_text("outside the roots")
+    (root / "escape.txt").symlink_to(base / "secret.txt")
+    app = create_app(Settings(), workspace=base / "ws", roots=[root])
+    with TestClient(app) as client:
+        assert client.post("/v1/collections", json={"name": "default"}).status_code == 201
+        job = client.post("/v1/collections/default/documents", json={
+            "files": ["pkg", str(root / "notes.md")],
+            "texts": [{"text": "Penguins live in Antarctica and eat krill.", "path": "penguins",
+                       "metadata": {"source": "wiki"}}],
+        }).json()
+        state = wait(client, job)
+        assert state["status"] == "done", state
+        yield client, root, base
+
+
+def test_health_and_openapi(env):
+    client, _, base = env
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["collections"] == ["default"]
+    schema = client.get("/openapi.json").json()
+    for path in ("/v1/search", "/v1/collections", "/v1/collections/{name}/documents",
+                 "/v1/jobs/{job_id}", "/v1/embeddings", "/v1/completions", "/v1/chat/completions"):
+        assert path in schema["paths"], path
+    # request models carry their limits into the schema
+    search = schema["components"]["schemas"]["SearchRequest"]["properties"]
+    assert search["k"]["maximum"] == 100 and search["query"]["maxLength"] == 4000
+
+
+def test_search_finds_files_and_texts(env):
+    client, root, _ = env
+    for mode in ("hybrid", "bm25", "dense"):
+        body = client.post("/v1/search", json={"query": "area of a circle radius", "mode": mode,
+                                               "k": 3}).json()
+        assert body["results"], mode
+        assert body["results"][0]["path"].endswith("geometry.py"), (mode, body)
+    text = client.post("/v1/search", json={"query": "penguins krill"}).json()["results"][0]
+    assert text["path"] == "penguins" and text["metadata"]["source"] == "wiki"
+
+
+def test_search_filters(env):
+    client, root, _ = env
+    prefix = str(root / "notes")
+    body = client.post("/v1/search", json={"query": "circle zebra penguins", "k": 5,
+                                           "filters": {"path_prefix": prefix}}).json()
+    assert body["results"] and all(r["path"].startswith(prefix) for r in body["results"])
+    body = client.post("/v1/search", json={"query": "area circle", "k": 5,
+                                           "filters": {"kind": "text"}}).json()
+    assert body["results"] and all(r["metadata"]["kind"] == "text" for r in body["results"])
+
+
+def test_collection_lifecycle(env):
+    client, _, _ = env
+    assert client.post("/v1/collections", json={"name": "tmp1"}).status_code == 201
+    again = client.post("/v1/collections", json={"name": "tmp1"})
+    assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
+    names = [c["name"] for c in client.get("/v1/collections").json()]
+    assert {"default", "tmp1"} <= set(names)
+    assert client.delete("/v1/collections/tmp1").status_code == 204
+    missing = client.get("/v1/collections/tmp1")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
+    assert client.post("/v1/collections", json={"name": "../x"}).status_code == 422
+
+
+def test_update_and_delete_document(env):
+    client, _, _ = env
+    job = client.post("/v1/collections/default/documents",
+                      json={"texts": [{"text": "The quokka is a small marsupial.", "path": "q"}]})
+    assert wait(client, job.json())["status"] == "done"
+    docs = client.get("/v1/collections/default/documents", params={"limit": 1000}).json()
+    doc = next(d for d in docs["documents"] if d["path"] == "q")
+    job = client.put(f"/v1/collections/default/documents/{doc['id']}",
+                     json={"text": "The axolotl regrows its limbs."})
+    assert job.status_code == 202 and wait(client, job.json())["status"] == "done"
+    hits = client.post("/v1/search", json={"query": "axolotl limbs", "mode": "bm25"}).json()
+    assert hits["results"][0]["path"] == "q"
+    assert not client.post("/v1/search", json={"query": "quokka", "mode": "bm25"}).json()["results"]
+    job = client.delete(f"/v1/collections/default/documents/{doc['id']}")
+    assert wait(client, job.json())["status"] == "done"
+    assert not client.post("/v1/search", json={"query": "axolotl", "mode": "bm25"}).json()["results"]
+    assert client.delete(f"/v1/collections/default/documents/{doc['id']}").status_code == 404
+
+
+def test_reindex_picks_up_changed_file(env):
+    client, root, _ = env
+    path = root / "notes.md"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\nThe walrus cache expires hourly.\n")
+        job = client.post("/v1/collections/default/reindex", json={})
+        state = wait(client, job.json())
+        assert state["status"] == "done" and state["result"]["updated"] == 1, state
+        hits = client.post("/v1/search", json={"query": "walrus cache", "mode": "bm25"}).json()
+        assert hits["results"][0]["path"] == str(path)
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.parametrize("given, status", [
+    ("../secret.txt", 403), ("/etc/passwd", 403), ("escape.txt", 403), ("pkg/../../secret.txt", 403),
+    ("missing.py", 404),
+])
+def test_paths_outside_roots_are_refused(env, given, status):
+    client, _, _ = env
+    response = client.post("/v1/collections/default/documents", json={"files": [given]})
+    assert response.status_code == status, response.json()
+    if status == 403:
+        assert "outside the configured roots" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"query": "   "}, 422),
+    ({"query": "x", "k": 0}, 422),
+    ({"query": "x", "k": 101}, 422),
+    ({"query": "x", "mode": "fuzzy"}, 422),
+    ({"query": "x", "colour": "red"}, 422),
+    ({"query": "x" * 4001}, 422),
+    ({"query": "a\x00b"}, 422),
+    ({"query": "x", "collection": "nope"}, 404),
+])
+def test_bad_search_requests(env, body, status):
+    client, _, _ = env
+    response = client.post("/v1/search", json=body)
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+
+
+def test_oversize_body_is_413(env):
+    client, _, _ = env
+    response = client.post("/v1/search", content=b'{"query": "' + b"x" * (11 << 20) + b'"}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_unknown_job_and_empty_add(env):
+    client, _, _ = env
+    assert client.get("/v1/jobs/nope").status_code == 404
+    assert client.post("/v1/collections/default/documents", json={}).status_code == 422
+
+
+def test_embeddings_are_normalised(env):
+    client, _, _ = env
+    body = client.post("/v1/embeddings", json={"input": ["hello world", "bonjour"]}).json()
+    vectors = np.array([d["embedding"] for d in body["data"]])
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert client.post("/v1/embeddings", json={"input": "x", "model": "ada"}).status_code == 404
+    assert client.post("/v1/embeddings", json={"input": []}).status_code == 422
+
+
+def test_metrics_count_requests_by_route(env):
+    client, _, _ = env
+    client.post("/v1/search", json={"query": "zebra port"})
+    text = client.get("/metrics").text
+    assert 'codehop_requests_total{method="POST",route="/v1/search",status="200"}' in text
+    assert 'codehop_request_duration_seconds_bucket{method="POST",route="/v1/search",le="+Inf"}' in text
+    # raw paths never become labels
+    client.get("/v1/collections/nope-123")
+    assert "nope-123" not in client.get("/metrics").text
+
+
+def test_readers_run_while_one_writer_indexes(env):
+    """Searches keep answering (200, consistent) while a job adds documents; nothing is lost."""
+    client, _, _ = env
+    texts = [{"text": f"Record number {i} about the lighthouse keeper.", "path": f"rec{i}"}
+             for i in range(40)]
+    job = client.post("/v1/collections/default/documents", json={"texts": texts}).json()
+    failures: list = []
+    counts: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            r = client.post("/v1/search", json={"query": "lighthouse keeper record", "k": 50,
+                                                "mode": "bm25"})
+            if r.status_code != 200:
+                failures.append(r.json())
+            else:
+                counts.append(len(r.json()["results"]))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    state = wait(client, job)
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert state["status"] == "done" and not failures
+    # every snapshot is a whole generation: 0 records before the commit, 40 after
+    assert set(counts) <= {0, 40} and counts[-1] == 40
+    paths = {d["path"] for d in client.get("/v1/collections/default/documents",
+                                           params={"limit": 1000}).json()["documents"]}
+    assert {f"rec{i}" for i in range(40)} <= paths
+
+
+def test_api_key(tmp_path):
+    settings = Settings(server=ServerSettings(api_key="s3cret"))
+    with TestClient(create_app(settings, workspace=tmp_path / "ws")) as client:
+        assert client.get("/health").status_code == 200
+        denied = client.get("/v1/collections")
+        assert denied.status_code == 401 and "API key" in denied.json()["error"]["message"]
+        assert client.get("/v1/collections", headers={"x-api-key": "wrong"}).status_code == 401
+        assert client.get("/v1/collections", headers={"authorization": "Bearer s3cret"}).json() == []
+        assert client.get("/v1/collections", headers={"x-api-key": "s3cret"}).status_code == 200
+
+
+def test_no_roots_means_no_files(tmp_path):
+    with TestClient(create_app(Settings(), workspace=tmp_path / "ws", roots=[])) as client:
+        client.post("/v1/collections", json={"name": "default"})
+        response = client.post("/v1/collections/default/documents", json={"files": ["x.py"]})
+        assert response.status_code == 403 and "no roots configured" in response.json()["error"]["message"]
