@@ -133,6 +133,8 @@ def rotate_keys(keys, deltas, rotary) -> Any:
         return keys
     work = keys.float()
     cos, sin = rotary(work, deltas.to(keys.device).view(1, -1))
+    if cos.shape[-1] != keys.shape[-1]:
+        raise InvalidInputError("PIE needs rotary embeddings over the full head dimension (no partial rotary)")
     # the module folds attention_scaling into cos/sin; R(delta) itself must be a pure rotation
     scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
     cos, sin = cos[:, None] / scale, sin[:, None] / scale  # [1, 1, seq, head_dim]
@@ -157,6 +159,10 @@ class PieCache:
         self.tokenizer = tokenizer
         self.config = config or PieConfig()
         self.rotary = _find_rotary(model)
+        if getattr(self.rotary, "rope_type", "default") in ("dynamic", "longrope"):
+            # their frequencies depend on the sequence length, so R(i + d) != R(d) R(i) across calls
+            raise InvalidInputError("PIE needs static RoPE frequencies (default, linear, llama3, yarn); "
+                                    f"this model uses {self.rotary.rope_type!r}")
         self.token_ids: list[int] = []
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.device = next(model.parameters()).device

@@ -128,13 +128,22 @@ def test_sync_diffs_and_generate_leaves_cache_intact(tiny_llama):
     assert len(pie) == len(new)
 
 
-def test_rope_scaling_is_respected(smollm2_tokenizer):
+ROPE_SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},  # attention_scaling != 1
+}
+
+
+@pytest.mark.parametrize("scaling", sorted(ROPE_SCALINGS))
+def test_rope_scaling_is_respected(scaling):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=50000, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})
+                         rope_parameters={**ROPE_SCALINGS[scaling], "rope_theta": 10000.0})
     model = LlamaForCausalLM(config).eval()
     old = _ids(40, 9)
     pie = _fresh(model, old)
