@@ -155,8 +155,11 @@ class Resources:
         with self._guard:
             if name in self.names():
                 raise ConflictError(f"collection {name!r} already exists: delete it first or pick another name")
-            config = self.settings.collection_config(dense=dense)
-            self._collections[name] = Collection.open(self.workspace, name, config=config)
+            try:
+                config = self.settings.collection_config(dense=dense)
+                self._collections[name] = Collection.open(self.workspace, name, config=config)
+            except MissingDependencyError as error:  # a choice this install cannot serve
+                raise InvalidInputError(str(error)) from error
             return self._collections[name]
 
     def drop(self, name: str) -> None:
