@@ -33,8 +33,8 @@ def _config(body: m._Sampling, stop: tuple[str, ...] = ()):
                             top_p=body.top_p, stop=tuple(body.stops()) + stop, seed=body.seed)
 
 
-def _check_model(requested: str | None, available: str) -> None:
-    if requested and requested != available:
+def _check_model(requested: str | None, available: str, configured: str | None = None) -> None:
+    if requested and requested not in (available, configured):
         raise ModelNotFoundError(f"model {requested!r} is not served here; use {available!r} "
                                  "(GET /v1/models lists them)")
 
@@ -78,7 +78,7 @@ def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: 
     created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
     if isinstance(body, m.TabbyCompletionRequest):
         return _tabby(body, resources, generator, created, cid)
-    _check_model(body.model, generator.name)
+    _check_model(body.model, generator.name, resources.settings.generator.model)
     prompt, fim = body.prompt, False
     if body.suffix:
         fim_prompt = generator.fim_prompt(body.prompt, body.suffix)
@@ -125,8 +125,9 @@ def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, crea
 
 
 @router.post("/chat/completions", response_model=m.ChatResponse)
-def chat_completions(body: m.ChatRequest, generator=Depends(get_generator)):
-    _check_model(body.model, generator.name)
+def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_resources),
+                     generator=Depends(get_generator)):
+    _check_model(body.model, generator.name, resources.settings.generator.model)
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     messages = [{"role": msg.role, "content": msg.content} for msg in body.messages]
     config = _config(body)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from codehop.config import ServerSettings, Settings
-from codehop.rest import create_app
+from codehop.rest import create_app, get_generator
 
 pytestmark = pytest.mark.slow  # loads MiniLM
 
@@ -50,7 +50,7 @@ def env(tmp_path_factory):
     (root / "notes.md").write_text(NOTES)
     (base / "secret.txt").write_text("outside the roots")
     (root / "escape.txt").symlink_to(base / "secret.txt")
-    app = create_app(Settings(), workspace=base / "ws", roots=[root])
+    app = create_app(Settings(), workspace=base / "ws", roots=[root], repo_root=root)
     with TestClient(app) as client:
         assert client.post("/v1/collections", json={"name": "default"}).status_code == 201
         job = client.post("/v1/collections/default/documents", json={
@@ -259,3 +259,82 @@ def test_no_roots_means_no_files(tmp_path):
         client.post("/v1/collections", json={"name": "default"})
         response = client.post("/v1/collections/default/documents", json={"files": ["x.py"]})
         assert response.status_code == 403 and "no roots configured" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- generation (tiny model)
+
+
+@pytest.fixture(scope="module")
+def gen(env, tiny_llama):
+    from rag.llm import TransformersGenerator
+
+    client, root, _ = env
+    generator = TransformersGenerator.from_model(*tiny_llama, name="tiny")
+    client.app.dependency_overrides[get_generator] = lambda: generator
+    yield client, generator, root
+    client.app.dependency_overrides.clear()
+
+
+def _events(response) -> list:
+    lines = [line for line in response.text.split("\n") if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+def test_openai_completion_matches_generator(gen):
+    from rag.llm import GenerationConfig
+
+    client, generator, _ = gen
+    expected = generator.complete("def fib(n):", GenerationConfig(max_new_tokens=6)).text
+    body = client.post("/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 6}).json()
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    assert body["choices"][0]["text"] == expected
+    assert body["usage"]["prompt_tokens"] == generator.count_tokens("def fib(n):")
+    # no fill-in-the-middle format in this vocabulary: the prefix is completed, and we say so
+    fim = client.post("/v1/completions", json={"prompt": "def fib(n):", "suffix": "\n  return",
+                                               "max_tokens": 6})
+    assert fim.headers["x-codehop-fim"] == "false" and fim.json()["choices"][0]["text"] == expected
+    streamed = client.post("/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 6,
+                                                    "stream": True})
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = _events(streamed)
+    assert "".join(e["choices"][0]["text"] for e in events) == expected
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert client.post("/v1/completions", json={"prompt": "x", "model": "gpt-4"}).status_code == 404
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 0}).status_code == 422
+
+
+def test_chat_completion_and_stream(gen):
+    from rag.llm import GenerationConfig
+
+    client, generator, _ = gen
+    messages = [{"role": "user", "content": "Say hi"}]
+    expected = generator.chat(messages, GenerationConfig(max_new_tokens=5)).text
+    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 5}).json()
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": expected}
+    events = _events(client.post("/v1/chat/completions",
+                                 json={"messages": messages, "max_tokens": 5, "stream": True}))
+    assert events[0]["object"] == "chat.completion.chunk"
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == expected
+    assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 422
+    bad_role = {"messages": [{"role": "wizard", "content": "x"}]}
+    assert client.post("/v1/chat/completions", json=bad_role).status_code == 422
+
+
+def test_tabby_shape_is_answered_by_repo_completer(gen):
+    client, generator, root = gen
+    prefix = "from pkg.geometry import area_of_circle\n\ntotal = area_of_circle("
+    body = client.post("/v1/completions", json={
+        "language": "python",
+        "segments": {"prefix": prefix, "suffix": "\n", "filepath": "app.py",
+                     "declarations": [{"filepath": "x.py", "body": "def f(): ..."}]},
+    }).json()
+    completer = client.app.state.resources.completer(generator)
+    expected = completer.complete("app.py", prefix=prefix, suffix="\n")
+    assert body["choices"][0]["text"] == expected.text
+    # the repository context was really used: the imported definition is in the prompt
+    assert any(item.source == "definition" and item.path == "pkg/geometry.py"
+               for item in expected.context)
+    traversal = {"segments": {"prefix": "x", "filepath": "../../etc/passwd"}}
+    assert client.post("/v1/completions", json=traversal).status_code == 422
