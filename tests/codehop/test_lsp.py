@@ -1,0 +1,122 @@
+"""The language server driven by a real LSP client over stdio (pytest-lsp's JSON-RPC client).
+
+The server runs as `python -m codehop lsp` in a subprocess with the tiny random Llama saved
+to disk as its completion model (never the 135M model here) and BM25-only context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pygls import uris
+from pytest_lsp import ClientServerConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+UTILS = '''def slugify(title):
+    """Lower-case `title` and join its words with dashes."""
+    return "-".join(title.lower().split())
+'''
+MAIN = "from utils import slugify\n\nname = slugify("
+README = "# Project\n\nUse slugify to turn page titles into URL paths for the blog.\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_llama) -> Path:
+    model, tokenizer = tiny_llama
+    target = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "utils.py").write_text(UTILS)
+    (root / "main.py").write_text(MAIN)
+    (root / "README.md").write_text(README)
+    return root
+
+
+async def _start(project: Path, model: Path, state: Path):
+    config = ClientServerConfig(
+        server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model),
+                        "--workspace", str(state), "--no-rerank", "--max-new-tokens", "8",
+                        "--debounce", "0.05"],
+        server_env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+                    "PATH": "/usr/bin:/bin"})
+    client = await config.start()
+    uri = uris.from_fs_path(str(project))
+    capabilities = types.ClientCapabilities(
+        window=types.WindowClientCapabilities(work_done_progress=True))
+    result = await client.initialize_session(types.InitializeParams(
+        capabilities=capabilities, root_uri=uri,
+        workspace_folders=[types.WorkspaceFolder(uri=uri, name="project")]))
+    return client, result
+
+
+def _open(client, path: Path, text: str) -> str:
+    uri = uris.from_fs_path(str(path))
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+    return uri
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, tmp_path):
+    client, result = await _start(project, tiny_model_dir, tmp_path / "state")
+    try:
+        caps = result.capabilities
+        assert caps.completion_provider is not None and caps.hover_provider
+        assert caps.inline_completion_provider
+
+        uri = _open(client, project / "main.py", MAIN)
+        end = types.Position(line=2, character=len("name = slugify("))
+        completion = await client.text_document_completion_async(types.CompletionParams(
+            types.TextDocumentIdentifier(uri), end))
+        assert completion.items, "the tiny model always produces some tokens"
+        edit = completion.items[0].text_edit
+        assert edit.range.start == end and edit.new_text.strip()
+        inline = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked),
+            text_document=types.TextDocumentIdentifier(uri), position=end))
+        assert inline.items and inline.items[0].insert_text == edit.new_text  # greedy: same text
+
+        for _ in range(300):  # the documentation collection is indexed after the code index
+            if any(isinstance(r, types.WorkDoneProgressEnd)
+                   for r in client.progress_reports.get("codehop-docs", [])):
+                break
+            await asyncio.sleep(0.2)
+        hover = await client.text_document_hover_async(types.HoverParams(
+            types.TextDocumentIdentifier(uri), types.Position(line=0, character=20)))
+        text = hover.contents.value
+        assert "def slugify(title)" in text and "utils.py:1" in text  # the definition
+        assert "README.md" in text and "URL paths" in text  # the best doc passage
+
+        # progress was reported while the workspace folder was indexed
+        reports = client.progress_reports["codehop-index"]
+        assert isinstance(reports[0], types.WorkDoneProgressBegin)
+        assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+
+        # an unsaved edit defines a new symbol: after the debounced re-index, hover finds it
+        new_text = MAIN + "x)\n\ndef headline(text):\n    return text.title()\n"
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            [types.TextDocumentContentChangeWholeDocument(text=new_text)]))
+        for _ in range(50):
+            await asyncio.sleep(0.2)
+            hover = await client.text_document_hover_async(types.HoverParams(
+                types.TextDocumentIdentifier(uri), types.Position(line=4, character=6)))
+            if hover is not None and "def headline" in hover.contents.value:
+                break
+        assert hover is not None and "main.py:5" in hover.contents.value
+    finally:
+        await client.shutdown_session()
