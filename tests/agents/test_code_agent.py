@@ -72,7 +72,7 @@ def test_token_budget_stops_before_overrunning(small_repo):
 
 def test_finish_with_a_patch_that_applies(small_repo):
     patch = (
-        "--- a/shapes/geometry.py\n+++ b/shapes/geometry.py\n@@ -17,3 +17,6 @@\n"
+        "--- a/shapes/geometry.py\n+++ b/shapes/geometry.py\n@@ -17,2 +17,5 @@\n"
         "     def area(self):\n         return self.side * self.side\n+\n"
         "+    def perimeter(self):\n+        return 4 * self.side\n"
     )
