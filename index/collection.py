@@ -317,11 +317,15 @@ class Collection:
         report = IndexReport(self.name)
         existing = self.store.documents(self.name)
         seen: set[str] = set()
+        processed: set[str] = set()
         puts: list[_Put] = []
         files = list(walk(roots))
         for file in tqdm(files, desc="scan", unit="file", disable=not progress, leave=False):
-            report.files += 1
             key = str(file.resolve())
+            if key in processed:  # reached twice (overlapping roots, symlinks)
+                continue
+            processed.add(key)
+            report.files += 1
             text, reason = read_text(file, self.config.ingest)
             if text is None:
                 report.skipped.append((key, reason))
@@ -465,6 +469,10 @@ class Collection:
                         doc_ids.append(doc_id)
                         removed += old
                         added += new
+                    # A path put twice in one commit replaces its own fresh chunks: net them out.
+                    fresh = set(added) & set(removed)
+                    added = [i for i in added if i not in fresh]
+                    removed = [i for i in removed if i not in fresh]
                     report.chunks_added += len(added)
                     report.chunks_removed += len(removed)
                     generation = self.store.collection(self.name)["generation"] + 1

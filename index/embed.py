@@ -16,6 +16,7 @@ import hashlib
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,7 @@ _MODELS_LOCK = threading.Lock()
 # One model object is shared by every Embedder of the process, and each may truncate inputs
 # differently, so the length is set per call under this lock.
 _ENCODE_LOCK = threading.Lock()
+_QUERY_CACHE = 1024
 _LOOKUP_BATCH = 500  # sqlite's default limit on bound variables is 999
 
 
@@ -128,6 +130,8 @@ class Embedder:
         self.config = config
         self.resolved = resolve_model(config.model)
         self._model = None
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._queries_lock = threading.Lock()
         self._cache: _VectorCache | None = None
         if config.cache_dir is not None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model).strip("_")[-80:] or "model"
@@ -206,10 +210,23 @@ class Embedder:
         return np.stack(rows).astype(np.float32, copy=False)
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One (dim,) vector for a query (same encoder as documents for MiniLM-style models)."""
-        if not text or not text.strip():
+        """One (dim,) vector for a query (same encoder as documents for MiniLM-style models).
+
+        Queries skip the disk cache (a search must not write to the workspace); a small
+        in-memory LRU serves repeated queries.
+        """
+        if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("empty query: give some words to search for")
-        return self.encode([text])[0]
+        with self._queries_lock:
+            if text in self._queries:
+                self._queries.move_to_end(text)
+                return self._queries[text]
+        vector = self._embed([text])[0]
+        with self._queries_lock:
+            self._queries[text] = vector
+            while len(self._queries) > _QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vector
 
     def close(self) -> None:
         if self._cache is not None:

@@ -103,6 +103,11 @@ def test_add_texts_get_chunks_delete(indexed):
     vectors = collection.get_vectors(ids)
     np.testing.assert_allclose(collection.search_vector(vectors[1], k=1)[0].score, 1.0, rtol=1e-5)
     assert collection.search_vector(vectors[1], k=1)[0].id == ids[1]
+    twice = collection.add_texts(["first version", "second version"], paths=["bio/c", "bio/c"])
+    assert twice[0] == twice[1] and collection.get_chunks([twice[0]])[0].text == "second version"
+    assert collection.delete("bio/c") == 1
+    overlap = collection.add_paths([tree, tree / "src", tree / "src" / "geometry.py"], progress=False)
+    assert overlap.files == 3 and overlap.unchanged == 3
     assert collection.delete("bio/a") == 1
     assert collection.delete(ids[1]) == 1  # a chunk id names its document too
     assert collection.delete(str(tree / "cooking.txt")) >= 1

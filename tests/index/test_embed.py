@@ -48,6 +48,9 @@ def test_cache_skips_reembedding_and_survives_a_new_embedder(embedder, cache_dir
     np.testing.assert_array_equal(mixed[2], first[0])
     assert set(again.cached(["alpha beta", "zeta"])) == {content_hash("alpha beta")}
     assert sum(calls) == 2
+    query = again.encode_query("a query that is not stored on disk")
+    assert not again.cached(["a query that is not stored on disk"])
+    np.testing.assert_array_equal(again.encode_query("a query that is not stored on disk"), query)
 
 
 def test_bad_inputs():
