@@ -200,6 +200,7 @@ class Collection:
         self.directory = workspace / "collections" / name
         self._embedder: Embedder | None = None
         self._lock = threading.RLock()
+        self._lock_depth = 0
         self._loaded_stamp: tuple | None = None
         self._bm25: BM25Index | None = None
         self._dense: DenseIndex | None = None
@@ -439,12 +440,22 @@ class Collection:
     def _write_lock(self) -> Iterator[None]:
         """One writer per collection across processes (flock), and across threads."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.directory / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._lock:
+            if self._lock_depth:  # re-entered by this thread: the flock is already ours
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with open(self.directory / ".lock", "w") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _commit(self, puts: list[_Put], gone: list[int], report: IndexReport,
                 rebuild: bool = False) -> list[int]:
@@ -600,9 +611,14 @@ class Collection:
                 if not repair:
                     self._bm25 = self._dense = None  # the next commit rebuilds everything
                     return
-                # An interrupted commit: the store is ahead of the indexes. Rebuild them.
-                _log.warning("collection %r: indexes behind the store; rebuilding", self.name)
-                self.rebuild(progress=False)
+                # The store is ahead of the indexes: an interrupted commit, or a writer between
+                # its store commit and its manifest. Wait for writers, then check again.
+                with self._write_lock():
+                    manifest = self._read_manifest()
+                    have = 0 if manifest is None else manifest["generation"]
+                    if have != self.store.collection(self.name)["generation"]:
+                        _log.warning("collection %r: indexes behind the store; rebuilding", self.name)
+                        self.rebuild(progress=False)
                 return self._ensure_loaded(repair=False)
             self._bm25, self._dense = None, None
             if manifest is not None:
