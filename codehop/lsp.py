@@ -92,6 +92,7 @@ class CodehopLanguageServer(LanguageServer):
         self.root: Path | None = None
         self.repo = None
         self.collection = None
+        self.index_error = "no workspace folder was opened"
         self.collection_lock = RWLock()
         self.ready = asyncio.Event()
         self._completer = None
@@ -125,6 +126,12 @@ class CodehopLanguageServer(LanguageServer):
                 self._completer = RepoCompleter(self.repo, generator, config)
             return self._completer
 
+    async def wait_ready(self) -> None:
+        """Wait for the workspace index; a clear error when there is none."""
+        await self.ready.wait()
+        if self.repo is None:
+            raise CodehopError(f"the workspace is not indexed ({self.index_error})")
+
     def relative(self, uri: str) -> str:
         path = uris.to_fs_path(uri)
         if path is None:
@@ -149,8 +156,10 @@ async def initialized(ls: CodehopLanguageServer, params: types.InitializedParams
     if not root:
         ls.window_show_message(types.ShowMessageParams(
             types.MessageType.Warning, "codehop: no workspace folder; completions are disabled"))
+        ls.ready.set()
         return
     ls.root = Path(root).resolve()
+    ls.index_error = None
     token = "codehop-index"
     try:
         await ls.work_done_progress.create_async(token)
@@ -164,12 +173,13 @@ async def initialized(ls: CodehopLanguageServer, params: types.InitializedParams
     try:
         ls.repo = await _run(ls._index, RepoIndex.open, ls.root, ls.state_dir)
     except CodehopError as error:
+        ls.index_error = str(error)
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))
         return
     finally:
         if token:
             ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
-    ls.ready.set()
+        ls.ready.set()  # waiting requests go on (and fail clearly if indexing failed)
     ls.window_log_message(types.LogMessageParams(
         types.MessageType.Info, f"codehop: indexed {len(ls.repo.files)} files under {ls.root}"))
     await _index_collection(ls, "codehop-docs" if token else None)
@@ -258,7 +268,7 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
     await asyncio.sleep(ls.config.debounce_s)  # cancellation lands here while waiting
     if ls._latest.get(uri) != ticket:
         return None  # a newer request for this file came in: it will answer
-    await ls.ready.wait()
+    await ls.wait_ready()
     document = ls.workspace.get_text_document(uri)
     offset = document.offset_at_position(position)
     prefix, suffix = document.source[:offset], document.source[offset:]
@@ -325,7 +335,7 @@ def hover_markdown(repo, collection, lock: RWLock, symbol: str, passages: int) -
 @server.feature(types.TEXT_DOCUMENT_HOVER)
 @rpc_errors
 async def hover(ls: CodehopLanguageServer, params: types.HoverParams):
-    await ls.ready.wait()
+    await ls.wait_ready()
     document = ls.workspace.get_text_document(params.text_document.uri)
     word = document.word_at_position(params.position)
     if not word or not word.isidentifier():

@@ -529,6 +529,7 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
     auth = [Depends(require_api_key)]
     from codehop import rest_generation
 
-    for router in (collections_router, search_router, rest_generation.router):
+    for router in (collections_router, search_router, rest_generation.router,
+                   rest_generation.answers):
         app.include_router(router, dependencies=auth)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 import time
 import uuid
 from typing import Any, Iterator
@@ -149,3 +150,59 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
         choices=[m.ChatChoice(message={"role": "assistant", "content": result.text},
                               finish_reason=result.finish_reason)],
         usage=_usage(generator, result.prompt_tokens, result.text))
+
+
+# ---------------------------------------------------------------- RAG answers
+
+
+answers = APIRouter(prefix="/v1", tags=["answers"])
+
+
+def _answer(result) -> dict[str, Any]:
+    return m.AskResponse(**result.to_dict()).model_dump()
+
+
+def _pipeline_events(pipeline, question: str, lock) -> Iterator[dict[str, Any]]:
+    """The pipeline's events; the collection's read lock is held until retrieval is over."""
+    reading = lock.read()
+    reading.__enter__()
+    try:
+        for event in pipeline.stream(question):
+            if event["type"] != "stage" and reading is not None:
+                reading.__exit__(None, None, None)  # generation starts: writers may commit
+                reading = None
+            yield event
+    finally:
+        if reading is not None:
+            reading.__exit__(None, None, None)
+
+
+@answers.post("/ask", response_model=m.AskResponse)
+def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
+        generator=Depends(get_generator)):
+    """RagPipeline over a collection: rewrite -> retrieve -> filter -> answer with sources."""
+    from rag.pipeline import PipelineConfig, RagPipeline
+
+    name = body.collection or resources.settings.collection.name
+    collection = resources.collection(name)
+    config = PipelineConfig(k=body.k, candidates=max(20, body.k), mode=body.mode,
+                            rewrite=body.rewrite, filter=body.filter, multihop=body.multihop,
+                            reservoir=False, max_new_tokens=body.max_tokens)
+    pipeline = RagPipeline(collection, generator if body.generate else None, config)
+    events = _pipeline_events(pipeline, body.query, resources.lock(name))
+    if body.stream:
+        def sse() -> Iterator[str]:
+            with _GENERATE:
+                for event in events:
+                    kind = event["type"]
+                    if kind == "stage":
+                        data = m.Stage(**asdict(event["stage"])).model_dump()
+                    elif kind == "token":
+                        data = {"text": event["text"]}
+                    else:
+                        data = _answer(event["result"])
+                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+        return StreamingResponse(sse(), media_type="text/event-stream")
+    with _GENERATE:
+        result = next(e["result"] for e in events if e["type"] == "result")
+    return _answer(result)

@@ -174,13 +174,42 @@ class SearchResponse(BaseModel):
     elapsed_ms: float
 
 
-class AskRequest(SearchRequest):
+class AskRequest(Strict):
+    """A question for the RAG pipeline; every stage can be switched."""
+
     query: str = Field(min_length=1, max_length=MAX_QUERY, description="the question")
-    stages: dict[str, bool] = Field(
-        default_factory=dict, max_length=16,
-        description="switch pipeline stages on/off, e.g. {\"rewrite\": false, \"filter\": true}")
-    stream: bool = False
+    collection: str | None = Field(default=None, pattern=NAME_PATTERN)
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    k: int = Field(default=5, ge=1, le=20, description="sources in the prompt")
+    rewrite: Literal["llm", "prf", "off"] = "llm"
+    filter: Literal["llm", "embedding", "off"] = "llm"
+    multihop: Literal["off", "on", "auto"] = "off"
+    generate: bool = Field(default=True, description="false: retrieval stages only, no answer")
+    stream: bool = Field(default=False, description="server-sent events: stage, token, result")
     max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is blank: ask a question")
+        return _no_nul(value)
+
+
+class Stage(BaseModel):
+    name: str
+    ran: bool
+    seconds: float
+    detail: dict[str, Any]
+
+
+class AskResponse(BaseModel):
+    question: str
+    answer: str
+    sources: list[SearchHit]
+    cited: list[int] = Field(description="1-based numbers of the sources the answer cites")
+    stages: list[Stage]
+    from_reservoir: bool
 
 
 class MultihopRequest(SearchRequest):

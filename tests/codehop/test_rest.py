@@ -338,3 +338,35 @@ def test_tabby_shape_is_answered_by_repo_completer(gen):
                for item in expected.context)
     traversal = {"segments": {"prefix": "x", "filepath": "../../etc/passwd"}}
     assert client.post("/v1/completions", json=traversal).status_code == 422
+
+
+def _sse_events(response) -> list[tuple[str, dict]]:
+    out = []
+    for block in response.text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_ask_runs_the_pipeline_with_switchable_stages(gen):
+    client, _, _ = gen
+    body = {"query": "Where do penguins live and what do they eat?", "rewrite": "off",
+            "filter": "off", "k": 2, "max_tokens": 6}
+    answer = client.post("/v1/ask", json=body).json()
+    assert answer["sources"][0]["path"] == "penguins"
+    stages = {s["name"]: s["ran"] for s in answer["stages"]}
+    assert stages["rewrite"] is False and stages["filter"] is False and stages["generate"] is True
+    assert isinstance(answer["answer"], str)
+    # a stage switched on runs (PRF rewrite adds queries; the embedding filter judges sources)
+    on = client.post("/v1/ask", json={**body, "rewrite": "prf", "filter": "embedding",
+                                      "generate": False}).json()
+    stages = {s["name"]: s for s in on["stages"]}
+    assert stages["rewrite"]["ran"] and stages["filter"]["ran"] and not stages["generate"]["ran"]
+    assert on["answer"] == ""
+    events = _sse_events(client.post("/v1/ask", json={**body, "stream": True}))
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "stage" and kinds[-1] == "result" and "token" in kinds
+    streamed = "".join(data["text"] for kind, data in events if kind == "token").strip()
+    assert streamed == events[-1][1]["answer"] == answer["answer"]  # greedy: same answer
+    assert client.post("/v1/ask", json={"query": "x", "rewrite": "magic"}).status_code == 422
+    assert client.post("/v1/ask", json={"query": "x", "collection": "nope"}).status_code == 404
