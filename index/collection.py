@@ -22,11 +22,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import importlib
-import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -36,11 +34,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from index import persist
 from index.bm25 import BM25Config, BM25Index
-from index.dense import DENSE_KINDS, DenseIndex, create_dense_index, load_dense_index
+from index.dense import DENSE_KINDS, DenseIndex
 from index.embed import Embedder, EmbedderConfig, content_hash
-from index.errors import (CorruptIndexError, InvalidInputError, MissingDependencyError,
-                          NotFoundError)
+from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.ingest import Chunker, IngestConfig, chunk_text, read_text, walk
 from index.models import DEFAULT_EMBEDDING_MODEL
@@ -48,7 +46,6 @@ from index.store import Store
 from index.tokenize import TokenizerConfig, tokenize
 from index.types import Chunk, Hits, SearchResult
 
-FORMAT_VERSION = 1
 MODES = ("hybrid", "bm25", "dense")
 # Settings baked into the indexes: changing one rebuilds them. Chunk sizes apply to files
 # (re-)indexed later; batch size and fusion settings apply at once.
@@ -152,46 +149,6 @@ class _Put:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _dense_backend(kind: str):
-    """(create, load) for a dense kind, or a clear error when its module is not installed."""
-    from index.dense import _backend
-
-    try:
-        _backend(kind)
-    except ModuleNotFoundError as error:
-        raise MissingDependencyError(
-            f"dense index {kind!r} is not available here ({error}); use --dense flat") from error
-    return create_dense_index, load_dense_index
-
-
-def _fsync_tree(directory: Path) -> None:
-    for root, _, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0], "index_format": str(FORMAT_VERSION)}
-    for package in ("codehop", "numpy", "bm25s", "sentence-transformers", "faiss-cpu"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 class Collection:
     """Documents, chunks and their BM25 + dense indexes under one name in a workspace."""
 
@@ -225,7 +182,7 @@ class Collection:
         if not create and not (workspace / "store.sqlite").exists():
             raise NotFoundError(f"no workspace at {workspace}: run codehop index first")
         if config is not None:
-            _dense_backend(config.dense)  # fail before any work when the backend is missing
+            persist.dense_backend(config.dense)  # fail before any work when the backend is missing
         workspace.mkdir(parents=True, exist_ok=True)
         store = Store(workspace / "store.sqlite")
         stored = store.collection(name)
@@ -495,10 +452,10 @@ class Collection:
                     shutil.rmtree(staged, ignore_errors=True)
                 raise
             self._write_manifest(generation)
-            self._clean(keep=staged.name)
+            persist.clean(self.directory, keep=staged.name)
             # The indexes just written are the committed ones: keep them instead of reloading.
             self._bm25, self._dense = self._staged_indexes
-            self._loaded_stamp = (self._manifest_stamp(),)
+            self._loaded_stamp = (persist.manifest_stamp(self.directory),)
         return doc_ids
 
     def _write_generation(self, generation: int, removed: list[int], added: list[int],
@@ -521,88 +478,30 @@ class Collection:
             rows = self.store.get_chunks(added)
             vectors = self.embedder.encode([rows[i].text for i in added])
             if dense is None:
-                create, _ = _dense_backend(self.config.dense)
+                create, _ = persist.dense_backend(self.config.dense)
                 dense = create(self.config.dense, vectors.shape[1], self.config.dense_config)
             dense.add(np.asarray(added, dtype=np.int64), vectors)
-        temp = self.directory / f".tmp-gen-{generation:06d}-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir(parents=True)
-        bm25.save(temp / "bm25")
-        if dense is not None:
-            dense.save(temp / "dense")
-        counts = {"chunks": len(ids), "bm25": len(bm25), "dense": 0 if dense is None else len(dense)}
-        (temp / "counts.json").write_text(json.dumps(counts))
-        _fsync_tree(temp)
-        final = self.directory / f"gen-{generation:06d}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(temp, final)
-        _fsync_dir(self.directory)
+        final, counts = persist.stage_generation(self.directory, generation, bm25, dense)
         self._staged_indexes = (bm25, dense)
-        self._pending_manifest = {
-            "format_version": FORMAT_VERSION, "collection": self.name, "generation": generation,
-            "index_dir": final.name, "dense_kind": self.config.dense,
-            "dim": None if dense is None else int(dense.dim),
-            "counts": {**counts, "documents": self.store.counts(self.name)["documents"]},
-            "embedding_model": self.config.embedding_model, "versions": _versions(),
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        counts = {**counts, **self.store.counts(self.name)}
+        self._pending_manifest = persist.new_manifest(
+            self.name, generation, final.name, dense, self.config.dense, counts,
+            self.config.embedding_model)
         return final
 
     def _write_manifest(self, generation: int) -> None:
-        manifest = self._pending_manifest
-        assert manifest["generation"] == generation
-        temp = self.directory / f".manifest.{os.getpid()}.tmp"
-        with open(temp, "w") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.directory / "manifest.json")
-        _fsync_dir(self.directory)
-
-    def _clean(self, keep: str) -> None:
-        """Remove older generations and temp dirs left by killed runs."""
-        for entry in self.directory.iterdir():
-            stale_gen = entry.name.startswith("gen-") and entry.name != keep
-            if stale_gen or entry.name.startswith(".tmp-gen-"):
-                shutil.rmtree(entry, ignore_errors=True)
+        assert self._pending_manifest["generation"] == generation
+        persist.write_manifest(self.directory, self._pending_manifest)
 
     # ---------------------------------------------------------------- loading
 
-    def _read_manifest(self) -> dict[str, Any] | None:
-        path = self.directory / "manifest.json"
-        if not path.exists():
-            return None
-        try:
-            manifest = json.loads(path.read_text())
-            generation = int(manifest["generation"])
-            version = manifest["format_version"]
-            manifest["index_dir"], manifest["counts"]["bm25"]  # noqa: B018 - presence check
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CorruptIndexError(
-                f"manifest {path} is unreadable ({type(error).__name__}); rebuild with "
-                f"codehop index --rebuild --collection {self.name}") from error
-        if version != FORMAT_VERSION:
-            raise CorruptIndexError(
-                f"collection {self.name!r} has index format {version}, this codehop reads "
-                f"{FORMAT_VERSION}: rebuild with codehop index --rebuild")
-        if generation < 0:
-            raise CorruptIndexError(f"manifest {path} has a negative generation")
-        return manifest
-
-    def _manifest_stamp(self) -> tuple | None:
-        try:
-            stat = (self.directory / "manifest.json").stat()
-        except FileNotFoundError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-
     def _ensure_loaded(self, repair: bool = True) -> None:
         """Load the committed indexes once; reload only when another writer committed."""
-        stamp = self._manifest_stamp()
+        stamp = persist.manifest_stamp(self.directory)
         with self._lock:
             if self._loaded_stamp is not None and self._loaded_stamp == (stamp,):
                 return
-            manifest = self._read_manifest()
+            manifest = persist.read_manifest(self.directory, self.name)
             stored = self.store.collection(self.name)
             if stored is None:
                 raise CorruptIndexError(f"collection {self.name!r} vanished from {self.store.path}")
@@ -614,7 +513,7 @@ class Collection:
                 # The store is ahead of the indexes: an interrupted commit, or a writer between
                 # its store commit and its manifest. Wait for writers, then check again.
                 with self._write_lock():
-                    manifest = self._read_manifest()
+                    manifest = persist.read_manifest(self.directory, self.name)
                     have = 0 if manifest is None else manifest["generation"]
                     if have != self.store.collection(self.name)["generation"]:
                         _log.warning("collection %r: indexes behind the store; rebuilding", self.name)
@@ -622,20 +521,7 @@ class Collection:
                 return self._ensure_loaded(repair=False)
             self._bm25, self._dense = None, None
             if manifest is not None:
-                directory = self.directory / manifest["index_dir"]
-                if not directory.is_dir():
-                    raise CorruptIndexError(
-                        f"index dir {directory} is missing; rebuild with codehop index --rebuild")
-                self._bm25 = BM25Index.load(directory / "bm25")
-                if (directory / "dense").is_dir():
-                    _, load = _dense_backend(manifest["dense_kind"])
-                    self._dense = load(manifest["dense_kind"], directory / "dense")
-                counts = manifest["counts"]
-                dense_n = 0 if self._dense is None else len(self._dense)
-                if len(self._bm25) != counts["bm25"] or dense_n != counts["dense"]:
-                    raise CorruptIndexError(
-                        f"indexes of collection {self.name!r} do not match their manifest; "
-                        "rebuild with codehop index --rebuild")
+                self._bm25, self._dense = persist.load_generation(self.directory, manifest, self.name)
             self._loaded_stamp = (stamp,)
 
     # ---------------------------------------------------------------- searching

@@ -160,7 +160,7 @@ def test_kill_before_store_commit_keeps_previous_state(indexed, tmp_path, monkey
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("index.collection._fsync_dir", killed)  # dies while writing indexes
+    monkeypatch.setattr("index.persist.fsync_dir", killed)  # dies while writing indexes
     with pytest.raises(KeyboardInterrupt):
         collection.add_paths([tree], progress=False)
     monkeypatch.undo()

@@ -1,0 +1,167 @@
+"""On-disk generations of a collection's indexes: staged, fsynced, renamed, then named by a manifest.
+
+A collection directory holds ``gen-NNNNNN/`` (``bm25/``, ``dense/``) for the committed
+generation and ``manifest.json`` naming it. `stage_generation` writes a generation into a temp
+dir, fsyncs every file and renames it into place; `write_manifest` replaces the manifest
+atomically (temp + fsync + rename + directory fsync). Readers only ever follow the manifest, so
+a half-written generation is never seen; `clean` removes older generations and killed runs'
+temp dirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from index.bm25 import BM25Index
+from index.dense import DenseIndex, create_dense_index, load_dense_index
+from index.errors import CorruptIndexError, MissingDependencyError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def dense_backend(kind: str):
+    """(create, load) functions for a dense kind; a clear error when its module is missing."""
+    from index.dense import _backend
+
+    try:
+        _backend(kind)
+    except ModuleNotFoundError as error:
+        raise MissingDependencyError(
+            f"dense index {kind!r} is not available here ({error}); use --dense flat") from error
+    return create_dense_index, load_dense_index
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(Path(root))
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in every manifest (to tell which build wrote an index)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0], "index_format": str(FORMAT_VERSION)}
+    for package in ("codehop", "numpy", "bm25s", "sentence-transformers", "faiss-cpu"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def stage_generation(directory: Path, generation: int, bm25: BM25Index,
+                     dense: DenseIndex | None) -> tuple[Path, dict[str, int]]:
+    """Write a generation durably as ``directory/gen-NNNNNN``; returns (its path, counts)."""
+    temp = directory / f".tmp-gen-{generation:06d}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    bm25.save(temp / "bm25")
+    if dense is not None:
+        dense.save(temp / "dense")
+    counts = {"bm25": len(bm25), "dense": 0 if dense is None else len(dense)}
+    (temp / "counts.json").write_text(json.dumps(counts))
+    fsync_tree(temp)
+    final = directory / f"gen-{generation:06d}"
+    shutil.rmtree(final, ignore_errors=True)  # debris of a killed run with this number
+    os.rename(temp, final)
+    fsync_dir(directory)
+    return final, counts
+
+
+def new_manifest(name: str, generation: int, index_dir: str, dense: DenseIndex | None,
+                 dense_kind: str, counts: dict[str, int], model: str) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION, "collection": name, "generation": generation,
+        "index_dir": index_dir, "dense_kind": dense_kind,
+        "dim": None if dense is None else int(dense.dim), "counts": counts,
+        "embedding_model": model, "versions": versions(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    temp = directory / f".manifest.{os.getpid()}.tmp"
+    with open(temp, "w") as handle:
+        json.dump(manifest, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, directory / MANIFEST)
+    fsync_dir(directory)
+
+
+def read_manifest(directory: Path, name: str) -> dict[str, Any] | None:
+    """The manifest, None when there is none yet; CorruptIndexError when it is unreadable."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        generation = int(manifest["generation"])
+        version = manifest["format_version"]
+        manifest["index_dir"], manifest["dense_kind"], manifest["counts"]["bm25"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CorruptIndexError(
+            f"manifest {path} is unreadable ({type(error).__name__}); rebuild with "
+            f"codehop index --rebuild --collection {name}") from error
+    if version != FORMAT_VERSION:
+        raise CorruptIndexError(
+            f"collection {name!r} has index format {version}, this codehop reads "
+            f"{FORMAT_VERSION}: rebuild with codehop index --rebuild")
+    if generation < 0:
+        raise CorruptIndexError(f"manifest {path} has a negative generation")
+    return manifest
+
+
+def manifest_stamp(directory: Path) -> tuple | None:
+    """Cheap change detector for the manifest (one stat per search)."""
+    try:
+        stat = (directory / MANIFEST).stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def load_generation(directory: Path, manifest: dict[str, Any],
+                    name: str) -> tuple[BM25Index, DenseIndex | None]:
+    """Load the indexes a manifest names and check them against its counts."""
+    generation = directory / manifest["index_dir"]
+    if not generation.is_dir():
+        raise CorruptIndexError(
+            f"index dir {generation} is missing; rebuild with codehop index --rebuild")
+    bm25 = BM25Index.load(generation / "bm25")
+    dense = None
+    if (generation / "dense").is_dir():
+        _, load = dense_backend(manifest["dense_kind"])
+        dense = load(manifest["dense_kind"], generation / "dense")
+    counts = manifest["counts"]
+    if len(bm25) != counts["bm25"] or (0 if dense is None else len(dense)) != counts["dense"]:
+        raise CorruptIndexError(
+            f"indexes of collection {name!r} do not match their manifest; "
+            "rebuild with codehop index --rebuild")
+    return bm25, dense
+
+
+def clean(directory: Path, keep: str) -> None:
+    """Remove older generations and temp dirs left by killed runs."""
+    for entry in directory.iterdir():
+        stale = entry.name.startswith("gen-") and entry.name != keep
+        if stale or entry.name.startswith(".tmp-gen-"):
+            shutil.rmtree(entry, ignore_errors=True)
