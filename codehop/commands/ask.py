@@ -1,0 +1,85 @@
+"""`codehop ask "question"`: a grounded answer with cited sources and per-stage timings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from index.errors import InvalidInputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ask", help="answer a question from a collection, with sources")
+    parser.add_argument("question")
+    parser.add_argument("--collection", default=None)
+    parser.add_argument("--workspace", default=None)
+    parser.add_argument("--model", default=None, help="generator model (default: shipped SmolLM2)")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--mode", choices=("hybrid", "bm25", "dense"), default="hybrid")
+    parser.add_argument("--rewrite", choices=("llm", "prf", "off"), default="llm")
+    parser.add_argument("--no-rewrite", action="store_true", help="same as --rewrite off")
+    parser.add_argument("--filter", choices=("llm", "embedding", "off"), default="llm")
+    parser.add_argument("--no-filter", action="store_true", help="same as --filter off")
+    parser.add_argument("--no-reservoir", action="store_true", help="neither reuse nor store knowledge")
+    parser.add_argument("--multihop", choices=("off", "on", "auto"), default="off")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--retrieval-only", action="store_true", help="no generator: sources only")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def build_pipeline(args: argparse.Namespace, settings, workspace):
+    from index import Collection
+    from rag.llm import load_generator
+    from rag.pipeline import PipelineConfig, RagPipeline
+    from rag.reservoir import Reservoir, RetrieverTrigger
+
+    collection = Collection.open(workspace, args.collection or settings.collection.name, create=False)
+    generator = None
+    if not args.retrieval_only:
+        generator = load_generator(args.model or settings.generator.model,
+                                   backend=settings.generator.backend, workspace=workspace)
+    config = PipelineConfig(
+        k=args.k, candidates=max(20, args.k), mode=args.mode,
+        rewrite="off" if args.no_rewrite else args.rewrite,
+        filter="off" if args.no_filter else args.filter,
+        reservoir=not args.no_reservoir, namespace=args.namespace, multihop=args.multihop,
+        max_new_tokens=settings.generator.max_new_tokens)
+    trigger = None
+    if config.reservoir:
+        trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite"), collection.embedder)
+    treehop = None
+    if config.multihop != "off":
+        from rag.treehop import TreeHopRetriever, load_treehop
+
+        treehop = TreeHopRetriever(collection, load_treehop())
+    return RagPipeline(collection, generator, config, trigger=trigger, treehop=treehop)
+
+
+def run(args: argparse.Namespace) -> int:
+    from codehop.config import load_settings, resolve_workspace
+
+    if not args.question.strip():
+        raise InvalidInputError("empty question: codehop ask \"how do I ...?\"")
+    settings = load_settings(getattr(args, "config", None))
+    workspace = resolve_workspace(args.workspace, settings)
+    pipeline = build_pipeline(args, settings, workspace)
+    result = None
+    for event in pipeline.stream(args.question):
+        if event["type"] == "token" and not args.json:
+            print(event["text"], end="", flush=True)
+        elif event["type"] == "result":
+            result = event["result"]
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0
+    if not result.answer:
+        print("(no generator: retrieval only)" if args.retrieval_only else "(empty answer)")
+    print("\n\nSources:")
+    for number, source in enumerate(result.sources, 1):
+        mark = "*" if number in result.cited else " "
+        print(f" {mark}[{number}] {source.path}:{source.start_line}-{source.end_line}")
+    print("\nStages: " + ", ".join(f"{s.name} {s.seconds * 1000:.0f} ms" if s.ran else f"{s.name} off"
+                                   for s in result.stages), file=sys.stderr)
+    return 0

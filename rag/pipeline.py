@@ -1,0 +1,246 @@
+"""RagPipeline: trigger -> rewrite -> retrieve (all queries, fused) -> multi-hop -> filter ->
+prompt with numbered sources -> generate (streamed) -> answer with citations -> reservoir.
+
+Every stage can be switched off in PipelineConfig, and the result records what each stage did
+and how long it took, so a user can see where time and recall go.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from index.errors import InvalidInputError
+from index.hybrid import rrf_fuse
+from index.types import Hits, SearchResult
+from rag.filter import EmbeddingKnowledgeFilter, FilterConfig, LLMKnowledgeFilter, apply_filter
+from rag.prompts import answer_messages, format_sources
+from rag.reservoir import RetrieverTrigger
+from rag.rewrite import LLMRewriter, PRFRewriter, Rewrite, RewriteConfig
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Switches and sizes of each stage.
+
+    Args:
+        rewrite: "llm", "prf" or "off" ("llm" falls back to "prf" without a generator).
+        filter: "llm", "embedding" or "off" ("llm" falls back to "embedding" without a generator).
+        multihop: "off", "on" or "auto" (TreeHop when the question looks multi-hop).
+        rapid_min_tokens: use RAPID drafting when a drafter is set and the context is longer.
+    """
+
+    k: int = 5
+    candidates: int = 20
+    mode: str = "hybrid"
+    rewrite: str = "llm"
+    filter: str = "llm"
+    reservoir: bool = True
+    namespace: str = "default"
+    multihop: str = "off"
+    rapid_min_tokens: int = 2048
+    max_source_chars: int = 1500
+    max_new_tokens: int = 256
+    rewrite_config: RewriteConfig = RewriteConfig()
+    filter_config: FilterConfig = FilterConfig()
+
+    def __post_init__(self) -> None:
+        checks = {"rewrite": ("llm", "prf", "off"), "filter": ("llm", "embedding", "off"),
+                  "multihop": ("off", "on", "auto"), "mode": ("hybrid", "bm25", "dense")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidInputError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.k < 1 or self.candidates < self.k:
+            raise InvalidInputError("need k >= 1 and candidates >= k")
+
+
+@dataclass
+class StageRecord:
+    name: str
+    ran: bool
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RagResult:
+    question: str
+    answer: str
+    sources: list[SearchResult]
+    cited: list[int]  # 1-based source numbers the answer cites
+    stages: list[StageRecord]
+    from_reservoir: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.answer,
+                "sources": [s.to_dict() for s in self.sources], "cited": self.cited,
+                "from_reservoir": self.from_reservoir, "stages": [asdict(s) for s in self.stages]}
+
+
+def cited_numbers(answer: str, n_sources: int) -> list[int]:
+    """Source numbers cited as [n] (or [1, 2]) that exist. "see [2] and [5]", 3 -> [2]."""
+    found = []
+    for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", answer):
+        for number in re.split(r"\s*,\s*", group):
+            value = int(number)
+            if 1 <= value <= n_sources and value not in found:
+                found.append(value)
+    return found
+
+
+class RagPipeline:
+    """Grounded answers over a Collection; `generator=None` gives retrieval-only results."""
+
+    def __init__(self, collection, generator=None, config: PipelineConfig = PipelineConfig(),
+                 trigger: RetrieverTrigger | None = None, treehop=None, drafter=None) -> None:
+        self.collection = collection
+        self.generator = generator
+        self.config = config
+        self.trigger = trigger
+        self.treehop = treehop
+        self.drafter = drafter
+
+    # -- stages ---------------------------------------------------------------------------
+    def _rewrite(self, question: str) -> tuple[Rewrite, StageRecord]:
+        method = self.config.rewrite
+        if method == "llm" and self.generator is None:
+            method = "prf"
+        if method == "off":
+            return Rewrite(question), StageRecord("rewrite", False)
+        rewriter = (LLMRewriter(self.generator, self.config.rewrite_config) if method == "llm"
+                    else PRFRewriter(self.collection, self.config.rewrite_config))
+        rewrite = rewriter.rewrite(question)
+        if method == "llm" and rewrite.method == "none":  # unusable LLM output: RM3 instead
+            rewrite = PRFRewriter(self.collection, self.config.rewrite_config).rewrite(question)
+        detail = {"method": rewrite.method, "queries": rewrite.all_queries[1:]}
+        return rewrite, StageRecord("rewrite", True, rewrite.seconds, detail)
+
+    def _retrieve(self, queries: list[str]) -> tuple[list[SearchResult], StageRecord]:
+        start = time.perf_counter()
+        by_id: dict[str, SearchResult] = {}
+        lists = []
+        for query in queries:
+            results = self.collection.search(query, k=self.config.candidates, mode=self.config.mode)
+            for result in results:
+                by_id.setdefault(result.id, result)
+            keys = [list(by_id).index(r.id) for r in results]
+            lists.append(Hits(np.array(keys, np.int64), np.array([r.score for r in results], np.float32)))
+        fused = rrf_fuse(lists) if len(lists) > 1 else (lists[0] if lists else Hits.empty())
+        ordered = list(by_id.values())
+        sources = [ordered[int(i)] for i in fused.ids[: self.config.k]]
+        detail = {"queries": len(queries), "candidates": len(by_id), "kept": len(sources)}
+        return sources, StageRecord("retrieve", True, time.perf_counter() - start, detail)
+
+    def _multihop(self, question: str, sources: list[SearchResult]) -> tuple[list[SearchResult], StageRecord]:
+        mode = self.config.multihop
+        if mode == "off" or self.treehop is None:
+            return sources, StageRecord("multihop", False)
+        from rag.treehop import looks_multihop
+
+        if mode == "auto" and not looks_multihop(question):
+            return sources, StageRecord("multihop", False, detail={"reason": "not multi-hop"})
+        start = time.perf_counter()
+        hops = self.treehop.search(question, k=self.config.k)
+        merged = {s.id: s for s in [*hops, *sources]}
+        detail = {"treehop_passages": len(hops)}
+        return list(merged.values())[: self.config.k * 2], StageRecord("multihop", True, time.perf_counter() - start, detail)
+
+    def _filter(self, question: str, sources: list[SearchResult]) -> tuple[list[SearchResult], StageRecord]:
+        method = self.config.filter
+        if method == "llm" and self.generator is None:
+            method = "embedding"
+        if method == "off" or not sources:
+            return sources, StageRecord("filter", False)
+        config = self.config.filter_config
+        judge = (LLMKnowledgeFilter(self.generator, config) if method == "llm"
+                 else EmbeddingKnowledgeFilter(self.collection.embedder, config))
+        kept, judgements, seconds = apply_filter(judge, question, sources, config)
+        detail = {"method": judge.name, "labels": [j.label for j in judgements], "kept": len(kept)}
+        return kept, StageRecord("filter", True, seconds, detail)
+
+    # -- the run --------------------------------------------------------------------------
+    def stream(self, question: str) -> Iterator[dict[str, Any]]:
+        """Events: {"type": "stage", ...} per stage, {"type": "token", "text"}, then
+        {"type": "result", "result": RagResult}."""
+        question = question.strip()
+        if not question:
+            raise InvalidInputError("empty question")
+        stages: list[StageRecord] = []
+
+        decision = None
+        if self.config.reservoir and self.trigger is not None:
+            decision = self.trigger.check(self.config.namespace, question)
+            stages.append(StageRecord("trigger", True, decision.seconds,
+                                      {"reuse": decision.reuse, "matches": len(decision.matches)}))
+            yield {"type": "stage", "stage": stages[-1]}
+        if decision is not None and decision.reuse:
+            sources = [SearchResult(f"reservoir:{e.id}", sim, e.source, 0, 0, e.content, {"title": e.title})
+                       for e, sim in decision.matches]
+            from_reservoir = True
+        else:
+            from_reservoir = False
+            rewrite, record = self._rewrite(question)
+            stages.append(record)
+            yield {"type": "stage", "stage": record}
+            sources, record = self._retrieve(rewrite.all_queries)
+            stages.append(record)
+            yield {"type": "stage", "stage": record}
+            sources, record = self._multihop(question, sources)
+            stages.append(record)
+            sources, record = self._filter(question, sources)
+            stages.append(record)
+            yield {"type": "stage", "stage": record}
+
+        answer = ""
+        if self.generator is not None:
+            start = time.perf_counter()
+            messages = answer_messages(question, format_sources(sources, self.config.max_source_chars))
+            from rag.llm import GenerationConfig
+
+            config = GenerationConfig(max_new_tokens=self.config.max_new_tokens)
+            pieces = []
+            for piece in self._generate(question, messages, sources, config, stages):
+                pieces.append(piece)
+                yield {"type": "token", "text": piece}
+            answer = "".join(pieces).strip()
+            stages.append(StageRecord("generate", True, time.perf_counter() - start,
+                                      {"chars": len(answer), "rapid": stages[-1].name == "rapid"}))
+        else:
+            stages.append(StageRecord("generate", False, detail={"reason": "no generator configured"}))
+
+        cited = cited_numbers(answer, len(sources))
+        if self.config.reservoir and self.trigger is not None and not from_reservoir:
+            start = time.perf_counter()
+            for source in sources:
+                self.trigger.remember(self.config.namespace, question, source.text,
+                                      f"{source.path}:{source.start_line}-{source.end_line}")
+            stages.append(StageRecord("reservoir", True, time.perf_counter() - start, {"stored": len(sources)}))
+        result = RagResult(question, answer, sources, cited, stages, from_reservoir)
+        yield {"type": "result", "result": result}
+
+    def _generate(self, question, messages, sources, config, stages) -> Iterator[str]:
+        """Plain streamed generation, or RAPID drafting when the context is long: the target
+        reads every source in full, the drafter only the two best, shortened."""
+        if self.drafter is not None:
+            prompt = self.generator.render_chat(messages)
+            if self.generator.count_tokens(prompt) >= self.config.rapid_min_tokens:
+                from rag.rapid import RapidDecoder
+
+                short = answer_messages(question, format_sources(sources[:2], 600))
+                result = RapidDecoder(self.generator, self.drafter).generate(
+                    prompt, self.drafter.render_chat(short), config)
+                stages.append(StageRecord("rapid", True, detail={"acceptance_rate": result.acceptance_rate}))
+                yield result.generation.text
+                return
+        yield from self.generator.chat_stream(messages, config)
+
+    def run(self, question: str) -> RagResult:
+        result = None
+        for event in self.stream(question):
+            if event["type"] == "result":
+                result = event["result"]
+        return result

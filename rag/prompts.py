@@ -1,0 +1,36 @@
+"""Prompt templates of the RAG pipeline; sources are numbered so answers can cite [n]."""
+
+from __future__ import annotations
+
+from index.types import SearchResult
+
+ANSWER_SYSTEM = (
+    "You answer questions using only the numbered sources. Cite the sources you use as [1], [2]. "
+    "If the sources do not contain the answer, say that you do not know."
+)
+
+REWRITE_PROMPT = """Rewrite the question for a search engine.
+Return only JSON: {{"rewritten_questions": [up to {n_questions} clearer versions of the question], "queries": [up to {n_queries} short keyword queries, one per facet]}}
+Question: {question}
+JSON:"""
+
+FILTER_PROMPT = """Question: {question}
+Passage: {passage}
+Does the passage contain clear evidence that answers the question? Reply with one word: entailment (it does), neutral (unrelated or insufficient) or contradiction (it contradicts).
+Answer:"""
+
+
+def format_sources(sources: list[SearchResult], max_chars: int = 1500) -> str:
+    """Numbered source blocks: "[1] path:10-24\\ntext"."""
+    blocks = []
+    for number, source in enumerate(sources, start=1):
+        text = source.text if len(source.text) <= max_chars else source.text[:max_chars] + " ..."
+        blocks.append(f"[{number}] {source.path}:{source.start_line}-{source.end_line}\n{text}")
+    return "\n\n".join(blocks)
+
+
+def answer_messages(question: str, sources_block: str) -> list[dict[str, str]]:
+    if not sources_block:
+        return [{"role": "user", "content": question}]
+    user = f"Sources:\n{sources_block}\n\nQuestion: {question}\nAnswer with citations:"
+    return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
