@@ -19,6 +19,7 @@ fallbacks here (named "fallback" in the report).
 from __future__ import annotations
 
 import collections
+import hashlib
 import importlib
 import logging
 import math
@@ -106,8 +107,12 @@ class CorpusIndex:
         self.chunks = len(texts)
         self.documents = len(corpus)
         self.collections = {}
+        # The corpus fingerprint names the collection, so a changed subset never mixes with
+        # an old one while the shared embedding cache still spares re-embedding known texts.
+        digest = hashlib.sha1("\0".join(o + "\1" + t for o, t in zip(owners, texts)).encode()).hexdigest()
         for kind in kinds:
-            collection = Collection.open(Path(workspace), f"{name}-{kind}", CollectionConfig(dense=kind))
+            collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}",
+                                         CollectionConfig(dense=kind))
             if len(collection) != len(texts):
                 self._fill(collection, texts, owners, progress)
             self.collections[kind] = collection
@@ -194,7 +199,7 @@ def prf_expand(query: str, feedback: list[str], terms: int) -> str:
     return (query + " " + " ".join(chosen)).strip()
 
 
-def llm_rewrites(generator, query: str, max_chars: int, max_new_tokens: int = 96) -> list[str]:
+def llm_rewrites(generator, query: str, max_chars: int, max_new_tokens: int = 48) -> list[str]:
     """Query Rewriter+-style rewrite with one greedy LLM call: search queries, one per line
     (fallback when rag.rewrite is absent). Returns up to 4 non-empty queries."""
     from rag.llm import GenerationConfig
