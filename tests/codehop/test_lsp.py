@@ -77,6 +77,7 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
         caps = result.capabilities
         assert caps.completion_provider is not None and caps.hover_provider
         assert caps.inline_completion_provider
+        assert "codehop.ask" in caps.execute_command_provider.commands
 
         uri = _open(client, project / "main.py", MAIN)
         end = types.Position(line=2, character=len("name = slugify("))
@@ -105,6 +106,16 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
         reports = client.progress_reports["codehop-index"]
         assert isinstance(reports[0], types.WorkDoneProgressBegin)
         assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+
+        # codehop.ask: the RAG pipeline over the workspace answers with numbered sources
+        answer = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command="codehop.ask", arguments=["How do I turn page titles into URL paths?"]))
+        assert isinstance(answer["answer"], str) and answer["sources"]
+        assert any(s["path"].endswith("README.md") for s in answer["sources"])
+        assert all(1 <= n <= len(answer["sources"]) for n in answer["cited"])
+        with pytest.raises(Exception, match="one argument"):
+            await client.workspace_execute_command_async(types.ExecuteCommandParams(
+                command="codehop.ask", arguments=[]))
 
         # an unsaved edit defines a new symbol: after the debounced re-index, hover finds it
         new_text = MAIN + "x)\n\ndef headline(text):\n    return text.title()\n"
