@@ -42,6 +42,7 @@ class PipelineConfig:
     reservoir: bool = True
     namespace: str = "default"
     multihop: str = "off"
+    generate: bool = True
     rapid_min_tokens: int = 2048
     max_source_chars: int = 1500
     max_new_tokens: int = 256
@@ -196,7 +197,7 @@ class RagPipeline:
             yield {"type": "stage", "stage": record}
 
         answer = ""
-        if self.generator is not None:
+        if self.generator is not None and self.config.generate:
             start = time.perf_counter()
             messages = answer_messages(question, format_sources(sources, self.config.max_source_chars))
             from rag.llm import GenerationConfig
@@ -210,7 +211,8 @@ class RagPipeline:
             stages.append(StageRecord("generate", True, time.perf_counter() - start,
                                       {"chars": len(answer), "rapid": stages[-1].name == "rapid"}))
         else:
-            stages.append(StageRecord("generate", False, detail={"reason": "no generator configured"}))
+            reason = "switched off" if self.generator is not None else "no generator configured"
+            stages.append(StageRecord("generate", False, detail={"reason": reason}))
 
         cited = cited_numbers(answer, len(sources))
         if self.config.reservoir and self.trigger is not None and not from_reservoir:

@@ -1,0 +1,1 @@
+"""RAG orchestrator benchmark on HotpotQA: rewriting, filtering, answers, trigger savings."""
