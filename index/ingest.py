@@ -70,18 +70,50 @@ def file_kind(path: str) -> str:
     return "text"
 
 
+def _gitignore(directory: Path):
+    path = directory / ".gitignore"
+    if not path.is_file():
+        return None
+    import pathspec
+
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(path.read_text(errors="replace").splitlines())
+    except (OSError, ValueError):
+        return None  # an unreadable .gitignore hides nothing
+
+
 def walk(paths: list[Path]) -> Iterator[Path]:
-    """Every regular file under `paths` (files as given, directories recursively, sorted),
-    skipping tool/dependency directories and hidden entries inside a walked directory."""
+    """Every regular file under `paths` (files as given, directories recursively, sorted).
+
+    Inside a walked directory, hidden entries, tool/dependency directories (SKIP_DIRS) and
+    whatever the .gitignore files along the way exclude are left out (each .gitignore applies
+    below its own directory, as in git; a file named explicitly is always yielded).
+    """
     for root in paths:
         if root.is_file():
             yield root
             continue
+        specs: dict[Path, object] = {}
         for directory, subdirs, files in os.walk(root):
-            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and not d.startswith("."))
+            here = Path(directory)
+            spec = _gitignore(here)
+            if spec is not None:
+                specs[here] = spec
+            active = [(base, spec) for base, spec in specs.items()
+                      if base == here or base in here.parents]
+
+            def ignored(name: str, is_dir: bool) -> bool:
+                for base, spec in active:
+                    relative = (here / name).relative_to(base).as_posix() + ("/" if is_dir else "")
+                    if spec.match_file(relative):
+                        return True
+                return False
+
+            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and not d.startswith(".")
+                                and not ignored(d, True))
             for name in sorted(files):
-                if not name.startswith("."):
-                    yield Path(directory) / name
+                if not name.startswith(".") and not ignored(name, False):
+                    yield here / name
 
 
 def read_text(path: Path, config: IngestConfig = IngestConfig()) -> tuple[str | None, str]:

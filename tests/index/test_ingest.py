@@ -109,3 +109,15 @@ def test_read_text_reasons_and_walk_skips_tool_dirs(tmp_path):
     names = [p.relative_to(tmp_path).as_posix() for p in walk([tmp_path])]
     assert names == ["bin.dat", "latin.txt", "ok.txt", "sub/b.md"]
     assert list(walk([tmp_path / "ok.txt"])) == [tmp_path / "ok.txt"]
+
+
+def test_walk_honours_gitignore_files_below_their_directory(tmp_path):
+    (tmp_path / ".gitignore").write_text("build/\n*.log\n!keep.log\n")
+    for name in ("a.py", "build/out.py", "debug.log", "keep.log", "pkg/b.py", "pkg/gen.py",
+                 "pkg/deep/gen.py", "other/gen.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "pkg" / ".gitignore").write_text("gen.py\n")
+    names = [p.relative_to(tmp_path).as_posix() for p in walk([tmp_path])]
+    assert names == ["a.py", "keep.log", "other/gen.py", "pkg/b.py"]
+    assert list(walk([tmp_path / "debug.log"])) == [tmp_path / "debug.log"]  # named explicitly
