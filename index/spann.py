@@ -1,0 +1,471 @@
+"""SPANN: heads in memory, postings on disk (Chen et al., "SPANN", NeurIPS 2021).
+
+Build (sec. 3.2): ~12% of the vectors become heads, picked by a balanced hierarchical k-means
+tree whose leaf centres snap to real vectors (index/kmeans.py); heads sit in a faiss index in
+memory. Every other vector looks at its 64 nearest heads in distance order and joins head c
+only if, for every head s it already joined, d(c, s) >= d(x, c) (the RNG rule, sec. 3.2.2),
+at most 8 replicas. A posting keeps its nearest `posting_cap` entries (farthest dropped), except
+that a vector's nearest head always keeps it, so no vector is lost (our guard; the paper accepts
+the loss). Postings live page-aligned in one file (index/postings.py); metadata stays in memory.
+
+Search (sec. 3.3): nearest `search_heads` heads, query-aware pruning drops a head whose squared
+L2 distance exceeds MaxDistRatio x that of the nearest head, each surviving posting is one
+contiguous read, ids are de-duplicated, candidates re-ranked exactly (inner product on the
+stored vectors) and merged with the head hits.
+
+Updates: an add routes the vector like the build did and appends it to its postings; a posting
+past its cap splits in two (2-means, the second half gets a new head snapped to a real vector).
+A delete is a tombstone; `rebuild()` compacts everything from scratch. Scores are inner
+products (vectors are unit length, so the L2 order of heads equals the inner-product order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index.errors import CorruptIndexError, InvalidInputError
+from index.kmeans import balanced_kmeans, hierarchical_heads
+from index.postings import PAGE, PRECISIONS, PostingFile, decode
+from index.types import Hits
+
+FORMAT_VERSION = 1
+_META, _ARRAYS, _POSTINGS, _HEADS = "spann_meta.json", "spann_arrays.npz", "spann_postings.bin", "spann_heads.faiss"
+
+
+@dataclass(frozen=True)
+class SpannConfig:
+    """SPANN settings; defaults are the paper's reference configuration where it has one."""
+
+    head_ratio: float = 0.12  # heads / vectors (paper: 10-20%, reference 12%)
+    branching: int = 32  # k of every balanced k-means split
+    kmeans_iters: int = 8
+    balance: float = 1.0  # lambda scale of the count penalty (0 = plain k-means)
+    candidate_heads: int = 64  # heads considered per vector when assigning postings
+    max_replicas: int = 8
+    rng_factor: float = 1.0  # accept c only if rng_factor * d(c, s) >= d(x, c)
+    posting_cap: int | None = None  # None: max(118, entries in 3 x 4 KiB pages)
+    precision: str = "float32"  # on-disk vectors: float32 | float16 | int8
+    search_heads: int = 64  # heads searched per query (paper: 32-96)
+    max_dist_ratio: float = 8.0  # prune heads with d > ratio * d(nearest head), squared L2
+    head_index: str = "auto"  # flat | hnsw | auto (hnsw from 20,000 heads)
+    hnsw_ef_search: int = 128
+    min_build: int = 512  # fewer vectors than this: exact search, no structure
+    rebuild_growth: float = 2.0  # rebuild on next search/save once N grew this much (0: never)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.head_ratio <= 1:
+            raise InvalidInputError(f"SpannConfig.head_ratio must be in (0, 1], got {self.head_ratio}")
+        if self.precision not in PRECISIONS:
+            raise InvalidInputError(f"SpannConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.head_index not in ("auto", "flat", "hnsw"):
+            raise InvalidInputError(f"SpannConfig.head_index must be auto, flat or hnsw, got {self.head_index!r}")
+        if min(self.branching, self.candidate_heads, self.max_replicas, self.search_heads) < 1:
+            raise InvalidInputError("SpannConfig: branching, candidate_heads, max_replicas, search_heads must be >= 1")
+
+
+def rng_assign(dist: np.ndarray, cand: np.ndarray, x_rows: np.ndarray, head_vecs: np.ndarray,
+               max_replicas: int, rng_factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """SPANN's RNG posting assignment, vectorised over vectors (loops over candidate rank only).
+
+    Args:
+        dist: (n, C) squared L2 from each vector to its candidate heads, ascending.
+        cand: (n, C) head indices (-1 = none).
+        x_rows: unused placeholder for symmetry with callers (kept for clarity of shapes).
+        head_vecs: (H, d) head vectors.
+
+    Returns:
+        (heads (n, max_replicas) int64 with -1 padding, their distances (n, max_replicas)).
+    """
+    n, C = cand.shape
+    acc = np.full((n, max_replicas), -1, dtype=np.int64)
+    accd = np.full((n, max_replicas), np.inf, dtype=np.float32)
+    acc[:, 0], accd[:, 0] = cand[:, 0], dist[:, 0]
+    nacc = (cand[:, 0] >= 0).astype(np.int64)
+    norms = np.einsum("hd,hd->h", head_vecs, head_vecs)
+    for j in range(1, C):
+        active = np.nonzero((nacc < max_replicas) & (cand[:, j] >= 0))[0]
+        if not len(active):
+            break
+        c, dxc = cand[active, j], dist[active, j]
+        hc = head_vecs[c]
+        ok = np.ones(len(active), dtype=bool)
+        for r in range(int(nacc[active].max())):
+            filled = np.nonzero(ok & (nacc[active] > r))[0]
+            if not len(filled):
+                continue
+            s = acc[active[filled], r]
+            dcs = norms[c[filled]] + norms[s] - 2.0 * np.einsum("bd,bd->b", hc[filled], head_vecs[s])
+            ok[filled] &= rng_factor * dcs >= dxc[filled]
+        take = active[ok]
+        slot = nacc[take]
+        acc[take, slot], accd[take, slot] = cand[take, j], dist[take, j]
+        nacc[take] += 1
+    return acc, accd
+
+
+class SpannIndex:
+    """SPANN memory/disk index; implements `index.dense.DenseIndex`."""
+
+    kind = "spann"
+
+    def __init__(self, dim: int, config: SpannConfig | None = None) -> None:
+        if dim <= 0:
+            raise InvalidInputError(f"vector dimension must be positive, got {dim}")
+        self.dim = int(dim)
+        self.config = config or SpannConfig()
+        self._ids = np.empty(0, dtype=np.int64)
+        self._alive = np.empty(0, dtype=bool)
+        self._vectors: np.ndarray | None = np.empty((0, self.dim), dtype=np.float32)  # until built
+        self._built_n = 0
+        self._head_rows = np.empty(0, dtype=np.int64)
+        self._head_vecs = np.empty((0, self.dim), dtype=np.float32)
+        self._heads = None  # faiss index over _head_vecs (L2)
+        self._postings: PostingFile | None = None
+
+    # ---- protocol ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, dim: int, config: SpannConfig | None = None) -> "SpannIndex":
+        return cls(dim, config)
+
+    def __len__(self) -> int:
+        return int(self._alive.sum())
+
+    @property
+    def built(self) -> bool:
+        return self._postings is not None
+
+    @property
+    def posting_cap(self) -> int:
+        if self.config.posting_cap:
+            return int(self.config.posting_cap)
+        itemsize = 4 + self.dim * {"float32": 4, "float16": 2, "int8": 1}[self.config.precision]
+        return max(118, 3 * PAGE // itemsize)
+
+    def describe(self) -> str:
+        if not self.built:
+            return (f"spann: exact search over {len(self)} vectors (structure is built from "
+                    f"{self.config.min_build} vectors on)")
+        return (f"spann: {len(self._head_rows)} heads ({self._heads.__class__.__name__}), "
+                f"{len(self)} live vectors, {self._postings.n_pages} pages of {self.config.precision} "
+                f"postings, cap {self.posting_cap}, search {self.config.search_heads} heads, "
+                f"MaxDistRatio {self.config.max_dist_ratio}")
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add `vectors` (n, dim) under new int64 `ids`; after the build they go straight to postings."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
+            raise InvalidInputError(f"SpannIndex.add needs ({len(ids)}, {self.dim}) vectors, got {vectors.shape}")
+        if len(np.unique(ids)) != len(ids) or np.isin(ids, self._ids[self._alive]).any():
+            raise InvalidInputError("SpannIndex.add: ids must be new and unique")
+        first = len(self._ids)
+        self._ids = np.concatenate([self._ids, ids])
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+        if not self.built:
+            self._vectors = np.concatenate([self._vectors, vectors])
+            return
+        self._insert(np.arange(first, first + len(ids), dtype=np.int64), vectors)
+
+    def delete(self, ids: np.ndarray) -> None:
+        """Tombstone ids (unknown ids are ignored); `rebuild()` reclaims their space."""
+        self._alive &= ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))
+
+    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
+        """Top-k ids by inner product per query row, best first."""
+        if k <= 0:
+            raise InvalidInputError(f"k must be positive, got {k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise InvalidInputError(f"query dimension {queries.shape[-1]} != index dimension {self.dim}")
+        self._maybe_build()
+        if not len(self):
+            return [Hits.empty() for _ in range(len(queries))]
+        if not self.built:
+            return self._exact(queries, k)
+        cfg = self.config
+        dist, heads = self._heads.search(np.ascontiguousarray(queries), min(cfg.search_heads, len(self._head_rows)))
+        return [self._search_one(q, d, h, k) for q, d, h in zip(queries, dist, heads)]
+
+    def save(self, directory: Path) -> None:
+        """Write meta JSON, arrays, the page-aligned postings file and the head index (each atomic)."""
+        import faiss
+
+        self._maybe_build()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {"ids": self._ids, "alive": self._alive}
+        if self.built:
+            p = self._postings
+            arrays.update(head_rows=self._head_rows, head_vecs=self._head_vecs, start_page=p.start_page,
+                          count=p.count, capacity=p.capacity)
+            p.save(directory, _POSTINGS)
+            _atomic(directory / _HEADS, lambda path: faiss.write_index(self._heads, str(path)))
+        else:
+            arrays["vectors"] = self._vectors
+        _atomic(directory / _ARRAYS, lambda path: _save_npz(path, arrays))
+        meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "config": asdict(self.config),
+                "built": self.built, "rows": len(self._ids), "built_n": self._built_n,
+                "n_pages": self._postings.n_pages if self.built else 0}
+        _atomic(directory / _META, lambda path: Path(path).write_text(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, directory: Path) -> "SpannIndex":
+        """Load what `save` wrote; CorruptIndexError when a file is missing, truncated or foreign."""
+        import faiss
+
+        directory = Path(directory)
+        where = f"spann index at {directory}"
+        fix = "rebuild it (codehop index --rebuild)"
+        try:
+            meta = json.loads((directory / _META).read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CorruptIndexError(f"{where} has format {meta.get('format_version')}, expected {FORMAT_VERSION}: {fix}")
+            index = cls(int(meta["dim"]), SpannConfig(**meta["config"]))
+            with np.load(directory / _ARRAYS) as data:
+                arrays = {key: data[key] for key in data.files}
+            rows = int(meta["rows"])
+            if arrays["ids"].shape != (rows,) or arrays["alive"].shape != (rows,):
+                raise CorruptIndexError(f"{where} is truncated (id arrays): {fix}")
+            index._ids, index._alive = arrays["ids"].astype(np.int64), arrays["alive"].astype(bool)
+            index._built_n = int(meta["built_n"])
+            if not meta["built"]:
+                if arrays["vectors"].shape != (rows, index.dim):
+                    raise CorruptIndexError(f"{where} is truncated (vectors): {fix}")
+                index._vectors = arrays["vectors"].astype(np.float32)
+                return index
+            n_pages = int(meta["n_pages"])
+            path = directory / _POSTINGS
+            if path.stat().st_size != n_pages * PAGE:
+                raise CorruptIndexError(
+                    f"{where}: postings file has {path.stat().st_size} bytes, expected {n_pages * PAGE} "
+                    f"(truncated or overwritten): {fix}")
+            postings = PostingFile(index.dim, index.config.precision, path=path, writable=False)
+            postings.start_page, postings.count = arrays["start_page"], arrays["count"]
+            postings.capacity, postings.n_pages = arrays["capacity"], n_pages
+            heads = faiss.read_index(str(directory / _HEADS))
+        except CorruptIndexError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError) as error:
+            raise CorruptIndexError(f"{where} is unreadable ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
+        end = (postings.start_page + -(-postings.capacity * postings.dtype.itemsize // PAGE))
+        if heads.ntotal != len(arrays["head_rows"]) or len(postings.count) != heads.ntotal or (
+                len(end) and end.max() > n_pages) or (postings.count > postings.capacity).any():
+            raise CorruptIndexError(f"{where}: head index and posting metadata disagree: {fix}")
+        index._vectors = None
+        index._head_rows, index._head_vecs = arrays["head_rows"], arrays["head_vecs"].astype(np.float32)
+        index._heads, index._postings = heads, postings
+        return index
+
+    # ---- build ------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Build heads and postings now from every live vector (also done lazily on search/save)."""
+        rows, vectors = self._live_vectors()
+        self._ids, self._alive = self._ids[rows], np.ones(len(rows), dtype=bool)  # compact rows
+        self._vectors = vectors
+        self._postings, self._heads = None, None
+        if len(rows) < max(self.config.min_build, 2):
+            return
+        self._build(vectors)
+
+    def rebuild(self) -> None:
+        """Compact: drop tombstones and rebuild heads and postings from the live vectors."""
+        self.build()
+
+    def _maybe_build(self) -> None:
+        n = len(self)
+        if not self.built:
+            if n >= self.config.min_build:
+                self.build()
+        elif self.config.rebuild_growth and n > self.config.rebuild_growth * max(self._built_n, 1):
+            self.build()
+
+    def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, float32 vectors) of every live vector, from memory or from heads + postings."""
+        if not self.built:
+            rows = np.nonzero(self._alive)[0]
+            return rows, self._vectors[rows]
+        found_rows = np.full(len(self._ids), False)
+        vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
+        for p in range(len(self._postings.count)):
+            entries = self._postings.read(p)
+            vectors[entries["row"]] = decode(entries["vec"], self.config.precision)
+            found_rows[entries["row"]] = True
+        vectors[self._head_rows] = self._head_vecs
+        found_rows[self._head_rows] = True
+        rows = np.nonzero(found_rows & self._alive)[0]
+        return rows, vectors[rows]
+
+    def _make_head_index(self, head_vecs: np.ndarray):
+        import faiss
+
+        cfg = self.config
+        use_hnsw = cfg.head_index == "hnsw" or (cfg.head_index == "auto" and len(head_vecs) >= 20000)
+        if use_hnsw:
+            heads = faiss.IndexHNSWFlat(self.dim, 32)
+            heads.hnsw.efConstruction = 80
+            heads.hnsw.efSearch = max(cfg.hnsw_ef_search, cfg.search_heads, cfg.candidate_heads)
+        else:
+            heads = faiss.IndexFlatL2(self.dim)
+        heads.add(head_vecs)
+        return heads
+
+    def _build(self, vectors: np.ndarray) -> None:
+        cfg = self.config
+        n = len(vectors)
+        head_rows = hierarchical_heads(vectors, math.ceil(cfg.head_ratio * n), cfg.branching,
+                                       cfg.kmeans_iters, cfg.balance, cfg.seed)
+        self._head_rows, self._head_vecs = head_rows, vectors[head_rows].copy()
+        self._heads = self._make_head_index(self._head_vecs)
+        others = np.setdiff1d(np.arange(n), head_rows)
+        head_of, dist = self._route(vectors[others])
+        postings = self._group(others, head_of, dist, vectors[others], cap=True)
+        self._postings = PostingFile(self.dim, cfg.precision)
+        self._postings.write_all(postings)
+        self._vectors, self._built_n = None, n
+
+    def _route(self, vectors: np.ndarray, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+        """Heads (n, max_replicas; -1 pad) each vector joins by the RNG rule, with distances."""
+        cfg = self.config
+        c = min(cfg.candidate_heads, len(self._head_rows))
+        out_h, out_d = [], []
+        for start in range(0, len(vectors), block):
+            dist, cand = self._heads.search(vectors[start : start + block], c)
+            h, d = rng_assign(dist, cand, None, self._head_vecs, cfg.max_replicas, cfg.rng_factor)
+            out_h.append(h)
+            out_d.append(d)
+        if not out_h:
+            return (np.empty((0, cfg.max_replicas), dtype=np.int64),
+                    np.empty((0, cfg.max_replicas), dtype=np.float32))
+        return np.concatenate(out_h), np.concatenate(out_d)
+
+    def _group(self, rows: np.ndarray, head_of: np.ndarray, dist: np.ndarray, vectors: np.ndarray,
+               cap: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-head (rows, vectors) sorted by distance; capped by dropping farthest non-primary entries."""
+        replica = np.broadcast_to(np.arange(head_of.shape[1]), head_of.shape)
+        valid = head_of >= 0
+        r = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
+        h, d, rep = head_of[valid], dist[valid], replica[valid]
+        order = np.lexsort((d, h))
+        r, h, d, rep = r[order], h[order], d[order], rep[order]
+        n_heads = len(self._head_rows)
+        bounds = np.searchsorted(h, np.arange(n_heads + 1))
+        if cap:
+            rank = np.arange(len(h)) - bounds[h]
+            keep = (rank < self.posting_cap) | (rep == 0)  # a vector's nearest head always keeps it
+            r, h = r[keep], h[keep]
+            bounds = np.searchsorted(h, np.arange(n_heads + 1))
+        return [(rows[r[bounds[p] : bounds[p + 1]]].astype(np.int32), vectors[r[bounds[p] : bounds[p + 1]]])
+                for p in range(n_heads)]
+
+    # ---- updates ----------------------------------------------------------------------------
+    def _insert(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        head_of, dist = self._route(vectors)
+        grouped = self._group(np.arange(len(rows)), head_of, dist, vectors, cap=False)
+        for p, (local, vecs) in enumerate(grouped):
+            if len(local):
+                self._postings.put(p, rows[local].astype(np.int32), vecs, append=True)
+                if self._postings.count[p] > self.posting_cap:
+                    self._split(p)
+
+    def _split(self, p: int) -> None:
+        """Split an over-full posting by 2-means; the far half gets a new head (a real vector)."""
+        entries = self._postings.read(p).copy()
+        entries = entries[self._alive[entries["row"]]]
+        vecs = decode(entries["vec"], self.config.precision)
+        if len(entries) < 4:
+            return
+        labels, centres = balanced_kmeans(vecs, 2, iters=6, balance=1.0, seed=self.config.seed + p)
+        stay = int(np.argmin(((centres - self._head_vecs[p]) ** 2).sum(axis=1)))
+        move = labels != stay
+        if not move.any() or move.all():
+            return
+        moved = entries[move]
+        pick = int(np.argmin(((decode(moved["vec"], self.config.precision) - centres[1 - stay]) ** 2).sum(axis=1)))
+        new_row, new_vec = int(moved["row"][pick]), decode(moved["vec"][pick : pick + 1], self.config.precision)
+        self._postings.put(p, entries["row"][~move], vecs[~move], append=False)
+        q = len(self._head_rows)
+        self._postings.put(q, moved["row"], vecs[move], append=False)
+        self._head_rows = np.append(self._head_rows, new_row)
+        self._head_vecs = np.concatenate([self._head_vecs, new_vec])
+        self._heads.add(new_vec)
+
+    # ---- search -----------------------------------------------------------------------------
+    def _exact(self, queries: np.ndarray, k: int) -> list[Hits]:
+        rows = np.nonzero(self._alive)[0]
+        scores = queries @ self._vectors[rows].T
+        k = min(k, len(rows))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        out = []
+        for row, cand in zip(scores, top):
+            order = cand[np.argsort(-row[cand], kind="stable")]
+            out.append(Hits(self._ids[rows[order]], row[order].astype(np.float32)))
+        return out
+
+    def _search_one(self, q: np.ndarray, dist: np.ndarray, heads: np.ndarray, k: int) -> Hits:
+        valid = heads >= 0
+        dist, heads = dist[valid], heads[valid]
+        reference = dist[0] if dist[0] > 1e-6 or len(dist) == 1 else dist[1]  # a query equal to a head
+        heads = heads[dist <= self.config.max_dist_ratio * max(float(reference), 1e-12)]
+        postings = self._postings
+        parts = [postings.read(int(p)) for p in heads if postings.count[p]]
+        entries = np.concatenate(parts) if parts else np.zeros(0, dtype=postings.dtype)
+        rows = np.concatenate([entries["row"].astype(np.int64), self._head_rows[heads]])
+        scores = np.concatenate([decode(entries["vec"], self.config.precision) @ q, self._head_vecs[heads] @ q])
+        live = self._alive[rows]
+        rows, scores = rows[live], scores[live]
+        rows, first = np.unique(rows, return_index=True)  # replicas share a vector: keep one
+        scores = scores[first]
+        if len(rows) > k:
+            top = np.argpartition(-scores, k - 1)[:k]
+            rows, scores = rows[top], scores[top]
+        order = np.argsort(-scores, kind="stable")
+        return Hits(self._ids[rows[order]], scores[order].astype(np.float32))
+
+    # ---- introspection for tests and benchmarks ----------------------------------------------
+    @property
+    def head_ids(self) -> np.ndarray:
+        return self._ids[self._head_rows]
+
+    def posting(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors) of posting `p` (tombstones included)."""
+        entries = self._postings.read(p)
+        return self._ids[entries["row"]], decode(entries["vec"], self.config.precision)
+
+    def memory_bytes(self) -> int:
+        """Bytes this index holds in RAM (heads, head index, metadata, ids), not the mapped postings."""
+        import faiss
+
+        total = self._ids.nbytes + self._alive.nbytes + self._head_rows.nbytes + self._head_vecs.nbytes
+        if self._vectors is not None:
+            total += self._vectors.nbytes
+        if self.built:
+            p = self._postings
+            total += p.start_page.nbytes + p.count.nbytes + p.capacity.nbytes
+            total += faiss.serialize_index(self._heads).nbytes
+        return int(total)
+
+    def disk_bytes(self) -> int:
+        return self._postings.n_pages * PAGE if self.built else 0
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _atomic(final: Path, write) -> None:
+    """Write via `write(temp_path)`, fsync, rename into place."""
+    temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    write(str(temp))
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
