@@ -25,9 +25,9 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path as PathParam, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -307,6 +307,9 @@ def _search(resources: Resources, body: m.SearchRequest) -> list[m.SearchHit]:
 
 
 collections_router = APIRouter(prefix="/v1", tags=["collections"])
+# Collection names become directory names: the pattern keeps "..", "/" and friends out.
+Name = Annotated[str, PathParam(pattern=m.NAME_PATTERN, description="collection name")]
+DocId = Annotated[str, PathParam(max_length=4096, description="document id, path or chunk id")]
 
 
 @collections_router.get("/collections", response_model=list[m.CollectionInfo])
@@ -320,18 +323,18 @@ def create_collection(body: m.CollectionCreate, resources: Resources = Depends(g
 
 
 @collections_router.get("/collections/{name}", response_model=m.CollectionInfo)
-def get_collection(name: str, resources: Resources = Depends(get_resources)):
+def get_collection(name: Name, resources: Resources = Depends(get_resources)):
     return resources.collection(name).stats()
 
 
 @collections_router.delete("/collections/{name}", status_code=204)
-def delete_collection(name: str, resources: Resources = Depends(get_resources)):
+def delete_collection(name: Name, resources: Resources = Depends(get_resources)):
     resources.drop(name)
     return Response(status_code=204)
 
 
 @collections_router.get("/collections/{name}/documents", response_model=m.DocumentList)
-def list_documents(name: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+def list_documents(name: Name, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
                    resources: Resources = Depends(get_resources)):
     documents = sorted(resources.collection(name).store.documents(name).values(), key=lambda d: d.id)
     page = documents[offset: offset + limit]
@@ -344,7 +347,7 @@ def _commit(resources: Resources, name: str, write: Callable[[Any], Any]) -> Any
 
 
 @collections_router.post("/collections/{name}/documents", response_model=m.Job, status_code=202)
-def add_documents(name: str, body: m.DocumentsAdd, resources: Resources = Depends(get_resources)):
+def add_documents(name: Name, body: m.DocumentsAdd, resources: Resources = Depends(get_resources)):
     from index.embed import content_hash
 
     if not body.texts and not body.files:
@@ -402,7 +405,7 @@ def _add_files(resources: Resources, name: str, collection, files: list[Path]):
 
 @collections_router.put("/collections/{name}/documents/{doc_id}", response_model=m.Job,
                         status_code=202)
-def update_document(name: str, doc_id: str, body: m.DocumentUpdate,
+def update_document(name: Name, doc_id: DocId, body: m.DocumentUpdate,
                     resources: Resources = Depends(get_resources)):
     collection = resources.collection(name)
     document = collection.store.find_document(name, doc_id)
@@ -418,7 +421,7 @@ def update_document(name: str, doc_id: str, body: m.DocumentUpdate,
 
 @collections_router.delete("/collections/{name}/documents/{doc_id}", response_model=m.Job,
                            status_code=202)
-def delete_document(name: str, doc_id: str, resources: Resources = Depends(get_resources)):
+def delete_document(name: Name, doc_id: DocId, resources: Resources = Depends(get_resources)):
     document = resources.collection(name).store.find_document(name, doc_id)
 
     def work(collection) -> dict[str, Any]:
@@ -429,7 +432,7 @@ def delete_document(name: str, doc_id: str, resources: Resources = Depends(get_r
 
 
 @collections_router.post("/collections/{name}/reindex", response_model=m.Job, status_code=202)
-def reindex(name: str, body: m.ReindexRequest = m.ReindexRequest(),
+def reindex(name: Name, body: m.ReindexRequest = m.ReindexRequest(),
             resources: Resources = Depends(get_resources)):
     """Re-read file documents inside the roots (changed files re-chunked, deleted ones removed)."""
     collection = resources.collection(name)

@@ -17,9 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", help="bind address (default: [server] host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: [server] port, 8000)")
     parser.add_argument("--workspace", help="workspace directory (default: $CODEHOP_WORKSPACE or ./.codehop)")
-    parser.add_argument("--source", action="append", metavar="PATH",
-                        help="file or directory to index and allow through the API (repeatable; "
-                             "default: [server] roots, else the current repository)")
+    parser.add_argument("--source", action="extend", nargs="+", metavar="PATH",
+                        help="files or directories to index and allow through the API "
+                             "(default: [server] roots, else the current repository)")
     parser.add_argument("--collection", help="collection to index into (default: from settings)")
     parser.add_argument("--no-index", action="store_true", help="serve without indexing first")
     parser.set_defaults(func=run)
