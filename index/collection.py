@@ -278,9 +278,10 @@ class Collection:
         processed: set[str] = set()
         puts: list[_Put] = []
         files = list(walk(roots))
+        workspace = str(self.workspace.resolve()) + os.sep
         for file in tqdm(files, desc="scan", unit="file", disable=not progress, leave=False):
             key = str(file.resolve())
-            if key in processed:  # reached twice (overlapping roots, symlinks)
+            if key in processed or key.startswith(workspace):  # seen twice, or our own state
                 continue
             processed.add(key)
             report.files += 1

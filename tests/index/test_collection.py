@@ -108,6 +108,9 @@ def test_add_texts_get_chunks_delete(indexed):
     assert collection.delete("bio/c") == 1
     overlap = collection.add_paths([tree, tree / "src", tree / "src" / "geometry.py"], progress=False)
     assert overlap.files == 3 and overlap.unchanged == 3
+    with Collection.open(tree / "ws") as inside:  # a workspace inside the indexed tree
+        inside.add_texts(["seed"])
+        assert inside.add_paths([tree], progress=False).files == 3  # its own files are left out
     assert collection.delete("bio/a") == 1
     assert collection.delete(ids[1]) == 1  # a chunk id names its document too
     assert collection.delete(str(tree / "cooking.txt")) >= 1
