@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="index a page's first N chunks (0 = all)")
     parser.add_argument("--selfcheck-limit", type=int, default=0,
                         help="problems per task whose canonical solution is executed (0 = all)")
+    parser.add_argument("--llm-rewrite-tasks", default="ds1000,odex",
+                        help="tasks on which hybrid+llm runs (one LLM call per query)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -69,6 +71,7 @@ def config_from_args(args: argparse.Namespace):
         gen_limit=args.gen_limit,
         gen_conditions=_names(args.gen_conditions, ("none", "oracle") + RETRIEVERS, "condition"),
         model=args.model,
+        llm_rewrite_tasks=_names(args.llm_rewrite_tasks, TASKS, "task"),
         retrieval=RetrievalConfig(max_chunks_per_doc=args.max_chunks_per_doc or None),
         generation=GenerationSettings(max_new_tokens=args.max_new_tokens, workers=args.workers),
         progress=not args.no_progress)

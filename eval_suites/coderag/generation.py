@@ -64,8 +64,26 @@ def extract_code(text: str) -> str:
     return code.replace("</code>", "").replace("BEGIN SOLUTION", "").rstrip() + "\n"
 
 
+def trim_to_valid(code: str) -> str:
+    """Drop a cut-off tail: while `code` does not compile, cut it before its last top-level
+    `def`/`class` (a reply stopped by the token limit usually ends inside a next function)."""
+    lines = code.splitlines()
+    while lines:
+        try:
+            compile("\n".join(lines) + "\n", "<candidate>", "exec")
+            break
+        except (SyntaxError, ValueError):
+            starts = [i for i, line in enumerate(lines) if i > 0 and line.startswith(("def ", "class ", "@"))]
+            if not starts:
+                break
+            lines = lines[: starts[-1]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def to_solution(problem: Problem, code: str) -> str:
     """A model's code in the canonical form `check_solution` executes (see execution.py)."""
+    if problem.task != "ds1000":
+        code = trim_to_valid(code)
     if problem.task == "humaneval":
         entry = problem.meta["entry_point"]
         if re.search(rf"^\s*def {re.escape(entry)}\s*\(", code, re.M):

@@ -48,7 +48,9 @@ class RetrievalConfig:
             pages (sklearn, matplotlib) run to hundreds of passages; see the report.
         prf_docs / prf_terms: pseudo-relevance feedback: terms taken from the top docs.
         max_query_chars: long queries (DS-1000 prompts) are cut to their last N characters
-            for the LLM rewriter's prompt.
+            for the LLM rewriter's prompt; llm_max_new_tokens: its output budget.
+        ann_min_build: SPANN/PQ `min_build` (below it they search exactly; their defaults,
+            512 and 1024, exceed the scaled-down corpora here). None keeps the defaults.
     """
 
     k: int = 100
@@ -56,6 +58,8 @@ class RetrievalConfig:
     prf_docs: int = 3
     prf_terms: int = 10
     max_query_chars: int = 1500
+    llm_max_new_tokens: int = 64
+    ann_min_build: int | None = 256
 
 
 def dense_kind(retriever: str) -> str:
@@ -71,6 +75,14 @@ def dense_kind_available(kind: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _ann_config(kind: str, config: RetrievalConfig):
+    """The dense backend's config with `min_build` lowered (None for flat / defaults)."""
+    if kind == "flat" or config.ann_min_build is None:
+        return None
+    module, name = {"spann": ("index.spann", "SpannConfig"), "pq": ("index.pq", "PQConfig")}[kind]
+    return getattr(importlib.import_module(module), name)(min_build=config.ann_min_build)
 
 
 def chunk_corpus(corpus: dict[str, dict[str, str]], config: RetrievalConfig,
@@ -112,7 +124,7 @@ class CorpusIndex:
         digest = hashlib.sha1("\0".join(o + "\1" + t for o, t in zip(owners, texts)).encode()).hexdigest()
         for kind in kinds:
             collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}",
-                                         CollectionConfig(dense=kind))
+                                         CollectionConfig(dense=kind, dense_config=_ann_config(kind, config)))
             if len(collection) != len(texts):
                 self._fill(collection, texts, owners, progress)
             self.collections[kind] = collection
@@ -215,53 +227,50 @@ def llm_rewrites(generator, query: str, max_chars: int, max_new_tokens: int = 48
 
 
 def make_rewriters(generator_factory: Callable[[], object] | None, config: RetrievalConfig):
-    """(prf, llm, description): callables query, feedback -> list of extra queries.
+    """(prf, llm, description): callables (CorpusIndex, query) -> extra queries.
 
-    Prefers rag.rewrite (RAG helper) when importable, else the fallbacks above.
+    Uses rag.rewrite (RAG helper: RM3 `PRFRewriter` over the collection, `LLMRewriter`
+    Query Rewriter+) when importable, else the small fallbacks above.
     """
-    description = {"prf": "fallback: eval_suites.coderag.retrieval.prf_expand",
-                   "llm": "fallback: eval_suites.coderag.retrieval.llm_rewrites"}
-    rewrite = None
     try:
         rewrite = importlib.import_module("rag.rewrite")
     except ImportError:
-        pass
-
-    def prf(query: str, feedback: list[str]) -> list[str]:
-        return [prf_expand(query, feedback, config.prf_terms)]
-
+        rewrite = None
     state: dict[str, object] = {}
 
-    def llm(query: str, feedback: list[str]) -> list[str]:
+    def generator():
         if generator_factory is None:
             raise MissingDependencyError("hybrid+llm needs a generator (rag.llm.load_generator)")
         if "gen" not in state:
             state["gen"] = generator_factory()
-        return llm_rewrites(state["gen"], query, config.max_query_chars)
+        return state["gen"]
 
-    if rewrite is not None:
-        prf, llm, description = _adapt_rag_rewrite(rewrite, prf, llm, description, generator_factory,
-                                                   config, state)
-    return prf, llm, description
+    if rewrite is not None and hasattr(rewrite, "PRFRewriter") and hasattr(rewrite, "LLMRewriter"):
+        rw_config = rewrite.RewriteConfig(n_questions=1, n_queries=3,
+                                          max_new_tokens=config.llm_max_new_tokens,
+                                          prf_docs=config.prf_docs, prf_terms=config.prf_terms)
 
+        def prf(index: "CorpusIndex", query: str) -> list[str]:
+            return list(rewrite.PRFRewriter(index.collections["flat"], rw_config).rewrite(query).queries)
 
-def _adapt_rag_rewrite(module, prf, llm, description, generator_factory, config, state):
-    """Use rag.rewrite's PRF / LLM rewriters when they expose the expected functions."""
-    if hasattr(module, "prf_expand"):
-        def prf(query, feedback, _f=module.prf_expand):  # noqa: F811
-            out = _f(query, feedback)
-            return [out] if isinstance(out, str) else list(out)
-        description["prf"] = "rag.rewrite.prf_expand"
-    if hasattr(module, "QueryRewriter") and generator_factory is not None:
-        def llm(query, feedback):  # noqa: F811
-            if "rw" not in state:
-                state["rw"] = module.QueryRewriter(generator_factory())
-            result = state["rw"].rewrite(query[-config.max_query_chars:])
-            queries = getattr(result, "queries", result)
-            extra = list(getattr(result, "rewritten_questions", []) or [])
-            return [q for q in list(queries) + extra if isinstance(q, str) and q.strip()]
-        description["llm"] = "rag.rewrite.QueryRewriter"
-    return prf, llm, description
+        def llm(index: "CorpusIndex", query: str) -> list[str]:
+            if "llm" not in state:
+                state["llm"] = rewrite.LLMRewriter(generator(), rw_config)
+            result = state["llm"].rewrite(query[-config.max_query_chars:])
+            return [q for q in result.all_queries if q.strip() != query[-config.max_query_chars:].strip()]
+
+        description = {"prf": "rag.rewrite.PRFRewriter (RM3, BM25 feedback chunks)",
+                       "llm": f"rag.rewrite.LLMRewriter (Query Rewriter+, {rw_config})"}
+        return prf, llm, description
+
+    def prf(index: "CorpusIndex", query: str) -> list[str]:  # noqa: F811
+        return [prf_expand(query, index.chunk_texts(query, config.prf_docs), config.prf_terms)]
+
+    def llm(index: "CorpusIndex", query: str) -> list[str]:  # noqa: F811
+        return llm_rewrites(generator(), query, config.max_query_chars, config.llm_max_new_tokens)
+
+    return prf, llm, {"prf": "fallback: eval_suites.coderag.retrieval.prf_expand",
+                      "llm": "fallback: eval_suites.coderag.retrieval.llm_rewrites"}
 
 
 def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], config: RetrievalConfig,
@@ -287,9 +296,9 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             if rewrite_cache is not None and key in rewrite_cache:
                 extra = rewrite_cache[key]
             elif retriever == "hybrid+prf":
-                extra = prf(query, index.chunk_texts(query, config.prf_docs))
+                extra = prf(index, query)
             else:
-                extra = llm(query, [])
+                extra = llm(index, query)
             if rewrite_cache is not None:
                 rewrite_cache[key] = extra
             runs = [index.search(query, "hybrid")] + [index.search(q, "hybrid") for q in extra if q.strip()]

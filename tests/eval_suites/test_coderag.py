@@ -9,7 +9,7 @@ import pytest
 from eval_suites.coderag import builders
 from eval_suites.coderag.execution import check_solution
 from eval_suites.coderag.generation import (GenerationSettings, SampleCache, evaluate_condition,
-                                            extract_code, to_solution)
+                                            extract_code, to_solution, trim_to_valid)
 from eval_suites.coderag.metrics import (average_over_tasks, pass_at_1, per_query_metrics,
                                          retrieval_metrics)
 from eval_suites.coderag.retrieval import prf_expand, rrf_docs
@@ -136,6 +136,12 @@ def test_model_output_to_solution(shared_data):
     odex = builders.load_problems(shared_data, "odex")[0]  # bytes.fromhex('4a4b4c')...
     expr = "```python\nreturn bytes.fromhex('4a4b4c').decode('utf-8')\n```"
     assert check_solution(odex, to_solution(odex, extract_code(expr))).passed
+
+
+def test_cut_off_reply_is_trimmed_to_complete_functions():
+    reply = "def a():\n    return 1\n\ndef b(x):\n    \"\"\"unfinished"
+    assert trim_to_valid(reply) == "def a():\n    return 1\n"
+    assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
 
 
 def test_cli_rejects_unknown_task():
