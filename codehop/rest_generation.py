@@ -20,11 +20,12 @@ from fastapi.responses import StreamingResponse
 
 from codehop import rest_models as m
 from codehop.rest import Resources, get_completer, get_generator, get_resources
-from index.errors import ModelNotFoundError
+from index.errors import InvalidInputError, ModelNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 # One generation at a time per process: a CPU model gains nothing from concurrent forwards.
 _GENERATE = threading.Lock()
+MAX_PROMPT_TOKENS = 4096
 
 
 def _config(body: m._Sampling, stop: tuple[str, ...] = ()):
@@ -38,6 +39,14 @@ def _check_model(requested: str | None, available: str, configured: str | None =
     if requested and requested not in (available, configured):
         raise ModelNotFoundError(f"model {requested!r} is not served here; use {available!r} "
                                  "(GET /v1/models lists them)")
+
+
+def _check_prompt(generator, *texts: str) -> None:
+    """Refuse prompts longer than MAX_PROMPT_TOKENS: a CPU model would take minutes on them."""
+    tokens = sum(generator.count_tokens(t) for t in texts if t)
+    if tokens > MAX_PROMPT_TOKENS:
+        raise InvalidInputError(f"the prompt has {tokens} tokens; this server takes at most "
+                                f"{MAX_PROMPT_TOKENS}: shorten it")
 
 
 def _sse(payloads: Iterator[dict[str, Any]]) -> Iterator[str]:
@@ -80,6 +89,7 @@ def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: 
     if isinstance(body, m.TabbyCompletionRequest):
         return _tabby(body, resources, generator, created, cid)
     _check_model(body.model, generator.name, resources.settings.generator.model)
+    _check_prompt(generator, body.prompt, body.suffix or "")
     prompt, fim = body.prompt, False
     if body.suffix:
         fim_prompt = generator.fim_prompt(body.prompt, body.suffix)
@@ -131,6 +141,7 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
     _check_model(body.model, generator.name, resources.settings.generator.model)
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     messages = [{"role": msg.role, "content": msg.content} for msg in body.messages]
+    _check_prompt(generator, *(msg.content for msg in body.messages))
     config = _config(body)
     if body.stream:
         def chunks() -> Iterator[dict[str, Any]]:

@@ -302,6 +302,8 @@ def test_openai_completion_matches_generator(gen):
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert client.post("/v1/completions", json={"prompt": "x", "model": "gpt-4"}).status_code == 404
     assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 0}).status_code == 422
+    too_long = client.post("/v1/completions", json={"prompt": "hello " * 5000})
+    assert too_long.status_code == 422 and "shorten it" in too_long.json()["error"]["message"]
 
 
 def test_chat_completion_and_stream(gen):
