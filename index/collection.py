@@ -27,7 +27,7 @@ import os
 import shutil
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -156,7 +156,8 @@ class Collection:
         self.workspace, self.name, self.store, self.config = workspace, name, store, config
         self.directory = workspace / "collections" / name
         self._embedder: Embedder | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # loading and committing
+        self._index_lock = threading.Lock()  # searching vs. mutating the live in-memory indexes
         self._lock_depth = 0
         self._loaded_stamp: tuple | None = None
         self._bm25: BM25Index | None = None
@@ -455,7 +456,8 @@ class Collection:
             self._write_manifest(generation)
             persist.clean(self.directory, keep=staged.name)
             # The indexes just written are the committed ones: keep them instead of reloading.
-            self._bm25, self._dense = self._staged_indexes
+            with self._index_lock:
+                self._bm25, self._dense = self._staged_indexes
             self._loaded_stamp = (persist.manifest_stamp(self.directory),)
         return doc_ids
 
@@ -473,15 +475,18 @@ class Collection:
         dense = self._dense
         if rebuild or dense is None or dense.kind != self.config.dense:
             dense, added = None, ids  # start from scratch with every chunk
-        elif removed:
-            dense.delete(np.asarray(removed, dtype=np.int64))
+        live = dense is not None  # the index searches use: mutate it only under _index_lock
+        if live and removed:
+            with self._index_lock:
+                dense.delete(np.asarray(removed, dtype=np.int64))
         if added:
             rows = self.store.get_chunks(added)
             vectors = self.embedder.encode([rows[i].text for i in added])
             if dense is None:
                 create, _ = persist.dense_backend(self.config.dense)
                 dense = create(self.config.dense, vectors.shape[1], self.config.dense_config)
-            dense.add(np.asarray(added, dtype=np.int64), vectors)
+            with self._index_lock if live else nullcontext():
+                dense.add(np.asarray(added, dtype=np.int64), vectors)
         final, counts = persist.stage_generation(self.directory, generation, bm25, dense)
         self._staged_indexes = (bm25, dense)
         counts = {**counts, **self.store.counts(self.name)}
@@ -499,6 +504,8 @@ class Collection:
     def _ensure_loaded(self, repair: bool = True) -> None:
         """Load the committed indexes once; reload only when another writer committed."""
         stamp = persist.manifest_stamp(self.directory)
+        if self._loaded_stamp == (stamp,):  # the common case: no lock, one stat
+            return
         with self._lock:
             if self._loaded_stamp is not None and self._loaded_stamp == (stamp,):
                 return
@@ -520,9 +527,11 @@ class Collection:
                         _log.warning("collection %r: indexes behind the store; rebuilding", self.name)
                         self.rebuild(progress=False)
                 return self._ensure_loaded(repair=False)
-            self._bm25, self._dense = None, None
+            loaded = (None, None)
             if manifest is not None:
-                self._bm25, self._dense = persist.load_generation(self.directory, manifest, self.name)
+                loaded = persist.load_generation(self.directory, manifest, self.name)
+            with self._index_lock:
+                self._bm25, self._dense = loaded
             self._loaded_stamp = (stamp,)
 
     # ---------------------------------------------------------------- searching
@@ -561,20 +570,26 @@ class Collection:
         if k <= 0:
             raise InvalidInputError(f"k must be positive, got {k}")
         self._ensure_loaded()
-        if self._dense is None:
-            return []
-        return self._results(self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0])
+        return self._results(self._dense_search(vector, k))
 
     def _bm25_hits(self, query: str, k: int) -> Hits:
         tokens = tokenize(query, self.config.tokenizer)
-        if self._bm25 is None or not tokens:
-            return Hits.empty()
-        return self._bm25.search(tokens, k)
+        with self._index_lock:
+            if self._bm25 is None or not tokens:
+                return Hits.empty()
+            return self._bm25.search(tokens, k)
 
     def _dense_hits(self, query: str, k: int) -> Hits:
-        if self._dense is None or len(self._dense) == 0:
+        if self._dense is None:
             return Hits.empty()
-        return self._dense.search(self.embedder.encode_query(query)[None, :], k)[0]
+        vector = self.embedder.encode_query(query)  # the slow part, outside the lock
+        return self._dense_search(vector, k)
+
+    def _dense_search(self, vector: np.ndarray, k: int) -> Hits:
+        with self._index_lock:
+            if self._dense is None or len(self._dense) == 0:
+                return Hits.empty()
+            return self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0]
 
     def _results(self, hits: Hits) -> list[SearchResult]:
         rows = self.store.get_chunks([int(i) for i in hits.ids])

@@ -96,8 +96,11 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the write connection and its transaction
         self._depth = 0
+        self._owner: int | None = None
+        self._local = threading.local()  # per-thread read connections
+        self._readers: list[sqlite3.Connection] = []
         try:
             conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
                                    isolation_level=None)
@@ -121,6 +124,10 @@ class Store:
             raise _corrupt(self.path, error) from error
 
     def close(self) -> None:
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
         self.db.conn.close()
 
     # ---------------------------------------------------------------- transactions
@@ -132,6 +139,7 @@ class Store:
             outer = self._depth == 0
             if outer:
                 self._execute("BEGIN IMMEDIATE")
+                self._owner = threading.get_ident()
             self._depth += 1
             try:
                 yield
@@ -152,6 +160,26 @@ class Store:
                 raise
             raise _corrupt(self.path, error) from error
 
+    def _query(self, sql: str, params: list | tuple = ()) -> sqlite3.Cursor:
+        """Reads: inside this thread's transaction they see its uncommitted writes; elsewhere
+        they use a per-thread connection, so searches never wait for a writer (WAL)."""
+        if self._depth and self._owner == threading.get_ident():
+            return self._execute(sql, params)
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+                self._local.conn = conn
+                with self._lock:
+                    self._readers.append(conn)
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error):
+                raise
+            raise _corrupt(self.path, error) from error
+        except sqlite3.DatabaseError as error:
+            raise _corrupt(self.path, error) from error
+
     def _write(self, sql: str, params: list | tuple = ()) -> sqlite3.Cursor:
         if self._depth == 0:
             raise RuntimeError("store writes must run inside Store.transaction()")
@@ -161,17 +189,15 @@ class Store:
 
     def collection(self, name: str) -> dict[str, Any] | None:
         """{"name", "config" (dict), "generation"} or None."""
-        with self._lock:
-            row = self._execute(
-                "SELECT name, config, generation FROM collections WHERE name=?", [name]
-            ).fetchone()
+        row = self._query(
+            "SELECT name, config, generation FROM collections WHERE name=?", [name]
+        ).fetchone()
         if row is None:
             return None
         return {"name": row[0], "config": json.loads(row[1]), "generation": int(row[2])}
 
     def collections(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._execute("SELECT name FROM collections ORDER BY name")]
+        return [r[0] for r in self._query("SELECT name FROM collections ORDER BY name")]
 
     def create_collection(self, name: str, config: dict[str, Any]) -> None:
         if not name or "/" in name or name.startswith("."):
@@ -197,26 +223,24 @@ class Store:
 
     def documents(self, collection: str) -> dict[str, DocumentRow]:
         """Every document of a collection by path."""
-        with self._lock:
-            rows = self._execute(
-                "SELECT id, path, hash, metadata FROM documents WHERE collection=?", [collection]
-            ).fetchall()
+        rows = self._query(
+            "SELECT id, path, hash, metadata FROM documents WHERE collection=?", [collection]
+        ).fetchall()
         return {r[1]: DocumentRow(r[0], r[1], r[2], json.loads(r[3])) for r in rows}
 
     def find_document(self, collection: str, key: str | int) -> DocumentRow:
         """A document by path, by int id, or by a chunk id "doc:ordinal"; NotFoundError if none."""
-        with self._lock:
-            row = self._execute(
-                "SELECT id, path, hash, metadata FROM documents WHERE collection=? AND path=?",
-                [collection, str(key)],
+        row = self._query(
+            "SELECT id, path, hash, metadata FROM documents WHERE collection=? AND path=?",
+            [collection, str(key)],
+        ).fetchone()
+        text = str(key)
+        head = text.split(":", 1)[0]
+        if row is None and head.isdigit() and (text.isdigit() or text[len(head) + 1:].isdigit()):
+            row = self._query(
+                "SELECT id, path, hash, metadata FROM documents WHERE collection=? AND id=?",
+                [collection, int(head)],
             ).fetchone()
-            text = str(key)
-            head = text.split(":", 1)[0]
-            if row is None and head.isdigit() and (text.isdigit() or text[len(head) + 1:].isdigit()):
-                row = self._execute(
-                    "SELECT id, path, hash, metadata FROM documents WHERE collection=? AND id=?",
-                    [collection, int(head)],
-                ).fetchone()
         if row is None:
             raise NotFoundError(f"no document {key!r} in collection {collection!r}")
         return DocumentRow(row[0], row[1], row[2], json.loads(row[3]))
@@ -277,18 +301,16 @@ class Store:
 
     def chunk_table(self, collection: str) -> tuple[list[int], list[str], list[str]]:
         """(row ids, texts, text hashes) of every chunk of a collection, in row-id order."""
-        with self._lock:
-            rows = self._execute(
-                "SELECT id, text, text_hash FROM chunks WHERE collection=? ORDER BY id", [collection]
-            ).fetchall()
+        rows = self._query(
+            "SELECT id, text, text_hash FROM chunks WHERE collection=? ORDER BY id", [collection]
+        ).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     def chunk_tokens(self, collection: str) -> tuple[list[int], list[list[str]]]:
         """(row ids, stored BM25 tokens) of every chunk of a collection, in row-id order."""
-        with self._lock:
-            rows = self._execute(
-                "SELECT id, tokens FROM chunks WHERE collection=? ORDER BY id", [collection]
-            ).fetchall()
+        rows = self._query(
+            "SELECT id, tokens FROM chunks WHERE collection=? ORDER BY id", [collection]
+        ).fetchall()
         return [r[0] for r in rows], [r[1].split() for r in rows]
 
     def set_tokens(self, items: list[tuple[int, list[str]]]) -> None:
@@ -301,39 +323,36 @@ class Store:
         """Stored chunks by row id (missing ids are left out)."""
         found: dict[int, ChunkRow] = {}
         unique = list(dict.fromkeys(int(i) for i in row_ids))
-        with self._lock:
-            for start in range(0, len(unique), _LOOKUP_BATCH):
-                part = unique[start : start + _LOOKUP_BATCH]
-                rows = self._execute(
-                    "SELECT c.id, c.doc_id, c.ordinal, d.path, c.text, c.text_hash, c.start_line, "
-                    "c.end_line, c.kind, c.metadata FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                    f"WHERE c.id IN ({','.join('?' * len(part))})",
-                    part,
-                ).fetchall()
-                for r in rows:
-                    found[r[0]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                                           json.loads(r[9]))
+        for start in range(0, len(unique), _LOOKUP_BATCH):
+            part = unique[start : start + _LOOKUP_BATCH]
+            rows = self._query(
+                "SELECT c.id, c.doc_id, c.ordinal, d.path, c.text, c.text_hash, c.start_line, "
+                "c.end_line, c.kind, c.metadata FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            for r in rows:
+                found[r[0]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                                       json.loads(r[9]))
         return found
 
     def row_ids_for(self, collection: str, chunk_ids: list[str]) -> list[int | None]:
         """Row ids of user-facing chunk ids "doc:ordinal" (None where unknown)."""
         out: list[int | None] = []
-        with self._lock:
-            for chunk_id in chunk_ids:
-                doc, _, ordinal = str(chunk_id).partition(":")
-                if not (doc.isdigit() and ordinal.isdigit()):
-                    raise InvalidInputError(f"bad chunk id {chunk_id!r}: expected 'doc:ordinal'")
-                row = self._execute(
-                    "SELECT id FROM chunks WHERE collection=? AND doc_id=? AND ordinal=?",
-                    [collection, int(doc), int(ordinal)],
-                ).fetchone()
-                out.append(None if row is None else int(row[0]))
+        for chunk_id in chunk_ids:
+            doc, _, ordinal = str(chunk_id).partition(":")
+            if not (doc.isdigit() and ordinal.isdigit()):
+                raise InvalidInputError(f"bad chunk id {chunk_id!r}: expected 'doc:ordinal'")
+            row = self._query(
+                "SELECT id FROM chunks WHERE collection=? AND doc_id=? AND ordinal=?",
+                [collection, int(doc), int(ordinal)],
+            ).fetchone()
+            out.append(None if row is None else int(row[0]))
         return out
 
     def counts(self, collection: str) -> dict[str, int]:
-        with self._lock:
-            documents = self._execute(
-                "SELECT count(*) FROM documents WHERE collection=?", [collection]).fetchone()[0]
-            chunks = self._execute(
-                "SELECT count(*) FROM chunks WHERE collection=?", [collection]).fetchone()[0]
+        documents = self._query(
+            "SELECT count(*) FROM documents WHERE collection=?", [collection]).fetchone()[0]
+        chunks = self._query(
+            "SELECT count(*) FROM chunks WHERE collection=?", [collection]).fetchone()[0]
         return {"documents": int(documents), "chunks": int(chunks)}
