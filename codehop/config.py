@@ -110,7 +110,7 @@ class Settings:
     def collection_config(self, dense: str | None = None):
         """The `index.CollectionConfig` these settings describe (`dense` overrides the kind)."""
         from index.bm25 import BM25Config
-        from index.collection import CollectionConfig
+        from index.collection_config import CollectionConfig
         from index.ingest import IngestConfig
 
         c = self.collection

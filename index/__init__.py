@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "Collection": "index.collection",
-    "CollectionConfig": "index.collection",
-    "IndexReport": "index.collection",
+    "CollectionConfig": "index.collection_config",
+    "IndexReport": "index.collection_config",
     "Chunk": "index.types",
     "Hits": "index.types",
     "SearchResult": "index.types",
@@ -18,7 +18,8 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from index.collection import Collection, CollectionConfig, IndexReport
+    from index.collection import Collection
+    from index.collection_config import CollectionConfig, IndexReport
     from index.types import Chunk, Hits, SearchResult
 
 

@@ -19,128 +19,34 @@ the indexes from the store and the vector cache (no re-embedding).
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
-import importlib
 import logging
 import os
 import shutil
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from index import persist
-from index.bm25 import BM25Config, BM25Index
-from index.dense import DENSE_KINDS, DenseIndex
+from index.bm25 import BM25Index
+from index.collection_config import INDEX_KEYS, CollectionConfig, IndexReport
+from index.dense import DenseIndex
 from index.embed import Embedder, EmbedderConfig, content_hash
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.hybrid import rrf_fuse, weighted_fuse
-from index.ingest import Chunker, IngestConfig, chunk_text, read_text, walk
-from index.models import DEFAULT_EMBEDDING_MODEL
+from index.ingest import Chunker, chunk_text, read_text, walk
 from index.store import Store
-from index.tokenize import TokenizerConfig, tokenize
+from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchResult
 
+__all__ = ["Collection", "CollectionConfig", "IndexReport", "MODES", "drop_collection"]
 MODES = ("hybrid", "bm25", "dense")
-# Settings baked into the indexes: changing one rebuilds them. Chunk sizes apply to files
-# (re-)indexed later; batch size and fusion settings apply at once.
-_INDEX_KEYS = ("dense", "dense_config", "embedding_model", "bm25", "tokenizer")
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CollectionConfig:
-    """Everything that decides how a collection is chunked, embedded, indexed and fused.
-
-    Args:
-        dense: dense backend kind, one of "flat", "spann", "pq".
-        dense_config: that backend's config dataclass (None: its defaults).
-        embedding_model: model name for `index.models.resolve_model`.
-        embed_batch_size: texts per embedding forward pass.
-        bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
-        ingest: chunk sizes and file limits.
-        fusion: "rrf" (reciprocal rank, k=`rrf_k`) or "weighted" (min-max scores,
-            `dense_weight` for the dense list) for hybrid search.
-        candidates: hits taken from each retriever before fusion.
-    """
-
-    dense: str = "flat"
-    dense_config: Any = None
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    embed_batch_size: int = 32
-    # Lucene's idf, not rank-bm25's Okapi idf: Okapi scores a term found in half the documents
-    # as 0, which hides exact matches in small collections (a handful of files).
-    bm25: BM25Config = BM25Config(k1=1.2, b=0.75, idf="lucene")
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    ingest: IngestConfig = IngestConfig()
-    fusion: str = "rrf"
-    rrf_k: int = 60
-    dense_weight: float = 0.5
-    candidates: int = 100
-
-    def __post_init__(self) -> None:
-        if self.dense not in DENSE_KINDS:
-            raise InvalidInputError(f"unknown dense index {self.dense!r}; choose one of {DENSE_KINDS}")
-        if self.fusion not in ("rrf", "weighted"):
-            raise InvalidInputError(f"fusion must be 'rrf' or 'weighted', not {self.fusion!r}")
-        if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
-            raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("bm25", "tokenizer", "ingest"):
-            data[key] = asdict(data[key])
-        extra = self.dense_config
-        data["dense_config"] = None if extra is None else {
-            "class": f"{type(extra).__module__}:{type(extra).__qualname__}", "fields": asdict(extra)}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CollectionConfig":
-        data = dict(data)
-        data["bm25"] = BM25Config(**data["bm25"])
-        data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
-        data["ingest"] = IngestConfig(**data["ingest"])
-        if data.get("dense_config"):
-            module, _, name = data["dense_config"]["class"].partition(":")
-            data["dense_config"] = getattr(importlib.import_module(module), name)(
-                **data["dense_config"]["fields"])
-        return cls(**data)
-
-
-@dataclass
-class IndexReport:
-    """What one add/delete/rebuild did."""
-
-    collection: str
-    files: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    chunks_added: int = 0
-    chunks_removed: int = 0
-    chunks_embedded: int = 0
-    documents: int = 0
-    chunks: int = 0
-    elapsed_s: float = 0.0
-
-    def summary(self) -> str:
-        return (
-            f"{self.files} files: {self.added} added, {self.updated} updated, {self.unchanged} "
-            f"unchanged, {self.removed} removed, {len(self.skipped)} skipped; "
-            f"+{self.chunks_added}/-{self.chunks_removed} chunks ({self.chunks_embedded} embedded); "
-            f"collection {self.collection!r} now has {self.documents} documents, {self.chunks} "
-            f"chunks [{self.elapsed_s:.1f} s]"
-        )
-
-
 @dataclass
 class _Put:
     path: str
@@ -209,7 +115,7 @@ class Collection:
             with store.transaction():
                 store.set_config(name, config.to_dict())
             new, old = config.to_dict(), current.to_dict()
-            if stored["generation"] > 0 and any(new[key] != old[key] for key in _INDEX_KEYS):
+            if stored["generation"] > 0 and any(new[key] != old[key] for key in INDEX_KEYS):
                 collection.rebuild(progress=False)
         return collection
 
