@@ -151,6 +151,11 @@ def test_corrupt_workspace_gives_one_error_line_without_traceback(indexed, capsy
                          timeout=120)
     assert run.returncode == 4 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "manifest" in run.stderr
+    code, out, err = _cli(capsys, "index", "--rebuild", "--no-progress", "--workspace", str(broken))
+    assert code == 0 and out.startswith("rebuilt ") and "(0 embedded)" in out  # repaired
+    code, out, _ = _cli(capsys, "search", "heap queue", "--mode", "bm25", "--json",
+                        "--workspace", str(broken))
+    assert code == 0 and json.loads(out)["results"][0]["path"].endswith("heapq.txt")
     store = broken / "store.sqlite"
     store.write_bytes(store.read_bytes()[:3000])
     for suffix in ("-wal", "-shm"):
