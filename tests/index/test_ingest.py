@@ -1,7 +1,6 @@
 import gzip
 import json
 
-
 from index.ingest import (IngestConfig, chunk_text, code_blocks, file_kind, html_passages,
                           jsonl_records, read_text, split_passages, walk)
 from index.types import Chunk
