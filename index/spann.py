@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -254,7 +255,7 @@ class SpannIndex:
             heads = faiss.read_index(str(directory / _HEADS))
         except CorruptIndexError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
             raise CorruptIndexError(f"{where} is unreadable ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
         end = (postings.start_page + -(-postings.capacity * postings.dtype.itemsize // PAGE))
         if heads.ntotal != len(arrays["head_rows"]) or len(postings.count) != heads.ntotal or (

@@ -1,0 +1,177 @@
+"""SPANN against the flat oracle on seeded synthetic data, plus its structural invariants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from index.dense import create_dense_index, load_dense_index
+from index.errors import CorruptIndexError, InvalidInputError
+from index.flat import FlatIndex
+from index.postings import PAGE
+from index.spann import SpannConfig, SpannIndex
+
+DIM = 32
+
+
+def clustered(n: int, seed: int, centres: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, DIM))
+    x = c[rng.integers(0, centres, n)] + 0.6 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall(hits, truth) -> float:
+    return float(np.mean([len(set(h.ids) & set(t.ids)) / len(t.ids) for h, t in zip(hits, truth)]))
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, q = clustered(3000, 0), clustered(60, 1)
+    flat = FlatIndex(DIM)
+    flat.add(np.arange(3000) * 3, x)
+    return x, q, flat.search(q, 10)
+
+
+def make(x, **kw) -> SpannIndex:
+    index = create_dense_index("spann", DIM, SpannConfig(min_build=256, **kw))
+    half = len(x) // 2
+    index.add(np.arange(half) * 3, x[:half])
+    index.add(np.arange(half, len(x)) * 3, x[half:])  # several add() calls before the lazy build
+    return index
+
+
+def test_every_posting_probed_is_exact(data):
+    x, q, truth = data
+    index = make(x, search_heads=10**6, max_dist_ratio=float("inf"))
+    hits = index.search(q, 10)
+    assert recall(hits, truth) == 1.0
+    assert np.allclose(hits[0].scores, truth[0].scores, atol=1e-5)
+    assert index.built and "heads" in index.describe()
+
+
+def test_default_search_recall_and_head_ratio(data):
+    x, q, truth = data
+    index = make(x)
+    assert recall(index.search(q, 10), truth) >= 0.9
+    assert 0.06 * len(x) <= len(index.head_ids) <= 0.2 * len(x)
+    assert set(index.head_ids) <= set(np.arange(len(x)) * 3)  # heads are real vectors
+
+
+def test_rng_rule_replica_cap_and_posting_cap(data):
+    x, _, _ = data
+    index = make(x, posting_cap=40)
+    index.build()
+    ids = np.arange(len(x)) * 3
+    head_vec = {int(h): x[int(h) // 3] for h in index.head_ids}
+    placed: dict[int, list[int]] = {}
+    heads = index.head_ids
+    for p in range(len(heads)):
+        members, _ = index.posting(p)
+        assert len(members) == len(np.unique(members))
+        for m in members:
+            placed.setdefault(int(m), []).append(int(heads[p]))
+    non_heads = set(ids) - set(int(h) for h in heads)
+    assert non_heads <= set(placed)  # nobody lost to the cap
+    for vid, hs in placed.items():
+        assert len(hs) <= 8
+        v = x[vid // 3]
+        d = sorted((float(((v - head_vec[h]) ** 2).sum()), h) for h in hs)
+        for j, (dxc, c) in enumerate(d):  # RNG: d(c, s) >= d(x, c) for every closer accepted s
+            for _, s in d[:j]:
+                assert ((head_vec[c] - head_vec[s]) ** 2).sum() >= dxc - 1e-5
+    # cap: only entries whose nearest head this is may exceed it
+    primaries = {vid: min(hs, key=lambda h: ((x[vid // 3] - head_vec[h]) ** 2).sum()) for vid, hs in placed.items()}
+    for p in range(len(heads)):
+        members, _ = index.posting(p)
+        extra = [m for m in members if primaries[int(m)] != int(heads[p])]
+        assert len(extra) <= 40
+
+
+def test_postings_page_aligned_and_one_file(data, tmp_path):
+    x, _, _ = data
+    index = make(x, precision="float16")
+    index.save(tmp_path)
+    arrays = np.load(tmp_path / "spann_arrays.npz")
+    meta = json.loads((tmp_path / "spann_meta.json").read_text())
+    size = (tmp_path / "spann_postings.bin").stat().st_size
+    assert size == meta["n_pages"] * PAGE and size % PAGE == 0
+    itemsize = 4 + 2 * DIM
+    start = arrays["start_page"] * PAGE
+    end = start + arrays["count"] * itemsize
+    order = np.argsort(start)
+    assert (end[order][:-1] <= start[order][1:]).all()  # no overlap
+    assert (start % PAGE == 0).all() and (end <= size).all()
+    # a posting read straight from the file at its page offset holds that posting's ids
+    raw = np.fromfile(tmp_path / "spann_postings.bin", dtype=np.uint8)
+    p = int(np.argmax(arrays["count"]))
+    first_row = raw[start[p] : start[p] + 4].view("<i4")[0]
+    assert arrays["ids"][first_row] in index.posting(p)[0]
+
+
+def test_save_load_round_trip(data, tmp_path):
+    x, q, _ = data
+    index = make(x, precision="int8")
+    before = index.search(q, 10)
+    index.save(tmp_path / "a")
+    loaded = load_dense_index("spann", tmp_path / "a")
+    after = loaded.search(q, 10)
+    for b, a in zip(before, after):
+        assert np.array_equal(b.ids, a.ids) and np.allclose(b.scores, a.scores)
+    assert len(loaded) == len(x) and loaded.describe() == index.describe()
+
+
+def test_add_delete_rebuild(data, tmp_path):
+    x, q, truth = data
+    index = make(x[:2000], posting_cap=30, rebuild_growth=0)
+    index.save(tmp_path / "g1")
+    index = SpannIndex.load(tmp_path / "g1")
+    heads_before = len(index.head_ids)
+    index.add(np.arange(2000, 3000) * 3, x[2000:])  # appends to postings; some split
+    assert len(index.head_ids) > heads_before
+    assert len(index) == 3000
+    assert recall(index.search(q, 10), truth) >= 0.85
+    # the saved generation is untouched by the appends (copy-on-write)
+    again = SpannIndex.load(tmp_path / "g1")
+    assert len(again) == 2000
+    victims = truth[0].ids[:3]
+    index.delete(victims)
+    assert len(index) == 2997
+    assert not set(victims) & set(index.search(q[:1], 10)[0].ids)
+    index.rebuild()
+    assert len(index) == 2997 and not set(victims) & set(index.search(q[:1], 10)[0].ids)
+    with pytest.raises(InvalidInputError):
+        index.add(np.array([3]), x[1:2])  # id 3 is alive
+
+
+def test_small_collections_use_exact_search(tmp_path):
+    x = clustered(20, 3)
+    index = SpannIndex.create(DIM, SpannConfig())
+    index.add(np.arange(10), x[:10])
+    index.add(np.arange(10, 20), x[10:])
+    hits = index.search(x[:2], 5)
+    assert hits[0].ids[0] == 0 and hits[1].ids[0] == 1 and "exact" in index.describe()
+    index.save(tmp_path)
+    assert SpannIndex.load(tmp_path).search(x[:1], 3)[0].ids.tolist() == hits[0].ids[:3].tolist()
+    assert SpannIndex.create(DIM).search(x[:1], 3)[0].ids.size == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate_postings", "truncate_arrays", "bad_version", "missing_heads"])
+def test_corrupt_files_raise_clear_error(data, tmp_path, damage):
+    x, _, _ = data
+    make(x).save(tmp_path)
+    if damage == "truncate_postings":
+        path = tmp_path / "spann_postings.bin"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "truncate_arrays":
+        path = tmp_path / "spann_arrays.npz"
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "bad_version":
+        meta = json.loads((tmp_path / "spann_meta.json").read_text())
+        (tmp_path / "spann_meta.json").write_text(json.dumps({**meta, "format_version": 99}))
+    else:
+        (tmp_path / "spann_heads.faiss").unlink()
+    with pytest.raises(CorruptIndexError, match="rebuild it"):
+        SpannIndex.load(tmp_path)
