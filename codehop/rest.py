@@ -77,6 +77,7 @@ class Resources:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="codehop-writer")
         self._generator = None
         self._embedder = None
+        self._treehop = None
         self._repo = None
         self._completers: dict[int, Any] = {}
 
@@ -210,6 +211,17 @@ class Resources:
                     model=e.model, batch_size=e.batch_size, cache_dir=self.workspace / "embeddings"))
             return self._embedder
 
+    def treehop(self):
+        with self._guard:
+            if self._treehop is None:
+                try:
+                    from rag.treehop import load_treehop
+                except ImportError as error:
+                    raise MissingDependencyError(
+                        f"multi-hop retrieval needs rag.treehop ({error})") from error
+                self._treehop = load_treehop()
+            return self._treehop
+
     def completer(self, generator):
         """A RepoCompleter over `repo_root` for this generator (the repository indexed once)."""
         from code_tools.completion import RepoCompleter
@@ -236,6 +248,12 @@ def get_resources(request: Request) -> Resources:
 
 def get_generator(resources: Resources = Depends(get_resources)):
     return resources.generator()
+
+
+def get_treehop(resources: Resources = Depends(get_resources)) -> Callable[[], Any]:
+    """A loader of the TreeHop model (the shipped checkpoint), called only when a request
+    needs multi-hop retrieval."""
+    return resources.treehop
 
 
 def get_completer(resources: Resources = Depends(get_resources), generator=Depends(get_generator)):

@@ -19,8 +19,8 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from codehop import rest_models as m
-from codehop.rest import Resources, get_completer, get_generator, get_resources
-from index.errors import InvalidInputError, ModelNotFoundError
+from codehop.rest import Resources, get_completer, get_generator, get_resources, get_treehop
+from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 # One generation at a time per process: a CPU model gains nothing from concurrent forwards.
@@ -39,6 +39,14 @@ def _check_model(requested: str | None, available: str, configured: str | None =
     if requested and requested not in (available, configured):
         raise ModelNotFoundError(f"model {requested!r} is not served here; use {available!r} "
                                  "(GET /v1/models lists them)")
+
+
+def _treehop_module():
+    try:
+        import rag.treehop
+    except ImportError as error:
+        raise MissingDependencyError(f"multi-hop retrieval needs rag.treehop ({error})") from error
+    return rag.treehop
 
 
 def _check_prompt(generator, *texts: str) -> None:
@@ -190,7 +198,7 @@ def _pipeline_events(pipeline, question: str, lock) -> Iterator[dict[str, Any]]:
 
 @answers.post("/ask", response_model=m.AskResponse)
 def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
-        generator=Depends(get_generator)):
+        generator=Depends(get_generator), load_treehop=Depends(get_treehop)):
     """RagPipeline over a collection: rewrite -> retrieve -> filter -> answer with sources."""
     from rag.pipeline import PipelineConfig, RagPipeline
 
@@ -199,7 +207,11 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     config = PipelineConfig(k=body.k, candidates=max(20, body.k), mode=body.mode,
                             rewrite=body.rewrite, filter=body.filter, multihop=body.multihop,
                             reservoir=False, max_new_tokens=body.max_tokens)
-    pipeline = RagPipeline(collection, generator if body.generate else None, config)
+    treehop = None
+    if body.multihop != "off":
+        treehop = _treehop_module().TreeHopRetriever(collection, load_treehop())
+    pipeline = RagPipeline(collection, generator if body.generate else None, config,
+                           treehop=treehop)
     events = _pipeline_events(pipeline, body.query, resources.lock(name))
     if body.stream:
         def sse() -> Iterator[str]:
@@ -217,3 +229,19 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     with _GENERATE:
         result = next(e["result"] for e in events if e["type"] == "result")
     return _answer(result)
+
+
+@answers.post("/multihop", response_model=m.MultihopResponse)
+def multihop(body: m.MultihopRequest, resources: Resources = Depends(get_resources),
+             load_treehop=Depends(get_treehop)):
+    """TreeHop multi-hop retrieval (rag.treehop.TreeHopRetriever) over a collection."""
+    treehop = _treehop_module()
+    name = body.collection or resources.settings.collection.name
+    collection = resources.collection(name)
+    config = treehop.TreeHopConfig(top_n=body.top_n, top_k_per_layer=body.top_k_per_layer,
+                           max_hops=body.max_hops)
+    retriever = treehop.TreeHopRetriever(collection, load_treehop(), config)
+    with resources.lock(name).read():
+        results = retriever.search(body.query, k=body.k)
+    return m.MultihopResponse(results=[m.SearchHit(**r.to_dict()) for r in results],
+                              collection=name, stats=retriever.last_stats)

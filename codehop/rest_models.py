@@ -212,8 +212,28 @@ class AskResponse(BaseModel):
     from_reservoir: bool
 
 
-class MultihopRequest(SearchRequest):
-    pass
+class MultihopRequest(Strict):
+    """TreeHop multi-hop retrieval: the query embedding is updated hop by hop (no LLM)."""
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY)
+    collection: str | None = Field(default=None, pattern=NAME_PATTERN)
+    k: int = Field(default=10, ge=1, le=100)
+    top_n: int = Field(default=5, ge=1, le=50, description="passages per query per hop")
+    top_k_per_layer: int = Field(default=3, ge=1, le=20, description="passages expanded per hop")
+    max_hops: int = Field(default=2, ge=1, le=4)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is blank: give a question")
+        return _no_nul(value)
+
+
+class MultihopResponse(BaseModel):
+    results: list[SearchHit]
+    collection: str
+    stats: dict[str, float]
 
 
 # ---------------------------------------------------------------- OpenAI-compatible

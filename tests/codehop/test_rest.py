@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from codehop.config import ServerSettings, Settings
-from codehop.rest import create_app, get_generator
+from codehop.rest import create_app, get_generator, get_treehop
 
 pytestmark = pytest.mark.slow  # loads MiniLM
 
@@ -372,3 +372,30 @@ def test_ask_runs_the_pipeline_with_switchable_stages(gen):
     assert streamed == events[-1][1]["answer"] == answer["answer"]  # greedy: same answer
     assert client.post("/v1/ask", json={"query": "x", "rewrite": "magic"}).status_code == 422
     assert client.post("/v1/ask", json={"query": "x", "collection": "nope"}).status_code == 404
+
+
+def test_multihop_is_treehop_over_the_collection(gen):
+    treehop = pytest.importorskip("rag.treehop")
+    TreeHopConfig, TreeHopModel = treehop.TreeHopConfig, treehop.TreeHopModel
+    TreeHopRetriever = treehop.TreeHopRetriever
+
+    client, _, _ = gen
+    model = TreeHopModel()  # untrained: W_o starts at zero, i.e. the "q - c" query update
+    client.app.dependency_overrides[get_treehop] = lambda: (lambda: model)
+    try:
+        question = "Where do penguins live?"
+        body = client.post("/v1/multihop", json={"query": question, "k": 6, "max_hops": 2}).json()
+        collection = client.app.state.resources.collection("default")
+        expected = TreeHopRetriever(collection, model, TreeHopConfig(max_hops=2)).search(question, 6)
+        assert [r["id"] for r in body["results"]] == [r.id for r in expected]
+        assert body["results"][0]["path"] == "penguins"
+        assert body["stats"]["expansions"] >= 1 and body["stats"]["passages"] >= len(body["results"])
+        one_hop = client.post("/v1/multihop", json={"query": question, "k": 6, "max_hops": 1,
+                                                    "top_n": 3}).json()
+        assert len(one_hop["results"]) == 3 and one_hop["stats"]["expansions"] == 0
+        asked = client.post("/v1/ask", json={"query": question, "multihop": "on", "rewrite": "off",
+                                             "filter": "off", "generate": False}).json()
+        assert {s["name"]: s["ran"] for s in asked["stages"]}["multihop"] is True
+        assert client.post("/v1/multihop", json={"query": "x", "max_hops": 9}).status_code == 422
+    finally:
+        del client.app.dependency_overrides[get_treehop]
