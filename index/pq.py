@@ -1,0 +1,391 @@
+"""RepCONC-style compressed index: OPQ rotation + PQ (M x 256) codes, IVF on top, ADC search.
+
+Without training a dual encoder (which RepCONC does), three honest variants exist
+(METHODS.md "RepCONC-style compressed index"), named by `PQIndex.variant`:
+- "OPQ": faiss OPQ rotation, PQ codebooks by k-means, codes by plain argmin (RepCONC's warm-up);
+- "OPQ + balanced codes": codes assigned under RepCONC's uniform-cluster constraint (Sinkhorn,
+  eps=0.003 on distances scaled to [-1, 1], 100 iterations, rows/cols normalised to 1/B and
+  1/K; Zhan et al., WSDM 2022, sec. 4.3), centroids re-estimated as the means of their codes;
+- "OPQ + JPQ-tuned centroids": PQ centroids fine-tuned on (query, positive) pairs with a
+  ranking loss while the document codes stay fixed (index/jpq.py; Zhan et al., CIKM 2021).
+The IVF (inner-product coarse quantiser, codes not residual so one global codebook serves every
+list, as in JPQ's faiss index) prunes lists for CPU speed; queries stay uncompressed (ADC).
+Optionally the top `k * rerank_factor` are re-scored exactly from the float vectors, which
+live on disk (a memory-mapped .npy after a save/load) and are also what `rebuild()` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index.errors import CorruptIndexError, InvalidInputError
+from index.types import Hits
+
+FORMAT_VERSION = 1
+_META, _ARRAYS, _VECTORS, _FAISS = "pq_meta.json", "pq_arrays.npz", "pq_vectors.npy", "pq_ivf.faiss"
+
+
+@dataclass(frozen=True)
+class PQConfig:
+    """PQ settings. M=48 sub-vectors x 8 bits on 384-d MiniLM = 32x compression (M=24: 64x)."""
+
+    m: int = 48
+    opq: bool = True
+    opq_iters: int = 10  # OPQ alternations (faiss default 50; 10 gets most of the gain at 1/5 the time)
+    nlist: int | None = None  # None: 4 * sqrt(N), at least 1, at most N / 39
+    nprobe: int = 32
+    balanced_codes: bool = False
+    sinkhorn_eps: float = 0.003
+    sinkhorn_iters: int = 100
+    sinkhorn_batch: int = 4096
+    rerank: bool = False
+    rerank_factor: int = 4
+    train_size: int = 100_000
+    min_build: int = 1024  # fewer vectors: exact search (PQ needs >= 256 points per codebook)
+    rebuild_growth: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.m < 1 or self.nprobe < 1 or self.rerank_factor < 1:
+            raise InvalidInputError("PQConfig: m, nprobe and rerank_factor must be >= 1")
+        if self.min_build < 256:
+            raise InvalidInputError("PQConfig.min_build must be >= 256 (one training point per centroid)")
+
+
+def sinkhorn_codes(x: np.ndarray, centroids: np.ndarray, eps: float = 0.003, iters: int = 100,
+                   batch: int = 4096) -> np.ndarray:
+    """Uniform-cluster code assignment (RepCONC): Sinkhorn on exp(-d/eps), argmax per row.
+
+    Args:
+        x: (n, d) rotated vectors; centroids: (M, K, d/M) PQ codebooks.
+
+    Returns:
+        (n, M) uint8 codes whose per-batch usage of the K centroids is near uniform.
+    """
+    import torch
+
+    m, k, dsub = centroids.shape
+    cent = torch.from_numpy(np.ascontiguousarray(centroids))
+    codes = np.empty((len(x), m), dtype=np.uint8)
+    for start in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch])).view(-1, m, dsub).transpose(0, 1)
+        d = torch.cdist(xb, cent) ** 2  # (M, B, K)
+        lo, hi = d.amin(dim=(1, 2), keepdim=True), d.amax(dim=(1, 2), keepdim=True)
+        d = 2 * (d - lo) / (hi - lo).clamp_min(1e-12) - 1  # scaled to [-1, 1]
+        log_q = -d / eps
+        b = log_q.shape[1]
+        for _ in range(iters):  # log-domain Sinkhorn: columns sum to 1/K, rows to 1/B
+            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - np.log(k)
+            log_q = log_q - torch.logsumexp(log_q, dim=2, keepdim=True) - np.log(b)
+        codes[start : start + b] = log_q.argmax(dim=2).T.numpy().astype(np.uint8)
+    return codes
+
+
+class PQIndex:
+    """OPQ + PQ codes under an IVF (faiss), int64 ids; implements `index.dense.DenseIndex`."""
+
+    kind = "pq"
+
+    def __init__(self, dim: int, config: PQConfig | None = None) -> None:
+        if dim <= 0:
+            raise InvalidInputError(f"vector dimension must be positive, got {dim}")
+        self.config = config or PQConfig()
+        if dim % self.config.m:
+            raise InvalidInputError(f"PQ needs dim divisible by m: {dim} % {self.config.m} != 0; pick m from the divisors of {dim}")
+        self.dim = int(dim)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._alive = np.empty(0, dtype=bool)
+        self._vectors: np.ndarray = np.empty((0, self.dim), dtype=np.float32)  # float rows (disk after load)
+        self._index = None  # faiss IndexPreTransform(OPQ, IVFPQ) or None (exact)
+        self._built_n = 0
+        self.tuned = False
+
+    @classmethod
+    def create(cls, dim: int, config: PQConfig | None = None) -> "PQIndex":
+        return cls(dim, config)
+
+    def __len__(self) -> int:
+        return int(self._alive.sum())
+
+    @property
+    def built(self) -> bool:
+        return self._index is not None
+
+    @property
+    def variant(self) -> str:
+        name = "OPQ" if self.config.opq else "PQ"
+        if self.config.balanced_codes:
+            name += " + balanced codes"
+        if self.tuned:
+            name += " + JPQ-tuned centroids"
+        return name
+
+    @property
+    def ivf(self):
+        import faiss
+
+        return faiss.downcast_index(self._index.index) if self.config.opq else self._index
+
+    def describe(self) -> str:
+        if not self.built:
+            return f"pq: exact search over {len(self)} vectors (codes are trained from {self.config.min_build} vectors on)"
+        return (f"pq [{self.variant}]: {len(self)} vectors, M={self.config.m} x 8 bits, nlist={self.ivf.nlist}, "
+                f"nprobe={self.config.nprobe}, rerank={'x%d' % self.config.rerank_factor if self.config.rerank else 'off'}")
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add `vectors` (n, dim) under new int64 ids; after the build they are encoded at once."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
+            raise InvalidInputError(f"PQIndex.add needs ({len(ids)}, {self.dim}) vectors, got {vectors.shape}")
+        if len(np.unique(ids)) != len(ids) or np.isin(ids, self._ids[self._alive]).any():
+            raise InvalidInputError("PQIndex.add: ids must be new and unique")
+        rows = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
+        self._ids = np.concatenate([self._ids, ids])
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+        self._vectors = np.concatenate([self._vectors, vectors])
+        if self.built:
+            self._index.add_with_ids(vectors, rows)
+
+    def delete(self, ids: np.ndarray) -> None:
+        import faiss
+
+        gone = np.isin(self._ids, np.asarray(ids, dtype=np.int64)) & self._alive
+        self._alive &= ~gone
+        if self.built and gone.any():
+            self.ivf.remove_ids(faiss.IDSelectorBatch(np.nonzero(gone)[0].astype(np.int64)))
+
+    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
+        """ADC top-k by inner product (optionally exact re-rank), best first."""
+        if k <= 0:
+            raise InvalidInputError(f"k must be positive, got {k}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise InvalidInputError(f"query dimension {queries.shape[-1]} != index dimension {self.dim}")
+        self._maybe_build()
+        if not len(self):
+            return [Hits.empty() for _ in range(len(queries))]
+        if not self.built:
+            return self._exact(queries, k)
+        self.ivf.nprobe = min(self.config.nprobe, self.ivf.nlist)
+        fetch = k * self.config.rerank_factor if self.config.rerank else k
+        scores, rows = self._index.search(queries, fetch)
+        out = []
+        for q, s, r in zip(queries, scores, rows):
+            keep = r >= 0
+            s, r = s[keep], r[keep]
+            if self.config.rerank and len(r):
+                s = np.asarray(self._vectors[r]) @ q
+                order = np.argsort(-s, kind="stable")[:k]
+                s, r = s[order], r[order]
+            out.append(Hits(self._ids[r], s.astype(np.float32)))
+        return out
+
+    # ---- build ------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Train OPQ/PQ/IVF on the live vectors and encode them (also done lazily)."""
+        rows = np.nonzero(self._alive)[0]
+        self._ids, self._vectors = self._ids[rows], np.ascontiguousarray(self._vectors[rows])
+        self._alive = np.ones(len(rows), dtype=bool)
+        self._index, self.tuned = None, False
+        if len(rows) >= self.config.min_build:
+            self._build()
+
+    rebuild = build
+
+    def _maybe_build(self) -> None:
+        n = len(self)
+        if not self.built:
+            if n >= self.config.min_build:
+                self.build()
+        elif self.config.rebuild_growth and n > self.config.rebuild_growth * max(self._built_n, 1):
+            self.build()
+
+    def _build(self) -> None:
+        import faiss
+
+        cfg, d, x = self.config, self.dim, self._vectors
+        n = len(x)
+        rng = np.random.default_rng(cfg.seed)
+        sample = x[np.sort(rng.choice(n, size=min(n, cfg.train_size), replace=False))]
+        opq = None
+        if cfg.opq:
+            opq = faiss.OPQMatrix(d, cfg.m)
+            opq.pq = faiss.ProductQuantizer(d, cfg.m, 8)
+            opq.pq.cp.min_points_per_centroid = 1
+            opq.niter = cfg.opq_iters
+            opq.train(sample)
+            sample = opq.apply(sample)
+        pq = faiss.ProductQuantizer(d, cfg.m, 8)
+        pq.cp.min_points_per_centroid, pq.cp.seed = 1, cfg.seed
+        pq.train(sample)
+        nlist = cfg.nlist or int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+        kmeans = faiss.Kmeans(d, nlist, niter=10, seed=cfg.seed, spherical=True, min_points_per_centroid=1)
+        kmeans.train(sample)
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(kmeans.centroids)
+        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.m, 8, faiss.METRIC_INNER_PRODUCT)
+        ivf.by_residual = False  # one global codebook (JPQ tunes it; balanced codes are per codebook)
+        ivf.own_fields = True
+        quantizer.this.disown()
+        xr = opq.apply(x) if opq is not None else x
+        centroids = faiss.vector_to_array(pq.centroids).reshape(cfg.m, 256, d // cfg.m)
+        if cfg.balanced_codes:
+            codes = sinkhorn_codes(xr, centroids, cfg.sinkhorn_eps, cfg.sinkhorn_iters, cfg.sinkhorn_batch)
+            sub = xr.reshape(n, cfg.m, -1)
+            for m in range(cfg.m):  # centroids follow their balanced assignments
+                sums = np.zeros((256, sub.shape[2]), dtype=np.float64)
+                np.add.at(sums, codes[:, m], sub[:, m])
+                used = np.bincount(codes[:, m], minlength=256)
+                centroids[m, used > 0] = (sums[used > 0] / used[used > 0, None]).astype(np.float32)
+        else:
+            codes = None
+        faiss.copy_array_to_vector(centroids.ravel(), ivf.pq.centroids)
+        ivf.is_trained = True
+        if codes is None:
+            codes = ivf.pq.compute_codes(xr)
+        lists = quantizer.search(xr, 1)[1].ravel()
+        coarse = ivf.coarse_code_size()
+        sa = np.concatenate([lists.astype("<i8").view(np.uint8).reshape(n, 8)[:, :coarse], codes], axis=1)
+        ivf.add_sa_codes(np.ascontiguousarray(sa), np.arange(n, dtype=np.int64))
+        if opq is not None:
+            index = faiss.IndexPreTransform(opq, ivf)
+            index.own_fields = True
+            opq.this.disown()
+            ivf.this.disown()
+        else:
+            index = ivf
+        self._index, self._built_n = index, n
+
+    def _exact(self, queries: np.ndarray, k: int) -> list[Hits]:
+        rows = np.nonzero(self._alive)[0]
+        scores = queries @ np.asarray(self._vectors[rows]).T
+        k = min(k, len(rows))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        out = []
+        for row, cand in zip(scores, top):
+            order = cand[np.argsort(-row[cand], kind="stable")]
+            out.append(Hits(self._ids[rows[order]], row[order].astype(np.float32)))
+        return out
+
+    # ---- JPQ hooks ----------------------------------------------------------------------------
+    def rotate(self, x: np.ndarray) -> np.ndarray:
+        """Apply the OPQ rotation (identity without OPQ)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._index.chain.at(0).apply(x) if self.config.opq else x
+
+    def codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, codes (n, M) uint8) of every encoded vector, read from the inverted lists."""
+        from faiss.contrib.inspect_tools import get_invlist
+
+        ivf = self.ivf
+        rows, codes = [], []
+        for list_no in range(ivf.nlist):
+            r, c = get_invlist(ivf.invlists, list_no)
+            rows.append(r)
+            codes.append(c.reshape(len(r), ivf.code_size))
+        return np.concatenate(rows).astype(np.int64), np.concatenate(codes)
+
+    def centroids(self) -> np.ndarray:
+        import faiss
+
+        return faiss.vector_to_array(self.ivf.pq.centroids).reshape(self.config.m, 256, -1)
+
+    def set_centroids(self, centroids: np.ndarray, tuned: bool = True) -> None:
+        """Write PQ centroids back (codes unchanged); marks the variant JPQ-tuned."""
+        import faiss
+
+        faiss.copy_array_to_vector(np.ascontiguousarray(centroids, dtype=np.float32).ravel(), self.ivf.pq.centroids)
+        self.tuned = tuned
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row numbers of live ids (KeyError-free: unknown ids -> -1)."""
+        order = np.argsort(self._ids)
+        pos = np.searchsorted(self._ids, ids, sorter=order)
+        pos = np.clip(pos, 0, len(order) - 1)
+        rows = order[pos]
+        return np.where(self._ids[rows] == ids, rows, -1)
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Write meta JSON, id arrays, float vectors (.npy) and the faiss index, each atomically."""
+        import faiss
+
+        self._maybe_build()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic(directory / _VECTORS, lambda p: _save_npy(p, np.asarray(self._vectors)))
+        _atomic(directory / _ARRAYS, lambda p: _save_npz(p, {"ids": self._ids, "alive": self._alive}))
+        if self.built:
+            _atomic(directory / _FAISS, lambda p: faiss.write_index(self._index, p))
+        meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "config": asdict(self.config),
+                "built": self.built, "rows": len(self._ids), "built_n": self._built_n, "tuned": self.tuned,
+                "variant": self.variant}
+        _atomic(directory / _META, lambda p: Path(p).write_text(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, directory: Path) -> "PQIndex":
+        import faiss
+
+        directory = Path(directory)
+        where, fix = f"pq index at {directory}", "rebuild it (codehop index --rebuild)"
+        try:
+            meta = json.loads((directory / _META).read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CorruptIndexError(f"{where} has format {meta.get('format_version')}, expected {FORMAT_VERSION}: {fix}")
+            index = cls(int(meta["dim"]), PQConfig(**meta["config"]))
+            with np.load(directory / _ARRAYS) as data:
+                ids, alive = data["ids"], data["alive"]
+            vectors = np.load(directory / _VECTORS, mmap_mode="r")
+            rows = int(meta["rows"])
+            if ids.shape != (rows,) or alive.shape != (rows,) or vectors.shape != (rows, index.dim):
+                raise CorruptIndexError(f"{where} is truncated (arrays do not match {rows} rows): {fix}")
+            if meta["built"]:
+                index._index = faiss.read_index(str(directory / _FAISS))
+                if index._index.ntotal != int(alive.sum()) or index._index.d != index.dim:
+                    raise CorruptIndexError(f"{where}: faiss index holds {index._index.ntotal} codes, expected {int(alive.sum())}: {fix}")
+        except CorruptIndexError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
+            raise CorruptIndexError(f"{where} is unreadable ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
+        index._ids, index._alive, index._vectors = ids.astype(np.int64), alive.astype(bool), vectors
+        index._built_n, index.tuned = int(meta["built_n"]), bool(meta.get("tuned"))
+        return index
+
+    def memory_bytes(self) -> int:
+        """Bytes held in RAM: the faiss index (codes, codebooks, OPQ, lists) + id arrays; the float
+        vectors count only while they are not memory-mapped from disk."""
+        import faiss
+
+        total = self._ids.nbytes + self._alive.nbytes
+        if not isinstance(self._vectors, np.memmap):
+            total += self._vectors.nbytes
+        if self.built:
+            total += faiss.serialize_index(self._index).nbytes
+        return int(total)
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def _atomic(final: Path, write) -> None:
+    temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    write(str(temp))
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, final)

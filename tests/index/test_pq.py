@@ -1,0 +1,146 @@
+"""PQ (OPQ + IVF) against the flat oracle on seeded synthetic data; JPQ tuning; persistence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from index.dense import create_dense_index, load_dense_index
+from index.errors import CorruptIndexError, InvalidInputError
+from index.flat import FlatIndex
+from index.jpq import JPQConfig, ranking_loss, tune_centroids
+from index.pq import PQConfig, PQIndex, sinkhorn_codes
+
+DIM, M = 32, 8
+
+
+def clustered(n: int, seed: int, centres: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, DIM))
+    x = c[rng.integers(0, centres, n)] + 0.4 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall(hits, truth) -> float:
+    return float(np.mean([len(set(h.ids) & set(t.ids)) / len(t.ids) for h, t in zip(hits, truth)]))
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, q = clustered(4000, 0), clustered(80, 1)
+    flat = FlatIndex(DIM)
+    flat.add(np.arange(4000) + 100, x)
+    return x, q, flat.search(q, 10)
+
+
+def make(x, **kw) -> PQIndex:
+    index = create_dense_index("pq", DIM, PQConfig(m=M, nprobe=16, opq_iters=4, **kw))
+    index.add(np.arange(2000) + 100, x[:2000])
+    index.add(np.arange(2000, len(x)) + 100, x[2000:])
+    return index
+
+
+@pytest.fixture(scope="module")
+def opq(data):
+    index = make(data[0])
+    index.build()
+    return index
+
+
+def test_recall_floors_vs_brute_force(data, opq):
+    x, q, truth = data
+    # 8 bytes per 128-byte vector (16x compression), nprobe 16 of ~100 lists: measured ~0.6 ADC,
+    # ~0.87 re-ranked (the IVF probe bounds the re-ranked figure)
+    assert opq.variant == "OPQ"
+    assert recall(opq.search(q, 10), truth) >= 0.45
+    reranked = make(x, rerank=True)
+    assert recall(reranked.search(q, 10), truth) >= 0.8
+    assert reranked.search(x[5:6], 1)[0].ids[0] == 105  # a vector finds itself first
+
+
+def test_sinkhorn_codes_are_balanced():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 8)).astype(np.float32)
+    cent = rng.normal(size=(2, 256, 4)).astype(np.float32) * 0.3
+    cent[:, :8] *= 0.01  # a few centroids near the origin would win most plain argmins
+    codes = sinkhorn_codes(x, cent, iters=50, batch=1024)
+    plain = np.argmin(((x.reshape(1024, 2, 1, 4) - cent[None]) ** 2).sum(-1), axis=2)
+    for m in range(2):
+        assert np.bincount(codes[:, m], minlength=256).max() < np.bincount(plain[:, m], minlength=256).max()
+        assert np.bincount(codes[:, m], minlength=256).std() < np.bincount(plain[:, m], minlength=256).std()
+
+
+def test_balanced_variant_searches(data):
+    x, q, truth = data
+    index = make(x, balanced_codes=True, sinkhorn_iters=20, sinkhorn_batch=2000)
+    assert index.search(q, 10) and index.variant == "OPQ + balanced codes"
+    assert recall(index.search(q, 10), truth) >= 0.35
+
+
+def test_jpq_lowers_loss_and_keeps_held_out_recall(data):
+    x, _, _ = data
+    rng = np.random.default_rng(5)
+    pos = rng.choice(len(x), 900, replace=False)
+    noisy = x[pos] + 0.06 * rng.normal(size=(900, DIM)).astype(np.float32)
+    queries = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    train, held = slice(0, 700), slice(700, 900)
+    index = make(x)
+    index.build()
+
+    def hit_rate():
+        hits = index.search(queries[held], 10)
+        return np.mean([p + 100 in h.ids for p, h in zip(pos[held], hits)])
+
+    before = hit_rate()
+    cfg = JPQConfig(epochs=3, lr=1e-3)
+    result = tune_centroids(index, queries[train], pos[train] + 100, cfg)
+    assert result.loss_after < result.loss_before - 0.01
+    assert ranking_loss(index, queries[train], pos[train] + 100, cfg) == pytest.approx(result.loss_after)
+    assert index.variant == "OPQ + JPQ-tuned centroids"
+    assert hit_rate() >= before - 0.02
+
+
+def test_save_load_round_trip_and_delete(data, tmp_path):
+    x, q, _ = data
+    index = make(x, rerank=True)
+    before = index.search(q, 10)
+    index.save(tmp_path / "a")
+    loaded = load_dense_index("pq", tmp_path / "a")
+    for b, a in zip(before, loaded.search(q, 10)):
+        assert np.array_equal(b.ids, a.ids) and np.allclose(b.scores, a.scores)
+    victim = before[0].ids[0]
+    loaded.delete([victim])
+    assert len(loaded) == len(x) - 1 and victim not in loaded.search(q[:1], 10)[0].ids
+    loaded.add(np.array([victim]), x[victim - 100 : victim - 99])  # re-add after delete
+    assert loaded.search(x[victim - 100 : victim - 99], 1)[0].ids[0] == victim
+    loaded.rebuild()
+    assert len(loaded) == len(x)
+
+
+def test_small_collections_use_exact_search(tmp_path):
+    x = clustered(30, 2)
+    index = PQIndex.create(DIM, PQConfig(m=M))
+    index.add(np.arange(30), x)
+    assert index.search(x[3:4], 1)[0].ids[0] == 3 and "exact" in index.describe()
+    index.save(tmp_path)
+    assert PQIndex.load(tmp_path).search(x[3:4], 1)[0].ids[0] == 3
+    with pytest.raises(InvalidInputError, match="divisible"):
+        PQIndex.create(30, PQConfig(m=8))
+
+
+@pytest.mark.parametrize("damage", ["truncate_faiss", "truncate_vectors", "bad_version"])
+def test_corrupt_files_raise_clear_error(opq, tmp_path, damage):
+    opq.save(tmp_path)
+    if damage == "truncate_faiss":
+        path = tmp_path / "pq_ivf.faiss"
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "truncate_vectors":
+        path = tmp_path / "pq_vectors.npy"
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        meta = json.loads((tmp_path / "pq_meta.json").read_text())
+        (tmp_path / "pq_meta.json").write_text(json.dumps({**meta, "format_version": 0}))
+    with pytest.raises(CorruptIndexError, match="rebuild it"):
+        PQIndex.load(tmp_path)
