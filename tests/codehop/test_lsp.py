@@ -96,6 +96,13 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
                    for r in client.progress_reports.get("codehop-docs", [])):
                 break
             await asyncio.sleep(0.2)
+        # debounce: of two back-to-back requests for one file only the newer one generates
+        params = types.CompletionParams(types.TextDocumentIdentifier(uri), end)
+        older, newer = await asyncio.gather(client.text_document_completion_async(params),
+                                            client.text_document_completion_async(params))
+        assert len(older.items) == 0 and older.is_incomplete
+        assert newer.items and newer.items[0].text_edit.new_text == edit.new_text
+
         hover = await client.text_document_hover_async(types.HoverParams(
             types.TextDocumentIdentifier(uri), types.Position(line=0, character=20)))
         text = hover.contents.value
