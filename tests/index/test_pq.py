@@ -57,7 +57,6 @@ def test_recall_floors_vs_brute_force(data, opq):
     assert recall(opq.search(q, 10), truth) >= 0.45
     reranked = make(x, rerank=True)
     assert recall(reranked.search(q, 10), truth) >= 0.8
-    assert reranked.search(x[5:6], 1)[0].ids[0] == 105  # a vector finds itself first
 
 
 def test_sinkhorn_codes_are_balanced():
