@@ -23,7 +23,7 @@ def small_collection(tmp_path_factory):
     from index import Collection
 
     workspace = tmp_path_factory.mktemp("rag-ws")
-    root = workspace / "docs"
+    root = tmp_path_factory.mktemp("rag-docs")  # outside the workspace: Collection skips its own files
     for relative, text in PASSAGES.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
