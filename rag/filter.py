@@ -2,7 +2,8 @@
 
 The LLM judge labels each (question, passage) pair entailment / neutral / contradiction, NLI
 style, and only entailment is kept; an answer we cannot parse counts as a rejection. Without a
-generator, an embedding-similarity threshold is the cheaper stand-in (named as such).
+generator, an embedding-similarity threshold (or a cross-encoder, when one is configured) is the
+cheaper stand-in (named as such).
 
 Long passages are first pruned to their best sentences by BM25 against the question, keeping
 sentences that score >= max(80th percentile, 2), in their original order.
@@ -27,10 +28,16 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n{2,}")
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """method: "llm" (NLI judge), "embedding" (cosine >= threshold) or "off"."""
+    """method: "llm" (NLI judge), "embedding" (cosine >= threshold), "cross-encoder" or "off".
+
+    cross_encoder: model name/path for the cross-encoder filter (resolved like every model);
+    it keeps passages whose relevance logit is >= cross_encoder_threshold.
+    """
 
     method: str = "llm"
     threshold: float = 0.35
+    cross_encoder: str | None = None
+    cross_encoder_threshold: float = 0.0
     max_passage_chars: int = 1200
     prune_long_passages: bool = True
     prune_min_chars: int = 800
@@ -111,6 +118,36 @@ class EmbeddingKnowledgeFilter:
         sims = vectors @ query
         return [Judgement(s, "entailment" if sim >= self.config.threshold else "neutral",
                           bool(sim >= self.config.threshold), float(sim)) for s, sim in zip(sources, sims)]
+
+
+class CrossEncoderKnowledgeFilter:
+    """Non-LLM filter with a sentence-transformers cross-encoder scoring (question, passage)."""
+
+    name = "cross-encoder"
+
+    def __init__(self, config: FilterConfig) -> None:
+        from index.errors import InvalidInputError, ModelNotFoundError
+        from index.models import resolve_model
+
+        if not config.cross_encoder:
+            raise InvalidInputError("the cross-encoder filter needs FilterConfig.cross_encoder (a model name or path)")
+        resolved = resolve_model(config.cross_encoder)
+        from sentence_transformers import CrossEncoder
+
+        try:
+            self.model = CrossEncoder(resolved.location, device="cpu")
+        except OSError as error:
+            raise ModelNotFoundError(f"cannot load cross-encoder {config.cross_encoder!r}: {error}") from error
+        self.config = config
+
+    def judge(self, question: str, sources: list[SearchResult]) -> list[Judgement]:
+        if not sources:
+            return []
+        pairs = [(question, s.text[: self.config.max_passage_chars]) for s in sources]
+        scores = np.asarray(self.model.predict(pairs, show_progress_bar=False), dtype=np.float32).reshape(len(sources), -1)[:, -1]
+        limit = self.config.cross_encoder_threshold
+        return [Judgement(s, "entailment" if score >= limit else "neutral", bool(score >= limit), float(score))
+                for s, score in zip(sources, scores)]
 
 
 def apply_filter(judge, question: str, sources: list[SearchResult],

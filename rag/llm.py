@@ -378,7 +378,7 @@ BACKENDS = ("transformers", "vllm", "llamacpp")
 
 
 def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transformers",
-                   workspace: Path | None = None, device: str = "cpu") -> Generator:
+                   workspace: Path | None = None, device: str = "cpu", threads: int | None = None) -> Generator:
     """Load a generator by model name through the one resolver.
 
     Args:
@@ -386,9 +386,18 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
         backend: "transformers" (CPU default), "vllm" (GPU extra) or "llamacpp".
         workspace: where converted models are cached (default ~/.cache/codehop).
         device: torch device for the transformers backend.
+        threads: CPU threads for torch. None keeps torch's choice (physical cores, or
+            OMP_NUM_THREADS when the process sets it), which suits one decode at a time; a
+            server running several workers should pass cores // workers to avoid oversubscription.
     Returns:
         A Generator.
     """
+    if threads is not None:
+        if threads < 1:
+            raise InvalidInputError("threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
     if backend == "transformers":
         return _load_transformers(name, Path(workspace) if workspace else None, device)
     if backend == "vllm":

@@ -14,10 +14,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from index.errors import InvalidInputError
+from index.errors import CodehopError, InvalidInputError
 from index.hybrid import rrf_fuse
 from index.types import Hits, SearchResult
-from rag.filter import EmbeddingKnowledgeFilter, FilterConfig, LLMKnowledgeFilter, apply_filter
+from rag.filter import (CrossEncoderKnowledgeFilter, EmbeddingKnowledgeFilter, FilterConfig,
+                        LLMKnowledgeFilter, apply_filter)
 from rag.prompts import answer_messages, format_sources
 from rag.reservoir import RetrieverTrigger
 from rag.rewrite import LLMRewriter, PRFRewriter, Rewrite, RewriteConfig
@@ -29,8 +30,10 @@ class PipelineConfig:
 
     Args:
         rewrite: "llm", "prf" or "off" ("llm" falls back to "prf" without a generator).
-        filter: "llm", "embedding" or "off" ("llm" falls back to "embedding" without a generator).
-        multihop: "off", "on" or "auto" (TreeHop when the question looks multi-hop).
+        filter: "llm", "embedding", "cross-encoder" (needs filter_config.cross_encoder) or "off"
+            ("llm" falls back to "embedding" without a generator).
+        multihop: "off", "on" or "auto" (TreeHop when the question looks multi-hop); without an
+            injected retriever the shipped TreeHop checkpoint is loaded on first use.
         rapid_min_tokens: use RAPID drafting when a drafter is set and the context is longer.
     """
 
@@ -50,7 +53,7 @@ class PipelineConfig:
     filter_config: FilterConfig = FilterConfig()
 
     def __post_init__(self) -> None:
-        checks = {"rewrite": ("llm", "prf", "off"), "filter": ("llm", "embedding", "off"),
+        checks = {"rewrite": ("llm", "prf", "off"), "filter": ("llm", "embedding", "cross-encoder", "off"),
                   "multihop": ("off", "on", "auto"), "mode": ("hybrid", "bm25", "dense")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -104,6 +107,7 @@ class RagPipeline:
         self.trigger = trigger
         self.treehop = treehop
         self.drafter = drafter
+        self._cross_encoder = None
 
     # -- stages ---------------------------------------------------------------------------
     def _rewrite(self, question: str) -> tuple[Rewrite, StageRecord]:
@@ -138,12 +142,19 @@ class RagPipeline:
 
     def _multihop(self, question: str, sources: list[SearchResult]) -> tuple[list[SearchResult], StageRecord]:
         mode = self.config.multihop
-        if mode == "off" or self.treehop is None:
+        if mode == "off":
             return sources, StageRecord("multihop", False)
-        from rag.treehop import looks_multihop
-
+        try:  # rag.treehop is optional at this layer: a missing module or checkpoint skips the hop
+            from rag.treehop import TreeHopRetriever, load_treehop, looks_multihop
+        except ImportError as error:
+            return sources, StageRecord("multihop", False, detail={"reason": f"rag.treehop unavailable: {error}"})
         if mode == "auto" and not looks_multihop(question):
             return sources, StageRecord("multihop", False, detail={"reason": "not multi-hop"})
+        if self.treehop is None:
+            try:
+                self.treehop = TreeHopRetriever(self.collection, load_treehop())
+            except CodehopError as error:
+                return sources, StageRecord("multihop", False, detail={"reason": str(error)})
         start = time.perf_counter()
         hops = self.treehop.search(question, k=self.config.k)
         merged = {s.id: s for s in [*hops, *sources]}
@@ -157,8 +168,14 @@ class RagPipeline:
         if method == "off" or not sources:
             return sources, StageRecord("filter", False)
         config = self.config.filter_config
-        judge = (LLMKnowledgeFilter(self.generator, config) if method == "llm"
-                 else EmbeddingKnowledgeFilter(self.collection.embedder, config))
+        if method == "llm":
+            judge = LLMKnowledgeFilter(self.generator, config)
+        elif method == "cross-encoder":
+            if self._cross_encoder is None:  # loading a model per question would dominate latency
+                self._cross_encoder = CrossEncoderKnowledgeFilter(config)
+            judge = self._cross_encoder
+        else:
+            judge = EmbeddingKnowledgeFilter(self.collection.embedder, config)
         kept, judgements, seconds = apply_filter(judge, question, sources, config)
         detail = {"method": judge.name, "labels": [j.label for j in judgements], "kept": len(kept)}
         return kept, StageRecord("filter", True, seconds, detail)
@@ -230,10 +247,10 @@ class RagPipeline:
         if self.drafter is not None:
             prompt = self.generator.render_chat(messages)
             if self.generator.count_tokens(prompt) >= self.config.rapid_min_tokens:
-                from rag.rapid import RapidDecoder
+                from rag.rapid import RapidConfig, RapidDecoder
 
                 short = answer_messages(question, format_sources(sources[:2], 600))
-                result = RapidDecoder(self.generator, self.drafter).generate(
+                result = RapidDecoder(self.generator, self.drafter, RapidConfig()).generate(
                     prompt, self.drafter.render_chat(short), config)
                 stages.append(StageRecord("rapid", True, detail={"acceptance_rate": result.acceptance_rate}))
                 yield result.generation.text

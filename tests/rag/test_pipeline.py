@@ -54,3 +54,45 @@ def test_generation_streams_and_records_with_a_real_model(small_collection, tiny
     assert "retrieve" not in {s.name for s in again.stages}
     # An unrelated question still retrieves.
     assert not pipeline.run("How are Flask URL routes declared?").from_reservoir
+
+
+class _SecondHop:
+    """A stand-in multi-hop retriever (TreeHop is tested in its own module): it searches the
+    collection for a fixed follow-up query, so the merge into the pipeline's sources is visible."""
+
+    def __init__(self, collection, query):
+        self.collection, self.query, self.calls = collection, query, 0
+
+    def search(self, question, k=10):
+        self.calls += 1
+        return self.collection.search(self.query, k=1)
+
+
+def test_multihop_stage_merges_hop_results_and_auto_mode_can_skip(small_collection):
+    hop = _SecondHop(small_collection, "Flask route decorator URL rules")
+    config = PipelineConfig(rewrite="off", filter="off", reservoir=False, multihop="on", k=1)
+    result = RagPipeline(small_collection, None, config, treehop=hop).run("numpy reshape array")
+    record = {s.name: s for s in result.stages}["multihop"]
+    assert record.ran and record.detail["treehop_passages"] == 1
+    assert {s.path.rsplit("/", 1)[-1] for s in result.sources} == {"routing.md", "reshape.md"}
+    # "auto" asks rag.treehop.looks_multihop; a one-entity lookup is not multi-hop.
+    pytest.importorskip("rag.treehop")
+    from rag.treehop import looks_multihop
+
+    question = "numpy reshape array"
+    auto = RagPipeline(small_collection, None, PipelineConfig(rewrite="off", filter="off", reservoir=False,
+                                                              multihop="auto", k=1), treehop=hop).run(question)
+    assert {s.name: s.ran for s in auto.stages}["multihop"] is looks_multihop(question)
+
+
+def test_cross_encoder_filter_needs_a_configured_model(small_collection):
+    from index.errors import NotFoundError
+    from rag.filter import FilterConfig
+
+    config = PipelineConfig(rewrite="off", filter="cross-encoder", reservoir=False)
+    with pytest.raises(InvalidInputError, match="cross_encoder"):
+        RagPipeline(small_collection, None, config).run("numpy reshape array")
+    missing = PipelineConfig(rewrite="off", filter="cross-encoder", reservoir=False,
+                             filter_config=FilterConfig(cross_encoder="no-such-cross-encoder-model"))
+    with pytest.raises(NotFoundError):
+        RagPipeline(small_collection, None, missing).run("numpy reshape array")
