@@ -1,7 +1,7 @@
 import pytest
 
 from index.errors import InvalidInputError
-from rag.llm import GenerationConfig, TransformersGenerator
+from rag.llm import TransformersGenerator
 from rag.pipeline import PipelineConfig, RagPipeline, cited_numbers
 from rag.reservoir import Reservoir, RetrieverTrigger
 
