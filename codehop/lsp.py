@@ -40,6 +40,8 @@ ASK_COMMAND = "codehop.ask"
 _log = logging.getLogger(__name__)
 # LSP's RequestFailed: "the request was syntactically valid but could not be answered".
 REQUEST_FAILED = -32803
+# transformers' lazy imports are not thread-safe: load one model at a time.
+_LOADING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,9 @@ class CodehopLanguageServer(LanguageServer):
                     from rag.llm import load_generator
                 except ImportError as error:
                     raise CodehopError(f"completions need rag.llm ({error})") from error
-                generator = load_generator(self.config.model, backend=self.config.backend,
-                                           workspace=self.state_dir)
+                with _LOADING:
+                    generator = load_generator(self.config.model, backend=self.config.backend,
+                                               workspace=self.state_dir)
                 config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
                                           dense_rerank=self.config.dense_rerank)
                 self._completer = RepoCompleter(self.repo, generator, config)
@@ -212,6 +215,8 @@ def _open_collection(root: Path, state: Path):
     from index.collection import Collection
 
     collection = Collection.open(state, "workspace")
+    with _LOADING:
+        collection.embedder.encode(["codehop"])  # loads the embedding model
     collection.add_paths([root], chunker=_code_chunker(), progress=False)
     return collection
 
