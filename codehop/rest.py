@@ -74,6 +74,9 @@ class Resources:
         self._collections: dict[str, Any] = {}
         self._locks: dict[str, RWLock] = {}
         self._guard = threading.RLock()
+        # Models load under their own lock: a generator loading for seconds must not stall
+        # searches, which only need `_guard` to find their collection.
+        self._models = threading.RLock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="codehop-writer")
         self._generator = None
         self._embedder = None
@@ -190,7 +193,7 @@ class Resources:
 
     def generator(self):
         """The configured generator, loaded on first use (rag.llm.load_generator)."""
-        with self._guard:
+        with self._models:
             if self._generator is None:
                 try:
                     from rag.llm import load_generator
@@ -204,7 +207,7 @@ class Resources:
         """The configured embedding model (shares the workspace's vector cache)."""
         from index.embed import Embedder, EmbedderConfig
 
-        with self._guard:
+        with self._models:
             if self._embedder is None:
                 e = self.settings.embedding
                 self._embedder = Embedder(EmbedderConfig(
@@ -212,7 +215,7 @@ class Resources:
             return self._embedder
 
     def treehop(self):
-        with self._guard:
+        with self._models:
             if self._treehop is None:
                 try:
                     from rag.treehop import load_treehop
@@ -230,7 +233,7 @@ class Resources:
         if self.repo_root is None:
             raise InvalidInputError(
                 "no repository configured for completions: run codehop serve inside a repository")
-        with self._guard:
+        with self._models:
             if self._repo is None:
                 self._repo = RepoIndex.open(self.repo_root, self.workspace)
             key = id(generator)
