@@ -19,10 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=("hybrid", "bm25", "dense"), default="hybrid")
     parser.add_argument("--rewrite", choices=("llm", "prf", "off"), default="llm")
     parser.add_argument("--no-rewrite", action="store_true", help="same as --rewrite off")
-    parser.add_argument("--filter", choices=("llm", "embedding", "off"), default="llm")
+    parser.add_argument("--filter", choices=("llm", "embedding", "cross-encoder", "off"), default="llm")
+    parser.add_argument("--cross-encoder", default=None, help="model for --filter cross-encoder")
     parser.add_argument("--no-filter", action="store_true", help="same as --filter off")
     parser.add_argument("--no-reservoir", action="store_true", help="neither reuse nor store knowledge")
-    parser.add_argument("--multihop", choices=("off", "on", "auto"), default="off")
+    parser.add_argument("--multihop", choices=("off", "on", "auto"), default="off",
+                        help="TreeHop multi-hop retrieval (shipped checkpoint; skipped with a note if missing)")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--retrieval-only", action="store_true", help="no generator: sources only")
     parser.add_argument("--json", action="store_true")
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_pipeline(args: argparse.Namespace, settings, workspace):
     from index import Collection
     from rag.llm import load_generator
+    from rag.filter import FilterConfig
     from rag.pipeline import PipelineConfig, RagPipeline
     from rag.reservoir import Reservoir, RetrieverTrigger
 
@@ -45,16 +48,13 @@ def build_pipeline(args: argparse.Namespace, settings, workspace):
         rewrite="off" if args.no_rewrite else args.rewrite,
         filter="off" if args.no_filter else args.filter,
         reservoir=not args.no_reservoir, namespace=args.namespace, multihop=args.multihop,
-        max_new_tokens=settings.generator.max_new_tokens)
+        max_new_tokens=settings.generator.max_new_tokens,
+        filter_config=FilterConfig(cross_encoder=args.cross_encoder))
     trigger = None
     if config.reservoir:
         trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite"), collection.embedder)
-    treehop = None
-    if config.multihop != "off":
-        from rag.treehop import TreeHopRetriever, load_treehop
-
-        treehop = TreeHopRetriever(collection, load_treehop())
-    return RagPipeline(collection, generator, config, trigger=trigger, treehop=treehop)
+    # TreeHop (multihop on/auto) is loaded by the pipeline on first use.
+    return RagPipeline(collection, generator, config, trigger=trigger)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,4 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(f" {mark}[{number}] {source.path}:{source.start_line}-{source.end_line}")
     print("\nStages: " + ", ".join(f"{s.name} {s.seconds * 1000:.0f} ms" if s.ran else f"{s.name} off"
                                    for s in result.stages), file=sys.stderr)
+    for stage in result.stages:
+        if not stage.ran and stage.detail.get("reason"):
+            print(f"note: {stage.name} skipped: {stage.detail['reason']}", file=sys.stderr)
     return 0

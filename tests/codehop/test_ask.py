@@ -1,0 +1,38 @@
+"""`codehop ask` end to end through the CLI dispatcher (retrieval-only: no LLM load)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codehop.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    docs = tmp_path_factory.mktemp("ask-docs")
+    (docs / "csv.md").write_text("pandas.read_csv reads a comma-separated values file into a DataFrame.\n")
+    (docs / "hist.md").write_text("matplotlib.pyplot.hist plots a histogram; bins sets the number of bins.\n")
+    workspace = tmp_path_factory.mktemp("ask-ws")
+    assert main(["index", str(docs), "--workspace", str(workspace), "--no-progress"]) == 0
+    return workspace
+
+
+def test_ask_json_reports_sources_and_stage_timings(workspace, capsys):
+    capsys.readouterr()
+    code = main(["ask", "how do I plot a histogram?", "--workspace", str(workspace), "--retrieval-only",
+                 "--json", "--no-rewrite", "--filter", "embedding", "--no-reservoir"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sources"][0]["path"].endswith("hist.md")
+    stages = {s["name"]: s for s in result["stages"]}
+    assert stages["rewrite"]["ran"] is False and stages["filter"]["ran"] is True
+    assert stages["retrieve"]["seconds"] >= 0
+
+
+def test_ask_rejects_an_empty_question(workspace, capsys):
+    assert main(["ask", "   ", "--workspace", str(workspace), "--retrieval-only"]) != 0
+    assert "empty question" in capsys.readouterr().err
