@@ -98,6 +98,7 @@ class CodehopLanguageServer(LanguageServer):
         self.root: Path | None = None
         self.repo = None
         self.collection = None
+        self.collection_error: str | None = None
         self.index_error = "no workspace folder was opened"
         self.collection_lock = RWLock()
         self.ready = asyncio.Event()
@@ -204,6 +205,7 @@ async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> Non
     try:
         ls.collection = await _run(ls._index, _open_collection, ls.root, ls.state_dir)
     except CodehopError as error:
+        ls.collection_error = str(error)
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))
     finally:
         if token:
@@ -389,6 +391,8 @@ async def ask_command(ls: CodehopLanguageServer, *args):
     for _ in range(600):  # the collection is built after the code index (see initialized)
         if ls.collection is not None:
             break
+        if ls.collection_error:
+            raise CodehopError(f"the workspace collection could not be built ({ls.collection_error})")
         await asyncio.sleep(0.1)
     else:
         raise CodehopError("the workspace collection is still being indexed: retry shortly")
