@@ -138,3 +138,5 @@ class PostingFile:
             target.flush()
             os.fsync(target.fileno())
         os.replace(temp, directory / name)
+        if not self.writable:  # follow the newest saved copy: the caller may delete older ones
+            self.path, self._map = directory / name, None

@@ -71,14 +71,13 @@ class SpannConfig:
             raise InvalidInputError("SpannConfig: branching, candidate_heads, max_replicas, search_heads must be >= 1")
 
 
-def rng_assign(dist: np.ndarray, cand: np.ndarray, x_rows: np.ndarray, head_vecs: np.ndarray,
+def rng_assign(dist: np.ndarray, cand: np.ndarray, head_vecs: np.ndarray,
                max_replicas: int, rng_factor: float) -> tuple[np.ndarray, np.ndarray]:
     """SPANN's RNG posting assignment, vectorised over vectors (loops over candidate rank only).
 
     Args:
         dist: (n, C) squared L2 from each vector to its candidate heads, ascending.
         cand: (n, C) head indices (-1 = none).
-        x_rows: unused placeholder for symmetry with callers (kept for clarity of shapes).
         head_vecs: (H, d) head vectors.
 
     Returns:
@@ -340,7 +339,7 @@ class SpannIndex:
         out_h, out_d = [], []
         for start in range(0, len(vectors), block):
             dist, cand = self._heads.search(vectors[start : start + block], c)
-            h, d = rng_assign(dist, cand, None, self._head_vecs, cfg.max_replicas, cfg.rng_factor)
+            h, d = rng_assign(dist, cand, self._head_vecs, cfg.max_replicas, cfg.rng_factor)
             out_h.append(h)
             out_d.append(d)
         if not out_h:

@@ -175,3 +175,17 @@ def test_corrupt_files_raise_clear_error(data, tmp_path, damage):
         (tmp_path / "spann_heads.faiss").unlink()
     with pytest.raises(CorruptIndexError, match="rebuild it"):
         SpannIndex.load(tmp_path)
+
+
+def test_loaded_index_survives_deletion_of_its_source_directory(data, tmp_path):
+    """The Collection deletes old generations after saving a new one; appends must still work."""
+    x, q, _ = data
+    make(x[:2000]).save(tmp_path / "g1")
+    index = SpannIndex.load(tmp_path / "g1")
+    index.delete([0])
+    index.save(tmp_path / "g2")
+    import shutil
+
+    shutil.rmtree(tmp_path / "g1")
+    index.add(np.arange(2000, 2100) * 3, x[2000:2100])
+    assert len(index) == 2099 and index.search(x[2050:2051], 1)[0].ids[0] == 2050 * 3
