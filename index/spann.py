@@ -125,9 +125,23 @@ class SpannIndex:
         self._vectors: np.ndarray | None = np.empty((0, self.dim), dtype=np.float32)  # until built
         self._built_n = 0
         self._head_rows = np.empty(0, dtype=np.int64)
-        self._head_vecs = np.empty((0, self.dim), dtype=np.float32)
         self._heads = None  # faiss index over _head_vecs (L2)
         self._postings: PostingFile | None = None
+
+    @property
+    def _head_vecs(self) -> np.ndarray:
+        """Head vectors as a zero-copy view of the faiss index's storage (no second copy in RAM)."""
+        import faiss
+
+        if self._heads is None:
+            return np.empty((0, self.dim), dtype=np.float32)
+        key = (id(self._heads), self._heads.ntotal)  # faiss may reallocate on add: re-view then
+        if getattr(self, "_view_key", None) == key:
+            return self._view
+        flat = self._heads if isinstance(self._heads, faiss.IndexFlat) else faiss.downcast_index(self._heads.storage)
+        self._view = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
+        self._view_key = key
+        return self._view
 
     # ---- protocol ---------------------------------------------------------------------------
     @classmethod
@@ -205,7 +219,7 @@ class SpannIndex:
         arrays = {"ids": self._ids, "alive": self._alive}
         if self.built:
             p = self._postings
-            arrays.update(head_rows=self._head_rows, head_vecs=self._head_vecs, start_page=p.start_page,
+            arrays.update(head_rows=self._head_rows, start_page=p.start_page,
                           count=p.count, capacity=p.capacity)
             p.save(directory, _POSTINGS)
             _atomic(directory / _HEADS, lambda path: faiss.write_index(self._heads, str(path)))
@@ -261,7 +275,7 @@ class SpannIndex:
                 len(end) and end.max() > n_pages) or (postings.count > postings.capacity).any():
             raise CorruptIndexError(f"{where}: head index and posting metadata disagree: {fix}")
         index._vectors = None
-        index._head_rows, index._head_vecs = arrays["head_rows"], arrays["head_vecs"].astype(np.float32)
+        index._head_rows = arrays["head_rows"]
         index._heads, index._postings = heads, postings
         return index
 
@@ -323,8 +337,8 @@ class SpannIndex:
         n = len(vectors)
         head_rows = hierarchical_heads(vectors, math.ceil(cfg.head_ratio * n), cfg.branching,
                                        cfg.kmeans_iters, cfg.balance, cfg.seed)
-        self._head_rows, self._head_vecs = head_rows, vectors[head_rows].copy()
-        self._heads = self._make_head_index(self._head_vecs)
+        self._head_rows = head_rows
+        self._heads = self._make_head_index(vectors[head_rows])
         others = np.setdiff1d(np.arange(n), head_rows)
         head_of, dist = self._route(vectors[others])
         postings = self._group(others, head_of, dist, vectors[others], cap=True)
@@ -395,7 +409,6 @@ class SpannIndex:
         q = len(self._head_rows)
         self._postings.put(q, moved["row"], vecs[move], append=False)
         self._head_rows = np.append(self._head_rows, new_row)
-        self._head_vecs = np.concatenate([self._head_vecs, new_vec])
         self._heads.add(new_vec)
 
     # ---- search -----------------------------------------------------------------------------
@@ -444,13 +457,13 @@ class SpannIndex:
         """Bytes this index holds in RAM (heads, head index, metadata, ids), not the mapped postings."""
         import faiss
 
-        total = self._ids.nbytes + self._alive.nbytes + self._head_rows.nbytes + self._head_vecs.nbytes
+        total = self._ids.nbytes + self._alive.nbytes + self._head_rows.nbytes
         if self._vectors is not None:
             total += self._vectors.nbytes
         if self.built:
             p = self._postings
             total += p.start_page.nbytes + p.count.nbytes + p.capacity.nbytes
-            total += faiss.serialize_index(self._heads).nbytes
+            total += faiss.serialize_index(self._heads).nbytes  # head vectors (+ graph)
         return int(total)
 
     def disk_bytes(self) -> int:

@@ -70,7 +70,7 @@ class Faiss:
 
 class Ours:
     def __init__(self, name: str, kind: str, x: np.ndarray, config, tmp: Path, after=None) -> None:
-        from index.dense import create_dense_index
+        from index.dense import create_dense_index, load_dense_index
 
         self.name = name
         start = time.perf_counter()
@@ -80,8 +80,10 @@ class Ours:
         if after:
             after(self.index)
         self.build_s = time.perf_counter() - start
-        self.tmp = tmp / name.replace(" ", "_").replace("+", "p")
+        self.tmp = tmp / name.replace(" ", "_").replace("+", "p").replace(",", "").replace("%", "")
         self.index.save(self.tmp)
+        # measure the deployed state: reloaded from disk (postings / float vectors memory-mapped)
+        self.index = load_dense_index(kind, self.tmp)
 
     def set(self, params: dict) -> None:
         import dataclasses
@@ -172,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         methods, sweeps = [], {}
         steps = [
             ("SPANN (ours)", lambda: Ours("SPANN (ours)", "spann", x, SpannConfig(), tmp), spann_sweep),
+            ("SPANN (ours, 8% heads)", lambda: Ours("SPANN (ours, 8% heads)", "spann", x, SpannConfig(head_ratio=0.08), tmp),
+             spann_sweep[:3]),
             ("OPQ (ours)", lambda: Ours("OPQ (ours)", "pq", x, PQConfig(m=48, nprobe=16, train_size=20000), tmp),
              [{"nprobe": p, "rerank": False} for p in (8, 16, 32)]),
             ("OPQ + rerank (ours)", lambda: Ours("OPQ + rerank (ours)", "pq", x, PQConfig(m=48, nprobe=16, rerank=True, train_size=20000), tmp),
@@ -292,6 +296,11 @@ def real_suite(args, tmp: Path, report) -> list[dict]:
         note=f"NDCG@10 is page-level (chunks de-duplicated to pages), exact = {exact_ndcg:.4f}. JPQ tuning on "
              f"{jpq_log.get('pairs')} (question, gold-page chunk) pairs from the other {len(train)} questions: "
              f"training loss {jpq_log.get('loss_before', float('nan')):.4f} -> {jpq_log.get('loss_after', float('nan')):.4f}.")
+    train_pages = {g for r in train for g in problems[r].gold}
+    shared = float(np.mean([bool(set(problems[r].gold) & train_pages) for r in evaluation]))
+    report.add("JPQ caveat", f"The split is by question, not by page: {100 * shared:.0f}% of the held-out questions "
+               "share a gold page with a training question, so the JPQ variant partly learns which pages this "
+               "benchmark asks about; its NDCG@10 above exact search is supervised adaptation, not compression quality.")
     report.results["jpq"] = jpq_log
     report.results["exact_ndcg@10"] = exact_ndcg
     return rows
@@ -320,13 +329,12 @@ def plot(report, out: Path, rows: list[dict]) -> None:
 
 def goals(report, rows: list[dict]) -> None:
     lines = []
-    synth = [r for r in rows if r["suite"].startswith("synthetic") and r["method"] == "SPANN (ours)"]
-    ok = [r for r in synth if r["recall@10"] >= 0.9 and r["p50_ms"] <= 2.0 and r["memory_%raw"] <= 10]
-    best = max(synth, key=lambda r: r["recall@10"]) if synth else None
-    if best:
-        lines.append(f"- SPANN goal (recall@10 >= 0.90 at p50 <= 2 ms, memory <= 10% of raw): "
-                     f"{'MET' if ok else 'MISSED'} on synthetic; best point recall {best['recall@10']:.3f} at "
-                     f"p50 {best['p50_ms']:.2f} ms, memory {best['memory_%raw']:.1f}% of raw ({best['params']}).")
+    synth = [r for r in rows if r["suite"].startswith("synthetic") and r["method"].startswith("SPANN")]
+    for r in synth:
+        met = r["recall@10"] >= 0.9 and r["p50_ms"] <= 2.0 and r["memory_%raw"] <= 10
+        lines.append(f"- SPANN goal (recall@10 >= 0.90 at p50 <= 2 ms, RAM <= 10% of raw): {'MET' if met else 'MISSED'} "
+                     f"for {r['method']} {r['params']}: recall {r['recall@10']:.3f}, p50 {r['p50_ms']:.2f} ms, "
+                     f"RAM {r['memory_%raw']:.1f}% of raw.")
     for r in rows:
         if r["suite"].startswith("devdocs") and r["method"].startswith("OPQ"):
             lines.append(f"- {r['method']}: NDCG@10 loss {r['ndcg_loss_pts']:.2f} points vs exact "
