@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,8 +56,11 @@ def test_recall_floors_vs_brute_force(data, opq):
     # ~0.87 re-ranked (the IVF probe bounds the re-ranked figure)
     assert opq.variant == "OPQ"
     assert recall(opq.search(q, 10), truth) >= 0.45
-    reranked = make(x, rerank=True)
-    assert recall(reranked.search(q, 10), truth) >= 0.8
+    opq.config = dataclasses.replace(opq.config, rerank=True)  # same codes, exact re-rank of 4k
+    try:
+        assert recall(opq.search(q, 10), truth) >= 0.8
+    finally:
+        opq.config = dataclasses.replace(opq.config, rerank=False)
 
 
 def test_sinkhorn_codes_are_balanced():
@@ -64,7 +68,7 @@ def test_sinkhorn_codes_are_balanced():
     x = rng.normal(size=(1024, 8)).astype(np.float32)
     cent = rng.normal(size=(2, 256, 4)).astype(np.float32) * 0.3
     cent[:, :8] *= 0.01  # a few centroids near the origin would win most plain argmins
-    codes = sinkhorn_codes(x, cent, iters=50, batch=1024)
+    codes = sinkhorn_codes(x, cent, iters=30, batch=1024)
     plain = np.argmin(((x.reshape(1024, 2, 1, 4) - cent[None]) ** 2).sum(-1), axis=2)
     for m in range(2):
         assert np.bincount(codes[:, m], minlength=256).max() < np.bincount(plain[:, m], minlength=256).max()
@@ -72,10 +76,19 @@ def test_sinkhorn_codes_are_balanced():
 
 
 def test_balanced_variant_searches(data):
-    x, q, truth = data
-    index = make(x, balanced_codes=True, sinkhorn_iters=20, sinkhorn_batch=2000)
-    assert index.search(q, 10) and index.variant == "OPQ + balanced codes"
-    assert recall(index.search(q, 10), truth) >= 0.35
+    x, q, _ = data
+    x = x[:1200]  # small: Sinkhorn is the slow part
+    flat = FlatIndex(DIM)
+    flat.add(np.arange(1200) + 100, x)
+    index = create_dense_index("pq", DIM, PQConfig(m=M, nprobe=16, opq_iters=4, balanced_codes=True,
+                                                   sinkhorn_iters=10, sinkhorn_batch=1200))
+    index.add(np.arange(1200) + 100, x)
+    hits = index.search(q, 10)
+    assert index.variant == "OPQ + balanced codes"
+    assert recall(hits, flat.search(q, 10)) >= 0.35
+    _, codes = index.codes()
+    used = [len(np.unique(codes[:, m])) for m in range(M)]
+    assert min(used) >= 200  # balanced assignment spreads 1,200 vectors over most of the 256 codes
 
 
 def test_jpq_lowers_loss_and_keeps_held_out_recall(data):
@@ -101,9 +114,9 @@ def test_jpq_lowers_loss_and_keeps_held_out_recall(data):
     assert hit_rate() >= before - 0.02
 
 
-def test_save_load_round_trip_and_delete(data, tmp_path):
+def test_save_load_round_trip_and_delete(data, opq, tmp_path):
     x, q, _ = data
-    index = make(x, rerank=True)
+    index = opq
     before = index.search(q, 10)
     index.save(tmp_path / "a")
     loaded = load_dense_index("pq", tmp_path / "a")
