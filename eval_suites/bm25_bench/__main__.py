@@ -22,19 +22,20 @@ from tqdm import tqdm
 
 from eval_suites.report import Report
 from index.bm25 import BM25Config, BM25Index
-from index.ingest import split_passages
+from index.ingest import IngestConfig, split_passages
 from index.tokenize import tokenize
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def load_passages(data: Path, max_pages: int | None) -> list[str]:
+def load_passages(data: Path, max_pages: int | None, passage_chars: int) -> list[str]:
+    config = IngestConfig(passage_chars=passage_chars)
     passages = []
     with gzip.open(data / "coderag" / "devdocs.jsonl.gz", "rt") as handle:
         for number, line in enumerate(tqdm(handle, desc="chunk devdocs", unit="page")):
             if max_pages is not None and number >= max_pages:
                 break
-            passages.extend(chunk.text for chunk in split_passages(json.loads(line)["text"], "doc"))
+            passages.extend(chunk.text for chunk in split_passages(json.loads(line)["text"], "doc", config))
     return passages
 
 
@@ -172,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-queries", type=int, default=200)
     parser.add_argument("--max-pages", type=int, default=None)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--passage-chars", type=int, default=600,
+                        help="passage size; 600 gives >100k passages from the full corpus")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    passages = load_passages(args.data, args.max_pages)
+    passages = load_passages(args.data, args.max_pages, args.passage_chars)
     start = time.perf_counter()
     corpus = [tokenize(text) for text in tqdm(passages, desc="tokenize", unit="chunk")]
     tokenize_s = time.perf_counter() - start
@@ -201,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report(
         "BM25 engines: codehop vs bm25s vs rank-bm25",
-        settings={"passages": len(passages), "queries": len(queries), "reference_queries": subset,
+        settings={"passages": len(passages), "passage_chars": args.passage_chars, "queries": len(queries), "reference_queries": subset,
                   "k": args.k, "k1": 1.5, "b": 0.75, "tokenizer": "index.tokenize default",
                   "threads": 1},
     )
     report.add(
         "Setup",
-        f"{len(passages):,} passages from devdocs.jsonl.gz (index.ingest.split_passages), "
+        f"{len(passages):,} passages of <= {args.passage_chars} characters from devdocs.jsonl.gz "
+        "(index.ingest.split_passages), "
         f"tokenised once in {tokenize_s:.1f} s ({len(passages) / tokenize_s:,.0f} chunks/s) and shared "
         f"by every engine. {len(queries)} DS-1000/ODEX queries; rank-bm25 runs the first {subset} "
         "(it loops over every document in Python). Index memory = bytes still allocated after the "
