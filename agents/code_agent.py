@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from agents.patch import apply_patch
 from agents.tools import ToolBox
 from index.errors import CodehopError, InvalidInputError
+from index.generation import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,6 @@ class CodeAgent:
 
     def run_stream(self, task: str) -> Iterator[AgentStep | AgentResult]:
         """Yield each AgentStep as it completes, then the AgentResult."""
-        from rag.llm import GenerationConfig
-
         if not task.strip():
             raise InvalidInputError("empty task: say what the agent should do")
         messages = [self._system_message(), {"role": "user", "content": task}]

@@ -23,6 +23,7 @@ from typing import Any
 from code_tools.languages import language_for_path, outline
 from code_tools.repo import RepoIndex
 from index.errors import InvalidInputError, NotFoundError
+from index.generation import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -171,18 +172,6 @@ def truncate_completion(generated: str, line_prefix: str, mode: str = "statement
 # ---------------------------------------------------------------- the completer
 
 
-@dataclass(frozen=True)
-class _GenerationConfig:
-    """The fields of rag.llm.GenerationConfig the completer sets (used only without rag.llm)."""
-
-    max_new_tokens: int = 48
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    logprobs: bool = False
-
-
 def _tail_lines(text: str, n: int) -> str:
     lines = [line for line in text.split("\n") if line.strip()]
     return "\n".join(lines[-n:])
@@ -200,7 +189,8 @@ class RepoCompleter:
 
     Args:
         repo: the indexed repository.
-        generator: a rag.llm Generator (None: assemble context and prompt only).
+        generator: an index.generation.Generator, e.g. from rag.llm.load_generator (None:
+            assemble context and prompt only).
         config: CompletionConfig.
     """
 
@@ -425,10 +415,6 @@ class RepoCompleter:
         return ("\n",) if self.config.truncate == "line" else ("\n\n\n", "\ndef ", "\nclass ")
 
     def _generate(self, prompt: str, result: Completion) -> str:
-        try:
-            from rag.llm import GenerationConfig  # rag is a sibling behaviour package
-        except ImportError:  # generators outside rag.llm accept the same fields
-            GenerationConfig = _GenerationConfig
         config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
                                   stop=self._stop())
         if self.config.reuse_kv_cache and hasattr(self.generator, "model"):

@@ -19,53 +19,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator
 
 from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
+# The contract lives in index/ so code_tools/ and agents/ can use it without importing rag/.
+from index.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
 from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Decoding settings. temperature 0 = greedy; `stop` strings end the text (not included)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    logprobs: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InvalidInputError("max_new_tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise InvalidInputError("need temperature >= 0 and 0 < top_p <= 1")
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    logprobs: list[float] | None
-    finish_reason: str  # "stop" (eos or stop string) | "length"
-    prompt_tokens: int
-    elapsed_s: float
-
-
-@runtime_checkable
-class Generator(Protocol):
-    name: str
-    supports_fim: bool
-
-    def complete(self, prompt: str, config: GenerationConfig = ...) -> Generation: ...
-    def stream(self, prompt: str, config: GenerationConfig = ...) -> Iterator[str]: ...
-    def chat(self, messages: list[dict[str, str]], config: GenerationConfig = ...) -> Generation: ...
-    def chat_stream(self, messages: list[dict[str, str]], config: GenerationConfig = ...) -> Iterator[str]: ...
-    def count_tokens(self, text: str) -> int: ...
-    def fim_prompt(self, prefix: str, suffix: str) -> str | None: ...
 
 
 @dataclass

@@ -29,6 +29,7 @@ from code_tools.repo import RepoConfig, RepoIndex, iter_repo_files
 from eval_suites.repo_completion.tasks import DEFAULT_PACKAGES, Task, fetch_sdist, make_tasks
 from eval_suites.report import Report
 from index.bm25 import BM25Index
+from index.generation import GenerationConfig
 from index.tokenize import tokenize
 
 WINDOW, STRIDE = 20, 10
@@ -129,9 +130,7 @@ def run_task(task: Task, mode: str, completer: RepoCompleter, windows: WindowBM2
         items = completer._budget(windows.context(task.path, query), completer.config.context_tokens)
         context_s = time.perf_counter() - t
         prompt, _ = completer.build_prompt(task.path, task.prefix, task.suffix, items)
-        from code_tools.completion import _GenerationConfig
-
-        raw = completer.generator.complete(prompt, _GenerationConfig(
+        raw = completer.generator.complete(prompt, GenerationConfig(
             max_new_tokens=completer.config.max_new_tokens, stop=("\n",))).text
         text = truncate_completion(raw, task.prefix.rsplit("\n", 1)[-1], "line")
         n_items = len(items)
