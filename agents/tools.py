@@ -2,6 +2,12 @@
 
 Every tool validates its arguments against its spec and never reads outside the root; a bad
 call raises InvalidInputError, which the agent loop turns into an error observation.
+
+The tools work through objects handed in by the caller, never by importing code_tools (a
+sibling layer): a `RepoView` (code_tools.repo.RepoIndex is one) for search, definitions, the
+file list and outlines, and a `sandbox` callable that runs Python under limits (code_tools'
+`run_python` with its SandboxLimits bound, e.g. by `codehop.commands.agent.build_toolbox`).
+A tool whose object is missing is not offered.
 """
 
 from __future__ import annotations
@@ -11,9 +17,59 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
+
+from agents.patch import apply_patch
 from index.errors import InvalidInputError, NotFoundError
+from index.types import Chunk, Hits
+
+
+class Symbol(Protocol):
+    """A definition in a file (code_tools.languages.Symbol, code_tools.repo.Definition)."""
+
+    kind: str
+    qualname: str
+    start_line: int
+    end_line: int
+
+
+class Outline(Protocol):
+    symbols: Sequence[Symbol]
+
+
+class Located(Symbol, Protocol):
+    path: str
+
+
+class RepoView(Protocol):
+    """The repository index the tools query (implemented by code_tools.repo.RepoIndex)."""
+
+    def iter_files(self) -> list[str]:
+        """Repository-relative paths of the indexed files, sorted."""
+
+    def outline(self, path: str) -> Outline | None:
+        """Definitions in one file as it is on disk now (None: a language we do not parse)."""
+
+    def search_bm25(self, query: str, k: int = 50) -> Hits: ...
+    def rerank(self, query: str, ids: np.ndarray, k: int = 5) -> Hits: ...
+    def chunk(self, chunk_id: int) -> Chunk: ...
+    def definition(self, symbol: str) -> list[Located]: ...
+
+
+class RunResult(Protocol):
+    """What a sandboxed run reports (code_tools.sandbox.SandboxResult)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    killed_reason: str | None
+
+
+# Runs a Python program in a fresh, resource-limited process; the limits are bound by the caller.
+Sandbox = Callable[[str], RunResult]
 
 
 @dataclass(frozen=True)
@@ -44,9 +100,6 @@ class ToolConfig:
     max_read_lines: int = 200
     max_references: int = 40
     search_k: int = 5
-    sandbox_cpu_s: int = 20
-    sandbox_memory_mb: int = 1024
-    sandbox_wall_s: int = 60
 
 
 def _validate(spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
@@ -77,12 +130,23 @@ def _validate(spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class ToolBox:
-    """The agent's tools over `root`, a RepoIndex (code) and optionally a Collection (docs)."""
+    """The agent's tools over `root`.
+
+    Args:
+        root: the repository directory; no tool reads or runs anything outside it.
+        repo_index: a RepoView of the repository (search_code, find_definition,
+            find_references, list_symbols); None leaves those tools out.
+        collection: an index.Collection with documentation (search_docs), or None.
+        config: output bounds.
+        sandbox: runs Python under time and memory limits (run_python, run_tests); None leaves
+            those tools out.
+    """
 
     root: Path
-    repo_index: Any = None  # code_tools.repo.RepoIndex
-    collection: Any = None  # index.Collection with documentation
+    repo_index: RepoView | None = None
+    collection: Any = None
     config: ToolConfig = field(default_factory=ToolConfig)
+    sandbox: Sandbox | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -95,19 +159,26 @@ class ToolBox:
         text = lambda d: Param(str, d)  # noqa: E731
         k = Param(int, "number of results", required=False, default=self.config.search_k)
         specs = [
-            ToolSpec("search_code", "search the repository's code", {"query": text("what to find"), "k": k}, self.search_code),
             ToolSpec("read_file", "read lines of a repository file",
                      {"path": text("repository-relative path"),
                       "start_line": Param(int, "first line (1-based)", False, 1),
                       "end_line": Param(int, "last line (inclusive)", False, None)}, self.read_file),
-            ToolSpec("find_definition", "where a function/class/method is defined", {"symbol": text("name")}, self.find_definition),
-            ToolSpec("find_references", "lines that mention a symbol", {"symbol": text("name")}, self.find_references),
-            ToolSpec("list_symbols", "definitions in one file", {"path": text("repository-relative path")}, self.list_symbols),
-            ToolSpec("run_python", "run a Python snippet in a sandbox (cwd = a copy of the repo)", {"code": text("source")}, self.run_python),
-            ToolSpec("run_tests", "run pytest on a test path in a sandboxed copy of the repo, optionally after applying a patch",
-                     {"path": text("test file or directory"),
-                      "patch": Param(str, "unified diff to apply first", False, "")}, self.run_tests),
         ]
+        if self.repo_index is not None:
+            specs.insert(0, ToolSpec("search_code", "search the repository's code",
+                                     {"query": text("what to find"), "k": k}, self.search_code))
+            specs += [
+                ToolSpec("find_definition", "where a function/class/method is defined", {"symbol": text("name")}, self.find_definition),
+                ToolSpec("find_references", "lines that mention a symbol", {"symbol": text("name")}, self.find_references),
+                ToolSpec("list_symbols", "definitions in one file", {"path": text("repository-relative path")}, self.list_symbols),
+            ]
+        if self.sandbox is not None:
+            specs += [
+                ToolSpec("run_python", "run a Python snippet in a sandbox (cwd = a copy of the repo)", {"code": text("source")}, self.run_python),
+                ToolSpec("run_tests", "run pytest on a test path in a sandboxed copy of the repo, optionally after applying a patch",
+                         {"path": text("test file or directory"),
+                          "patch": Param(str, "unified diff to apply first", False, "")}, self.run_tests),
+            ]
         if self.collection is not None:
             specs.insert(1, ToolSpec("search_docs", "search the documentation collection",
                                      {"query": text("what to find"), "k": k}, self.search_docs))
@@ -134,17 +205,8 @@ class ToolBox:
             raise InvalidInputError(f"path {relative!r} is outside the repository")
         return candidate
 
-    def _files(self) -> list[Path]:
-        if self.repo_index is not None:
-            return [self.root / path for path in sorted(self.repo_index.files)]
-        from code_tools.repo import iter_repo_files
-
-        return [self.root / path for path in iter_repo_files(self.root)]
-
     # -- tools ----------------------------------------------------------------------------
     def search_code(self, query: str, k: int) -> str:
-        if self.repo_index is None:
-            raise InvalidInputError("search_code needs a repository index")
         candidates = self.repo_index.search_bm25(query, k=50)
         hits = self.repo_index.rerank(query, candidates.ids, k=max(1, min(k, 20)))
         chunks = [self.repo_index.chunk(int(i)) for i in hits.ids]
@@ -168,8 +230,6 @@ class ToolBox:
         return f"{path} lines {start}-{end} of {len(lines)}\n{body}"
 
     def find_definition(self, symbol: str) -> str:
-        if self.repo_index is None:
-            raise InvalidInputError("find_definition needs a repository index")
         locations = self.repo_index.definition(symbol)
         if not locations:
             return f"no definition of {symbol!r} found"
@@ -180,14 +240,14 @@ class ToolBox:
             raise InvalidInputError(f"find_references expects an identifier, got {symbol!r}")
         pattern = re.compile(rf"\b{re.escape(symbol)}\b")
         hits = []
-        for path in self._files():
+        for relative in self.repo_index.iter_files():
             try:
-                text = path.read_text(errors="replace")
+                text = (self.root / relative).read_text(errors="replace")
             except OSError:
                 continue
             for number, line in enumerate(text.splitlines(), 1):
                 if pattern.search(line):
-                    hits.append(f"{path.relative_to(self.root)}:{number}: {line.strip()[:160]}")
+                    hits.append(f"{relative}:{number}: {line.strip()[:160]}")
                     if len(hits) >= self.config.max_references:
                         return "\n".join(hits) + "\n[more references cut]"
         return "\n".join(hits) or f"no references to {symbol!r}"
@@ -196,18 +256,10 @@ class ToolBox:
         target = self.resolve(path)
         if not target.is_file():
             raise NotFoundError(f"no file {path!r} in the repository")
-        from code_tools.languages import outline
-
-        parsed = outline(str(target.relative_to(self.root)), target.read_text(errors="replace"))
+        parsed = self.repo_index.outline(target.relative_to(self.root).as_posix())
         if parsed is None:
             return f"{path} is not in a language we parse"
         return "\n".join(f"{s.start_line}-{s.end_line} {s.kind} {s.qualname}" for s in parsed.symbols) or "no definitions"
-
-    def _sandbox_limits(self):
-        from code_tools.sandbox import SandboxLimits
-
-        return SandboxLimits(timeout_s=self.config.sandbox_wall_s, cpu_s=self.config.sandbox_cpu_s,
-                             memory_mb=self.config.sandbox_memory_mb)
 
     def _scratch_copy(self) -> Path:
         scratch = Path(tempfile.mkdtemp(prefix="codehop-agent-"))
@@ -216,19 +268,14 @@ class ToolBox:
         return scratch
 
     def run_python(self, code: str) -> str:
-        from code_tools.sandbox import run_python
-
         scratch = self._scratch_copy()
         try:
-            result = run_python(_in_directory(scratch / "repo", code), self._sandbox_limits())
+            result = self.sandbox(_in_directory(scratch / "repo", code))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return _format_run(result)
 
     def run_tests(self, path: str, patch: str) -> str:
-        from agents.patch import apply_patch
-        from code_tools.sandbox import run_python
-
         self.resolve(path)  # refuse paths outside the root before copying anything
         scratch = self._scratch_copy()
         try:
@@ -236,7 +283,7 @@ class ToolBox:
                 apply_patch(scratch / "repo", patch)
             code = ("import sys, pytest\n"
                     f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', {path!r}]))\n")
-            result = run_python(_in_directory(scratch / "repo", code), self._sandbox_limits())
+            result = self.sandbox(_in_directory(scratch / "repo", code))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return _format_run(result)
@@ -248,7 +295,7 @@ def _in_directory(directory: Path, code: str) -> str:
             f"sys.path.insert(0, {str(directory)!r})\n" + code)
 
 
-def _format_run(result) -> str:
+def _format_run(result: RunResult) -> str:
     status = "TIMEOUT" if result.timed_out else f"exit code {result.returncode}"
     if result.killed_reason:
         status += f" ({result.killed_reason})"

@@ -26,6 +26,7 @@ import numpy as np
 
 from code_tools.chunker import ChunkerConfig, FileChunks, chunk_file
 from code_tools.languages import FileOutline, Import, language_for_path
+from code_tools.languages import outline as parse_outline
 from index.bm25 import okapi_idf
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.tokenize import tokenize
@@ -791,6 +792,16 @@ class RepoIndex:
         for start in range(0, len(bodies), 256):
             self.embedder.chunks(bodies[start:start + 256])
         self.save()
+
+    def iter_files(self) -> list[str]:
+        """Relative POSIX paths of the indexed files, sorted."""
+        return sorted(self.files)
+
+    def outline(self, path: str) -> FileOutline | None:
+        """Symbols, imports and calls of `path` as it is on disk now (None: not parsed/readable)."""
+        path = self.relative(path)
+        read = self._read(path)
+        return parse_outline(path, read[0]) if read is not None else None
 
     def definition(self, symbol: str) -> list[Definition]:
         """Definitions of a simple name ("get") or a qualified one ("Session.get")."""

@@ -22,10 +22,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def build_toolbox(repo: Path, repo_index=None, collection=None, sandbox_limits=None):
+    """The agent's ToolBox over `repo`, wired to code_tools: the RepoIndex answers the code tools
+    and code_tools.sandbox runs Python in a limited process.
+
+    Args:
+        repo: repository root.
+        repo_index: a code_tools.repo.RepoIndex of `repo`, or None for the run/read tools only.
+        collection: an index.Collection of documentation (search_docs), or None.
+        sandbox_limits: code_tools.sandbox.SandboxLimits for run_python/run_tests (default:
+            60 s wall, 20 s CPU, 1 GiB address space).
+    """
+    from functools import partial
+
+    from agents.tools import ToolBox
+    from code_tools.sandbox import SandboxLimits, run_python
+
+    # pytest of a small repository fits in 20 CPU seconds and 1 GiB of address space.
+    limits = sandbox_limits or SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024)
+    return ToolBox(repo, repo_index=repo_index, collection=collection,
+                   sandbox=partial(run_python, limits=limits))
+
+
 def build_agent(repo: Path, workspace: Path, model: str | None, max_steps: int, max_tokens: int):
     """Wire the real objects: RepoIndex over the repo, the configured generator, the tools."""
     from agents.code_agent import AgentConfig, CodeAgent
-    from agents.tools import ToolBox
     from code_tools.repo import RepoIndex
     from codehop.config import load_settings
     from rag.llm import load_generator
@@ -33,8 +54,7 @@ def build_agent(repo: Path, workspace: Path, model: str | None, max_steps: int, 
     settings = load_settings(None)
     generator = load_generator(model or settings.generator.model,
                                backend=settings.generator.backend, workspace=workspace)
-    repo_index = RepoIndex.open(repo, workspace)
-    tools = ToolBox(repo, repo_index=repo_index)
+    tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, workspace))
     return CodeAgent(generator, tools, AgentConfig(max_steps=max_steps, max_tokens=max_tokens))
 
 

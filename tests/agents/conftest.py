@@ -64,8 +64,17 @@ def small_repo(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture
+def tools(small_repo):
+    """Every tool, wired as the CLI wires them: a RepoIndex and code_tools' real sandbox."""
+    from code_tools.repo import RepoIndex
+    from codehop.commands.agent import build_toolbox
+
+    return build_toolbox(small_repo, repo_index=RepoIndex.open(small_repo))
+
+
 class ScriptedGenerator:
-    """Implements the parts of rag.llm's Generator the agent uses, replaying `turns`."""
+    """Implements the parts of index.generation.Generator the agent uses, replaying `turns`."""
 
     name = "scripted"
     supports_fim = False
@@ -78,7 +87,7 @@ class ScriptedGenerator:
         return len(text.split())
 
     def chat(self, messages, config):
-        from rag.llm import Generation
+        from index.generation import Generation
 
         self.seen.append([dict(m) for m in messages])
         text = self.turns.pop(0) if self.turns else '{"answer": "out of script"}'

@@ -3,7 +3,6 @@ import json
 import pytest
 
 from agents.code_agent import AgentConfig, CodeAgent, parse_action
-from agents.tools import ToolBox
 from index.errors import InvalidInputError
 from tests.agents.conftest import ScriptedGenerator
 
@@ -20,12 +19,12 @@ def test_parse_action_finds_json_in_prose_and_fences():
         parse_action("I will read the file now.")
 
 
-def test_loop_calls_tools_and_finishes_with_answer(small_repo):
+def test_loop_calls_tools_and_finishes_with_answer(tools):
     model = ScriptedGenerator([
         call("read_file", path="shapes/geometry.py", start_line=5, end_line=10),
         '{"thought": "found it", "answer": "Circle is in shapes/geometry.py line 5"}',
     ])
-    result = CodeAgent(model, ToolBox(small_repo)).run("Where is Circle defined?")
+    result = CodeAgent(model, tools).run("Where is Circle defined?")
     assert result.status == "answered"
     assert result.answer.startswith("Circle is in shapes/geometry.py")
     assert [s.tool for s in result.steps] == ["read_file", None]
@@ -35,7 +34,7 @@ def test_loop_calls_tools_and_finishes_with_answer(small_repo):
     assert result.tokens_used > 0
 
 
-def test_malformed_turns_and_bad_tools_become_error_observations(small_repo):
+def test_malformed_turns_and_bad_tools_become_error_observations(tools):
     model = ScriptedGenerator([
         "I think I should look at the file",  # no JSON at all
         call("delete_everything"),  # unknown tool
@@ -43,7 +42,7 @@ def test_malformed_turns_and_bad_tools_become_error_observations(small_repo):
         call("read_file", path="shapes/geometry.py", start_line="x"),  # wrong type
         '{"answer": "gave up"}',
     ])
-    result = CodeAgent(model, ToolBox(small_repo)).run("task")
+    result = CodeAgent(model, tools).run("task")
     errors = [s.error for s in result.steps[:4]]
     assert all(errors)
     assert "no action found" in errors[0]
@@ -53,51 +52,51 @@ def test_malformed_turns_and_bad_tools_become_error_observations(small_repo):
     assert result.status == "answered"
 
 
-def test_step_budget_stops_the_loop(small_repo):
+def test_step_budget_stops_the_loop(tools):
     model = ScriptedGenerator([call("find_references", symbol="Circle")] * 10)
-    result = CodeAgent(model, ToolBox(small_repo), AgentConfig(max_steps=3)).run("loop forever")
+    result = CodeAgent(model, tools, AgentConfig(max_steps=3)).run("loop forever")
     assert result.status == "step_budget"
     assert len(result.steps) == 3
     assert "shapes/report.py" in result.steps[0].observation
 
 
-def test_token_budget_stops_before_overrunning(small_repo):
+def test_token_budget_stops_before_overrunning(tools):
     model = ScriptedGenerator([call("read_file", path="shapes/geometry.py")] * 10)
     config = AgentConfig(max_steps=10, max_tokens=700, max_new_tokens=100)
-    result = CodeAgent(model, ToolBox(small_repo), config).run("read a lot")
+    result = CodeAgent(model, tools, config).run("read a lot")
     assert result.status == "token_budget"
     assert 1 <= len(result.steps) < 10
     assert result.tokens_used <= 700
 
 
-def test_finish_with_a_patch_that_applies(small_repo):
+def test_finish_with_a_patch_that_applies(small_repo, tools):
     patch = (
         "--- a/shapes/geometry.py\n+++ b/shapes/geometry.py\n@@ -17,2 +17,5 @@\n"
         "     def area(self):\n         return self.side * self.side\n+\n"
         "+    def perimeter(self):\n+        return 4 * self.side\n"
     )
     model = ScriptedGenerator([json.dumps({"thought": "add it", "answer": "added", "patch": patch})])
-    result = CodeAgent(model, ToolBox(small_repo)).run("add Square.perimeter")
+    result = CodeAgent(model, tools).run("add Square.perimeter")
     assert result.status == "patched", result.patch_error
     # The agent only proposes: the repository itself is untouched.
     assert "perimeter" not in (small_repo / "shapes/geometry.py").read_text()
 
 
-def test_finish_with_a_patch_that_does_not_apply(small_repo):
+def test_finish_with_a_patch_that_does_not_apply(tools):
     patch = "--- a/shapes/geometry.py\n+++ b/shapes/geometry.py\n@@ -1,1 +1,1 @@\n-nothing\n+else\n"
     model = ScriptedGenerator([json.dumps({"answer": "x", "patch": patch})])
-    result = CodeAgent(model, ToolBox(small_repo)).run("break it")
+    result = CodeAgent(model, tools).run("break it")
     assert result.status == "bad_patch"
     assert "does not apply" in result.patch_error
 
 
-def test_empty_task_is_rejected(small_repo):
+def test_empty_task_is_rejected(tools):
     with pytest.raises(InvalidInputError):
-        CodeAgent(ScriptedGenerator([]), ToolBox(small_repo)).run("  ")
+        CodeAgent(ScriptedGenerator([]), tools).run("  ")
 
 
-def test_stream_yields_steps_then_result(small_repo):
+def test_stream_yields_steps_then_result(tools):
     model = ScriptedGenerator([call("list_symbols", path="shapes/report.py"), '{"answer": "ok"}'])
-    events = list(CodeAgent(model, ToolBox(small_repo)).run_stream("list"))
+    events = list(CodeAgent(model, tools).run_stream("list"))
     assert [type(e).__name__ for e in events] == ["AgentStep", "AgentStep", "AgentResult"]
     assert "function describe" in events[0].observation

@@ -72,6 +72,15 @@ def test_symbol_table_and_import_graph(repo_dir):
     assert "def greeting(self):" in repo.abstract("pkg/models.py").text
 
 
+def test_file_list_and_outline_for_callers_that_cannot_import_code_tools(repo_dir):
+    repo = RepoIndex.open(repo_dir)
+    assert repo.iter_files() == sorted(iter_repo_files(repo_dir))
+    assert [s.qualname for s in repo.outline("pkg/util.py").symbols] == ["audit"]
+    (repo_dir / "pkg" / "util.py").write_text("def audit(e, w):\n    pass\n\n\ndef later():\n    pass\n")
+    assert [s.qualname for s in repo.outline("pkg/util.py").symbols] == ["audit", "later"]
+    assert repo.outline("notes.md") is None and repo.outline("missing.py") is None
+
+
 def test_search_excludes_the_given_file(repo_dir):
     repo = RepoIndex.open(repo_dir)
     hits = repo.search_bm25("format_greeting name", 10)
