@@ -114,3 +114,79 @@ def test_bad_config_rejected():
         BM25Config(idf="tfidf")
     with pytest.raises(InvalidInputError):
         BM25Config(b=2.0)
+
+
+def _random_corpus(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(40)]
+    return [[str(w) for w in rng.choice(words, size=rng.integers(3, 30))] for _ in range(n)]
+
+
+def test_lucene_idf_matches_bm25s_itself():
+    import bm25s
+
+    docs = _random_corpus()
+    reference = bm25s.BM25(method="lucene")
+    reference.index(docs, show_progress=False)
+    ours = BM25Index(BM25Config(idf="lucene"))
+    ours.index(docs)
+    for query in (["w1", "w5", "w5"], ["w39"], ["w0", "w12", "nope"]):
+        np.testing.assert_allclose(ours.scores(query), reference.get_scores(query), rtol=1e-5)
+
+
+def test_add_and_delete_match_a_fresh_build_and_rank_bm25():
+    docs = _random_corpus()
+    index = BM25Index()
+    index.index(docs[:40], ids=np.arange(40))
+    index.add(docs[40:], ids=np.arange(40, 60))
+    query = ["w1", "w5", "w5", "w33"]
+    np.testing.assert_allclose(index.scores(query), BM25Okapi(docs).get_scores(query), rtol=1e-5)
+    # Delete 10 documents and re-add 5 of them under new ids: as if built from the survivors.
+    index.delete(np.arange(10))
+    index.delete(np.array([999]))  # unknown ids are ignored
+    index.add(docs[:5], ids=np.arange(60, 65))
+    survivors = {i: docs[i] for i in range(10, 60)} | {60 + j: docs[j] for j in range(5)}
+    fresh = BM25Index()
+    fresh.index(list(survivors.values()), ids=np.array(list(survivors)))
+    reference = BM25Okapi(list(survivors.values()))
+    for q in (query, ["w7"], ["w0", "w39", "w12"]):
+        np.testing.assert_allclose(index.scores(q), reference.get_scores(q), rtol=1e-5, atol=1e-6)
+        a, b = index.search(q, 5), fresh.search(q, 5)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    with pytest.raises(InvalidInputError, match="new and unique"):
+        index.add([["w1"]], ids=np.array([60]))
+
+
+def test_search_leaves_out_excluded_ids():
+    index = BM25Index()
+    docs = [["alpha", "beta"], ["beta"], ["beta", "beta", "delta"], ["x"], ["y"], ["z"], ["v"], ["w"]]
+    index.index(docs, ids=np.arange(10, 90, 10))
+    assert set(index.search(["beta"], 5).ids.tolist()) == {10, 20, 30}
+    assert set(index.search(["beta"], 5, exclude=np.array([20, 99])).ids.tolist()) == {10, 30}
+    assert len(index.search(["beta"], 5, exclude=np.array([10, 20, 30]))) == 0
+
+
+def test_updates_survive_save_and_load(tmp_path):
+    docs = _random_corpus()
+    index = BM25Index()
+    index.index(docs[:30])
+    index.delete(np.arange(5))
+    index.save(tmp_path / "bm25")
+    loaded = BM25Index.load(tmp_path / "bm25")
+    loaded.add(docs[30:], ids=np.arange(30, 60))
+    index.add(docs[30:], ids=np.arange(30, 60))
+    for q in (["w1", "w2"], ["w20"]):
+        np.testing.assert_array_equal(loaded.search(q, 10).ids, index.search(q, 10).ids)
+        np.testing.assert_allclose(loaded.scores(q), index.scores(q), rtol=1e-6)
+
+
+def test_an_index_saved_without_counts_loads_read_only(tmp_path):
+    index = BM25Index()
+    index.index([["a", "b"], ["b", "c"], ["d"], ["e"]])
+    index.save(tmp_path / "bm25")
+    (tmp_path / "bm25" / "bm25_counts.npz").unlink()  # as written before updates existed
+    old = BM25Index.load(tmp_path / "bm25")
+    assert old.search(["c"]).ids.tolist() == [1]
+    with pytest.raises(InvalidInputError, match="rebuild"):
+        old.add([["d"]], ids=np.array([9]))
