@@ -1,25 +1,29 @@
-"""Repository index: files, chunk pool, symbol table, import graph, incremental BM25, dense re-rank.
+"""Repository index: files, chunk pool, symbol table, import graph, BM25, dense re-rank.
 
 `RepoIndex.open(root, workspace)` walks a repository (honouring .gitignore, skipping binaries,
 vendored, generated and minified files), chunks every code file (syntax chunks + ~15-line blocks
 + one abstract per file, see code_tools.chunker), records definitions (name -> locations) and
-which file imports which, and indexes the pool with BM25. `reindex_file(path)` replaces one
-file's chunks, symbols and edges in a few milliseconds: the BM25 index is an append-only
-posting store with tombstones (`IncrementalBM25`), so an edit never rebuilds the whole index.
-Dense vectors (MiniLM by default) are cached per chunk body, so a re-rank embeds only the query
-and chunks it has not seen.
+which file imports which, and indexes the pool with index.bm25. `reindex_file(path)` replaces one
+file's chunks, symbols, edges and BM25 documents in milliseconds: BM25Index keeps term counts,
+so an edit re-counts only that file's chunks before one vectorised rebuild of the scores.
+Dense vectors come from index.embed (MiniLM by default) on demand, for the re-ranked
+candidates only; with a workspace they are cached on disk by content, so an unchanged chunk is
+never embedded twice.
+
+Persisted state (workspace/repos/<key>/) is JSON plus BM25Index's .npy/.npz files, written into
+a fresh generation directory and switched to by an atomically replaced manifest: loading it
+never executes code, unlike the pickle this replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
-import tempfile
+import shutil
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +31,15 @@ import numpy as np
 from code_tools.chunker import ChunkerConfig, FileChunks, chunk_file
 from code_tools.languages import FileOutline, Import, language_for_path
 from code_tools.languages import outline as parse_outline
-from index.bm25 import okapi_idf
+from index.bm25 import BM25Config, BM25Index
+from index.embed import Embedder, EmbedderConfig
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.persist import fsync_dir, fsync_tree
 from index.tokenize import tokenize
 from index.types import Chunk, Hits
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 was a pickle, never read again
+_MANIFEST, _STATE = "manifest.json", "state.json"
 SKIP_DIRS = frozenset({
     ".git", ".hg", ".svn", "node_modules", "vendor", "vendored", "_vendor", "third_party",
     "thirdparty", "__pycache__", ".venv", "venv", "site-packages", "dist", "build", ".tox",
@@ -141,225 +148,7 @@ def iter_repo_files(root: Path, max_file_bytes: int = 1_000_000) -> list[str]:
     return found
 
 
-# ---------------------------------------------------------------- incremental BM25
-
-
-class IncrementalBM25:
-    """Okapi BM25 (rank-bm25 scoring, as index.bm25.BM25Index) that supports add/delete in O(doc).
-
-    Postings are per-term numpy arrays (built in bulk) plus small Python tails for documents
-    added later; deleted documents are tombstoned (masked at query time, df/avgdl updated
-    at once) and physically dropped by `compact()`. Scoring one query touches only the
-    postings of its terms, so cost follows the query, not the pool.
-    """
-
-    def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> None:
-        self.k1, self.b, self.epsilon = k1, b, epsilon
-        self.vocab: dict[str, int] = {}
-        self._docs: list[np.ndarray] = []  # per term: doc ids (base)
-        self._tfs: list[np.ndarray] = []
-        self._tail_docs: list[list[int]] = []
-        self._tail_tfs: list[list[int]] = []
-        self.df = np.zeros(0, dtype=np.int64)
-        self.doc_len = np.zeros(0, dtype=np.float32)
-        self.alive = np.zeros(0, dtype=bool)
-        self._doc_terms: dict[int, np.ndarray] = {}
-        self.total_len = 0.0
-        self.n_alive = 0
-        self._idf: np.ndarray | None = None
-        self._tail_size = 0
-        # term id -> (avgdl, tail length, doc ids, tf part of the score): exact while the
-        # corpus is unchanged, recomputed lazily per term after an edit moves avgdl.
-        self._weights: dict[int, tuple[float, int, np.ndarray, np.ndarray]] = {}
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_weights"] = {}  # a cache: not worth persisting
-        return state
-
-    def _term_id(self, term: str) -> int:
-        tid = self.vocab.get(term)
-        if tid is None:
-            tid = self.vocab[term] = len(self.vocab)
-            self._docs.append(np.empty(0, np.int32))
-            self._tfs.append(np.empty(0, np.float32))
-            self._tail_docs.append([])
-            self._tail_tfs.append([])
-            if tid >= len(self.df):
-                self.df = np.concatenate([self.df, np.zeros(max(1024, len(self.df)), np.int64)])
-        return tid
-
-    def _reserve(self, doc_id: int) -> None:
-        if doc_id >= len(self.alive):
-            grow = max(doc_id + 1 - len(self.alive), len(self.alive), 1024)
-            self.alive = np.concatenate([self.alive, np.zeros(grow, bool)])
-            self.doc_len = np.concatenate([self.doc_len, np.zeros(grow, np.float32)])
-
-    def build(self, documents: list[list[str]], ids: list[int]) -> None:
-        """Bulk index (replaces any previous content)."""
-        self.__init__(self.k1, self.b, self.epsilon)
-        per_term_docs: dict[int, list[int]] = {}
-        per_term_tfs: dict[int, list[int]] = {}
-        for doc_id, tokens in zip(ids, documents):
-            self._reserve(doc_id)
-            counts = Counter(tokens)
-            tids = [self._term_id(t) for t in counts]
-            for tid, tf in zip(tids, counts.values()):
-                per_term_docs.setdefault(tid, []).append(doc_id)
-                per_term_tfs.setdefault(tid, []).append(tf)
-            self._register(doc_id, len(tokens), np.asarray(tids, np.int64))
-        for tid, docs in per_term_docs.items():
-            self._docs[tid] = np.asarray(docs, np.int32)
-            self._tfs[tid] = np.asarray(per_term_tfs[tid], np.float32)
-
-    def _register(self, doc_id: int, length: int, tids: np.ndarray) -> None:
-        self.alive[doc_id] = True
-        self.doc_len[doc_id] = length
-        self._doc_terms[doc_id] = tids
-        np.add.at(self.df, tids, 1)
-        self.total_len += length
-        self.n_alive += 1
-        self._idf = None
-
-    def add(self, doc_id: int, tokens: list[str]) -> None:
-        """Index one document under `doc_id` (which must be new)."""
-        self._reserve(doc_id)
-        if self.alive[doc_id]:
-            raise InvalidInputError(f"BM25 document {doc_id} is already indexed")
-        counts = Counter(tokens)
-        tids = []
-        for term, tf in counts.items():
-            tid = self._term_id(term)
-            self._tail_docs[tid].append(doc_id)
-            self._tail_tfs[tid].append(tf)
-            tids.append(tid)
-        self._tail_size += len(tids)
-        self._register(doc_id, len(tokens), np.asarray(tids, np.int64))
-
-    def delete(self, doc_id: int) -> None:
-        """Tombstone one document; its postings stay until `compact()`."""
-        if doc_id >= len(self.alive) or not self.alive[doc_id]:
-            return
-        self.alive[doc_id] = False
-        tids = self._doc_terms.pop(doc_id)
-        np.subtract.at(self.df, tids, 1)
-        self.total_len -= float(self.doc_len[doc_id])
-        self.n_alive -= 1
-        self._idf = None
-
-    def compact(self) -> None:
-        """Merge tails into the base arrays and drop tombstoned postings."""
-        for tid in range(len(self.vocab)):
-            docs = self._docs[tid]
-            tfs = self._tfs[tid]
-            if self._tail_docs[tid]:
-                docs = np.concatenate([docs, np.asarray(self._tail_docs[tid], np.int32)])
-                tfs = np.concatenate([tfs, np.asarray(self._tail_tfs[tid], np.float32)])
-                self._tail_docs[tid], self._tail_tfs[tid] = [], []
-            keep = self.alive[docs]
-            self._docs[tid], self._tfs[tid] = docs[keep], tfs[keep]
-        self._tail_size = 0
-        self._weights.clear()
-
-    def _idf_vector(self) -> np.ndarray:
-        if self._idf is None:
-            df = self.df[: len(self.vocab)].astype(np.float64)
-            real = df > 0  # terms whose documents were all deleted leave rank-bm25's mean
-            idf = np.zeros_like(df)
-            if real.any():
-                idf[real] = okapi_idf(df[real], self.n_alive, self.epsilon)
-            self._idf = idf
-        return self._idf
-
-    def scores(self, tokens: list[str]) -> np.ndarray:
-        """Scores of every doc id slot (dead slots score 0); duplicate query terms count twice."""
-        out = np.zeros(len(self.alive), dtype=np.float32)
-        if not self.n_alive:
-            return out
-        idf = self._idf_vector()
-        avgdl = self.total_len / self.n_alive
-        for term, weight in Counter(tokens).items():
-            tid = self.vocab.get(term)
-            if tid is None or self.df[tid] <= 0:
-                continue
-            cached = self._weights.get(tid)
-            if cached is not None and cached[0] == avgdl and cached[1] == len(self._tail_docs[tid]):
-                docs, part = cached[2], cached[3]
-            else:
-                docs, tfs = self._docs[tid], self._tfs[tid]
-                if self._tail_docs[tid]:
-                    docs = np.concatenate([docs, np.asarray(self._tail_docs[tid], np.int32)])
-                    tfs = np.concatenate([tfs, np.asarray(self._tail_tfs[tid], np.float32)])
-                norm = self.k1 * (1 - self.b + self.b * self.doc_len[docs] / avgdl)
-                part = (tfs * (self.k1 + 1) / (tfs + norm)).astype(np.float32)
-                self._weights[tid] = (avgdl, len(self._tail_docs[tid]), docs, part)
-            out[docs] += np.float32(weight * idf[tid]) * part
-        out[~self.alive] = 0.0
-        return out
-
-    def search(self, tokens: list[str], k: int, exclude: np.ndarray | None = None) -> Hits:
-        """Top-k alive documents scoring > 0, skipping doc ids in `exclude`."""
-        scores = self.scores(tokens)
-        if exclude is not None and len(exclude):
-            scores[exclude] = 0.0
-        positive = np.flatnonzero(scores > 0)
-        if not len(positive):
-            return Hits.empty()
-        k = min(k, len(positive))
-        top = positive[np.argpartition(-scores[positive], k - 1)[:k]]
-        top = top[np.lexsort((top, -scores[top]))]
-        return Hits(top.astype(np.int64), scores[top])
-
-
 # ---------------------------------------------------------------- dense vectors
-
-
-class _ChunkEmbedder:
-    """Embeds chunk bodies once (keyed by content hash) and queries on demand."""
-
-    def __init__(self, model: str, max_tokens: int = 128) -> None:
-        self.model_name = model
-        self.max_tokens = max_tokens
-        self._encode_fn = None
-        self.cache: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def _load(self):
-        try:  # the CORE helper's Embedder when present (one resolver, one cache policy)
-            from index.embed import Embedder, EmbedderConfig
-
-            embedder = Embedder(EmbedderConfig(model=self.model_name, max_seq_length=self.max_tokens))
-            return embedder.encode
-        except ImportError:
-            from sentence_transformers import SentenceTransformer
-
-            from index.models import resolve_model
-
-            model = SentenceTransformer(resolve_model(self.model_name).location, device="cpu")
-            model.max_seq_length = self.max_tokens
-            return lambda texts: model.encode(
-                texts, normalize_embeddings=True, batch_size=32, show_progress_bar=False
-            )
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            if self._encode_fn is None:
-                self._encode_fn = self._load()
-            return np.asarray(self._encode_fn(texts), dtype=np.float32)
-
-    def query(self, text: str) -> np.ndarray:
-        return self._encode([text])[0]
-
-    def chunks(self, bodies: list[str]) -> np.ndarray:
-        keys = [hashlib.sha1(body.encode()).hexdigest() for body in bodies]
-        missing = {key: body for key, body in zip(keys, bodies) if key not in self.cache}
-        if missing:
-            vectors = self._encode(list(missing.values()))
-            for key, vector in zip(missing, vectors):
-                self.cache[key] = vector
-        if not keys:
-            return np.zeros((0, 0), np.float32)
-        return np.stack([self.cache[key] for key in keys])
 
 
 def chunk_body(chunk: Chunk) -> str:
@@ -493,8 +282,9 @@ class RepoIndex:
         self.files: dict[str, _FileRecord] = {}
         self.symbols: dict[str, list[Definition]] = {}
         self.importers: dict[str, set[str]] = {}
-        self.bm25 = IncrementalBM25(config.k1, config.b)
-        self.embedder = _ChunkEmbedder(config.embedding_model, config.embed_max_tokens)
+        self.bm25 = BM25Index(BM25Config(k1=config.k1, b=config.b))
+        self._embedder: Embedder | None = None
+        self._vectors: dict[int, np.ndarray] = {}  # chunk id -> dense vector, filled on demand
         self._resolver = _Resolver()
         self._chunk_path: list[str] = []
         self._lock = threading.RLock()
@@ -517,8 +307,8 @@ class RepoIndex:
         if not root.is_dir():
             raise NotFoundError(f"repository {root} is not a directory: pass --repo DIR")
         index = cls(root, workspace, config)
-        stored = index._state_path()
-        if stored is not None and stored.exists():
+        stored = index._state_dir()
+        if stored is not None and (stored / _MANIFEST).exists():
             try:
                 index._load(stored)
                 if index.refresh():
@@ -532,11 +322,11 @@ class RepoIndex:
             index.embed_all()
         return index
 
-    def _state_path(self) -> Path | None:
+    def _state_dir(self) -> Path | None:
         if self.workspace is None or not self.config.persist:
             return None
         key = hashlib.sha1(str(self.root).encode()).hexdigest()[:16]
-        return self.workspace / "repos" / key / "repo_index.pkl"
+        return self.workspace / "repos" / key
 
     def build(self) -> None:
         """Index every file from scratch (bulk BM25 build)."""
@@ -554,7 +344,7 @@ class RepoIndex:
                 for chunk_id in new_ids:
                     documents.append(tokenize(self.chunks[chunk_id].text))
                     ids.append(chunk_id)
-            self.bm25.build(documents, ids)
+            self.bm25.index(documents, np.asarray(ids, dtype=np.int64))
             for path in self.files:
                 self._link(path)
             self.save()
@@ -630,8 +420,9 @@ class RepoIndex:
                 return
             for target in record.targets:
                 self.importers.get(target, set()).discard(path)
+            self.bm25.delete(np.asarray(record.chunk_ids, dtype=np.int64))
             for chunk_id in record.chunk_ids:
-                self.bm25.delete(chunk_id)
+                self._vectors.pop(chunk_id, None)
                 self.chunks[chunk_id] = None
             for definition in record.symbols:
                 for key in {definition.name, definition.qualname}:
@@ -672,8 +463,8 @@ class RepoIndex:
             if is_new:
                 self._resolver.add(path)
             fc = chunk_file(path, text, self.config.chunker)
-            for chunk_id in self._store_file(path, fc, stat):
-                self.bm25.add(chunk_id, tokenize(self.chunks[chunk_id].text))
+            new_ids = self._store_file(path, fc, stat)
+            self.bm25.add([tokenize(self.chunks[i].text) for i in new_ids], np.asarray(new_ids, np.int64))
             self._link(path)
             if is_new:  # files that failed to resolve this one before may resolve now
                 for other, record in self.files.items():
@@ -682,8 +473,6 @@ class RepoIndex:
                     ):
                         self._unlink(other)
                         self._link(other)
-            if self.bm25._tail_size > max(50_000, len(self.chunks) // 2):
-                self.bm25.compact()
         return time.perf_counter() - started
 
     def refresh(self) -> list[str]:
@@ -712,41 +501,89 @@ class RepoIndex:
                 on_change(changed)
 
     def save(self) -> None:
-        """Persist to the workspace atomically (temp file + fsync + rename)."""
-        target = self._state_path()
-        if target is None:
+        """Persist to the workspace: a new generation directory, then an atomic manifest switch."""
+        directory = self._state_dir()
+        if directory is None:
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "format_version": FORMAT_VERSION, "root": str(self.root),
-            "config": self.config, "chunks": self.chunks, "files": self.files,
-            "symbols": self.symbols, "importers": self.importers, "bm25": self.bm25,
-            "chunk_path": self._chunk_path, "resolver": self._resolver,
-            "embeddings": self.embedder.cache,
-        }
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".repo_index.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            generation = f"gen-{time.time_ns()}-{os.getpid()}"
+            staging = directory / f".tmp-{generation}"
+            try:
+                staging.mkdir()
+                (staging / _STATE).write_text(json.dumps(self._state(), separators=(",", ":")))
+                self.bm25.save(staging / "bm25")
+                fsync_tree(staging)
+                staging.rename(directory / generation)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            manifest = {"format_version": FORMAT_VERSION, "generation": generation,
+                        "root": str(self.root), "chunks": len(self)}
+            temp = directory / f".{_MANIFEST}.{os.getpid()}.tmp"
+            with open(temp, "w") as handle:
+                json.dump(manifest, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            os.replace(temp, directory / _MANIFEST)
+            fsync_dir(directory)
+            _clean(directory, keep=generation)
 
-    def _load(self, stored: Path) -> None:
+    def _state(self) -> dict:
+        """Everything but BM25 as JSON-ready values; symbols, importers and the resolver are
+        derived from the file records on load."""
+        return {
+            "format_version": FORMAT_VERSION, "root": str(self.root), "config": asdict(self.config),
+            "chunks": [None if c is None else [c.text, c.path, c.start_line, c.end_line, c.kind, c.metadata]
+                       for c in self.chunks],
+            "chunk_path": self._chunk_path,
+            "files": {path: {
+                "mtime_ns": r.mtime_ns, "size": r.size, "chunk_ids": r.chunk_ids,
+                "symbols": [[d.name, d.qualname, d.kind, d.start_line, d.end_line, d.chunk_id] for d in r.symbols],
+                "imports": [[i.module, list(i.names), i.line] for i in r.imports],
+                "targets": r.targets, "abstract_id": r.abstract_id, "calls": r.calls,
+            } for path, r in self.files.items()},
+        }
+
+    def _load(self, directory: Path) -> None:
+        where = f"repository index {directory}"
         try:
-            with stored.open("rb") as handle:
-                state = pickle.load(handle)
-        except Exception as error:  # unpickling raises many types on a damaged file
-            raise CorruptIndexError(f"repository index {stored} is unreadable: {error}") from error
-        if state.get("format_version") != FORMAT_VERSION or state.get("config") != self.config:
-            raise CorruptIndexError(f"repository index {stored} is stale: rebuilding")
-        self.chunks, self.files = state["chunks"], state["files"]
-        self.symbols, self.importers = state["symbols"], state["importers"]
-        self.bm25, self._chunk_path = state["bm25"], state["chunk_path"]
-        self._resolver, self.embedder.cache = state["resolver"], state["embeddings"]
+            manifest = json.loads((directory / _MANIFEST).read_text())
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise CorruptIndexError(f"{where} has format {manifest.get('format_version')}: rebuilding")
+            generation = directory / manifest["generation"]
+            state = json.loads((generation / _STATE).read_text())
+            bm25 = BM25Index.load(generation / "bm25")
+            config = json.loads(json.dumps(asdict(self.config)))  # as JSON gives it back
+            if state.get("format_version") != FORMAT_VERSION or state.get("config") != config:
+                raise CorruptIndexError(f"{where} is stale: rebuilding")
+            chunks = [None if c is None else Chunk(c[0], c[1], int(c[2]), int(c[3]), c[4], dict(c[5]))
+                      for c in state["chunks"]]
+            files = {}
+            for path, r in state["files"].items():
+                files[path] = _FileRecord(
+                    mtime_ns=int(r["mtime_ns"]), size=int(r["size"]), chunk_ids=list(r["chunk_ids"]),
+                    symbols=[Definition(d[0], d[1], d[2], path, d[3], d[4], d[5]) for d in r["symbols"]],
+                    imports=[Import(i[0], tuple(i[1]), i[2]) for i in r["imports"]],
+                    targets=list(r["targets"]), abstract_id=r["abstract_id"],
+                    calls=[(name, line) for name, line in r["calls"]])
+            chunk_path = list(state["chunk_path"])
+        except CorruptIndexError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise CorruptIndexError(f"{where} is unreadable ({type(error).__name__}: {error}): rebuilding") from error
+        if len(chunk_path) != len(chunks) or len(bm25) != sum(c is not None for c in chunks):
+            raise CorruptIndexError(f"{where} is inconsistent: rebuilding")
+        self.chunks, self._chunk_path, self.bm25, self.files = chunks, chunk_path, bm25, {}
+        self.symbols, self.importers, self._resolver = {}, {}, _Resolver()
+        for path, record in files.items():  # insertion order = the order they were indexed
+            self.files[path] = record
+            self._resolver.add(path)
+            for definition in record.symbols:
+                for key in {definition.name, definition.qualname}:
+                    self.symbols.setdefault(key, []).append(definition)
+            for target in record.targets:
+                self.importers.setdefault(target, set()).add(path)
 
     # ---- queries
 
@@ -761,7 +598,7 @@ class RepoIndex:
         return candidate.as_posix()
 
     def __len__(self) -> int:
-        return self.bm25.n_alive
+        return len(self.bm25)
 
     def chunk(self, chunk_id: int) -> Chunk:
         chunk = self.chunks[chunk_id]
@@ -775,23 +612,43 @@ class RepoIndex:
     def search_bm25(self, query: str, k: int = 50, exclude_paths: tuple[str, ...] = ()) -> Hits:
         """BM25 over the pool; chunks of `exclude_paths` never come back (no leakage)."""
         exclude = [i for p in exclude_paths for i in self.files.get(p, _EMPTY).chunk_ids]
-        return self.bm25.search(tokenize(query), k, np.asarray(exclude, dtype=np.int64))
+        return self.bm25.search(tokenize(query), k, exclude=np.asarray(exclude, dtype=np.int64))
+
+    @property
+    def embedder(self) -> Embedder:
+        """The dense model (resolved and loaded on first use; BM25-only work never pays for it)."""
+        if self._embedder is None:
+            cache = self.workspace / "embeddings" if self.workspace is not None else None
+            self._embedder = Embedder(EmbedderConfig(
+                model=self.config.embedding_model, max_seq_length=self.config.embed_max_tokens,
+                cache_dir=cache))
+        return self._embedder
+
+    @property
+    def embedded_chunks(self) -> int:
+        """How many chunks have a dense vector in memory."""
+        return len(self._vectors)
+
+    def chunk_vectors(self, ids) -> np.ndarray:
+        """Dense vectors (len(ids), dim) of chunk bodies, embedding those not seen before."""
+        ids = [int(i) for i in ids]
+        missing = list(dict.fromkeys(i for i in ids if i not in self._vectors))
+        if missing:
+            vectors = self.embedder.encode([chunk_body(self.chunk(i)) for i in missing])
+            self._vectors.update(zip(missing, vectors))
+        return np.stack([self._vectors[i] for i in ids]) if ids else np.zeros((0, 0), np.float32)
 
     def rerank(self, query: str, ids: np.ndarray, k: int = 5) -> Hits:
         """Dense re-rank of candidate chunk ids by cosine similarity to the query."""
         if not len(ids):
             return Hits.empty()
-        vectors = self.embedder.chunks([chunk_body(self.chunk(int(i))) for i in ids])
-        scores = vectors @ self.embedder.query(query)
+        scores = self.chunk_vectors(ids) @ self.embedder.encode_query(query)
         order = np.argsort(-scores, kind="stable")[:k]
         return Hits(np.asarray(ids, np.int64)[order], scores[order].astype(np.float32))
 
     def embed_all(self) -> None:
-        """Embed every chunk now (so re-ranks only embed the query), then persist."""
-        bodies = [chunk_body(c) for c in self.chunks if c is not None]
-        for start in range(0, len(bodies), 256):
-            self.embedder.chunks(bodies[start:start + 256])
-        self.save()
+        """Embed every chunk now, so that re-ranks embed only the query."""
+        self.chunk_vectors([i for i, c in enumerate(self.chunks) if c is not None])
 
     def iter_files(self) -> list[str]:
         """Relative POSIX paths of the indexed files, sorted."""
@@ -824,3 +681,19 @@ class RepoIndex:
 
 
 _EMPTY = _FileRecord(0, 0, [], [], [], [], None)
+
+
+def _clean(directory: Path, keep: str) -> None:
+    """Drop older generations, the pickle of format 1, and temp dirs of runs killed an hour ago
+    (a younger one may belong to a process saving right now)."""
+    for entry in directory.iterdir():
+        if entry.name == "repo_index.pkl":
+            entry.unlink(missing_ok=True)
+        elif entry.name.startswith("gen-") and entry.name != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(".tmp-gen-"):
+            try:
+                if time.time() - entry.stat().st_mtime > 3600:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                pass
