@@ -31,6 +31,7 @@ import numpy as np
 from code_tools.chunker import ChunkerConfig, FileChunks, chunk_file
 from code_tools.languages import FileOutline, Import, language_for_path
 from code_tools.languages import outline as parse_outline
+from index.atomic import atomic_write
 from index.bm25 import BM25Config, BM25Index
 from index.embed import Embedder, EmbedderConfig
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
@@ -520,12 +521,7 @@ class RepoIndex:
                 raise
             manifest = {"format_version": FORMAT_VERSION, "generation": generation,
                         "root": str(self.root), "chunks": len(self)}
-            temp = directory / f".{_MANIFEST}.{os.getpid()}.tmp"
-            with open(temp, "w") as handle:
-                json.dump(manifest, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, directory / _MANIFEST)
+            atomic_write(directory / _MANIFEST, lambda path: Path(path).write_text(json.dumps(manifest)))
             fsync_dir(directory)
             _clean(directory, keep=generation)
 

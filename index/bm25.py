@@ -18,7 +18,6 @@ numerator; `idf="lucene"` gives Lucene's log(1 + (N-n+0.5)/(n+0.5)) without it, 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""The dense-index interface every backend (flat, spann, pq) implements, and its factory.
+"""The dense-index interface every backend (flat, spann, pq) implements, its factory, and the
+checks and exact search every backend shares.
 
 Vectors are float32, L2-normalised by the embedder, so inner product = cosine; ids are int64
 row ids owned by the Collection. Scores in `Hits` are inner products (higher = better).
@@ -11,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from index.errors import InvalidInputError
 from index.types import Hits
 
 DENSE_KINDS = ("flat", "spann", "pq")
@@ -48,8 +50,6 @@ _BACKENDS = {
 def _backend(kind: str):
     import importlib
 
-    from index.errors import InvalidInputError
-
     if kind not in _BACKENDS:
         raise InvalidInputError(f"unknown dense index kind {kind!r}; choose one of {DENSE_KINDS}")
     module, cls = _BACKENDS[kind]
@@ -64,3 +64,61 @@ def create_dense_index(kind: str, dim: int, config: object | None = None) -> Den
 def load_dense_index(kind: str, directory: Path) -> DenseIndex:
     """Load an index that `save` wrote; raises CorruptIndexError on unreadable files."""
     return _backend(kind).load(Path(directory))
+
+
+# -- shared by the backends ----------------------------------------------------------------------
+
+def check_dim(dim: int) -> int:
+    if dim <= 0:
+        raise InvalidInputError(f"vector dimension must be positive, got {dim}")
+    return int(dim)
+
+
+def checked_batch(kind: str, ids: np.ndarray, vectors: np.ndarray, dim: int,
+                  existing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ids, contiguous float32 vectors) of an `add`; InvalidInputError when the shapes
+    disagree or an id is repeated or already among `existing`."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) != len(ids):
+        raise InvalidInputError(f"{kind}.add needs ({len(ids)}, {dim}) vectors, got {vectors.shape}")
+    if len(np.unique(ids)) != len(ids) or np.isin(ids, existing).any():
+        raise InvalidInputError(f"{kind}.add: ids must be new and unique")
+    return ids, vectors
+
+
+def checked_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
+    """Queries as a contiguous float32 (n, dim) array (one vector becomes one row)."""
+    if k <= 0:
+        raise InvalidInputError(f"k must be positive, got {k}")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise InvalidInputError(f"query dimension {queries.shape[-1]} != index dimension {dim}")
+    return queries
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int,
+                 batch: int = 256) -> list[Hits]:
+    """Top-k `ids` by inner product with every row of `vectors`, best first; ties go to the
+    lower row. `batch` queries per matrix product bound the (batch, n) score matrix."""
+    if not len(ids):
+        return [Hits.empty() for _ in range(len(queries))]
+    k = min(k, len(ids))
+    out: list[Hits] = []
+    for start in range(0, len(queries), batch):
+        scores = queries[start : start + batch] @ np.asarray(vectors).T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        for row, candidates in zip(scores, top):
+            order = candidates[np.lexsort((candidates, -row[candidates]))]
+            out.append(Hits(ids[order], row[order].astype(np.float32)))
+    return out
+
+
+def due_for_build(n: int, built: bool, built_n: int, min_build: int, growth: float) -> bool:
+    """Whether a trained backend (SPANN, PQ) should (re)build now: it searches exactly until
+    `min_build` live vectors, then builds, and rebuilds once N grew `growth` times (0: never)."""
+    if not built:
+        return n >= min_build
+    return bool(growth) and n > growth * max(built_n, 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index.dense import check_dim, checked_batch, checked_queries, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
@@ -33,9 +34,7 @@ class FlatIndex:
     kind = "flat"
 
     def __init__(self, dim: int, config: FlatConfig | None = None) -> None:
-        if dim <= 0:
-            raise InvalidInputError(f"vector dimension must be positive, got {dim}")
-        self.dim = int(dim)
+        self.dim = check_dim(dim)
         self.config = config or FlatConfig()
         self._ids = np.empty(0, dtype=np.int64)
         self._vectors = np.empty((0, self.dim), dtype=np.float32)
@@ -53,14 +52,7 @@ class FlatIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add `vectors` (n, dim) under new int64 `ids` (n,)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
-            raise InvalidInputError(
-                f"FlatIndex.add needs ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"
-            )
-        if len(np.unique(ids)) != len(ids) or np.isin(ids, self._ids).any():
-            raise InvalidInputError("FlatIndex.add: ids must be new and unique")
+        ids, vectors = checked_batch("FlatIndex", ids, vectors, self.dim, self._ids)
         self._ids = np.concatenate([self._ids, ids])
         self._vectors = np.concatenate([self._vectors, vectors])
 
@@ -70,24 +62,8 @@ class FlatIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-k ids by inner product for each query row, best first (ties: lower row first)."""
-        if k <= 0:
-            raise InvalidInputError(f"k must be positive, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.shape[1] != self.dim:
-            raise InvalidInputError(f"query dimension {queries.shape[1]} != index dimension {self.dim}")
-        if not len(self._ids):
-            return [Hits.empty() for _ in range(len(queries))]
-        k = min(k, len(self._ids))
-        out: list[Hits] = []
-        for start in range(0, len(queries), self.config.query_batch):
-            scores = queries[start : start + self.config.query_batch] @ self._vectors.T
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            for row, candidates in zip(scores, top):
-                order = candidates[np.lexsort((candidates, -row[candidates]))]
-                out.append(Hits(self._ids[order], row[order].astype(np.float32)))
-        return out
+        queries = checked_queries(queries, self.dim, k)
+        return exact_search(queries, self._vectors, self._ids, k, self.config.query_batch)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for `ids` (all must be present)."""

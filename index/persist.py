@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from index.atomic import atomic_write
 from index.bm25 import BM25Index
 from index.dense import DenseIndex, create_dense_index, load_dense_index
 from index.errors import CorruptIndexError, MissingDependencyError
@@ -98,12 +99,7 @@ def new_manifest(name: str, generation: int, index_dir: str, dense: DenseIndex |
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    temp = directory / f".manifest.{os.getpid()}.tmp"
-    with open(temp, "w") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, directory / MANIFEST)
+    atomic_write(directory / MANIFEST, lambda path: Path(path).write_text(json.dumps(manifest, indent=2)))
     fsync_dir(directory)
 
 

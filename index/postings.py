@@ -11,13 +11,14 @@ immutable.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import weakref
 from pathlib import Path
 
 import numpy as np
+
+from index.atomic import atomic_write
 
 PAGE = 4096
 PRECISIONS = ("float32", "float16", "int8")
@@ -131,12 +132,12 @@ class PostingFile:
 
     def save(self, directory: Path, name: str) -> None:
         """Copy the page-aligned file into `directory` (temp + fsync + rename)."""
-        temp = directory / f".{name}.tmp"
-        with open(self.path, "rb") as source, open(temp, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 22)
-            target.truncate(self.n_pages * PAGE)
-            target.flush()
-            os.fsync(target.fileno())
-        os.replace(temp, directory / name)
+
+        def copy(temp: str) -> None:
+            with open(self.path, "rb") as source, open(temp, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 22)
+                target.truncate(self.n_pages * PAGE)
+
+        atomic_write(directory / name, copy)
         if not self.writable:  # follow the newest saved copy: the caller may delete older ones
             self.path, self._map = directory / name, None

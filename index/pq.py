@@ -17,13 +17,14 @@ live on disk (a memory-mapped .npy after a save/load) and are also what `rebuild
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from index.atomic import atomic_write, write_npy, write_npz
+from index.dense import check_dim, checked_batch, checked_queries, due_for_build, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
@@ -93,8 +94,7 @@ class PQIndex:
     kind = "pq"
 
     def __init__(self, dim: int, config: PQConfig | None = None) -> None:
-        if dim <= 0:
-            raise InvalidInputError(f"vector dimension must be positive, got {dim}")
+        check_dim(dim)
         self.config = config or PQConfig()
         if dim % self.config.m:
             raise InvalidInputError(f"PQ needs dim divisible by m: {dim} % {self.config.m} != 0; pick m from the divisors of {dim}")
@@ -140,12 +140,7 @@ class PQIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add `vectors` (n, dim) under new int64 ids; after the build they are encoded at once."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
-            raise InvalidInputError(f"PQIndex.add needs ({len(ids)}, {self.dim}) vectors, got {vectors.shape}")
-        if len(np.unique(ids)) != len(ids) or np.isin(ids, self._ids[self._alive]).any():
-            raise InvalidInputError("PQIndex.add: ids must be new and unique")
+        ids, vectors = checked_batch("PQIndex", ids, vectors, self.dim, self._ids[self._alive])
         rows = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
         self._ids = np.concatenate([self._ids, ids])
         self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
@@ -163,18 +158,13 @@ class PQIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """ADC top-k by inner product (optionally exact re-rank), best first."""
-        if k <= 0:
-            raise InvalidInputError(f"k must be positive, got {k}")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise InvalidInputError(f"query dimension {queries.shape[-1]} != index dimension {self.dim}")
+        queries = checked_queries(queries, self.dim, k)
         self._maybe_build()
         if not len(self):
             return [Hits.empty() for _ in range(len(queries))]
         if not self.built:
-            return self._exact(queries, k)
+            rows = np.nonzero(self._alive)[0]
+            return exact_search(queries, self._vectors[rows], self._ids[rows], k)
         self.ivf.nprobe = min(self.config.nprobe, self.ivf.nlist)
         fetch = k * self.config.rerank_factor if self.config.rerank else k
         scores, rows = self._index.search(queries, fetch)
@@ -202,11 +192,8 @@ class PQIndex:
     rebuild = build
 
     def _maybe_build(self) -> None:
-        n = len(self)
-        if not self.built:
-            if n >= self.config.min_build:
-                self.build()
-        elif self.config.rebuild_growth and n > self.config.rebuild_growth * max(self._built_n, 1):
+        cfg = self.config
+        if due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth):
             self.build()
 
     def _build(self) -> None:
@@ -265,17 +252,6 @@ class PQIndex:
             index = ivf
         self._index, self._built_n = index, n
 
-    def _exact(self, queries: np.ndarray, k: int) -> list[Hits]:
-        rows = np.nonzero(self._alive)[0]
-        scores = queries @ np.asarray(self._vectors[rows]).T
-        k = min(k, len(rows))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        out = []
-        for row, cand in zip(scores, top):
-            order = cand[np.argsort(-row[cand], kind="stable")]
-            out.append(Hits(self._ids[rows[order]], row[order].astype(np.float32)))
-        return out
-
     # ---- JPQ hooks ----------------------------------------------------------------------------
     def rotate(self, x: np.ndarray) -> np.ndarray:
         """Apply the OPQ rotation (identity without OPQ)."""
@@ -322,14 +298,14 @@ class PQIndex:
         self._maybe_build()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic(directory / _VECTORS, lambda p: _save_npy(p, np.asarray(self._vectors)))
-        _atomic(directory / _ARRAYS, lambda p: _save_npz(p, {"ids": self._ids, "alive": self._alive}))
+        atomic_write(directory / _VECTORS, lambda p: write_npy(p, np.asarray(self._vectors)))
+        atomic_write(directory / _ARRAYS, lambda p: write_npz(p, {"ids": self._ids, "alive": self._alive}))
         if self.built:
-            _atomic(directory / _FAISS, lambda p: faiss.write_index(self._index, p))
+            atomic_write(directory / _FAISS, lambda p: faiss.write_index(self._index, p))
         meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "config": asdict(self.config),
                 "built": self.built, "rows": len(self._ids), "built_n": self._built_n, "tuned": self.tuned,
                 "variant": self.variant}
-        _atomic(directory / _META, lambda p: Path(p).write_text(json.dumps(meta)))
+        atomic_write(directory / _META, lambda p: Path(p).write_text(json.dumps(meta)))
 
     @classmethod
     def load(cls, directory: Path) -> "PQIndex":
@@ -371,21 +347,3 @@ class PQIndex:
         if self.built:
             total += faiss.serialize_index(self._index).nbytes
         return int(total)
-
-
-def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array)
-
-
-def _atomic(final: Path, write) -> None:
-    temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    write(str(temp))
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, final)

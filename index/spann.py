@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from index.atomic import atomic_write, write_npz
+from index.dense import check_dim, checked_batch, checked_queries, due_for_build, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.kmeans import balanced_kmeans, hierarchical_heads
 from index.postings import PAGE, PRECISIONS, PostingFile, decode
@@ -116,9 +117,7 @@ class SpannIndex:
     kind = "spann"
 
     def __init__(self, dim: int, config: SpannConfig | None = None) -> None:
-        if dim <= 0:
-            raise InvalidInputError(f"vector dimension must be positive, got {dim}")
-        self.dim = int(dim)
+        self.dim = check_dim(dim)
         self.config = config or SpannConfig()
         self._ids = np.empty(0, dtype=np.int64)
         self._alive = np.empty(0, dtype=bool)
@@ -173,12 +172,7 @@ class SpannIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add `vectors` (n, dim) under new int64 `ids`; after the build they go straight to postings."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
-            raise InvalidInputError(f"SpannIndex.add needs ({len(ids)}, {self.dim}) vectors, got {vectors.shape}")
-        if len(np.unique(ids)) != len(ids) or np.isin(ids, self._ids[self._alive]).any():
-            raise InvalidInputError("SpannIndex.add: ids must be new and unique")
+        ids, vectors = checked_batch("SpannIndex", ids, vectors, self.dim, self._ids[self._alive])
         first = len(self._ids)
         self._ids = np.concatenate([self._ids, ids])
         self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
@@ -193,20 +187,15 @@ class SpannIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-k ids by inner product per query row, best first."""
-        if k <= 0:
-            raise InvalidInputError(f"k must be positive, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise InvalidInputError(f"query dimension {queries.shape[-1]} != index dimension {self.dim}")
+        queries = checked_queries(queries, self.dim, k)
         self._maybe_build()
         if not len(self):
             return [Hits.empty() for _ in range(len(queries))]
         if not self.built:
-            return self._exact(queries, k)
+            rows = np.nonzero(self._alive)[0]
+            return exact_search(queries, self._vectors[rows], self._ids[rows], k)
         cfg = self.config
-        dist, heads = self._heads.search(np.ascontiguousarray(queries), min(cfg.search_heads, len(self._head_rows)))
+        dist, heads = self._heads.search(queries, min(cfg.search_heads, len(self._head_rows)))
         return [self._search_one(q, d, h, k) for q, d, h in zip(queries, dist, heads)]
 
     def save(self, directory: Path) -> None:
@@ -222,14 +211,14 @@ class SpannIndex:
             arrays.update(head_rows=self._head_rows, start_page=p.start_page,
                           count=p.count, capacity=p.capacity)
             p.save(directory, _POSTINGS)
-            _atomic(directory / _HEADS, lambda path: faiss.write_index(self._heads, str(path)))
+            atomic_write(directory / _HEADS, lambda path: faiss.write_index(self._heads, path))
         else:
             arrays["vectors"] = self._vectors
-        _atomic(directory / _ARRAYS, lambda path: _save_npz(path, arrays))
+        atomic_write(directory / _ARRAYS, lambda path: write_npz(path, arrays))
         meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "config": asdict(self.config),
                 "built": self.built, "rows": len(self._ids), "built_n": self._built_n,
                 "n_pages": self._postings.n_pages if self.built else 0}
-        _atomic(directory / _META, lambda path: Path(path).write_text(json.dumps(meta)))
+        atomic_write(directory / _META, lambda path: Path(path).write_text(json.dumps(meta)))
 
     @classmethod
     def load(cls, directory: Path) -> "SpannIndex":
@@ -295,11 +284,8 @@ class SpannIndex:
         self.build()
 
     def _maybe_build(self) -> None:
-        n = len(self)
-        if not self.built:
-            if n >= self.config.min_build:
-                self.build()
-        elif self.config.rebuild_growth and n > self.config.rebuild_growth * max(self._built_n, 1):
+        cfg = self.config
+        if due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth):
             self.build()
 
     def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -412,17 +398,6 @@ class SpannIndex:
         self._heads.add(new_vec)
 
     # ---- search -----------------------------------------------------------------------------
-    def _exact(self, queries: np.ndarray, k: int) -> list[Hits]:
-        rows = np.nonzero(self._alive)[0]
-        scores = queries @ self._vectors[rows].T
-        k = min(k, len(rows))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        out = []
-        for row, cand in zip(scores, top):
-            order = cand[np.argsort(-row[cand], kind="stable")]
-            out.append(Hits(self._ids[rows[order]], row[order].astype(np.float32)))
-        return out
-
     def _search_one(self, q: np.ndarray, dist: np.ndarray, heads: np.ndarray, k: int) -> Hits:
         valid = heads >= 0
         dist, heads = dist[valid], heads[valid]
@@ -468,17 +443,3 @@ class SpannIndex:
 
     def disk_bytes(self) -> int:
         return self._postings.n_pages * PAGE if self.built else 0
-
-
-def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def _atomic(final: Path, write) -> None:
-    """Write via `write(temp_path)`, fsync, rename into place."""
-    temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    write(str(temp))
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, final)

@@ -17,12 +17,12 @@ import ast
 import dataclasses
 import gzip
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from index.atomic import atomic_write
 from index.errors import InvalidInputError, NotFoundError
 
 TASKS = ("humaneval", "mbpp", "ds1000", "odex")
@@ -216,13 +216,12 @@ def select_pages(data: Path, gold: set[str], libraries: set[str] | None, distrac
 
 def _atomic_write(path: Path, lines: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+
+    def write(temp: str) -> None:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+
+    atomic_write(path, write)
 
 
 def write_beir(out_dir: Path, corpus: dict[str, dict[str, str]], queries: dict[str, str],
