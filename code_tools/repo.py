@@ -61,6 +61,7 @@ class RepoConfig:
         embed_max_tokens: truncation length for chunk and query embeddings.
         precompute_embeddings: embed the whole pool at open time (else lazily, on re-rank).
         persist: keep the index in the workspace and refresh only changed files on open.
+        k1, b: BM25 parameters (index.bm25.BM25Config).
     """
 
     max_file_bytes: int = 1_000_000
@@ -272,7 +273,7 @@ class _FileRecord:
 
 
 class RepoIndex:
-    """An indexed repository: chunk pool, BM25, symbol table, import graph, dense cache."""
+    """An indexed repository: chunk pool, BM25, symbol table, import graph, dense vectors."""
 
     def __init__(self, root: Path, workspace: Path | None = None,
                  config: RepoConfig = RepoConfig()) -> None:
@@ -299,7 +300,8 @@ class RepoIndex:
 
         Args:
             root: repository directory.
-            workspace: where the index is persisted (None: in memory only).
+            workspace: where the index is persisted and chunk vectors are cached by content
+                (workspace/embeddings); None: in memory only.
             config: indexing settings.
         Returns:
             A ready RepoIndex.
