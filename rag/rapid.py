@@ -4,8 +4,8 @@ The target model reads the full long context; a RAG drafter (the same or another
 the same vocabulary) reads only the retrieved chunks of it, re-sorted into document order, so
 each drafted token costs a short-context forward. The drafter proposes up to 10 tokens
 (stopping early when its confidence falls below 0.4); the target checks them all in one
-forward pass over its reused KV cache (Chen et al., "Long-Context Inference with
-Retrieval-Augmented Speculative Decoding", ICLR 2025, sections 3.1-3.3):
+forward pass over its reused KV cache (Chen et al. 2025, "Long-Context Inference with
+Retrieval-Augmented Speculative Decoding"; docs/METHODS.md, "RAPID"):
 
     p = softmax(z), q = drafter distribution,
     g = (p - q) * 1[q >= alpha * max q],   p_hat = softmax(z - eta * g)   (knowledge transfer)
@@ -23,6 +23,10 @@ Deviations from the paper, named honestly:
 - In codehop the drafter is usually the same SmolLM2-135M as the target, so the "knowledge
   transfer" of eta > 0 comes only from the drafter's different (retrieved) context, not from a
   stronger model; the speed-up comes only from the drafter's shorter context.
+
+On a 2-core CPU with SmolLM2-135M as both models it is slower than plain decoding (0.75x at
+1k-4.5k tokens of context, exact output): a drafter step costs ~87% of a target step and a
+verify pass over ~4 tokens ~2.3x; see docs/benchmarks/rapid_bench/report.md for when it pays.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class RapidResult:
 # -- the verification rule, as pure functions on probability vectors ---------------------------
 
 def adjusted_distribution(target_logits, draft_probs, eta: float, alpha: float = 0.1):
-    """p_hat = softmax(z - eta * g) with g = (p - q) * 1[q >= alpha * max q] (RAPID eq. 5).
+    """RAPID's knowledge transfer: p_hat = softmax(z - eta * g), g = (p - q) * 1[q >= alpha * max q].
 
     Example: z = log[.5, .3, .2], q = [.1, .6, .3], alpha = .5, eta = 1 -> only q >= .3 counts,
     g = [0, -.3, -.1], p_hat = norm[.5, .3e^.3, .2e^.1] = [.444, .360, .196]: mass moves

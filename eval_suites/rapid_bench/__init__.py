@@ -1,0 +1,1 @@
+"""RAPID speculative-decoding benchmark: python -m eval_suites.rapid_bench --out DIR."""
