@@ -42,6 +42,29 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return text[: min(positions)], True
 
 
+def text_delta(tokenizer, ids: list[int], stops: tuple[str, ...], emitted: str) -> tuple[str, str, bool]:
+    """What can be streamed after `emitted` once `ids` are decoded: (delta, emitted, stopped).
+
+    A possible partial stop string and a half-decoded character are held back, so a stream
+    never shows text that a later token turns into a stop or a different character.
+    """
+    text, stopped = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+    hold = max((len(s) - 1 for s in stops), default=0)
+    safe = text if stopped else text[: max(len(emitted), len(text) - hold)]
+    if safe.endswith("\ufffd"):
+        safe = safe[:-1]
+    if len(safe) > len(emitted) and safe.startswith(emitted):
+        return safe[len(emitted):], safe, stopped
+    return "", emitted, stopped
+
+
+def final_text_delta(tokenizer, ids: list[int], stops: tuple[str, ...], emitted: str) -> tuple[str, str]:
+    """(the whole text, what is left to stream) once decoding has ended."""
+    final_text, _ = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+    rest = final_text[len(emitted):] if len(final_text) > len(emitted) and final_text.startswith(emitted) else ""
+    return final_text, rest
+
+
 class TransformersGenerator:
     """A Hugging Face causal LM on CPU (or any torch device) with a manual decoding loop."""
 
@@ -142,22 +165,15 @@ class TransformersGenerator:
                     break
                 ids.append(step.token_id)
                 logprobs.append(step.logprob)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                text, stopped = _cut_at_stop(text, config.stop)
-                # Hold back a possible partial stop string and half-decoded characters.
-                hold = max((len(s) - 1 for s in config.stop), default=0)
-                safe = text if stopped else text[: max(len(emitted), len(text) - hold)]
-                if safe.endswith("\ufffd"):
-                    safe = safe[:-1]
-                if len(safe) > len(emitted) and safe.startswith(emitted):
-                    yield safe[len(emitted):], None
-                    emitted = safe
+                delta, emitted, stopped = text_delta(self.tokenizer, ids, config.stop, emitted)
+                if delta:
+                    yield delta, None
                 if stopped:
                     finish = "stop"
                     break
-        final_text, _ = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), config.stop)
-        if len(final_text) > len(emitted) and final_text.startswith(emitted):
-            yield final_text[len(emitted):], None
+        final_text, rest = final_text_delta(self.tokenizer, ids, config.stop, emitted)
+        if rest:
+            yield rest, None
         yield "", Generation(final_text, ids, logprobs if config.logprobs else None, finish,
                              len(prompt_ids), time.perf_counter() - start)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from index.errors import InvalidInputError
-from rag.llm import Generation, GenerationConfig, _cut_at_stop
+from rag.llm import Generation, GenerationConfig, final_text_delta, text_delta
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,6 @@ class RapidDecoder:
         logprobs: list[float] = []
         emitted = ""
         finish = "length"
-        hold = max((len(s) - 1 for s in config.stop), default=0)
         target = _Stream(self.target, target_ids, self.vocab, target_prefix)
         drafter = _Stream(self.drafter, draft_ids, self.vocab, draft_prefix)
         with self._locks():
@@ -351,19 +350,15 @@ class RapidDecoder:
                     break
                 ids.append(step.token_id)
                 logprobs.append(step.logprob)
-                text, stopped = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), config.stop)
-                safe = text if stopped else text[: max(len(emitted), len(text) - hold)]
-                if safe.endswith("\ufffd"):
-                    safe = safe[:-1]
-                if len(safe) > len(emitted) and safe.startswith(emitted):
-                    yield safe[len(emitted):], None
-                    emitted = safe
+                delta, emitted, stopped = text_delta(tokenizer, ids, config.stop, emitted)
+                if delta:
+                    yield delta, None
                 if stopped:
                     finish = "stop"
                     break
-        final_text, _ = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), config.stop)
-        if len(final_text) > len(emitted) and final_text.startswith(emitted):
-            yield final_text[len(emitted):], None
+        final_text, rest = final_text_delta(tokenizer, ids, config.stop, emitted)
+        if rest:
+            yield rest, None
         generation = Generation(final_text, ids, logprobs if config.logprobs else None, finish,
                                 len(target_ids), time.perf_counter() - start)
         yield "", RapidResult(generation, counters.drafted, counters.accepted, counters.steps,
