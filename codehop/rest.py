@@ -228,18 +228,24 @@ class Resources:
     def completer(self, generator):
         """A RepoCompleter over `repo_root` for this generator (the repository indexed once)."""
         from code_tools.completion import RepoCompleter
+
+        repo = self.repo_index()
+        with self._models:
+            key = id(generator)
+            if key not in self._completers:
+                self._completers[key] = RepoCompleter(repo, generator)
+            return self._completers[key]
+
+    def repo_index(self):
+        """The RepoIndex of `repo_root`, built once (completions and the agent share it)."""
         from code_tools.repo import RepoIndex
 
         if self.repo_root is None:
-            raise InvalidInputError(
-                "no repository configured for completions: run codehop serve inside a repository")
+            raise InvalidInputError("no repository configured: run codehop serve inside a repository")
         with self._models:
             if self._repo is None:
                 self._repo = RepoIndex.open(self.repo_root, self.workspace)
-            key = id(generator)
-            if key not in self._completers:
-                self._completers[key] = RepoCompleter(self._repo, generator)
-            return self._completers[key]
+            return self._repo
 
 
 # ---------------------------------------------------------------- dependencies

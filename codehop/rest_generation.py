@@ -245,3 +245,26 @@ def multihop(body: m.MultihopRequest, resources: Resources = Depends(get_resourc
         results = retriever.search(body.query, k=body.k)
     return m.MultihopResponse(results=[m.SearchHit(**r.to_dict()) for r in results],
                               collection=name, stats=retriever.last_stats)
+
+
+@answers.post("/agent")
+def agent(body: m.AgentRequest, resources: Resources = Depends(get_resources),
+          generator=Depends(get_generator)):
+    """The tool-using code agent (agents.CodeAgent) over the server's repository; with
+    `stream`, each step is an SSE `step` event and the run ends with a `result` event."""
+    from agents.code_agent import AgentConfig, AgentResult, CodeAgent
+    from codehop.commands.agent import build_toolbox
+
+    repo_index = resources.repo_index()
+    tools = build_toolbox(resources.repo_root, repo_index=repo_index)
+    runner = CodeAgent(generator, tools, AgentConfig(max_steps=body.max_steps, max_tokens=body.max_tokens))
+    if body.stream:
+        def sse() -> Iterator[str]:
+            with _GENERATE:
+                for event in runner.run_stream(body.task):
+                    kind = "result" if isinstance(event, AgentResult) else "step"
+                    data = event.to_dict() if kind == "result" else asdict(event)
+                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+        return StreamingResponse(sse(), media_type="text/event-stream")
+    with _GENERATE:
+        return runner.run(body.task).to_dict()

@@ -393,3 +393,19 @@ class ChatResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+class AgentRequest(Strict):
+    """A task for the code agent over the server's repository."""
+
+    task: str = Field(min_length=1, max_length=MAX_QUERY, description="question or change to make")
+    max_steps: int = Field(default=8, ge=1, le=30)
+    max_tokens: int = Field(default=24_000, ge=512, le=200_000, description="token budget of the run")
+    stream: bool = Field(default=False, description="server-sent events: one `step` per tool call, then `result`")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("task is blank: say what the agent should do")
+        return _no_nul(value)

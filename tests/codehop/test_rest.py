@@ -399,3 +399,26 @@ def test_multihop_is_treehop_over_the_collection(gen):
         assert client.post("/v1/multihop", json={"query": "x", "max_hops": 9}).status_code == 422
     finally:
         del client.app.dependency_overrides[get_treehop]
+
+
+# ---------------------------------------------------------------- agent
+
+
+def test_agent_runs_tools_over_the_server_repository(env):
+    from tests.agents.conftest import ScriptedGenerator
+
+    client, root, _ = env
+    turns = ['{"thought": "look", "tool": "read_file", "args": {"path": "pkg/geometry.py", "start_line": 1, "end_line": 5}}',
+             '{"thought": "done", "answer": "pkg/geometry.py"}']
+    client.app.dependency_overrides[get_generator] = lambda: ScriptedGenerator(turns)
+    try:
+        result = client.post("/v1/agent", json={"task": "Where is the geometry code?"}).json()
+        assert result["status"] == "answered" and result["answer"] == "pkg/geometry.py"
+        assert result["steps"][0]["tool"] == "read_file"
+        assert (root / "pkg" / "geometry.py").read_text().splitlines()[0] in result["steps"][0]["observation"]
+        streamed = client.post("/v1/agent", json={"task": "Where is the geometry code?", "stream": True}).text
+        assert streamed.count("event: step") == 2 and streamed.rstrip().splitlines()[-2] == "event: result"
+        assert client.post("/v1/agent", json={"task": "  "}).status_code == 422
+        assert client.post("/v1/agent", json={"task": "x", "max_steps": 0}).status_code == 422
+    finally:
+        del client.app.dependency_overrides[get_generator]
