@@ -242,18 +242,23 @@ class RagPipeline:
         yield {"type": "result", "result": result}
 
     def _generate(self, question, messages, sources, config, stages) -> Iterator[str]:
-        """Plain streamed generation, or RAPID drafting when the context is long: the target
-        reads every source in full, the drafter only the two best, shortened."""
+        """Plain streamed generation, or RAPID when a drafter is set and the context is long:
+        the target reads every source in full, the drafter only the prompt's chunks that best
+        match the question (BM25, kept in document order); verified tokens stream as they come."""
         if self.drafter is not None:
             prompt = self.generator.render_chat(messages)
             if self.generator.count_tokens(prompt) >= self.config.rapid_min_tokens:
-                from rag.rapid import RapidConfig, RapidDecoder
+                from rag.rapid import RapidGenerator
 
-                short = answer_messages(question, format_sources(sources[:2], 600))
-                result = RapidDecoder(self.generator, self.drafter, RapidConfig()).generate(
-                    prompt, self.drafter.render_chat(short), config)
-                stages.append(StageRecord("rapid", True, detail={"acceptance_rate": result.acceptance_rate}))
-                yield result.generation.text
+                rapid = RapidGenerator(self.generator, self.drafter)
+                for delta, final in rapid.rapid_stream(prompt, config, question):
+                    if delta:
+                        yield delta
+                    if final is not None:
+                        stats = final.to_dict()
+                        stages.append(StageRecord("rapid", True, stats["target_seconds"] + stats["drafter_seconds"], {
+                            key: stats[key] for key in ("acceptance_rate", "mean_accepted", "target_forwards",
+                                                        "target_prompt_tokens", "draft_prompt_tokens")}))
                 return
         yield from self.generator.chat_stream(messages, config)
 

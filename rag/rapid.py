@@ -596,10 +596,16 @@ class RapidGenerator:
     def complete(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Generation:
         return self.rapid(prompt, config).generation
 
-    def stream(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+    def rapid_stream(self, prompt: str, config: GenerationConfig = GenerationConfig(),
+                     question: str | None = None) -> Iterator[tuple[str, RapidResult | None]]:
+        """Text deltas as tokens are verified, then ("", RapidResult); the drafter reads the
+        prompt's chunks that best match `question` (default: the prompt's tail)."""
         ids = self.target.encode(prompt)
-        draft = build_draft_context(ids, self._decode_piece, self.context)
-        for delta, final in self.decoder.run(ids, draft.ids, config):
+        draft = build_draft_context(ids, self._decode_piece, self.context, question)
+        yield from self.decoder.run(ids, draft.ids, config)
+
+    def stream(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Iterator[str]:
+        for delta, final in self.rapid_stream(prompt, config):
             if final is None and delta:
                 yield delta
 

@@ -303,4 +303,9 @@ def test_pipeline_drafts_with_rapid_for_long_contexts(small_collection, target, 
     plain = RagPipeline(small_collection, target, config).run(question)
     stages = {stage.name: stage for stage in with_rapid.stages}
     assert "acceptance_rate" in stages["rapid"].detail and stages["generate"].detail["rapid"]
+    assert stages["rapid"].detail["draft_prompt_tokens"] <= stages["rapid"].detail["target_prompt_tokens"]
     assert with_rapid.answer == plain.answer  # greedy RAPID with eta = 0 is exact
+    # The RAPID answer streams as verified tokens arrive, not in one piece at the end.
+    events = list(RagPipeline(small_collection, target, config, drafter=other).stream(question))
+    pieces = [e["text"] for e in events if e["type"] == "token"]
+    assert len(pieces) > 1 and "".join(pieces).strip() == plain.answer
