@@ -219,7 +219,8 @@ class MultihopRequest(Strict):
     collection: str | None = Field(default=None, pattern=NAME_PATTERN)
     k: int = Field(default=10, ge=1, le=100)
     top_n: int = Field(default=5, ge=1, le=50, description="passages per query per hop")
-    top_k_per_layer: int = Field(default=3, ge=1, le=20, description="passages expanded per hop")
+    top_k_per_layer: int = Field(default=5, ge=1, le=20,
+                                 description="new passages kept (returned and expanded) per hop")
     max_hops: int = Field(default=2, ge=1, le=4)
 
     @field_validator("query")

@@ -478,6 +478,22 @@ class Collection:
         self._ensure_loaded()
         return self._results(self._dense_search(vector, k))
 
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
+        """search_vector for each row of `vectors` (n, dim), in one index pass and one store read."""
+        if k <= 0:
+            raise InvalidInputError(f"k must be positive, got {k}")
+        vectors = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
+        self._ensure_loaded()
+        with self._index_lock:
+            if self._dense is None or len(self._dense) == 0 or not len(vectors):
+                return [[] for _ in range(len(vectors))]
+            hits = self._dense.search(vectors, k)
+        return self._results_many(hits)
+
+    def _results_many(self, hits: list[Hits]) -> list[list[SearchResult]]:
+        rows = self.store.get_chunks(sorted({int(i) for h in hits for i in h.ids}))
+        return [self._to_results(h, rows) for h in hits]
+
     def _bm25_hits(self, query: str, k: int) -> Hits:
         tokens = tokenize(query, self.config.tokenizer)
         with self._index_lock:
@@ -498,7 +514,10 @@ class Collection:
             return self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0]
 
     def _results(self, hits: Hits) -> list[SearchResult]:
-        rows = self.store.get_chunks([int(i) for i in hits.ids])
+        return self._to_results(hits, self.store.get_chunks([int(i) for i in hits.ids]))
+
+    @staticmethod
+    def _to_results(hits: Hits, rows) -> list[SearchResult]:
         out = []
         for row_id, score in zip(hits.ids, hits.scores):
             row = rows.get(int(row_id))

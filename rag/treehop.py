@@ -14,7 +14,7 @@ The next query is computed from the current query q and a retrieved chunk c (uni
 at zero, so an untrained model is exactly the "q - c" shortcut and training only adds to it.
 
 Search keeps growth linear: passages seen before are neither expanded nor returned again, each
-layer expands only its top-K passages, and the number of hops is capped.
+layer keeps (returns and expands) only its top-K new passages, and the number of hops is capped.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ class TreeHopModelConfig:
 
 @dataclass(frozen=True)
 class TreeHopConfig:
-    """Search settings: hop-1 width, per-layer expansion width, hop cap, results returned."""
+    """Search settings: passages retrieved per query (top_n), new passages kept per layer
+    (returned and expanded; the reference keeps top_n), and the hop cap."""
 
     top_n: int = 5
-    top_k_per_layer: int = 3
+    top_k_per_layer: int = 5
     max_hops: int = 2
 
 
@@ -175,31 +176,43 @@ class TreeHopRetriever:
         self.last_stats: dict[str, float] = {}
 
     def search(self, question: str, k: int = 10) -> list[SearchResult]:
-        """Passages from all hops, ranked by their retrieval score, at most k."""
+        """Passages from all hops, ranked by their retrieval score, at most k.
+
+        Each layer (hop 1: the question's top_n; later hops: top_n per expanded passage) keeps
+        its top_k_per_layer new passages by score; only those are returned and expanded, as in
+        the reference's layer-wise pruning, so a search retrieves at most
+        top_k_per_layer * max_hops passages.
+        """
         start = time.perf_counter()
         query = self.collection.embedder.encode_query(question)
         found: dict[str, SearchResult] = {}
-        layer = []  # (query vector that found it, result)
-        for result in self.collection.search_vector(query, self.config.top_n):
-            found[result.id] = result
-            layer.append((query, result))
+        layer = self._keep(found, [(query, r) for r in self.collection.search_vector(query, self.config.top_n)])
         expansions = 0
         for _ in range(self.config.max_hops - 1):
-            layer = sorted(layer, key=lambda pair: -pair[1].score)[: self.config.top_k_per_layer]
             if not layer:
                 break
             chunks = self.collection.get_vectors([r.id for _, r in layer])
             next_queries = self.model.next_queries(np.stack([q for q, _ in layer]), chunks)
             expansions += len(layer)
-            next_layer = []
-            for vector in next_queries:
-                for result in self.collection.search_vector(vector, self.config.top_n):
-                    if result.id in found:  # seen before: neither expanded nor returned again
-                        continue
-                    found[result.id] = result
-                    next_layer.append((vector, result))
-            layer = next_layer
+            found_per_query = self.collection.search_vectors(next_queries, self.config.top_n)
+            candidates = [(vector, result) for vector, results in zip(next_queries, found_per_query)
+                          for result in results]
+            layer = self._keep(found, candidates)
         ranked = sorted(found.values(), key=lambda r: -r.score)
         self.last_stats = {"passages": len(found), "expansions": expansions,
                            "seconds": time.perf_counter() - start}
         return ranked[:k]
+
+    def _keep(self, found: dict[str, SearchResult], candidates) -> list:
+        """The layer's top_k_per_layer passages not seen before (a passage found by several
+        queries counts once, with its best score); they are added to `found`."""
+        best: dict[str, tuple] = {}
+        for vector, result in candidates:
+            if result.id in found:  # seen before: neither expanded nor returned again
+                continue
+            if result.id not in best or best[result.id][1].score < result.score:
+                best[result.id] = (vector, result)
+        layer = sorted(best.values(), key=lambda pair: -pair[1].score)[: self.config.top_k_per_layer]
+        for _, result in layer:
+            found[result.id] = result
+        return layer

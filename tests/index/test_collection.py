@@ -103,6 +103,9 @@ def test_add_texts_get_chunks_delete(indexed):
     vectors = collection.get_vectors(ids)
     np.testing.assert_allclose(collection.search_vector(vectors[1], k=1)[0].score, 1.0, rtol=1e-5)
     assert collection.search_vector(vectors[1], k=1)[0].id == ids[1]
+    batched = collection.search_vectors(vectors[:2], k=2)  # one index pass, same answers per row
+    assert [[r.id for r in rs] for rs in batched] == [[r.id for r in collection.search_vector(v, 2)]
+                                                       for v in vectors[:2]]
     twice = collection.add_texts(["first version", "second version"], paths=["bio/c", "bio/c"])
     assert twice[0] == twice[1] and collection.get_chunks([twice[0]])[0].text == "second version"
     assert collection.delete("bio/c") == 1

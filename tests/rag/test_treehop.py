@@ -68,9 +68,14 @@ def test_search_stop_rules_on_a_real_collection(small_collection):
     ids = [r.id for r in results]
     assert len(ids) == len(set(ids)), "a passage seen before is never returned again"
     assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
-    # Hop 1 gives top_n; each later hop expands top_k_per_layer=1 passage into <= top_n new ones.
+    # Each layer keeps (returns and expands) its top_k_per_layer=1 new passage: 3 hops, <= 3 passages.
     assert retriever.last_stats["expansions"] <= 2
-    assert retriever.last_stats["passages"] <= 2 + 2 * 2
+    assert 1 <= retriever.last_stats["passages"] <= 3 and len(results) == retriever.last_stats["passages"]
+    wide = TreeHopRetriever(small_collection, model, TreeHopConfig(top_n=3, top_k_per_layer=3, max_hops=2))
+    first_hop = small_collection.search_vector(small_collection.embedder.encode_query("How do I reshape a numpy array?"), 3)
+    wide_results = wide.search("How do I reshape a numpy array?", k=10)
+    assert {r.id for r in first_hop} <= {r.id for r in wide_results}  # hop 1 kept whole when K = top_n
+    assert wide.last_stats["passages"] <= 3 + 3 and wide.last_stats["expansions"] <= 3
     one_hop = TreeHopRetriever(small_collection, model, TreeHopConfig(top_n=2, max_hops=1)).search(
         "How do I reshape a numpy array?", k=10)
     assert [r.id for r in one_hop] == [r.id for r in small_collection.search_vector(
