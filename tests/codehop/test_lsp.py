@@ -103,6 +103,16 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
         assert len(older.items) == 0 and older.is_incomplete
         assert newer.items and newer.items[0].text_edit.new_text == edit.new_text
 
+        # $/cancelRequest while the completion waits out its debounce: the request answers
+        # RequestCancelled, and the server carries on answering the next one
+        pending = asyncio.wrap_future(client.protocol.send_request(
+            types.TEXT_DOCUMENT_COMPLETION, params, msg_id="cancel-me"))
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-me"))
+        with pytest.raises(Exception, match="cancel"):
+            await asyncio.wait_for(pending, 30)
+        after = await client.text_document_completion_async(params)
+        assert after.items and after.items[0].text_edit.new_text == edit.new_text
+
         hover = await client.text_document_hover_async(types.HoverParams(
             types.TextDocumentIdentifier(uri), types.Position(line=0, character=20)))
         text = hover.contents.value
