@@ -196,6 +196,15 @@ def _pipeline_events(pipeline, question: str, lock) -> Iterator[dict[str, Any]]:
             reading.__exit__(None, None, None)
 
 
+def _closing(events: Iterator[dict[str, Any]], resource) -> Iterator[dict[str, Any]]:
+    """`events`, then `resource.close()` (if any) once they are consumed or abandoned."""
+    try:
+        yield from events
+    finally:
+        if resource is not None:
+            resource.close()
+
+
 @answers.post("/ask", response_model=m.AskResponse)
 def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
         generator=Depends(get_generator), load_treehop=Depends(get_treehop)):
@@ -206,13 +215,20 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     collection = resources.collection(name)
     config = PipelineConfig(k=body.k, candidates=max(20, body.k), mode=body.mode,
                             rewrite=body.rewrite, filter=body.filter, multihop=body.multihop,
-                            reservoir=False, max_new_tokens=body.max_tokens)
+                            reservoir=body.reservoir, namespace=body.namespace,
+                            max_new_tokens=body.max_tokens)
     treehop = None
     if body.multihop != "off":
         treehop = _treehop_module().TreeHopRetriever(collection, load_treehop())
+    reservoir = trigger = None
+    if body.reservoir:  # the file the CLI's `codehop ask` uses; one connection per request
+        from rag.reservoir import Reservoir, RetrieverTrigger
+
+        reservoir = Reservoir(resources.workspace / "reservoir.sqlite")
+        trigger = RetrieverTrigger(reservoir, collection.embedder)
     pipeline = RagPipeline(collection, generator if body.generate else None, config,
-                           treehop=treehop)
-    events = _pipeline_events(pipeline, body.query, resources.lock(name))
+                           trigger=trigger, treehop=treehop)
+    events = _closing(_pipeline_events(pipeline, body.query, resources.lock(name)), reservoir)
     if body.stream:
         def sse() -> Iterator[str]:
             with _GENERATE:
@@ -227,7 +243,10 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
                     yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
         return StreamingResponse(sse(), media_type="text/event-stream")
     with _GENERATE:
-        result = next(e["result"] for e in events if e["type"] == "result")
+        try:
+            result = next(e["result"] for e in events if e["type"] == "result")
+        finally:
+            events.close()
     return _answer(result)
 
 

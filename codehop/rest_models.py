@@ -187,6 +187,9 @@ class AskRequest(Strict):
     generate: bool = Field(default=True, description="false: retrieval stages only, no answer")
     stream: bool = Field(default=False, description="server-sent events: stage, token, result")
     max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
+    reservoir: bool = Field(default=False, description="reuse stored knowledge for similar questions "
+                                                       "(retrieval trigger) and store this answer's sources")
+    namespace: str = Field(default="default", pattern=NAME_PATTERN, description="the reservoir's namespace")
 
     @field_validator("query")
     @classmethod

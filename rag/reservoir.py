@@ -9,6 +9,7 @@ from those entries and skips retrieval.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,9 @@ class Reservoir:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite_utils.Database(path)
+            # One Reservoir serves one caller at a time, but a streamed REST answer resumes on
+            # whichever worker thread is free, so the connection may not be pinned to one.
+            self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
             self.db.enable_wal()
             self._ensure_schema()
         except Exception as error:  # sqlite3.DatabaseError and friends

@@ -372,6 +372,23 @@ def test_ask_runs_the_pipeline_with_switchable_stages(gen):
     assert streamed == events[-1][1]["answer"] == answer["answer"]  # greedy: same answer
     assert client.post("/v1/ask", json={"query": "x", "rewrite": "magic"}).status_code == 422
     assert client.post("/v1/ask", json={"query": "x", "collection": "nope"}).status_code == 404
+    assert client.post("/v1/ask", json={"query": "x", "namespace": "a b"}).status_code == 422
+
+
+def test_ask_reuses_the_knowledge_reservoir(gen):
+    client, _, _ = gen
+    body = {"query": "What do penguins eat?", "rewrite": "off", "filter": "off", "k": 3,
+            "generate": False, "reservoir": True, "namespace": "rest-test"}
+    first = client.post("/v1/ask", json=body).json()
+    assert first["from_reservoir"] is False
+    assert {s["name"]: s for s in first["stages"]}["reservoir"]["detail"]["stored"] == len(first["sources"]) == 3
+    again = client.post("/v1/ask", json={**body, "query": "What do penguins eat?"}).json()
+    assert again["from_reservoir"] is True  # three stored entries match: retrieval is skipped
+    assert {s["text"] for s in again["sources"]} == {s["text"] for s in first["sources"]}
+    other = client.post("/v1/ask", json={**body, "namespace": "elsewhere"}).json()
+    assert other["from_reservoir"] is False  # namespaces do not share knowledge
+    off = client.post("/v1/ask", json={**body, "reservoir": False}).json()
+    assert off["from_reservoir"] is False and "reservoir" not in {s["name"] for s in off["stages"]}
 
 
 def test_multihop_is_treehop_over_the_collection(gen):
