@@ -82,7 +82,13 @@ def run_from_args(args: argparse.Namespace, note: str = "") -> int:
     from eval_suites.coderag.runner import run_benchmark
 
     config = config_from_args(args)
-    results = run_benchmark(config)
+    # One BLAS thread: queries are single vectors, and a threaded OpenBLAS pool in this process
+    # (model decoding in the main thread, sandbox runs forked from worker threads) was seen to
+    # hang in exec_blas for good in the middle of a run.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        results = run_benchmark(config)
     path = write_report(results, config.out, note)
     print(f"wrote {path}")
     for task, by in results.get("retrieval", {}).items():
