@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from eval_suites.coderag.builders import TASKS
 from eval_suites.coderag.retrieval import RETRIEVERS, RetrievalConfig
+from index.atomic import atomic_write
 from index.errors import InvalidInputError
 
 
@@ -89,6 +91,10 @@ def run_from_args(args: argparse.Namespace, note: str = "") -> int:
 
     with threadpool_limits(limits=1, user_api="blas"):
         results = run_benchmark(config)
+    # The measurements first: a report that fails to render must not lose an hours-long run.
+    config.out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, default=str)
+    atomic_write(config.out / "results.json", lambda temp: Path(temp).write_text(text, encoding="utf-8"))
     path = write_report(results, config.out, note)
     print(f"wrote {path}")
     for task, by in results.get("retrieval", {}).items():

@@ -98,8 +98,8 @@ def _rewrite_gain(retrieval: dict, retrievers: list[str]) -> list[dict]:
     for task, by in retrieval.items():
         if not singles:
             break
-        best = max(singles, key=lambda r: by[r]["ndcg@10"])
-        for rewritten in (r for r in retrievers if "+" in r):
+        best = max((r for r in singles if r in by), key=lambda r: by[r]["ndcg@10"])
+        for rewritten in (r for r in retrievers if "+" in r and r in by):  # hybrid+llm: doc tasks only
             rows.append({"task": task, "best single": best, "best ndcg@10": by[best]["ndcg@10"],
                          "rewriter": rewritten, "ndcg@10": by[rewritten]["ndcg@10"],
                          "gain (points)": round(100 * (by[rewritten]["ndcg@10"] - by[best]["ndcg@10"]), 2),

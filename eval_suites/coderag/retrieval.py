@@ -292,7 +292,7 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             run[qid] = index.search(query, "hybrid")
         else:
             prf, llm = rewriters
-            key = f"{retriever}\t{qid}"
+            key = f"{retriever}\t{qid}\t{hashlib.sha1(query.encode()).hexdigest()[:16]}"
             if rewrite_cache is not None and key in rewrite_cache:
                 extra = rewrite_cache[key]
             elif retriever == "hybrid+prf":

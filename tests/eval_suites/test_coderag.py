@@ -57,6 +57,28 @@ def test_prf_adds_feedback_terms_not_in_query():
     assert expanded.startswith("sort dict ") and expanded.split()[2:] == ["sorted", "items"]
 
 
+def test_rewrite_gain_skips_tasks_a_rewriter_did_not_run_on():
+    from eval_suites.coderag.report import _rewrite_gain
+
+    retrieval = {"mbpp": {"bm25": {"ndcg@10": 0.9}, "hybrid": {"ndcg@10": 0.95}},
+                 "odex": {"bm25": {"ndcg@10": 0.3}, "hybrid": {"ndcg@10": 0.5}, "hybrid+llm": {"ndcg@10": 0.6}}}
+    rows = _rewrite_gain(retrieval, ["bm25", "hybrid", "hybrid+llm"])
+    assert [(r["task"], r["best single"], r["gain (points)"]) for r in rows] == [("odex", "hybrid", 10.0)]
+
+
+def test_rewrite_cache_round_trip(tmp_path):
+    from eval_suites.coderag.runner import RewriteCache
+
+    cache = RewriteCache(tmp_path / "rewrites.json")
+    assert cache.loaded == 0
+    cache.entries["hybrid+llm\tq1\tabc"] = ["numpy reshape", "array shape"]
+    cache.save()
+    again = RewriteCache(tmp_path / "rewrites.json")
+    assert again.loaded == 1 and again.entries == cache.entries
+    (tmp_path / "rewrites.json").write_text("{cut off")
+    assert RewriteCache(tmp_path / "rewrites.json").entries == {}  # unreadable: start empty
+
+
 # ------------------------------------------------------------------ builders on real records
 
 def test_title_rule_examples_from_readme():
