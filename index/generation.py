@@ -9,14 +9,25 @@ generator to load. rag.llm re-exports them, so `from rag.llm import GenerationCo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 from index.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Decoding settings. temperature 0 = greedy; `stop` strings end the text (not included)."""
+    """Decoding settings. temperature 0 = greedy; `stop` strings end the text (not included).
+
+    Args:
+        repetition_penalty: CTRL-style penalty (Keskar et al. 2019) on tokens already
+            generated in this answer: a positive logit is divided by it, a negative one
+            multiplied. 1.0 = off. Prompt tokens are not penalised, so an answer may still
+            quote its sources.
+        no_repeat_ngram_size: n > 0 forbids any n-gram of generated tokens from occurring
+            twice (the loop breaker for small models). 0 = off.
+        json_schema: constrain the output to this JSON schema (local backends decode under a
+            grammar; OpenAI-compatible servers get it as `response_format`). None = free text.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -24,12 +35,19 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    json_schema: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise InvalidInputError("need temperature >= 0 and 0 < top_p <= 1")
+        if self.repetition_penalty <= 0 or self.no_repeat_ngram_size < 0:
+            raise InvalidInputError("need repetition_penalty > 0 and no_repeat_ngram_size >= 0")
+        if self.json_schema is not None and not isinstance(self.json_schema, Mapping):
+            raise InvalidInputError("json_schema must be a JSON schema object (a dict)")
 
 
 @dataclass
@@ -46,10 +64,16 @@ class Generation:
 
 @runtime_checkable
 class Generator(Protocol):
-    """What every backend offers; `fim_prompt` is None when the model has no FIM format."""
+    """What every backend offers; `fim_prompt` is None when the model has no FIM format.
+
+    `parameters` is the model's parameter count when the backend knows it (a local model),
+    None for a remote server; the RAG pipeline reads it to keep instruction-heavy stages
+    (LLM rewrite, LLM filter) away from models too small to follow them.
+    """
 
     name: str
     supports_fim: bool
+    parameters: int | None
 
     def complete(self, prompt: str, config: GenerationConfig = ...) -> Generation: ...
     def stream(self, prompt: str, config: GenerationConfig = ...) -> Iterator[str]: ...

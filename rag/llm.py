@@ -72,6 +72,7 @@ class TransformersGenerator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.parameters = sum(p.numel() for p in model.parameters())
         vocab = tokenizer.get_vocab()
         self.supports_fim = all(token in vocab for token in FIM_TOKENS)
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -255,6 +256,7 @@ class VllmGenerator:
     """vllm on a GPU (`pip install codehop[gpu]`); same interface, no streaming of logits."""
 
     supports_fim = False
+    parameters = None
 
     def __init__(self, name: str, **engine_args: Any) -> None:
         try:
@@ -304,6 +306,7 @@ class LlamaCppGenerator:
     """llama.cpp via llama-cpp-python (optional; it builds from source, 15-20 min)."""
 
     supports_fim = False
+    parameters = None
 
     def __init__(self, name: str, n_ctx: int = 8192) -> None:
         try:

