@@ -181,8 +181,8 @@ class AskRequest(Strict):
     collection: str | None = Field(default=None, pattern=NAME_PATTERN)
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
     k: int = Field(default=5, ge=1, le=20, description="sources in the prompt")
-    rewrite: Literal["llm", "prf", "off"] = "llm"
-    filter: Literal["llm", "embedding", "off"] = "llm"
+    rewrite: Literal["auto", "llm", "prf", "off"] = "auto"
+    filter: Literal["auto", "llm", "embedding", "off"] = "auto"
     multihop: Literal["off", "on", "auto"] = "off"
     generate: bool = Field(default=True, description="false: retrieval stages only, no answer")
     stream: bool = Field(default=False, description="server-sent events: stage, token, result")

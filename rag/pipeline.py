@@ -29,9 +29,13 @@ class PipelineConfig:
     """Switches and sizes of each stage.
 
     Args:
-        rewrite: "llm", "prf" or "off" ("llm" falls back to "prf" without a generator).
-        filter: "llm", "embedding", "cross-encoder" (needs filter_config.cross_encoder) or "off"
-            ("llm" falls back to "embedding" without a generator).
+        rewrite: "auto", "llm", "prf" or "off". "auto" uses the LLM rewriter when the generator
+            can follow its instructions (see `follows_instructions`), else RM3 ("prf");
+            "llm" falls back to "prf" only without a generator.
+        filter: "auto", "llm", "embedding", "cross-encoder" (needs filter_config.cross_encoder)
+            or "off"; "auto" is the LLM judge for a capable generator, else "embedding".
+        answer_repetition_penalty, answer_no_repeat_ngram: loop control for the answer of a
+            generator too small to follow instructions (a strong model decodes unchanged).
         multihop: "off", "on" or "auto" (TreeHop when the question looks multi-hop); without an
             injected retriever the shipped TreeHop checkpoint is loaded on first use.
         rapid_min_tokens: use RAPID drafting when a drafter is set and the context is longer.
@@ -40,8 +44,8 @@ class PipelineConfig:
     k: int = 5
     candidates: int = 20
     mode: str = "hybrid"
-    rewrite: str = "llm"
-    filter: str = "llm"
+    rewrite: str = "auto"
+    filter: str = "auto"
     reservoir: bool = True
     namespace: str = "default"
     multihop: str = "off"
@@ -49,11 +53,14 @@ class PipelineConfig:
     rapid_min_tokens: int = 2048
     max_source_chars: int = 1500
     max_new_tokens: int = 256
+    answer_repetition_penalty: float = 1.1
+    answer_no_repeat_ngram: int = 8
     rewrite_config: RewriteConfig = RewriteConfig()
     filter_config: FilterConfig = FilterConfig()
 
     def __post_init__(self) -> None:
-        checks = {"rewrite": ("llm", "prf", "off"), "filter": ("llm", "embedding", "cross-encoder", "off"),
+        checks = {"rewrite": ("auto", "llm", "prf", "off"),
+                  "filter": ("auto", "llm", "embedding", "cross-encoder", "off"),
                   "multihop": ("off", "on", "auto"), "mode": ("hybrid", "bm25", "dense")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -85,6 +92,24 @@ class RagResult:
                 "from_reservoir": self.from_reservoir, "stages": [asdict(s) for s in self.stages]}
 
 
+# Below this many parameters a model does not follow the rewrite/filter prompts (SmolLM2-135M
+# answers the question instead of rewriting it and never emits a usable NLI label; see
+# docs/benchmarks/llm_bench). Remote servers report no size and are trusted.
+MIN_INSTRUCTION_PARAMETERS = 1_000_000_000
+
+
+def follows_instructions(generator) -> tuple[bool, str]:
+    """(can the generator do the LLM stages, why). Local models are judged by size."""
+    if generator is None:
+        return False, "no generator configured"
+    parameters = getattr(generator, "parameters", None)
+    if parameters is None or parameters >= MIN_INSTRUCTION_PARAMETERS:
+        return True, f"generator {generator.name} follows instructions"
+    return False, (f"generator {generator.name} has {parameters / 1e6:.0f}M parameters, too few to "
+                   f"follow the prompt (LLM stages start at {MIN_INSTRUCTION_PARAMETERS / 1e9:.0f}B); "
+                   "set it to 'llm' to force, or configure a stronger model")
+
+
 def cited_numbers(answer: str, n_sources: int) -> list[int]:
     """Source numbers cited as [n] (or [1, 2]) that exist. "see [2] and [5]", 3 -> [2]."""
     found = []
@@ -111,18 +136,26 @@ class RagPipeline:
 
     # -- stages ---------------------------------------------------------------------------
     def _rewrite(self, question: str) -> tuple[Rewrite, StageRecord]:
-        method = self.config.rewrite
-        if method == "llm" and self.generator is None:
-            method = "prf"
+        method, why = self._choose("rewrite", "prf")
         if method == "off":
-            return Rewrite(question), StageRecord("rewrite", False)
+            return Rewrite(question), StageRecord("rewrite", False, detail={"reason": why})
         rewriter = (LLMRewriter(self.generator, self.config.rewrite_config) if method == "llm"
                     else PRFRewriter(self.collection, self.config.rewrite_config))
         rewrite = rewriter.rewrite(question)
         if method == "llm" and rewrite.method == "none":  # unusable LLM output: RM3 instead
             rewrite = PRFRewriter(self.collection, self.config.rewrite_config).rewrite(question)
-        detail = {"method": rewrite.method, "queries": rewrite.all_queries[1:]}
+        detail = {"method": rewrite.method, "why": why, "queries": rewrite.all_queries[1:]}
         return rewrite, StageRecord("rewrite", True, rewrite.seconds, detail)
+
+    def _choose(self, stage: str, fallback: str) -> tuple[str, str]:
+        """The method a stage runs ("llm", `fallback`, ...) and the reason, for the record."""
+        requested = getattr(self.config, stage)
+        if requested not in ("auto", "llm"):
+            return requested, f"{stage} = {requested!r} was requested"
+        capable, why = follows_instructions(self.generator)
+        if requested == "llm" and self.generator is not None:
+            return "llm", f"{stage} = 'llm' was requested"
+        return ("llm", why) if capable else (fallback, why)
 
     def _retrieve(self, queries: list[str]) -> tuple[list[SearchResult], StageRecord]:
         start = time.perf_counter()
@@ -162,11 +195,9 @@ class RagPipeline:
         return list(merged.values())[: self.config.k * 2], StageRecord("multihop", True, time.perf_counter() - start, detail)
 
     def _filter(self, question: str, sources: list[SearchResult]) -> tuple[list[SearchResult], StageRecord]:
-        method = self.config.filter
-        if method == "llm" and self.generator is None:
-            method = "embedding"
+        method, why = self._choose("filter", "embedding")
         if method == "off" or not sources:
-            return sources, StageRecord("filter", False)
+            return sources, StageRecord("filter", False, detail={"reason": why if sources else "no sources"})
         config = self.config.filter_config
         if method == "llm":
             judge = LLMKnowledgeFilter(self.generator, config)
@@ -177,7 +208,8 @@ class RagPipeline:
         else:
             judge = EmbeddingKnowledgeFilter(self.collection.embedder, config)
         kept, judgements, seconds = apply_filter(judge, question, sources, config)
-        detail = {"method": judge.name, "labels": [j.label for j in judgements], "kept": len(kept)}
+        detail = {"method": judge.name, "why": why, "labels": [j.label for j in judgements],
+                  "kept": len(kept), "passed_ids": [j.source.id for j in judgements if j.kept]}
         return kept, StageRecord("filter", True, seconds, detail)
 
     # -- the run --------------------------------------------------------------------------
@@ -219,7 +251,7 @@ class RagPipeline:
             messages = answer_messages(question, format_sources(sources, self.config.max_source_chars))
             from rag.llm import GenerationConfig
 
-            config = GenerationConfig(max_new_tokens=self.config.max_new_tokens)
+            config = self._answer_decoding(GenerationConfig)
             pieces = []
             for piece in self._generate(question, messages, sources, config, stages):
                 pieces.append(piece)
@@ -240,6 +272,15 @@ class RagPipeline:
             stages.append(StageRecord("reservoir", True, time.perf_counter() - start, {"stored": len(sources)}))
         result = RagResult(question, answer, sources, cited, stages, from_reservoir)
         yield {"type": "result", "result": result}
+
+    def _answer_decoding(self, config_type):
+        """Decoding of the answer: loop control only for a model too small to stop by itself."""
+        capable, _ = follows_instructions(self.generator)
+        if capable:
+            return config_type(max_new_tokens=self.config.max_new_tokens)
+        return config_type(max_new_tokens=self.config.max_new_tokens,
+                           repetition_penalty=self.config.answer_repetition_penalty,
+                           no_repeat_ngram_size=self.config.answer_no_repeat_ngram)
 
     def _generate(self, question, messages, sources, config, stages) -> Iterator[str]:
         """Plain streamed generation, or RAPID when a drafter is set and the context is long:

@@ -17,9 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="generator model (default: shipped SmolLM2)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--mode", choices=("hybrid", "bm25", "dense"), default="hybrid")
-    parser.add_argument("--rewrite", choices=("llm", "prf", "off"), default="llm")
+    parser.add_argument("--rewrite", choices=("auto", "llm", "prf", "off"), default="auto",
+                        help="auto: the LLM rewriter when the generator can follow it, else RM3")
     parser.add_argument("--no-rewrite", action="store_true", help="same as --rewrite off")
-    parser.add_argument("--filter", choices=("llm", "embedding", "cross-encoder", "off"), default="llm")
+    parser.add_argument("--filter", choices=("auto", "llm", "embedding", "cross-encoder", "off"), default="auto",
+                        help="auto: the LLM judge when the generator can follow it, else embeddings")
     parser.add_argument("--cross-encoder", default=None, help="model for --filter cross-encoder")
     parser.add_argument("--no-filter", action="store_true", help="same as --filter off")
     parser.add_argument("--no-reservoir", action="store_true", help="neither reuse nor store knowledge")
