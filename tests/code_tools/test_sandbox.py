@@ -1,14 +1,12 @@
-"""The sandbox contains infinite loops, memory bombs, network attempts and output floods."""
+"""The sandbox runs programs, reports what stopped them and refuses when it cannot jail them."""
 
 from __future__ import annotations
 
-import socket
-import threading
-
 import pytest
 
-from code_tools.sandbox import (SandboxLimits, netns_available, network_isolation, run_python,
-                                run_tests)
+import code_tools.sandbox as sandbox
+from code_tools.sandbox import (SandboxLimits, SandboxUnavailableError, run_python, run_tests,
+                                sandbox_status)
 from index.errors import InvalidInputError
 
 FAST = SandboxLimits(timeout_s=4, cpu_s=2, memory_mb=512, max_output_bytes=10_000)
@@ -18,6 +16,27 @@ def test_normal_program_output_and_exit_code():
     result = run_python("import sys\nprint('hi')\nprint('err', file=sys.stderr)\nsys.exit(3)", FAST)
     assert result.stdout == "hi\n" and "err" in result.stderr
     assert result.returncode == 3 and result.killed_reason is None and not result.passed
+    assert result.mechanism == sandbox_status(FAST).mechanism == "bwrap"
+
+
+def test_status_names_the_mechanism_and_tree_limits():
+    status = sandbox_status()
+    assert status.mechanism == "bwrap" and status.tree_limits in ("cgroup2", "cgroup1", "rlimit")
+    assert status.describe().startswith("bwrap (") and status.tree_limits in status.describe()
+    assert run_python("pass", FAST).tree_limits == status.tree_limits
+
+
+def test_jail_sees_only_the_interpreter_and_its_packages():
+    code = ("import os, numpy, pytest\nprint(os.getcwd(), os.getuid())\n"
+            "print(sorted(os.listdir('/')))\n"
+            "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+            "print(os.getpid())")
+    result = run_python(code, SandboxLimits(timeout_s=30, cpu_s=20, memory_mb=2048))
+    assert result.passed, result.stderr
+    cwd, listing, caps, pid = result.stdout.splitlines()
+    assert cwd.startswith("/tmp ") and caps == "0000000000000000"
+    assert "home" not in listing and "sys" not in listing and "var" not in listing
+    assert int(pid) < 10  # a fresh PID namespace
 
 
 def test_infinite_loop_is_killed_and_run_continues():
@@ -45,39 +64,21 @@ def test_output_flood_is_capped():
     assert len(result.stdout.encode()) <= FAST.max_output_bytes
 
 
-def test_temporary_working_directory():
-    first = run_python("import os\nopen('f.txt', 'w').write('1')\nprint(os.getcwd())", FAST)
-    second = run_python("import os\nprint(os.path.exists('f.txt'), os.getcwd())", FAST)
-    assert second.stdout.split()[0] == "False"
-    assert first.stdout.strip() != second.stdout.split()[1]
+def test_private_working_directory():
+    first = run_python("open('f.txt', 'w').write('1')\nimport os\nprint(os.listdir('.'))", FAST)
+    second = run_python("import os\nprint(os.path.exists('f.txt'))", FAST)
+    assert "f.txt" in first.stdout and second.stdout == "False\n"
 
 
-@pytest.mark.parametrize("mode", ["auto", "audit"])
-def test_network_is_blocked(mode):
-    # A listener on this machine's loopback: reachable from any unsandboxed process.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    port = server.getsockname()[1]
-    threading.Thread(target=lambda: server.accept(), daemon=True).start()
-    code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-            "print('connected')")
-    limits = SandboxLimits(timeout_s=5, memory_mb=512, network=mode)
-    try:
-        result = run_python(code, limits)
-    finally:
-        server.close()
-    assert "connected" not in result.stdout and result.returncode != 0
-    if network_isolation(limits) == "audit":
-        assert "network access is disabled" in result.stderr
-
-
-def test_netns_mode_reports_availability():
-    if netns_available():
-        assert network_isolation(SandboxLimits(network="netns")) == "netns"
-    else:
-        with pytest.raises(InvalidInputError):
-            network_isolation(SandboxLimits(network="netns"))
+def test_writable_directory_is_bound_read_write(tmp_path):
+    (tmp_path / "in.txt").write_text("from the host")
+    code = (f"import os\nos.chdir({str(tmp_path)!r})\nprint(open('in.txt').read())\n"
+            "open('out.txt', 'w').write('from the jail')")
+    result = run_python(code, FAST, writable=[tmp_path])
+    assert result.passed and result.stdout == "from the host\n"
+    assert (tmp_path / "out.txt").read_text() == "from the jail"
+    with pytest.raises(InvalidInputError):
+        run_python("pass", FAST, writable=[tmp_path / "missing"])
 
 
 def test_run_tests_verdicts():
@@ -87,8 +88,43 @@ def test_run_tests_verdicts():
     assert not failed.passed and "AssertionError" in failed.stderr
 
 
+def test_no_jail_is_refused_with_the_override_named(monkeypatch):
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: (None, "bwrap is not installed"))
+    assert sandbox_status().mechanism == "unavailable"
+    with pytest.raises(SandboxUnavailableError, match="--unsafe-exec") as error:
+        run_python("print(1)", FAST)
+    assert "bubblewrap" in str(error.value) and "isolation='unsafe'" in str(error.value)
+
+
+def test_root_without_a_cgroup_is_refused(monkeypatch):
+    monkeypatch.setattr(sandbox._Cgroup, "available", staticmethod(lambda: ""))
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+    status = sandbox_status()
+    assert status.mechanism == "unavailable" and "cgroup" in status.detail
+    with pytest.raises(SandboxUnavailableError, match="unsafe"):
+        run_python("print(1)", FAST)
+
+
+def test_rlimit_tree_limits_when_no_cgroup(monkeypatch):
+    monkeypatch.setattr(sandbox._Cgroup, "available", staticmethod(lambda: ""))
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    code = "import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC)[0])"
+    result = run_python(code, FAST)
+    assert result.passed and result.tree_limits == "rlimit"
+    assert int(result.stdout) == FAST.max_processes + 2
+
+
+def test_unsafe_runner_is_explicit_and_named():
+    limits = SandboxLimits(timeout_s=4, cpu_s=2, memory_mb=512, isolation="unsafe")
+    result = run_python("import os\nprint(os.path.exists('/proc/1/cmdline'))", limits)
+    assert result.passed and result.mechanism == "unsafe"
+    assert sandbox_status(limits).describe().startswith("unsafe")
+
+
 def test_bad_limits_rejected():
     with pytest.raises(InvalidInputError):
         SandboxLimits(timeout_s=0)
     with pytest.raises(InvalidInputError):
-        SandboxLimits(network="none")
+        SandboxLimits(max_processes=0)
+    with pytest.raises(InvalidInputError):
+        SandboxLimits(isolation="none")
