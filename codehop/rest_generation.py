@@ -224,8 +224,8 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     if body.reservoir:  # the file the CLI's `codehop ask` uses; one connection per request
         from rag.reservoir import Reservoir, RetrieverTrigger
 
-        reservoir = Reservoir(resources.workspace / "reservoir.sqlite")
-        trigger = RetrieverTrigger(reservoir, collection.embedder)
+        reservoir = Reservoir(resources.workspace / "reservoir.sqlite", collection.name)
+        trigger = RetrieverTrigger(reservoir, collection)
     pipeline = RagPipeline(collection, generator if body.generate else None, config,
                            trigger=trigger, treehop=treehop)
     events = _closing(_pipeline_events(pipeline, body.query, resources.lock(name)), reservoir)

@@ -224,11 +224,13 @@ class RagPipeline:
         decision = None
         if self.config.reservoir and self.trigger is not None:
             decision = self.trigger.check(self.config.namespace, question)
-            stages.append(StageRecord("trigger", True, decision.seconds,
-                                      {"reuse": decision.reuse, "matches": len(decision.matches)}))
+            stages.append(StageRecord("trigger", True, decision.seconds, {
+                "reuse": decision.reuse, "matches": len(decision.matches),
+                "past_questions": decision.questions, "stale_dropped": decision.dropped}))
             yield {"type": "stage", "stage": stages[-1]}
         if decision is not None and decision.reuse:
-            sources = [SearchResult(f"reservoir:{e.id}", sim, e.source, 0, 0, e.content, {"title": e.title})
+            sources = [SearchResult(f"reservoir:{e.id}", sim, e.source, 0, 0, e.content,
+                                    {"title": e.title, "chunk_id": e.chunk_id})
                        for e, sim in decision.matches]
             from_reservoir = True
         else:
@@ -265,11 +267,20 @@ class RagPipeline:
 
         cited = cited_numbers(answer, len(sources))
         if self.config.reservoir and self.trigger is not None and not from_reservoir:
+            # Only what the filter judged relevant is knowledge: not the passages kept by its
+            # keep_at_least fallback, and nothing when it did not run.
             start = time.perf_counter()
-            for source in sources:
-                self.trigger.remember(self.config.namespace, question, source.text,
-                                      f"{source.path}:{source.start_line}-{source.end_line}")
-            stages.append(StageRecord("reservoir", True, time.perf_counter() - start, {"stored": len(sources)}))
+            filtered = next((s for s in stages if s.name == "filter"), None)
+            if filtered is None or not filtered.ran:
+                why = filtered.detail.get("reason", "filter off") if filtered is not None else "no filter stage"
+                stages.append(StageRecord("reservoir", False, detail={
+                    "stored": 0, "reason": f"nothing passed the knowledge filter: it did not run ({why})"}))
+            else:
+                passed = set(filtered.detail.get("passed_ids", []))
+                kept = [s for s in sources if s.id in passed]
+                stored = self.trigger.remember(self.config.namespace, question, kept)
+                stages.append(StageRecord("reservoir", True, time.perf_counter() - start, {
+                    "stored": stored, "passed": len(kept), "not_passed": len(sources) - len(kept)}))
         result = RagResult(question, answer, sources, cited, stages, from_reservoir)
         yield {"type": "result", "result": result}
 

@@ -54,7 +54,7 @@ def build_pipeline(args: argparse.Namespace, settings, workspace):
         filter_config=FilterConfig(cross_encoder=args.cross_encoder))
     trigger = None
     if config.reservoir:
-        trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite"), collection.embedder)
+        trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite", collection.name), collection)
     # TreeHop (multihop on/auto) is loaded by the pipeline on first use.
     return RagPipeline(collection, generator, config, trigger=trigger)
 

@@ -38,7 +38,7 @@ def test_stages_switch_off(small_collection):
 def test_generation_streams_and_records_with_a_real_model(small_collection, tiny_llama, tmp_path):
     model, tokenizer = tiny_llama
     generator = TransformersGenerator.from_model(model, tokenizer)
-    trigger = RetrieverTrigger(Reservoir(tmp_path / "r.sqlite"), small_collection.embedder)
+    trigger = RetrieverTrigger(Reservoir(tmp_path / "r.sqlite", small_collection.name), small_collection)
     config = PipelineConfig(rewrite="prf", filter="off", max_new_tokens=8, k=3)
     pipeline = RagPipeline(small_collection, generator, config, trigger=trigger)
     events = list(pipeline.stream("How do I plot a histogram with bins?"))
@@ -46,14 +46,10 @@ def test_generation_streams_and_records_with_a_real_model(small_collection, tiny
     result = events[-1]["result"]
     assert result.answer == tokens.strip()
     assert {s.name for s in result.stages} >= {"trigger", "rewrite", "retrieve", "filter", "generate", "reservoir"}
-    stored = trigger.reservoir.entries("default")
-    assert len(stored) == len(result.sources) == 3
-    # Asked again, >= 3 stored entries have cosine >= 0.4: answered from the reservoir.
-    again = pipeline.run("How do I plot a histogram with bins?")
-    assert again.from_reservoir and again.sources[0].id.startswith("reservoir:")
-    assert "retrieve" not in {s.name for s in again.stages}
-    # An unrelated question still retrieves.
-    assert not pipeline.run("How are Flask URL routes declared?").from_reservoir
+    # With the filter off nothing passed it, so nothing is knowledge (reuse: tests below).
+    record = {s.name: s for s in result.stages}["reservoir"]
+    assert not record.ran and "did not run" in record.detail["reason"]
+    assert trigger.reservoir.entries("default") == [] and len(result.sources) == 3
 
 
 class _SecondHop:
@@ -96,3 +92,115 @@ def test_cross_encoder_filter_needs_a_configured_model(small_collection):
                              filter_config=FilterConfig(cross_encoder="no-such-cross-encoder-model"))
     with pytest.raises(NotFoundError):
         RagPipeline(small_collection, None, missing).run("numpy reshape array")
+
+
+# -- the knowledge reservoir over a fresh collection (real MiniLM embeddings) ----------------
+
+PARQUET = {
+    "pandas/to_parquet.md": "DataFrame.to_parquet writes a DataFrame to the binary parquet format.",
+    "pandas/parquet_engine.md": "The engine argument of DataFrame.to_parquet chooses pyarrow or fastparquet "
+                                "to write parquet files.",
+    "pandas/parquet_compression.md": "DataFrame.to_parquet compresses parquet files with snappy by default; "
+                                     "compression=None writes them uncompressed.",
+    "pandas/merge.md": "pandas.merge joins two DataFrames on key columns given by on=, like a database join.",
+    "pandas/read_csv.md": "pandas.read_csv reads a comma-separated values (csv) file into a DataFrame.",
+    "numpy/reshape.md": "numpy.reshape gives a new shape to an array without changing its data.",
+    "flask/routing.md": "Flask routes URLs to view functions with the route() decorator.",
+}
+# MiniLM cosines (question vs passage): the parquet questions score 0.69-0.83 on the three
+# parquet passages and <= 0.43 on the others; the merge question 0.78 on merge.md.
+PARQUET_QUESTIONS = ["How do I write a DataFrame to parquet?", "How do I save a DataFrame as a parquet file?",
+                     "Export a DataFrame to parquet format"]
+
+
+def _collection(workspace, name="docs"):
+    from index import Collection
+
+    collection = Collection.open(workspace, name)
+    ids = collection.add_texts(list(PARQUET.values()), paths=list(PARQUET))
+    return collection, dict(zip(PARQUET, ids))
+
+
+def _reservoir_pipeline(collection, workspace, threshold=0.6, keep_at_least=1):
+    from rag.filter import FilterConfig
+
+    trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite", collection.name), collection)
+    config = PipelineConfig(k=5, rewrite="off", filter="embedding", reservoir=True,
+                            filter_config=FilterConfig(threshold=threshold, keep_at_least=keep_at_least))
+    return RagPipeline(collection, None, config, trigger=trigger), trigger
+
+
+def _stage(result, name):
+    return {s.name: s for s in result.stages}[name]
+
+
+def test_reservoir_stores_only_passages_that_passed_the_filter(tmp_path):
+    collection, ids = _collection(tmp_path / "ws")
+    # 0.75: to_parquet (0.83) and the engine passage (0.78) pass; keep_at_least=3 adds a third
+    # passage for the generator, which did not pass and is not knowledge.
+    pipeline, trigger = _reservoir_pipeline(collection, tmp_path / "ws", threshold=0.75, keep_at_least=3)
+    result = pipeline.run(PARQUET_QUESTIONS[0])
+    passed = _stage(result, "filter").detail["passed_ids"]
+    assert sorted(passed) == sorted([ids["pandas/to_parquet.md"], ids["pandas/parquet_engine.md"]])
+    assert len(result.sources) == 3
+    assert _stage(result, "reservoir").detail == {"stored": 2, "passed": 2, "not_passed": 1}
+    assert sorted(e.chunk_id for e in trigger.reservoir.entries("default")) == sorted(passed)
+    collection.close()
+
+
+def test_many_passages_of_one_question_do_not_answer_another(tmp_path):
+    """The issue's case: after "write a DataFrame to parquet", "merge two DataFrames on a key"
+    (title cosine 0.41) reused the three parquet passages; now it needs three past questions."""
+    collection, ids = _collection(tmp_path / "ws")
+    pipeline, trigger = _reservoir_pipeline(collection, tmp_path / "ws")
+    first = pipeline.run(PARQUET_QUESTIONS[0])
+    assert _stage(first, "reservoir").detail["stored"] == 3
+    merge = pipeline.run("How do I merge two DataFrames on a key?")
+    trigger_record = _stage(merge, "trigger").detail
+    assert trigger_record["matches"] == 3 and trigger_record["past_questions"] == 1
+    assert not merge.from_reservoir and merge.sources[0].id == ids["pandas/merge.md"]
+    for question in PARQUET_QUESTIONS[1:]:
+        assert not pipeline.run(question).from_reservoir  # one, then two past parquet questions
+    reused = pipeline.run("Write pandas data to a parquet file")
+    assert reused.from_reservoir and _stage(reused, "trigger").detail["past_questions"] == 3
+    assert "retrieve" not in {s.name for s in reused.stages}
+    parquet = {ids[p] for p in ("pandas/to_parquet.md", "pandas/parquet_engine.md", "pandas/parquet_compression.md")}
+    assert {s.metadata["chunk_id"] for s in reused.sources} == parquet
+    assert all(s.id.startswith("reservoir:") for s in reused.sources)
+    assert not pipeline.run("How are Flask URL routes declared?").from_reservoir
+    collection.close()
+
+
+def test_entries_of_reindexed_or_deleted_documents_are_dropped(tmp_path):
+    collection, ids = _collection(tmp_path / "ws")
+    pipeline, trigger = _reservoir_pipeline(collection, tmp_path / "ws")
+    for question in PARQUET_QUESTIONS:
+        pipeline.run(question)
+    assert len(trigger.reservoir.entries("default")) == 9  # 3 questions x 3 parquet passages
+    collection.add_texts(["DataFrame.to_parquet takes engine='pyarrow' (default) or 'fastparquet'."],
+                         paths=["pandas/parquet_engine.md"])  # re-indexed with other text
+    collection.delete("pandas/parquet_compression.md")
+    result = pipeline.run("Write pandas data to a parquet file")
+    assert _stage(result, "trigger").detail["stale_dropped"] == 6
+    assert {e.chunk_id for e in trigger.reservoir.entries("default")} == {ids["pandas/to_parquet.md"]}
+    # to_parquet.md is still knowledge from three past questions: reused, and only it.
+    assert result.from_reservoir and [s.metadata["chunk_id"] for s in result.sources] == [ids["pandas/to_parquet.md"]]
+    collection.delete("pandas/to_parquet.md")
+    assert not pipeline.run("Write pandas data to a parquet file").from_reservoir
+    collection.close()
+
+
+def test_collections_keep_separate_reservoirs(tmp_path):
+    docs, _ = _collection(tmp_path / "ws", "docs")
+    other, _ = _collection(tmp_path / "ws", "other")
+    docs_pipeline, _ = _reservoir_pipeline(docs, tmp_path / "ws")
+    other_pipeline, other_trigger = _reservoir_pipeline(other, tmp_path / "ws")  # the same file
+    for question in PARQUET_QUESTIONS:
+        docs_pipeline.run(question)
+    assert docs_pipeline.run("Write pandas data to a parquet file").from_reservoir
+    result = other_pipeline.run("Write pandas data to a parquet file")
+    assert not result.from_reservoir and _stage(result, "trigger").detail["matches"] == 0
+    # what `other` stored now is its own, from its own chunks
+    assert {e.collection for e in other_trigger.reservoir.entries("default")} == {"other"}
+    docs.close()
+    other.close()
