@@ -24,24 +24,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_toolbox(repo: Path, repo_index=None, collection=None, sandbox_limits=None):
     """The agent's ToolBox over `repo`, wired to code_tools: the RepoIndex answers the code tools
-    and code_tools.sandbox runs Python in a limited process.
+    and code_tools.sandbox runs Python in its jail, which sees the interpreter (read-only) and
+    the tool's scratch copy of the repository (read-write), nothing else of the host.
 
     Args:
         repo: repository root.
         repo_index: a code_tools.repo.RepoIndex of `repo`, or None for the run/read tools only.
         collection: an index.Collection of documentation (search_docs), or None.
         sandbox_limits: code_tools.sandbox.SandboxLimits for run_python/run_tests (default:
-            60 s wall, 20 s CPU, 1 GiB address space).
+            60 s wall, 20 s CPU, 1 GiB address space, the strongest jail here; without one a
+            call answers SandboxUnavailableError, which names the unsafe override).
     """
-    from functools import partial
+    import ast
+    import re
+    import tempfile
 
     from agents.tools import ToolBox
     from code_tools.sandbox import SandboxLimits, run_python
 
     # pytest of a small repository fits in 20 CPU seconds and 1 GiB of address space.
     limits = sandbox_limits or SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024)
-    return ToolBox(repo, repo_index=repo_index, collection=collection,
-                   sandbox=partial(run_python, limits=limits))
+    temp_root = Path(tempfile.gettempdir()).resolve()
+
+    def sandbox(code: str):
+        # ToolBox runs code from its scratch copy (`<tmp>/codehop-agent-*/repo`) through a
+        # fixed preamble that chdirs there: bind that scratch directory, and only one of those.
+        writable = []
+        match = re.match(r"import os, sys\nos\.chdir\(('[^'\n]*'|\"[^\"\n]*\")\)\n", code)
+        if match:
+            scratch = Path(ast.literal_eval(match.group(1))).parent
+            if scratch.parent.resolve() == temp_root and scratch.name.startswith("codehop-agent-"):
+                writable.append(scratch)
+        return run_python(code, limits, writable=writable)
+
+    return ToolBox(repo, repo_index=repo_index, collection=collection, sandbox=sandbox)
 
 
 def build_agent(repo: Path, workspace: Path, model: str | None, max_steps: int, max_tokens: int):
