@@ -548,8 +548,10 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
 
     @app.get("/health", response_model=m.Health, tags=["service"])
     def health(resources: Resources = Depends(get_resources)):
+        from code_tools.sandbox import sandbox_status
+
         return m.Health(status="ok", version=VERSION, workspace=str(resources.workspace),
-                        collections=resources.names())
+                        collections=resources.names(), sandbox=sandbox_status().describe())
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def metrics():

@@ -61,6 +61,8 @@ class Health(BaseModel):
     version: str
     workspace: str
     collections: list[str]
+    sandbox: str = Field(description="what runs the agent's generated code here, e.g. "
+                         "'bwrap (bubblewrap 0.8.0), tree limits: cgroup1', or 'unavailable: why'")
 
 
 # ---------------------------------------------------------------- collections and documents
