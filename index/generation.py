@@ -60,6 +60,7 @@ class Generation:
     finish_reason: str  # "stop" (eos or stop string) | "length"
     prompt_tokens: int
     elapsed_s: float
+    fim: bool = False  # the text was generated with the text after the cursor (complete_fim)
 
 
 @runtime_checkable
@@ -81,3 +82,7 @@ class Generator(Protocol):
     def chat_stream(self, messages: list[dict[str, str]], config: GenerationConfig = ...) -> Iterator[str]: ...
     def count_tokens(self, text: str) -> int: ...
     def fim_prompt(self, prefix: str, suffix: str) -> str | None: ...
+    def complete_fim(self, prefix: str, suffix: str, config: GenerationConfig = ...) -> Generation:
+        """Fill in between prefix and suffix; a backend that cannot use the suffix completes the
+        prefix alone and returns `fim=False`, so callers can say so instead of hiding it."""
+        ...
