@@ -34,10 +34,11 @@ import numpy as np
 
 from index import persist
 from index.bm25 import BM25Index
-from index.collection_config import INDEX_KEYS, CollectionConfig, IndexReport
+from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
 from index.embed import Embedder, EmbedderConfig, content_hash
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
+from index.openai_http import OpenAIEndpoint
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.ingest import Chunker, chunk_text, read_text, walk
 from index.store import Store
@@ -58,8 +59,10 @@ class _Put:
 class Collection:
     """Documents, chunks and their BM25 + dense indexes under one name in a workspace."""
 
-    def __init__(self, workspace: Path, name: str, store: Store, config: CollectionConfig) -> None:
+    def __init__(self, workspace: Path, name: str, store: Store, config: CollectionConfig,
+                 embedding_endpoint: OpenAIEndpoint | None = None) -> None:
         self.workspace, self.name, self.store, self.config = workspace, name, store, config
+        self.embedding_endpoint = embedding_endpoint
         self.directory = workspace / "collections" / name
         self._embedder: Embedder | None = None
         self._lock = threading.RLock()  # loading and committing
@@ -73,7 +76,8 @@ class Collection:
 
     @classmethod
     def open(cls, workspace: Path, name: str = "default", config: CollectionConfig | None = None,
-             create: bool = True) -> "Collection":
+             create: bool = True, embedding_endpoint: OpenAIEndpoint | None = None,
+             reembed: bool = False) -> "Collection":
         """Open (or create) a collection.
 
         Args:
@@ -82,6 +86,11 @@ class Collection:
             config: settings; None uses the stored ones (or defaults for a new collection).
                 A config whose index settings differ from the stored ones rebuilds the indexes.
             create: create the collection when it does not exist (else NotFoundError).
+            embedding_endpoint: the server of an "openai" embedding backend (not stored: it may
+                carry an API key).
+            reembed: allow `config` to name another embedding model than the one that built
+                the collection's vectors; every chunk is then embedded again. Without it such
+                a config raises EmbedderMismatchError (vectors of two models never mix).
         """
         workspace = Path(workspace).expanduser()
         if workspace.exists() and not workspace.is_dir():
@@ -104,13 +113,21 @@ class Collection:
                     f"no collection {name!r} in {workspace} (have: {store.collections() or 'none'})")
             config = config or CollectionConfig()
             store.create_collection(name, config.to_dict())
-            return cls(workspace, name, store, config)
+            return cls(workspace, name, store, config, embedding_endpoint)
         try:
             current = CollectionConfig.from_dict(stored["config"])
         except (TypeError, KeyError, ValueError, AttributeError, ImportError) as error:
             raise CorruptIndexError(f"collection {name!r} has an unreadable config ({error})") from error
-        collection = cls(workspace, name, store, current)
+        collection = cls(workspace, name, store, current, embedding_endpoint)
         if config is not None and config.to_dict() != current.to_dict():
+            changed = any(getattr(config, key) != getattr(current, key) for key in EMBEDDING_KEYS)
+            if changed and stored["generation"] > 0 and not reembed:
+                store.close()
+                raise EmbedderMismatchError(
+                    f"collection {name!r} was embedded with {current.embedder_name}; the settings name "
+                    f"{config.embedder_name}, and vectors of two models cannot be searched together: "
+                    f"re-index it with `codehop index --rebuild --collection {name}` (embeds every "
+                    "chunk again) or index into another --collection")
             collection.config = config
             with store.transaction():
                 store.set_config(name, config.to_dict())
@@ -134,17 +151,32 @@ class Collection:
     def embedder(self) -> Embedder:
         """The collection's embedder (model loaded on first encode)."""
         if self._embedder is None:
+            remote = self.config.embedding_backend == "openai"
+            if remote and self.embedding_endpoint is None:
+                raise InvalidInputError(
+                    f"collection {self.name!r} is embedded by an OpenAI-compatible server (model "
+                    f"{self.config.embedding_model!r}): set [embedding] backend = 'openai' and base_url "
+                    "in codehop.toml to use it")
             self._embedder = Embedder(EmbedderConfig(
                 model=self.config.embedding_model, batch_size=self.config.embed_batch_size,
-                cache_dir=self.workspace / "embeddings"))
+                cache_dir=self.workspace / "embeddings", backend=self.config.embedding_backend,
+                endpoint=self.embedding_endpoint if remote else None))
         return self._embedder
+
+    def _check_dim(self, dense, dim: int) -> None:
+        """Vectors of another size than the index's: another model is answering."""
+        if dense is not None and dense.dim != dim:
+            raise EmbedderMismatchError(
+                f"collection {self.name!r} holds {dense.dim}-d vectors from {self.config.embedder_name}, "
+                f"but the embedder now returns {dim}-d ones (did the server's model change?): re-index "
+                f"with `codehop index --rebuild --collection {self.name}`")
 
     def __len__(self) -> int:
         return self.store.counts(self.name)["chunks"]
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, **self.store.counts(self.name), "dense": self.config.dense,
-                "embedding_model": self.config.embedding_model}
+                "embedding_model": self.config.embedder_name}
 
     # ---------------------------------------------------------------- adding
 
@@ -388,6 +420,7 @@ class Collection:
         if added:
             rows = self.store.get_chunks(added)
             vectors = self.embedder.encode([rows[i].text for i in added])
+            self._check_dim(dense, vectors.shape[1])
             if dense is None:
                 create, _ = persist.dense_backend(self.config.dense)
                 dense = create(self.config.dense, vectors.shape[1], self.config.dense_config)
@@ -511,6 +544,7 @@ class Collection:
         with self._index_lock:
             if self._dense is None or len(self._dense) == 0:
                 return Hits.empty()
+            self._check_dim(self._dense, np.asarray(vector).reshape(-1).shape[0])
             return self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0]
 
     def _results(self, hits: Hits) -> list[SearchResult]:

@@ -20,7 +20,9 @@ from index.tokenize import TokenizerConfig
 
 # Settings baked into the indexes: changing one rebuilds them. Chunk sizes apply to files
 # (re-)indexed later; batch size and fusion settings apply at once.
-INDEX_KEYS = ("dense", "dense_config", "embedding_model", "bm25", "tokenizer")
+INDEX_KEYS = ("dense", "dense_config", "embedding_backend", "embedding_model", "bm25", "tokenizer")
+# The settings that name the model behind a collection's vectors: they may not change silently.
+EMBEDDING_KEYS = ("embedding_backend", "embedding_model")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class CollectionConfig:
     Args:
         dense: dense backend kind, one of "flat", "spann", "pq".
         dense_config: that backend's config dataclass (None: its defaults).
-        embedding_model: model name for `index.models.resolve_model`.
+        embedding_backend: "sentence-transformers" (a local model) or "openai" (a server's
+            /v1/embeddings; its endpoint is handed to `Collection.open`, never stored).
+        embedding_model: model name for `index.models.resolve_model`, or the server's name.
         embed_batch_size: texts per embedding forward pass.
         bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
         ingest: chunk sizes and file limits.
@@ -41,6 +45,7 @@ class CollectionConfig:
 
     dense: str = "flat"
     dense_config: Any = None
+    embedding_backend: str = "sentence-transformers"
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     embed_batch_size: int = 32
     # Lucene's idf, not rank-bm25's Okapi idf: Okapi scores a term found in half the documents
@@ -56,10 +61,20 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
             raise InvalidInputError(f"unknown dense index {self.dense!r}; choose one of {DENSE_KINDS}")
+        if self.embedding_backend not in ("sentence-transformers", "openai"):
+            raise InvalidInputError(f"embedding_backend must be 'sentence-transformers' or 'openai', "
+                                    f"not {self.embedding_backend!r}")
         if self.fusion not in ("rrf", "weighted"):
             raise InvalidInputError(f"fusion must be 'rrf' or 'weighted', not {self.fusion!r}")
         if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
             raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
+
+    @property
+    def embedder_name(self) -> str:
+        """backend:model as a user reads it, e.g. "openai:nomic-embed-text"."""
+        if self.embedding_backend == "sentence-transformers":
+            return self.embedding_model
+        return f"{self.embedding_backend}:{self.embedding_model}"
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
