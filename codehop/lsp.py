@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import dataclasses
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from pygls import uris
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
+from codehop.config import Settings
 from codehop.locks import RWLock
 from index.errors import CodehopError, InvalidInputError
 
@@ -51,6 +53,8 @@ class LspConfig:
     Args:
         model: generator for completions (a name or a local model directory for load_generator).
         backend: generator backend for rag.llm.load_generator.
+        settings: the rest of codehop.toml: the [generator] server (base_url, api_key_env, ...)
+            of backend "openai" and the [embedding] backend of the workspace collection.
         workspace: codehop state directory (None: <workspace folder>/.codehop).
         debounce_s: wait this long for newer completion requests before generating.
         reindex_debounce_s: re-index a changed file after this much quiet.
@@ -68,9 +72,10 @@ class LspConfig:
     max_new_tokens: int = 48
     dense_rerank: bool = True
     hover_passages: int = 2
-    ask_rewrite: str = "llm"
-    ask_filter: str = "llm"
+    ask_rewrite: str = "auto"
+    ask_filter: str = "auto"
     ask_max_new_tokens: int = 256
+    settings: Settings = Settings()
 
 
 def rpc_errors(handler: Callable) -> Callable:
@@ -122,13 +127,13 @@ class CodehopLanguageServer(LanguageServer):
 
         with self._lock:
             if self._completer is None:
-                try:
-                    from rag.llm import load_generator
-                except ImportError as error:
-                    raise CodehopError(f"completions need rag.llm ({error})") from error
+                from codehop.models import load_configured_generator
+
+                settings = self.config.settings
+                settings = dataclasses.replace(settings, generator=dataclasses.replace(
+                    settings.generator, model=self.config.model, backend=self.config.backend))
                 with _LOADING:
-                    generator = load_generator(self.config.model, backend=self.config.backend,
-                                               workspace=self.state_dir)
+                    generator = load_configured_generator(settings, self.state_dir)
                 config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
                                           dense_rerank=self.config.dense_rerank)
                 self._completer = RepoCompleter(self.repo, generator, config)
@@ -203,7 +208,7 @@ async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> Non
         except Exception:
             token = None
     try:
-        ls.collection = await _run(ls._index, _open_collection, ls.root, ls.state_dir)
+        ls.collection = await _run(ls._index, _open_collection, ls.root, ls.state_dir, ls.config.settings)
     except CodehopError as error:
         ls.collection_error = str(error)
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))
@@ -212,11 +217,12 @@ async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> Non
             ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
 
 
-def _open_collection(root: Path, state: Path):
+def _open_collection(root: Path, state: Path, settings: Settings):
     from codehop.commands.index import _code_chunker
-    from index.collection import Collection
+    from codehop.models import open_collection
 
-    collection = Collection.open(state, "workspace")
+    config = settings.collection_config() if settings.source is not None else None
+    collection = open_collection(settings, state, "workspace", create=True, config=config)
     with _LOADING:
         collection.embedder.encode(["codehop"])  # loads the embedding model
     collection.add_paths([root], chunker=_code_chunker(), progress=False)

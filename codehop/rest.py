@@ -43,7 +43,7 @@ VERSION = "0.1.0"
 _MAX_JOBS = 1000
 _ERRORS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
            405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-           422: "invalid_request", 501: "not_implemented"}
+           422: "invalid_request", 501: "not_implemented", 502: "bad_gateway"}
 
 
 class PathOutsideRootsError(CodehopError):
@@ -110,7 +110,9 @@ class Resources:
 
         with self._guard:
             if name not in self._collections:
-                self._collections[name] = Collection.open(self.workspace, name, create=False)
+                self._collections[name] = Collection.open(
+                    self.workspace, name, create=False,
+                    embedding_endpoint=self.settings.embedding_endpoint())
                 self._locks.setdefault(name, RWLock())
             return self._collections[name]
 
@@ -126,7 +128,9 @@ class Resources:
                 raise ConflictError(f"collection {name!r} already exists: delete it first or pick another name")
             try:
                 config = self.settings.collection_config(dense=dense)
-                self._collections[name] = Collection.open(self.workspace, name, config=config)
+                self._collections[name] = Collection.open(
+                    self.workspace, name, config=config,
+                    embedding_endpoint=self.settings.embedding_endpoint())
             except MissingDependencyError as error:  # a choice this install cannot serve
                 raise InvalidInputError(str(error)) from error
             return self._collections[name]
@@ -195,23 +199,18 @@ class Resources:
         """The configured generator, loaded on first use (rag.llm.load_generator)."""
         with self._models:
             if self._generator is None:
-                try:
-                    from rag.llm import load_generator
-                except ImportError as error:
-                    raise MissingDependencyError(f"generation needs rag.llm ({error})") from error
-                g = self.settings.generator
-                self._generator = load_generator(g.model, backend=g.backend, workspace=self.workspace)
+                from codehop.models import load_configured_generator
+
+                self._generator = load_configured_generator(self.settings, self.workspace)
             return self._generator
 
     def embedder(self):
         """The configured embedding model (shares the workspace's vector cache)."""
-        from index.embed import Embedder, EmbedderConfig
+        from codehop.models import configured_embedder
 
         with self._models:
             if self._embedder is None:
-                e = self.settings.embedding
-                self._embedder = Embedder(EmbedderConfig(
-                    model=e.model, batch_size=e.batch_size, cache_dir=self.workspace / "embeddings"))
+                self._embedder = configured_embedder(self.settings, self.workspace)
             return self._embedder
 
     def treehop(self):
@@ -307,7 +306,7 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": m.ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 501)}
+    code: {"model": m.ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 501, 502)}
 
 
 # ---------------------------------------------------------------- routes
@@ -562,6 +561,6 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
     from codehop import rest_generation
 
     for router in (collections_router, search_router, rest_generation.router,
-                   rest_generation.answers):
+                   rest_generation.tokenize, rest_generation.answers):
         app.include_router(router, dependencies=auth)
     return app

@@ -28,11 +28,12 @@ _GENERATE = threading.Lock()
 MAX_PROMPT_TOKENS = 4096
 
 
-def _config(body: m._Sampling, stop: tuple[str, ...] = ()):
+def _config(body: m._Sampling, stop: tuple[str, ...] = (), json_schema=None):
     from rag.llm import GenerationConfig
 
     return GenerationConfig(max_new_tokens=body.max_tokens, temperature=body.temperature,
-                            top_p=body.top_p, stop=tuple(body.stops()) + stop, seed=body.seed)
+                            top_p=body.top_p, stop=tuple(body.stops()) + stop, seed=body.seed,
+                            repetition_penalty=body.repetition_penalty, json_schema=json_schema)
 
 
 def _check_model(requested: str | None, available: str, configured: str | None = None) -> None:
@@ -103,9 +104,14 @@ def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: 
         fim_prompt = generator.fim_prompt(body.prompt, body.suffix)
         if fim_prompt is not None:
             prompt, fim = fim_prompt, True
+    config = _config(body)
+    server_fim = bool(body.suffix) and not fim and hasattr(generator, "complete_fim")
+    if server_fim and not body.stream:  # the model's own server fills in (or says it did not)
+        with _GENERATE:
+            result = generator.complete_fim(body.prompt, body.suffix, config)
+        return _completion_response(response, generator, cid, created, result, body.suffix)
     # A model without a fill-in-the-middle format completes the prefix only; the header says so.
     response.headers["x-codehop-fim"] = "true" if fim else "false"
-    config = _config(body)
     if body.stream:
         def chunks() -> Iterator[dict[str, Any]]:
             for piece in generator.stream(prompt, config):
@@ -119,10 +125,23 @@ def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: 
                                  headers={"x-codehop-fim": response.headers["x-codehop-fim"]})
     with _GENERATE:
         result = generator.complete(prompt, config)
+    result.fim = fim
+    return _completion_response(response, generator, cid, created, result, body.suffix)
+
+
+def _completion_response(response: Response, generator, cid: str, created: int, result,
+                         suffix: str | None) -> m.CompletionResponse:
+    """OpenAI's completion body; whether the suffix was used is in `x-codehop-fim` and, when a
+    suffix was given but not used, in the `codehop_note` extension field."""
+    response.headers["x-codehop-fim"] = "true" if result.fim else "false"
+    note = None
+    if suffix and not result.fim:
+        note = (f"model {generator.name} has no fill-in-the-middle format: the suffix was not used "
+                "(the text completes the prompt alone)")
     return m.CompletionResponse(
         id=cid, created=created, model=generator.name,
         choices=[m.CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-        usage=_usage(generator, result.prompt_tokens, result.text))
+        usage=_usage(generator, result.prompt_tokens, result.text), codehop_note=note)
 
 
 def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, created: int,
@@ -150,7 +169,7 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     messages = [{"role": msg.role, "content": msg.content} for msg in body.messages]
     _check_prompt(generator, *(msg.content for msg in body.messages))
-    config = _config(body)
+    config = _config(body, json_schema=body.response_format.schema() if body.response_format else None)
     if body.stream:
         def chunks() -> Iterator[dict[str, Any]]:
             head = {"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -169,6 +188,19 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
         choices=[m.ChatChoice(message={"role": "assistant", "content": result.text},
                               finish_reason=result.finish_reason)],
         usage=_usage(generator, result.prompt_tokens, result.text))
+
+
+tokenize = APIRouter(tags=["openai"])
+
+
+@tokenize.post("/tokenize", response_model=m.TokenizeResponse)
+def count_tokens(body: m.TokenizeRequest, generator=Depends(get_generator)):
+    """Token count of a text with the served model's tokenizer (vLLM's route, at the root), so
+    clients budget prompts in real tokens."""
+    text = body.prompt if body.prompt is not None else body.content
+    if text is None:
+        raise InvalidInputError("give the text to count as 'prompt' (or 'content')")
+    return m.TokenizeResponse(count=generator.count_tokens(text), max_model_len=MAX_PROMPT_TOKENS)
 
 
 # ---------------------------------------------------------------- RAG answers

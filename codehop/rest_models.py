@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_QUERY = 4_000
@@ -300,6 +300,8 @@ class _Sampling(Lenient):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     stream: bool = False
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=5.0,
+                                      description="vLLM-style: >1 discourages repeating generated tokens")
 
     @field_validator("stop")
     @classmethod
@@ -375,6 +377,8 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    codehop_note: str | None = Field(default=None, description="codehop extension: e.g. that the "
+                                     "suffix could not be used (the model has no FIM format)")
 
 
 class ChatMessage(Lenient):
@@ -382,8 +386,47 @@ class ChatMessage(Lenient):
     content: str = Field(max_length=MAX_PROMPT)
 
 
+class JsonSchemaFormat(Lenient):
+    name: str = Field(default="output", max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the reply must follow")
+    strict: bool | None = None
+
+
+class ResponseFormat(Lenient):
+    """OpenAI's `response_format`: "text", "json_object" or "json_schema" (decoded under the
+    schema's grammar by the local backend)."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format.type 'json_schema' needs a json_schema object")
+        return self
+
+    def schema(self) -> dict[str, Any] | None:
+        if self.type == "json_schema":
+            return self.json_schema.schema_
+        return {"type": "object"} if self.type == "json_object" else None
+
+
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    response_format: ResponseFormat | None = None
+
+
+class TokenizeRequest(Lenient):
+    """vLLM's /tokenize shape (`prompt`); llama.cpp's `content` is accepted too."""
+
+    model: str | None = Field(default=None, max_length=256)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT)
+    content: str | None = Field(default=None, max_length=MAX_PROMPT)
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int | None = None
 
 
 class ChatChoice(BaseModel):

@@ -143,7 +143,10 @@ class RagPipeline:
                     else PRFRewriter(self.collection, self.config.rewrite_config))
         rewrite = rewriter.rewrite(question)
         if method == "llm" and rewrite.method == "none":  # unusable LLM output: RM3 instead
+            seconds = rewrite.seconds
             rewrite = PRFRewriter(self.collection, self.config.rewrite_config).rewrite(question)
+            rewrite.seconds += seconds
+            why = f"the LLM rewrite ({self.generator.name}) was unusable, so RM3 was used instead"
         detail = {"method": rewrite.method, "why": why, "queries": rewrite.all_queries[1:]}
         return rewrite, StageRecord("rewrite", True, rewrite.seconds, detail)
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from codehop.models import add_model_options
 from index.errors import NotFoundError
 
 
@@ -15,10 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("task", help="what the agent should do")
     parser.add_argument("--repo", default=".", help="repository root (default: .)")
     parser.add_argument("--workspace", help="workspace directory (default: $CODEHOP_WORKSPACE or ./.codehop)")
-    parser.add_argument("--model", default=None, help="generator model (default: the shipped SmolLM2)")
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=24_000)
     parser.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
+    add_model_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -60,28 +61,28 @@ def build_toolbox(repo: Path, repo_index=None, collection=None, sandbox_limits=N
     return ToolBox(repo, repo_index=repo_index, collection=collection, sandbox=sandbox)
 
 
-def build_agent(repo: Path, workspace: Path, model: str | None, max_steps: int, max_tokens: int):
+def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_tokens: int):
     """Wire the real objects: RepoIndex over the repo, the configured generator, the tools."""
     from agents.code_agent import AgentConfig, CodeAgent
     from code_tools.repo import RepoIndex
-    from codehop.config import load_settings
-    from rag.llm import load_generator
+    from codehop.models import load_configured_generator
 
-    settings = load_settings(None)
-    generator = load_generator(model or settings.generator.model,
-                               backend=settings.generator.backend, workspace=workspace)
+    generator = load_configured_generator(settings, workspace)
     tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, workspace))
     return CodeAgent(generator, tools, AgentConfig(max_steps=max_steps, max_tokens=max_tokens))
 
 
 def run(args: argparse.Namespace) -> int:
     from agents.code_agent import AgentResult
-    from codehop.config import resolve_workspace
+    from codehop.config import load_settings, resolve_workspace
+    from codehop.models import with_model_options
 
     repo = Path(args.repo).expanduser()
     if not repo.is_dir():
         raise NotFoundError(f"--repo {repo} is not a directory")
-    agent = build_agent(repo, resolve_workspace(args.workspace), args.model, args.max_steps, args.max_tokens)
+    settings = with_model_options(load_settings(getattr(args, "config", None)), args)
+    agent = build_agent(repo, resolve_workspace(args.workspace, settings), settings, args.max_steps,
+                        args.max_tokens)
     result = None
     for event in agent.run_stream(args.task):
         if isinstance(event, AgentResult):

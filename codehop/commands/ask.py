@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from codehop.models import add_model_options
 from index.errors import InvalidInputError
 
 
@@ -14,7 +15,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("question")
     parser.add_argument("--collection", default=None)
     parser.add_argument("--workspace", default=None)
-    parser.add_argument("--model", default=None, help="generator model (default: shipped SmolLM2)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--mode", choices=("hybrid", "bm25", "dense"), default="hybrid")
     parser.add_argument("--rewrite", choices=("auto", "llm", "prf", "off"), default="auto",
@@ -30,21 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--retrieval-only", action="store_true", help="no generator: sources only")
     parser.add_argument("--json", action="store_true")
+    add_model_options(parser)
     parser.set_defaults(func=run)
 
 
 def build_pipeline(args: argparse.Namespace, settings, workspace):
-    from index import Collection
-    from rag.llm import load_generator
+    from codehop.models import load_configured_generator, open_collection, with_model_options
     from rag.filter import FilterConfig
     from rag.pipeline import PipelineConfig, RagPipeline
     from rag.reservoir import Reservoir, RetrieverTrigger
 
-    collection = Collection.open(workspace, args.collection or settings.collection.name, create=False)
-    generator = None
-    if not args.retrieval_only:
-        generator = load_generator(args.model or settings.generator.model,
-                                   backend=settings.generator.backend, workspace=workspace)
+    settings = with_model_options(settings, args)
+    collection = open_collection(settings, workspace, args.collection or settings.collection.name)
+    generator = None if args.retrieval_only else load_configured_generator(settings, workspace)
     config = PipelineConfig(
         k=args.k, candidates=max(20, args.k), mode=args.mode,
         rewrite="off" if args.no_rewrite else args.rewrite,
@@ -82,9 +80,18 @@ def run(args: argparse.Namespace) -> int:
     for number, source in enumerate(result.sources, 1):
         mark = "*" if number in result.cited else " "
         print(f" {mark}[{number}] {source.path}:{source.start_line}-{source.end_line}")
-    print("\nStages: " + ", ".join(f"{s.name} {s.seconds * 1000:.0f} ms" if s.ran else f"{s.name} off"
-                                   for s in result.stages), file=sys.stderr)
+    print("\nStages: " + ", ".join(_stage_label(s) for s in result.stages), file=sys.stderr)
     for stage in result.stages:
         if not stage.ran and stage.detail.get("reason"):
             print(f"note: {stage.name} skipped: {stage.detail['reason']}", file=sys.stderr)
+        elif stage.ran and stage.detail.get("why") and stage.detail.get("method") not in ("llm", "llm-nli"):
+            print(f"note: {stage.name} used {stage.detail['method']}: {stage.detail['why']}", file=sys.stderr)
     return 0
+
+
+def _stage_label(stage) -> str:
+    """"rewrite (prf) 12 ms", "generate 3400 ms" or "filter off"."""
+    if not stage.ran:
+        return f"{stage.name} off"
+    method = stage.detail.get("method")
+    return f"{stage.name}{f' ({method})' if method else ''} {stage.seconds * 1000:.0f} ms"

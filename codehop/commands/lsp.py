@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
                        backend=settings.generator.backend,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
-                       dense_rerank=not args.no_rerank)
+                       dense_rerank=not args.no_rerank, settings=settings)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

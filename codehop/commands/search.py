@@ -28,7 +28,7 @@ def _snippet(text: str, width: int = 100, lines: int = 3) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from codehop.config import load_settings, resolve_workspace
-    from index.collection import Collection
+    from codehop.models import open_collection
     from index.errors import InvalidInputError
 
     if not args.query.strip():
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(getattr(args, "config", None))
     workspace = resolve_workspace(args.workspace, settings)
     name = args.collection or settings.collection.name
-    with Collection.open(workspace, name, create=False) as collection:
+    with open_collection(settings, workspace, name) as collection:
         results = collection.search(args.query, k=args.k, mode=args.mode)
     if args.json:
         keys = ("id", "score", "path", "start_line", "end_line", "text")

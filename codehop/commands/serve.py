@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _index(settings, workspace: Path, name: str, sources: list[Path]) -> None:
     from codehop.commands.index import _code_chunker
-    from index.collection import Collection
+    from codehop.models import open_collection
 
     config = settings.collection_config() if settings.source is not None else None
-    with Collection.open(workspace, name, config=config) as collection:
+    with open_collection(settings, workspace, name, create=True, config=config) as collection:
         report = collection.add_paths(sources, chunker=_code_chunker(), progress=sys.stderr.isatty())
     print(f"codehop: indexed {report.summary()}", file=sys.stderr)

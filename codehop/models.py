@@ -1,0 +1,70 @@
+"""Settings -> the models and collections the faces use, in one place.
+
+Every face (CLI commands, REST, LSP) loads its generator and opens its collections through
+these helpers, so `[generator]` and `[embedding]` in codehop.toml (or the `--model`,
+`--backend`, `--base-url` options) mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from codehop.config import Settings
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model / --backend / --base-url, overriding [generator] for one command."""
+    parser.add_argument("--model", default=None,
+                        help="generator model: a path, a package, a hub id, or the server's model name "
+                             "(default: [generator] model, the shipped SmolLM2)")
+    parser.add_argument("--backend", choices=("transformers", "vllm", "llamacpp", "openai"), default=None,
+                        help="generator backend (default: [generator] backend)")
+    parser.add_argument("--base-url", default=None,
+                        help="an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 "
+                             "(implies --backend openai)")
+
+
+def with_model_options(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`settings` with the command line's generator overrides applied."""
+    changes = {}
+    if getattr(args, "model", None):
+        changes["model"] = args.model
+    if getattr(args, "base_url", None):
+        changes.update(base_url=args.base_url, backend="openai")
+    if getattr(args, "backend", None):
+        changes["backend"] = args.backend
+    if not changes:
+        return settings
+    return dataclasses.replace(settings, generator=dataclasses.replace(settings.generator, **changes))
+
+
+def load_configured_generator(settings: Settings, workspace: Path):
+    """The generator [generator] describes (a local model, or a client of the user's server)."""
+    from rag.llm import load_generator
+
+    g = settings.generator
+    if g.backend == "openai":
+        return load_generator(g.model, backend="openai", endpoint=g.endpoint(g.model, "generator"),
+                              openai=g.openai_options())
+    return load_generator(g.model, backend=g.backend, workspace=workspace)
+
+
+def open_collection(settings: Settings, workspace: Path, name: str, create: bool = False,
+                    config=None, reembed: bool = False):
+    """Collection.open with the embedding server of [embedding] (when it is one)."""
+    from index.collection import Collection
+
+    return Collection.open(workspace, name, config=config, create=create,
+                           embedding_endpoint=settings.embedding_endpoint(), reembed=reembed)
+
+
+def configured_embedder(settings: Settings, workspace: Path):
+    """The [embedding] embedder with the workspace's vector cache."""
+    from index.embed import Embedder, EmbedderConfig
+
+    e = settings.embedding
+    return Embedder(EmbedderConfig(model=e.model, batch_size=e.batch_size, device=e.device,
+                                   cache_dir=workspace / "embeddings", backend=e.backend,
+                                   endpoint=settings.embedding_endpoint()))
