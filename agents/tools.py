@@ -7,6 +7,9 @@ The tools work through objects handed in by the caller, never by importing code_
 sibling layer): a `RepoView` (code_tools.repo.RepoIndex is one) for search, definitions, the
 file list and outlines, and a `sandbox` callable that runs Python under limits (code_tools'
 `run_python` with its SandboxLimits bound, e.g. by `codehop.commands.agent.build_toolbox`).
+run_python/run_tests execute in a scratch copy of the root; with code_tools' jail that code
+sees the copy (read-write), the interpreter and its packages (read-only) and nothing else of
+the machine: no home, no original repository, no network, limited time, memory and processes.
 A tool whose object is missing is not offered.
 """
 
@@ -174,8 +177,8 @@ class ToolBox:
             ]
         if self.sandbox is not None:
             specs += [
-                ToolSpec("run_python", "run a Python snippet in a sandbox (cwd = a copy of the repo)", {"code": text("source")}, self.run_python),
-                ToolSpec("run_tests", "run pytest on a test path in a sandboxed copy of the repo, optionally after applying a patch",
+                ToolSpec("run_python", "run a Python snippet in a jail: cwd = a throwaway copy of the repo; it sees only that copy and the Python install, no network, time/memory limits", {"code": text("source")}, self.run_python),
+                ToolSpec("run_tests", "run pytest on a test path in a jailed throwaway copy of the repo, optionally after applying a patch (the repo itself is not changed)",
                          {"path": text("test file or directory"),
                           "patch": Param(str, "unified diff to apply first", False, "")}, self.run_tests),
             ]
