@@ -22,4 +22,15 @@ findlinks=()
 # Structured decoding (xgrammar) without its triton dependency: GPU kernels, ~1 GB, unused on
 # CPU; its runtime needs (apache-tvm-ffi, torch, transformers, pydantic) are codehop's own.
 .venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps xgrammar==0.2.9
+# Generated code (agent run_python, CodeRAG-Bench) runs only inside a bubblewrap jail: install
+# bwrap when we can (root + apt); never fail the setup over it (see README: Sandbox).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } \
+      || echo "note: could not install bubblewrap; generated code will be refused (see README: Sandbox)"
+  else
+    echo "note: bwrap not found; install bubblewrap to run generated code (see README: Sandbox)"
+  fi
+fi
 echo "codehop environment ready in .venv"
