@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="problems per task whose canonical solution is executed (0 = all)")
     parser.add_argument("--llm-rewrite-tasks", default="ds1000,odex",
                         help="tasks on which hybrid+llm runs (one LLM call per query)")
+    parser.add_argument("--unsafe-exec", action="store_true",
+                        help="run generated code in a plain subprocess with NO isolation (only "
+                             "where no sandbox jail is possible and the code is trusted)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -75,7 +78,8 @@ def config_from_args(args: argparse.Namespace):
         model=args.model,
         llm_rewrite_tasks=_names(args.llm_rewrite_tasks, TASKS, "task"),
         retrieval=RetrievalConfig(max_chunks_per_doc=args.max_chunks_per_doc or None),
-        generation=GenerationSettings(max_new_tokens=args.max_new_tokens, workers=args.workers),
+        generation=GenerationSettings(max_new_tokens=args.max_new_tokens, workers=args.workers,
+                                      isolation="unsafe" if args.unsafe_exec else "auto"),
         progress=not args.no_progress)
 
 
@@ -99,6 +103,8 @@ def run_from_args(args: argparse.Namespace, note: str = "") -> int:
     print(f"wrote {path}")
     for task, by in results.get("retrieval", {}).items():
         print(task, " ".join(f"{r}={m['ndcg@10']:.3f}" for r, m in by.items()), "(NDCG@10)")
+    if results.get("sandbox"):
+        print(f"sandbox: {results['sandbox']['mechanism']}")
     for task, row in results.get("selfcheck", {}).items():
         print(f"self-check {task}: {row['passed']}/{row['problems']} canonical solutions pass")
     for task, by in (results.get("generation") or {}).items():

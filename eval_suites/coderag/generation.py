@@ -32,11 +32,12 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.
 class GenerationSettings:
     """Args: max_new_tokens per sample; doc_chars: each document is cut to this many
     characters in the prompt (the 135M model has a 2k-token window); workers: parallel
-    sandbox executions."""
+    sandbox executions; isolation: "auto" (the sandbox's jail) or "unsafe" (--unsafe-exec)."""
 
     max_new_tokens: int = 256
     doc_chars: int = 1200
     workers: int = 2
+    isolation: str = "auto"
 
 
 def build_prompt(problem: Problem, docs: list[str], settings: GenerationSettings) -> str:
@@ -139,8 +140,9 @@ def evaluate_condition(problems: list[Problem], condition: str, docs_for: Callab
     from tqdm import tqdm
 
     def execute(problem: Problem, solution: str, text: str, gen_s: float) -> None:
-        result = check_solution(problem, solution)
+        result = check_solution(problem, solution, isolation=settings.isolation)
         cache.put({"id": problem.id, "passed": result.passed, "killed_reason": result.killed_reason,
+                   "mechanism": result.mechanism,
                    "returncode": result.returncode, "exec_s": round(result.elapsed_s, 3),
                    "gen_s": round(gen_s, 3), "output": text[-2000:],
                    "stderr_tail": result.stderr[-400:]})

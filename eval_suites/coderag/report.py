@@ -69,6 +69,14 @@ def write_report(results: dict[str, Any], out_dir: Path, machine_note: str = "")
                          [{"task": t, "problems": s["problems"], "passed": s["passed"],
                            "pass@1": s["pass@1"], "failure reasons": s["failure_reasons"] or "-"}
                           for t, s in selfcheck.items()])
+    sandbox = results.get("sandbox") or {}
+    if sandbox:
+        overhead = sandbox.get("overhead") or {}
+        report.add("Sandbox", f"Executions ran in: {sandbox['mechanism']}.\n\n"
+                   + (markdown_table(overhead["rows"]) + "\n" + markdown_table(overhead["overhead"])
+                      + "\nPer-execution wall-clock ms, the jail vs the old plain-subprocess runner "
+                        "(now only the explicit unsafe mode), interleaved runs side by side."
+                      if overhead else sandbox.get("overhead_note", "Overhead not measured.")))
     generation = results.get("generation") or {}
     if generation:
         rows, conditions = [], []

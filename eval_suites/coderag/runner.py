@@ -39,6 +39,8 @@ class BenchConfig:
         distractors: devdocs pages added to the gold pages of the sampled DS-1000/ODEX
             queries, drawn (seeded) from the libraries of those gold pages; -1 = all pages.
         selfcheck_limit: problems per task whose canonical solution is run (None = all).
+        sandbox_overhead_runs: interleaved runs per program when measuring the jail's cost
+            per execution against the unsafe plain subprocess (0 = not measured).
         generate: run the generation half; gen_limit problems per task; gen_conditions
             among "none", "oracle" and retriever names.
         model: generator name for rag.llm.load_generator.
@@ -64,6 +66,7 @@ class BenchConfig:
     retrieval: RetrievalConfig = RetrievalConfig()
     generation: GenerationSettings = GenerationSettings()
     progress: bool = True
+    sandbox_overhead_runs: int = 10
 
     def __post_init__(self) -> None:
         for task in self.tasks:
@@ -107,6 +110,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     started = time.perf_counter()
     out: dict[str, Any] = {"config": config.to_dict(), "notes": []}
     notes = out["notes"]
+    _require_sandbox(config)  # before hours of indexing, not at the first execution
     page_keys = builders.devdocs_page_keys(config.data) if set(config.tasks) & set(DOC_TASKS) else {}
     tasks: dict[str, _TaskData] = {}
     for task in config.tasks:
@@ -231,6 +235,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                            "failed_ids": [r["id"] for r in rows if not r["passed"]][:20],
                            "failure_reasons": _reasons(rows)}
     out["selfcheck"] = selfcheck
+    out["sandbox"] = _sandbox_record(config)
 
     # ---- generation
     if config.generate and llm_ok:
@@ -266,6 +271,31 @@ class RewriteCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.entries)
         atomic_write(self.path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+
+
+def _require_sandbox(config: BenchConfig) -> None:
+    from code_tools.sandbox import SandboxLimits, SandboxUnavailableError, sandbox_status
+
+    status = sandbox_status(SandboxLimits(isolation=config.generation.isolation))
+    if status.mechanism == "unavailable":
+        raise SandboxUnavailableError(f"no sandbox for generated code here ({status.detail}); "
+                                      "install bubblewrap, or pass --unsafe-exec to run it unisolated")
+
+
+def _sandbox_record(config: BenchConfig) -> dict[str, Any]:
+    """Which mechanism ran the executions, and the jail's cost per execution next to the
+    unsafe plain subprocess (the old runner), measured side by side."""
+    from code_tools.sandbox import SandboxLimits, SandboxUnavailableError, sandbox_status
+    from eval_suites.sandbox_bench.overhead import measure_overhead
+
+    record: dict[str, Any] = {
+        "mechanism": sandbox_status(SandboxLimits(isolation=config.generation.isolation)).describe()}
+    if config.sandbox_overhead_runs > 0:
+        try:
+            record["overhead"] = measure_overhead(config.sandbox_overhead_runs)
+        except SandboxUnavailableError as error:
+            record["overhead_note"] = f"not measured: {error}"
+    return record
 
 
 def _reasons(rows: list[dict]) -> dict[str, int]:
