@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     report.results = results
     report.add("Mechanism", f"Jail on this machine: {results['jail']}. The unsafe runner is the "
                "old plain subprocess (rlimits, own session, temp dir; no namespaces), which now "
-               "runs only when asked for explicitly (`--unsafe-exec`).")
+               "runs only when asked for explicitly (`--unsafe-exec`). The old runner also "
+               "wrapped the child in `unshare -rn` where permitted (one more exec, a few ms); "
+               "that network namespace alone is not measured here.")
     report.add_table("Wall-clock ms per run_python call (interleaved runs)", results["rows"])
     report.add_table("Overhead of the jail", results["overhead"],
                      "Ratios > 1: the jail is slower. The jail's extra cost is bwrap's namespace "
