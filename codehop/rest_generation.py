@@ -8,6 +8,7 @@ prefix, suffix, filepath, ...) goes to code_tools' RepoCompleter, which adds rep
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from dataclasses import asdict
@@ -15,6 +16,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
+import numpy as np
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
@@ -87,8 +89,15 @@ def embeddings(body: m.EmbeddingRequest, resources: Resources = Depends(get_reso
     vectors = embedder.encode(texts)
     tokens = sum(len(t.split()) for t in texts)  # whitespace words: the embedder hides its tokenizer
     return m.EmbeddingResponse(
-        data=[m.Embedding(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)],
+        data=[m.Embedding(index=i, embedding=_encode_vector(v, body.encoding_format))
+              for i, v in enumerate(vectors)],
         model=name, usage=m.Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+def _encode_vector(vector, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 @router.post("/completions", response_model=m.CompletionResponse)

@@ -260,7 +260,8 @@ class ModelList(BaseModel):
 class EmbeddingRequest(Lenient):
     input: str | list[str] = Field(description="a text or up to 256 texts")
     model: str | None = Field(default=None, max_length=256)
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: little-endian float32 bytes (the openai SDK's default)")
 
     @field_validator("input")
     @classmethod
@@ -276,7 +277,7 @@ class EmbeddingRequest(Lenient):
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float]
+    embedding: list[float] | str
 
 
 class Usage(BaseModel):
