@@ -122,9 +122,10 @@ def trigger_rows(collection, workspace: Path, questions, repeats: int, seed: int
     random.Random(seed).shuffle(stream)
     reservoir_path = workspace / "bench-reservoir.sqlite"
     reservoir_path.unlink(missing_ok=True)
-    trigger = RetrieverTrigger(Reservoir(reservoir_path), collection.embedder)
+    trigger = RetrieverTrigger(Reservoir(reservoir_path, collection.name), collection)
+    # The reservoir keeps only passages that passed the filter: the embedding filter decides.
     pipeline = RagPipeline(collection, None, PipelineConfig(
-        k=5, rewrite="off", filter="off", reservoir=True, namespace="bench", generate=False), trigger=trigger)
+        k=5, rewrite="off", filter="embedding", reservoir=True, namespace="bench", generate=False), trigger=trigger)
     retrievals = reused = wrong_reuse = 0
     recall_with, recall_without = [], []
     for q in tqdm(stream, desc="trigger stream", leave=False):

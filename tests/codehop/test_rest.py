@@ -377,17 +377,21 @@ def test_ask_runs_the_pipeline_with_switchable_stages(gen):
 
 def test_ask_reuses_the_knowledge_reservoir(gen):
     client, _, _ = gen
-    body = {"query": "What do penguins eat?", "rewrite": "off", "filter": "off", "k": 3,
-            "generate": False, "reservoir": True, "namespace": "rest-test"}
-    first = client.post("/v1/ask", json=body).json()
-    assert first["from_reservoir"] is False
-    assert {s["name"]: s for s in first["stages"]}["reservoir"]["detail"]["stored"] == len(first["sources"]) == 3
-    again = client.post("/v1/ask", json={**body, "query": "What do penguins eat?"}).json()
-    assert again["from_reservoir"] is True  # three stored entries match: retrieval is skipped
-    assert {s["text"] for s in again["sources"]} == {s["text"] for s in first["sources"]}
-    other = client.post("/v1/ask", json={**body, "namespace": "elsewhere"}).json()
+    body = {"rewrite": "off", "filter": "embedding", "k": 3, "generate": False, "reservoir": True,
+            "namespace": "rest-test"}
+    past = ["What do penguins eat?", "What food do penguins eat?", "What do penguins feed on?"]
+    for number, question in enumerate(past):
+        first = client.post("/v1/ask", json={**body, "query": question}).json()
+        assert first["from_reservoir"] is False  # fewer than three past questions match yet
+        stages = {s["name"]: s for s in first["stages"]}
+        passed = stages["filter"]["detail"]["passed_ids"]
+        assert passed and stages["reservoir"]["detail"]["stored"] == len(passed)  # only passed ones
+    again = client.post("/v1/ask", json={**body, "query": "What do penguins like to eat?"}).json()
+    assert again["from_reservoir"] is True  # three distinct past questions match: no retrieval
+    assert any("krill" in s["text"] for s in again["sources"])
+    other = client.post("/v1/ask", json={**body, "query": "What do penguins eat?", "namespace": "elsewhere"}).json()
     assert other["from_reservoir"] is False  # namespaces do not share knowledge
-    off = client.post("/v1/ask", json={**body, "reservoir": False}).json()
+    off = client.post("/v1/ask", json={**body, "query": "What do penguins eat?", "reservoir": False}).json()
     assert off["from_reservoir"] is False and "reservoir" not in {s["name"] for s in off["stages"]}
 
 
