@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=24_000)
     parser.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
+    parser.add_argument("--unsafe-exec", action="store_true",
+                        help="run the model's code in a plain subprocess when no jail (bubblewrap) can be "
+                             "built here: it can then read and write your files and reach the network")
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -61,14 +64,18 @@ def build_toolbox(repo: Path, repo_index=None, collection=None, sandbox_limits=N
     return ToolBox(repo, repo_index=repo_index, collection=collection, sandbox=sandbox)
 
 
-def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_tokens: int):
+def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_tokens: int,
+                unsafe_exec: bool = False):
     """Wire the real objects: RepoIndex over the repo, the configured generator, the tools."""
     from agents.code_agent import AgentConfig, CodeAgent
     from code_tools.repo import RepoIndex
+    from code_tools.sandbox import SandboxLimits
     from codehop.models import load_configured_generator
 
     generator = load_configured_generator(settings, workspace)
-    tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, workspace))
+    limits = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024,
+                           isolation="unsafe" if unsafe_exec else "auto")
+    tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, workspace), sandbox_limits=limits)
     return CodeAgent(generator, tools, AgentConfig(max_steps=max_steps, max_tokens=max_tokens))
 
 
@@ -82,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         raise NotFoundError(f"--repo {repo} is not a directory")
     settings = with_model_options(load_settings(getattr(args, "config", None)), args)
     agent = build_agent(repo, resolve_workspace(args.workspace, settings), settings, args.max_steps,
-                        args.max_tokens)
+                        args.max_tokens, unsafe_exec=args.unsafe_exec)
+    if args.unsafe_exec:
+        print("codehop: warning: --unsafe-exec: the model's code runs without a jail", file=sys.stderr)
     result = None
     for event in agent.run_stream(args.task):
         if isinstance(event, AgentResult):
