@@ -1,0 +1,120 @@
+// The extension's client wiring against a real `codehop lsp`, in plain node (no VS Code here):
+// the server is spawned from the extension's own settings code, spoken to with the protocol
+// library that vscode-languageclient is built on, and its answers go through the extension's
+// own status model and answer page. Run from tests/editors/test_vscode.py, which sets
+// CODEHOP_SERVER (settings JSON) and CODEHOP_PROJECT (a small repository).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import {
+  CompletionRequest, createProtocolConnection, DidOpenTextDocumentNotification, ExecuteCommandRequest,
+  ExitNotification, HoverRequest, InitializedNotification, InitializeRequest, InlineCompletionRequest,
+  ShutdownRequest, StreamMessageReader, StreamMessageWriter, WorkDoneProgress, WorkDoneProgressCreateRequest,
+} from "vscode-languageserver-protocol/node";
+import { ASK_COMMAND, isAskResult, renderAnswerHtml, sourceLocation } from "../src/answer";
+import { serverCommand } from "../src/config";
+import { ServerStatus } from "../src/status";
+
+test("settings: bad paths and arguments are refused with the setting to fix", () => {
+  assert.throws(() => serverCommand({ path: " ", args: ["lsp"], env: {} }, {}), /codehop.server.path/);
+  assert.throws(() => serverCommand({ path: "codehop", args: ["serve"], env: {} }, {}), /must start with "lsp"/);
+  const command = serverCommand({ path: "/x/codehop", args: [], env: { A: "1" } }, { PATH: "/bin" }, "/w");
+  assert.deepEqual(command.args, ["lsp"]);
+  assert.equal(command.options.env.A, "1");
+  assert.equal(command.options.cwd, "/w");
+});
+
+test("answer page: HTML is escaped, citations and sources are links", () => {
+  const html = renderAnswerHtml("<q>", {
+    answer: "Use <b>slugify</b> [1] [7]", cited: [1],
+    sources: [{ number: 1, uri: "file:///r/a.md", path: "/r/a.md", start_line: 3, end_line: 4, score: 0.5, text: "<x>" }],
+  }, "n0nce", "vscode-resource:", "/r");
+  assert.match(html, /&lt;b&gt;slugify/);
+  assert.match(html, /<a href="#" data-source="1">\[1\]<\/a>/);
+  assert.doesNotMatch(html, /data-source="7"/);
+  assert.match(html, /\[1\] a\.md:3-4/);
+  assert.doesNotMatch(html, /<x>/);
+});
+
+const server = process.env.CODEHOP_SERVER;
+const project = process.env.CODEHOP_PROJECT;
+
+test("client wiring against codehop lsp: progress, completion, inline completion, hover, ask",
+     { skip: !server || !project ? "CODEHOP_SERVER/CODEHOP_PROJECT not set (run through pytest)" : false, timeout: 300_000 },
+     async () => {
+  const command = serverCommand(JSON.parse(server!), process.env, project);
+  const child = spawn(command.command, command.args, { env: command.options.env, cwd: command.options.cwd,
+                                                       stdio: ["pipe", "pipe", "inherit"] });
+  const connection = createProtocolConnection(new StreamMessageReader(child.stdout!), new StreamMessageWriter(child.stdin!));
+  const status = new ServerStatus();
+  const ended = new Set<string>();
+  // What vscode-languageclient's progress feature does: accept the token, listen on it.
+  connection.onRequest(WorkDoneProgressCreateRequest.type, ({ token }) => {
+    const listener = connection.onProgress(WorkDoneProgress.type, token, (value) => {
+      status.progress(token, value);
+      if (value.kind === "end") { ended.add(String(token)); listener.dispose(); }
+    });
+  });
+  connection.onNotification("window/logMessage", () => undefined);
+  connection.onNotification("window/showMessage", (m: { message: string }) => console.error(m.message));
+  connection.listen();
+  try {
+    const root = pathToFileURL(project!).href;
+    status.client("starting");
+    const init = await connection.sendRequest(InitializeRequest.type, {
+      processId: process.pid, rootUri: root, workspaceFolders: [{ uri: root, name: "project" }],
+      capabilities: { window: { workDoneProgress: true } },
+    });
+    assert.ok(init.capabilities.completionProvider && init.capabilities.hoverProvider);
+    assert.ok(init.capabilities.inlineCompletionProvider);
+    assert.ok(init.capabilities.executeCommandProvider?.commands.includes(ASK_COMMAND));
+    await connection.sendNotification(InitializedNotification.type, {});
+    status.client("running");
+
+    const seen: string[] = [];
+    for (let i = 0; i < 1500 && !(ended.has("codehop-index") && ended.has("codehop-docs")); i++) {
+      const text = status.view().text;
+      if (!seen.includes(text)) { seen.push(text); }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(seen.some((t) => t.includes("indexing")), `the status bar showed the indexing: ${seen}`);
+    assert.equal(status.view().text, "$(check) codehop");
+    assert.match(status.view().tooltip, /ready/);
+
+    const uri = pathToFileURL(`${project}/main.py`).href;
+    const text = "from utils import slugify\n\nname = slugify(";
+    await connection.sendNotification(DidOpenTextDocumentNotification.type,
+      { textDocument: { uri, languageId: "python", version: 1, text } });
+    const at = { line: 2, character: "name = slugify(".length };
+    const completion = await connection.sendRequest(CompletionRequest.type, { textDocument: { uri }, position: at });
+    const items = Array.isArray(completion) ? completion : completion!.items;
+    assert.ok(items.length && items[0].textEdit && "range" in items[0].textEdit);
+    const inline = await connection.sendRequest(InlineCompletionRequest.type, {
+      textDocument: { uri }, position: at, context: { triggerKind: 1 } });
+    const inlineItems = Array.isArray(inline) ? inline : inline!.items;
+    assert.ok(inlineItems.length && String(inlineItems[0].insertText).length > 0);
+
+    const hover = await connection.sendRequest(HoverRequest.type, { textDocument: { uri }, position: { line: 0, character: 20 } });
+    const contents = hover!.contents as { kind: string; value: string };
+    assert.equal(contents.kind, "markdown");
+    assert.match(contents.value, /def slugify\(title\)/);
+
+    const answer = await connection.sendRequest(ExecuteCommandRequest.type,
+      { command: ASK_COMMAND, arguments: ["How do I turn page titles into URL paths?"] });
+    assert.ok(isAskResult(answer));
+    const readme = answer.sources.find((s) => s.path.endsWith("README.md"));
+    assert.ok(readme, "README.md is among the sources");
+    const where = sourceLocation(readme);
+    assert.ok(existsSync(fileURLToPath(where.uri)) && where.line >= 0);
+    const html = renderAnswerHtml("How do I turn page titles into URL paths?", answer, "n", "csp", project);
+    assert.match(html, /data-source="\d+">\[\d+\] README\.md:\d+-\d+/);
+
+    await connection.sendRequest(ShutdownRequest.type);
+    await connection.sendNotification(ExitNotification.type);
+  } finally {
+    connection.dispose();
+    child.kill();
+  }
+});
