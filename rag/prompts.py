@@ -10,14 +10,20 @@ ANSWER_SYSTEM = (
 )
 
 REWRITE_PROMPT = """Rewrite the question for a search engine.
-Return only JSON: {{"rewritten_questions": [up to {n_questions} clearer versions of the question], "queries": [up to {n_queries} short keyword queries, one per facet]}}
-Question: {question}
-JSON:"""
+Reply with one JSON object and nothing else, in this shape:
+{{"rewritten_questions": ["<clearer version of the question>", ...], "queries": ["<short keyword query>", ...]}}
+Give up to {n_questions} rewritten questions and up to {n_queries} keyword queries, one per facet.
+Question: {question}"""
+
+REWRITE_CORRECTION = ('That was not valid JSON. Reply with only the JSON object '
+                      '{"rewritten_questions": [...], "queries": [...]}.')
 
 FILTER_PROMPT = """Question: {question}
 Passage: {passage}
-Does the passage contain clear evidence that answers the question? Reply with one word: entailment (it does), neutral (unrelated or insufficient) or contradiction (it contradicts).
-Answer:"""
+Does the passage contain clear evidence that answers the question? The label is entailment (it does), neutral (unrelated or insufficient) or contradiction (it contradicts).
+Reply with one JSON object and nothing else: {{"label": "entailment"}}, {{"label": "neutral"}} or {{"label": "contradiction"}}"""
+
+FILTER_CORRECTION = 'Reply with only {"label": "entailment"}, {"label": "neutral"} or {"label": "contradiction"}.'
 
 
 def format_sources(sources: list[SearchResult], max_chars: int = 1500) -> str:

@@ -1,9 +1,11 @@
 """Query Rewriter+: clarified questions and facet queries from one LLM call, with an RM3-style
 pseudo-relevance-feedback fallback that needs no generator.
 
-The LLM is asked for {"rewritten_questions": [...], "queries": [...]}; small models wrap the
-JSON in prose, use single quotes or trailing commas, or give up on JSON altogether, so
-`parse_rewrite` accepts all of that and falls back to bullet lines.
+The LLM is asked for {"rewritten_questions": [...], "queries": [...]}, with that JSON schema
+sent along (`rewrite_schema`), so a local backend decodes under a grammar. A backend may ignore
+the schema, and small models then wrap the JSON in prose, use single quotes or trailing commas,
+or give up on JSON altogether: `parse_rewrite` accepts all of that and falls back to bullet
+lines, and a reply with nothing usable is asked for once more with a one-line correction.
 
 RM3 (Abdul-Jaleel et al., TREC 2004; Lavrenko & Croft 2001) estimates a relevance model from
 the top feedback documents, P(w|R) ~ sum_d P(w|d) * P(d|q), and adds its strongest terms to the
@@ -21,19 +23,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from index.generation import GenerationConfig
 from index.tokenize import TokenizerConfig, tokenize
-from rag.prompts import REWRITE_PROMPT
+from rag.llm import chat_with_retry
+from rag.prompts import REWRITE_CORRECTION, REWRITE_PROMPT
 
 
 @dataclass(frozen=True)
 class RewriteConfig:
-    """n_questions/n_queries: how many the LLM is asked for; prf_*: RM3 settings."""
+    """n_questions/n_queries: how many the LLM is asked for; prf_*: RM3 settings.
+
+    structured: send the JSON schema with the request (False: the prompt alone asks for JSON).
+    """
 
     n_questions: int = 3
     n_queries: int = 5
     max_new_tokens: int = 192
     prf_docs: int = 5
     prf_terms: int = 10
+    structured: bool = True
 
 
 @dataclass
@@ -42,8 +50,10 @@ class Rewrite:
     questions: list[str] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
     method: str = "none"  # "llm" | "prf" | "none"
-    raw: str = ""
+    raw: str = ""  # the LLM's last reply (the PRF terms for "prf")
     seconds: float = 0.0
+    attempts: int = 0  # LLM calls made: 1, or 2 when the first reply did not parse
+    structured: bool = False  # whether the JSON schema was sent
 
     @property
     def all_queries(self) -> list[str]:
@@ -106,25 +116,40 @@ def parse_rewrite(text: str) -> tuple[list[str], list[str]]:
     return [], bullets
 
 
+def rewrite_schema(n_questions: int, n_queries: int) -> dict:
+    """The JSON schema of the rewriter's reply: at most n_questions questions, n_queries queries."""
+    def strings(limit: int) -> dict:
+        return {"type": "array", "items": {"type": "string"}, "maxItems": limit}
+
+    return {"type": "object",
+            "properties": {"rewritten_questions": strings(n_questions), "queries": strings(n_queries)},
+            "required": ["rewritten_questions", "queries"], "additionalProperties": False}
+
+
+def _parsed(text: str) -> tuple[list[str], list[str]] | None:
+    questions, queries = parse_rewrite(text)
+    return (questions, queries) if questions or queries else None
+
+
 class LLMRewriter:
-    """One generator call -> clarified questions + facet queries."""
+    """One generator call -> clarified questions + facet queries (a second call if unparsable)."""
 
     def __init__(self, generator, config: RewriteConfig = RewriteConfig()) -> None:
         self.generator = generator
         self.config = config
 
     def rewrite(self, question: str) -> Rewrite:
-        from rag.llm import GenerationConfig
-
         start = time.perf_counter()
-        prompt = REWRITE_PROMPT.format(question=question, n_questions=self.config.n_questions,
-                                       n_queries=self.config.n_queries)
-        output = self.generator.chat([{"role": "user", "content": prompt}],
-                                     GenerationConfig(max_new_tokens=self.config.max_new_tokens))
-        questions, queries = parse_rewrite(output.text)
-        return Rewrite(question, questions[: self.config.n_questions], queries[: self.config.n_queries],
-                       "llm" if questions or queries else "none", output.text,
-                       time.perf_counter() - start)
+        n_questions, n_queries = self.config.n_questions, self.config.n_queries
+        prompt = REWRITE_PROMPT.format(question=question, n_questions=n_questions, n_queries=n_queries)
+        schema = rewrite_schema(n_questions, n_queries) if self.config.structured else None
+        decoding = GenerationConfig(max_new_tokens=self.config.max_new_tokens, json_schema=schema)
+        parsed, replies = chat_with_retry(self.generator, [{"role": "user", "content": prompt}],
+                                          decoding, _parsed, REWRITE_CORRECTION)
+        questions, queries = parsed or ([], [])
+        return Rewrite(question, questions[:n_questions], queries[:n_queries],
+                       "llm" if parsed else "none", replies[-1], time.perf_counter() - start,
+                       attempts=len(replies), structured=schema is not None)
 
 
 class PRFRewriter:

