@@ -1,7 +1,9 @@
 """Knowledge Filter: keep only passages that carry evidence for the question.
 
 The LLM judge labels each (question, passage) pair entailment / neutral / contradiction, NLI
-style, and only entailment is kept; an answer we cannot parse counts as a rejection. Without a
+style, and only entailment is kept. The reply is asked for as {"label": ...} under a JSON schema
+(an enum of the three labels); a reply we cannot parse is asked for once more, and one that still
+does not parse counts as a rejection ("unparsable"). Without a
 generator, an embedding-similarity threshold (or a cross-encoder, when one is configured) is the
 cheaper stand-in (named as such).
 
@@ -18,11 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.bm25 import BM25Config, BM25Index
+from index.generation import GenerationConfig
 from index.tokenize import tokenize
 from index.types import SearchResult
-from rag.prompts import FILTER_PROMPT
+from rag.llm import chat_with_retry
+from rag.prompts import FILTER_CORRECTION, FILTER_PROMPT
 
 LABELS = ("entailment", "neutral", "contradiction")
+LABEL_SCHEMA = {"type": "object", "properties": {"label": {"enum": list(LABELS)}},
+                "required": ["label"], "additionalProperties": False}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n{2,}")
 
 
@@ -32,6 +38,7 @@ class FilterConfig:
 
     cross_encoder: model name/path for the cross-encoder filter (resolved like every model);
     it keeps passages whose relevance logit is >= cross_encoder_threshold.
+    structured: the LLM judge sends LABEL_SCHEMA with its request (False: the prompt alone).
     """
 
     method: str = "llm"
@@ -42,6 +49,7 @@ class FilterConfig:
     prune_long_passages: bool = True
     prune_min_chars: int = 800
     keep_at_least: int = 1  # never leave the generator with nothing
+    structured: bool = True
 
 
 @dataclass
@@ -50,10 +58,14 @@ class Judgement:
     label: str
     kept: bool
     score: float | None = None
+    attempts: int = 1  # LLM judge calls: 2 when the first reply did not parse
 
 
 def parse_label(text: str) -> str | None:
-    """First NLI label in the model's reply, or None. "Entailment." -> "entailment"."""
+    """First NLI label in the model's reply, or None.
+
+    '{"label": "neutral"}' -> "neutral"; "Entailment." -> "entailment"; "yes" -> None.
+    """
     found = re.search(r"\b(entail\w*|neutral|contradict\w*)\b", text.lower())
     if not found:
         return None
@@ -88,17 +100,18 @@ class LLMKnowledgeFilter:
         self.config = config
 
     def judge(self, question: str, sources: list[SearchResult]) -> list[Judgement]:
-        from rag.llm import GenerationConfig
+        # {"label": "contradiction"} is 8 SmolLM2 tokens; 16 leaves room for spacing and the end token.
+        decoding = GenerationConfig(max_new_tokens=16,
+                                    json_schema=LABEL_SCHEMA if self.config.structured else None)
+        return [self._judge_one(question, source, decoding) for source in sources]
 
-        judgements = []
-        for source in sources:
-            passage = source.text[: self.config.max_passage_chars]
-            prompt = FILTER_PROMPT.format(question=question, passage=passage)
-            reply = self.generator.chat([{"role": "user", "content": prompt}],
-                                        GenerationConfig(max_new_tokens=8)).text
-            label = parse_label(reply) or "unparsable"
-            judgements.append(Judgement(source, label, label == "entailment"))
-        return judgements
+    def _judge_one(self, question: str, source: SearchResult, decoding: GenerationConfig) -> Judgement:
+        passage = source.text[: self.config.max_passage_chars]
+        prompt = FILTER_PROMPT.format(question=question, passage=passage)
+        label, replies = chat_with_retry(self.generator, [{"role": "user", "content": prompt}],
+                                         decoding, parse_label, FILTER_CORRECTION)
+        label = label or "unparsable"
+        return Judgement(source, label, label == "entailment", attempts=len(replies))
 
 
 class EmbeddingKnowledgeFilter:
