@@ -10,8 +10,11 @@ or a final answer, optionally with a unified diff that must apply cleanly to the
 
     {"thought": "done", "answer": "It is in index/collection.py:40", "patch": ""}
 
-A malformed turn is answered with an error observation (the model may retry); the loop stops at
-the step budget or when the conversation would exceed the token budget. Every step is recorded.
+Each turn is decoded under the ToolBox's JSON schema (one object per tool, or the answer), so a
+local backend cannot produce a malformed turn; a backend that ignores the schema may, and a
+malformed turn is answered with an error observation (that observation is the retry). The loop
+stops at the step budget or when the conversation would exceed the token budget. Every step is
+recorded.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class AgentConfig:
     max_new_tokens: int = 512
     temperature: float = 0.0
     observation_chars: int = 3_000  # an observation longer than this is cut, with a note
+    structured: bool = True  # decode each turn under ToolBox.json_schema()
+    # CTRL penalty over the turn's own tokens. Off by default: a JSON turn repeats quotes, keys
+    # and braces by design, and a penalty on them pushes a small model off the format.
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -124,7 +131,9 @@ class CodeAgent:
             raise InvalidInputError("empty task: say what the agent should do")
         messages = [self._system_message(), {"role": "user", "content": task}]
         decoding = GenerationConfig(
-            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature
+            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
+            repetition_penalty=self.config.repetition_penalty,
+            json_schema=self.tools.json_schema() if self.config.structured else None,
         )
         steps: list[AgentStep] = []
         used = 0

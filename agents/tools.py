@@ -194,6 +194,29 @@ class ToolBox:
     def describe(self) -> str:
         return "\n".join(spec.signature() for spec in self._specs.values())
 
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of one agent turn: a call of one of these tools, or the final answer.
+
+        anyOf one object per tool, {"thought": str, "tool": <its name>, "args": {its params}}
+        (required params required, no others), and {"thought": str, "answer": str, "patch": str}.
+        """
+        json_types = {str: "string", int: "integer", bool: "boolean", float: "number"}
+
+        def args(spec: ToolSpec) -> dict[str, Any]:
+            return {"type": "object",
+                    "properties": {n: {"type": json_types[p.type]} for n, p in spec.params.items()},
+                    "required": [n for n, p in spec.params.items() if p.required],
+                    "additionalProperties": False}
+
+        calls = [{"type": "object",
+                  "properties": {"thought": {"type": "string"}, "tool": {"const": spec.name}, "args": args(spec)},
+                  "required": ["thought", "tool", "args"], "additionalProperties": False}
+                 for spec in self._specs.values()]
+        answer = {"type": "object",
+                  "properties": {"thought": {"type": "string"}, "answer": {"type": "string"}, "patch": {"type": "string"}},
+                  "required": ["thought", "answer", "patch"], "additionalProperties": False}
+        return {"anyOf": [*calls, answer]}
+
     def call(self, name: str, args: dict[str, Any]) -> str:
         spec = self._specs.get(name)
         if spec is None:

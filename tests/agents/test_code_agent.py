@@ -100,3 +100,65 @@ def test_stream_yields_steps_then_result(tools):
     events = list(CodeAgent(model, tools).run_stream("list"))
     assert [type(e).__name__ for e in events] == ["AgentStep", "AgentStep", "AgentResult"]
     assert "function describe" in events[0].observation
+
+
+class RecordingGenerator(ScriptedGenerator):
+    """The scripted model, also recording the GenerationConfig of every turn."""
+
+    def __init__(self, turns):
+        super().__init__(turns)
+        self.configs = []
+
+    def chat(self, messages, config):
+        self.configs.append(config)
+        return super().chat(messages, config)
+
+
+def test_turn_schema_has_one_object_per_tool_and_the_answer(tools):
+    schema = tools.json_schema()
+    *calls, answer = schema["anyOf"]
+    assert [c["properties"]["tool"] for c in calls] == [{"const": name} for name in tools.names]
+    read = calls[tools.names.index("read_file")]
+    assert read["required"] == ["thought", "tool", "args"] and read["additionalProperties"] is False
+    assert read["properties"]["args"] == {
+        "type": "object", "additionalProperties": False, "required": ["path"],
+        "properties": {"path": {"type": "string"}, "start_line": {"type": "integer"}, "end_line": {"type": "integer"}}}
+    assert answer["required"] == ["thought", "answer", "patch"]
+
+
+def test_agent_sends_the_turn_schema_and_optional_penalty(tools):
+    model = RecordingGenerator([call("list_symbols", path="shapes/report.py"), '{"answer": "ok"}'])
+    CodeAgent(model, tools).run("list")
+    assert [c.json_schema for c in model.configs] == [tools.json_schema()] * 2
+    assert model.configs[0].repetition_penalty == 1.0
+    free = RecordingGenerator(['{"answer": "ok"}'])
+    CodeAgent(free, tools, AgentConfig(structured=False, repetition_penalty=1.1)).run("x")
+    assert free.configs[0].json_schema is None and free.configs[0].repetition_penalty == 1.1
+
+
+def test_xgrammar_compiles_the_turn_schema_and_enforces_it(tools, smollm2_tokenizer):
+    xgr = pytest.importorskip("xgrammar")
+    info = xgr.TokenizerInfo.from_huggingface(smollm2_tokenizer, vocab_size=len(smollm2_tokenizer))
+    grammar = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(tools.json_schema()), any_whitespace=False)
+
+    def accepts(text):
+        return xgr.GrammarMatcher(grammar).accept_string(text)
+
+    assert accepts(json.dumps({"thought": "t", "tool": "read_file", "args": {"path": "a.py", "start_line": 3}}))
+    assert accepts(json.dumps({"thought": "t", "answer": "done", "patch": ""}))
+    assert not accepts(json.dumps({"thought": "t", "tool": "delete_everything", "args": {}}))
+    assert not accepts(json.dumps({"thought": "t", "tool": "read_file", "args": {"start_line": 3}}))
+    assert not accepts(json.dumps({"thought": "t", "tool": "read_file", "args": {"path": "a", "start_line": "x"}}))
+
+
+@pytest.mark.slow
+def test_smollm2_first_turn_under_the_schema_is_an_action(tools):
+    pytest.importorskip("xgrammar")
+    from rag.llm import load_generator
+
+    model = load_generator()
+    agent = CodeAgent(model, tools, AgentConfig(max_steps=1, max_new_tokens=160))
+    step = agent.run("Where is the class Circle defined?").steps[0]
+    action = parse_action(step.raw_output)
+    assert action.get("tool") in tools.names or "answer" in action
+    assert not (step.error or "").startswith("no action found")
