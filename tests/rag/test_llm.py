@@ -284,3 +284,32 @@ def test_smollm2_rewriter_schema_yields_parseable_json():
         assert len(value["rewritten_questions"]) <= 3 and len(value["queries"]) <= 5
         assert all(isinstance(q, str) for q in value["rewritten_questions"] + value["queries"])
     assert finished
+
+
+def test_vllm_and_llamacpp_get_the_schema_and_penalty(monkeypatch):
+    """The wiring only (neither stack runs here): stubs stand in for vllm and llama_cpp."""
+    import types
+
+    from rag.llm import LlamaCppGenerator, VllmGenerator
+
+    record = lambda **kwargs: kwargs  # noqa: E731
+    sampling = types.SimpleNamespace(StructuredOutputsParams=record)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(sampling_params=sampling))
+    vllm = VllmGenerator.__new__(VllmGenerator)
+    vllm._vllm = types.SimpleNamespace(SamplingParams=record)
+    params = vllm._params(GenerationConfig(json_schema=SCHEMA, repetition_penalty=1.2))
+    assert params["structured_outputs"] == {"json": SCHEMA} and params["repetition_penalty"] == 1.2
+    assert vllm._params(GenerationConfig())["structured_outputs"] is None
+    with pytest.raises(InvalidInputError, match="no_repeat_ngram_size"):
+        vllm._params(GenerationConfig(no_repeat_ngram_size=3))
+
+    grammar_class = types.SimpleNamespace(from_json_schema=lambda text, verbose: ("grammar", text))
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(LlamaGrammar=grammar_class))
+    llama = LlamaCppGenerator.__new__(LlamaCppGenerator)
+    llama._grammars, llama.llm = {}, lambda prompt, **kwargs: kwargs
+    kwargs = llama._call("p", GenerationConfig(json_schema=SCHEMA, repetition_penalty=1.3), stream=False)
+    assert kwargs["grammar"] == ("grammar", json.dumps(SCHEMA)) and kwargs["repeat_penalty"] == 1.3
+    assert llama._call("p", GenerationConfig(), stream=False)["grammar"] is None
+    with pytest.raises(InvalidInputError, match="no_repeat_ngram_size"):
+        llama._call("p", GenerationConfig(no_repeat_ngram_size=2), stream=False)
