@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 
@@ -135,13 +136,10 @@ def test_cli_skips_malformed_records_and_is_reproducible(tmp_path, capsys):
     assert main(["lintseq", str(tmp_path / "missing.jsonl"), "--out", str(out2)]) != 0
 
 
-def test_cli_ray_without_ray_is_a_clear_error(tmp_path, capsys):
-    import importlib.util
-
+def test_cli_ray_without_ray_is_a_clear_error(tmp_path, capsys, monkeypatch):
     from codehop.cli import main
 
-    if importlib.util.find_spec("ray") is not None:
-        pytest.skip("ray is installed")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed, installed or not
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"code": "x = 1\n"}) + "\n")
     assert main(["lintseq", str(src), "--out", str(tmp_path / "o.jsonl"), "--ray", "--no-progress"]) != 0

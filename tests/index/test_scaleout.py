@@ -35,6 +35,7 @@ def corpus(n: int = 600):
     return [" ".join(rng.choice(words, 12)) + f" doc{i}" for i in range(n)]
 
 
+@pytest.mark.optional
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'codehop[ray]')")
 def test_ray_local_build_matches_single_process(tmp_path):
     texts = corpus()
