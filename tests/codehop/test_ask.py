@@ -28,9 +28,15 @@ def test_ask_json_reports_sources_and_stage_timings(workspace, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["sources"][0]["path"].endswith("hist.md")
+    assert [(s["name"], s["ran"]) for s in result["stages"]] == [
+        ("rewrite", False), ("retrieve", True), ("multihop", False), ("filter", True), ("generate", False)]
     stages = {s["name"]: s for s in result["stages"]}
-    assert stages["rewrite"]["ran"] is False and stages["filter"]["ran"] is True
-    assert stages["retrieve"]["seconds"] >= 0
+    # the flags reached the pipeline: one query (no rewrite), the embedding filter, no answer
+    assert stages["retrieve"]["detail"]["queries"] == 1 and stages["retrieve"]["detail"]["candidates"] == 2
+    assert stages["filter"]["detail"]["method"] == "embedding-threshold"
+    # timings: measured for the stages that ran, none for the ones that did not
+    assert stages["retrieve"]["seconds"] > 0 and stages["filter"]["seconds"] > 0
+    assert stages["rewrite"]["seconds"] == stages["generate"]["seconds"] == 0
 
 
 def test_ask_rejects_an_empty_question(workspace, capsys):
