@@ -536,9 +536,11 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
         finally:
             resources.close()
 
+    # /docs and /redoc come from assets shipped with the packages (codehop/rest_web.py), no CDN.
     app = FastAPI(title="codehop", version=VERSION, lifespan=lifespan,
                   max_body_size=settings.server.max_body_bytes, responses=ERROR_RESPONSES,
-                  description="Self-hosted RAG and code-assistant backend.")
+                  description="Self-hosted RAG and code-assistant backend.",
+                  docs_url=None, redoc_url=None)
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_exception_handler(CodehopError, _codehop_error)
@@ -563,4 +565,7 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
     for router in (collections_router, search_router, rest_generation.router,
                    rest_generation.tokenize, rest_generation.answers):
         app.include_router(router, dependencies=auth)
+    from codehop.rest_web import mount_pages
+
+    mount_pages(app)  # /, /docs, /redoc, /benchmarks.md
     return app

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+# Neovim, Chromium and the VS Code extension's npm packages for the editor/browser tests.
+bash scripts/test_tools.sh
 # Two cores: keep OpenMP from spinning while tests run in parallel.
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

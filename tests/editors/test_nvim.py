@@ -31,7 +31,7 @@ def _current_nvim() -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["debian", "current"])
 def test_neovim_drives_codehop_lsp(which, project, tiny_model_dir, tmp_path):
-    nvim = need("nvim" if which == "debian" else _current_nvim(), f"Neovim ({which})")
+    nvim = need("/usr/bin/nvim" if which == "debian" else _current_nvim(), f"Neovim ({which})")
     result = tmp_path / "out.json"
     env = {**os.environ, **SERVER_ENV, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"),
            "CODEHOP_CMD": json.dumps(lsp_command(tiny_model_dir, tmp_path / "ws")),
@@ -64,5 +64,6 @@ def test_neovim_drives_codehop_lsp(which, project, tiny_model_dir, tmp_path):
     assert out["opened"]["file"].endswith("README.md") and out["opened"]["line"] >= 1
 
     health = "\n".join(out["health"])
-    assert "codehop" in health and "--help` runs" in health and "project: ready" in health
-    assert "ERROR" not in health
+    # "indexing" too: a server may report more background work (e.g. embedding) after the docs
+    assert "--help` runs" in health and "ERROR" not in health, health
+    assert "project: ready" in health or "project: indexing" in health, health

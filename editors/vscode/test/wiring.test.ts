@@ -74,7 +74,8 @@ test("client wiring against codehop lsp: progress, completion, inline completion
     status.client("running");
 
     const seen: string[] = [];
-    for (let i = 0; i < 1500 && !(ended.has("codehop-index") && ended.has("codehop-docs")); i++) {
+    // code index, then the documentation collection (and whatever else the server reports)
+    for (let i = 0; i < 1500 && !(ended.has("codehop-index") && ended.has("codehop-docs") && !status.busy); i++) {
       const text = status.view().text;
       if (!seen.includes(text)) { seen.push(text); }
       await new Promise((r) => setTimeout(r, 100));
