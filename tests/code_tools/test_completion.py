@@ -7,8 +7,10 @@ import json
 import pytest
 
 from code_tools.completion import CompletionConfig, RepoCompleter, truncate_completion
+from code_tools.pie import PieCache
 from code_tools.repo import RepoIndex
 from index.errors import InvalidInputError
+from rag.llm import TransformersGenerator
 
 FILES = {
     "shop/pricing.py": (
@@ -122,9 +124,8 @@ def test_cli_context_only_json(repo, tmp_path, capsys):
 
 
 def test_end_to_end_with_the_tiny_model(repo, request):
-    llm = pytest.importorskip("rag.llm")
     model, tokenizer = request.getfixturevalue("tiny_llama")
-    generator = llm.TransformersGenerator.from_model(model, tokenizer)
+    generator = TransformersGenerator.from_model(model, tokenizer)
     completer = RepoCompleter(repo, generator, _fast(max_new_tokens=8, truncate="line"))
     result = completer.complete("shop/cart.py", line=13, col=9)
     assert "\n" not in result.text
@@ -149,7 +150,6 @@ class _BareTransformersGenerator:
 
 
 def test_kv_cache_reuse_through_pie_matches_a_fresh_prefill(repo, request):
-    pie = pytest.importorskip("code_tools.pie")
     model, tokenizer = request.getfixturevalue("tiny_llama")
     generator = _BareTransformersGenerator(model, tokenizer)
     config = _fast(max_new_tokens=6, reuse_kv_cache=True, context_tokens=200, left_tokens=200)
@@ -160,7 +160,7 @@ def test_kv_cache_reuse_through_pie_matches_a_fresh_prefill(repo, request):
     second = completer.complete("shop/cart.py", line=14, col=9)
     stats = second.kv_reuse
     assert stats["used"] and stats["tokens_encoded"] < stats["sequence_length"]
-    fresh = pie.PieCache(model, tokenizer)
+    fresh = PieCache(model, tokenizer)
     fresh.prefill(tokenizer(second.prompt, add_special_tokens=False)["input_ids"])
     expected = tokenizer.decode(fresh.generate(6, stop_token_ids=(tokenizer.eos_token_id,)),
                                 skip_special_tokens=True)

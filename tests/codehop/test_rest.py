@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from codehop.config import ServerSettings, Settings
 from codehop.rest import create_app, get_generator, get_treehop
+from rag.treehop import TreeHopConfig, TreeHopModel, TreeHopRetriever
 
 pytestmark = pytest.mark.slow  # loads MiniLM
 
@@ -396,10 +397,6 @@ def test_ask_reuses_the_knowledge_reservoir(gen):
 
 
 def test_multihop_is_treehop_over_the_collection(gen):
-    treehop = pytest.importorskip("rag.treehop")
-    TreeHopConfig, TreeHopModel = treehop.TreeHopConfig, treehop.TreeHopModel
-    TreeHopRetriever = treehop.TreeHopRetriever
-
     client, _, _ = gen
     model = TreeHopModel()  # untrained: W_o starts at zero, i.e. the "q - c" query update
     client.app.dependency_overrides[get_treehop] = lambda: (lambda: model)
