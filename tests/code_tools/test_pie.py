@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from code_tools.pie import Edit, PieCache, PieConfig  # noqa: E402
-from index.errors import InvalidInputError  # noqa: E402
+from code_tools.pie import Edit, PieCache, PieConfig
+from index.errors import InvalidInputError
 
 
 def _ids(n: int, seed: int, vocab: int = 40000) -> list[int]:
