@@ -15,6 +15,15 @@ bumped; the indexes of the new generation are written to a temp dir, fsynced and
 store commit leaves the previous generation (store and manifest agree); a kill after it leaves
 a manifest one generation behind the store, which `open` notices and repairs by rebuilding
 the indexes from the store and the vector cache (no re-embedding).
+
+Progressive indexing (`add_paths(..., defer_dense=True)`, then `fill_dense`): a commit may
+leave chunks without vectors. BM25 covers every chunk at once; the dense index holds the
+embedded subset, and the generation records the rest in ``pending.npy`` (persist), so the
+state on disk says honestly what the dense side covers (`dense_fraction`). `fill_dense`
+embeds pending chunks into the vector cache batch by batch and commits generations that only
+add vectors (BM25 files are hard-linked from the previous generation). A kill at any point
+loses at most the uncommitted batch's commit, never its vectors: they are in the cache, and
+the next `fill_dense` finds them there instead of embedding them again.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -71,6 +80,7 @@ class Collection:
         self._loaded_stamp: tuple | None = None
         self._bm25: BM25Index | None = None
         self._dense: DenseIndex | None = None
+        self._pending = np.empty(0, dtype=np.int64)  # chunk ids of the loaded generation without vectors
 
     # ---------------------------------------------------------------- opening
 
@@ -178,10 +188,23 @@ class Collection:
         return {"name": self.name, **self.store.counts(self.name), "dense": self.config.dense,
                 "embedding_model": self.config.embedder_name}
 
+    def pending_ids(self) -> np.ndarray:
+        """Row ids of the committed chunks that have no vector in the dense index yet."""
+        self._ensure_loaded()
+        with self._index_lock:
+            return self._pending.copy()
+
+    def dense_fraction(self) -> float:
+        """Share of the committed chunks the dense side can find (1.0: complete)."""
+        self._ensure_loaded()
+        with self._index_lock:
+            total = 0 if self._bm25 is None else len(self._bm25)
+            return 1.0 if total == 0 else 1.0 - len(self._pending) / total
+
     # ---------------------------------------------------------------- adding
 
     def add_paths(self, paths: list[str | Path], chunker: Chunker | None = None,
-                  progress: bool = True) -> IndexReport:
+                  progress: bool = True, defer_dense: bool = False) -> IndexReport:
         """Index files and directories incrementally by content hash.
 
         Unchanged files are skipped, changed ones re-chunked, and documents under a given
@@ -192,6 +215,9 @@ class Collection:
             chunker: optional `(path, text) -> list[Chunk] | None`; None results fall back to
                 the built-in chunkers.
             progress: show tqdm bars (files, then chunks) on stderr.
+            defer_dense: commit BM25 at once and leave chunks without a cached vector pending
+                (`fill_dense` embeds them later); False embeds the new chunks first. Chunks
+                left pending by an earlier deferred run stay pending until `fill_dense`.
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
@@ -251,9 +277,10 @@ class Collection:
                 if path not in seen and any(path == str(r) or path.startswith(str(r) + os.sep)
                                             for r in roots)]
         report.removed = len(gone)
-        self._embed_chunks([c for put in puts for c in put.chunks], report, progress)
+        if not defer_dense:
+            self._embed_chunks([c for put in puts for c in put.chunks], report, progress)
         if puts or gone:
-            self._commit(puts, gone, report)
+            self._commit(puts, gone, report, defer=defer_dense)
         self._finish(report, started)
         return report
 
@@ -299,13 +326,17 @@ class Collection:
         self._commit([], [doc.id], report)
         return report.chunks_removed
 
-    def rebuild(self, progress: bool = True) -> IndexReport:
-        """Rebuild BM25 and the dense index from the store (cached vectors are reused)."""
+    def rebuild(self, progress: bool = True, defer_dense: bool = False) -> IndexReport:
+        """Rebuild BM25 and the dense index from the store (cached vectors are reused).
+
+        With `defer_dense` only cached vectors are used and the other chunks stay pending.
+        """
         started = time.perf_counter()
         report = IndexReport(self.name)
-        _, texts, _ = self.store.chunk_table(self.name)
-        self._embed_texts(texts, report, progress)
-        self._commit([], [], report, rebuild=True)
+        if not defer_dense:
+            _, texts, _ = self.store.chunk_table(self.name)
+            self._embed_texts(texts, report, progress)
+        self._commit([], [], report, rebuild=True, defer=defer_dense)
         self._finish(report, started)
         return report
 
@@ -355,7 +386,7 @@ class Collection:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _commit(self, puts: list[_Put], gone: list[int], report: IndexReport,
-                rebuild: bool = False) -> list[int]:
+                rebuild: bool = False, defer: bool = False) -> list[int]:
         doc_ids: list[int] = []
         with self._write_lock():
             if rebuild:  # must work even when the current indexes are unreadable
@@ -385,7 +416,8 @@ class Collection:
                     report.chunks_removed += len(removed)
                     generation = self.store.collection(self.name)["generation"] + 1
                     self.store.set_generation(self.name, generation)
-                    staged = self._write_generation(generation, removed, added, rebuild)
+                    staged = self._write_generation(generation, removed, added, rebuild, defer,
+                                                    vectors_only=not (puts or gone or rebuild))
             except BaseException:
                 self._loaded_stamp = None  # indexes may have been modified in memory
                 if staged is not None:
@@ -395,44 +427,152 @@ class Collection:
             persist.clean(self.directory, keep=staged.name)
             # The indexes just written are the committed ones: keep them instead of reloading.
             with self._index_lock:
-                self._bm25, self._dense = self._staged_indexes
+                self._bm25, self._dense, self._pending = self._staged_indexes
             self._loaded_stamp = (persist.manifest_stamp(self.directory),)
         return doc_ids
 
     def _write_generation(self, generation: int, removed: list[int], added: list[int],
-                          rebuild: bool) -> Path:
-        """Build this generation's indexes from the (uncommitted) store view; returns its dir."""
-        if rebuild:  # the tokenizer settings may have changed: tokenise everything again
-            ids, texts, _ = self.store.chunk_table(self.name)
-            tokens = [tokenize(text, self.config.tokenizer) for text in texts]
-            self.store.set_tokens(list(zip(ids, tokens)))
+                          rebuild: bool, defer: bool = False, vectors_only: bool = False) -> Path:
+        """Build this generation's indexes from the (uncommitted) store view; returns its dir.
+
+        The added chunks get vectors (embedded now, or with `defer` only those already cached);
+        chunks pending before get theirs only from the cache (embedding them is `fill_dense`'s
+        job, outside the writer lock). Whatever has no vector stays pending.
+        `vectors_only` (nothing in the store changed) reuses the loaded BM25 and its files.
+        """
+        bm25_from = None
+        if vectors_only and self._bm25 is not None and self._loaded_dir() is not None:
+            bm25, bm25_from = self._bm25, self._loaded_dir()
+            ids = self.store.chunk_ids(self.name)
         else:
-            ids, tokens = self.store.chunk_tokens(self.name)
-        bm25 = BM25Index(self.config.bm25)
-        bm25.index(tokens, np.asarray(ids, dtype=np.int64))
-        dense = self._dense
-        if rebuild or dense is None or dense.kind != self.config.dense:
-            dense, added = None, ids  # start from scratch with every chunk
+            if rebuild:  # the tokenizer settings may have changed: tokenise everything again
+                ids, texts, _ = self.store.chunk_table(self.name)
+                tokens = [tokenize(text, self.config.tokenizer) for text in texts]
+                self.store.set_tokens(list(zip(ids, tokens)))
+            else:
+                ids, tokens = self.store.chunk_tokens(self.name)
+            bm25 = BM25Index(self.config.bm25)
+            bm25.index(tokens, np.asarray(ids, dtype=np.int64))
+        dense, pending = self._dense, self._pending
+        nothing = dense is None and not len(pending)  # no dense state to build on
+        if rebuild or nothing or (dense is not None and dense.kind != self.config.dense):
+            dense, added, pending = None, ids, np.empty(0, dtype=np.int64)  # from scratch
         live = dense is not None  # the index searches use: mutate it only under _index_lock
         if live and removed:
             with self._index_lock:
                 dense.delete(np.asarray(removed, dtype=np.int64))
-        if added:
-            rows = self.store.get_chunks(added)
-            vectors = self.embedder.encode([rows[i].text for i in added])
+        pending = pending[~np.isin(pending, np.asarray(removed, dtype=np.int64))]
+        added = np.setdiff1d(np.asarray(added, dtype=np.int64), pending)
+        ready, vectors = self._vectors_for(added, defer)
+        old_ready, old_vectors = self._vectors_for(pending, True)
+        if len(old_ready):
+            ready = np.concatenate([ready, old_ready])
+            vectors = old_vectors if not len(vectors) else np.concatenate([vectors, old_vectors])
+        pending = np.setdiff1d(np.union1d(added, pending), ready)
+        if len(ready):
             self._check_dim(dense, vectors.shape[1])
             if dense is None:
                 create, _ = persist.dense_backend(self.config.dense)
                 dense = create(self.config.dense, vectors.shape[1], self.config.dense_config)
+                live = False
             with self._index_lock if live else nullcontext():
-                dense.add(np.asarray(added, dtype=np.int64), vectors)
-        final, counts = persist.stage_generation(self.directory, generation, bm25, dense)
-        self._staged_indexes = (bm25, dense)
+                dense.add(ready, vectors)
+        final, counts = persist.stage_generation(self.directory, generation, bm25, dense,
+                                                 pending, bm25_from)
+        self._staged_indexes = (bm25, dense, pending)
         counts = {**counts, **self.store.counts(self.name)}
         self._pending_manifest = persist.new_manifest(
             self.name, generation, final.name, dense, self.config.dense, counts,
             self.config.embedding_model)
         return final
+
+    def _vectors_for(self, ids: np.ndarray, cached_only: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(ids that have a vector, their vectors): every id (embedding the missing ones), or
+        with `cached_only` those whose vector is in the cache, found by text hash alone."""
+        if not len(ids):
+            return ids, np.zeros((0, 0), np.float32)
+        if not cached_only:
+            rows = self.store.get_chunks(ids.tolist())
+            return ids, self.embedder.encode([rows[int(i)].text for i in ids])
+        hashes = self.store.chunk_hashes(ids.tolist())
+        found = self.embedder.cached_by_hash(list(hashes.values()))
+        ready = np.asarray([i for i in ids.tolist() if hashes.get(i) in found], dtype=np.int64)
+        if not len(ready):
+            return ready, np.zeros((0, 0), np.float32)
+        return ready, np.stack([found[hashes[int(i)]] for i in ready]).astype(np.float32, copy=False)
+
+    def _loaded_dir(self) -> Path | None:
+        """The committed generation directory the loaded indexes came from."""
+        manifest = persist.read_manifest(self.directory, self.name)
+        return None if manifest is None else self.directory / manifest["index_dir"]
+
+    # ---------------------------------------------------------------- progressive indexing
+
+    def fill_dense(self, batch_size: int = 256, commit_every_s: float = 15.0,
+                   progress: Callable[[dict[str, int]], None] | None = None,
+                   stop: Callable[[], bool] | None = None,
+                   write_lock: Callable[[], Any] | None = None) -> dict[str, int]:
+        """Embed the pending chunks and commit their vectors, batch by batch.
+
+        Vectors go to the cache per batch (a kill keeps them); a generation adding them to the
+        dense index is committed every `commit_every_s` and at the end. Chunks that other
+        writers add meanwhile (deferred) are picked up before it returns.
+
+        Args:
+            batch_size: chunks embedded per step (one cache commit each).
+            commit_every_s: seconds between dense commits (each rewrites the dense index files).
+            progress: called after each step with {"embedded", "cached", "done", "pending",
+                "ids", "commits"}: chunks embedded by this call and found in the cache so far,
+                this round's done/total, the row ids of the step and the commits so far.
+            stop: polled between steps; True ends the call after committing what is done.
+            write_lock: a context-manager factory held around each commit (e.g. a server's
+                readers-writer lock), besides the collection's own writer lock.
+        Returns:
+            {"embedded", "cached", "commits"}.
+        """
+        counts = {"embedded": 0, "cached": 0, "commits": 0}
+        last_commit = time.monotonic()
+        uncommitted = False
+
+        def commit() -> None:
+            with write_lock() if write_lock else nullcontext():
+                self._commit([], [], IndexReport(self.name), defer=True)
+            counts["commits"] += 1
+
+        done_in_round = 0
+        while True:
+            pending = self.pending_ids()
+            if not len(pending):
+                break
+            total = len(pending)
+            for start in range(0, total, batch_size):
+                if stop is not None and stop():
+                    if uncommitted:
+                        commit()
+                    return counts
+                part = pending[start:start + batch_size].tolist()
+                rows = self.store.get_chunks(part)
+                texts = [rows[i].text for i in part if i in rows]
+                known = len(self.embedder.cached(texts))
+                self.embedder.encode(texts)
+                counts["embedded"] += len(set(texts)) - known
+                counts["cached"] += known
+                uncommitted = True
+                done_in_round = start + len(part)
+                if progress is not None:
+                    progress({"embedded": counts["embedded"], "cached": counts["cached"],
+                              "done": done_in_round, "pending": total, "ids": part,
+                              "commits": counts["commits"]})
+                if time.monotonic() - last_commit >= commit_every_s and done_in_round < total:
+                    commit()
+                    uncommitted = False
+                    last_commit = time.monotonic()
+            commit()
+            uncommitted = False
+            last_commit = time.monotonic()
+            if len(np.intersect1d(self.pending_ids(), pending)):  # vectors lost meanwhile?
+                break  # e.g. the cache was cleared: do not loop forever
+        return counts
 
     def _write_manifest(self, generation: int) -> None:
         assert self._pending_manifest["generation"] == generation
@@ -456,6 +596,7 @@ class Collection:
             if have != stored["generation"]:
                 if not repair:
                     self._bm25 = self._dense = None  # the next commit rebuilds everything
+                    self._pending = np.empty(0, dtype=np.int64)
                     return
                 # The store is ahead of the indexes: an interrupted commit, or a writer between
                 # its store commit and its manifest. Wait for writers, then check again.
@@ -464,13 +605,15 @@ class Collection:
                     have = 0 if manifest is None else manifest["generation"]
                     if have != self.store.collection(self.name)["generation"]:
                         _log.warning("collection %r: indexes behind the store; rebuilding", self.name)
-                        self.rebuild(progress=False)
+                        # Only cached vectors: chunks that had none stay pending (fill_dense).
+                        self.rebuild(progress=False, defer_dense=True)
                 return self._ensure_loaded(repair=False)
-            loaded = (None, None)
+            loaded = (None, None, np.empty(0, dtype=np.int64))
             if manifest is not None:
-                loaded = persist.load_generation(self.directory, manifest, self.name)
+                loaded = (*persist.load_generation(self.directory, manifest, self.name),
+                          persist.load_pending(self.directory, manifest))
             with self._index_lock:
-                self._bm25, self._dense = loaded
+                self._bm25, self._dense, self._pending = loaded
             self._loaded_stamp = (stamp,)
 
     # ---------------------------------------------------------------- searching

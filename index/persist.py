@@ -1,7 +1,9 @@
 """On-disk generations of a collection's indexes: staged, fsynced, renamed, then named by a manifest.
 
-A collection directory holds ``gen-NNNNNN/`` (``bm25/``, ``dense/``) for the committed
-generation and ``manifest.json`` naming it. `stage_generation` writes a generation into a temp
+A collection directory holds ``gen-NNNNNN/`` (``bm25/``, ``dense/``, ``pending.npy``) for
+the committed generation and ``manifest.json`` naming it. ``pending.npy`` lists the chunk row
+ids that have no vector in ``dense/`` yet (progressive indexing: BM25 first, vectors after);
+a generation without it (older builds) is complete. `stage_generation` writes a generation into a temp
 dir, fsyncs every file and renames it into place; `write_manifest` replaces the manifest
 atomically (temp + fsync + rename + directory fsync). Readers only ever follow the manifest, so
 a half-written generation is never seen; `clean` removes older generations and killed runs'
@@ -69,15 +71,30 @@ def versions() -> dict[str, str]:
 
 
 def stage_generation(directory: Path, generation: int, bm25: BM25Index,
-                     dense: DenseIndex | None) -> tuple[Path, dict[str, int]]:
-    """Write a generation durably as ``directory/gen-NNNNNN``; returns (its path, counts)."""
+                     dense: DenseIndex | None, pending=None,
+                     bm25_from: Path | None = None) -> tuple[Path, dict[str, int]]:
+    """Write a generation durably as ``directory/gen-NNNNNN``; returns (its path, counts).
+
+    Args:
+        pending: chunk row ids without a vector in `dense` (None or empty: complete).
+        bm25_from: a committed generation whose ``bm25/`` equals `bm25` (a commit that only
+            added vectors): its files are hard-linked instead of written again. Committed
+            generations are never modified in place, so sharing their files is safe.
+    """
+    import numpy as np
+
     temp = directory / f".tmp-gen-{generation:06d}-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
-    bm25.save(temp / "bm25")
+    if bm25_from is not None and (bm25_from / "bm25").is_dir():
+        shutil.copytree(bm25_from / "bm25", temp / "bm25", copy_function=os.link)
+    else:
+        bm25.save(temp / "bm25")
     if dense is not None:
         dense.save(temp / "dense")
-    counts = {"bm25": len(bm25), "dense": 0 if dense is None else len(dense)}
+    pending = np.asarray([] if pending is None else pending, dtype=np.int64)
+    np.save(temp / "pending.npy", pending)
+    counts = {"bm25": len(bm25), "dense": 0 if dense is None else len(dense), "pending": len(pending)}
     (temp / "counts.json").write_text(json.dumps(counts))
     fsync_tree(temp)
     final = directory / f"gen-{generation:06d}"
@@ -133,6 +150,22 @@ def manifest_stamp(directory: Path) -> tuple | None:
     except FileNotFoundError:
         return None
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def load_pending(directory: Path, manifest: dict[str, Any]):
+    """Chunk row ids of the manifest's generation that have no vector yet (int64, sorted)."""
+    import numpy as np
+
+    path = directory / manifest["index_dir"] / "pending.npy"
+    if not path.exists():
+        return np.empty(0, dtype=np.int64)
+    try:
+        pending = np.load(path).astype(np.int64)
+    except (OSError, ValueError) as error:
+        raise CorruptIndexError(f"{path} is unreadable ({error}); rebuild with codehop index --rebuild") from error
+    if len(pending) != manifest["counts"].get("pending", len(pending)):
+        raise CorruptIndexError(f"{path} does not match its manifest; rebuild with codehop index --rebuild")
+    return np.sort(pending)
 
 
 def load_generation(directory: Path, manifest: dict[str, Any],

@@ -313,6 +313,27 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows], [r[1].split() for r in rows]
 
+    def chunk_ids(self, collection: str) -> list[int]:
+        """Row ids of every chunk of a collection, in row-id order."""
+        rows = self._query("SELECT id FROM chunks WHERE collection=? ORDER BY id", [collection])
+        return [r[0] for r in rows.fetchall()]
+
+    def chunk_hashes(self, row_ids: list[int]) -> dict[int, str]:
+        """text_hash (the vector cache key) of chunks by row id; missing ids are left out."""
+        found: dict[int, str] = {}
+        unique = list(dict.fromkeys(int(i) for i in row_ids))
+        for start in range(0, len(unique), _LOOKUP_BATCH):
+            part = unique[start : start + _LOOKUP_BATCH]
+            rows = self._query(f"SELECT id, text_hash FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                               part).fetchall()
+            found.update((r[0], r[1]) for r in rows)
+        return found
+
+    def chunk_documents(self, collection: str) -> dict[int, int]:
+        """Chunk row id -> document id for every chunk of a collection."""
+        rows = self._query("SELECT id, doc_id FROM chunks WHERE collection=?", [collection]).fetchall()
+        return {r[0]: r[1] for r in rows}
+
     def set_tokens(self, items: list[tuple[int, list[str]]]) -> None:
         """Replace the stored tokens of chunks (inside a transaction)."""
         self._write("SELECT 1")  # refuses to run outside a transaction

@@ -22,7 +22,7 @@ def test_stage_manifest_load_roundtrip_and_clean(tmp_path):
     (tmp_path / ".tmp-gen-000001-999").mkdir()  # debris of a killed run
     old, _ = persist.stage_generation(tmp_path, 1, bm25, dense)
     final, counts = persist.stage_generation(tmp_path, 2, bm25, dense)
-    assert final.name == "gen-000002" and counts == {"bm25": 3, "dense": 3}
+    assert final.name == "gen-000002" and counts == {"bm25": 3, "dense": 3, "pending": 0}
     assert [p.name for p in tmp_path.glob(".tmp-gen-*")] == [".tmp-gen-000001-999"]
     manifest = persist.new_manifest("c", 2, final.name, dense, "flat", counts, "m")
     persist.write_manifest(tmp_path, manifest)

@@ -1,0 +1,154 @@
+"""Progressive indexing: BM25 first, vectors later (Collection.fill_dense, DenseFiller).
+
+Runs on the tiny static embedder (tests/static_model.py): fast, deterministic vectors.
+"""
+
+import pytest
+
+pytest.importorskip("model2vec")
+
+from index import Collection, CollectionConfig  # noqa: E402
+from index.background import DenseFiller  # noqa: E402
+from index.progress import ProgressPrinter  # noqa: E402
+from tests.static_model import tiny_static_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_static_model(tmp_path_factory.mktemp("static") / "tiny")
+
+
+@pytest.fixture
+def config(model):
+    return CollectionConfig(embedding_backend="static", embedding_model=str(model))
+
+
+def _tree(root, files=40, paragraphs=5):
+    root.mkdir(parents=True, exist_ok=True)
+    for f in range(files):
+        text = "\n\n".join(f"Paragraph {p} of file {f}: alpha{f} beta{p} gamma{f * p} " + "filler " * 100
+                           for p in range(paragraphs))
+        (root / f"doc{f:03d}.txt").write_text(text)
+    return root
+
+
+def _results(collection, query, mode):
+    return [(r.id, r.path, r.start_line, round(r.score, 5)) for r in collection.search(query, k=10, mode=mode)]
+
+
+def test_deferred_commit_serves_bm25_and_says_dense_is_partial(tmp_path, config):
+    tree = _tree(tmp_path / "tree")
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        report = collection.add_paths([tree], progress=False, defer_dense=True)
+        assert report.chunks_embedded == 0 and report.chunks == 200
+        assert collection.dense_fraction() == 0.0 and len(collection.pending_ids()) == 200
+        assert collection.search("alpha7 beta3", k=1, mode="bm25")[0].path.endswith("doc007.txt")
+        assert collection.search("alpha7", k=5, mode="dense") == []  # nothing embedded yet
+        assert collection.search("alpha7 beta3", k=1, mode="hybrid")[0].path.endswith("doc007.txt")
+        steps = []
+        counts = collection.fill_dense(batch_size=64, commit_every_s=0.0, progress=steps.append)
+        assert counts["embedded"] == 200 and counts["cached"] == 0 and counts["commits"] >= 3
+        assert [s["done"] for s in steps] == [64, 128, 192, 200]
+        assert collection.dense_fraction() == 1.0 and not len(collection.pending_ids())
+    # the pending state is on disk: a fresh open agrees
+    with Collection.open(tmp_path / "ws") as again:
+        assert again.dense_fraction() == 1.0 and len(again.search("alpha7", k=5, mode="dense")) == 5
+
+
+def test_stop_midway_then_resume_reuses_cache_and_equals_one_shot(tmp_path, config):
+    tree = _tree(tmp_path / "tree")
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False, defer_dense=True)
+        calls = iter(range(1000))
+        counts = collection.fill_dense(batch_size=50, commit_every_s=3600,
+                                       stop=lambda: next(calls) >= 2)  # two batches, then stop
+        assert counts["embedded"] == 100 and counts["commits"] == 1
+        assert collection.dense_fraction() == pytest.approx(0.5)
+        # a third batch reaches the cache but not a commit (as if killed before committing)
+        rows = collection.store.get_chunks(collection.pending_ids()[:50].tolist())
+        collection.embedder.encode([r.text for r in rows.values()])
+    with Collection.open(tmp_path / "ws") as resumed:
+        assert len(resumed.pending_ids()) == 100
+        counts = resumed.fill_dense(batch_size=50)
+        assert (counts["embedded"], counts["cached"]) == (50, 50)  # nothing embedded twice
+        with Collection.open(tmp_path / "one-shot", config=config) as one_shot:
+            one_shot.add_paths([tree], progress=False)
+            for query in ("alpha3 beta1", "gamma12 filler", "file 39"):
+                for mode in ("hybrid", "dense", "bm25"):
+                    assert _results(resumed, query, mode) == _results(one_shot, query, mode)
+
+
+def test_changes_during_a_partial_state_keep_pending_honest(tmp_path, config):
+    tree = _tree(tmp_path / "tree", files=10)
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False, defer_dense=True)
+        collection.fill_dense(batch_size=20, commit_every_s=3600, stop=iter([False, True]).__next__)
+        assert len(collection.pending_ids()) == 30
+        (tree / "doc009.txt").unlink()  # its chunks leave the pending set and the indexes
+        (tree / "new.txt").write_text("brand new text about zeta")
+        collection.add_paths([tree], progress=False)  # not deferred: the new chunk is embedded
+        pending = collection.pending_ids()
+        assert len(pending) == 25 and collection.dense_fraction() == pytest.approx(1 - 25 / 46)
+        assert collection.search("zeta", k=1, mode="dense")[0].path.endswith("new.txt")
+        collection.fill_dense()
+        assert collection.dense_fraction() == 1.0
+        assert not [r for r in collection.search("alpha9", k=50, mode="hybrid") if r.path.endswith("doc009.txt")]
+
+
+def test_repair_after_a_crash_between_store_and_manifest_uses_only_cached_vectors(tmp_path, config):
+    tree = _tree(tmp_path / "tree", files=10)
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False, defer_dense=True)
+        collection.fill_dense(batch_size=20, commit_every_s=3600, stop=iter([False, True]).__next__)
+        with collection.store.transaction():  # the store one generation ahead of the manifest
+            generation = collection.store.collection(collection.name)["generation"]
+            collection.store.set_generation(collection.name, generation + 1)
+    with Collection.open(tmp_path / "ws") as repaired:
+        assert len(repaired.pending_ids()) == 30 and repaired.embedder.loaded is False
+
+
+def test_dense_filler_reports_progress_and_lines(tmp_path, config, capsys):
+    import io
+
+    tree = _tree(tmp_path / "tree", files=20)
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, interval_s=0.0, tty=False)
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False, defer_dense=True)
+        filler = DenseFiller(collection, batch_size=25, commit_every_s=0.0, on_progress=printer.update)
+        assert filler.status()["state"] == "waiting"
+        filler.start()
+        assert filler.join(30)
+        status = filler.status()
+    assert status["state"] == "done" and status["chunks_done"] == status["chunks_total"] == 100
+    assert status["documents_done"] == status["documents_total"] == 20
+    assert status["embedded"] == 100 and status["dense_fraction"] == 1.0 and status["error"] is None
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("codehop: done default: 100/100 chunks (100.0%), 20/20 documents")
+    assert any("chunks/s, ETA" in line for line in lines)
+
+
+def test_dense_filler_records_a_failure(tmp_path, config):
+    tree = _tree(tmp_path / "tree", files=2)
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False, defer_dense=True)
+
+        def broken():
+            raise RuntimeError("model exploded")
+
+        filler = DenseFiller(collection, prepare=broken).start()
+        assert filler.join(30)
+        status = filler.status()
+        assert status["state"] == "failed" and "model exploded" in status["error"]
+        assert collection.search("alpha1", k=1, mode="bm25")  # BM25 still answers
+
+
+def test_vectors_of_another_backend_are_refused(tmp_path, config, model):
+    from index.errors import EmbedderMismatchError
+
+    tree = _tree(tmp_path / "tree", files=2)
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False)
+    with pytest.raises(EmbedderMismatchError, match="rebuild"):
+        Collection.open(tmp_path / "ws", config=CollectionConfig(embedding_backend="onnx-int8",
+                                                                 embedding_model=str(model)))
