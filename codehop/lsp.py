@@ -3,7 +3,9 @@
 Handlers are thin, as in pygls's own examples: get the document, call a code_tools (or rag)
 function in a worker thread, convert the answer to lsprotocol types.
 
-- initialized: index the workspace folder (code_tools.repo.RepoIndex) with work-done progress.
+- initialized: index the workspace folder (code_tools.repo.RepoIndex) with work-done progress,
+  then the folder's collection: BM25 at once, dense vectors in the background (DenseFiller)
+  with a second work-done progress (chunks and documents done, rate, ETA).
 - didChange/didSave: re-index that file from the editor's buffer, debounced per file.
 - textDocument/completion and textDocument/inlineCompletion: RepoCompleter on the unsaved
   buffer. Debounced (a newer request for the same file supersedes a waiting one), cancellable
@@ -106,6 +108,7 @@ class CodehopLanguageServer(LanguageServer):
         self.collection_error: str | None = None
         self.index_error = "no workspace folder was opened"
         self.collection_lock = RWLock()
+        self.filler = None  # index.background.DenseFiller embedding the collection
         self.ready = asyncio.Event()
         self._completer = None
         self._pipeline = None
@@ -215,18 +218,60 @@ async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> Non
     finally:
         if token:
             ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
+    if ls.collection is not None and len(ls.collection.pending_ids()):
+        await _embed_in_background(ls, "codehop-embed" if token else None)
 
 
 def _open_collection(root: Path, state: Path, settings: Settings):
+    """The folder's collection with BM25 committed; vectors not yet cached stay pending."""
     from codehop.commands.index import _code_chunker
     from codehop.models import open_collection
 
     config = settings.collection_config() if settings.source is not None else None
     collection = open_collection(settings, state, "workspace", create=True, config=config)
-    with _LOADING:
-        collection.embedder.encode(["codehop"])  # loads the embedding model
-    collection.add_paths([root], chunker=_code_chunker(), progress=False)
+    collection.add_paths([root], chunker=_code_chunker(), progress=False, defer_dense=True)
     return collection
+
+
+async def _embed_in_background(ls: CodehopLanguageServer, token: str | None) -> None:
+    """Start the DenseFiller; its progress goes to the client as work-done progress."""
+    from index.background import DenseFiller
+
+    if token:
+        try:
+            await ls.work_done_progress.create_async(token)
+            ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                title="codehop: embedding", message="dense vectors (BM25 search is ready)",
+                percentage=0, cancellable=False))
+        except Exception:
+            token = None
+    loop = asyncio.get_running_loop()
+
+    def show(status: dict[str, Any], final: bool = False) -> None:  # on the filler's thread
+        loop.call_soon_threadsafe(_show_embedding, ls, token, status, final)
+
+    def prepare() -> None:
+        with _LOADING:  # transformers' lazy imports: one model load at a time
+            ls.collection.embedder.dim  # noqa: B018 - loads the embedding model
+
+    ls.filler = DenseFiller(ls.collection, write_lock=ls.collection_lock.write,
+                            on_progress=show, prepare=prepare).start()
+
+
+def _show_embedding(ls: CodehopLanguageServer, token: str | None, status: dict[str, Any],
+                    final: bool) -> None:
+    from index.progress import status_line
+
+    line = status_line(status).removeprefix("codehop: ")
+    if final:
+        if token:
+            ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=line))
+        kind = types.MessageType.Warning if status["state"] == "failed" else types.MessageType.Info
+        ls.window_log_message(types.LogMessageParams(kind, f"codehop: {line}"))
+    elif token:
+        total = status["chunks_total"] or 1
+        ls.work_done_progress.report(token, types.WorkDoneProgressReport(
+            message=line, percentage=int(100 * status["chunks_done"] / total)))
 
 
 def _schedule_reindex(ls: CodehopLanguageServer, uri: str) -> None:

@@ -83,8 +83,14 @@ class Resources:
         self._treehop = None
         self._repo = None
         self._completers: dict[int, Any] = {}
+        # Background embedding per collection (index.background.DenseFiller), shown in /health.
+        self.indexing: dict[str, Any] = {}
 
     def close(self) -> None:
+        for filler in self.indexing.values():  # between batches; embedded vectors are kept
+            filler.stop(wait=False)
+        for filler in self.indexing.values():
+            filler.join()
         self._writer.shutdown(wait=True, cancel_futures=True)
         with self._guard:
             for collection in self._collections.values():
@@ -502,8 +508,12 @@ search_router = APIRouter(prefix="/v1", tags=["retrieval"])
 def search(body: m.SearchRequest, resources: Resources = Depends(get_resources)):
     started = time.perf_counter()
     hits = _search(resources, body)
-    return m.SearchResponse(results=hits, mode=body.mode,
-                            collection=body.collection or resources.settings.collection.name,
+    name = body.collection or resources.settings.collection.name
+    partial = None
+    if body.mode != "bm25":  # say so when the dense side does not cover every chunk yet
+        fraction = resources.collection(name).dense_fraction()
+        partial = {"dense": round(fraction, 4)} if fraction < 1.0 else None
+    return m.SearchResponse(results=hits, mode=body.mode, collection=name, partial=partial,
                             elapsed_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -511,7 +521,8 @@ def search(body: m.SearchRequest, resources: Resources = Depends(get_resources))
 
 
 def create_app(settings: Settings | None = None, *, workspace: Path | None = None,
-               roots: list[Path] | None = None, repo_root: Path | None = None) -> FastAPI:
+               roots: list[Path] | None = None, repo_root: Path | None = None,
+               background: Callable[[Resources], None] | None = None) -> FastAPI:
     """The codehop REST app.
 
     Args:
@@ -519,6 +530,9 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
         workspace: workspace directory (None: settings / $CODEHOP_WORKSPACE / ./.codehop).
         roots: directories whose files may be indexed (None: `[server] roots`).
         repo_root: repository for code completions (None: the first root, if any).
+        background: called with the Resources once they are built, e.g. to start embedding
+            in the background (codehop serve); what it puts in `resources.indexing` shows in
+            /health and is stopped on shutdown.
     Returns:
         A FastAPI app; resources are built when its lifespan starts.
     """
@@ -531,6 +545,8 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
     async def lifespan(app: FastAPI):
         resources = Resources(settings, workspace, roots, repo_root)
         app.state.resources = resources
+        if background is not None:
+            background(resources)
         try:
             yield
         finally:
@@ -552,7 +568,8 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
         from code_tools.sandbox import sandbox_status
 
         return m.Health(status="ok", version=VERSION, workspace=str(resources.workspace),
-                        collections=resources.names(), sandbox=sandbox_status().describe())
+                        collections=resources.names(), sandbox=sandbox_status().describe(),
+                        indexing={name: f.status() for name, f in resources.indexing.items()})
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def metrics():

@@ -56,6 +56,25 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class IndexingStatus(BaseModel):
+    """Progress of a collection's background embedding (index.background.DenseFiller)."""
+
+    collection: str
+    state: Literal["waiting", "loading model", "embedding", "done", "stopped", "failed"]
+    chunks_total: int
+    chunks_done: int = Field(description="chunks with a vector (committed or cached)")
+    documents_total: int
+    documents_done: int = Field(description="documents all of whose chunks have a vector")
+    embedded: int = Field(description="vectors computed by this run")
+    reused_from_cache: int = Field(description="vectors found in the cache (e.g. after a restart)")
+    commits: int
+    rate_chunks_per_s: float | None
+    eta_s: float | None
+    elapsed_s: float | None
+    dense_fraction: float | None = Field(description="share of chunks the committed dense index covers")
+    error: str | None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -63,6 +82,9 @@ class Health(BaseModel):
     collections: list[str]
     sandbox: str = Field(description="what runs the agent's generated code here, e.g. "
                          "'bwrap (bubblewrap 0.8.0), tree limits: cgroup1', or 'unavailable: why'")
+    indexing: dict[str, IndexingStatus] = Field(
+        default_factory=dict, description="background embedding per collection (codehop serve "
+        "answers from BM25 first and embeds after); empty when nothing runs or ran")
 
 
 # ---------------------------------------------------------------- collections and documents
@@ -174,6 +196,9 @@ class SearchResponse(BaseModel):
     mode: str
     collection: str
     elapsed_ms: float
+    partial: dict[str, float] | None = Field(
+        default=None, description='set while the dense side is still being built, e.g. '
+        '{"dense": 0.42}: the share of chunks dense/hybrid search could use')
 
 
 class AskRequest(Strict):

@@ -57,4 +57,20 @@ def run(args: argparse.Namespace) -> int:
             for path, reason in report.skipped:
                 print(f"skipped {path}: {reason}", file=sys.stderr)
             print(f"indexed {report.summary()}")
+        pending = len(collection.pending_ids())
+        if pending:  # left by a `codehop serve` / LSP that was stopped before it finished
+            from index.progress import ProgressPrinter
+
+            printer = ProgressPrinter(sys.stderr) if progress else None
+            counts = collection.fill_dense(progress=None if printer is None else (
+                lambda step: printer.update(_fill_status(collection.name, step))))
+            print(f"embedded {pending} chunks left pending ({counts['embedded']} computed, "
+                  f"{counts['cached']} from the cache)")
     return 0
+
+
+def _fill_status(name: str, step: dict) -> dict:
+    """A DenseFiller-like status from one `Collection.fill_dense` progress step."""
+    return {"collection": name, "state": "embedding", "chunks_total": step["pending"],
+            "chunks_done": step["done"], "documents_total": 0, "documents_done": 0,
+            "rate_chunks_per_s": None, "eta_s": None}

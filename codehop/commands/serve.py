@@ -1,7 +1,13 @@
 """`codehop serve [--host 127.0.0.1] [--port 8000] [--source PATH...] [--no-index]`.
 
-Indexes the configured sources (default: the current repository, docs included) into the
-default collection, incrementally, then serves the REST API (codehop.rest) with uvicorn.
+Serves first, embeds after: the configured sources (default: the current repository, docs
+included) are scanned and chunked into the default collection and BM25 is committed (seconds),
+then the REST API (codehop.rest) starts with uvicorn while the dense vectors are computed on a
+background thread and committed in batches (index.background.DenseFiller). /health shows the
+progress; a dense or hybrid search before the end says `"partial": {"dense": share}`; stderr
+gets a progress bar on a terminal, else a line every few seconds. A restart resumes: vectors
+already in the workspace's cache are not computed again. `--wait-dense` embeds everything
+before serving (the old behaviour).
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default: [server] roots, else the current repository)")
     parser.add_argument("--collection", help="collection to index into (default: from settings)")
     parser.add_argument("--no-index", action="store_true", help="serve without indexing first")
+    parser.add_argument("--wait-dense", action="store_true",
+                        help="embed every chunk before serving (default: serve from BM25 at once "
+                             "and embed in the background)")
+    parser.add_argument("--embed-batch", type=int, default=128, metavar="N",
+                        help="chunks per background embedding step (default 128)")
+    parser.add_argument("--embed-commit-s", type=float, default=15.0, metavar="S",
+                        help="seconds between commits of background vectors (default 15)")
+    parser.add_argument("--embed-pause", type=float, default=0.0, metavar="S",
+                        help="pause between background steps, leaving cores to queries (default 0)")
+    parser.add_argument("--progress-interval", type=float, default=5.0, metavar="S",
+                        help="seconds between progress lines when stderr is not a terminal (default 5)")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from index.errors import InvalidInputError
 
     settings = load_settings(getattr(args, "config", None))
+    if args.embed_batch <= 0 or args.embed_commit_s < 0 or args.embed_pause < 0 or args.progress_interval <= 0:
+        raise InvalidInputError("--embed-batch and --progress-interval must be positive, "
+                                "--embed-commit-s and --embed-pause >= 0")
     server = settings.server
     host, port = args.host or server.host, args.port if args.port is not None else server.port
     if not 0 < port < 65536:
@@ -53,21 +73,62 @@ def run(args: argparse.Namespace) -> int:
     name = args.collection or settings.collection.name
     settings = dataclasses.replace(settings, collection=dataclasses.replace(
         settings.collection, name=name))
+    background = None
     if not args.no_index:
-        _index(settings, workspace, name, sources)
+        _index(settings, workspace, name, sources, defer=not args.wait_dense)
+        background = _background(name, args)
     app = create_app(settings, workspace=workspace, roots=[s for s in sources if s.exists()],
-                     repo_root=next((s.resolve() for s in sources if s.is_dir()), None))
+                     repo_root=next((s.resolve() for s in sources if s.is_dir()), None),
+                     background=background)
     print(f"codehop: serving http://{host}:{port} (workspace {workspace}, docs at /docs)",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 
 
-def _index(settings, workspace: Path, name: str, sources: list[Path]) -> None:
+def _index(settings, workspace: Path, name: str, sources: list[Path], defer: bool) -> None:
+    """Scan, chunk and commit BM25 (vectors too unless `defer`); prints what it did."""
     from codehop.commands.index import _code_chunker
     from codehop.models import open_collection
 
     config = settings.collection_config() if settings.source is not None else None
+    tty = sys.stderr.isatty()
+    if not tty:
+        print(f"codehop: scanning {', '.join(map(str, sources))}", file=sys.stderr, flush=True)
     with open_collection(settings, workspace, name, create=True, config=config) as collection:
-        report = collection.add_paths(sources, chunker=_code_chunker(), progress=sys.stderr.isatty())
+        report = collection.add_paths(sources, chunker=_code_chunker(), progress=tty,
+                                      defer_dense=defer)
+        if not defer and len(collection.pending_ids()):
+            collection.fill_dense()  # left pending by an earlier run that served first
+        pending = len(collection.pending_ids())
     print(f"codehop: indexed {report.summary()}", file=sys.stderr)
+    if pending:
+        print(f"codehop: BM25 search is ready; {pending:,} chunks lack vectors and are embedded "
+              "in the background (see /health)", file=sys.stderr, flush=True)
+
+
+def _background(name: str, args: argparse.Namespace):
+    """Starts the collection's DenseFiller once the server's resources exist."""
+
+    def start(resources) -> None:
+        from index.background import DenseFiller
+        from index.progress import ProgressPrinter
+
+        collection = resources.collection(name)
+        if not len(collection.pending_ids()):
+            return
+        def prepare() -> None:
+            # Under the lock the endpoints load models with: transformers' lazy imports are
+            # not thread-safe, and a request may be loading the generator right now.
+            with resources._models:
+                collection.embedder.dim  # noqa: B018 - loads (exports, distils) the embedder
+
+        printer = ProgressPrinter(sys.stderr, interval_s=args.progress_interval)
+        filler = DenseFiller(
+            collection, write_lock=resources.lock(name).write, batch_size=args.embed_batch,
+            commit_every_s=args.embed_commit_s, pause_s=args.embed_pause,
+            on_progress=printer.update, prepare=prepare).start()
+        resources.indexing[name] = filler
+        printer.watch(filler.status, lambda: filler.done)
+
+    return start
