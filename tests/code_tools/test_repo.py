@@ -87,13 +87,29 @@ def test_search_excludes_the_given_file(repo_dir):
     assert len(hits) and "pkg/models.py" not in {repo.path_of(int(i)) for i in hits.ids}
 
 
-def test_reindex_one_file_is_incremental_and_fast(repo_dir):
+def _count_work(monkeypatch):
+    """Spy on the per-file work of code_tools.repo: which files are chunked, how many chunks
+    are tokenized for BM25 (the speed itself is measured by eval_suites/repo_completion)."""
+    import code_tools.repo
+
+    chunked, tokenized = [], []
+    chunk_file, tokenize = code_tools.repo.chunk_file, code_tools.repo.tokenize
+    monkeypatch.setattr(code_tools.repo, "chunk_file",
+                        lambda path, *args: (chunked.append(path), chunk_file(path, *args))[1])
+    monkeypatch.setattr(code_tools.repo, "tokenize", lambda text: (tokenized.append(text), tokenize(text))[1])
+    return chunked, tokenized
+
+
+def test_reindex_one_file_is_incremental(repo_dir, monkeypatch):
     repo = RepoIndex.open(repo_dir)
     models = repo_dir / "pkg" / "models.py"
     models.write_text(FILES["pkg/models.py"].replace("format_greeting", "render_greeting")
                       + "\n\ndef brand_new_helper():\n    return 7\n")
-    spent = repo.reindex_file("pkg/models.py")
-    assert spent < 0.1
+    chunked, tokenized = _count_work(monkeypatch)
+    repo.reindex_file("pkg/models.py")
+    # only the edited file is chunked, and only its chunks are tokenized into BM25
+    assert chunked == ["pkg/models.py"]
+    assert tokenized == [repo.chunk(i).text for i in repo.files["pkg/models.py"].chunk_ids]
     assert not repo.definition("format_greeting")
     assert repo.definition("render_greeting")[0].path == "pkg/models.py"
     assert repo.definition("brand_new_helper")[0].path == "pkg/models.py"
@@ -107,7 +123,7 @@ def test_reindex_one_file_is_incremental_and_fast(repo_dir):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
-def test_reindex_time_on_a_larger_pool(tmp_path):
+def test_reindex_on_a_larger_pool_touches_one_file(tmp_path, monkeypatch):
     root = tmp_path / "big"
     root.mkdir()
     template = FILES["pkg/models.py"] * 20
@@ -116,15 +132,16 @@ def test_reindex_time_on_a_larger_pool(tmp_path):
     repo = RepoIndex.open(root)
     assert len(repo) > 150 * 40
     (root / "m7.py").write_text(template.replace("User", "Changed"))
-
-    def reindex_and_search() -> float:  # BM25 scores are rebuilt by the first query after it
-        started = time.perf_counter()
+    size = len(repo)
+    chunked, tokenized = _count_work(monkeypatch)
+    for _ in range(3):  # BM25 scores are rebuilt by the first query after a re-index
         repo.reindex_file("m7.py")
-        repo.search_bm25("Changed greeting", 10)
-        return time.perf_counter() - started
-
-    timings = sorted(reindex_and_search() for _ in range(5))
-    assert timings[2] < 0.25, timings
+        hits = repo.search_bm25("Changed greeting", 10)
+    m7 = repo.files["m7.py"].chunk_ids
+    # each re-index chunks m7.py alone and tokenizes its chunks alone; each search only the query
+    assert chunked == ["m7.py"] * 3 and len(repo) == size
+    assert tokenized == ([repo.chunk(i).text for i in m7] + ["Changed greeting"]) * 3
+    assert repo.path_of(int(hits.ids[0])) == "m7.py"
     assert repo.definition("Changed")[0].path == "m7.py"
     assert not repo.definition("User7")
 
