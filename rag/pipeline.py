@@ -38,7 +38,12 @@ class PipelineConfig:
             generator too small to follow instructions (a strong model decodes unchanged).
         multihop: "off", "on" or "auto" (TreeHop when the question looks multi-hop); without an
             injected retriever the shipped TreeHop checkpoint is loaded on first use.
-        rapid_min_tokens: use RAPID drafting when a drafter is set and the context is longer.
+        rapid: "auto", "on" or "off": RAPID speculative drafting of the answer (rag.rapid). "on"
+            drafts whenever a drafter is given and the generator is a local model; "auto" only
+            for prompts of at least rapid_min_tokens tokens and, when the pipeline has a
+            RapidPolicy, only where its calibrated cost model predicts a speed-up on this machine.
+            The "rapid" stage record says which and why.
+        rapid_min_tokens: the prompt length from which "auto" considers drafting.
     """
 
     k: int = 5
@@ -50,6 +55,7 @@ class PipelineConfig:
     namespace: str = "default"
     multihop: str = "off"
     generate: bool = True
+    rapid: str = "auto"
     rapid_min_tokens: int = 2048
     max_source_chars: int = 1500
     max_new_tokens: int = 256
@@ -61,7 +67,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         checks = {"rewrite": ("auto", "llm", "prf", "off"),
                   "filter": ("auto", "llm", "embedding", "cross-encoder", "off"),
-                  "multihop": ("off", "on", "auto"), "mode": ("hybrid", "bm25", "dense")}
+                  "multihop": ("off", "on", "auto"), "mode": ("hybrid", "bm25", "dense"),
+                  "rapid": ("auto", "on", "off")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise InvalidInputError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
@@ -122,16 +129,22 @@ def cited_numbers(answer: str, n_sources: int) -> list[int]:
 
 
 class RagPipeline:
-    """Grounded answers over a Collection; `generator=None` gives retrieval-only results."""
+    """Grounded answers over a Collection; `generator=None` gives retrieval-only results.
+
+    `drafter` (often the generator itself) and `rapid_policy` (rag.rapid_policy.RapidPolicy,
+    the calibrated cost model) serve RAPID drafting of long answers; see PipelineConfig.rapid.
+    """
 
     def __init__(self, collection, generator=None, config: PipelineConfig = PipelineConfig(),
-                 trigger: RetrieverTrigger | None = None, treehop=None, drafter=None) -> None:
+                 trigger: RetrieverTrigger | None = None, treehop=None, drafter=None,
+                 rapid_policy=None) -> None:
         self.collection = collection
         self.generator = generator
         self.config = config
         self.trigger = trigger
         self.treehop = treehop
         self.drafter = drafter
+        self.rapid_policy = rapid_policy
         self._cross_encoder = None
 
     # -- stages ---------------------------------------------------------------------------
@@ -262,8 +275,9 @@ class RagPipeline:
                 pieces.append(piece)
                 yield {"type": "token", "text": piece}
             answer = "".join(pieces).strip()
+            rapid = next((s for s in reversed(stages) if s.name == "rapid"), None)
             stages.append(StageRecord("generate", True, time.perf_counter() - start,
-                                      {"chars": len(answer), "rapid": stages[-1].name == "rapid"}))
+                                      {"chars": len(answer), "rapid": bool(rapid and rapid.ran)}))
         else:
             reason = "switched off" if self.generator is not None else "no generator configured"
             stages.append(StageRecord("generate", False, detail={"reason": reason}))
@@ -297,25 +311,51 @@ class RagPipeline:
                            no_repeat_ngram_size=self.config.answer_no_repeat_ngram)
 
     def _generate(self, question, messages, sources, config, stages) -> Iterator[str]:
-        """Plain streamed generation, or RAPID when a drafter is set and the context is long:
-        the target reads every source in full, the drafter only the prompt's chunks that best
-        match the question (BM25, kept in document order); verified tokens stream as they come."""
-        if self.drafter is not None:
-            prompt = self.generator.render_chat(messages)
-            if self.generator.count_tokens(prompt) >= self.config.rapid_min_tokens:
-                from rag.rapid import RapidGenerator
+        """Plain streamed generation, or RAPID when `_rapid_decision` says so: the target reads
+        every source in full, the drafter only the prompt's chunks that best match the question
+        (BM25, kept in document order); verified tokens stream as they come."""
+        start = time.perf_counter()
+        decision, prompt = self._rapid_decision(messages, config)
+        detail = {"why": decision.why, **decision.detail, "decision_s": time.perf_counter() - start}
+        if not decision.use:
+            stages.append(StageRecord("rapid", False, detail=detail))
+            yield from self.generator.chat_stream(messages, config)
+            return
+        from rag.rapid import RapidGenerator
 
-                rapid = RapidGenerator(self.generator, self.drafter)
-                for delta, final in rapid.rapid_stream(prompt, config, question):
-                    if delta:
-                        yield delta
-                    if final is not None:
-                        stats = final.to_dict()
-                        stages.append(StageRecord("rapid", True, stats["target_seconds"] + stats["drafter_seconds"], {
-                            key: stats[key] for key in ("acceptance_rate", "mean_accepted", "target_forwards",
-                                                        "target_prompt_tokens", "draft_prompt_tokens")}))
-                return
-        yield from self.generator.chat_stream(messages, config)
+        rapid = RapidGenerator(self.generator, self.drafter)
+        for delta, final in rapid.rapid_stream(prompt, config, question):
+            if delta:
+                yield delta
+            if final is not None:
+                stats = final.to_dict()
+                detail.update({key: stats[key] for key in (
+                    "acceptance_rate", "mean_accepted", "drafted", "accepted", "tokens", "target_forwards",
+                    "drafter_forwards", "target_prompt_tokens", "draft_prompt_tokens", "target_seconds",
+                    "drafter_seconds")})
+                stages.append(StageRecord("rapid", True, stats["target_seconds"] + stats["drafter_seconds"], detail))
+                if self.rapid_policy is not None:
+                    self.rapid_policy.record(self.generator, self.drafter, final)
+
+    def _rapid_decision(self, messages, config):
+        """(rag.rapid_policy.RapidDecision, the rendered prompt or None) for this answer."""
+        from rag.rapid import DraftContextConfig
+        from rag.rapid_policy import RapidDecision, decide, local_model_reason
+
+        mode = self.config.rapid
+        if mode == "off":
+            return RapidDecision(False, "rapid = 'off'", {"mode": mode}), None
+        reason = local_model_reason(self.generator)
+        if reason is not None:  # a server: no prompt rendering or token counting needed
+            return RapidDecision(False, reason, {"mode": mode}), None
+        if config.json_schema is not None:
+            return RapidDecision(False, "RAPID does not decode under a JSON schema", {"mode": mode}), None
+        prompt = self.generator.render_chat(messages)
+        tokens = self.generator.count_tokens(prompt)
+        context = DraftContextConfig()
+        draft_tokens = min(tokens, context.head_tokens + context.budget_tokens + context.tail_tokens)
+        return decide(mode, self.generator, self.drafter, tokens, draft_tokens, config.max_new_tokens,
+                      self.rapid_policy, self.config.rapid_min_tokens), prompt
 
     def run(self, question: str) -> RagResult:
         result = None

@@ -23,6 +23,10 @@ Deviations from the paper, named honestly:
 - In codehop the drafter is usually the same SmolLM2-135M as the target, so the "knowledge
   transfer" of eta > 0 comes only from the drafter's different (retrieved) context, not from a
   stronger model; the speed-up comes only from the drafter's shorter context.
+- The decoding rules of GenerationConfig (repetition penalty, n-gram ban) apply to the target's
+  and the drafter's logits at each position with the history that position would have, as
+  TransformersGenerator applies them, so greedy RAPID stays equal to plain greedy decoding under
+  the loop control the pipeline uses for small models. JSON-schema decoding is refused.
 
 On a 2-core CPU with SmolLM2-135M as both models it is slower than plain decoding (0.75x at
 1k-4.5k tokens of context, exact output): a drafter step costs ~87% of a target step and a
@@ -114,6 +118,15 @@ class RapidResult:
 
 
 # -- the verification rule, as pure functions on probability vectors ---------------------------
+
+def _rules(scores, history: list[int], config: GenerationConfig):
+    """The repetition penalty and n-gram ban of plain decoding, for a position after `history`."""
+    if config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0:
+        return scores
+    from rag.llm import TransformersGenerator
+
+    return TransformersGenerator._apply_rules(scores, history, config, None)
+
 
 def adjusted_distribution(target_logits, draft_probs, eta: float, alpha: float = 0.1):
     """RAPID's knowledge transfer: p_hat = softmax(z - eta * g), g = (p - q) * 1[q >= alpha * max q].
@@ -332,6 +345,8 @@ class RapidDecoder:
         Text handling mirrors TransformersGenerator: eos ends without being kept, a stop
         string ends the text (excluded), a possible partial stop string is held back.
         """
+        if config.json_schema is not None:
+            raise InvalidInputError("RAPID does not decode under a JSON schema: use the plain generator")
         start = time.perf_counter()
         target_ids = target_ids or self._fallback_prompt()
         draft_ids = draft_ids or self._fallback_prompt()
@@ -376,14 +391,14 @@ class RapidDecoder:
 
         rng = torch.Generator().manual_seed(config.seed if config.seed is not None else 0)
         greedy = self._greedy(config)
-        produced = 0
-        while produced < config.max_new_tokens:
+        generated: list[int] = []  # committed tokens: the history of the repetition rules
+        while len(generated) < config.max_new_tokens:
             # The verify pass always yields one token of its own, so draft at most budget - 1.
-            budget = min(self.config.max_draft_tokens, config.max_new_tokens - produced - 1)
-            drafts, draft_probs = self._draft(drafter, budget, greedy, config, rng)
+            budget = min(self.config.max_draft_tokens, config.max_new_tokens - len(generated) - 1)
+            drafts, draft_probs = self._draft(drafter, budget, greedy, config, rng, generated)
             pending = target.pending()
             logits = target.feed(pending + drafts, keep=len(drafts) + 1)  # rows p_0 .. p_k
-            accepted, token = self._verify(logits, drafts, draft_probs, greedy, config, rng)
+            accepted, token = self._verify(logits, drafts, draft_probs, greedy, config, rng, generated)
             commit = drafts[:accepted] + [token]
             counters.drafted += len(drafts)
             counters.accepted += accepted
@@ -392,12 +407,13 @@ class RapidDecoder:
             target.commit(commit)
             drafter.commit(commit)
             for row, token_id in enumerate(commit):
-                produced += 1
+                generated.append(token_id)
                 yield _Emitted(token_id, float(logp[row, token_id]))
                 if token_id in self.target.eos_ids:
                     return
 
-    def _draft(self, drafter: _Stream, budget: int, greedy: bool, config: GenerationConfig, rng):
+    def _draft(self, drafter: _Stream, budget: int, greedy: bool, config: GenerationConfig, rng,
+               generated: list[int]):
         """Up to `budget` drafted tokens and the distributions they were drawn from."""
         import torch
 
@@ -405,7 +421,7 @@ class RapidDecoder:
         probs: list = []
         feed = drafter.pending()
         while len(drafts) < budget:
-            scores = drafter.feed(feed)[-1]
+            scores = _rules(drafter.feed(feed)[-1], generated + drafts, config)
             q = torch.softmax(scores if greedy else warp_logits(scores, config.temperature, config.top_p), dim=-1)
             token = int(torch.argmax(scores)) if greedy else int(torch.multinomial(q, 1, generator=rng))
             drafts.append(token)
@@ -415,12 +431,14 @@ class RapidDecoder:
             feed = [token]
         return drafts, probs
 
-    def _verify(self, logits, drafts: list[int], draft_probs: list, greedy: bool,
-                config: GenerationConfig, rng) -> tuple[int, int]:
+    def _verify(self, raw_logits, drafts: list[int], draft_probs: list, greedy: bool,
+                config: GenerationConfig, rng, generated: list[int]) -> tuple[int, int]:
         """(number of accepted drafts, the token the target adds after them)."""
         import torch
 
         eta, alpha = self.config.eta, self.config.alpha
+        # Row i is the target's next-token logits after generated + drafts[:i]: its rules see that history.
+        logits = [_rules(raw_logits[i], generated + drafts[:i], config) for i in range(len(drafts) + 1)]
         for i, (draft, q) in enumerate(zip(drafts, draft_probs)):
             if greedy:
                 # eta = 0: argmax of the raw logits, exactly the target's greedy choice.
@@ -579,6 +597,7 @@ class RapidGenerator:
         self.context = context
         self.name = f"rapid({target.name}, drafter={drafter.name})"
         self.supports_fim = target.supports_fim
+        self.parameters = getattr(target, "parameters", None)
 
     def _decode_piece(self, token_id: int) -> str:
         return self.target.tokenizer.decode([token_id])
@@ -620,3 +639,10 @@ class RapidGenerator:
 
     def fim_prompt(self, prefix: str, suffix: str) -> str | None:
         return self.target.fim_prompt(prefix, suffix)
+
+    def complete_fim(self, prefix: str, suffix: str, config: GenerationConfig = GenerationConfig()) -> Generation:
+        """FIM through the target's own tokens; without them the prefix alone (fim=False)."""
+        prompt = self.fim_prompt(prefix, suffix) if suffix else None
+        generation = self.complete(prompt if prompt is not None else prefix, config)
+        generation.fim = prompt is not None
+        return generation
