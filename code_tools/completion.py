@@ -41,7 +41,12 @@ class CompletionConfig:
         max_new_tokens: generation budget.
         truncate: "statement" or "line".
         fim: use fill-in-the-middle when the generator supports it.
-        reuse_kv_cache: reuse the previous prompt's KV cache through PIE (TransformersGenerator).
+        reuse_kv_cache: keep each document's last prompt in a KV cache and bring it to the next
+            prompt through PIE edits instead of re-encoding (a local model only; greedy decoding
+            from the cache; code_tools.kv_cache). Off = every prompt is encoded by the generator.
+        kv_cache_mb: memory budget of those caches (LRU over documents).
+        kv_recompute_above: re-encode from scratch when an edit would encode more than this
+            fraction of the prompt.
     """
 
     use_context: bool = True
@@ -59,6 +64,8 @@ class CompletionConfig:
     truncate: str = "statement"
     fim: bool = True
     reuse_kv_cache: bool = False
+    kv_cache_mb: float = 512.0
+    kv_recompute_above: float = 0.5
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
@@ -199,7 +206,12 @@ class RepoCompleter:
         self.repo = repo
         self.generator = generator
         self.config = config
-        self._pie = None
+        self._kv = None  # code_tools.kv_cache.KVCacheStore, built on the first reuse
+
+    def forget(self, document: str) -> None:
+        """Free the KV cache kept for `document` (the editor closed it)."""
+        if self._kv is not None:
+            self._kv.forget(document)
 
     # ---- token counting
 
@@ -388,13 +400,15 @@ class RepoCompleter:
         return text[:offset], text[offset:]
 
     def complete(self, path: str, line: int | None = None, col: int | None = None,
-                 prefix: str | None = None, suffix: str | None = None) -> Completion:
+                 prefix: str | None = None, suffix: str | None = None,
+                 document: str | None = None) -> Completion:
         """Complete at (line, col) (1-based) of `path`, or after an explicit prefix/suffix.
 
         Args:
             path: file path (relative to the repository root, or absolute inside it).
             line, col: cursor position; used when `prefix` is None.
             prefix, suffix: the text before/after the cursor (e.g. an unsaved editor buffer).
+            document: whose KV cache to reuse (e.g. the editor's URI; default: the path).
         Returns:
             Completion with the truncated text, prompt size, context and timings.
         """
@@ -412,7 +426,8 @@ class RepoCompleter:
                             timings=timings, prompt=prompt, fim=fim)
         if self.generator is not None:
             t = time.perf_counter()
-            raw = self._generate(prompt, result, None if fim else self._server_fim(prompt, suffix))
+            raw = self._generate(prompt, result, None if fim else self._server_fim(prompt, suffix),
+                                 document or path)
             if self._wants_fim(suffix) and not result.fim:
                 result.note = (f"model {self.generator.name} has no fill-in-the-middle format: the text "
                                "after the cursor was not used")
@@ -428,36 +443,65 @@ class RepoCompleter:
     def _stop(self) -> tuple[str, ...]:
         return ("\n",) if self.config.truncate == "line" else ("\n\n\n", "\ndef ", "\nclass ")
 
-    def _generate(self, prompt: str, result: Completion, server_fim: tuple[str, str] | None) -> str:
+    def _generate(self, prompt: str, result: Completion, server_fim: tuple[str, str] | None,
+                  document: str) -> str:
         config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
                                   stop=self._stop())
+        if self.config.reuse_kv_cache:
+            if getattr(self.generator, "model", None) is not None:
+                # A local model has no server-side FIM: `prompt` is the prefix prompt complete_fim
+                # would decode, so the cached path gives the same text.
+                text = self._generate_pie(prompt, result, document)
+                if text is not None:
+                    return text
+            else:
+                result.kv_reuse = {"used": False, "reused": False, "mode": "off", "reason": (
+                    f"the {type(self.generator).__name__} backend ({self.generator.name}) has no local KV "
+                    "cache: the server encodes every prompt")}
         if server_fim is not None:
             generation = self.generator.complete_fim(*server_fim, config)
             result.fim = generation.fim
             return generation.text
-        if self.config.reuse_kv_cache and hasattr(self.generator, "model"):
-            text = self._generate_pie(prompt, result)
-            if text is not None:
-                return text
         return self.generator.complete(prompt, config).text
 
-    def _generate_pie(self, prompt: str, result: Completion) -> str | None:
-        """Greedy decoding from a KV cache corrected by PIE for the edit since the last prompt."""
+    def _generate_pie(self, prompt: str, result: Completion, document: str) -> str | None:
+        """Greedy decoding from `document`'s KV cache, corrected by PIE for the edit since its
+        last prompt (a prefill the first time, or when the edit is large)."""
         try:
-            from code_tools.pie import PieCache
-        except ImportError:
-            result.kv_reuse = {"used": False, "reason": "code_tools.pie is not available"}
+            from code_tools.kv_cache import KVCacheConfig, KVCacheStore
+        except ImportError as error:
+            result.kv_reuse = {"used": False, "reused": False, "mode": "off",
+                               "reason": f"code_tools.pie is not available ({error})"}
             return None
         tokenizer = self.generator.tokenizer
+        if self._kv is None:
+            self._kv = KVCacheStore(self.generator.model, tokenizer, KVCacheConfig(
+                max_bytes=int(self.config.kv_cache_mb * 2**20),
+                recompute_above=self.config.kv_recompute_above))
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if self._pie is None:
-            self._pie = PieCache(self.generator.model, tokenizer)
-        stats = self._pie.sync(ids)  # a prefill the first time, PIE edits afterwards
-        eos = tuple(i for i in [tokenizer.eos_token_id] if i is not None)
-        new_ids = self._pie.generate(self.config.max_new_tokens, stop_token_ids=eos)
+        eos = getattr(self.generator, "eos_ids", None) or {tokenizer.eos_token_id}
+        stops = self._stop()
+
+        def stopped(new_ids: list[int]) -> bool:
+            text = tokenizer.decode(new_ids, skip_special_tokens=True)
+            return any(stop in text for stop in stops)
+
+        lock = getattr(self.generator, "_lock", None)  # torch modules are not re-entrant
+        with lock if lock is not None else _no_lock():
+            new_ids, report = self._kv.complete(document, ids, self.config.max_new_tokens,
+                                                stop_token_ids=tuple(i for i in eos if i is not None),
+                                                stop_when=stopped)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
-        for stop in self._stop():
+        for stop in stops:
             if stop in text:
                 text = text[: text.index(stop)]
-        result.kv_reuse = {"used": True, **dict(stats.__dict__)}
+        result.kv_reuse = report
         return text
+
+
+class _no_lock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

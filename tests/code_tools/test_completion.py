@@ -138,6 +138,7 @@ class _BareTransformersGenerator:
     """Exposes .model/.tokenizer like rag.llm.TransformersGenerator (the PIE path uses only those)."""
 
     supports_fim = False
+    name = "bare-tiny"
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -156,12 +157,45 @@ def test_kv_cache_reuse_through_pie_matches_a_fresh_prefill(repo, request):
     completer = RepoCompleter(repo, generator, config)
     first = completer.complete("shop/cart.py", line=13, col=9)
     assert first.kv_reuse["used"] and first.kv_reuse["tokens_encoded"] == first.kv_reuse["sequence_length"]
+    assert not first.kv_reuse["reused"] and first.kv_reuse["mode"] == "prefill" and first.kv_reuse["reason"]
     # The user types one more line: the second prompt shares most tokens with the first.
     second = completer.complete("shop/cart.py", line=14, col=9)
     stats = second.kv_reuse
     assert stats["used"] and stats["tokens_encoded"] < stats["sequence_length"]
+    assert stats["reused"] and stats["mode"] == "pie" and stats["document"] == "shop/cart.py"
     fresh = PieCache(model, tokenizer)
     fresh.prefill(tokenizer(second.prompt, add_special_tokens=False)["input_ids"])
     expected = tokenizer.decode(fresh.generate(6, stop_token_ids=(tokenizer.eos_token_id,)),
                                 skip_special_tokens=True)
     assert second.raw_text == expected.split("\n\n\n")[0].split("\ndef ")[0].split("\nclass ")[0]
+
+
+def test_kv_reuse_is_per_document_and_off_for_a_server_backend(repo, request):
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    config = _fast(max_new_tokens=4, reuse_kv_cache=True, context_tokens=200, left_tokens=200)
+    completer = RepoCompleter(repo, _BareTransformersGenerator(model, tokenizer), config)
+    completer.complete("shop/cart.py", line=13, col=9, document="a")
+    other = completer.complete("shop/cart.py", line=13, col=9, document="b")
+    assert not other.kv_reuse["reused"] and other.kv_reuse["cache_documents"] == 2
+    again = completer.complete("shop/cart.py", line=13, col=9, document="a")
+    assert again.kv_reuse["reused"] and again.kv_reuse["tokens_encoded"] == 0
+    completer.forget("a")
+    assert not completer.complete("shop/cart.py", line=13, col=9, document="a").kv_reuse["reused"]
+
+    class _Server:  # a remote backend: no .model, the server encodes the prompt
+        name, supports_fim, parameters = "remote", False, None
+
+        def count_tokens(self, text):
+            return max(1, len(text) // 4)
+
+        def fim_prompt(self, prefix, suffix):
+            return None
+
+        def complete(self, prompt, config):
+            from index.generation import Generation
+
+            return Generation("x = 1", [], None, "stop", 0, 0.0)
+
+    remote = RepoCompleter(repo, _Server(), config).complete("shop/cart.py", line=13, col=9)
+    assert remote.text == "x = 1"
+    assert remote.kv_reuse["used"] is False and "no local KV cache" in remote.kv_reuse["reason"]

@@ -1,0 +1,56 @@
+"""KVCacheStore: per-document PIE caches, LRU eviction by memory, fall-back to a prefill."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from code_tools.kv_cache import KVCacheConfig, KVCacheStore, cache_bytes  # noqa: E402
+from code_tools.pie import PieCache  # noqa: E402
+
+
+def _ids(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, 40000, (n,), generator=g).tolist()
+
+
+def test_second_prompt_reuses_the_cache_and_decodes_like_a_fresh_prefill(tiny_llama):
+    model, tok = tiny_llama
+    store = KVCacheStore(model, tok)
+    old = _ids(80, 1)
+    _, first = store.complete("doc", old, 4)
+    assert first["mode"] == "prefill" and not first["reused"] and first["tokens_encoded"] == 80
+    new = old[:40] + [7, 8, 9] + old[40:]  # the user typed three tokens mid-prompt
+    generated, report = store.complete("doc", new, 4)
+    assert report["reused"] and report["mode"] == "pie" and report["tokens_encoded"] == 3
+    assert report["rerotated"] == 40 and report["sequence_length"] == 83
+    fresh = PieCache(model, tok)
+    fresh.prefill(new)
+    assert len(generated) == 4 and len(fresh.generate(4)) == 4
+
+
+def test_a_large_edit_falls_back_to_a_full_prefill(tiny_llama):
+    model, tok = tiny_llama
+    store = KVCacheStore(model, tok, KVCacheConfig(recompute_above=0.5))
+    store.complete("doc", _ids(60, 2), 1)
+    _, report = store.complete("doc", _ids(60, 3), 1)  # a different file pasted in
+    assert report["mode"] == "prefill" and not report["reused"] and "more than 50%" in report["reason"]
+    assert report["tokens_encoded"] == 60
+
+
+def test_lru_eviction_keeps_the_store_within_its_memory_budget(tiny_llama):
+    model, tok = tiny_llama
+    probe = PieCache(model, tok)
+    probe.prefill(_ids(50, 4))
+    per_doc = cache_bytes(probe)
+    store = KVCacheStore(model, tok, KVCacheConfig(max_bytes=int(2.5 * per_doc)))
+    for name, seed in (("a", 5), ("b", 6), ("c", 7)):
+        store.complete(name, _ids(50, seed), 1)
+    assert len(store) == 2 and "a" not in store and store.total_bytes <= 2.5 * per_doc
+    assert store.evictions == 1
+    _, report = store.complete("a", _ids(50, 5), 1)  # evicted: encoded again, and says why
+    assert not report["reused"] and "evicted" in report["reason"]
+    tiny = KVCacheStore(model, tok, KVCacheConfig(max_bytes=0))  # nothing fits: never kept
+    tiny.complete("x", _ids(20, 8), 1)
+    assert len(tiny) == 0
