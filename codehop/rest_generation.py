@@ -4,6 +4,10 @@
 `/v1/completions` takes two request shapes, told apart by their fields: OpenAI's (`prompt`,
 optional `suffix` for fill-in-the-middle) goes to the generator; Tabby's (`segments` with
 prefix, suffix, filepath, ...) goes to code_tools' RepoCompleter, which adds repository context.
+Both keep a document's KV cache between requests and update it by PIE edits (Tabby's keyed by
+`filepath`, OpenAI's by the `document` extension field); `codehop_kv_reuse` says what happened.
+`/v1/chat/completions` and `/v1/ask` draft with RAPID on request (`"rapid": true`) or where
+[generator] rapid = "auto" predicts a speed-up; `codehop_rapid` / the "rapid" stage say why.
 """
 
 from __future__ import annotations
@@ -114,11 +118,19 @@ def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: 
         if fim_prompt is not None:
             prompt, fim = fim_prompt, True
     config = _config(body)
+    store, why_not = _kv_store(resources, generator, body)
+    if store is not None:  # a local model: the document's cache, brought to this prompt by PIE
+        # Without a FIM format the prefix alone is the prompt, as complete_fim would decode it.
+        with _GENERATE:
+            result, report = _complete_cached(store, generator, body.document, prompt, config)
+        result.fim = fim
+        return _completion_response(response, generator, cid, created, result, body.suffix, report)
+    report = {"used": False, "reused": False, "mode": "off", "reason": why_not}
     server_fim = bool(body.suffix) and not fim and hasattr(generator, "complete_fim")
     if server_fim and not body.stream:  # the model's own server fills in (or says it did not)
         with _GENERATE:
             result = generator.complete_fim(body.prompt, body.suffix, config)
-        return _completion_response(response, generator, cid, created, result, body.suffix)
+        return _completion_response(response, generator, cid, created, result, body.suffix, report)
     # A model without a fill-in-the-middle format completes the prefix only; the header says so.
     response.headers["x-codehop-fim"] = "true" if fim else "false"
     if body.stream:
@@ -135,14 +147,53 @@ def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: 
     with _GENERATE:
         result = generator.complete(prompt, config)
     result.fim = fim
-    return _completion_response(response, generator, cid, created, result, body.suffix)
+    return _completion_response(response, generator, cid, created, result, body.suffix, report)
+
+
+def _kv_store(resources: Resources, generator, body: m.CompletionRequest):
+    """(the KV-cache store to use, or None and why not) for an OpenAI-shaped completion."""
+    if not resources.settings.generator.kv_reuse:
+        return None, "[generator] kv_reuse is off"
+    if getattr(generator, "model", None) is None:
+        return None, (f"the {type(generator).__name__} backend ({generator.name}) has no local KV cache: "
+                      "the server encodes every prompt")
+    if not body.document:
+        return None, "no 'document' given: send the codehop extension field 'document' to keep its KV cache"
+    if body.stream or body.temperature != 0 or body.repetition_penalty != 1.0:
+        return None, "the cached path decodes greedily without streaming or repetition_penalty"
+    return resources.kv_store(generator), None
+
+
+def _complete_cached(store, generator, document: str, prompt: str, config):
+    """Greedy decoding from `document`'s KV cache (rag.llm stop rules): (Generation, report)."""
+    from index.generation import Generation
+
+    start = time.perf_counter()
+    tokenizer = generator.tokenizer
+    ids = generator.encode(prompt)
+    stops = config.stop
+
+    def stopped(new_ids: list[int]) -> bool:
+        return any(stop in tokenizer.decode(new_ids, skip_special_tokens=True) for stop in stops)
+
+    with generator._lock:  # torch modules are not re-entrant
+        new_ids, report = store.complete(document, ids or [tokenizer.eos_token_id], config.max_new_tokens,
+                                         stop_token_ids=tuple(generator.eos_ids), stop_when=stopped)
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    cut = min((text.index(s) for s in stops if s in text), default=None)
+    finish = "stop" if cut is not None or len(new_ids) < config.max_new_tokens else "length"
+    text = text if cut is None else text[:cut]
+    return Generation(text, new_ids, None, finish, len(ids), time.perf_counter() - start), report
 
 
 def _completion_response(response: Response, generator, cid: str, created: int, result,
-                         suffix: str | None) -> m.CompletionResponse:
+                         suffix: str | None, kv_reuse: dict[str, Any] | None = None) -> m.CompletionResponse:
     """OpenAI's completion body; whether the suffix was used is in `x-codehop-fim` and, when a
-    suffix was given but not used, in the `codehop_note` extension field."""
+    suffix was given but not used, in the `codehop_note` extension field; whether the KV cache
+    was reused in `x-codehop-kv-reuse` and `codehop_kv_reuse`."""
     response.headers["x-codehop-fim"] = "true" if result.fim else "false"
+    if kv_reuse is not None:
+        response.headers["x-codehop-kv-reuse"] = kv_reuse.get("mode", "off")
     note = None
     if suffix and not result.fim:
         note = (f"model {generator.name} has no fill-in-the-middle format: the suffix was not used "
@@ -150,7 +201,8 @@ def _completion_response(response: Response, generator, cid: str, created: int, 
     return m.CompletionResponse(
         id=cid, created=created, model=generator.name,
         choices=[m.CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-        usage=_usage(generator, result.prompt_tokens, result.text), codehop_note=note)
+        usage=_usage(generator, result.prompt_tokens, result.text), codehop_note=note,
+        codehop_kv_reuse=kv_reuse)
 
 
 def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, created: int,
@@ -164,11 +216,13 @@ def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, crea
     seg = body.segments
     path = seg.filepath or "untitled.py"
     with _GENERATE:
-        result = completer.complete(path, prefix=seg.prefix, suffix=seg.suffix or "")
+        result = completer.complete(path, prefix=seg.prefix, suffix=seg.suffix or "", document=path)
     return m.CompletionResponse(
         id=cid, created=created, model=generator.name,
         choices=[m.CompletionChoice(text=result.text, finish_reason="stop")],
-        usage=_usage(generator, result.prompt_tokens, result.text))
+        usage=_usage(generator, result.prompt_tokens, result.text),
+        codehop_kv_reuse=result.kv_reuse or {"used": False, "reused": False, "mode": "off",
+                                             "reason": "[generator] kv_reuse is off"})
 
 
 @router.post("/chat/completions", response_model=m.ChatResponse)
@@ -185,18 +239,80 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
                     "model": generator.name}
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                         "finish_reason": None}]}
-            for piece in generator.chat_stream(messages, config):
+            info: dict[str, Any] = {}
+            for piece in _chat_pieces(resources, generator, body.rapid, messages, config, info):
                 yield {**head, "choices": [{"index": 0, "delta": {"content": piece},
                                             "finish_reason": None}]}
-            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                   "codehop_rapid": info}
         return StreamingResponse(_sse(chunks()), media_type="text/event-stream")
     with _GENERATE:
-        result = generator.chat(messages, config)
+        result, info = _chat(resources, generator, body.rapid, messages, config)
     return m.ChatResponse(
         id=cid, created=created, model=generator.name,
         choices=[m.ChatChoice(message={"role": "assistant", "content": result.text},
                               finish_reason=result.finish_reason)],
-        usage=_usage(generator, result.prompt_tokens, result.text))
+        usage=_usage(generator, result.prompt_tokens, result.text), codehop_rapid=info)
+
+
+def _rapid_mode(resources: Resources, requested: bool | None) -> str:
+    return {True: "on", False: "off", None: resources.settings.generator.rapid}[requested]
+
+
+def _rapid_plan(resources: Resources, generator, requested: bool | None, messages, config):
+    """(info for codehop_rapid, (RapidGenerator, prompt, drafter, policy) or None)."""
+    from rag.rapid import DraftContextConfig, RapidGenerator
+    from rag.rapid_policy import decide, local_model_reason
+
+    mode = _rapid_mode(resources, requested)
+    reason = "rapid = 'off'" if mode == "off" else local_model_reason(generator)
+    if reason is None and config.json_schema is not None:
+        reason = "RAPID does not decode under a JSON schema (response_format)"
+    if reason is not None:
+        return {"used": False, "mode": mode, "why": reason}, None
+    drafter, policy = resources.rapid(generator)
+    prompt = generator.render_chat(messages)
+    tokens = generator.count_tokens(prompt)
+    context = DraftContextConfig()
+    draft_tokens = min(tokens, context.head_tokens + context.budget_tokens + context.tail_tokens)
+    decision = decide(mode, generator, drafter, tokens, draft_tokens, config.max_new_tokens, policy,
+                      resources.settings.generator.rapid_min_tokens)
+    info = {"used": decision.use, "why": decision.why, **decision.detail}
+    return info, ((RapidGenerator(generator, drafter), prompt, drafter, policy) if decision.use else None)
+
+
+def _rapid_stats(info: dict[str, Any], final, plan) -> None:
+    stats = final.to_dict()
+    info.update({key: stats[key] for key in ("acceptance_rate", "mean_accepted", "drafted", "accepted",
+                                             "tokens", "target_forwards", "target_prompt_tokens",
+                                             "draft_prompt_tokens", "target_seconds", "drafter_seconds")})
+    rapid, _, drafter, policy = plan
+    policy.record(rapid.target, drafter, final)
+
+
+def _chat(resources: Resources, generator, requested: bool | None, messages, config):
+    """(Generation, codehop_rapid info): RAPID or the plain generator."""
+    info, plan = _rapid_plan(resources, generator, requested, messages, config)
+    if plan is None:
+        return generator.chat(messages, config), info
+    final = plan[0].rapid(plan[1], config)
+    _rapid_stats(info, final, plan)
+    return final.generation, info
+
+
+def _chat_pieces(resources: Resources, generator, requested: bool | None, messages, config,
+                 info: dict[str, Any]) -> Iterator[str]:
+    """Streamed text of `_chat`; `info` is filled in as it goes (complete at the end)."""
+    found, plan = _rapid_plan(resources, generator, requested, messages, config)
+    info.update(found)
+    if plan is None:
+        yield from generator.chat_stream(messages, config)
+        return
+    for delta, final in plan[0].rapid_stream(plan[1], config):
+        if delta:
+            yield delta
+        if final is not None:
+            _rapid_stats(info, final, plan)
 
 
 tokenize = APIRouter(tags=["openai"])
@@ -257,7 +373,8 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     config = PipelineConfig(k=body.k, candidates=max(20, body.k), mode=body.mode,
                             rewrite=body.rewrite, filter=body.filter, multihop=body.multihop,
                             reservoir=body.reservoir, namespace=body.namespace,
-                            max_new_tokens=body.max_tokens)
+                            max_new_tokens=body.max_tokens, rapid=_rapid_mode(resources, body.rapid),
+                            rapid_min_tokens=resources.settings.generator.rapid_min_tokens)
     treehop = None
     if body.multihop != "off":
         treehop = _treehop_module().TreeHopRetriever(collection, load_treehop())
@@ -267,8 +384,11 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
 
         reservoir = Reservoir(resources.workspace / "reservoir.sqlite", collection.name)
         trigger = RetrieverTrigger(reservoir, collection)
+    drafter = policy = None
+    if body.generate and config.rapid != "off" and getattr(generator, "model", None) is not None:
+        drafter, policy = resources.rapid(generator)
     pipeline = RagPipeline(collection, generator if body.generate else None, config,
-                           trigger=trigger, treehop=treehop)
+                           trigger=trigger, treehop=treehop, drafter=drafter, rapid_policy=policy)
     events = _closing(_pipeline_events(pipeline, body.query, resources.lock(name)), reservoir)
     if body.stream:
         def sse() -> Iterator[str]:

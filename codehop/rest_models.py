@@ -217,6 +217,9 @@ class AskRequest(Strict):
     reservoir: bool = Field(default=False, description="reuse stored knowledge for similar questions "
                                                        "(retrieval trigger) and store this answer's sources")
     namespace: str = Field(default="default", pattern=NAME_PATTERN, description="the reservoir's namespace")
+    rapid: bool | None = Field(default=None, description="RAPID speculative drafting of the answer: true = "
+                               "on, false = off, null = [generator] rapid ('auto': only where this machine's "
+                               "calibration predicts a speed-up); the 'rapid' stage says what ran and why")
 
     @field_validator("query")
     @classmethod
@@ -346,6 +349,9 @@ class CompletionRequest(_Sampling):
 
     prompt: str = Field(max_length=MAX_PROMPT)
     suffix: str | None = Field(default=None, max_length=MAX_PROMPT)
+    document: str | None = Field(default=None, max_length=1024, description=(
+        "codehop extension: the document this prompt comes from; the server keeps its KV cache and "
+        "updates it by PIE edits for the next prompt (greedy requests to a local model)"))
 
 
 class Declaration(Lenient):
@@ -405,6 +411,9 @@ class CompletionResponse(BaseModel):
     usage: Usage | None = None
     codehop_note: str | None = Field(default=None, description="codehop extension: e.g. that the "
                                      "suffix could not be used (the model has no FIM format)")
+    codehop_kv_reuse: dict[str, Any] | None = Field(default=None, description=(
+        "codehop extension: whether the document's KV cache was reused (PIE) and what it cost: "
+        "reused, mode ('pie', 'prefill' or 'off'), reason, tokens_encoded, sequence_length, ..."))
 
 
 class ChatMessage(Lenient):
@@ -440,6 +449,9 @@ class ResponseFormat(Lenient):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     response_format: ResponseFormat | None = None
+    rapid: bool | None = Field(default=None, description="codehop extension: RAPID speculative drafting "
+                               "(true/false; null = [generator] rapid); codehop_rapid in the reply says "
+                               "whether it ran, why, and its acceptance")
 
 
 class TokenizeRequest(Lenient):
@@ -468,6 +480,9 @@ class ChatResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    codehop_rapid: dict[str, Any] | None = Field(default=None, description=(
+        "codehop extension: whether RAPID drafted this reply and why (acceptance_rate, drafted, "
+        "target/draft prompt tokens when it did)"))
 
 
 class AgentRequest(Strict):

@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--multihop", choices=("off", "on", "auto"), default="off",
                         help="TreeHop multi-hop retrieval (shipped checkpoint; skipped with a note if missing)")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument("--rapid", dest="rapid", action="store_const", const="on", default=None,
+                        help="draft the answer with RAPID (speculative decoding over the retrieved "
+                             "context; local models only). Default: [generator] rapid, 'auto' = only "
+                             "where a calibration of this machine predicts a speed-up")
+    parser.add_argument("--no-rapid", dest="rapid", action="store_const", const="off",
+                        help="never draft with RAPID")
     parser.add_argument("--retrieval-only", action="store_true", help="no generator: sources only")
     parser.add_argument("--json", action="store_true")
     add_model_options(parser)
@@ -35,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_pipeline(args: argparse.Namespace, settings, workspace):
-    from codehop.models import load_configured_generator, open_collection, with_model_options
+    from codehop.models import (configured_rapid_policy, load_configured_drafter, load_configured_generator,
+                                open_collection, with_model_options)
     from rag.filter import FilterConfig
     from rag.pipeline import PipelineConfig, RagPipeline
     from rag.reservoir import Reservoir, RetrieverTrigger
@@ -49,12 +56,16 @@ def build_pipeline(args: argparse.Namespace, settings, workspace):
         filter="off" if args.no_filter else args.filter,
         reservoir=not args.no_reservoir, namespace=args.namespace, multihop=args.multihop,
         max_new_tokens=settings.generator.max_new_tokens,
+        rapid=getattr(args, "rapid", None) or settings.generator.rapid,
+        rapid_min_tokens=settings.generator.rapid_min_tokens,
         filter_config=FilterConfig(cross_encoder=args.cross_encoder))
     trigger = None
     if config.reservoir:
         trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite", collection.name), collection)
+    drafter = load_configured_drafter(settings, workspace, generator, config.rapid) if generator else None
     # TreeHop (multihop on/auto) is loaded by the pipeline on first use.
-    return RagPipeline(collection, generator, config, trigger=trigger)
+    return RagPipeline(collection, generator, config, trigger=trigger, drafter=drafter,
+                       rapid_policy=configured_rapid_policy(workspace))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
         print(f" {mark}[{number}] {source.path}:{source.start_line}-{source.end_line}")
     print("\nStages: " + ", ".join(_stage_label(s) for s in result.stages), file=sys.stderr)
     for stage in result.stages:
-        if not stage.ran and stage.detail.get("reason"):
+        if stage.name == "rapid":
+            if args.rapid or "predicted_speedup" in stage.detail:  # asked for, or a measured choice
+                print(f"note: rapid {'used' if stage.ran else 'not used'}: {stage.detail['why']}", file=sys.stderr)
+        elif not stage.ran and stage.detail.get("reason"):
             print(f"note: {stage.name} skipped: {stage.detail['reason']}", file=sys.stderr)
         elif stage.ran and stage.detail.get("why") and stage.detail.get("method") not in ("llm", "llm-nli"):
             print(f"note: {stage.name} used {stage.detail['method']}: {stage.detail['why']}", file=sys.stderr)

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--no-rerank", action="store_true",
                         help="BM25 context only (no MiniLM re-rank of completion context)")
+    parser.add_argument("--no-kv-reuse", action="store_true",
+                        help="encode every completion prompt from scratch (default: [generator] kv_reuse, "
+                             "each open document's KV cache updated by PIE edits)")
     parser.set_defaults(func=run)
 
 
@@ -35,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
                        backend=settings.generator.backend,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
-                       dense_rerank=not args.no_rerank, settings=settings)
+                       dense_rerank=not args.no_rerank, settings=settings,
+                       kv_reuse=settings.generator.kv_reuse and not args.no_kv_reuse,
+                       kv_cache_mb=settings.generator.kv_cache_mb)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

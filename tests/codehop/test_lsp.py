@@ -148,3 +148,76 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
         assert hover is not None and "main.py:5" in hover.contents.value
     finally:
         await client.shutdown_session()
+
+
+# ---------------------------------------------------------------- PIE: per-document KV caches
+
+# What the user types in main.py, one state per request (lines inserted above and at the cursor).
+TYPING = [MAIN,
+          "from utils import slugify\n\ntitle = 'Hello World'\nname = slugify(",
+          "import sys\nfrom utils import slugify\n\ntitle = 'Hello World'\nname = slugify(",
+          "import sys\nfrom utils import slugify\n\ntitle = sys.argv[1]\nname = slugify(",
+          "import sys\nfrom utils import slugify\n\ntitle = sys.argv[1]\nname = slugify(title)\nprint(",
+          "import sys\nfrom utils import slugify\n\n# the page title\ntitle = sys.argv[1]\nname = slugify(title)\nprint("]
+
+
+@pytest.fixture(scope="module")
+def one_layer_model_dir(tmp_path_factory, tiny_llama) -> Path:
+    """A one-layer random Llama: PIE equals re-encoding up to float error at its only layer, so
+    completions with and without KV reuse must agree exactly under greedy decoding."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, tokenizer = tiny_llama
+    torch.manual_seed(3)
+    one = LlamaForCausalLM(LlamaConfig.from_dict({**model.config.to_dict(), "num_hidden_layers": 1})).eval()
+    target = tmp_path_factory.mktemp("one-layer-model")
+    one.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+async def _type_and_complete(project: Path, model: Path, state: Path, *extra: str) -> list:
+    """Open main.py, apply each TYPING state as an edit and ask for a completion at its end."""
+    config = ClientServerConfig(
+        server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model),
+                        "--workspace", str(state), "--no-rerank", "--max-new-tokens", "8",
+                        "--debounce", "0", *extra],
+        server_env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    client = await config.start()
+    uri = uris.from_fs_path(str(project))
+    await client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), root_uri=uri,
+        workspace_folders=[types.WorkspaceFolder(uri=uri, name="project")]))
+    results = []
+    try:
+        doc = _open(client, project / "main.py", TYPING[0])
+        for version, text in enumerate(TYPING, start=1):
+            if version > 1:
+                client.text_document_did_change(types.DidChangeTextDocumentParams(
+                    types.VersionedTextDocumentIdentifier(uri=doc, version=version),
+                    [types.TextDocumentContentChangeWholeDocument(text=text)]))
+            lines = text.split("\n")
+            end = types.Position(line=len(lines) - 1, character=len(lines[-1]))
+            completion = await client.text_document_completion_async(types.CompletionParams(
+                types.TextDocumentIdentifier(doc), end))
+            item = completion.items[0]
+            results.append((item.text_edit.new_text, item.data["kv_reuse"]))
+    finally:
+        await client.shutdown_session()
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_typing_session_reuses_the_kv_cache_and_completes_like_reencoding(project, one_layer_model_dir,
+                                                                               tmp_path):
+    reused = await _type_and_complete(project, one_layer_model_dir, tmp_path / "on")
+    fresh = await _type_and_complete(project, one_layer_model_dir, tmp_path / "off", "--no-kv-reuse")
+    first, later = reused[0][1], [kv for _, kv in reused[1:]]
+    assert first["mode"] == "prefill" and not first["reused"]
+    assert all(kv["reused"] and kv["mode"] == "pie" for kv in later)  # small edits: PIE every time
+    assert all(kv["tokens_encoded"] < kv["sequence_length"] / 2 for kv in later)
+    assert all(kv == {} for _, kv in fresh)  # reuse off: every prompt encoded by the generator
+    assert [text for text, _ in reused] == [text for text, _ in fresh]

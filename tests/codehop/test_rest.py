@@ -440,3 +440,131 @@ def test_agent_runs_tools_over_the_server_repository(env):
         assert client.post("/v1/agent", json={"task": "x", "max_steps": 0}).status_code == 422
     finally:
         del client.app.dependency_overrides[get_generator]
+
+
+# ---------------------------------------------------------------- PIE and RAPID in the serving path
+
+
+def _one_layer(tiny_llama):
+    """A one-layer random Llama on the tiny vocabulary: PIE's layer-0 equality makes its cached
+    completions equal to re-encoding (the PIE tolerance for one layer is float error)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rag.llm import TransformersGenerator
+
+    model, tokenizer = tiny_llama
+    torch.manual_seed(3)
+    one = LlamaForCausalLM(LlamaConfig.from_dict({**model.config.to_dict(), "num_hidden_layers": 1})).eval()
+    return TransformersGenerator.from_model(one, tokenizer, name="tiny-1layer")
+
+
+HEADER = ('"""Geometry of circles, squares and triangles: areas, perimeters and the helpers the '
+          'drawing code uses to place shapes on a page."""\n\nUNITS = "cm"\nPRECISION = 4\n\n')
+TYPED = [HEADER + "def area(r):\n    return",
+         HEADER + "def area(r):\n    pi = 3.14\n    return",
+         "import math\n" + HEADER + "def area(r):\n    pi = 3.14\n    return",
+         "import math\n" + HEADER + "def area(r):\n    pi = math.pi\n    return pi *"]
+
+
+class _Remote:
+    """A server backend's shape: no local model, KV cache or logits."""
+
+    name, supports_fim, parameters = "remote", False, None
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def fim_prompt(self, prefix, suffix):
+        return None
+
+    def complete(self, prompt, config):
+        from index.generation import Generation
+
+        return Generation("remote text", [], None, "stop", 1, 0.0)
+
+    def chat(self, messages, config):
+        return self.complete("", config)
+
+    def chat_stream(self, messages, config):
+        yield "remote text"
+
+
+def test_completions_keep_each_documents_kv_cache_and_match_reencoding(env, tiny_llama):
+    from rag.llm import GenerationConfig
+
+    client, _, _ = env
+    generator = _one_layer(tiny_llama)
+    before = client.app.dependency_overrides.get(get_generator)
+    client.app.dependency_overrides[get_generator] = lambda: generator
+    try:
+        for i, prompt in enumerate(TYPED):  # the user keeps typing in a.py
+            response = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8, "document": "a.py"})
+            kv = response.json()["codehop_kv_reuse"]
+            assert kv["reused"] == (i > 0) and response.headers["x-codehop-kv-reuse"] == kv["mode"]
+            if i:
+                assert kv["mode"] == "pie" and kv["tokens_encoded"] < kv["sequence_length"]
+            plain = generator.complete(prompt, GenerationConfig(max_new_tokens=8)).text
+            assert response.json()["choices"][0]["text"] == plain
+        other = client.post("/v1/completions", json={"prompt": TYPED[0], "max_tokens": 8, "document": "b.py"})
+        assert other.json()["codehop_kv_reuse"]["mode"] == "prefill"  # its own cache
+        anonymous = client.post("/v1/completions", json={"prompt": TYPED[0], "max_tokens": 8}).json()
+        assert anonymous["codehop_kv_reuse"]["mode"] == "off" and "document" in anonymous["codehop_kv_reuse"]["reason"]
+        sampled = client.post("/v1/completions", json={"prompt": TYPED[0], "max_tokens": 8, "document": "a.py",
+                                                       "temperature": 0.7}).json()
+        assert sampled["codehop_kv_reuse"]["mode"] == "off" and "greedily" in sampled["codehop_kv_reuse"]["reason"]
+
+        remote = _Remote()
+        client.app.dependency_overrides[get_generator] = lambda: remote
+        off = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4, "document": "a.py"}).json()
+        assert off["choices"][0]["text"] == "remote text"
+        assert off["codehop_kv_reuse"]["mode"] == "off" and "no local KV cache" in off["codehop_kv_reuse"]["reason"]
+        chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                         "rapid": True}).json()
+        assert chat["codehop_rapid"]["used"] is False and "no local KV cache or logits" in chat["codehop_rapid"]["why"]
+    finally:
+        client.app.dependency_overrides.pop(get_generator)
+        if before is not None:
+            client.app.dependency_overrides[get_generator] = before
+
+
+def test_tabby_completions_report_kv_reuse(gen):
+    client, _, _ = gen
+    segments = {"prefix": "from pkg.geometry import area_of_circle\n\nsize = area_of_circle(", "suffix": "\n",
+                "filepath": "kv.py"}
+    first = client.post("/v1/completions", json={"segments": segments}).json()["codehop_kv_reuse"]
+    segments["prefix"] = segments["prefix"].replace("size", "total_size")
+    second = client.post("/v1/completions", json={"segments": segments}).json()["codehop_kv_reuse"]
+    assert first["mode"] == "prefill" and second["mode"] == "pie" and second["reused"]
+    assert second["tokens_encoded"] < second["sequence_length"] and second["document"] == "kv.py"
+
+
+def test_chat_and_ask_draft_with_rapid_on_request(gen):
+    from rag.llm import GenerationConfig
+
+    client, generator, _ = gen
+    messages = [{"role": "user", "content": "Say hi to the penguins"}]
+    expected = generator.chat(messages, GenerationConfig(max_new_tokens=8)).text
+    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "rapid": True}).json()
+    info = body["codehop_rapid"]
+    assert body["choices"][0]["message"]["content"] == expected  # greedy RAPID is exact
+    assert info["used"] and info["acceptance_rate"] == 1.0  # the generator drafts for itself
+    assert info["draft_prompt_tokens"] <= info["target_prompt_tokens"] and info["drafted"] > 0
+    off = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "rapid": False}).json()
+    assert off["codehop_rapid"] == {"used": False, "mode": "off", "why": "rapid = 'off'"}
+    auto = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8}).json()["codehop_rapid"]
+    assert not auto["used"] and auto["why"].startswith("auto: the prompt has")  # short: not considered
+    events = _events(client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8,
+                                                               "rapid": True, "stream": True}))
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == expected
+    assert len([e for e in events if e["choices"][0]["delta"].get("content")]) > 1  # still streams
+    assert events[-1]["codehop_rapid"]["used"] and events[-1]["codehop_rapid"]["acceptance_rate"] == 1.0
+
+    ask = {"query": "Where do penguins live?", "rewrite": "off", "filter": "off", "k": 2, "max_tokens": 8}
+    drafted = client.post("/v1/ask", json={**ask, "rapid": True}).json()
+    plain = client.post("/v1/ask", json={**ask, "rapid": False}).json()
+    stages = {s["name"]: s for s in drafted["stages"]}
+    assert stages["rapid"]["ran"] and stages["generate"]["detail"]["rapid"]
+    assert stages["rapid"]["detail"]["acceptance_rate"] == 1.0 and stages["rapid"]["detail"]["why"]
+    assert drafted["answer"] == plain["answer"]
+    assert {s["name"]: s for s in plain["stages"]}["rapid"]["detail"]["why"] == "rapid = 'off'"
