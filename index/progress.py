@@ -63,8 +63,9 @@ def status_line(status: dict[str, Any]) -> str:
     done, total = status["chunks_done"], status["chunks_total"]
     share = 100.0 * done / total if total else 100.0
     rate = status.get("rate_chunks_per_s")
-    text = (f"codehop: {status['state']} {status['collection']}: {done:,}/{total:,} chunks "
-            f"({share:.1f}%), {status['documents_done']:,}/{status['documents_total']:,} documents")
+    text = f"codehop: {status['state']} {status['collection']}: {done:,}/{total:,} chunks ({share:.1f}%)"
+    if status.get("documents_total"):
+        text += f", {status['documents_done']:,}/{status['documents_total']:,} documents"
     if status["state"] == "embedding":
         text += f", {rate:.1f} chunks/s" if rate else ", rate ?"
         text += f", ETA {format_duration(status.get('eta_s'))}"
@@ -84,7 +85,7 @@ class ProgressPrinter:
         self.interval_s = interval_s
         self.tty = self.stream.isatty() if tty is None else tty
         self._bar = None
-        self._last = 0.0
+        self._last: float | None = None  # the first status is always shown
         self._lock = threading.Lock()
 
     def update(self, status: dict[str, Any], final: bool = False) -> None:
@@ -95,7 +96,7 @@ class ProgressPrinter:
                 self._update_bar(status, final)
                 return
             now = time.monotonic()
-            if final or now - self._last >= self.interval_s:
+            if final or self._last is None or now - self._last >= self.interval_s:
                 self._last = now
                 print(status_line(status), file=self.stream, flush=True)
 

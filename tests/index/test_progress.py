@@ -1,0 +1,39 @@
+"""Progress lines a person can read: rate over a window, durations, line cadence off a tty."""
+
+import io
+
+from index.progress import ProgressPrinter, Rate, format_duration, status_line
+
+STATUS = {"collection": "default", "state": "embedding", "chunks_total": 2243, "chunks_done": 1204,
+          "documents_total": 221, "documents_done": 96, "rate_chunks_per_s": 15.24, "eta_s": 68.2,
+          "elapsed_s": 80.0, "error": None}
+
+
+def test_rate_counts_only_the_recent_window():
+    rate = Rate(window_s=10)
+    assert rate.per_second(now=0) is None
+    rate.add(0, now=0)  # the start mark
+    rate.add(100, now=10)
+    assert rate.per_second(now=10) == 10.0
+    rate.add(10, now=30)  # the first 100 items fall out of the window
+    assert rate.per_second(now=30) == 0.5
+
+
+def test_durations_and_lines():
+    assert [format_duration(s) for s in (None, 4.4, 75, 3725)] == ["?", "4s", "1m15s", "1h02m"]
+    assert status_line(STATUS) == ("codehop: embedding default: 1,204/2,243 chunks (53.7%), "
+                                   "96/221 documents, 15.2 chunks/s, ETA 1m08s")
+    done = {**STATUS, "state": "done", "chunks_done": 2243, "documents_done": 221}
+    assert status_line(done).endswith("2,243/2,243 chunks (100.0%), 221/221 documents in 1m20s")
+    failed = {**STATUS, "state": "failed", "error": "boom", "documents_total": 0}
+    assert "documents" not in status_line(failed) and status_line(failed).endswith("(error: boom)")
+
+
+def test_printer_writes_a_line_per_interval_off_a_terminal():
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, interval_s=3600, tty=False)
+    printer.update(STATUS)
+    printer.update({**STATUS, "chunks_done": 1300})  # within the interval: not printed
+    printer.update({**STATUS, "state": "done", "chunks_done": 2243}, final=True)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "1,204/2,243" in lines[0] and lines[1].startswith("codehop: done")
