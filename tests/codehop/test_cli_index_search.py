@@ -75,6 +75,33 @@ def _count_vectors(cache):
         return conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
 
 
+# `codehop` in a child process that stops mid-run at a known point: right after the vector
+# cache commits its first batch of the new pages, it writes a marker and holds there until it
+# is killed, so the kill always lands mid-run (no race with the run finishing first).
+HOLD_AFTER_FIRST_COMMIT = """
+import sys, threading
+from pathlib import Path
+
+import index.embed
+
+marker = Path(sys.argv[1])
+put = index.embed._VectorCache.put
+
+
+def put_then_hold(self, items):
+    put(self, items)
+    marker.with_suffix(".tmp").write_text(str(len(items)))
+    marker.with_suffix(".tmp").replace(marker)
+    threading.Event().wait()
+
+
+index.embed._VectorCache.put = put_then_hold
+from codehop.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def _cli(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -178,25 +205,26 @@ def test_kill_during_indexing_leaves_previous_state_searchable(indexed, capsys, 
             record = json.loads(line)
             (big / f"page{number:04d}.txt").parent.mkdir(parents=True, exist_ok=True)
             (big / f"page{number:04d}.txt").write_text(record["text"][:600])
-    # Small embedding batches: the cache commits every 8 batches, so the kill lands early.
+    # Small embedding batches: the cache commits every 8 batches (16 passages).
     (tmp_path / "codehop.toml").write_text("[embedding]\nbatch_size = 2\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cache = next((ws / "embeddings").glob("*.sqlite"))
     cached_before = _count_vectors(cache)
-    log = tmp_path / "stderr.txt"
+    log, marker = tmp_path / "stderr.txt", tmp_path / "committed"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "codehop", "--config", str(tmp_path / "codehop.toml"), "index",
-             str(tree), str(big), "--workspace", str(ws)],
+            [sys.executable, "-c", HOLD_AFTER_FIRST_COMMIT, str(marker), "--config", str(tmp_path / "codehop.toml"),
+             "index", str(tree), str(big), "--workspace", str(ws)],
             stderr=stderr, stdout=subprocess.DEVNULL, env=env)
-    # Kill once it is really embedding: the vector cache has grown by its first batch.
+    # Kill once it is really embedding: the child has committed its first batch and holds.
     deadline = time.time() + 150
-    while _count_vectors(cache) == cached_before and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert process.poll() is None, log.read_text(errors="replace")[-500:]  # still mid-run
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists() and process.poll() is None, log.read_text(errors="replace")[-500:]
+    committed = int(marker.read_text())
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert _count_vectors(cache) > cached_before  # the embedding work done so far is kept
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert committed == 16 and _count_vectors(cache) == cached_before + committed  # the work done is kept
     after = _cli(capsys, "search", "heap queue", "--mode", "hybrid", "--json", "--workspace", str(ws))
     assert after[0] == 0 and json.loads(after[1]) == json.loads(before[1])
     code, out, _ = _cli(capsys, "search", "zipfile archive", "--mode", "bm25", "--json", "--k", "50",
