@@ -71,8 +71,9 @@ class RunResult(Protocol):
     killed_reason: str | None
 
 
-# Runs a Python program in a fresh, resource-limited process; the limits are bound by the caller.
-Sandbox = Callable[[str], RunResult]
+# Runs a Python program in a fresh, resource-limited process whose only writable host
+# directory is the second argument (the tool's scratch copy); the limits are bound by the caller.
+Sandbox = Callable[[str, Path], RunResult]
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,7 @@ class ToolBox:
     def run_python(self, code: str) -> str:
         scratch = self._scratch_copy()
         try:
-            result = self.sandbox(_in_directory(scratch / "repo", code))
+            result = self.sandbox(_in_directory(scratch / "repo", code), scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return _format_run(result)
@@ -309,7 +310,7 @@ class ToolBox:
                 apply_patch(scratch / "repo", patch)
             code = ("import sys, pytest\n"
                     f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', {path!r}]))\n")
-            result = self.sandbox(_in_directory(scratch / "repo", code))
+            result = self.sandbox(_in_directory(scratch / "repo", code), scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return _format_run(result)

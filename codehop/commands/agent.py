@@ -39,27 +39,15 @@ def build_toolbox(repo: Path, repo_index=None, collection=None, sandbox_limits=N
             60 s wall, 20 s CPU, 1 GiB address space, the strongest jail here; without one a
             call answers SandboxUnavailableError, which names the unsafe override).
     """
-    import ast
-    import re
-    import tempfile
-
     from agents.tools import ToolBox
     from code_tools.sandbox import SandboxLimits, run_python
 
     # pytest of a small repository fits in 20 CPU seconds and 1 GiB of address space.
     limits = sandbox_limits or SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024)
-    temp_root = Path(tempfile.gettempdir()).resolve()
 
-    def sandbox(code: str):
-        # ToolBox runs code from its scratch copy (`<tmp>/codehop-agent-*/repo`) through a
-        # fixed preamble that chdirs there: bind that scratch directory, and only one of those.
-        writable = []
-        match = re.match(r"import os, sys\nos\.chdir\(('[^'\n]*'|\"[^\"\n]*\")\)\n", code)
-        if match:
-            scratch = Path(ast.literal_eval(match.group(1))).parent
-            if scratch.parent.resolve() == temp_root and scratch.name.startswith("codehop-agent-"):
-                writable.append(scratch)
-        return run_python(code, limits, writable=writable)
+    def sandbox(code: str, scratch: Path):
+        # The jail binds the tool's scratch copy read-write, and nothing else of the host.
+        return run_python(code, limits, writable=[scratch])
 
     return ToolBox(repo, repo_index=repo_index, collection=collection, sandbox=sandbox)
 
