@@ -329,7 +329,7 @@ class _Sampling(Lenient):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     stream: bool = False
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=5.0,
+    repetition_penalty: float = Field(default=1.0, ge=0.1, le=5.0,
                                       description="vLLM-style: >1 discourages repeating generated tokens")
 
     @field_validator("stop")

@@ -44,8 +44,9 @@ class GenerationConfig:
             raise InvalidInputError("max_new_tokens must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise InvalidInputError("need temperature >= 0 and 0 < top_p <= 1")
-        if self.repetition_penalty <= 0 or self.no_repeat_ngram_size < 0:
-            raise InvalidInputError("need repetition_penalty > 0 and no_repeat_ngram_size >= 0")
+        # Far below 1 the penalty multiplies repeated logits into overflow: keep it sane.
+        if not 0.1 <= self.repetition_penalty <= 10 or self.no_repeat_ngram_size < 0:
+            raise InvalidInputError("need 0.1 <= repetition_penalty <= 10 and no_repeat_ngram_size >= 0")
         if self.json_schema is not None and not isinstance(self.json_schema, Mapping):
             raise InvalidInputError("json_schema must be a JSON schema object (a dict)")
 
