@@ -8,4 +8,7 @@ bash scripts/test_tools.sh
 # Two cores: keep OpenMP from spinning while tests run in parallel.
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/python -m pytest -n 2 --dist loadfile -q "$@"
+# Tests of optional stacks (vllm, ray, llama.cpp) are marked `optional` and run on their own:
+#   .venv/bin/python -m pytest -m optional      (see docs/models.md for vllm)
+# Under CI=true every other test must run: a skip fails (tests/conftest.py).
+exec .venv/bin/python -m pytest -n 2 --dist loadfile -q -m "not optional" "$@"
