@@ -12,11 +12,20 @@ The IVF (inner-product coarse quantiser, codes not residual so one global codebo
 list, as in JPQ's faiss index) prunes lists for CPU speed; queries stay uncompressed (ADC).
 Optionally the top `k * rerank_factor` are re-scored exactly from the float vectors, which
 live on disk (a memory-mapped .npy after a save/load) and are also what `rebuild()` uses.
+
+Training uses a sample: OPQ, the codebooks and the IVF centroids are fitted on
+min(train_size, max(256, train_fraction x N)) vectors drawn at random, and every vector is then
+encoded with them, so at scale most codes come from vectors the codebooks never saw (measured
+quality is not inflated by fitting the very vectors being compressed).
+
+Thread safety: public methods hold the index's lock; `build()` trains and encodes a snapshot
+outside it and swaps the new faiss index in under the lock (a search sees the old or the new).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +56,8 @@ class PQConfig:
     sinkhorn_batch: int = 4096
     rerank: bool = False
     rerank_factor: int = 4
-    train_size: int = 100_000
+    train_size: int = 100_000  # at most this many training vectors
+    train_fraction: float = 0.5  # ... and at most this share of N (at least 256)
     min_build: int = 1024  # fewer vectors: exact search (PQ needs >= 256 points per codebook)
     rebuild_growth: float = 2.0
     seed: int = 0
@@ -105,6 +115,9 @@ class PQIndex:
         self._index = None  # faiss IndexPreTransform(OPQ, IVFPQ) or None (exact)
         self._built_n = 0
         self.tuned = False
+        self._lock = threading.RLock()
+        self._build_lock = threading.Lock()
+        self._version = 0
 
     @classmethod
     def create(cls, dim: int, config: PQConfig | None = None) -> "PQIndex":
@@ -140,26 +153,34 @@ class PQIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add `vectors` (n, dim) under new int64 ids; after the build they are encoded at once."""
-        ids, vectors = checked_batch("PQIndex", ids, vectors, self.dim, self._ids[self._alive])
-        rows = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
-        self._ids = np.concatenate([self._ids, ids])
-        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
-        self._vectors = np.concatenate([self._vectors, vectors])
-        if self.built:
-            self._index.add_with_ids(vectors, rows)
+        with self._lock:
+            ids, vectors = checked_batch("PQIndex", ids, vectors, self.dim, self._ids[self._alive])
+            rows = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
+            self._version += 1
+            self._ids = np.concatenate([self._ids, ids])
+            self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+            self._vectors = np.concatenate([self._vectors, vectors])
+            if self.built:
+                self._index.add_with_ids(vectors, rows)
 
     def delete(self, ids: np.ndarray) -> None:
         import faiss
 
-        gone = np.isin(self._ids, np.asarray(ids, dtype=np.int64)) & self._alive
-        self._alive &= ~gone
-        if self.built and gone.any():
-            self.ivf.remove_ids(faiss.IDSelectorBatch(np.nonzero(gone)[0].astype(np.int64)))
+        with self._lock:
+            gone = np.isin(self._ids, np.asarray(ids, dtype=np.int64)) & self._alive
+            self._version += 1
+            self._alive &= ~gone
+            if self.built and gone.any():
+                self.ivf.remove_ids(faiss.IDSelectorBatch(np.nonzero(gone)[0].astype(np.int64)))
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """ADC top-k by inner product (optionally exact re-rank), best first."""
         queries = checked_queries(queries, self.dim, k)
         self._maybe_build()
+        with self._lock:
+            return self._search(queries, k)
+
+    def _search(self, queries: np.ndarray, k: int) -> list[Hits]:
         if not len(self):
             return [Hits.empty() for _ in range(len(queries))]
         if not self.built:
@@ -181,28 +202,46 @@ class PQIndex:
 
     # ---- build ------------------------------------------------------------------------------
     def build(self) -> None:
-        """Train OPQ/PQ/IVF on the live vectors and encode them (also done lazily)."""
-        rows = np.nonzero(self._alive)[0]
-        self._ids, self._vectors = self._ids[rows], np.ascontiguousarray(self._vectors[rows])
-        self._alive = np.ones(len(rows), dtype=bool)
-        self._index, self.tuned = None, False
-        if len(rows) >= self.config.min_build:
-            self._build()
+        """Train OPQ/PQ/IVF on the live vectors and encode them (also done lazily); the work runs
+        on a snapshot outside the lock, searches meanwhile use the old index."""
+        with self._lock:
+            rows = np.nonzero(self._alive)[0]
+            ids, vectors, version = self._ids[rows], np.ascontiguousarray(self._vectors[rows]), self._version
+        index = self._build(vectors) if len(rows) >= self.config.min_build else None
+        with self._lock:
+            if version != self._version:  # mutated meanwhile: build again, holding the lock
+                rows = np.nonzero(self._alive)[0]
+                ids, vectors = self._ids[rows], np.ascontiguousarray(self._vectors[rows])
+                index = self._build(vectors) if len(rows) >= self.config.min_build else None
+            self._ids, self._vectors = ids, vectors
+            self._alive = np.ones(len(rows), dtype=bool)
+            self._index, self.tuned, self._version = index, False, self._version + 1
+            if index is not None:
+                self._built_n = len(rows)
 
     rebuild = build
 
     def _maybe_build(self) -> None:
         cfg = self.config
-        if due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth):
-            self.build()
 
-    def _build(self) -> None:
+        def due() -> bool:
+            with self._lock:
+                return due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth)
+
+        if due():
+            with self._build_lock:  # one build at a time; a second caller finds it done
+                if due():
+                    self.build()
+
+    def _build(self, x: np.ndarray):
+        """A trained faiss index holding the codes of `x` (rows 0..n-1); touches no state."""
         import faiss
 
-        cfg, d, x = self.config, self.dim, self._vectors
+        cfg, d = self.config, self.dim
         n = len(x)
         rng = np.random.default_rng(cfg.seed)
-        sample = x[np.sort(rng.choice(n, size=min(n, cfg.train_size), replace=False))]
+        size = min(n, cfg.train_size, max(256, int(cfg.train_fraction * n)))
+        sample = x[np.sort(rng.choice(n, size=size, replace=False))]
         opq = None
         if cfg.opq:
             opq = faiss.OPQMatrix(d, cfg.m)
@@ -250,7 +289,7 @@ class PQIndex:
             ivf.this.disown()
         else:
             index = ivf
-        self._index, self._built_n = index, n
+        return index
 
     # ---- JPQ hooks ----------------------------------------------------------------------------
     def rotate(self, x: np.ndarray) -> np.ndarray:
@@ -293,10 +332,13 @@ class PQIndex:
     # ---- persistence --------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Write meta JSON, id arrays, float vectors (.npy) and the faiss index, each atomically."""
+        self._maybe_build()
+        with self._lock:
+            self._save(Path(directory))
+
+    def _save(self, directory: Path) -> None:
         import faiss
 
-        self._maybe_build()
-        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / _VECTORS, lambda p: write_npy(p, np.asarray(self._vectors)))
         atomic_write(directory / _ARRAYS, lambda p: write_npz(p, {"ids": self._ids, "alive": self._alive}))

@@ -11,7 +11,19 @@ the loss). Postings live page-aligned in one file (index/postings.py); metadata 
 Search (sec. 3.3): nearest `search_heads` heads, query-aware pruning drops a head whose squared
 L2 distance exceeds MaxDistRatio x that of the nearest head, each surviving posting is one
 contiguous read, ids are de-duplicated, candidates re-ranked exactly (inner product on the
-stored vectors) and merged with the head hits.
+stored vectors) and merged with the head hits. The scan is native and batched
+(`PostingFile.scan`: numba, queries spread over the cores, replicas de-duplicated in the top-k).
+
+Deviation (pruning): the reference MaxDistRatio 8.0 prunes nothing on unit-normalised vectors
+(squared L2 lies in [0, 4] and the 64th head is at most ~4x the nearest one's distance), so by
+default the ratio is calibrated at build time on the data itself: a sample of the indexed
+vectors serves as queries, and the ratio is the smallest one that keeps, for all but
+`prune_loss` of (query, true top-10 neighbour) pairs, at least one head holding that
+neighbour. A fixed `max_dist_ratio` (e.g. the reference 8.0) overrides the calibration.
+
+Thread safety: every public method holds the index's own lock, and `build()` computes the new
+heads and postings from a snapshot outside it, swapping them in under the lock, so a search
+during a (re)build sees the old structure, never a half-built one.
 
 Updates: an add routes the vector like the build did and appends it to its postings; a posting
 past its cap splits in two (2-means, the second half gets a new head snapped to a real vector).
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +67,10 @@ class SpannConfig:
     posting_cap: int | None = None  # None: max(118, entries in 3 x 4 KiB pages)
     precision: str = "float32"  # on-disk vectors: float32 | float16 | int8
     search_heads: int = 64  # heads searched per query (paper: 32-96)
-    max_dist_ratio: float = 8.0  # prune heads with d > ratio * d(nearest head), squared L2
+    max_dist_ratio: float | None = None  # prune heads with d > ratio * d(nearest head), squared L2;
+    # None: calibrated at build (see the module docstring); the paper's reference is 8.0
+    prune_loss: float = 0.005  # calibration: share of true top-10 pairs pruning may cut off
+    calibration_queries: int = 256  # sampled vectors used as queries by the calibration
     head_index: str = "auto"  # flat | hnsw | auto (hnsw from 20,000 heads)
     hnsw_ef_search: int = 128
     min_build: int = 512  # fewer vectors than this: exact search, no structure
@@ -126,6 +142,10 @@ class SpannIndex:
         self._head_rows = np.empty(0, dtype=np.int64)
         self._heads = None  # faiss index over _head_vecs (L2)
         self._postings: PostingFile | None = None
+        self._ratio = 8.0  # the calibrated MaxDistRatio (set by the build)
+        self._lock = threading.RLock()
+        self._build_lock = threading.Lock()
+        self._version = 0  # bumped by every mutation: a build's snapshot is stale when it moved
 
     @property
     def _head_vecs(self) -> np.ndarray:
@@ -161,6 +181,11 @@ class SpannIndex:
         itemsize = 4 + self.dim * {"float32": 4, "float16": 2, "int8": 1}[self.config.precision]
         return max(118, 3 * PAGE // itemsize)
 
+    @property
+    def dist_ratio(self) -> float:
+        """The MaxDistRatio searches use: the configured one, else the build's calibration."""
+        return float(self.config.max_dist_ratio if self.config.max_dist_ratio is not None else self._ratio)
+
     def describe(self) -> str:
         if not self.built:
             return (f"spann: exact search over {len(self)} vectors (structure is built from "
@@ -168,10 +193,15 @@ class SpannIndex:
         return (f"spann: {len(self._head_rows)} heads ({self._heads.__class__.__name__}), "
                 f"{len(self)} live vectors, {self._postings.n_pages} pages of {self.config.precision} "
                 f"postings, cap {self.posting_cap}, search {self.config.search_heads} heads, "
-                f"MaxDistRatio {self.config.max_dist_ratio}")
+                f"MaxDistRatio {self.dist_ratio:.3g}")
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add `vectors` (n, dim) under new int64 `ids`; after the build they go straight to postings."""
+        with self._lock:
+            self._version += 1
+            self._add(ids, vectors)
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids, vectors = checked_batch("SpannIndex", ids, vectors, self.dim, self._ids[self._alive])
         first = len(self._ids)
         self._ids = np.concatenate([self._ids, ids])
@@ -183,27 +213,49 @@ class SpannIndex:
 
     def delete(self, ids: np.ndarray) -> None:
         """Tombstone ids (unknown ids are ignored); `rebuild()` reclaims their space."""
-        self._alive &= ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))
+        with self._lock:
+            self._version += 1
+            self._alive &= ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-k ids by inner product per query row, best first."""
         queries = checked_queries(queries, self.dim, k)
         self._maybe_build()
-        if not len(self):
-            return [Hits.empty() for _ in range(len(queries))]
-        if not self.built:
-            rows = np.nonzero(self._alive)[0]
-            return exact_search(queries, self._vectors[rows], self._ids[rows], k)
-        cfg = self.config
-        dist, heads = self._heads.search(queries, min(cfg.search_heads, len(self._head_rows)))
-        return [self._search_one(q, d, h, k) for q, d, h in zip(queries, dist, heads)]
+        with self._lock:
+            if not len(self):
+                return [Hits.empty() for _ in range(len(queries))]
+            if not self.built:
+                rows = np.nonzero(self._alive)[0]
+                return exact_search(queries, self._vectors[rows], self._ids[rows], k)
+            dist, heads = self._heads.search(queries, min(self.config.search_heads, len(self._head_rows)))
+            probe = self.prune(dist, heads)
+            self._postings.prefetch(probe[probe >= 0])
+            rows, scores = self._postings.scan(queries, probe, self._head_rows, self._head_vecs, self._alive, k)
+            out = []
+            for r, s in zip(rows, scores):
+                keep = r >= 0
+                out.append(Hits(self._ids[r[keep]], s[keep]))
+            return out
+
+    def prune(self, dist: np.ndarray, heads: np.ndarray) -> np.ndarray:
+        """Query-aware pruning (SPANN sec. 3.3): heads (nq, H) with -1 where d > ratio x d(nearest);
+        the reference is the second head when a query coincides with the first (d ~ 0)."""
+        heads = np.where(heads >= 0, heads, -1)
+        dist = np.where(heads >= 0, dist, np.inf)
+        second = dist[:, 1] if dist.shape[1] > 1 else dist[:, 0]
+        reference = np.where((dist[:, 0] > 1e-6) | ~np.isfinite(second), dist[:, 0], second)
+        limit = self.dist_ratio * np.maximum(reference, 1e-12)
+        return np.where(dist <= limit[:, None], heads, -1)
 
     def save(self, directory: Path) -> None:
         """Write meta JSON, arrays, the page-aligned postings file and the head index (each atomic)."""
+        self._maybe_build()
+        with self._lock:
+            self._save(Path(directory))
+
+    def _save(self, directory: Path) -> None:
         import faiss
 
-        self._maybe_build()
-        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {"ids": self._ids, "alive": self._alive}
         if self.built:
@@ -217,7 +269,7 @@ class SpannIndex:
         atomic_write(directory / _ARRAYS, lambda path: write_npz(path, arrays))
         meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "config": asdict(self.config),
                 "built": self.built, "rows": len(self._ids), "built_n": self._built_n,
-                "n_pages": self._postings.n_pages if self.built else 0}
+                "n_pages": self._postings.n_pages if self.built else 0, "dist_ratio": self._ratio}
         atomic_write(directory / _META, lambda path: Path(path).write_text(json.dumps(meta)))
 
     @classmethod
@@ -240,6 +292,7 @@ class SpannIndex:
                 raise CorruptIndexError(f"{where} is truncated (id arrays): {fix}")
             index._ids, index._alive = arrays["ids"].astype(np.int64), arrays["alive"].astype(bool)
             index._built_n = int(meta["built_n"])
+            index._ratio = float(meta.get("dist_ratio", 8.0))
             if not meta["built"]:
                 if arrays["vectors"].shape != (rows, index.dim):
                     raise CorruptIndexError(f"{where} is truncated (vectors): {fix}")
@@ -270,14 +323,25 @@ class SpannIndex:
 
     # ---- build ------------------------------------------------------------------------------
     def build(self) -> None:
-        """Build heads and postings now from every live vector (also done lazily on search/save)."""
-        rows, vectors = self._live_vectors()
-        self._ids, self._alive = self._ids[rows], np.ones(len(rows), dtype=bool)  # compact rows
-        self._vectors = vectors
-        self._postings, self._heads = None, None
-        if len(rows) < max(self.config.min_build, 2):
-            return
-        self._build(vectors)
+        """Build heads and postings now from every live vector (also done lazily on search/save).
+
+        The work runs on a snapshot outside the lock; searches meanwhile use the old structure."""
+        with self._lock:
+            rows, vectors = self._live_vectors()
+            ids, version = self._ids[rows], self._version
+        state = self._build(vectors) if len(rows) >= max(self.config.min_build, 2) else None
+        with self._lock:
+            if version != self._version:  # mutated meanwhile: build again, holding the lock
+                rows, vectors = self._live_vectors()
+                ids = self._ids[rows]
+                state = self._build(vectors) if len(rows) >= max(self.config.min_build, 2) else None
+            self._ids, self._alive = ids, np.ones(len(rows), dtype=bool)  # compact rows
+            self._version += 1
+            if state is None:
+                self._vectors, self._postings, self._heads = vectors, None, None
+                return
+            self._head_rows, self._heads, self._postings, self._ratio = state
+            self._vectors, self._built_n = None, len(rows)
 
     def rebuild(self) -> None:
         """Compact: drop tombstones and rebuild heads and postings from the live vectors."""
@@ -285,8 +349,15 @@ class SpannIndex:
 
     def _maybe_build(self) -> None:
         cfg = self.config
-        if due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth):
-            self.build()
+
+        def due() -> bool:
+            with self._lock:
+                return due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth)
+
+        if due():
+            with self._build_lock:  # one build at a time; a second caller finds it done
+                if due():
+                    self.build()
 
     def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, float32 vectors) of every live vector, from memory or from heads + postings."""
@@ -318,28 +389,60 @@ class SpannIndex:
         heads.add(head_vecs)
         return heads
 
-    def _build(self, vectors: np.ndarray) -> None:
+    def _build(self, vectors: np.ndarray) -> tuple:
+        """(head rows, head index, postings, calibrated ratio) for `vectors`; touches no state."""
         cfg = self.config
         n = len(vectors)
         head_rows = hierarchical_heads(vectors, math.ceil(cfg.head_ratio * n), cfg.branching,
                                        cfg.kmeans_iters, cfg.balance, cfg.seed)
-        self._head_rows = head_rows
-        self._heads = self._make_head_index(vectors[head_rows])
+        heads = self._make_head_index(vectors[head_rows])
+        head_vecs = vectors[head_rows]
         others = np.setdiff1d(np.arange(n), head_rows)
-        head_of, dist = self._route(vectors[others])
-        postings = self._group(others, head_of, dist, vectors[others], cap=True)
-        self._postings = PostingFile(self.dim, cfg.precision)
-        self._postings.write_all(postings)
-        self._vectors, self._built_n = None, n
+        head_of, dist = self._route(vectors[others], heads, head_vecs)
+        postings = PostingFile(self.dim, cfg.precision)
+        postings.write_all(self._group(others, head_of, dist, vectors[others], len(head_rows), cap=True))
+        ratio = self._calibrate(vectors, head_rows, heads, head_vecs, others, head_of)
+        return head_rows, heads, postings, ratio
 
-    def _route(self, vectors: np.ndarray, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    def _calibrate(self, vectors, head_rows, heads, head_vecs, others, head_of, k: int = 10) -> float:
+        """The smallest MaxDistRatio that keeps a head of the true top-k neighbour for all but
+        `prune_loss` of (sampled vector, neighbour) pairs (module docstring: deviation)."""
+        cfg = self.config
+        if not len(others):
+            return 8.0
+        rng = np.random.default_rng(cfg.seed + 1)
+        pick = np.sort(rng.choice(len(others), size=min(cfg.calibration_queries, len(others)), replace=False))
+        queries = vectors[others[pick]]
+        holders = np.full((len(vectors), head_of.shape[1]), -1, dtype=np.int64)  # heads holding each row
+        holders[others] = head_of
+        holders[head_rows, 0] = np.arange(len(head_rows))
+        dist0 = heads.search(queries, 2)[0]
+        reference = np.where(dist0[:, 0] > 1e-6, dist0[:, 0], dist0[:, 1])
+        needed = []
+        for start in range(0, len(queries), 32):
+            qb = queries[start : start + 32]
+            scores = qb @ vectors.T
+            scores[np.arange(len(qb)), others[pick[start : start + 32]]] = -np.inf  # not itself
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for i, neighbours in enumerate(top):
+                h = holders[neighbours]  # (k, replicas)
+                d = ((head_vecs[np.maximum(h, 0)] - qb[i]) ** 2).sum(axis=2)
+                d[h < 0] = np.inf
+                needed.append(d.min(axis=1) / max(float(reference[start + i]), 1e-12))
+        needed = np.concatenate(needed)
+        return float(max(1.0, np.quantile(needed, 1.0 - cfg.prune_loss)))
+
+    def _route(self, vectors: np.ndarray, heads=None, head_vecs=None,
+               block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
         """Heads (n, max_replicas; -1 pad) each vector joins by the RNG rule, with distances."""
         cfg = self.config
-        c = min(cfg.candidate_heads, len(self._head_rows))
+        heads = self._heads if heads is None else heads
+        head_vecs = self._head_vecs if head_vecs is None else head_vecs
+        c = min(cfg.candidate_heads, heads.ntotal)
         out_h, out_d = [], []
         for start in range(0, len(vectors), block):
-            dist, cand = self._heads.search(vectors[start : start + block], c)
-            h, d = rng_assign(dist, cand, self._head_vecs, cfg.max_replicas, cfg.rng_factor)
+            dist, cand = heads.search(vectors[start : start + block], c)
+            h, d = rng_assign(dist, cand, head_vecs, cfg.max_replicas, cfg.rng_factor)
             out_h.append(h)
             out_d.append(d)
         if not out_h:
@@ -348,7 +451,7 @@ class SpannIndex:
         return np.concatenate(out_h), np.concatenate(out_d)
 
     def _group(self, rows: np.ndarray, head_of: np.ndarray, dist: np.ndarray, vectors: np.ndarray,
-               cap: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+               n_heads: int, cap: bool) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per-head (rows, vectors) sorted by distance; capped by dropping farthest non-primary entries."""
         replica = np.broadcast_to(np.arange(head_of.shape[1]), head_of.shape)
         valid = head_of >= 0
@@ -356,7 +459,6 @@ class SpannIndex:
         h, d, rep = head_of[valid], dist[valid], replica[valid]
         order = np.lexsort((d, h))
         r, h, d, rep = r[order], h[order], d[order], rep[order]
-        n_heads = len(self._head_rows)
         bounds = np.searchsorted(h, np.arange(n_heads + 1))
         if cap:
             rank = np.arange(len(h)) - bounds[h]
@@ -369,7 +471,7 @@ class SpannIndex:
     # ---- updates ----------------------------------------------------------------------------
     def _insert(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         head_of, dist = self._route(vectors)
-        grouped = self._group(np.arange(len(rows)), head_of, dist, vectors, cap=False)
+        grouped = self._group(np.arange(len(rows)), head_of, dist, vectors, len(self._head_rows), cap=False)
         for p, (local, vecs) in enumerate(grouped):
             if len(local):
                 self._postings.put(p, rows[local].astype(np.int32), vecs, append=True)
@@ -397,27 +499,6 @@ class SpannIndex:
         self._head_rows = np.append(self._head_rows, new_row)
         self._heads.add(new_vec)
 
-    # ---- search -----------------------------------------------------------------------------
-    def _search_one(self, q: np.ndarray, dist: np.ndarray, heads: np.ndarray, k: int) -> Hits:
-        valid = heads >= 0
-        dist, heads = dist[valid], heads[valid]
-        reference = dist[0] if dist[0] > 1e-6 or len(dist) == 1 else dist[1]  # a query equal to a head
-        heads = heads[dist <= self.config.max_dist_ratio * max(float(reference), 1e-12)]
-        postings = self._postings
-        parts = [postings.read(int(p)) for p in heads if postings.count[p]]
-        entries = np.concatenate(parts) if parts else np.zeros(0, dtype=postings.dtype)
-        rows = np.concatenate([entries["row"].astype(np.int64), self._head_rows[heads]])
-        scores = np.concatenate([decode(entries["vec"], self.config.precision) @ q, self._head_vecs[heads] @ q])
-        live = self._alive[rows]
-        rows, scores = rows[live], scores[live]
-        rows, first = np.unique(rows, return_index=True)  # replicas share a vector: keep one
-        scores = scores[first]
-        if len(rows) > k:
-            top = np.argpartition(-scores, k - 1)[:k]
-            rows, scores = rows[top], scores[top]
-        order = np.argsort(-scores, kind="stable")
-        return Hits(self._ids[rows[order]], scores[order].astype(np.float32))
-
     # ---- introspection for tests and benchmarks ----------------------------------------------
     @property
     def head_ids(self) -> np.ndarray:
@@ -425,7 +506,8 @@ class SpannIndex:
 
     def posting(self, p: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 vectors) of posting `p` (tombstones included)."""
-        entries = self._postings.read(p)
+        with self._lock:
+            entries = self._postings.read(p).copy()
         return self._ids[entries["row"]], decode(entries["vec"], self.config.precision)
 
     def memory_bytes(self) -> int:

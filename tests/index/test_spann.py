@@ -189,3 +189,71 @@ def test_loaded_index_survives_deletion_of_its_source_directory(data, tmp_path):
     shutil.rmtree(tmp_path / "g1")
     index.add(np.arange(2000, 2100) * 3, x[2000:2100])
     assert len(index) == 2099 and index.search(x[2050:2051], 1)[0].ids[0] == 2050 * 3
+
+
+def skewed(n: int, seed: int, centres: int = 40, noise: float = 0.5) -> np.ndarray:
+    """Clusters whose sizes follow a power law (the largest ~25x the smallest)."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, centres + 1) ** 1.2
+    c = np.random.default_rng(99).normal(size=(centres, DIM))
+    x = c[rng.choice(centres, n, p=weights / weights.sum())] + noise * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_balanced_kmeans_balances_better_than_plain_on_skewed_data():
+    from index.kmeans import balanced_kmeans
+
+    x = skewed(6000, 0)
+    spread = {}
+    for balance in (0.0, 1.0):
+        labels, _ = balanced_kmeans(x, 32, balance=balance, seed=0)
+        sizes = np.bincount(labels, minlength=32)
+        spread[balance] = sizes.std() / sizes.mean()
+        if balance:
+            assert sizes.max() <= np.ceil(1.1 * len(x) / 32)  # the capacity holds
+    assert spread[1.0] < 0.5 * spread[0.0], spread
+
+
+@pytest.mark.parametrize("target", [150, 600, 1000])
+def test_head_count_is_within_a_few_percent_of_its_target(target):
+    from index.kmeans import hierarchical_heads
+
+    heads = hierarchical_heads(skewed(6000, 1), target)
+    assert abs(len(heads) - target) <= 0.03 * target, len(heads)
+    assert len(np.unique(heads)) == len(heads)
+
+
+def test_calibrated_pruning_skips_heads_on_unit_vectors_without_losing_recall():
+    x, q = skewed(4000, 2, noise=0.7), skewed(100, 3, noise=0.7)
+    flat = FlatIndex(DIM)
+    flat.add(np.arange(len(x)), x)
+    truth = flat.search(q, 10)
+    pruned = SpannIndex(DIM, SpannConfig(min_build=256, search_heads=64))
+    pruned.add(np.arange(len(x)), x)
+    pruned.build()
+    reference = SpannIndex(DIM, SpannConfig(min_build=256, search_heads=64, max_dist_ratio=8.0))
+    reference.add(np.arange(len(x)), x)
+    reference.build()
+    dist, heads = pruned._heads.search(q, 64)
+    skipped = float((pruned.prune(dist, heads) < 0).mean())
+    assert float((reference.prune(dist, heads) < 0).mean()) == 0.0  # 8.0 prunes nothing here
+    assert 1.0 < pruned.dist_ratio < 8.0 and skipped >= 0.4, (pruned.dist_ratio, skipped)  # measured 0.48
+    assert recall(pruned.search(q, 10), truth) >= recall(reference.search(q, 10), truth) - 0.01
+
+
+def test_stale_working_files_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+
+    from index.postings import clean_stale_working_dirs
+
+    dead = subprocess.run(["true"]).returncode == 0 and subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"codehop-spann-{dead.pid}-abc").mkdir()
+    (tmp_path / f"codehop-spann-{dead.pid}-abc" / "postings.bin").write_bytes(b"x" * 100)
+    import os
+
+    (tmp_path / f"codehop-spann-{os.getpid()}-mine").mkdir()
+    (tmp_path / "codehop-spann-notapid").mkdir()
+    assert clean_stale_working_dirs(str(tmp_path)) == [f"codehop-spann-{dead.pid}-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"codehop-spann-{os.getpid()}-mine",
+                                                                 "codehop-spann-notapid"])
