@@ -131,25 +131,23 @@ class PostingFile:
         start, n = int(self.start_page[posting]) * PAGE, int(self.count[posting])
         return self._mmap()[start : start + n * self.dtype.itemsize].view(self.dtype)
 
-    def write_all(self, postings: list[tuple[np.ndarray, np.ndarray]], slack: float = 0.0) -> None:
-        """Lay out every posting from scratch: list of (rows int32, vectors float32)."""
+    def write_all(self, groups: list[np.ndarray], vectors: np.ndarray, slack: float = 0.0) -> None:
+        """Lay out every posting from scratch, streaming: posting p holds rows `groups[p]`
+        (indices into `vectors`, which are also the stored row numbers)."""
         self._make_writable()
-        counts = np.array([len(r) for r, _ in postings], dtype=np.int64)
+        counts = np.array([len(g) for g in groups], dtype=np.int64)
         pages = np.array([self.pages_for(int(c * (1 + slack)) + 1 if slack else int(c)) for c in counts], dtype=np.int64)
         self.start_page = np.concatenate([[0], np.cumsum(pages)[:-1]]).astype(np.int64)
         self.count = counts
         self.capacity = pages * PAGE // self.dtype.itemsize
         self.n_pages = int(pages.sum())
-        buffer = np.zeros(self.n_pages * PAGE, dtype=np.uint8)
-        for p, (rows, vectors) in enumerate(postings):
-            if len(rows):
-                entries = np.zeros(len(rows), dtype=self.dtype)
-                entries["row"], entries["vec"] = rows, encode(vectors, self.precision)
-                start = int(self.start_page[p]) * PAGE
-                buffer[start : start + entries.nbytes] = entries.view(np.uint8)
         self._map = None
-        with open(self.path, "wb") as handle:
-            handle.write(buffer.tobytes())
+        with open(self.path, "wb", buffering=1 << 22) as handle:
+            for group, n_pages in zip(groups, pages):
+                entries = np.zeros(len(group), dtype=self.dtype)
+                entries["row"], entries["vec"] = group, encode(vectors[group], self.precision)
+                handle.write(entries.tobytes())
+                handle.write(bytes(int(n_pages) * PAGE - entries.nbytes))
 
     def put(self, posting: int, rows: np.ndarray, vectors: np.ndarray, append: bool) -> None:
         """Append to (or overwrite) one posting; relocate it to the file's end if it outgrows its pages."""

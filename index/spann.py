@@ -398,9 +398,9 @@ class SpannIndex:
         heads = self._make_head_index(vectors[head_rows])
         head_vecs = vectors[head_rows]
         others = np.setdiff1d(np.arange(n), head_rows)
-        head_of, dist = self._route(vectors[others], heads, head_vecs)
+        head_of, dist = self._route(vectors, heads, head_vecs, subset=others)
         postings = PostingFile(self.dim, cfg.precision)
-        postings.write_all(self._group(others, head_of, dist, vectors[others], len(head_rows), cap=True))
+        postings.write_all([others[sel] for sel in self._group(head_of, dist, len(head_rows), cap=True)], vectors)
         ratio = self._calibrate(vectors, head_rows, heads, head_vecs, others, head_of)
         return head_rows, heads, postings, ratio
 
@@ -432,16 +432,19 @@ class SpannIndex:
         needed = np.concatenate(needed)
         return float(max(1.0, np.quantile(needed, 1.0 - cfg.prune_loss)))
 
-    def _route(self, vectors: np.ndarray, heads=None, head_vecs=None,
+    def _route(self, vectors: np.ndarray, heads=None, head_vecs=None, subset: np.ndarray | None = None,
                block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-        """Heads (n, max_replicas; -1 pad) each vector joins by the RNG rule, with distances."""
+        """Heads (n, max_replicas; -1 pad) each vector (of `subset`, default all) joins by the
+        RNG rule, with distances."""
         cfg = self.config
         heads = self._heads if heads is None else heads
         head_vecs = self._head_vecs if head_vecs is None else head_vecs
         c = min(cfg.candidate_heads, heads.ntotal)
         out_h, out_d = [], []
-        for start in range(0, len(vectors), block):
-            dist, cand = heads.search(vectors[start : start + block], c)
+        n = len(vectors) if subset is None else len(subset)
+        for start in range(0, n, block):
+            chunk = vectors[start : start + block] if subset is None else vectors[subset[start : start + block]]
+            dist, cand = heads.search(np.ascontiguousarray(chunk, dtype=np.float32), c)
             h, d = rng_assign(dist, cand, head_vecs, cfg.max_replicas, cfg.rng_factor)
             out_h.append(h)
             out_d.append(d)
@@ -450,12 +453,12 @@ class SpannIndex:
                     np.empty((0, cfg.max_replicas), dtype=np.float32))
         return np.concatenate(out_h), np.concatenate(out_d)
 
-    def _group(self, rows: np.ndarray, head_of: np.ndarray, dist: np.ndarray, vectors: np.ndarray,
-               n_heads: int, cap: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per-head (rows, vectors) sorted by distance; capped by dropping farthest non-primary entries."""
+    def _group(self, head_of: np.ndarray, dist: np.ndarray, n_heads: int, cap: bool) -> list[np.ndarray]:
+        """Per head, the routed vectors' positions (rows of `head_of`) sorted by distance; capped
+        by dropping the farthest non-primary entries."""
         replica = np.broadcast_to(np.arange(head_of.shape[1]), head_of.shape)
         valid = head_of >= 0
-        r = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
+        r = np.repeat(np.arange(len(head_of)), valid.sum(axis=1))
         h, d, rep = head_of[valid], dist[valid], replica[valid]
         order = np.lexsort((d, h))
         r, h, d, rep = r[order], h[order], d[order], rep[order]
@@ -465,16 +468,15 @@ class SpannIndex:
             keep = (rank < self.posting_cap) | (rep == 0)  # a vector's nearest head always keeps it
             r, h = r[keep], h[keep]
             bounds = np.searchsorted(h, np.arange(n_heads + 1))
-        return [(rows[r[bounds[p] : bounds[p + 1]]].astype(np.int32), vectors[r[bounds[p] : bounds[p + 1]]])
-                for p in range(n_heads)]
+        return [r[bounds[p] : bounds[p + 1]] for p in range(n_heads)]
 
     # ---- updates ----------------------------------------------------------------------------
     def _insert(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         head_of, dist = self._route(vectors)
-        grouped = self._group(np.arange(len(rows)), head_of, dist, vectors, len(self._head_rows), cap=False)
-        for p, (local, vecs) in enumerate(grouped):
+        grouped = self._group(head_of, dist, len(self._head_rows), cap=False)
+        for p, local in enumerate(grouped):
             if len(local):
-                self._postings.put(p, rows[local].astype(np.int32), vecs, append=True)
+                self._postings.put(p, rows[local].astype(np.int32), vectors[local], append=True)
                 if self._postings.count[p] > self.posting_cap:
                     self._split(p)
 
