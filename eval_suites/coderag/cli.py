@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--distractors", type=int, default=400,
                         help="devdocs pages added to the gold pages (-1 = whole devdocs)")
+    parser.add_argument("--embedder", default="sentence-transformers",
+                        choices=("sentence-transformers", "onnx-int8", "static"),
+                        help="embedding backend of the dense retrievers (index.embed; default: "
+                             "sentence-transformers, the MiniLM in torch)")
     parser.add_argument("--max-chunks-per-doc", type=int, default=4,
                         help="index a page's first N chunks (0 = all)")
     parser.add_argument("--selfcheck-limit", type=int, default=0,
@@ -77,7 +81,8 @@ def config_from_args(args: argparse.Namespace):
         gen_conditions=_names(args.gen_conditions, ("none", "oracle") + RETRIEVERS, "condition"),
         model=args.model,
         llm_rewrite_tasks=_names(args.llm_rewrite_tasks, TASKS, "task"),
-        retrieval=RetrievalConfig(max_chunks_per_doc=args.max_chunks_per_doc or None),
+        retrieval=RetrievalConfig(max_chunks_per_doc=args.max_chunks_per_doc or None,
+                                  embedding_backend=args.embedder),
         generation=GenerationSettings(max_new_tokens=args.max_new_tokens, workers=args.workers,
                                       isolation="unsafe" if args.unsafe_exec else "auto"),
         progress=not args.no_progress)

@@ -51,6 +51,8 @@ class RetrievalConfig:
             for the LLM rewriter's prompt; llm_max_new_tokens: its output budget.
         ann_min_build: SPANN/PQ `min_build` (below it they search exactly; their defaults,
             512 and 1024, exceed the scaled-down corpora here). None keeps the defaults.
+        embedding_backend: the collections' embedder ("sentence-transformers", "onnx-int8",
+            "static"; see index.embed); the whole devdocs corpus fits a session with "static".
     """
 
     k: int = 100
@@ -60,6 +62,7 @@ class RetrievalConfig:
     max_query_chars: int = 1500
     llm_max_new_tokens: int = 64
     ann_min_build: int | None = 256
+    embedding_backend: str = "sentence-transformers"
 
 
 def dense_kind(retriever: str) -> str:
@@ -123,8 +126,11 @@ class CorpusIndex:
         # an old one while the shared embedding cache still spares re-embedding known texts.
         digest = hashlib.sha1("\0".join(o + "\1" + t for o, t in zip(owners, texts)).encode()).hexdigest()
         for kind in kinds:
-            collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}",
-                                         CollectionConfig(dense=kind, dense_config=_ann_config(kind, config)))
+            backend = config.embedding_backend
+            suffix = "" if backend == "sentence-transformers" else f"-{backend}"
+            collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}{suffix}",
+                                         CollectionConfig(dense=kind, dense_config=_ann_config(kind, config),
+                                                          embedding_backend=backend))
             if len(collection) != len(texts):
                 self._fill(collection, texts, owners, progress)
             self.collections[kind] = collection

@@ -132,8 +132,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     if doc_tasks:
         gold = {page for t in doc_tasks for p in tasks[t].problems if p.id in chosen[t] for page in p.gold}
         libraries = {page.split("/", 1)[0].split("~", 1)[0] for page in gold}
-        corpora["devdocs"] = builders.select_pages(config.data, gold, libraries, config.distractors,
-                                                   config.seed)
+        # -1 is the whole devdocs (every library), not every page of the gold pages' libraries.
+        corpora["devdocs"] = builders.select_pages(config.data, gold,
+                                                   None if config.distractors < 0 else libraries,
+                                                   config.distractors, config.seed)
         out["devdocs_subset"] = {"pages": len(corpora["devdocs"]), "gold_pages": len(gold),
                                  "libraries": sorted(libraries), "distractors": config.distractors}
     beir_root = Path(config.workspace) / "beir"

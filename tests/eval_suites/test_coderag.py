@@ -187,3 +187,16 @@ def test_retrieval_through_collection_finds_own_solution(shared_data, tmp_path):
             assert retrieval_metrics(qrels, run)["ndcg@10"] == pytest.approx(1.0)
     finally:
         index.close()
+
+
+def test_cli_embedder_reaches_the_collections(shared_data):
+    import argparse
+
+    from eval_suites.coderag.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--embedder", "static", "--data", str(shared_data)]))
+    assert config.retrieval.embedding_backend == "static"
+    assert config_from_args(parser.parse_args(["--data", str(shared_data)])).retrieval.embedding_backend \
+        == "sentence-transformers"
