@@ -1,0 +1,345 @@
+"""python -m eval_suites.ann_bench.scale: SPANN and PQ at N = 1M next to faiss, measured, not computed.
+
+One run, resumable phase by phase (each phase writes into --work and is skipped when its output
+exists), every build and every measurement in a fresh subprocess:
+
+    data      seeded clustered 384-d unit vectors (N/200 Gaussian centres, noise 0.7), written in
+              chunks to <work>/x.npy (a memmap, never all in RAM at once), queries from the same
+              mixture, exact top-10 by inner product (faiss.knn) as ground truth
+    build M   builds method M from the memmap, saves it under <work>/M, records wall time and the
+              process's peak RSS (ru_maxrss)
+    measure M loads M from disk in a fresh process and measures: recall@10; warm single-query
+              p50/p99 (1 thread, after one pass over the queries); batch QPS (2 threads); RSS
+              read from /proc/self/status (anon and file-backed, minus the process's own baseline
+              taken before the index was loaded); disk bytes; and cold single-query latency for
+              the methods whose data live on disk: before each cold query the index's files are
+              evicted from the page cache (munmap + posix_fadvise(DONTNEED); `fincore` confirms
+              0 resident pages) so its reads go to the disk
+    report    results.json + report.md under --out
+
+Methods: SPANN (ours; heads in RAM behind HNSW, float16 postings on disk), our OPQ+IVF PQ at
+32x and 64x, faiss IVF-Flat, faiss IVF with OnDiskInvertedLists (same quantiser and lists as
+IVF-Flat, lists mmapped from one file), faiss IVF-PQ fastscan + exact refine, faiss HNSW32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM = 384
+CHUNK = 50_000
+METHODS = ("spann", "ivfflat", "ivfondisk", "ivfpqfs", "opq48", "opq24", "hnsw")
+LABELS = {
+    "spann": "SPANN (ours, 6% heads, fp16 postings on disk)",
+    "ivfflat": "faiss IVF-Flat (in RAM)",
+    "ivfondisk": "faiss IVF-Flat, OnDiskInvertedLists",
+    "ivfpqfs": "faiss IVF-PQ fastscan+refine (in RAM)",
+    "opq48": "OPQ M=48 (ours, 32x)",
+    "opq24": "OPQ M=24 (ours, 64x)",
+    "hnsw": "faiss HNSW32 (in RAM)",
+}
+SWEEPS = {
+    "spann": [{"search_heads": h} for h in (8, 16, 32, 64)],
+    "ivfflat": [{"nprobe": p} for p in (4, 8, 16, 32, 64)],
+    "ivfondisk": [{"nprobe": p} for p in (4, 8, 16, 32, 64)],
+    "ivfpqfs": [{"nprobe": p, "k_factor_rf": 4} for p in (8, 16, 32, 64)],
+    "opq48": [{"nprobe": 32, "rerank": False}, {"nprobe": 32, "rerank": True}],
+    "opq24": [{"nprobe": 32, "rerank": False}, {"nprobe": 32, "rerank": True}],
+    "hnsw": [{"efSearch": e} for e in (16, 32, 64, 128)],
+}
+ON_DISK = {"spann", "ivfondisk", "opq48", "opq24"}  # cold reads are meaningful for these
+
+
+def nlist_for(n: int) -> int:
+    return int(2 ** round(np.log2(4 * np.sqrt(n))))
+
+
+# ---- data ------------------------------------------------------------------------------------
+def make_data(work: Path, n: int, n_queries: int, seed: int = 0) -> None:
+    import faiss
+
+    if (work / "truth.npy").exists():
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(64, n // 200), DIM)).astype(np.float32)
+
+    def draw(m: int, chunk_seed: int) -> np.ndarray:
+        r = np.random.default_rng(chunk_seed)
+        x = centres[r.integers(0, len(centres), m)] + 0.7 * r.normal(size=(m, DIM)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x = np.lib.format.open_memmap(work / "x.tmp.npy", mode="w+", dtype=np.float32, shape=(n, DIM))
+    for i, start in enumerate(range(0, n, CHUNK)):
+        x[start : start + CHUNK] = draw(min(CHUNK, n - start), seed + 1 + i)
+    x.flush()
+    del x
+    os.replace(work / "x.tmp.npy", work / "x.npy")
+    q = draw(n_queries, seed + 10**6).astype(np.float32)
+    np.save(work / "q.npy", q)
+    x = np.load(work / "x.npy", mmap_mode="r")
+    faiss.omp_set_num_threads(2)
+    best_s = np.full((n_queries, 10), -np.inf, np.float32)
+    best_i = np.full((n_queries, 10), -1, np.int64)
+    for start in range(0, n, 200_000):  # exact top-10, merged block by block
+        s, i = faiss.knn(q, np.ascontiguousarray(x[start : start + 200_000]), 10, metric=faiss.METRIC_INNER_PRODUCT)
+        s_all, i_all = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + start], 1)
+        top = np.argsort(-s_all, axis=1, kind="stable")[:, :10]
+        best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
+    np.save(work / "truth.npy", best_i)
+
+
+# ---- build -----------------------------------------------------------------------------------
+def _faiss_train_add(factory: str, x: np.ndarray, train: int = 100_000):
+    import faiss
+
+    index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    index.train(np.ascontiguousarray(x[np.sort(rng.choice(len(x), min(train, len(x)), replace=False))]))
+    for start in range(0, len(x), 100_000):
+        index.add(np.ascontiguousarray(x[start : start + 100_000]))
+    return index
+
+
+def build(work: Path, method: str) -> None:
+    import faiss
+
+    from index.dense import create_dense_index
+    from index.pq import PQConfig
+    from index.spann import SpannConfig
+
+    x = np.load(work / "x.npy", mmap_mode="r")
+    n = len(x)
+    out = work / method
+    out.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    if method == "spann":
+        index = create_dense_index("spann", DIM, SpannConfig(head_ratio=0.06, precision="float16"))
+        index.add(np.arange(n), x)
+        index.build()
+        index.save(out)
+    elif method in ("opq48", "opq24"):
+        # OPQ training dominated the build on 2 loaded cores (227 s for 10k training vectors at
+        # 10 OPQ iterations): 4 iterations on a 30k sample here, every vector encoded with them
+        index = create_dense_index("pq", DIM, PQConfig(m=int(method[3:]), nprobe=32, opq_iters=4, train_size=30_000))
+        index.add(np.arange(n), x)
+        index.build()
+        index.save(out)
+    elif method == "ivfflat":
+        faiss.write_index(_faiss_train_add(f"IVF{nlist_for(n)},Flat", x), str(out / "index.faiss"))
+    elif method == "ivfondisk":  # IVF-Flat's quantiser and lists, the lists moved into one mmapped file
+        ivf = faiss.read_index(str(work / "ivfflat" / "index.faiss"))
+        ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(out / "lists.ivfdata"))
+        lists = faiss.InvertedListsPtrVector()
+        lists.push_back(ivf.invlists)
+        ondisk.merge_from_multiple(lists.data(), lists.size())
+        ivf.ntotal = ondisk.compute_ntotal()
+        ivf.replace_invlists(ondisk, True)
+        ondisk.this.disown()
+        faiss.write_index(ivf, str(out / "index.faiss"))
+    elif method == "ivfpqfs":
+        faiss.write_index(_faiss_train_add(f"IVF{nlist_for(n)},PQ48x4fs,RFlat", x), str(out / "index.faiss"))
+    elif method == "hnsw":
+        faiss.write_index(_faiss_train_add("HNSW32,Flat", x), str(out / "index.faiss"))
+    seconds = time.perf_counter() - start
+    if method == "ivfondisk":  # it reuses IVF-Flat's training and adds: count those too
+        seconds += json.loads((work / "ivfflat" / "build.json").read_text())["build_s"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    (out / "build.json").write_text(json.dumps({"build_s": seconds, "peak_rss_bytes": peak}))
+
+
+# ---- measure ---------------------------------------------------------------------------------
+def rss() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def resident_pages(path: Path) -> int | None:
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+        return int(out[0]) if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+class Method:
+    """Loads one built method from disk; search(q, k) -> ids; set(params); drop() evicts its
+    on-disk data from the page cache (returns the file it evicted)."""
+
+    def __init__(self, work: Path, method: str) -> None:
+        self.work, self.method, self.dir = work, method, work / method
+        self.ours = method in ("spann", "opq48", "opq24")
+        self._load()
+
+    def _load(self) -> None:
+        import faiss
+
+        if self.ours:
+            from index.dense import load_dense_index
+
+            self.index = load_dense_index("spann" if self.method == "spann" else "pq", self.dir)
+        elif self.method == "ivfondisk":
+            self.index = faiss.read_index(str(self.dir / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        else:
+            self.index = faiss.read_index(str(self.dir / "index.faiss"))
+
+    def set(self, params: dict) -> None:
+        import dataclasses
+
+        import faiss
+
+        self.params = params
+        if self.ours:
+            self.index.config = dataclasses.replace(self.index.config, **params)
+        else:
+            space = faiss.ParameterSpace()
+            for key, value in params.items():
+                space.set_index_parameter(self.index, key, value)
+
+    def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        if not self.ours:
+            return self.index.search(q, k)[1]
+        out = np.full((len(q), k), -1, dtype=np.int64)
+        for row, hits in enumerate(self.index.search(q, k)):
+            out[row, : len(hits.ids)] = hits.ids
+        return out
+
+    def drop(self) -> Path:
+        """Evict the on-disk part from the page cache (unmap first: mapped pages stay cached)."""
+        if self.method == "spann":
+            self.index._postings.drop_cache()
+            return self.index._postings.path
+        if self.method == "ivfondisk":
+            self.index = None
+            gc.collect()
+            evict(self.dir / "lists.ivfdata")
+            self._load()
+            self.set(self.params)
+            return self.dir / "lists.ivfdata"
+        path = self.dir / "pq_vectors.npy"  # our PQ: the float vectors (read by the re-rank)
+        self.index._vectors = None
+        gc.collect()
+        evict(path)
+        self.index._vectors = np.load(path, mmap_mode="r")
+        return path
+
+
+def measure(work: Path, method: str, n_lat: int, n_cold: int) -> None:
+    import faiss
+
+    if method == "spann":  # warm numba's JIT (a fixed per-process cost) before the baseline
+        from index.spann import SpannConfig, SpannIndex
+
+        tiny = SpannIndex(DIM, SpannConfig(min_build=256))
+        r = np.random.default_rng(0).normal(size=(600, DIM)).astype(np.float32)
+        tiny.add(np.arange(600), r / np.linalg.norm(r, axis=1, keepdims=True))
+        tiny.search(r[:4], 10), tiny.search(r[:1], 10)
+        del tiny
+    q, truth = np.load(work / "q.npy"), np.load(work / "truth.npy")
+    raw = int(np.load(work / "x.npy", mmap_mode="r").nbytes)
+    gc.collect()
+    base = rss()
+    m = Method(work, method)
+    loaded = rss()
+    disk = sum(p.stat().st_size for p in m.dir.iterdir() if p.is_file() and p.name != "build.json")
+    built = json.loads((m.dir / "build.json").read_text())
+    rows = []
+    for params in SWEEPS[method]:
+        m.set(params)
+        faiss.omp_set_num_threads(1)
+        found = m.search(q, 10)  # also warms the caches
+        recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+        lat = []
+        for row in q[:n_lat]:
+            start = time.perf_counter()
+            m.search(row[None, :], 10)
+            lat.append(time.perf_counter() - start)
+        faiss.omp_set_num_threads(2)
+        start = time.perf_counter()
+        m.search(q, 10)
+        qps = len(q) / (time.perf_counter() - start)
+        faiss.omp_set_num_threads(1)
+        warm = rss()
+        result = {"method": method, "label": LABELS[method], "params": params, "recall@10": recall,
+                  "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+                  "qps_2threads": qps, "rss_anon_MiB": (warm["RssAnon"] - base["RssAnon"]) / 2**20,
+                  "rss_file_MiB": (warm["RssFile"] - base["RssFile"]) / 2**20,
+                  "rss_after_load_MiB": (loaded["VmRSS"] - base["VmRSS"]) / 2**20,
+                  "rss_anon_%raw": 100 * (warm["RssAnon"] - base["RssAnon"]) / raw,
+                  "disk_MiB": disk / 2**20, "build_s": built["build_s"],
+                  "build_peak_rss_MiB": built["peak_rss_bytes"] / 2**20, "n": len(np.load(work / "x.npy", mmap_mode="r"))}
+        if method in ON_DISK and (method == "spann" or params.get("rerank") or method == "ivfondisk"):
+            cold, resident = [], []
+            for row in q[:n_cold]:
+                path = m.drop()
+                resident.append(resident_pages(path))
+                start = time.perf_counter()
+                m.search(row[None, :], 10)
+                cold.append(time.perf_counter() - start)
+            result.update(cold_p50_ms=1e3 * float(np.percentile(cold, 50)),
+                          cold_p99_ms=1e3 * float(np.percentile(cold, 99)),
+                          cold_resident_bytes_before=max((r for r in resident if r is not None), default=None))
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+    (m.dir / "measure.json").write_text(json.dumps(rows))
+
+
+# ---- driver ----------------------------------------------------------------------------------
+def _child(args: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([sys.executable, "-m", "eval_suites.ann_bench.scale", *args], check=True, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval_suites.ann_bench.scale")
+    parser.add_argument("phase", choices=("all", "data", "build", "measure"))
+    parser.add_argument("methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/codehop-annscale"))
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--n-queries", type=int, default=300)
+    parser.add_argument("--n-lat", type=int, default=200)
+    parser.add_argument("--n-cold", type=int, default=30)
+    args = parser.parse_args(argv)
+    if args.phase == "data":
+        make_data(args.work, args.n, args.n_queries)
+    elif args.phase == "build":
+        for method in args.methods:
+            if not (args.work / method / "build.json").exists():
+                build(args.work, method)
+    elif args.phase == "measure":
+        for method in args.methods:
+            measure(args.work, method, args.n_lat, args.n_cold)
+    else:
+        _child(["data", "--work", str(args.work), "--n", str(args.n), "--n-queries", str(args.n_queries)])
+        for method in args.methods:
+            if not (args.work / method / "build.json").exists():
+                _child(["build", method, "--work", str(args.work)])
+            _child(["measure", method, "--work", str(args.work), "--n-lat", str(args.n_lat), "--n-cold", str(args.n_cold)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
