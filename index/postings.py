@@ -214,6 +214,8 @@ def clean_stale_working_dirs(root: str | None = None) -> list[str]:
 
 
 _EMPTY_F32, _EMPTY_U16, _EMPTY_I8 = np.zeros(1, np.float32), np.zeros(1, np.uint16), np.zeros(1, np.int8)
+for _empty in (_EMPTY_F32, _EMPTY_U16, _EMPTY_I8):  # read-only like the mapped views: one jitted
+    _empty.flags.writeable = False                  # specialisation serves every precision
 _F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
