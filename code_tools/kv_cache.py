@@ -28,11 +28,15 @@ class KVCacheConfig:
     """Args:
         max_bytes: memory budget of all cached documents together (K and V tensors).
         recompute_above: prefill from scratch when an edit would encode more than this
-            fraction of the new prompt (code_tools.pie.PieConfig.recompute_above).
+            fraction of the new prompt (code_tools.pie.PieConfig.recompute_above), counting
+            `segment_cost_tokens` per inserted segment (one forward pass each).
+        merge_gap: edits fewer than this many unchanged tokens apart become one (PieConfig).
     """
 
     max_bytes: int = 512 * 2**20
     recompute_above: float = 0.5
+    segment_cost_tokens: int = 32
+    merge_gap: int = 16
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0 or not 0.0 < self.recompute_above <= 1.0:
@@ -95,14 +99,17 @@ class KVCacheStore:
             cache = self._entries.pop(document, None)
         start = time.perf_counter()
         if cache is None:
-            cache = PieCache(self.model, self.tokenizer, PieConfig(recompute_above=self.config.recompute_above))
+            cache = PieCache(self.model, self.tokenizer, PieConfig(
+                recompute_above=self.config.recompute_above, segment_cost_tokens=self.config.segment_cost_tokens,
+                merge_gap=self.config.merge_gap))
             stats = cache.prefill(ids)
             reason = ("no cached prompt for this document (its first completion, or evicted to stay "
                       "within the memory budget)")
         else:
             stats = cache.sync(ids)
-            reason = (f"the edit would encode more than {self.config.recompute_above:.0%} of the prompt: "
-                      "encoded from scratch") if stats.full_recompute else None
+            reason = (f"the edit would cost more than {self.config.recompute_above:.0%} of encoding the "
+                      "prompt (inserted tokens plus a forward pass per segment): encoded from scratch"
+                      ) if stats.full_recompute else None
         update_s = time.perf_counter() - start
         generated = cache.generate(max_new_tokens, stop_token_ids=stop_token_ids, stop_when=stop_when)
         evicted = self._keep(document, cache)

@@ -58,10 +58,18 @@ class PieConfig:
             "naive reuse" baseline of the paper: rows kept with their stale positions.
         recompute_above: when an edit would encode more than this fraction of the new
             sequence, prefill from scratch instead (same cost, fewer forward passes).
+        segment_cost_tokens: what one inserted segment costs beyond its tokens, in tokens of a
+            prefill: each segment is its own forward pass (measured with SmolLM2 on 2 CPU cores:
+            ~0.15 s fixed, ~30 tokens' worth). Counted against recompute_above; 0 = ignored.
+        merge_gap: `sync` joins two edits separated by fewer unchanged tokens than this into one
+            (the gap is re-encoded, exactly): a diff of retrieved context against the old one
+            otherwise splits one replacement into many segments at shared newlines. 0 = off.
     """
 
     correct_positions: bool = True
     recompute_above: float = 0.5
+    segment_cost_tokens: int = 0
+    merge_gap: int = 0
 
 
 @dataclass
@@ -271,7 +279,8 @@ class PieCache:
         stats = EditStats(edits=len(ordered), inserted=inserted, deleted=n - len(kept_old),
                           reused=len(kept_old), sequence_length=len(new_ids),
                           positions_corrected=self.config.correct_positions)
-        if inserted > self.config.recompute_above * len(new_ids):
+        cost = inserted + self.config.segment_cost_tokens * len(segments)
+        if cost > self.config.recompute_above * len(new_ids):
             full = self.prefill(new_ids)
             full.edits, full.deleted = len(ordered), n - len(kept_old)
             return full
@@ -321,8 +330,17 @@ class PieCache:
         if not self.token_ids:
             return self.prefill(new)
         matcher = difflib.SequenceMatcher(None, self.token_ids, new, autojunk=False)
-        edits = [Edit(i1, i2, tuple(new[j1:j2]))
-                 for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+        edits: list[Edit] = []
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                continue
+            last = edits[-1] if edits else None
+            if last is not None and i1 - last.end < self.config.merge_gap:
+                # one replacement spanning both edits and the few unchanged tokens between them
+                gap = tuple(self.token_ids[last.end:i1])
+                edits[-1] = Edit(last.start, i2, last.new_token_ids + gap + tuple(new[j1:j2]))
+            else:
+                edits.append(Edit(i1, i2, tuple(new[j1:j2])))
         if not edits:
             return EditStats(reused=len(new), sequence_length=len(new),
                              positions_corrected=self.config.correct_positions)

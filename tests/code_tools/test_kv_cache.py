@@ -54,3 +54,20 @@ def test_lru_eviction_keeps_the_store_within_its_memory_budget(tiny_llama):
     tiny = KVCacheStore(model, tok, KVCacheConfig(max_bytes=0))  # nothing fits: never kept
     tiny.complete("x", _ids(20, 8), 1)
     assert len(tiny) == 0
+
+
+def test_nearby_edits_merge_into_one_segment_and_many_segments_cost_a_prefill(tiny_llama):
+    model, tok = tiny_llama
+    old = _ids(200, 9)
+    new = list(old)
+    for at in (50, 54, 58, 62):  # four one-token changes a few tokens apart: one replacement
+        new[at] = 7
+    store = KVCacheStore(model, tok, KVCacheConfig(merge_gap=16, segment_cost_tokens=32))
+    store.complete("doc", old, 1)
+    _, report = store.complete("doc", new, 1)
+    assert report["mode"] == "pie" and report["edits"] == 1 and report["tokens_encoded"] == 13
+    scattered = list(new)
+    for at in range(0, 200, 25):  # eight separate segments: 8 x 32 token-equivalents > half of 200
+        scattered[at] = 8
+    _, report = store.complete("doc", scattered, 1)
+    assert report["mode"] == "prefill" and "per segment" in report["reason"]
