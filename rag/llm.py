@@ -180,12 +180,13 @@ class TransformersGenerator:
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
     # -- model access for PIE / RAPID ---------------------------------------------------
-    def forward(self, input_ids, cache=None):
-        """One forward pass: (logits [batch, seq, vocab], updated KV cache)."""
+    def forward(self, input_ids, cache=None, logits_to_keep: int = 0):
+        """One forward pass: (logits [batch, seq, vocab], updated KV cache); `logits_to_keep` = n
+        > 0 computes only the last n rows (a long prefill then skips a seq x vocab matrix)."""
         import torch
 
         with torch.no_grad():
-            out = self.model(input_ids=input_ids, cache=cache, use_cache=True)
+            out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
         return out.logits, out.cache
 
     # -- structured output --------------------------------------------------------------
@@ -229,7 +230,7 @@ class TransformersGenerator:
         past = None
         generated: list[int] = []
         for _ in range(config.max_new_tokens):
-            logits, past = self.forward(input_ids, past)
+            logits, past = self.forward(input_ids, past, logits_to_keep=1)
             raw = logits[0, -1].float()
             scores = self._apply_rules(raw, generated, config, constraint)
             if config.temperature == 0:
