@@ -359,16 +359,20 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
 @rpc_errors
 async def completion(ls: CodehopLanguageServer, params: types.CompletionParams):
     result = await _complete(ls, params.text_document.uri, params.position)
-    if result is None or not result.text.strip():
+    if result is None:
         return types.CompletionList(is_incomplete=True, items=[])
+    # whether the KV cache was reused, also for a blank completion (LSP 3.17 itemDefaults.data)
+    defaults = types.CompletionItemDefaults(data={"kv_reuse": result.kv_reuse, "timings": result.timings})
+    if not result.text.strip():
+        return types.CompletionList(is_incomplete=True, items=[], item_defaults=defaults)
     at = types.Range(params.position, params.position)
     label = result.text.strip().split("\n", 1)[0][:60]
     item = types.CompletionItem(
         label=label, kind=types.CompletionItemKind.Snippet, detail="codehop",
         text_edit=types.TextEdit(range=at, new_text=result.text),
         insert_text_format=types.InsertTextFormat.PlainText, documentation=result.text,
-        data={"kv_reuse": result.kv_reuse, "timings": result.timings})
-    return types.CompletionList(is_incomplete=True, items=[item])
+        data=defaults.data)
+    return types.CompletionList(is_incomplete=True, items=[item], item_defaults=defaults)
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())

@@ -42,3 +42,31 @@ def test_ask_json_reports_sources_and_stage_timings(workspace, capsys):
 def test_ask_rejects_an_empty_question(workspace, capsys):
     assert main(["ask", "   ", "--workspace", str(workspace), "--retrieval-only"]) != 0
     assert "empty question" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_llama):
+    model, tokenizer = tiny_llama
+    target = tmp_path_factory.mktemp("ask-tiny-model")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def test_ask_rapid_flags_reach_the_pipeline_and_the_stage_says_why(workspace, tiny_model_dir, capsys):
+    base = ["ask", "how do I plot a histogram?", "--workspace", str(workspace), "--model", str(tiny_model_dir),
+            "--json", "--no-rewrite", "--no-filter", "--no-reservoir"]
+    answers, stages = {}, {}
+    for flag in ("--rapid", "--no-rapid", None):
+        capsys.readouterr()
+        assert main(base + ([flag] if flag else [])) == 0
+        result = json.loads(capsys.readouterr().out)
+        answers[flag] = result["answer"]
+        stages[flag] = {s["name"]: s for s in result["stages"]}["rapid"]
+    drafted = stages["--rapid"]
+    assert drafted["ran"] and drafted["detail"]["acceptance_rate"] == 1.0  # the model drafts for itself
+    assert drafted["detail"]["why"] == "rapid = 'on' was requested" and drafted["detail"]["drafted"] > 0
+    assert not stages["--no-rapid"]["ran"] and stages["--no-rapid"]["detail"]["why"] == "rapid = 'off'"
+    # [generator] rapid = "auto" by default: a short prompt is not even considered
+    assert not stages[None]["ran"] and stages[None]["detail"]["why"].startswith("auto: the prompt has")
+    assert answers["--rapid"] == answers["--no-rapid"] == answers[None]  # greedy RAPID is exact

@@ -213,6 +213,10 @@ async def _type_and_complete(project: Path, model: Path, state: Path, *extra: st
 @pytest.mark.asyncio
 async def test_typing_session_reuses_the_kv_cache_and_completes_like_reencoding(project, one_layer_model_dir,
                                                                                tmp_path):
+    # more helpers: a prompt long enough that a typed line is a small edit of it
+    (project / "utils.py").write_text(UTILS + "".join(
+        f"\n\ndef join_{i}(parts):\n    \"\"\"Join parts with separator {i}.\"\"\"\n    return '{i}'.join(parts)\n"
+        for i in range(6)))
     reused = await _type_and_complete(project, one_layer_model_dir, tmp_path / "on")
     fresh = await _type_and_complete(project, one_layer_model_dir, tmp_path / "off", "--no-kv-reuse")
     first, later = reused[0][1], [kv for _, kv in reused[1:]]

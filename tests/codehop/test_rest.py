@@ -460,7 +460,8 @@ def _one_layer(tiny_llama):
 
 
 HEADER = ('"""Geometry of circles, squares and triangles: areas, perimeters and the helpers the '
-          'drawing code uses to place shapes on a page."""\n\nUNITS = "cm"\nPRECISION = 4\n\n')
+          'drawing code uses to place shapes on a page."""\n\nUNITS = "cm"\nPRECISION = 4\n\n'
+          + "".join(f"def helper_{i}(x, y):\n    return round(x * {i} + y, PRECISION)\n\n" for i in range(8)))
 TYPED = [HEADER + "def area(r):\n    return",
          HEADER + "def area(r):\n    pi = 3.14\n    return",
          "import math\n" + HEADER + "def area(r):\n    pi = 3.14\n    return",
@@ -528,8 +529,15 @@ def test_completions_keep_each_documents_kv_cache_and_match_reencoding(env, tiny
             client.app.dependency_overrides[get_generator] = before
 
 
+def _tiny(gen):
+    """The gen fixture's generator served again (an earlier test may have dropped the override)."""
+    client, generator, _ = gen
+    client.app.dependency_overrides[get_generator] = lambda: generator
+    return client, generator
+
+
 def test_tabby_completions_report_kv_reuse(gen):
-    client, _, _ = gen
+    client, _ = _tiny(gen)
     segments = {"prefix": "from pkg.geometry import area_of_circle\n\nsize = area_of_circle(", "suffix": "\n",
                 "filepath": "kv.py"}
     first = client.post("/v1/completions", json={"segments": segments}).json()["codehop_kv_reuse"]
@@ -542,7 +550,7 @@ def test_tabby_completions_report_kv_reuse(gen):
 def test_chat_and_ask_draft_with_rapid_on_request(gen):
     from rag.llm import GenerationConfig
 
-    client, generator, _ = gen
+    client, generator = _tiny(gen)
     messages = [{"role": "user", "content": "Say hi to the penguins"}]
     expected = generator.chat(messages, GenerationConfig(max_new_tokens=8)).text
     body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "rapid": True}).json()
