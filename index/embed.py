@@ -9,7 +9,7 @@ Four backends:
   OpenAI, another codehop), called in batches of `batch_size`; vectors are L2-normalised here,
   since not every server normalises them.
 - "onnx-int8": the same local model exported to ONNX and int8-quantised at first use into
-  `<cache_dir>/models` (index.embed_onnx), run by ONNX Runtime with length-bucketed batches.
+  `<cache_dir>/models` (index.embed_onnx), run by ONNX Runtime one text at a time (no padding).
 - "static": a model2vec static embedder distilled from the local model at first use
   (index.embed_static); ~100x faster, measurably less accurate: opt-in for huge corpora.
 

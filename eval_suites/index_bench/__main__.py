@@ -44,8 +44,12 @@ def run_embedders(args) -> None:
     specs = [s for s in e.EMBEDDERS if s.name in args.embedders.split(",")]
     sets = {"coderag-docs": e.coderag_docs(args.data), "hotpotqa": e.hotpotqa(args.data)}
     sample = e.speed_sample(sets["coderag-docs"][0], args.speed_chunks)
-    result = {"sets": {k: v[4] for k, v in sets.items()}, "speed": [], "quality": [],
-              "speed_chunks": len(sample)}
+    # Rows of embedders not measured now are kept from an earlier run (a re-measured one replaces its own).
+    result = _load(args.out, "embedders") or {"speed": [], "quality": []}
+    names, backends = {s.name for s in specs}, {s.backend for s in specs}
+    result["speed"] = [r for r in result["speed"] if r["embedder"] not in names]
+    result["quality"] = [r for r in result["quality"] if r["embedder"] not in backends]
+    result.update(sets={k: v[4] for k, v in sets.items()}, speed_chunks=len(sample))
     for spec in specs:  # speed first for every embedder, close together in time
         result["speed"].append(e.speed(spec, sample, args.work))
         print(result["speed"][-1], flush=True)

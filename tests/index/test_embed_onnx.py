@@ -26,11 +26,10 @@ def test_int8_vectors_match_torch_and_the_export_is_reused(workspace):
     exported = list((workspace / "embeddings" / "models").glob("onnx-int8-*/model.onnx"))
     assert len(exported) == 1 and onnx.dim == 384
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    # Dynamic int8 quantises activations with one scale per tensor, so a text's vector moves a
-    # little with its batch mates (and their padding): one at a time is close, not equal.
+    # Each text runs alone, so its vector never depends on the other texts of a call (dynamic
+    # int8 scales activations per tensor: batched, they moved with their batch mates).
     alone = np.stack([onnx.encode_query(t) for t in TEXTS])
-    agreement = (alone * vectors).sum(axis=1)
-    assert agreement.min() > 0.97 and agreement.mean() > 0.99, agreement
+    assert np.allclose(alone, vectors, atol=1e-6)
     torch = Embedder(EmbedderConfig()).encode(TEXTS)
     cosine = (vectors * torch).sum(axis=1)
     assert cosine.min() > 0.97 and cosine.mean() > 0.985, cosine
