@@ -357,10 +357,12 @@ def _root_args(readonly: Sequence[str], tmp_bytes: int = 64 * 2**20) -> list[str
     for name in ("/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(name):
             args += ["--ro-bind", name, name]
+    # tmpfs /tmp first: a venv or checkout that lives under /tmp (a CI clone) is bound on top of
+    # it afterwards; mounted the other way round, the tmpfs would hide the interpreter.
+    args += ["--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     for path in readonly:
         args += ["--ro-bind", path, path]
-    return args + ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-                   "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+    return args + ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
 
 
 def _child_env(home: str, python: str) -> dict[str, str]:
