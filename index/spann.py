@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 
 from index.atomic import atomic_write, write_npz
 from index.dense import check_dim, checked_batch, checked_queries, due_for_build, exact_search
@@ -90,7 +91,11 @@ class SpannConfig:
 
 def rng_assign(dist: np.ndarray, cand: np.ndarray, head_vecs: np.ndarray,
                max_replicas: int, rng_factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """SPANN's RNG posting assignment, vectorised over vectors (loops over candidate rank only).
+    """SPANN's RNG posting assignment: walk each vector's candidate heads nearest first and accept
+    head c only if rng_factor * d(c, s) >= d(x, c) for every head s already accepted.
+
+    Native (numba, vectors spread over the cores): the numpy version gathered a (block, dim)
+    copy of head vectors per candidate rank and replica and was the bulk of a 1M-vector build.
 
     Args:
         dist: (n, C) squared L2 from each vector to its candidate heads, ascending.
@@ -100,30 +105,36 @@ def rng_assign(dist: np.ndarray, cand: np.ndarray, head_vecs: np.ndarray,
     Returns:
         (heads (n, max_replicas) int64 with -1 padding, their distances (n, max_replicas)).
     """
-    n, C = cand.shape
-    acc = np.full((n, max_replicas), -1, dtype=np.int64)
-    accd = np.full((n, max_replicas), np.inf, dtype=np.float32)
-    acc[:, 0], accd[:, 0] = cand[:, 0], dist[:, 0]
-    nacc = (cand[:, 0] >= 0).astype(np.int64)
-    norms = np.einsum("hd,hd->h", head_vecs, head_vecs)
-    for j in range(1, C):
-        active = np.nonzero((nacc < max_replicas) & (cand[:, j] >= 0))[0]
-        if not len(active):
-            break
-        c, dxc = cand[active, j], dist[active, j]
-        hc = head_vecs[c]
-        ok = np.ones(len(active), dtype=bool)
-        for r in range(int(nacc[active].max())):
-            filled = np.nonzero(ok & (nacc[active] > r))[0]
-            if not len(filled):
-                continue
-            s = acc[active[filled], r]
-            dcs = norms[c[filled]] + norms[s] - 2.0 * np.einsum("bd,bd->b", hc[filled], head_vecs[s])
-            ok[filled] &= rng_factor * dcs >= dxc[filled]
-        take = active[ok]
-        slot = nacc[take]
-        acc[take, slot], accd[take, slot] = cand[take, j], dist[take, j]
-        nacc[take] += 1
+    return _rng_assign(np.ascontiguousarray(dist, np.float32), np.ascontiguousarray(cand, np.int64),
+                       np.ascontiguousarray(head_vecs, np.float32), int(max_replicas), np.float32(rng_factor))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _rng_assign(dist, cand, head_vecs, max_replicas, rng_factor):  # pragma: no cover (jit)
+    n, c_max = cand.shape
+    dim = head_vecs.shape[1]
+    acc = np.full((n, max_replicas), -1, np.int64)
+    accd = np.full((n, max_replicas), np.inf, np.float32)
+    for i in prange(n):
+        kept = 0
+        for j in range(c_max):
+            c = cand[i, j]
+            if c < 0 or kept == max_replicas:
+                break
+            ok = True
+            for r in range(kept):
+                s = acc[i, r]
+                dcs = np.float32(0.0)
+                for t in range(dim):
+                    diff = head_vecs[c, t] - head_vecs[s, t]
+                    dcs += diff * diff
+                if rng_factor * dcs < dist[i, j]:
+                    ok = False
+                    break
+            if ok:
+                acc[i, kept] = c
+                accd[i, kept] = dist[i, j]
+                kept += 1
     return acc, accd
 
 
