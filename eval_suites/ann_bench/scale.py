@@ -294,6 +294,14 @@ def measure(work: Path, method: str, n_lat: int, n_cold: int) -> None:
                   "rss_anon_%raw": 100 * (warm["RssAnon"] - base["RssAnon"]) / raw,
                   "disk_MiB": disk / 2**20, "build_s": built["build_s"],
                   "build_peak_rss_MiB": built["peak_rss_bytes"] / 2**20, "n": len(np.load(work / "x.npy", mmap_mode="r"))}
+        if method == "spann":  # the structure: pruning, head count vs target, posting sizes
+            index = m.index
+            d, h = index._heads.search(q, min(params["search_heads"], len(index._head_rows)))
+            counts = index._postings.count
+            result.update(pruned_share=float((index.prune(d, h) < 0).mean()), dist_ratio=index.dist_ratio,
+                          heads=int(len(index._head_rows)), heads_target=int(np.ceil(index.config.head_ratio * result["n"])),
+                          posting_mean=float(counts.mean()), posting_std_over_mean=float(counts.std() / counts.mean()),
+                          replicas_per_vector=float(counts.sum() / max(result["n"] - len(index._head_rows), 1)))
         if method in ON_DISK and (method == "spann" or params.get("rerank") or method == "ivfondisk"):
             cold, resident = [], []
             for row in q[:n_cold]:
