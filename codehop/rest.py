@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -82,9 +83,11 @@ class Resources:
         self._embedder = None
         self._treehop = None
         self._repo = None
-        self._completers: dict[int, Any] = {}
-        self._rapid: dict[int, Any] = {}  # id(generator) -> (drafter, RapidPolicy)
-        self._kv: dict[int, Any] = {}  # id(generator) -> KVCacheStore for /v1/completions
+        self._completers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Per-generator objects, keyed by the generator itself (weakly): an id() key could be
+        # reused by a new generator once the old one is collected, handing it stale objects.
+        self._rapid: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # -> (drafter, RapidPolicy)
+        self._kv: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # -> KVCacheStore
         # Background embedding per collection (index.background.DenseFiller), shown in /health.
         self.indexing: dict[str, Any] = {}
 
@@ -239,23 +242,21 @@ class Resources:
 
         repo = self.repo_index()
         with self._models:
-            key = id(generator)
-            if key not in self._completers:
+            if generator not in self._completers:
                 g = self.settings.generator
                 config = CompletionConfig(reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
-                self._completers[key] = RepoCompleter(repo, generator, config)
-            return self._completers[key]
+                self._completers[generator] = RepoCompleter(repo, generator, config)
+            return self._completers[generator]
 
     def rapid(self, generator):
         """(RAPID drafter or None, the workspace's calibrated RapidPolicy) for this generator."""
         from codehop.models import configured_rapid_policy, load_configured_drafter
 
         with self._models:
-            key = id(generator)
-            if key not in self._rapid:
-                self._rapid[key] = (load_configured_drafter(self.settings, self.workspace, generator, "on"),
-                                    configured_rapid_policy(self.workspace))
-            return self._rapid[key]
+            if generator not in self._rapid:
+                self._rapid[generator] = (load_configured_drafter(self.settings, self.workspace, generator, "on"),
+                                          configured_rapid_policy(self.workspace))
+            return self._rapid[generator]
 
     def kv_store(self, generator):
         """The per-document KV caches (PIE) of OpenAI-shaped /v1/completions; None for a
@@ -265,11 +266,11 @@ class Resources:
         if getattr(generator, "model", None) is None:
             return None
         with self._models:
-            key = id(generator)
-            if key not in self._kv:
+            if generator not in self._kv:
                 budget = int(self.settings.generator.kv_cache_mb * 2**20)
-                self._kv[key] = KVCacheStore(generator.model, generator.tokenizer, KVCacheConfig(max_bytes=budget))
-            return self._kv[key]
+                self._kv[generator] = KVCacheStore(generator.model, generator.tokenizer,
+                                                   KVCacheConfig(max_bytes=budget))
+            return self._kv[generator]
 
     def repo_index(self):
         """The RepoIndex of `repo_root`, built once (completions and the agent share it)."""
