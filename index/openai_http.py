@@ -115,14 +115,8 @@ class OpenAIClient:
                         raise self._status_error(url, response.status_code, response.text)
                     yield from _sse_payloads(url, response.iter_lines())
                     return
-            except httpx.TimeoutException as error:
-                raise ModelServerError(f"model server {url} did not answer within "
-                                       f"{self.endpoint.timeout_s:g} s (timeout_s): {error}") from error
             except httpx.TransportError as error:
-                if _refused(error) and attempt.more:
-                    attempt.wait(None)
-                    continue
-                raise self._transport_error(url, error) from error
+                self._retry_or_raise(url, error, attempt)
 
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> Response:
         import httpx
@@ -130,14 +124,9 @@ class OpenAIClient:
         for attempt in self._attempts(url):
             try:
                 response = self._http.request(method, url, json=body)
-            except httpx.TimeoutException as error:
-                raise ModelServerError(f"model server {url} did not answer within "
-                                       f"{self.endpoint.timeout_s:g} s (timeout_s): {error}") from error
             except httpx.TransportError as error:
-                if _refused(error) and attempt.more:
-                    attempt.wait(None)
-                    continue
-                raise self._transport_error(url, error) from error
+                self._retry_or_raise(url, error, attempt)
+                continue
             if response.status_code in RETRY_STATUSES and attempt.more:
                 attempt.wait(response.headers.get("retry-after"))
                 continue
@@ -169,6 +158,19 @@ class OpenAIClient:
         hint = " (check api_key_env)" if status in (401, 403) else ""
         return ModelServerError(f"model server {url} answered HTTP {status}{hint}: {str(detail)[:300]}",
                                 status=status)
+
+    def _retry_or_raise(self, url: str, error: Exception, attempt: "_Attempt") -> None:
+        """After a failed connection: wait for the next attempt (refused, tries left), or raise
+        the error that names the URL (timeouts are not retried: the server is busy or gone)."""
+        import httpx
+
+        if isinstance(error, httpx.TimeoutException):
+            raise ModelServerError(f"model server {url} did not answer within "
+                                   f"{self.endpoint.timeout_s:g} s (timeout_s): {error}") from error
+        if _refused(error) and attempt.more:
+            attempt.wait(None)
+            return
+        raise self._transport_error(url, error) from error
 
     def _transport_error(self, url: str, error: Exception) -> ModelServerError:
         reason = "connection refused" if _refused(error) else str(error) or type(error).__name__

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
+
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +22,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_H
 DOC = ("# Atomic writes\ncodehop writes every index file to a temporary name, fsyncs it and renames "
        "it into place, so a crash never leaves a half-written index.\n")
 CODE = "def add(a, b):\n    return a + b\n\n\ndef total(values):\n    result = 0\n    return result\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def codehop(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -43,28 +36,12 @@ def server(tmp_path_factory):
     (root / "docs").mkdir()
     (root / "docs" / "atomic.md").write_text(DOC)
     port = free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "codehop", "serve", "--port", str(port), "--workspace",
-         str(root / "ws"), "--source", str(root / "docs")], cwd=root, env=ENV, stdout=log,
-        stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"codehop serve exited: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("codehop serve did not come up within 240 s")
+    process = start_server([sys.executable, "-m", "codehop", "serve", "--port", str(port), "--workspace",
+                            str(root / "ws"), "--source", str(root / "docs")], f"{base}/health",
+                           root / "server.log", 240, cwd=root, env=ENV)
     yield f"{base}/v1"
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")

