@@ -1,4 +1,4 @@
-"""Repository-level code completion (METHODS.md, "Repository-level completion").
+"""Repository-level code completion (docs/methods.md, "Repository-level completion").
 
 `RepoCompleter.complete(path, line, col)`:
 1. query = the last ~20 non-empty lines before the cursor;

@@ -4,7 +4,7 @@ A completion prompt changes little between two requests on the same document: th
 a few tokens, retrieval swapped a context chunk. `KVCacheStore` keeps, per document, a
 `code_tools.pie.PieCache` over the last prompt; the next prompt is diffed against it and the
 cache edited (rows dropped, suffix keys re-rotated by their shift, only inserted tokens encoded;
-METHODS.md, "PIE"), then greedy decoding continues from it. An edit that would encode more
+docs/methods.md, "PIE"), then greedy decoding continues from it. An edit that would encode more
 than `recompute_above` of the new prompt is prefilled from scratch instead. The store is an
 LRU bounded by the bytes of its tensors: least recently used documents go first.
 

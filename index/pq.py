@@ -1,7 +1,7 @@
 """RepCONC-style compressed index: OPQ rotation + PQ (M x 256) codes, IVF on top, ADC search.
 
 Without training a dual encoder (which RepCONC does), three honest variants exist
-(METHODS.md "RepCONC-style compressed index"), named by `PQIndex.variant`:
+(docs/methods.md, "RepCONC-style product quantisation"), named by `PQIndex.variant`:
 - "OPQ": faiss OPQ rotation, PQ codebooks by k-means, codes by plain argmin (RepCONC's warm-up);
 - "OPQ + balanced codes": codes assigned under RepCONC's uniform-cluster constraint (Sinkhorn,
   eps=0.003 on distances scaled to [-1, 1], 100 iterations, rows/cols normalised to 1/B and

@@ -5,7 +5,7 @@ the same vocabulary) reads only the retrieved chunks of it, re-sorted into docum
 each drafted token costs a short-context forward. The drafter proposes up to 10 tokens
 (stopping early when its confidence falls below 0.4); the target checks them all in one
 forward pass over its reused KV cache (Chen et al. 2025, "Long-Context Inference with
-Retrieval-Augmented Speculative Decoding"; docs/METHODS.md, "RAPID"):
+Retrieval-Augmented Speculative Decoding"; docs/methods.md, "RAPID"):
 
     p = softmax(z), q = drafter distribution,
     g = (p - q) * 1[q >= alpha * max q],   p_hat = softmax(z - eta * g)   (knowledge transfer)

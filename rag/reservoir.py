@@ -1,4 +1,4 @@
-"""Memory Knowledge Reservoir and the Retriever Trigger (the "four-module" design, METHODS.md).
+"""Memory Knowledge Reservoir and the Retriever Trigger ("four-module" design, docs/methods.md).
 
 The reservoir keeps the passages that passed the knowledge filter, one reservoir per
 collection and, inside it, per namespace (a user, a project), in SQLite (WAL). Each entry holds

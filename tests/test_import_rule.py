@@ -1,4 +1,4 @@
-"""The import rule of docs/ARCHITECTURE.md, checked on the source text of every module.
+"""The import rule of docs/architecture.md, checked on the source text of every module.
 
 Imports only go downward: index/ imports nothing of ours; rag/, code_tools/ and agents/ (one
 behaviour layer) import index/ and themselves, never each other; only the faces (codehop/,
@@ -67,7 +67,7 @@ def violations(root: Path) -> list[str]:
 def test_the_tree_follows_the_import_rule():
     found = violations(ROOT)
     assert not found, (
-        "imports only go downward (docs/ARCHITECTURE.md): pass the object in as an argument or "
+        "imports only go downward (docs/architecture.md): pass the object in as an argument or "
         "move the shared type into index/\n" + "\n".join(found))
 
 

@@ -3,7 +3,7 @@
 LintSeq throughput and edit statistics on the MBPP and HumanEval canonical solutions of
 CodeRAG-Bench, single process (programs/s per core), for the fast linter (pyflakes +
 compile()) and the reference linter (pylint E/F + bad-indentation), 5 sequences per program.
-Side by side with the shortcut METHODS.md warns about (random deletion without a linter): the
+Side by side with the shortcut docs/methods.md warns about (random deletion without a linter): the
 share of its intermediate states that do not lint clean is what the linter loop buys.
 Every sequence is replayed and checked to rebuild its program exactly.
 pylint costs ~100x pyflakes, so it runs on the first --pylint-programs programs per set.

@@ -6,7 +6,7 @@ LLM iterative retrieve-rewrite baseline (Iter-RetGen style), recall of supportin
 All methods search the same pooled paragraph collection (one document per distinct title of
 the 300 dev questions, MiniLM vectors, exact inner-product search) through the public
 Collection / TreeHopRetriever classes. TreeHop runs with the shipped checkpoint and, as the
-ablation METHODS.md names as the shortcut, with the untrained "q - c" update.
+ablation docs/methods.md names as the shortcut, with the untrained "q - c" update.
 """
 
 from __future__ import annotations
