@@ -179,7 +179,10 @@ class SpannIndex:
         return cls(dim, config)
 
     def __len__(self) -> int:
-        return int(self._alive.sum())
+        # cached per mutation: summing a million flags costs ~0.2 ms, twice per search
+        if getattr(self, "_len_at", None) != self._version:
+            self._len, self._len_at = int(self._alive.sum()), self._version
+        return self._len
 
     @property
     def built(self) -> bool:
@@ -209,8 +212,10 @@ class SpannIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add `vectors` (n, dim) under new int64 `ids`; after the build they go straight to postings."""
         with self._lock:
-            self._version += 1
-            self._add(ids, vectors)
+            try:
+                self._add(ids, vectors)
+            finally:
+                self._version += 1  # after the change: a cached length never sees a half-made one
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids, vectors = checked_batch("SpannIndex", ids, vectors, self.dim, self._ids[self._alive])
@@ -225,8 +230,8 @@ class SpannIndex:
     def delete(self, ids: np.ndarray) -> None:
         """Tombstone ids (unknown ids are ignored); `rebuild()` reclaims their space."""
         with self._lock:
-            self._version += 1
             self._alive &= ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))
+            self._version += 1
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-k ids by inner product per query row, best first."""
