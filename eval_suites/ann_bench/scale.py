@@ -323,7 +323,7 @@ def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
 
 
