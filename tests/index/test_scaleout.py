@@ -56,6 +56,10 @@ def test_ray_local_build_matches_single_process(tmp_path):
 
 
 def test_single_process_path_without_ray(tmp_path):
-    texts = corpus(50)
-    index = build_dense_index(np.arange(50), texts, tmp_path / "x", "pq", PQConfig(m=16), factory)
-    assert len(index) == 50 and index.search(HashEncoder()(texts[7:8]), 1)[0].ids[0] == 7
+    texts = corpus(400)  # above min_build: the PQ structure is trained, not exact search
+    config = PQConfig(m=16, min_build=256, rerank=True)
+    index = build_dense_index(np.arange(400), texts, tmp_path / "x", "pq", config, factory)
+    assert len(index) == 400 and index.built
+    assert load_dense_index("pq", tmp_path / "x").built
+    hits = index.search(HashEncoder()(texts[:20]), 1)
+    assert [h.ids[0] for h in hits] == list(range(20))
