@@ -21,6 +21,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 
@@ -219,15 +220,24 @@ for _empty in (_EMPTY_F32, _EMPTY_U16, _EMPTY_I8):  # read-only like the mapped 
 _F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
+# numba's default (workqueue) threading layer aborts the process when two Python threads launch
+# parallel kernels at once (a search batch while a commit rebuilds): one launch at a time.
+PARALLEL_KERNELS = threading.Lock()
+
+
 def _scan(raw, f32, u16, i8, f16_table, precision, itemsize, dim, start_byte, count, probe, queries,
           head_rows, head_vecs, alive, k):
     """Batches spread over the cores; a single query (or two) runs serially (no thread launch)."""
     nq = probe.shape[0]
     out_rows = np.full((nq, k), -1, np.int64)
     out_scores = np.full((nq, k), -np.inf, np.float32)
-    kernel = _scan_parallel if nq > 2 else _scan_serial
-    kernel(raw, f32, u16, i8, f16_table, precision, itemsize, dim, start_byte, count, probe, queries,
-           head_rows, head_vecs, alive, out_rows, out_scores)
+    args = (raw, f32, u16, i8, f16_table, precision, itemsize, dim, start_byte, count, probe, queries,
+            head_rows, head_vecs, alive, out_rows, out_scores)
+    if nq > 2:
+        with PARALLEL_KERNELS:
+            _scan_parallel(*args)
+    else:
+        _scan_serial(*args)
     return out_rows, out_scores
 
 

@@ -47,7 +47,7 @@ from index.atomic import atomic_write, write_npz
 from index.dense import check_dim, checked_batch, checked_queries, due_for_build, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.kmeans import balanced_kmeans, hierarchical_heads
-from index.postings import PAGE, PRECISIONS, PostingFile, decode
+from index.postings import PAGE, PARALLEL_KERNELS, PRECISIONS, PostingFile, decode
 from index.types import Hits
 
 FORMAT_VERSION = 1
@@ -105,8 +105,9 @@ def rng_assign(dist: np.ndarray, cand: np.ndarray, head_vecs: np.ndarray,
     Returns:
         (heads (n, max_replicas) int64 with -1 padding, their distances (n, max_replicas)).
     """
-    return _rng_assign(np.ascontiguousarray(dist, np.float32), np.ascontiguousarray(cand, np.int64),
-                       np.ascontiguousarray(head_vecs, np.float32), int(max_replicas), np.float32(rng_factor))
+    with PARALLEL_KERNELS:  # see index.postings: one parallel numba launch at a time
+        return _rng_assign(np.ascontiguousarray(dist, np.float32), np.ascontiguousarray(cand, np.int64),
+                           np.ascontiguousarray(head_vecs, np.float32), int(max_replicas), np.float32(rng_factor))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
