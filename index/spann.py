@@ -73,7 +73,8 @@ class SpannConfig:
     prune_loss: float = 0.005  # calibration: share of true top-10 pairs pruning may cut off
     calibration_queries: int = 256  # sampled vectors used as queries by the calibration
     head_index: str = "auto"  # flat | hnsw | auto (hnsw from 20,000 heads)
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 128  # HNSW head search breadth: max(this, search_heads) per query,
+    # max(this, candidate_heads) when routing vectors (set per call, so a loaded index follows it)
     min_build: int = 512  # fewer vectors than this: exact search, no structure
     rebuild_growth: float = 2.0  # rebuild on next search/save once N grew this much (0: never)
     seed: int = 0
@@ -244,6 +245,7 @@ class SpannIndex:
             if not self.built:
                 rows = np.nonzero(self._alive)[0]
                 return exact_search(queries, self._vectors[rows], self._ids[rows], k)
+            self._set_ef(self._heads, self.config.search_heads)
             dist, heads = self._heads.search(queries, min(self.config.search_heads, len(self._head_rows)))
             probe = self.prune(dist, heads)
             self._postings.prefetch(probe[probe >= 0])
@@ -392,6 +394,11 @@ class SpannIndex:
         rows = np.nonzero(found_rows & self._alive)[0]
         return rows, vectors[rows]
 
+    def _set_ef(self, heads, wanted: int) -> None:
+        """HNSW breadth for a search of `wanted` heads (a flat head index has none)."""
+        if hasattr(heads, "hnsw"):
+            heads.hnsw.efSearch = max(self.config.hnsw_ef_search, int(wanted))
+
     def _make_head_index(self, head_vecs: np.ndarray):
         import faiss
 
@@ -457,6 +464,7 @@ class SpannIndex:
         heads = self._heads if heads is None else heads
         head_vecs = self._head_vecs if head_vecs is None else head_vecs
         c = min(cfg.candidate_heads, heads.ntotal)
+        self._set_ef(heads, c)
         out_h, out_d = [], []
         n = len(vectors) if subset is None else len(subset)
         for start in range(0, n, block):

@@ -49,7 +49,7 @@ LABELS = {
     "hnsw": "faiss HNSW32 (in RAM)",
 }
 SWEEPS = {
-    "spann": [{"search_heads": h} for h in (8, 16, 32, 64)],
+    "spann": [{"search_heads": h, "hnsw_ef_search": ef} for h, ef in ((8, 16), (8, 32), (16, 32), (32, 64), (64, 64))],
     "ivfflat": [{"nprobe": p} for p in (4, 8, 16, 32, 64)],
     "ivfondisk": [{"nprobe": p} for p in (4, 8, 16, 32, 64)],
     "ivfpqfs": [{"nprobe": p, "k_factor_rf": 4} for p in (8, 16, 32, 64)],
