@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from codehop import rest_models as m
-from codehop.rest import Resources, get_completer, get_generator, get_resources, get_treehop
+from codehop.rest_resources import Resources, get_completer, get_generator, get_resources, get_treehop
 from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["openai"])

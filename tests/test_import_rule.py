@@ -92,3 +92,72 @@ def test_the_checker_catches_violations(tmp_path, layer, source, bad):
     assert bool(found) == bad, found
     if bad:
         assert found[0].startswith(f"{layer}/sample.py:")
+
+
+def _module_graph(root: Path) -> dict[str, set[str]]:
+    """Our module -> the modules of ours it imports (any import, function-level ones too)."""
+    modules: dict[str, Path] = {}
+    for layer in OURS:
+        for path in (root / layer).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if path.name == "__init__.py" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        imported = [found for _, found in _imported_modules(tree, name, path.name == "__init__.py")]
+        # `from codehop import b` imports the module codehop.b: count the names too.
+        imported += [f"{node.module}.{alias.name}" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                     for alias in node.names]
+        for target in imported:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                graph[name].add(target)  # a package's own __init__ is not a cycle partner
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    graph, index, low, stack, on_stack, cycles = _module_graph(root), {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = import_cycles(ROOT)
+    assert not cycles, ("modules that import each other (directly or round a loop): move what they "
+                        "share into a module both import\n" + "\n".join(" <-> ".join(c) for c in cycles))
+
+
+def test_cycle_check_finds_a_loop(tmp_path):
+    for layer in OURS:
+        (tmp_path / layer).mkdir()
+    (tmp_path / "codehop" / "a.py").write_text("def f():\n    from codehop import b\n")
+    (tmp_path / "codehop" / "b.py").write_text("from codehop.a import f\n")
+    (tmp_path / "codehop" / "c.py").write_text("import codehop.a\n")
+    assert import_cycles(tmp_path) == [["codehop.a", "codehop.b"]]
