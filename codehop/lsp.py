@@ -438,7 +438,7 @@ def ask(ls: CodehopLanguageServer, question: str) -> dict[str, Any]:
     generator = ls.completer().generator
     g = ls.config.settings.generator
     config = PipelineConfig(rewrite=ls.config.ask_rewrite, filter=ls.config.ask_filter,
-                            reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens,
+                            reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens, temperature=g.temperature,
                             rapid=g.rapid, rapid_min_tokens=g.rapid_min_tokens)
     pipeline = RagPipeline(ls.collection, generator, config,
                            drafter=load_configured_drafter(ls.config.settings, ls.state_dir, generator),

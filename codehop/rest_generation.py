@@ -373,7 +373,8 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     config = PipelineConfig(k=body.k, candidates=max(20, body.k), mode=body.mode,
                             rewrite=body.rewrite, filter=body.filter, multihop=body.multihop,
                             reservoir=body.reservoir, namespace=body.namespace,
-                            max_new_tokens=body.max_tokens, rapid=_rapid_mode(resources, body.rapid),
+                            max_new_tokens=body.max_tokens, temperature=resources.settings.generator.temperature,
+                            rapid=_rapid_mode(resources, body.rapid),
                             rapid_min_tokens=resources.settings.generator.rapid_min_tokens)
     treehop = None
     if body.multihop != "off":
@@ -437,7 +438,8 @@ def agent(body: m.AgentRequest, resources: Resources = Depends(get_resources),
 
     repo_index = resources.repo_index()
     tools = build_toolbox(resources.repo_root, repo_index=repo_index)
-    runner = CodeAgent(generator, tools, AgentConfig(max_steps=body.max_steps, max_tokens=body.max_tokens))
+    runner = CodeAgent(generator, tools, AgentConfig(
+        max_steps=body.max_steps, max_tokens=body.max_tokens, temperature=resources.settings.generator.temperature))
     if body.stream:
         def sse() -> Iterator[str]:
             with _GENERATE:

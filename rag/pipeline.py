@@ -59,6 +59,7 @@ class PipelineConfig:
     rapid_min_tokens: int = 2048
     max_source_chars: int = 1500
     max_new_tokens: int = 256
+    temperature: float = 0.0  # of the answer; 0 = greedy ([generator] temperature)
     answer_repetition_penalty: float = 1.1
     answer_no_repeat_ngram: int = 8
     rewrite_config: RewriteConfig = RewriteConfig()
@@ -305,8 +306,8 @@ class RagPipeline:
         """Decoding of the answer: loop control only for a model too small to stop by itself."""
         capable, _ = follows_instructions(self.generator)
         if capable:
-            return config_type(max_new_tokens=self.config.max_new_tokens)
-        return config_type(max_new_tokens=self.config.max_new_tokens,
+            return config_type(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature)
+        return config_type(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
                            repetition_penalty=self.config.answer_repetition_penalty,
                            no_repeat_ngram_size=self.config.answer_no_repeat_ngram)
 

@@ -55,7 +55,7 @@ def build_pipeline(args: argparse.Namespace, settings, workspace):
         rewrite="off" if args.no_rewrite else args.rewrite,
         filter="off" if args.no_filter else args.filter,
         reservoir=not args.no_reservoir, namespace=args.namespace, multihop=args.multihop,
-        max_new_tokens=settings.generator.max_new_tokens,
+        max_new_tokens=settings.generator.max_new_tokens, temperature=settings.generator.temperature,
         rapid=getattr(args, "rapid", None) or settings.generator.rapid,
         rapid_min_tokens=settings.generator.rapid_min_tokens,
         filter_config=FilterConfig(cross_encoder=args.cross_encoder))

@@ -217,3 +217,28 @@ def test_collections_keep_separate_reservoirs(tmp_path):
     assert {e.collection for e in other_trigger.reservoir.entries("default")} == {"other"}
     docs.close()
     other.close()
+
+
+class _RecordingGenerator:
+    """A remote-like generator (no size: it follows instructions) that records each decoding."""
+
+    name, supports_fim, parameters = "recording", False, None
+
+    def __init__(self) -> None:
+        self.configs = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def chat_stream(self, messages, config):
+        self.configs.append(config)
+        yield "Answer [1]."
+
+
+def test_answer_decoding_uses_the_configured_temperature(small_collection):
+    generator = _RecordingGenerator()
+    config = PipelineConfig(rewrite="off", filter="off", reservoir=False, temperature=0.7)
+    result = RagPipeline(small_collection, generator, config).run("How do I read a csv file?")
+    assert result.answer == "Answer [1]." and result.cited == [1]
+    assert [c.temperature for c in generator.configs] == [0.7]
+    assert generator.configs[0].repetition_penalty == 1.0  # a capable model decodes unchanged
