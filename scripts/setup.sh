@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 wheels="${CODEHOP_WHEELS:-/opt/wheels}"
+# The same environment whether or not .venv exists: a venv made from another pyproject.toml,
+# setup script, Python or set of extras is made again from scratch, not patched over.
+stamp="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$(python3 -c 'import sys; print(sys.version.split()[0])')"
+if [ -d .venv ] && [ "$(cat .venv/.codehop-stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: .venv was made from other settings; making it again"
+  rm -rf .venv
+fi
 [ -d .venv ] || python3 -m venv .venv
 if ! .venv/bin/python -m uv --version >/dev/null 2>&1; then
   .venv/bin/pip install -q --disable-pip-version-check uv==0.13.9
@@ -33,4 +40,5 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "note: bwrap not found; install bubblewrap to run generated code (see README: Sandbox)"
   fi
 fi
+echo "$stamp" > .venv/.codehop-stamp
 echo "codehop environment ready in .venv"
