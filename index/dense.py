@@ -122,3 +122,22 @@ def due_for_build(n: int, built: bool, built_n: int, min_build: int, growth: flo
     if not built:
         return n >= min_build
     return bool(growth) and n > growth * max(built_n, 1)
+
+
+class BuildsWhenDue:
+    """Lazy (re)building for the trained backends (SPANN, PQ): `_maybe_build` builds once
+    `due_for_build` says so, checked again under the index's build lock so that one build runs at a
+    time and a second caller finds it done. The class provides `config` (with min_build and
+    rebuild_growth), `built`, `_built_n`, `_lock`, `_build_lock`, `__len__` and `build()`."""
+
+    def _maybe_build(self) -> None:
+        cfg = self.config
+
+        def due() -> bool:
+            with self._lock:
+                return due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth)
+
+        if due():
+            with self._build_lock:
+                if due():
+                    self.build()

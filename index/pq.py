@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import atomic_write, write_npy, write_npz
-from index.dense import check_dim, checked_batch, checked_queries, due_for_build, exact_search
+from index.dense import BuildsWhenDue, check_dim, checked_batch, checked_queries, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
@@ -98,7 +98,7 @@ def sinkhorn_codes(x: np.ndarray, centroids: np.ndarray, eps: float = 0.003, ite
     return codes
 
 
-class PQIndex:
+class PQIndex(BuildsWhenDue):
     """OPQ + PQ codes under an IVF (faiss), int64 ids; implements `index.dense.DenseIndex`."""
 
     kind = "pq"
@@ -220,18 +220,6 @@ class PQIndex:
                 self._built_n = len(rows)
 
     rebuild = build
-
-    def _maybe_build(self) -> None:
-        cfg = self.config
-
-        def due() -> bool:
-            with self._lock:
-                return due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth)
-
-        if due():
-            with self._build_lock:  # one build at a time; a second caller finds it done
-                if due():
-                    self.build()
 
     def _build(self, x: np.ndarray):
         """A trained faiss index holding the codes of `x` (rows 0..n-1); touches no state."""

@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from index.atomic import atomic_write, write_npz
-from index.dense import check_dim, checked_batch, checked_queries, due_for_build, exact_search
+from index.dense import BuildsWhenDue, check_dim, checked_batch, checked_queries, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.kmeans import balanced_kmeans, hierarchical_heads
 from index.postings import PAGE, PARALLEL_KERNELS, PRECISIONS, PostingFile, decode
@@ -140,7 +140,7 @@ def _rng_assign(dist, cand, head_vecs, max_replicas, rng_factor):  # pragma: no 
     return acc, accd
 
 
-class SpannIndex:
+class SpannIndex(BuildsWhenDue):
     """SPANN memory/disk index; implements `index.dense.DenseIndex`."""
 
     kind = "spann"
@@ -365,18 +365,6 @@ class SpannIndex:
     def rebuild(self) -> None:
         """Compact: drop tombstones and rebuild heads and postings from the live vectors."""
         self.build()
-
-    def _maybe_build(self) -> None:
-        cfg = self.config
-
-        def due() -> bool:
-            with self._lock:
-                return due_for_build(len(self), self.built, self._built_n, cfg.min_build, cfg.rebuild_growth)
-
-        if due():
-            with self._build_lock:  # one build at a time; a second caller finds it done
-                if due():
-                    self.build()
 
     def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, float32 vectors) of every live vector, from memory or from heads + postings."""
