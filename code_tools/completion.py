@@ -467,12 +467,8 @@ class RepoCompleter:
     def _generate_pie(self, prompt: str, result: Completion, document: str) -> str | None:
         """Greedy decoding from `document`'s KV cache, corrected by PIE for the edit since its
         last prompt (a prefill the first time, or when the edit is large)."""
-        try:
-            from code_tools.kv_cache import KVCacheConfig, KVCacheStore
-        except ImportError as error:
-            result.kv_reuse = {"used": False, "reused": False, "mode": "off",
-                               "reason": f"code_tools.pie is not available ({error})"}
-            return None
+        from code_tools.kv_cache import KVCacheConfig, KVCacheStore
+
         tokenizer = self.generator.tokenizer
         if self._kv is None:
             self._kv = KVCacheStore(self.generator.model, tokenizer, KVCacheConfig(

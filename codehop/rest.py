@@ -162,19 +162,11 @@ def add_documents(name: Name, body: m.DocumentsAdd, resources: Resources = Depen
     return resources.submit(name, "add", work)
 
 
-def _code_chunker():
-    try:
-        from code_tools.chunker import chunk_for_index
-    except ImportError:
-        return None
-    return chunk_for_index
-
-
 def _add_files(resources: Resources, name: str, collection, files: list[Path]):
     """Chunk and embed outside the write lock, then commit (cached vectors) under it."""
+    from code_tools.chunker import chunk_for_index as chunker
     from index.ingest import chunk_text, read_text, walk
 
-    chunker = _code_chunker()
     texts = []
     for file in walk(files):
         text, _ = read_text(file, collection.config.ingest)

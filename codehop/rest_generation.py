@@ -26,7 +26,7 @@ from fastapi.responses import StreamingResponse
 
 from codehop import rest_models as m
 from codehop.rest_resources import Resources, get_completer, get_generator, get_resources, get_treehop
-from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
+from index.errors import InvalidInputError, ModelNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 # One generation at a time per process: a CPU model gains nothing from concurrent forwards.
@@ -49,10 +49,8 @@ def _check_model(requested: str | None, available: str, configured: str | None =
 
 
 def _treehop_module():
-    try:
-        import rag.treehop
-    except ImportError as error:
-        raise MissingDependencyError(f"multi-hop retrieval needs rag.treehop ({error})") from error
+    import rag.treehop
+
     return rag.treehop
 
 

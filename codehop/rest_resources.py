@@ -210,11 +210,8 @@ class Resources:
     def treehop(self):
         with self._models:
             if self._treehop is None:
-                try:
-                    from rag.treehop import load_treehop
-                except ImportError as error:
-                    raise MissingDependencyError(
-                        f"multi-hop retrieval needs rag.treehop ({error})") from error
+                from rag.treehop import load_treehop
+
                 self._treehop = load_treehop()
             return self._treehop
 

@@ -194,10 +194,7 @@ class RagPipeline:
         mode = self.config.multihop
         if mode == "off":
             return sources, StageRecord("multihop", False)
-        try:  # rag.treehop is optional at this layer: a missing module or checkpoint skips the hop
-            from rag.treehop import TreeHopRetriever, load_treehop, looks_multihop
-        except ImportError as error:
-            return sources, StageRecord("multihop", False, detail={"reason": f"rag.treehop unavailable: {error}"})
+        from rag.treehop import TreeHopRetriever, load_treehop, looks_multihop  # a missing checkpoint skips the hop
         if mode == "auto" and not looks_multihop(question):
             return sources, StageRecord("multihop", False, detail={"reason": "not multi-hop"})
         if self.treehop is None:

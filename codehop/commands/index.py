@@ -24,11 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _code_chunker():
-    """code_tools' tree-sitter chunker when that package is present, else None (built-in)."""
-    try:
-        from code_tools.chunker import chunk_for_index
-    except ImportError:
-        return None
+    """code_tools' tree-sitter chunker, imported when a command indexes (its grammars are slow to load)."""
+    from code_tools.chunker import chunk_for_index
+
     return chunk_for_index
 
 
