@@ -114,3 +114,13 @@ def tiny_llama(smollm2_tokenizer):
     )
     model = LlamaForCausalLM(config).eval()
     return model, smollm2_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_llama) -> Path:
+    """The tiny random Llama saved as a model directory, for servers started by name or path."""
+    model, tokenizer = tiny_llama
+    target = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

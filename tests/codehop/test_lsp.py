@@ -25,15 +25,6 @@ MAIN = "from utils import slugify\n\nname = slugify("
 README = "# Project\n\nUse slugify to turn page titles into URL paths for the blog.\n"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_llama) -> Path:
-    model, tokenizer = tiny_llama
-    target = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
 @pytest.fixture
 def project(tmp_path) -> Path:
     root = tmp_path / "project"

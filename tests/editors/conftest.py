@@ -41,15 +41,6 @@ def lsp_command(model: Path, state: Path) -> list[str]:
             "--no-rerank", "--max-new-tokens", "8", "--debounce", "0.05"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_llama) -> Path:
-    model, tokenizer = tiny_llama
-    target = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
 @pytest.fixture
 def project(tmp_path) -> Path:
     root = tmp_path / "project"
