@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from codehop.config import ServerSettings, Settings
 from codehop.rest import create_app
-from tests.editors.conftest import REPO_ROOT, SERVER_ENV, need, tiny_model_dir  # noqa: F401 (fixture)
+from tests.editors.conftest import REPO_ROOT, SERVER_ENV, need
 
 ATOMIC = ("# Storage\n\nIndex writes are made atomic: each index file is written to a temporary "
           "name, fsynced, then renamed into place, so a reader never sees half a file.\n")
