@@ -165,7 +165,8 @@ def add_documents(name: Name, body: m.DocumentsAdd, resources: Resources = Depen
 def _add_files(resources: Resources, name: str, collection, files: list[Path]):
     """Chunk and embed outside the write lock, then commit (cached vectors) under it."""
     from code_tools.chunker import chunk_for_index as chunker
-    from index.ingest import chunk_text, read_text, walk
+    from index.ingest import chunk_text, read_text
+    from index.walk import walk
 
     texts = []
     for file in walk(files):

@@ -49,10 +49,11 @@ from index.embed import Embedder, EmbedderConfig, content_hash
 from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from index.openai_http import OpenAIEndpoint
 from index.hybrid import rrf_fuse, weighted_fuse
-from index.ingest import Chunker, chunk_text, read_text, walk
+from index.ingest import Chunker, chunk_text, read_text
 from index.store import Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchResult
+from index.walk import walk
 
 __all__ = ["Collection", "CollectionConfig", "IndexReport", "MODES", "drop_collection"]
 MODES = ("hybrid", "bm25", "dense")

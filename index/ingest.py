@@ -1,4 +1,4 @@
-"""Files -> chunks: walking trees, reading text safely, and the built-in chunkers.
+"""Files -> chunks: reading text safely and the built-in chunkers (index.walk finds the files).
 
 - text / markdown / rst: passages of whole paragraphs (blank-line separated) packed up to
   `passage_chars`; a paragraph longer than that is cut at line boundaries.
@@ -16,11 +16,10 @@ passages "a\\nb" (lines 1-2) and "c" (line 4).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from index.types import Chunk
 
@@ -35,9 +34,6 @@ CODE_SUFFIXES = {
     ".lua", ".r", ".jl", ".sql", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".json", ".css", ".scss",
     ".vue", ".svelte", ".dart", ".ex", ".exs", ".erl", ".hs", ".ml", ".pl", ".m", ".mm",
 }
-# Directories that hold tooling state, dependencies or build output, never sources to search.
-SKIP_DIRS = {".git", ".hg", ".svn", ".codehop", "__pycache__", "node_modules", ".venv", "venv",
-             ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", ".idea", ".vscode"}
 _JSONL_TEXT_FIELDS = ("text", "contents", "content", "body")
 
 
@@ -68,52 +64,6 @@ def file_kind(path: str) -> str:
     if suffix in CODE_SUFFIXES:
         return "code"
     return "text"
-
-
-def _gitignore(directory: Path):
-    path = directory / ".gitignore"
-    if not path.is_file():
-        return None
-    import pathspec
-
-    try:
-        return pathspec.GitIgnoreSpec.from_lines(path.read_text(errors="replace").splitlines())
-    except (OSError, ValueError):
-        return None  # an unreadable .gitignore hides nothing
-
-
-def walk(paths: list[Path]) -> Iterator[Path]:
-    """Every regular file under `paths` (files as given, directories recursively, sorted).
-
-    Inside a walked directory, hidden entries, tool/dependency directories (SKIP_DIRS) and
-    whatever the .gitignore files along the way exclude are left out (each .gitignore applies
-    below its own directory, as in git; a file named explicitly is always yielded).
-    """
-    for root in paths:
-        if root.is_file():
-            yield root
-            continue
-        specs: dict[Path, object] = {}
-        for directory, subdirs, files in os.walk(root):
-            here = Path(directory)
-            spec = _gitignore(here)
-            if spec is not None:
-                specs[here] = spec
-            active = [(base, spec) for base, spec in specs.items()
-                      if base == here or base in here.parents]
-
-            def ignored(name: str, is_dir: bool) -> bool:
-                for base, spec in active:
-                    relative = (here / name).relative_to(base).as_posix() + ("/" if is_dir else "")
-                    if spec.match_file(relative):
-                        return True
-                return False
-
-            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and not d.startswith(".")
-                                and not ignored(d, True))
-            for name in sorted(files):
-                if not name.startswith(".") and not ignored(name, False):
-                    yield here / name
 
 
 def read_text(path: Path, config: IngestConfig = IngestConfig()) -> tuple[str | None, str]:

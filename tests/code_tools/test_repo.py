@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,35 @@ def test_nested_gitignore_applies_below_its_directory(repo_dir):
     (repo_dir / "pkg" / ".gitignore").write_text("util.py\n")
     assert "pkg/util.py" not in iter_repo_files(repo_dir)
     assert "web/api.ts" in iter_repo_files(repo_dir)
+
+
+def test_repo_index_and_collections_walk_the_same_files(tmp_path):
+    """One walker (index.walk): a repository index and a collection leave out the same
+    nested-.gitignore'd files, dependency, build and tool directories and hidden files."""
+    pytest.importorskip("model2vec")
+    from index import Collection, CollectionConfig
+    from tests.static_model import tiny_static_model
+
+    root = tmp_path / "repo"
+    kept = ["main.py", "pkg/core.py", "pkg/sub/leaf.py", "web/app.ts"]
+    left_out = ["pkg/local.py", "pkg/sub/local.py", "node_modules/dep/index.js", ".codehop/x.py",
+                "vendor/lib.py", "build/gen.py", "dist/out.js", "x.egg-info/meta.py", ".hidden.py",
+                ".tox/t.py", "scratch/tmp.py"]
+    for rel in kept + left_out:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"def f_{len(rel)}():\n    return {len(rel)}\n")
+    (root / ".gitignore").write_text("scratch/\n")
+    (root / "pkg" / ".gitignore").write_text("local.py\n")  # nested: applies to pkg/ and below
+
+    assert iter_repo_files(root) == kept
+    assert RepoIndex.open(root).iter_files() == kept
+    config = CollectionConfig(embedding_backend="static",
+                              embedding_model=str(tiny_static_model(tmp_path / "static")))
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([root], progress=False, defer_dense=True)
+        indexed = sorted(Path(p).relative_to(root.resolve()).as_posix()
+                         for p in collection.store.documents(collection.name))
+    assert indexed == kept
 
 
 def test_symbol_table_and_import_graph(repo_dir):

@@ -2,7 +2,7 @@ import gzip
 import json
 
 from index.ingest import (IngestConfig, chunk_text, code_blocks, file_kind, html_passages,
-                          jsonl_records, read_text, split_passages, walk)
+                          jsonl_records, read_text, split_passages)
 from index.types import Chunk
 
 
@@ -89,33 +89,12 @@ def test_chunk_text_dispatch_and_injected_chunker():
     assert chunk_text("e.txt", "  \n") == ([], "empty file")
 
 
-def test_read_text_reasons_and_walk_skips_tool_dirs(tmp_path):
+def test_read_text_gives_the_reason_a_file_is_skipped(tmp_path):
     (tmp_path / "ok.txt").write_text("fine")
     (tmp_path / "bin.dat").write_bytes(b"\x7fELF\x00\x01\x02")
     (tmp_path / "latin.txt").write_bytes("café".encode("latin-1"))
-    (tmp_path / ".git").mkdir()
-    (tmp_path / ".git" / "HEAD").write_text("ref")
-    (tmp_path / "node_modules").mkdir()
-    (tmp_path / "node_modules" / "x.js").write_text("x")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.md").write_text("b")
     assert read_text(tmp_path / "ok.txt") == ("fine", "")
     assert read_text(tmp_path / "bin.dat") == (None, "binary file")
     assert read_text(tmp_path / "latin.txt") == (None, "not UTF-8 text")
     assert read_text(tmp_path / "ok.txt", IngestConfig(max_file_bytes=2))[1].startswith("larger")
     assert read_text(tmp_path / "gone.txt")[1].startswith("unreadable")
-    names = [p.relative_to(tmp_path).as_posix() for p in walk([tmp_path])]
-    assert names == ["bin.dat", "latin.txt", "ok.txt", "sub/b.md"]
-    assert list(walk([tmp_path / "ok.txt"])) == [tmp_path / "ok.txt"]
-
-
-def test_walk_honours_gitignore_files_below_their_directory(tmp_path):
-    (tmp_path / ".gitignore").write_text("build/\n*.log\n!keep.log\n")
-    for name in ("a.py", "build/out.py", "debug.log", "keep.log", "pkg/b.py", "pkg/gen.py",
-                 "pkg/deep/gen.py", "other/gen.py"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("x")
-    (tmp_path / "pkg" / ".gitignore").write_text("gen.py\n")
-    names = [p.relative_to(tmp_path).as_posix() for p in walk([tmp_path])]
-    assert names == ["a.py", "keep.log", "other/gen.py", "pkg/b.py"]
-    assert list(walk([tmp_path / "debug.log"])) == [tmp_path / "debug.log"]  # named explicitly
