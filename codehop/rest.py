@@ -35,6 +35,7 @@ from codehop.rest_metrics import Metrics, MetricsMiddleware
 from codehop.rest_resources import (PathOutsideRootsError, Resources, get_completer,  # noqa: F401
                                     get_generator, get_resources, get_treehop, require_api_key)
 from index.errors import CodehopError, InvalidInputError, NotFoundError
+from index.types import SearchFilter
 
 VERSION = "0.1.0"
 _ERRORS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -80,17 +81,10 @@ def _hit(result) -> m.SearchHit:
 def _search(resources: Resources, body: m.SearchRequest) -> list[m.SearchHit]:
     name = body.collection or resources.settings.collection.name
     collection = resources.collection(name)
-    f = body.filters
-    filtered = f.path_prefix is not None or f.kind is not None
-    # Filters apply to an over-fetched candidate list (5x k, at most 500).
-    fetch = min(500, body.k * 5) if filtered else body.k
+    filters = SearchFilter(path_prefix=body.filters.path_prefix, kind=body.filters.kind)
     with resources.lock(name).read():
-        results = collection.search(body.query, k=fetch, mode=body.mode)
-    if f.path_prefix is not None:
-        results = [r for r in results if r.path.startswith(f.path_prefix)]
-    if f.kind is not None:
-        results = [r for r in results if r.metadata.get("kind") == f.kind]
-    return [_hit(r) for r in results[: body.k]]
+        results = collection.search(body.query, k=body.k, mode=body.mode, filters=filters)
+    return [_hit(r) for r in results]
 
 
 collections_router = APIRouter(prefix="/v1", tags=["collections"])
@@ -163,24 +157,11 @@ def add_documents(name: Name, body: m.DocumentsAdd, resources: Resources = Depen
 
 
 def _add_files(resources: Resources, name: str, collection, files: list[Path]):
-    """Chunk and embed outside the write lock, then commit (cached vectors) under it."""
-    from code_tools.chunker import chunk_for_index as chunker
-    from index.ingest import chunk_text, read_text
-    from index.walk import walk
+    """Index files: read, chunk and embed outside the write lock, commit under it."""
+    from code_tools.chunker import chunk_for_index
 
-    texts = []
-    for file in walk(files):
-        text, _ = read_text(file, collection.config.ingest)
-        if text is None:
-            continue
-        try:
-            chunks, _ = chunk_text(str(file.resolve()), text, collection.config.ingest, chunker)
-        except (ValueError, RecursionError):
-            continue  # add_paths reports it as skipped
-        texts.extend(c.text for c in chunks)
-    if texts:
-        collection.embedder.encode(texts)
-    return _commit(resources, name, lambda c: c.add_paths(files, chunker=chunker, progress=False))
+    return collection.add_paths(files, chunker=chunk_for_index, progress=False,
+                                write_lock=resources.lock(name).write)
 
 
 @collections_router.put("/collections/{name}/documents/{doc_id}", response_model=m.Job,

@@ -12,6 +12,7 @@ _EXPORTS = {
     "IndexReport": "index.collection_config",
     "Chunk": "index.types",
     "Hits": "index.types",
+    "SearchFilter": "index.types",
     "SearchResult": "index.types",
 }
 
@@ -20,7 +21,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:
     from index.collection import Collection
     from index.collection_config import CollectionConfig, IndexReport
-    from index.types import Chunk, Hits, SearchResult
+    from index.types import Chunk, Hits, SearchFilter, SearchResult
 
 
 def __getattr__(name: str):

@@ -52,7 +52,7 @@ from index.hybrid import rrf_fuse, weighted_fuse
 from index.ingest import Chunker, chunk_text, read_text
 from index.store import Store
 from index.tokenize import tokenize
-from index.types import Chunk, Hits, SearchResult
+from index.types import Chunk, Hits, SearchFilter, SearchResult
 from index.walk import walk
 
 __all__ = ["Collection", "CollectionConfig", "IndexReport", "MODES", "drop_collection"]
@@ -205,7 +205,8 @@ class Collection:
     # ---------------------------------------------------------------- adding
 
     def add_paths(self, paths: list[str | Path], chunker: Chunker | None = None,
-                  progress: bool = True, defer_dense: bool = False) -> IndexReport:
+                  progress: bool = True, defer_dense: bool = False,
+                  write_lock: Callable[[], Any] | None = None) -> IndexReport:
         """Index files and directories incrementally by content hash.
 
         Unchanged files are skipped, changed ones re-chunked, and documents under a given
@@ -219,6 +220,8 @@ class Collection:
             defer_dense: commit BM25 at once and leave chunks without a cached vector pending
                 (`fill_dense` embeds them later); False embeds the new chunks first. Chunks
                 left pending by an earlier deferred run stay pending until `fill_dense`.
+            write_lock: a context-manager factory held around the commit only (e.g. a server's
+                readers-writer lock): reading, chunking and embedding happen before it, once.
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
@@ -281,7 +284,8 @@ class Collection:
         if not defer_dense:
             self._embed_chunks([c for put in puts for c in put.chunks], report, progress)
         if puts or gone:
-            self._commit(puts, gone, report, defer=defer_dense)
+            with write_lock() if write_lock else nullcontext():
+                self._commit(puts, gone, report, defer=defer_dense)
         self._finish(report, started)
         return report
 
@@ -619,13 +623,16 @@ class Collection:
 
     # ---------------------------------------------------------------- searching
 
-    def search(self, query: str, k: int = 10, mode: str = "hybrid") -> list[SearchResult]:
+    def search(self, query: str, k: int = 10, mode: str = "hybrid",
+               filters: SearchFilter | None = None) -> list[SearchResult]:
         """Top-k chunks for a text query.
 
         Args:
             query: free text (not empty).
             k: number of results (> 0).
             mode: "hybrid" (BM25 + dense fused), "bm25" or "dense".
+            filters: only chunks it admits come back; still k of them whenever the retrievers
+                can reach k such chunks, however rare they are (see `_search_filtered`).
         Returns:
             SearchResults best first; `score` is BM25, cosine or the fused score by mode.
         """
@@ -636,17 +643,57 @@ class Collection:
         if not isinstance(k, int) or k <= 0:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         self._ensure_loaded()
+        if filters is not None and not filters.admits_everything:
+            return self._search_filtered(query, k, mode, filters)
         if mode == "bm25":
             return self._results(self._bm25_hits(query, k))
         if mode == "dense":
             return self._results(self._dense_hits(query, k))
         n = max(k, self.config.candidates)
-        lists = [self._bm25_hits(query, n), self._dense_hits(query, n)]
+        return self._results(self._fuse([self._bm25_hits(query, n), self._dense_hits(query, n)]).top(k))
+
+    def _fuse(self, lists: list[Hits]) -> Hits:
         if self.config.fusion == "rrf":
-            fused = rrf_fuse(lists, k=self.config.rrf_k)
-        else:
-            fused = weighted_fuse(lists, [1 - self.config.dense_weight, self.config.dense_weight])
-        return self._results(fused.top(k))
+            return rrf_fuse(lists, k=self.config.rrf_k)
+        return weighted_fuse(lists, [1 - self.config.dense_weight, self.config.dense_weight])
+
+    def _search_filtered(self, query: str, k: int, mode: str, filters: SearchFilter) -> list[SearchResult]:
+        """Top-k among the chunks `filters` admits.
+
+        The store names the admitted row ids (one SQL query); the retrievers are then asked for
+        n candidates, n growing 4x per round from max(4k, candidates), until k of them are
+        admitted or the retrievers have nothing beyond n. So a filter matching 3 chunks of
+        100,000 still returns all 3, where a fixed over-fetch would return none. Exact for BM25
+        and flat; SPANN and PQ return what their probes reach, as they do unfiltered.
+        """
+        admitted = np.asarray(self.store.filtered_row_ids(self.name, filters.path_prefix, filters.kind),
+                              dtype=np.int64)
+        if not len(admitted):
+            return []
+        vector = None
+        if mode != "bm25" and self._dense is not None:
+            vector = self.embedder.encode_query(query)  # once, not per round
+        n = max(4 * k, self.config.candidates)
+        while True:
+            hits, complete = self._candidates(query, vector, n, mode)
+            keep = np.isin(hits.ids, admitted)
+            if keep.sum() >= k or complete:
+                return self._results(Hits(hits.ids[keep], hits.scores[keep]).top(k))
+            n *= 4
+
+    def _candidates(self, query: str, vector: np.ndarray | None, n: int,
+                    mode: str) -> tuple[Hits, bool]:
+        """Ranked candidates from the top n of each retriever of `mode` (hybrid: all of their
+        fusion), and whether the retrievers had nothing beyond them."""
+        lists = []
+        if mode != "dense":
+            lists.append(self._bm25_hits(query, n))
+        if mode != "bm25":
+            lists.append(Hits.empty() if vector is None else self._dense_search(vector, n))
+        with self._index_lock:
+            total = 0 if self._bm25 is None else len(self._bm25)  # every committed chunk
+        complete = n >= total or all(len(hits) < n for hits in lists)
+        return (lists[0] if len(lists) == 1 else self._fuse(lists)), complete
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
         """Top-k chunks by inner product with an already embedded (normalised) query vector."""

@@ -357,6 +357,21 @@ class Store:
                                        json.loads(r[9]))
         return found
 
+    def filtered_row_ids(self, collection: str, path_prefix: str | None = None,
+                         kind: str | None = None) -> list[int]:
+        """Row ids (ascending) of the chunks whose document path starts with `path_prefix` and
+        whose kind is `kind`; None matches anything."""
+        sql = ("SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+               "WHERE c.collection=?")
+        params: list[Any] = [collection]
+        if path_prefix is not None:  # substr, not LIKE: "%" and "_" in a path are literal
+            sql += " AND substr(d.path, 1, ?) = ?"
+            params += [len(path_prefix), path_prefix]
+        if kind is not None:
+            sql += " AND c.kind = ?"
+            params.append(kind)
+        return [r[0] for r in self._query(sql + " ORDER BY c.id", params).fetchall()]
+
     def row_ids_for(self, collection: str, chunk_ids: list[str]) -> list[int | None]:
         """Row ids of user-facing chunk ids "doc:ordinal" (None where unknown)."""
         out: list[int | None] = []

@@ -51,6 +51,23 @@ class Hits:
 
 
 @dataclass(frozen=True)
+class SearchFilter:
+    """Which chunks a search may return; a field left None admits every chunk.
+
+    Args:
+        path_prefix: the chunk's document path starts with this string (plain prefix, no glob).
+        kind: the chunk kind ("passage", "block", "syntax", "abstract", "record", "text").
+    """
+
+    path_prefix: str | None = None
+    kind: str | None = None
+
+    @property
+    def admits_everything(self) -> bool:
+        return self.path_prefix is None and self.kind is None
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """One retrieved chunk as users see it (CLI --json, REST, Python)."""
 

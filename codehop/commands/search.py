@@ -1,4 +1,4 @@
-"""`codehop search "query" [--k 10] [--mode bm25|dense|hybrid] [--json]`."""
+"""`codehop search "query" [--k 10] [--mode bm25|dense|hybrid] [--path-prefix P] [--kind K] [--json]`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("query", help="what to look for")
     parser.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="retriever (default: hybrid)")
+    parser.add_argument("--path-prefix", help="only chunks of files whose path starts with this")
+    parser.add_argument("--kind", help="only chunks of this kind (passage, block, syntax, abstract, ...)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON document {"results": [...]}')
     parser.add_argument("--collection", help="collection name (default: from settings, 'default')")
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from codehop.config import load_settings, resolve_workspace
     from codehop.models import open_collection
     from index.errors import InvalidInputError
+    from index.types import SearchFilter
 
     if not args.query.strip():
         raise InvalidInputError("empty query: give some words to search for")
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     workspace = resolve_workspace(args.workspace, settings)
     name = args.collection or settings.collection.name
     with open_collection(settings, workspace, name) as collection:
-        results = collection.search(args.query, k=args.k, mode=args.mode)
+        results = collection.search(args.query, k=args.k, mode=args.mode,
+                                    filters=SearchFilter(args.path_prefix, args.kind))
     if args.json:
         keys = ("id", "score", "path", "start_line", "end_line", "text")
         print(json.dumps({"results": [{key: getattr(r, key) for key in keys} for r in results]}))

@@ -150,6 +150,24 @@ def test_reindex_is_incremental_and_human_output_readable(indexed, capsys, monke
     assert "def circle_area" in out
 
 
+def test_search_filters_by_path_prefix_and_kind(indexed, capsys):
+    tree, workspace = indexed
+
+    def search(*options):
+        code, out, err = _cli(capsys, "search", "area of a circle from its radius", "--json",
+                              "--workspace", str(workspace), *options)
+        assert code == 0, err
+        return json.loads(out)["results"]
+
+    prefix = str(tree / "python") + "/"  # the query's best file lies elsewhere (src/)
+    found = search("--k", "2", "--path-prefix", prefix)
+    assert len(found) == 2 and all(r["path"].startswith(prefix) for r in found)
+    unfiltered = [r["path"] for r in search("--k", "20", "--mode", "bm25")]
+    assert any(p.endswith(".py") for p in unfiltered) and any(not p.endswith(".py") for p in unfiltered)
+    passages = search("--k", "20", "--mode", "bm25", "--kind", "passage")
+    assert passages and not any(r["path"].endswith(".py") for r in passages)
+
+
 def test_bad_input_gives_one_error_line(indexed, capsys, tmp_path):
     tree, workspace = indexed
     ws = ["--workspace", str(workspace)]

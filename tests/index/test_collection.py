@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,38 @@ def test_searches_in_threads_during_commits_stay_consistent(indexed):
     assert collection.stats()["documents"] == 6  # 3 originals + 3 note paths (replaced twice)
     assert {r.path for r in collection.search("note number", k=10, mode="bm25")} == {
         "notes/0", "notes/1", "notes/2"}
+
+
+def test_filtered_search_finds_k_rare_matches_in_every_mode(tmp_path):
+    """3 of 203 documents lie under rare/, and each says "needle" once where the other 200 say
+    it ten times: a fixed 5x over-fetch sees none of them, the widening search all three."""
+    pytest.importorskip("model2vec")
+    from index.types import SearchFilter
+    from tests.static_model import tiny_static_model
+
+    docs = {f"common/doc{i:03d}.txt": f"needle {'needle ' * 9} haystack {i}" for i in range(200)}
+    docs.update({f"rare/r{i}.txt": f"needle once in rare file {i}" for i in range(3)})
+    docs["rare/code.py"] = "needle = 1\n"
+    tree = _tree(tmp_path / "tree", docs)
+    config = CollectionConfig(embedding_backend="static", candidates=10,
+                              embedding_model=str(tiny_static_model(tmp_path / "static")))
+    prefix = str((tree / "rare").resolve()) + "/"
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        collection.add_paths([tree], progress=False)
+        everything = len(collection)
+        for mode in ("bm25", "dense", "hybrid"):
+            found = collection.search("needle", k=3, mode=mode, filters=SearchFilter(path_prefix=prefix))
+            assert len(found) == 3 and all(r.path.startswith(prefix) for r in found), mode
+            if mode != "hybrid":  # BM25 and flat are exact: the filtered top-k is the oracle's
+                oracle = [r for r in collection.search("needle", k=everything, mode=mode)
+                          if r.path.startswith(prefix)]
+                assert [r.id for r in found] == [r.id for r in oracle[:3]], mode
+        unfiltered = collection.search("needle", k=15, mode="bm25")
+        assert not any(r.path.startswith(prefix) for r in unfiltered)  # what the 5x cut-off saw
+        # Fewer matches than k: all of them; a kind filter; no match: nothing.
+        code = collection.search("needle", k=5, mode="bm25", filters=SearchFilter(kind="block"))
+        assert [(Path(r.path).name, r.metadata["kind"]) for r in code] == [("code.py", "block")]
+        rare = collection.search("needle", k=10, mode="bm25", filters=SearchFilter(path_prefix=prefix))
+        assert sorted(Path(r.path).name for r in rare) == ["code.py", "r0.txt", "r1.txt", "r2.txt"]
+        assert collection.search("needle", k=3, mode="bm25", filters=SearchFilter(kind="syntax")) == []
+        assert collection.search("needle", k=3, filters=SearchFilter(path_prefix="/nowhere/")) == []
