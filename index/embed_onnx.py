@@ -3,9 +3,10 @@
 At first use the model's transformer is exported with `torch.onnx.export` (the TorchScript
 exporter: no optimum, whose transformers pin conflicts with ours) and quantised with
 `onnxruntime.quantization.quantize_dynamic` (int8 weights with per-channel scales,
-activations quantised per call; Jacob et al. 2018), once, into the workspace (``<cache_dir>/models/onnx-int8-<model>``,
-written to a temp dir and renamed, so a killed export never leaves half a model). Later runs
-load the file in well under a second and never import torch.
+activations quantised per call; Jacob et al. 2018), once per machine, into the model cache
+(index.model_cache: ``~/.cache/codehop/models/onnx-int8-<model>-<hash>``, written to a temp dir
+and renamed under a lock, so a killed export never leaves half a model). Later runs, in any
+workspace, load the file in well under a second and never import torch.
 
 Pooling and normalisation are the sentence-transformers ones of MiniLM (mean over the
 tokens, then L2). Each text runs alone: no padding (length bucketing taken to its limit, which
@@ -19,19 +20,20 @@ float32, rows of unit length, cosine ~0.99 to the torch model's vectors.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from index.errors import MissingDependencyError
+from index.errors import InvalidInputError, MissingDependencyError
+from index.model_cache import build_once
 
 FORMAT = "codehop-onnx-int8 v1"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Architectures whose export was checked against the torch vectors (tests/index/test_embed_onnx.py).
+SUPPORTED_TYPES = ("bert",)
 
 
 def _require() -> None:
@@ -46,21 +48,21 @@ def _require() -> None:
 def export_int8(model_dir: Path, out_dir: Path) -> Path:
     """Export + quantise the transformer of the sentence-transformers model in `model_dir`.
 
-    Returns `out_dir` holding model.onnx (int8), tokenizer.json and meta.json. Concurrent
-    callers (two processes opening one workspace) wait on a lock file; the second finds it done.
+    Returns `out_dir` holding model.onnx (int8), tokenizer.json and meta.json, built once
+    (temp dir + rename under a lock: index.model_cache.build_once), so concurrent callers (two
+    workspaces, two test workers) export once and the second finds it done.
+
+    Raises:
+        InvalidInputError: the model is not one this exporter reproduces faithfully
+            (`unsupported_reason`).
     """
     _require()
-    out_dir = Path(out_dir)
-    if (out_dir / "meta.json").exists():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (out_dir / "meta.json").exists():
-            return out_dir
-        temp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
+    reason = unsupported_reason(Path(model_dir))
+    if reason:
+        raise InvalidInputError(f"the onnx-int8 embedding backend cannot run {model_dir}: {reason}; "
+                                "use [embedding] backend = \"sentence-transformers\"")
+
+    def build(temp: Path) -> None:
         started = time.perf_counter()
         _export(Path(model_dir), temp / "model-fp32.onnx")
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -77,15 +79,49 @@ def export_int8(model_dir: Path, out_dir: Path) -> Path:
         (temp / "meta.json").write_text(json.dumps({
             "format": FORMAT, "source": str(model_dir), "pooling": "mean", "normalize": True,
             "export_s": round(time.perf_counter() - started, 1)}))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.rename(temp, out_dir)
-    return out_dir
+
+    return build_once(Path(out_dir), build, ready=lambda d: (d / "meta.json").is_file())
+
+
+def unsupported_reason(model_dir: Path) -> str | None:
+    """Why the exporter cannot stand in for sentence-transformers on `model_dir` (None: it can).
+
+    The ONNX encoder implements one pipeline: a BERT-style transformer (input_ids,
+    attention_mask, token_type_ids), mean pooling, L2 normalisation, a fast tokenizer file.
+    MiniLM (the shipped default) is exactly that; a CLS-pooled model (bge, e5 variants) would
+    get wrong vectors without an error, so it is refused here and never chosen by default.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return "not a model directory"
+    if not (model_dir / "tokenizer.json").is_file():
+        return "no tokenizer.json (a fast tokenizer) beside the model"
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return "no readable config.json"
+    if config.get("model_type") not in SUPPORTED_TYPES:
+        return f"model_type {config.get('model_type')!r} is not one of {SUPPORTED_TYPES}"
+    pooling = model_dir / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        try:
+            modes = json.loads(pooling.read_text())
+        except ValueError:
+            return "unreadable 1_Pooling/config.json"
+        used = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v)
+        if used != ["pooling_mode_mean_tokens"]:
+            return f"pooling {used or 'none'} (only mean pooling is implemented)"
+    return None
 
 
 def _export(model_dir: Path, path: Path) -> None:
+    import warnings
+
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar in a server's log says nothing
     # eager attention traces without the data-dependent branches of the SDPA mask code
     model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
 
@@ -100,7 +136,11 @@ def _export(model_dir: Path, path: Path) -> None:
 
     sample = tuple(torch.ones((2, 16), dtype=torch.long) for _ in _INPUTS)
     axes = {name: {0: "batch", 1: "tokens"} for name in (*_INPUTS, "hidden")}
-    with torch.no_grad():
+    # The tracer warns about a Python branch of the mask code and about aten::index: noise to a
+    # user; the exported graph's vectors are checked against torch's on texts of many lengths
+    # (tests/index/test_embed_onnx.py).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(Hidden(model), sample, str(path), input_names=list(_INPUTS),
                           output_names=["hidden"], dynamic_axes=axes, opset_version=17,
                           dynamo=False)
@@ -114,6 +154,7 @@ class OnnxEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        self.directory = Path(directory)
         meta = json.loads((Path(directory) / "meta.json").read_text())
         if meta.get("format") != FORMAT:
             raise MissingDependencyError(f"{directory} holds {meta.get('format')!r}, not {FORMAT!r}: delete it to export again")

@@ -8,22 +8,21 @@ than MiniLM on a CPU, at a measured quality loss (docs/benchmarks/index_bench), 
 this backend is opt-in, for corpora too large to embed.
 
 The distillation runs offline from the shipped MiniLM at first use (about a minute on 2
-cores) into ``<cache_dir>/models/static-<model>`` (temp dir + rename). A `model` that is
+cores), once per machine, into the model cache (index.model_cache:
+``~/.cache/codehop/models/static-<model>-<hash>``, temp dir + rename under a lock). A `model` that is
 already a model2vec directory (a local path with model2vec's config) is loaded as it is.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from index.errors import MissingDependencyError
+from index.model_cache import build_once
 
 PCA_DIMS = 256
 
@@ -52,29 +51,21 @@ def is_static_model(directory: Path) -> bool:
 
 
 def distill_static(model_dir: Path, out_dir: Path, pca_dims: int = PCA_DIMS) -> Path:
-    """Distil the sentence-transformers model in `model_dir` into `out_dir` (once; locked)."""
+    """Distil the sentence-transformers model in `model_dir` into `out_dir` (once: temp dir +
+    rename under a lock, index.model_cache.build_once)."""
     _require()
-    out_dir = Path(out_dir)
-    if is_static_model(out_dir):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_static_model(out_dir):
-            return out_dir
+
+    def build(temp: Path) -> None:
         from model2vec.distill import distill
 
         started = time.perf_counter()
         model = distill(model_name=str(model_dir), pca_dims=pca_dims, device="cpu")
-        temp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
         model.save_pretrained(str(temp))
         (temp / "codehop.json").write_text(json.dumps({
             "source": str(model_dir), "pca_dims": pca_dims,
             "distill_s": round(time.perf_counter() - started, 1)}))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.rename(temp, out_dir)
-    return out_dir
+
+    return build_once(Path(out_dir), build, ready=is_static_model)
 
 
 class StaticEncoder:

