@@ -112,18 +112,23 @@ class ServerEndpointSettings:
 
 @dataclass(frozen=True)
 class EmbeddingSettings(ServerEndpointSettings):
-    """backend "sentence-transformers" (local, default), "onnx-int8" (the same model, ONNX int8),
-    "static" (model2vec distilled from it; fast, less accurate) or "openai" (a server's
-    /v1/embeddings)."""
+    """backend "onnx-int8" (the local model through ONNX Runtime, int8), "sentence-transformers"
+    (the same model in torch), "static" (model2vec distilled from it; fast, less accurate) or
+    "openai" (a server's /v1/embeddings).
+
+    Unset (None), a new collection gets the default (onnx-int8 for the shipped MiniLM, see
+    `index.embed.default_backend`) and an existing one keeps the backend it was built with;
+    a backend set here that differs from a collection's raises EmbedderMismatchError.
+    """
 
     model: str = DEFAULT_EMBEDDING_MODEL
-    backend: str = "sentence-transformers"
+    backend: str | None = None
     batch_size: int = 32
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         backends = ("sentence-transformers", "onnx-int8", "static", "openai")
-        if self.backend not in backends:
+        if self.backend is not None and self.backend not in backends:
             raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
 
 

@@ -85,9 +85,10 @@ def open_collection(settings: Settings, workspace: Path, name: str, create: bool
 
 def configured_embedder(settings: Settings, workspace: Path):
     """The [embedding] embedder with the workspace's vector cache."""
-    from index.embed import Embedder, EmbedderConfig
+    from index.embed import Embedder, EmbedderConfig, default_backend
 
     e = settings.embedding
     return Embedder(EmbedderConfig(model=e.model, batch_size=e.batch_size, device=e.device,
-                                   cache_dir=workspace / "embeddings", backend=e.backend,
+                                   cache_dir=workspace / "embeddings",
+                                   backend=e.backend or default_backend(e.model),
                                    endpoint=settings.embedding_endpoint()))

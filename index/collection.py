@@ -71,7 +71,7 @@ class Collection:
 
     def __init__(self, workspace: Path, name: str, store: Store, config: CollectionConfig,
                  embedding_endpoint: OpenAIEndpoint | None = None) -> None:
-        self.workspace, self.name, self.store, self.config = workspace, name, store, config
+        self.workspace, self.name, self.store, self.config = workspace, name, store, config.resolved()
         self.embedding_endpoint = embedding_endpoint
         self.directory = workspace / "collections" / name
         self._embedder: Embedder | None = None
@@ -96,6 +96,8 @@ class Collection:
             name: collection name.
             config: settings; None uses the stored ones (or defaults for a new collection).
                 A config whose index settings differ from the stored ones rebuilds the indexes.
+                A config that names no embedding backend (None) takes the one the collection
+                recorded for its model, else the default (`CollectionConfig.resolved`).
             create: create the collection when it does not exist (else NotFoundError).
             embedding_endpoint: the server of an "openai" embedding backend (not stored: it may
                 carry an API key).
@@ -122,7 +124,7 @@ class Collection:
             if not create:
                 raise NotFoundError(
                     f"no collection {name!r} in {workspace} (have: {store.collections() or 'none'})")
-            config = config or CollectionConfig()
+            config = (config or CollectionConfig()).resolved()
             store.create_collection(name, config.to_dict())
             return cls(workspace, name, store, config, embedding_endpoint)
         try:
@@ -130,6 +132,7 @@ class Collection:
         except (TypeError, KeyError, ValueError, AttributeError, ImportError) as error:
             raise CorruptIndexError(f"collection {name!r} has an unreadable config ({error})") from error
         collection = cls(workspace, name, store, current, embedding_endpoint)
+        config = None if config is None else config.resolved(current)
         if config is not None and config.to_dict() != current.to_dict():
             changed = any(getattr(config, key) != getattr(current, key) for key in EMBEDDING_KEYS)
             if changed and stored["generation"] > 0 and not reembed:

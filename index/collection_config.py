@@ -13,7 +13,7 @@ from typing import Any
 
 from index.bm25 import BM25Config
 from index.dense import DENSE_KINDS
-from index.embed import EMBEDDING_BACKENDS
+from index.embed import EMBEDDING_BACKENDS, default_backend
 from index.errors import InvalidInputError
 from index.ingest import IngestConfig
 from index.models import DEFAULT_EMBEDDING_MODEL
@@ -33,10 +33,12 @@ class CollectionConfig:
     Args:
         dense: dense backend kind, one of "flat", "spann", "pq".
         dense_config: that backend's config dataclass (None: its defaults).
-        embedding_backend: "sentence-transformers" (a local model), "onnx-int8" (the same
-            model through ONNX Runtime, int8), "static" (model2vec distilled from it) or
-            "openai" (a server's /v1/embeddings; its endpoint is handed to `Collection.open`,
-            never stored).
+        embedding_backend: "onnx-int8" (a local model through ONNX Runtime, int8),
+            "sentence-transformers" (the same model in torch), "static" (model2vec distilled
+            from it) or "openai" (a server's /v1/embeddings; its endpoint is handed to
+            `Collection.open`, never stored). None (not chosen): `resolved` picks what an
+            existing collection recorded, else `index.embed.default_backend` (onnx-int8 for
+            the shipped MiniLM).
         embedding_model: model name for `index.models.resolve_model`, or the server's name.
         embed_batch_size: texts per embedding forward pass.
         bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
@@ -48,7 +50,7 @@ class CollectionConfig:
 
     dense: str = "flat"
     dense_config: Any = None
-    embedding_backend: str = "sentence-transformers"
+    embedding_backend: str | None = None
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     embed_batch_size: int = 32
     # Lucene's idf, not rank-bm25's Okapi idf: Okapi scores a term found in half the documents
@@ -64,7 +66,7 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
             raise InvalidInputError(f"unknown dense index {self.dense!r}; choose one of {DENSE_KINDS}")
-        if self.embedding_backend not in EMBEDDING_BACKENDS:
+        if self.embedding_backend is not None and self.embedding_backend not in EMBEDDING_BACKENDS:
             raise InvalidInputError(f"embedding_backend must be one of {EMBEDDING_BACKENDS}, "
                                     f"not {self.embedding_backend!r}")
         if self.fusion not in ("rrf", "weighted"):
@@ -75,9 +77,27 @@ class CollectionConfig:
     @property
     def embedder_name(self) -> str:
         """backend:model as a user reads it, e.g. "openai:nomic-embed-text"."""
-        if self.embedding_backend == "sentence-transformers":
+        backend = self.embedding_backend or default_backend(self.embedding_model)
+        if backend == "sentence-transformers":
             return self.embedding_model
-        return f"{self.embedding_backend}:{self.embedding_model}"
+        return f"{backend}:{self.embedding_model}"
+
+    def resolved(self, recorded: "CollectionConfig | None" = None) -> "CollectionConfig":
+        """This config with its embedding backend chosen, when it names none.
+
+        The default yields to what an existing collection recorded for the same model (a
+        collection built with sentence-transformers keeps it: no re-embedding, no mismatch
+        error); a new collection, or another model, gets `default_backend(model)`.
+        Example: CollectionConfig().resolved(None).embedding_backend -> "onnx-int8";
+        CollectionConfig().resolved(<recorded sentence-transformers>) -> "sentence-transformers".
+        """
+        if self.embedding_backend is not None:
+            return self
+        if recorded is not None and recorded.embedding_model == self.embedding_model:
+            backend = recorded.embedding_backend
+        else:
+            backend = default_backend(self.embedding_model)
+        return dataclasses.replace(self, embedding_backend=backend)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -91,6 +111,8 @@ class CollectionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CollectionConfig":
         data = dict(data)
+        # Collections from before the backend was recorded were all built with this one.
+        data.setdefault("embedding_backend", "sentence-transformers")
         data["bm25"] = BM25Config(**data["bm25"])
         data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
         data["ingest"] = IngestConfig(**data["ingest"])

