@@ -18,7 +18,7 @@ import threading
 from dataclasses import asdict
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from fastapi import APIRouter, Depends, Response
@@ -332,15 +332,29 @@ def count_tokens(body: m.TokenizeRequest, generator=Depends(get_generator)):
 answers = APIRouter(prefix="/v1", tags=["answers"])
 
 
-def _answer(result) -> dict[str, Any]:
-    return m.AskResponse(**result.to_dict()).model_dump()
+def _answer(result, partial: dict[str, float] | None = None) -> dict[str, Any]:
+    return m.AskResponse(**{**result.to_dict(), "partial": partial}).model_dump()
 
 
-def _pipeline_events(pipeline, question: str, lock) -> Iterator[dict[str, Any]]:
-    """The pipeline's events; the collection's read lock is held until retrieval is over."""
+def _partial(collection, body: m.AskRequest) -> dict[str, float] | None:
+    """{"dense": share} when the retrieval uses dense vectors and they do not cover every chunk
+    yet (the same report as /v1/search); None when complete or BM25 only."""
+    if body.mode == "bm25" and body.multihop == "off":
+        return None
+    fraction = collection.dense_fraction()
+    return {"dense": round(fraction, 4)} if fraction < 1.0 else None
+
+
+def _pipeline_events(pipeline, question: str, lock,
+                     on_retrieval: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The pipeline's events; the collection's read lock is held until retrieval is over.
+    `on_retrieval` runs under that lock first: what it reads about the indexes is what the
+    retrieval sees (no commit can come in between)."""
     reading = lock.read()
     reading.__enter__()
     try:
+        if on_retrieval is not None:
+            on_retrieval()
         for event in pipeline.stream(question):
             if event["type"] != "stage" and reading is not None:
                 reading.__exit__(None, None, None)  # generation starts: writers may commit
@@ -388,7 +402,10 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
         drafter, policy = resources.rapid(generator)
     pipeline = RagPipeline(collection, generator if body.generate else None, config,
                            trigger=trigger, treehop=treehop, drafter=drafter, rapid_policy=policy)
-    events = _closing(_pipeline_events(pipeline, body.query, resources.lock(name)), reservoir)
+    seen: dict[str, Any] = {}  # what the retrieval saw of the dense side
+    events = _closing(_pipeline_events(pipeline, body.query, resources.lock(name),
+                                       lambda: seen.update(partial=_partial(collection, body))),
+                      reservoir)
     if body.stream:
         def sse() -> Iterator[str]:
             with _GENERATE:
@@ -399,7 +416,7 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
                     elif kind == "token":
                         data = {"text": event["text"]}
                     else:
-                        data = _answer(event["result"])
+                        data = _answer(event["result"], seen.get("partial"))
                     yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
         return StreamingResponse(sse(), media_type="text/event-stream")
     with _GENERATE:
@@ -407,7 +424,7 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
             result = next(e["result"] for e in events if e["type"] == "result")
         finally:
             events.close()
-    return _answer(result)
+    return _answer(result, seen.get("partial"))
 
 
 @answers.post("/multihop", response_model=m.MultihopResponse)

@@ -243,6 +243,9 @@ class AskResponse(BaseModel):
     cited: list[int] = Field(description="1-based numbers of the sources the answer cites")
     stages: list[Stage]
     from_reservoir: bool
+    partial: dict[str, float] | None = Field(
+        default=None, description='set when the retrieval ran while the dense side was still being '
+        'built, e.g. {"dense": 0.42}: the share of chunks dense/hybrid retrieval could use')
 
 
 class MultihopRequest(Strict):

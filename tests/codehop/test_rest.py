@@ -376,6 +376,35 @@ def test_ask_runs_the_pipeline_with_switchable_stages(gen):
     assert client.post("/v1/ask", json={"query": "x", "namespace": "a b"}).status_code == 422
 
 
+def test_ask_says_when_the_dense_side_is_partial(gen, tmp_path):
+    client, _, _ = gen
+    resources = client.app.state.resources
+    assert client.post("/v1/collections", json={"name": "half"}).status_code == 201
+    collection = resources.collection("half")
+    (tmp_path / "embedded").mkdir()
+    (tmp_path / "embedded" / "penguins.md").write_text("Penguins live in Antarctica and eat krill.")
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "owls.md").write_text("Owls hunt mice at night.\n\nThey nest in old barns.")
+    with resources.lock("half").write():  # as serve does: BM25 first, vectors left pending
+        collection.add_paths([tmp_path / "embedded"], progress=False)
+        collection.add_paths([tmp_path / "later"], progress=False, defer_dense=True)
+    fraction = collection.dense_fraction()
+    assert 0 < fraction < 1
+    body = {"query": "What do penguins eat?", "collection": "half", "rewrite": "off", "filter": "off",
+            "generate": False}
+    hybrid = client.post("/v1/ask", json=body).json()
+    assert hybrid["partial"] == {"dense": round(fraction, 4)} and hybrid["sources"][0]["path"].endswith("penguins.md")
+    searched = client.post("/v1/search", json={"query": body["query"], "collection": "half"}).json()
+    assert searched["partial"] == hybrid["partial"]  # the same report as /v1/search
+    assert client.post("/v1/ask", json={**body, "mode": "dense"}).json()["partial"] == hybrid["partial"]
+    assert client.post("/v1/ask", json={**body, "mode": "bm25"}).json()["partial"] is None
+    events = _sse_events(client.post("/v1/ask", json={**body, "stream": True}))
+    assert events[-1][0] == "result" and events[-1][1]["partial"] == hybrid["partial"]
+    collection.fill_dense(write_lock=resources.lock("half").write)
+    assert client.post("/v1/ask", json=body).json()["partial"] is None  # complete: nothing to say
+    assert client.delete("/v1/collections/half").status_code == 204
+
+
 def test_ask_reuses_the_knowledge_reservoir(gen):
     client, _, _ = gen
     body = {"rewrite": "off", "filter": "embedding", "k": 3, "generate": False, "reservoir": True,
