@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval_suites.coderag.metrics import METRICS
 from eval_suites.report import Report, markdown_table
 
 

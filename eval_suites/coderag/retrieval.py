@@ -12,30 +12,23 @@ Retrievers (`RETRIEVERS`):
     hybrid        Collection.search(mode="hybrid") (BM25 + flat dense, RRF)
     hybrid+prf    hybrid for the query and for its pseudo-relevance-feedback expansion, RRF-fused
     hybrid+llm    hybrid for the query and for LLM-rewritten queries, RRF-fused
-The rewriters come from `rag.rewrite` when it exists (RAG helper), else from the small
-fallbacks here (named "fallback" in the report).
+The rewriters are rag.rewrite's (`make_rewriters`).
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import importlib
-import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from index.errors import InvalidInputError, MissingDependencyError
+from index.errors import InvalidInputError
 from index.types import Hits
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid+prf", "hybrid+llm")
-DEFAULT_RETRIEVERS = RETRIEVERS
-_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,22 +63,14 @@ def dense_kind(retriever: str) -> str:
     return retriever.split("-", 1)[1] if retriever.startswith("dense-") else "flat"
 
 
-def dense_kind_available(kind: str) -> bool:
-    """Whether the index module of this dense kind exists yet (ANN helper's spann/pq)."""
-    module = {"flat": "index.flat", "spann": "index.spann", "pq": "index.pq"}[kind]
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
 def _ann_config(kind: str, config: RetrievalConfig):
     """The dense backend's config with `min_build` lowered (None for flat / defaults)."""
+    from index.pq import PQConfig
+    from index.spann import SpannConfig
+
     if kind == "flat" or config.ann_min_build is None:
         return None
-    module, name = {"spann": ("index.spann", "SpannConfig"), "pq": ("index.pq", "PQConfig")}[kind]
-    return getattr(importlib.import_module(module), name)(min_build=config.ann_min_build)
+    return {"spann": SpannConfig, "pq": PQConfig}[kind](min_build=config.ann_min_build)
 
 
 def chunk_corpus(corpus: dict[str, dict[str, str]], config: RetrievalConfig,
@@ -190,93 +175,29 @@ def rrf_docs(runs: list[dict[str, float]], k: int, rrf_k: int = 60) -> dict[str,
 
 # ------------------------------------------------------------------ query rewriting
 
-_STOP = set("""a an and are as at be by for from has have how i if in into is it its of on or
-that the this to was were will with you your can do does not what which when where who why
-return returns value values use using used get set new none true false self def import""".split())
 
+def make_rewriters(generator_factory: Callable[[], object], config: RetrievalConfig):
+    """(prf, llm, description): callables (CorpusIndex, query) -> extra queries, from
+    rag.rewrite (RM3 `PRFRewriter` over the flat collection, Query Rewriter+ `LLMRewriter`).
+    The generator is loaded on the first LLM rewrite."""
+    from rag.rewrite import LLMRewriter, PRFRewriter, RewriteConfig
 
-def prf_expand(query: str, feedback: list[str], terms: int) -> str:
-    """Pseudo-relevance feedback (RM3-like, term frequency in the feedback docs weighted by how
-    many of them contain the term): `query` + the top `terms` new tokens.
+    rw_config = RewriteConfig(n_questions=1, n_queries=3, max_new_tokens=config.llm_max_new_tokens,
+                              prf_docs=config.prf_docs, prf_terms=config.prf_terms)
+    state: dict[str, LLMRewriter] = {}
 
-    Example: query "sort dict", feedback ["sorted(d.items(), key=...)", "sorted items"] adds
-    "sorted items" (in both docs) before "key".
-    """
-    from index.tokenize import tokenize
+    def prf(index: "CorpusIndex", query: str) -> list[str]:
+        return list(PRFRewriter(index.collections["flat"], rw_config).rewrite(query).queries)
 
-    seen = set(tokenize(query))
-    weight: collections.Counter = collections.Counter()
-    for text in feedback:
-        counts = collections.Counter(t for t in tokenize(text)
-                                     if t not in seen and t not in _STOP and len(t) > 2
-                                     and not t.isdigit())
-        total = sum(counts.values()) or 1
-        for token, n in counts.items():
-            weight[token] += n / total
-    chosen = [t for t, _ in weight.most_common(terms)]
-    return (query + " " + " ".join(chosen)).strip()
+    def llm(index: "CorpusIndex", query: str) -> list[str]:
+        if "llm" not in state:
+            state["llm"] = LLMRewriter(generator_factory(), rw_config)
+        tail = query[-config.max_query_chars:]
+        return [q for q in state["llm"].rewrite(tail).all_queries if q.strip() != tail.strip()]
 
-
-def llm_rewrites(generator, query: str, max_chars: int, max_new_tokens: int = 48) -> list[str]:
-    """Query Rewriter+-style rewrite with one greedy LLM call: search queries, one per line
-    (fallback when rag.rewrite is absent). Returns up to 4 non-empty queries."""
-    from rag.llm import GenerationConfig
-
-    text = query[-max_chars:]
-    messages = [
-        {"role": "system", "content": "You write search queries for library documentation."},
-        {"role": "user", "content": "Write 3 short search queries (API names, keywords), one per "
-                                    f"line, that find documentation for this problem:\n\n{text}"}]
-    out = generator.chat(messages, GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0))
-    lines = [re.sub(r"^\s*(?:[-*\d.)]+\s*)", "", line).strip().strip('"') for line in out.text.splitlines()]
-    return [line for line in lines if len(line) > 2][:4]
-
-
-def make_rewriters(generator_factory: Callable[[], object] | None, config: RetrievalConfig):
-    """(prf, llm, description): callables (CorpusIndex, query) -> extra queries.
-
-    Uses rag.rewrite (RAG helper: RM3 `PRFRewriter` over the collection, `LLMRewriter`
-    Query Rewriter+) when importable, else the small fallbacks above.
-    """
-    try:
-        rewrite = importlib.import_module("rag.rewrite")
-    except ImportError:
-        rewrite = None
-    state: dict[str, object] = {}
-
-    def generator():
-        if generator_factory is None:
-            raise MissingDependencyError("hybrid+llm needs a generator (rag.llm.load_generator)")
-        if "gen" not in state:
-            state["gen"] = generator_factory()
-        return state["gen"]
-
-    if rewrite is not None and hasattr(rewrite, "PRFRewriter") and hasattr(rewrite, "LLMRewriter"):
-        rw_config = rewrite.RewriteConfig(n_questions=1, n_queries=3,
-                                          max_new_tokens=config.llm_max_new_tokens,
-                                          prf_docs=config.prf_docs, prf_terms=config.prf_terms)
-
-        def prf(index: "CorpusIndex", query: str) -> list[str]:
-            return list(rewrite.PRFRewriter(index.collections["flat"], rw_config).rewrite(query).queries)
-
-        def llm(index: "CorpusIndex", query: str) -> list[str]:
-            if "llm" not in state:
-                state["llm"] = rewrite.LLMRewriter(generator(), rw_config)
-            result = state["llm"].rewrite(query[-config.max_query_chars:])
-            return [q for q in result.all_queries if q.strip() != query[-config.max_query_chars:].strip()]
-
-        description = {"prf": "rag.rewrite.PRFRewriter (RM3, BM25 feedback chunks)",
-                       "llm": f"rag.rewrite.LLMRewriter (Query Rewriter+, {rw_config})"}
-        return prf, llm, description
-
-    def prf(index: "CorpusIndex", query: str) -> list[str]:  # noqa: F811
-        return [prf_expand(query, index.chunk_texts(query, config.prf_docs), config.prf_terms)]
-
-    def llm(index: "CorpusIndex", query: str) -> list[str]:  # noqa: F811
-        return llm_rewrites(generator(), query, config.max_query_chars, config.llm_max_new_tokens)
-
-    return prf, llm, {"prf": "fallback: eval_suites.coderag.retrieval.prf_expand",
-                      "llm": "fallback: eval_suites.coderag.retrieval.llm_rewrites"}
+    description = {"prf": "rag.rewrite.PRFRewriter (RM3, BM25 feedback chunks)",
+                   "llm": f"rag.rewrite.LLMRewriter (Query Rewriter+, {rw_config})"}
+    return prf, llm, description
 
 
 def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], config: RetrievalConfig,

@@ -18,9 +18,9 @@ from typing import Any
 from eval_suites.coderag import builders
 from eval_suites.coderag.builders import DOC_TASKS, TASKS, Problem
 from eval_suites.coderag.generation import GenerationSettings, SampleCache, evaluate_condition
-from eval_suites.coderag.metrics import METRICS, average_over_tasks, pass_at_1, retrieval_metrics
+from eval_suites.coderag.metrics import average_over_tasks, pass_at_1, retrieval_metrics
 from eval_suites.coderag.retrieval import (RETRIEVERS, CorpusIndex, RetrievalConfig, dense_kind,
-                                           dense_kind_available, make_rewriters, run_retriever)
+                                           make_rewriters, run_retriever)
 from index.errors import InvalidInputError
 
 _log = logging.getLogger(__name__)
@@ -109,26 +109,44 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Run the benchmark; returns the measured results (see module docstring)."""
     started = time.perf_counter()
     out: dict[str, Any] = {"config": config.to_dict(), "notes": []}
-    notes = out["notes"]
     _require_sandbox(config)  # before hours of indexing, not at the first execution
+    tasks = _load_tasks(config, out)
+    corpora = _write_datasets(config, tasks, out)
+    generator = _lazy_generator(config)
+    indexes = _retrieval(config, tasks, corpora, generator, out)
+    cache_root = Path(config.out) / "samples"
+    out["selfcheck"] = _selfcheck(config, tasks, cache_root)
+    out["sandbox"] = _sandbox_record(config)
+    if config.generate:
+        out["generation"] = _generation(config, tasks, indexes, generator, cache_root, out["notes"])
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    for index in indexes.values():
+        index.close()
+    return out
+
+
+def _load_tasks(config: BenchConfig, out: dict[str, Any]) -> dict[str, _TaskData]:
+    """Problems of every task, with the devdocs gold pages mapped for the doc tasks."""
     page_keys = builders.devdocs_page_keys(config.data) if set(config.tasks) & set(DOC_TASKS) else {}
-    tasks: dict[str, _TaskData] = {}
-    for task in config.tasks:
-        tasks[task] = _TaskData(builders.load_problems(config.data, task, page_keys))
+    tasks = {task: _TaskData(builders.load_problems(config.data, task, page_keys))
+             for task in config.tasks}
     if page_keys:
         out["gold_mapping"] = {t: builders.mapping_stats(tasks[t].problems, page_keys)
                                for t in config.tasks if t in DOC_TASKS}
+    return tasks
 
-    # ---- corpora and BEIR datasets
+
+def _write_datasets(config: BenchConfig, tasks: dict[str, _TaskData],
+                    out: dict[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """Corpora (solutions per task, one devdocs subset for the doc tasks) and a BEIR dataset
+    per task over the sampled queries; returns the corpora by name."""
     corpora: dict[str, dict[str, dict[str, str]]] = {}
     for task in ("humaneval", "mbpp"):
         if task in tasks:
             corpora[task] = builders.solution_corpus(tasks[task].problems)
+    chosen = {task: _sample([p.id for p in tasks[task].problems if p.gold], config.limit, config.seed)
+              for task in config.tasks}
     doc_tasks = [t for t in config.tasks if t in DOC_TASKS]
-    chosen: dict[str, set[str]] = {}
-    for task in config.tasks:
-        with_gold = [p.id for p in tasks[task].problems if p.gold]
-        chosen[task] = _sample(with_gold, config.limit, config.seed)
     if doc_tasks:
         gold = {page for t in doc_tasks for p in tasks[t].problems if p.id in chosen[t] for page in p.gold}
         libraries = {page.split("/", 1)[0].split("~", 1)[0] for page in gold}
@@ -146,37 +164,38 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         builders.write_beir(beir_root / task, corpora[data.corpus_name], data.queries, data.qrels)
     out["beir_dir"] = str(beir_root)
     out["queries"] = {t: len(d.queries) for t, d in tasks.items()}
+    return corpora
 
-    # ---- retrieval
-    retrievers = []
-    for name in config.retrievers:
-        kind = dense_kind(name)
-        if not dense_kind_available(kind):
-            notes.append(f"{name}: index.{kind} is not in this checkout yet, skipped")
-            continue
-        retrievers.append(name)
+
+def _lazy_generator(config: BenchConfig):
+    """A function returning the generator, loaded on its first call (retrieval-only runs
+    without hybrid+llm never load it)."""
+    state: dict[str, Any] = {}
+
+    def generator():
+        if "gen" not in state:
+            state["gen"] = _load_generator(config)
+        return state["gen"]
+
+    return generator
+
+
+def _dense_kinds(retrievers: list[str]) -> tuple[str, ...]:
+    """The dense index kinds the retrievers need; the hybrid ones search the flat collection."""
     kinds = tuple(dict.fromkeys(dense_kind(r) for r in retrievers)) or ("flat",)
     if "flat" not in kinds and any(r in ("hybrid", "hybrid+prf", "hybrid+llm") for r in retrievers):
         kinds = ("flat",) + kinds
-    needs_llm = "hybrid+llm" in retrievers or config.generate
-    generator_state: dict[str, Any] = {}
+    return kinds
 
-    def generator():
-        if "gen" not in generator_state:
-            generator_state["gen"] = _load_generator(config)
-        return generator_state["gen"]
 
-    llm_ok = True
-    if needs_llm:
-        try:
-            import rag.llm  # noqa: F401
-        except ImportError:
-            llm_ok = False
-            notes.append("rag.llm is not in this checkout yet: hybrid+llm and generation skipped")
-    if not llm_ok:
-        retrievers = [r for r in retrievers if r != "hybrid+llm"]
-    prf, llm, rewriter_desc = make_rewriters(generator if llm_ok else None, config.retrieval)
-    out["rewriters"] = rewriter_desc
+def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, generator,
+               out: dict[str, Any]) -> dict[str, CorpusIndex]:
+    """Index each corpus once and score every retriever on every task; returns the indexes
+    (the generation half searches them too)."""
+    notes = out["notes"]
+    retrievers = list(config.retrievers)
+    kinds = _dense_kinds(retrievers)
+    prf, llm, out["rewriters"] = make_rewriters(generator, config.retrieval)
     # LLM rewrites are the costliest retrieval step: kept on disk so a rerun reuses them
     # (ms/query of a reused rewrite then excludes the LLM call; the report notes it).
     rewrites = RewriteCache(Path(config.workspace) / f"rewrites-{_slug(config.model)}.json")
@@ -198,21 +217,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                                         chunked=name == "devdocs", kinds=kinds, progress=config.progress)
             index_stats[name] = {"documents": indexes[name].documents, "chunks": indexes[name].chunks,
                                  "index_s": round(time.perf_counter() - t0, 1)}
-        retrieval[task], timings[task] = {}, {}
-        warm = next(iter(data.queries.values()))  # load models/indexes/JIT before timing
-        for kind in kinds:
-            for mode in ("bm25", "dense"):
-                indexes[name].search(warm, mode, kind)
-        for name_r in retrievers:
-            if name_r == "hybrid+llm" and task not in config.llm_rewrite_tasks:
-                notes.append(f"hybrid+llm not run on {task} (llm_rewrite_tasks={config.llm_rewrite_tasks})")
-                continue
-            t0 = time.perf_counter()
-            run = run_retriever(indexes[name], name_r, data.queries, config.retrieval, (prf, llm),
-                                progress=config.progress, rewrite_cache=rewrites.entries)
-            timings[task][name_r] = round((time.perf_counter() - t0) / max(1, len(data.queries)) * 1000, 1)
-            rewrites.save()
-            retrieval[task][name_r] = retrieval_metrics(data.qrels, run)
+        retrieval[task], timings[task] = _score_task(config, task, data, indexes[name], kinds,
+                                                     retrievers, (prf, llm), rewrites, notes)
     out["index"] = index_stats
     out["retrieval"] = retrieval
     out["retrieval_ms_per_query"] = timings
@@ -220,9 +226,34 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         r: average_over_tasks({t: retrieval[t][r] for t in retrieval if r in retrieval[t]})
         for r in retrievers}
     out["retrievers"] = retrievers
+    return indexes
 
-    # ---- harness self-check: canonical solutions through the same sandbox harness
-    cache_root = Path(config.out) / "samples"
+
+def _score_task(config: BenchConfig, task: str, data: _TaskData, index: CorpusIndex,
+                kinds: tuple[str, ...], retrievers: list[str], rewriters, rewrites: "RewriteCache",
+                notes: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """(retriever -> metrics, retriever -> ms per query) of one task."""
+    metrics: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    warm = next(iter(data.queries.values()))  # load models/indexes/JIT before timing
+    for kind in kinds:
+        for mode in ("bm25", "dense"):
+            index.search(warm, mode, kind)
+    for name in retrievers:
+        if name == "hybrid+llm" and task not in config.llm_rewrite_tasks:
+            notes.append(f"hybrid+llm not run on {task} (llm_rewrite_tasks={config.llm_rewrite_tasks})")
+            continue
+        t0 = time.perf_counter()
+        run = run_retriever(index, name, data.queries, config.retrieval, rewriters,
+                            progress=config.progress, rewrite_cache=rewrites.entries)
+        timings[name] = round((time.perf_counter() - t0) / max(1, len(data.queries)) * 1000, 1)
+        rewrites.save()
+        metrics[name] = retrieval_metrics(data.qrels, run)
+    return metrics, timings
+
+
+def _selfcheck(config: BenchConfig, tasks: dict[str, _TaskData], cache_root: Path) -> dict[str, Any]:
+    """Harness self-check: canonical solutions through the same sandbox harness."""
     selfcheck = {}
     for task, data in tasks.items():
         problems = data.problems
@@ -236,18 +267,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                            "pass@1": pass_at_1([r["passed"] for r in rows]),
                            "failed_ids": [r["id"] for r in rows if not r["passed"]][:20],
                            "failure_reasons": _reasons(rows)}
-    out["selfcheck"] = selfcheck
-    out["sandbox"] = _sandbox_record(config)
-
-    # ---- generation
-    if config.generate and llm_ok:
-        out["generation"] = _generation(config, tasks, indexes, generator, cache_root, notes)
-    elif config.generate:
-        out["generation"] = {}
-    out["elapsed_s"] = round(time.perf_counter() - started, 1)
-    for index in indexes.values():
-        index.close()
-    return out
+    return selfcheck
 
 
 def _slug(name: str) -> str:

@@ -12,7 +12,7 @@ from eval_suites.coderag.generation import (GenerationSettings, SampleCache, eva
                                             extract_code, to_solution, trim_to_valid)
 from eval_suites.coderag.metrics import (average_over_tasks, pass_at_1, per_query_metrics,
                                          retrieval_metrics)
-from eval_suites.coderag.retrieval import prf_expand, rrf_docs
+from eval_suites.coderag.retrieval import rrf_docs
 
 
 # ------------------------------------------------------------------ metrics (hand-checked)
@@ -50,11 +50,6 @@ def test_macro_average_and_pass_at_1():
 def test_rrf_docs_orders_by_reciprocal_rank():
     fused = rrf_docs([{"a": 9.0, "b": 1.0}, {"b": 5.0, "c": 1.0}], k=3)
     assert list(fused) == ["b", "a", "c"]  # b: 1/62 + 1/61 beats a: 1/61
-
-
-def test_prf_adds_feedback_terms_not_in_query():
-    expanded = prf_expand("sort dict", ["sorted(items, key=value)", "sorted items"], terms=2)
-    assert expanded.startswith("sort dict ") and expanded.split()[2:] == ["sorted", "items"]
 
 
 def test_rewrite_gain_skips_tasks_a_rewriter_did_not_run_on():
