@@ -329,17 +329,23 @@ def outline(path: str, text: str | bytes, spec: LanguageSpec | None = None) -> F
     Returns:
         A FileOutline, or None when the file type is not one we parse.
     """
-    from tree_sitter import QueryCursor
-
     spec = spec or language_for_path(path)
     if spec is None:
         return None
     source = text.encode("utf-8", "replace") if isinstance(text, str) else text
     tree = parse(spec, source)
     root = tree.root_node
-    result = FileOutline(language=spec, tree=tree, source=source)
+    return FileOutline(language=spec, tree=tree, source=source,
+                       symbols=_nest(_definitions(spec, root, source)),
+                       imports=_imports(spec, root, source), calls=_calls(spec, root, source))
 
-    raw: list[tuple[str, str, object]] = []  # (kind, name, node)
+
+def _definitions(spec: LanguageSpec, root, source: bytes) -> list[tuple[str, str, object]]:
+    """(kind, name, node) of every definition the language's query captures, once each,
+    ordered by start (an enclosing definition before the ones inside it)."""
+    from tree_sitter import QueryCursor
+
+    raw: list[tuple[str, str, object]] = []
     seen: set[tuple[int, int]] = set()
     for _, caps in QueryCursor(_compiled(spec.grammar, "definitions")).matches(root):
         kind_key = next((k for k in caps if k.startswith("definition.")), None)
@@ -357,6 +363,13 @@ def outline(path: str, text: str | bytes, spec: LanguageSpec | None = None) -> F
         seen.add((node.start_byte, node.end_byte))
         raw.append((kind_key.split(".", 1)[1], name, node))
     raw.sort(key=lambda item: (item[2].start_byte, -item[2].end_byte))
+    return raw
+
+
+def _nest(raw: list[tuple[str, str, object]]) -> list[Symbol]:
+    """Symbols with qualified names from definitions ordered by start: a definition inside
+    another gets "Outer.name", and a function directly inside a class is a "method"."""
+    symbols: list[Symbol] = []
     stack: list[tuple[int, str, str]] = []  # (end_byte, qualname, kind) of open definitions
     for kind, name, node in raw:
         while stack and stack[-1][0] <= node.start_byte:
@@ -365,15 +378,21 @@ def outline(path: str, text: str | bytes, spec: LanguageSpec | None = None) -> F
         if kind == "function" and parent is not None and parent[2] == "class":
             kind = "method"
         qualname = f"{parent[1]}.{name}" if parent is not None else name
-        result.symbols.append(Symbol(
+        symbols.append(Symbol(
             name=name, qualname=qualname, kind=kind,
             start_line=node.start_point[0] + 1, end_line=node.end_point[0] + 1,
             start_byte=node.start_byte, end_byte=node.end_byte,
             parent=parent[1] if parent is not None else None,
         ))
         stack.append((node.end_byte, qualname, kind))
+    return symbols
 
-    # (statement start, module) -> import; `import a, b` is two imports of one statement.
+
+def _imports(spec: LanguageSpec, root, source: bytes) -> list[Import]:
+    """Imports by line; `import a, b` is two imports of one statement."""
+    from tree_sitter import QueryCursor
+
+    # (statement start, module) -> (module, names, line)
     imports: dict[tuple[int, str], tuple[str, list[str], int]] = {}
     for _, caps in QueryCursor(_compiled(spec.grammar, "imports")).matches(root):
         if "module" in caps:
@@ -397,11 +416,15 @@ def outline(path: str, text: str | bytes, spec: LanguageSpec | None = None) -> F
                     (statement.start_byte, module), (module, [], statement.start_point[0] + 1)
                 )
                 entry[1].append(_text(node, source))
-    for module, names, line in imports.values():
-        result.imports.append(Import(module=module, names=tuple(dict.fromkeys(names)), line=line))
-    result.imports.sort(key=lambda imp: imp.line)
+    found = [Import(module=module, names=tuple(dict.fromkeys(names)), line=line)
+             for module, names, line in imports.values()]
+    return sorted(found, key=lambda imp: imp.line)
 
-    for node in QueryCursor(_compiled(spec.grammar, "calls")).captures(root).get("call", []):
-        result.calls.append((_text(node, source), node.start_point[0] + 1))
-    result.calls.sort(key=lambda item: item[1])
-    return result
+
+def _calls(spec: LanguageSpec, root, source: bytes) -> list[tuple[str, int]]:
+    """(called name, 1-based line) of every call, by line."""
+    from tree_sitter import QueryCursor
+
+    nodes = QueryCursor(_compiled(spec.grammar, "calls")).captures(root).get("call", [])
+    return sorted(((_text(node, source), node.start_point[0] + 1) for node in nodes),
+                  key=lambda item: item[1])
