@@ -257,3 +257,13 @@ def test_stale_working_files_of_dead_processes_are_removed(tmp_path):
     assert clean_stale_working_dirs(str(tmp_path)) == [f"codehop-spann-{dead.pid}-abc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"codehop-spann-{os.getpid()}-mine",
                                                                  "codehop-spann-notapid"])
+
+
+def test_prune_keeps_heads_within_the_ratio_of_the_nearest():
+    index = SpannIndex(DIM, SpannConfig(max_dist_ratio=2.0))
+    dist = np.array([[0.5, 0.9, 1.0, 1.1], [0.0, 0.4, 0.8, 0.9], [0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    heads = np.array([[4, 5, 6, 7], [1, 2, 3, 9], [8, -1, -1, -1], [-1, -1, -1, -1]])
+    # row 0: limit 1.0; row 1: the query is head 1 (d ~ 0), so the second head sets the limit 0.8;
+    # row 2: missing heads stay missing; row 3: nothing to probe
+    assert index.prune(dist, heads).tolist() == [[4, 5, 6, -1], [1, 2, 3, -1], [8, -1, -1, -1], [-1, -1, -1, -1]]
+    assert index.prune(dist[:, :1], heads[:, :1]).tolist() == [[4], [1], [8], [-1]]

@@ -1,0 +1,64 @@
+"""The native posting scan against numpy on the decoded stored vectors, for every precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.postings import PostingFile, decode, encode
+
+DIM = 40
+
+
+def awkward_vectors(n: int, seed: int) -> np.ndarray:
+    """Random vectors plus values float16 stores in unusual ways: subnormals (< 6.1e-5), the
+    smallest subnormal, signed zeros, the largest normal, exact powers of two."""
+    x = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    x[0, :8] = [3e-6, -3e-6, 6e-8, -0.0, 0.0, 65504.0, -2.0**-14, 1.0]
+    x[1] = 2.0 ** -(np.arange(DIM) % 24)
+    return x
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8"])
+def test_scan_scores_equal_numpy_on_the_stored_vectors(precision):
+    n, k = 300, 10
+    x = awkward_vectors(n + 3, 0)
+    if precision == "int8":  # int8 stores unit-scale values (x * 127, clipped)
+        x = np.clip(x / 4, -1, 1)
+    stored = decode(encode(x[:n], precision), precision)
+    postings = PostingFile(DIM, precision)
+    groups = [np.arange(0, 150), np.arange(100, 260), np.arange(250, n)]  # overlaps = replicas
+    postings.write_all(groups, x[:n])
+    head_rows, head_vecs = np.arange(n, n + 3), x[n:]  # each posting's head, in memory (float32)
+    alive = np.ones(n + 3, dtype=bool)
+    alive[[5, 120, n + 1]] = False  # tombstones, one of them a head
+    queries = awkward_vectors(6, 1)
+    probes = np.array([[0, 1, 2], [2, -1, 0], [1, 1, -1], [-1, -1, -1], [0, 1, 2], [2, 1, 0]])
+
+    everything = np.concatenate([stored, head_vecs])
+    for single in (False, True):  # a batch (parallel kernel) and one query at a time (serial)
+        if single:
+            found = [postings.scan(q[None], p[None], head_rows, head_vecs, alive, k) for q, p in zip(queries, probes)]
+            rows, scores = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+        else:
+            rows, scores = postings.scan(queries, probes, head_rows, head_vecs, alive, k)
+        for q, probe, r, s in zip(queries, probes, rows, scores):
+            members = np.unique(np.concatenate([[n + p] + list(groups[p]) for p in set(probe[probe >= 0])] or [[]]))
+            members = members[alive[members.astype(np.int64)]].astype(np.int64)
+            exact = everything[members].astype(np.float64) @ q.astype(np.float64)
+            order = np.argsort(-exact, kind="stable")[:k]
+            want = min(k, len(members))
+            assert (r[want:] == -1).all() and np.isneginf(s[want:]).all()
+            assert len(set(r[:want])) == want  # replicas de-duplicated
+            assert np.allclose(s[:want], exact[order], rtol=1e-5, atol=1e-4 * np.abs(q).sum())
+            got = dict(zip(r[:want].tolist(), s[:want].tolist()))
+            for row in r[:want]:  # every reported score is that row's exact score
+                assert np.isclose(got[row], everything[row].astype(np.float64) @ q, rtol=1e-5, atol=1e-4 * np.abs(q).sum())
+
+
+def test_prefetch_accepts_skips_and_repeats():
+    x = awkward_vectors(50, 2)
+    postings = PostingFile(DIM, "float16")
+    postings.write_all([np.arange(20), np.arange(0), np.arange(20, 50)], x)
+    postings.prefetch(np.array([0, -1, 1, 2, 2]))  # -1 = pruned, posting 1 is empty
+    postings.prefetch(np.zeros(0, dtype=np.int64))
