@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -119,6 +120,10 @@ class EmbeddingSettings(ServerEndpointSettings):
     Unset (None), a new collection gets the default (onnx-int8 for the shipped MiniLM, see
     `index.embed.default_backend`) and an existing one keeps the backend it was built with;
     a backend set here that differs from a collection's raises EmbedderMismatchError.
+
+    device: the torch device of the sentence-transformers backend ("cpu", "cuda", "cuda:1",
+    "mps"); the other backends run where they run (ONNX Runtime and model2vec on the CPU, a
+    server on its machine), so any other device needs backend = "sentence-transformers".
     """
 
     model: str = DEFAULT_EMBEDDING_MODEL
@@ -130,6 +135,12 @@ class EmbeddingSettings(ServerEndpointSettings):
         backends = ("sentence-transformers", "onnx-int8", "static", "openai")
         if self.backend is not None and self.backend not in backends:
             raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise InvalidInputError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
+        if self.device != "cpu" and self.backend != "sentence-transformers":
+            raise InvalidInputError(
+                f"device = {self.device!r} needs backend = 'sentence-transformers' (the backend "
+                f"{self.backend or 'chosen by default'!r} does not run on a torch device)")
 
 
 @dataclass(frozen=True)

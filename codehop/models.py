@@ -76,11 +76,12 @@ def configured_rapid_policy(workspace: Path):
 
 def open_collection(settings: Settings, workspace: Path, name: str, create: bool = False,
                     config=None, reembed: bool = False):
-    """Collection.open with the embedding server of [embedding] (when it is one)."""
+    """Collection.open with the embedding server of [embedding] (when it is one) and its device."""
     from index.collection import Collection
 
     return Collection.open(workspace, name, config=config, create=create,
-                           embedding_endpoint=settings.embedding_endpoint(), reembed=reembed)
+                           embedding_endpoint=settings.embedding_endpoint(), reembed=reembed,
+                           device=settings.embedding.device)
 
 
 def configured_embedder(settings: Settings, workspace: Path):

@@ -106,7 +106,8 @@ class Resources:
             if name not in self._collections:
                 self._collections[name] = Collection.open(
                     self.workspace, name, create=False,
-                    embedding_endpoint=self.settings.embedding_endpoint())
+                    embedding_endpoint=self.settings.embedding_endpoint(),
+                    device=self.settings.embedding.device)
                 self._locks.setdefault(name, RWLock())
             return self._collections[name]
 
@@ -124,7 +125,8 @@ class Resources:
                 config = self.settings.collection_config(dense=dense)
                 self._collections[name] = Collection.open(
                     self.workspace, name, config=config,
-                    embedding_endpoint=self.settings.embedding_endpoint())
+                    embedding_endpoint=self.settings.embedding_endpoint(),
+                    device=self.settings.embedding.device)
             except MissingDependencyError as error:  # a choice this install cannot serve
                 raise InvalidInputError(str(error)) from error
             return self._collections[name]

@@ -70,9 +70,9 @@ class Collection:
     """Documents, chunks and their BM25 + dense indexes under one name in a workspace."""
 
     def __init__(self, workspace: Path, name: str, store: Store, config: CollectionConfig,
-                 embedding_endpoint: OpenAIEndpoint | None = None) -> None:
+                 embedding_endpoint: OpenAIEndpoint | None = None, device: str = "cpu") -> None:
         self.workspace, self.name, self.store, self.config = workspace, name, store, config.resolved()
-        self.embedding_endpoint = embedding_endpoint
+        self.embedding_endpoint, self.device = embedding_endpoint, device
         self.directory = workspace / "collections" / name
         self._embedder: Embedder | None = None
         self._lock = threading.RLock()  # loading and committing
@@ -88,7 +88,7 @@ class Collection:
     @classmethod
     def open(cls, workspace: Path, name: str = "default", config: CollectionConfig | None = None,
              create: bool = True, embedding_endpoint: OpenAIEndpoint | None = None,
-             reembed: bool = False) -> "Collection":
+             reembed: bool = False, device: str = "cpu") -> "Collection":
         """Open (or create) a collection.
 
         Args:
@@ -104,6 +104,8 @@ class Collection:
             reembed: allow `config` to name another embedding model than the one that built
                 the collection's vectors; every chunk is then embedded again. Without it such
                 a config raises EmbedderMismatchError (vectors of two models never mix).
+            device: torch device of a sentence-transformers embedder ("cpu", "cuda", "cuda:1");
+                not stored: the same vectors come out on any device.
         """
         workspace = Path(workspace).expanduser()
         if workspace.exists() and not workspace.is_dir():
@@ -126,12 +128,12 @@ class Collection:
                     f"no collection {name!r} in {workspace} (have: {store.collections() or 'none'})")
             config = (config or CollectionConfig()).resolved()
             store.create_collection(name, config.to_dict())
-            return cls(workspace, name, store, config, embedding_endpoint)
+            return cls(workspace, name, store, config, embedding_endpoint, device)
         try:
             current = CollectionConfig.from_dict(stored["config"])
         except (TypeError, KeyError, ValueError, AttributeError, ImportError) as error:
             raise CorruptIndexError(f"collection {name!r} has an unreadable config ({error})") from error
-        collection = cls(workspace, name, store, current, embedding_endpoint)
+        collection = cls(workspace, name, store, current, embedding_endpoint, device)
         config = None if config is None else config.resolved(current)
         if config is not None and config.to_dict() != current.to_dict():
             changed = any(getattr(config, key) != getattr(current, key) for key in EMBEDDING_KEYS)
@@ -174,7 +176,7 @@ class Collection:
             self._embedder = Embedder(EmbedderConfig(
                 model=self.config.embedding_model, batch_size=self.config.embed_batch_size,
                 cache_dir=self.workspace / "embeddings", backend=self.config.embedding_backend,
-                endpoint=self.embedding_endpoint if remote else None))
+                endpoint=self.embedding_endpoint if remote else None, device=self.device))
         return self._embedder
 
     def _check_dim(self, dense, dim: int) -> None:

@@ -72,3 +72,21 @@ def test_workspace_and_data_resolution(tmp_path, monkeypatch):
     assert resolve_data_dir(tmp_path) == tmp_path
     with pytest.raises(NotFoundError):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_embedding_device_reaches_the_collections_embedder_or_is_rejected(tmp_path):
+    from codehop.models import open_collection
+
+    settings = parse_settings('[embedding]\nbackend = "sentence-transformers"\ndevice = "cuda:1"')
+    with open_collection(settings, tmp_path / "ws", "docs", create=True,
+                         config=settings.collection_config()) as collection:
+        # the embedder is built (its model loads only on the first encode)
+        assert collection.embedder.config.device == "cuda:1"
+        assert collection.embedder.config.backend == "sentence-transformers"
+    with pytest.raises(InvalidInputError, match="needs backend = 'sentence-transformers'"):
+        parse_settings('[embedding]\ndevice = "cuda"')  # the default backend is onnx-int8
+    with pytest.raises(InvalidInputError, match="needs backend = 'sentence-transformers'"):
+        parse_settings('[embedding]\nbackend = "static"\ndevice = "cuda"')
+    with pytest.raises(InvalidInputError, match="device must be 'cpu', 'cuda'"):
+        parse_settings('[embedding]\ndevice = "gpu"')
+    assert parse_settings('[embedding]\nbackend = "onnx-int8"\ndevice = "cpu"').embedding.device == "cpu"
