@@ -16,7 +16,9 @@ on the stored (float32 / float16 / int8) vectors. Each stored vector is read thr
 (a slice index is known non-negative, so LLVM vectorises the dot product; a flat `arr[off + t]`
 carries numba's negative-index wraparound and did not vectorise: 0.36 ms vs 0.12 ms for ~870
 float16 entries), and float16 is widened by bit arithmetic (vectorises) instead of a 256 KiB
-lookup table (a gather per element). `prefetch` issues its madvise calls from native code too.
+lookup table (a gather per element). The scan also asks the CPU to fetch the entry two ahead
+(a hardware prefetcher stops at every 4 KiB page boundary: 0.125 -> 0.091 ms for ~870 entries).
+`prefetch` issues its madvise calls from native code too.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from index.atomic import atomic_write
 
@@ -250,6 +254,24 @@ _WILLNEED = int(getattr(mmap, "MADV_WILLNEED", 3))
 PARALLEL_KERNELS = threading.Lock()
 
 
+@intrinsic
+def _cache_prefetch(typingctx, array, index):
+    """Hint the CPU to load the cache line holding array[index] (LLVM's llvm.prefetch: read,
+    high locality). A hint only: an address past the array's end is never dereferenced."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]))
+        address = builder.bitcast(builder.gep(data, [args[1]]), byte_ptr)
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 if _MADVISE is not None:
     @njit(cache=False)  # calls a ctypes function pointer: not cacheable across processes
     def _prefetch(base, start_page, count, itemsize, postings):  # pragma: no cover (jit)
@@ -309,6 +331,8 @@ def _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, cou
                     s += head_vecs[p, t] * q[t]
             else:
                 o = start_page[p] * PAGE + (e - 1) * itemsize
+                for b in range(0, itemsize, 64):  # two entries ahead (see the module docstring)
+                    _cache_prefetch(raw, o + 2 * itemsize + b)
                 r = np.int64(raw[o]) | (np.int64(raw[o + 1]) << 8) | (np.int64(raw[o + 2]) << 16) | (np.int64(raw[o + 3]) << 24)
                 if not alive[r]:
                     continue
