@@ -327,11 +327,6 @@ def edit_paths(code: str, config: LintSeqConfig = LintSeqConfig(), key: str = ""
     return paths
 
 
-def training_text(edit_path: Sequence[str], separator: str = "<|diff|>") -> str:
-    """Join diffs with the separator LintSeq trains on."""
-    return separator + separator.join(edit_path)
-
-
 # ---- dataset records -------------------------------------------------------------------------
 CODE_FIELDS = ("code", "solution", "canonical_solution", "completion", "response", "output")
 _FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)

@@ -217,9 +217,6 @@ class BM25Index:
         top = top[scores[top] > 0]
         return Hits(self._ids[top], scores[top].astype(np.float32))
 
-    def search_many(self, queries: list[list[str]], k: int = 10) -> list[Hits]:
-        return [self.search(tokens, k) for tokens in queries]
-
     def save(self, directory: Path) -> None:
         """Write the index into `directory` (the caller makes the write atomic)."""
         directory = Path(directory)

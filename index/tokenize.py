@@ -83,8 +83,3 @@ def tokenize(text: str, config: TokenizerConfig = TokenizerConfig()) -> list[str
     if config.stem:
         tokens = _stemmer().stemWords(tokens)
     return tokens
-
-
-def tokenize_many(texts: list[str], config: TokenizerConfig = TokenizerConfig()) -> list[list[str]]:
-    """Tokenise a batch of texts with one config."""
-    return [tokenize(text, config) for text in texts]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval_suites.llm_bench.measure import percentile, ratio, repeated_ngram, strict_json_object
+from eval_suites.llm_bench.measure import percentile, ratio, strict_json_object
 from eval_suites.report import Report
 
 STAGES = ("rewrite", "retrieve", "filter", "generate")

@@ -1,7 +1,7 @@
 import pytest
 
 from index.errors import MissingDependencyError
-from index.tokenize import TokenizerConfig, tokenize, tokenize_many
+from index.tokenize import TokenizerConfig, tokenize
 
 
 def test_identifiers_kept_whole_and_split():
@@ -26,7 +26,7 @@ def test_no_split_and_case_options():
 def test_empty_and_symbol_only_text():
     assert tokenize("") == []
     assert tokenize("+-*/ ()[]") == []
-    assert tokenize_many(["a_b", ""]) == [["a_b", "a", "b"], []]
+    assert tokenize("a_b") == ["a_b", "a", "b"]
 
 
 def test_stemming_needs_pystemmer_or_works():
