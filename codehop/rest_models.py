@@ -57,10 +57,15 @@ class ErrorResponse(BaseModel):
 
 
 class IndexingStatus(BaseModel):
-    """Progress of a collection's background embedding (index.background.DenseFiller)."""
+    """Progress of a collection's background indexing (index.background.DenseFiller): the scan
+    of the files (state "scanning"), then the embedding of their chunks."""
 
     collection: str
-    state: Literal["waiting", "loading model", "embedding", "done", "stopped", "failed"]
+    state: Literal["waiting", "scanning", "loading model", "embedding", "done", "stopped", "failed"]
+    files_total: int = Field(default=0, description="files the scan lists (0: no scan in this run)")
+    files_done: int = Field(default=0, description="files read and chunked so far")
+    files_chunks: int = Field(default=0, description="chunks of new or changed files found by the scan")
+    rate_files_per_s: float | None = None
     chunks_total: int
     chunks_done: int = Field(description="chunks with a vector (committed or cached)")
     documents_total: int
@@ -69,7 +74,7 @@ class IndexingStatus(BaseModel):
     reused_from_cache: int = Field(description="vectors found in the cache (e.g. after a restart)")
     commits: int
     rate_chunks_per_s: float | None
-    eta_s: float | None
+    eta_s: float | None = Field(description="seconds left of the phase running (scan or embedding)")
     elapsed_s: float | None
     dense_fraction: float | None = Field(description="share of chunks the committed dense index covers")
     error: str | None

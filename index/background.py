@@ -1,6 +1,7 @@
 """Embedding in the background: a server answers from BM25 at once, dense vectors follow.
 
-`DenseFiller` runs `Collection.fill_dense` on a thread and keeps a status a face can show
+`DenseFiller` runs `Collection.fill_dense` on a thread (after an optional `scan` that reads,
+chunks and commits the files for BM25, state "scanning") and keeps a status a face can show
 (`/health`, LSP work-done progress, a progress line on stderr): chunks and documents done of
 the total, vectors embedded now vs found in the cache, rate over the last 30 s, ETA, and the
 share of chunks the committed dense index covers (what a search can use right now).
@@ -21,7 +22,11 @@ from typing import Any, Callable
 
 from index.progress import Rate
 
-STATES = ("waiting", "loading model", "embedding", "done", "stopped", "failed")
+STATES = ("waiting", "scanning", "loading model", "embedding", "done", "stopped", "failed")
+
+
+class _Stopped(Exception):
+    """Raised from the scan's progress callback to end a scan that was asked to stop."""
 
 
 class DenseFiller:
@@ -34,17 +39,26 @@ class DenseFiller:
         pause_s: sleep between batches, leaving the cores to queries on a small machine.
         on_progress: called with `status()` after every batch (and `final=True` at the end).
         prepare: called on the thread before embedding (default: load the embedder).
+        scan: called on the thread first with a progress callback, e.g.
+            ``lambda report: collection.add_paths(paths, defer_dense=True, on_scan=report)``:
+            while it runs the state is "scanning" with files done/total; `stop` ends it at
+            the next file, before its commit (the next run scans again).
     """
 
     def __init__(self, collection, write_lock: Callable[[], Any] | None = None,
                  batch_size: int = 256, commit_every_s: float = 15.0, pause_s: float = 0.0,
                  on_progress: Callable[..., None] | None = None,
-                 prepare: Callable[[], Any] | None = None) -> None:
+                 prepare: Callable[[], Any] | None = None,
+                 scan: Callable[[Callable[[dict[str, int]], None]], Any] | None = None) -> None:
         self.collection = collection
         self.write_lock = write_lock
         self.batch_size, self.commit_every_s, self.pause_s = batch_size, commit_every_s, pause_s
         self.on_progress = on_progress
         self.prepare = prepare or (lambda: collection.embedder.dim)
+        self.scan = scan
+        self.scan_result: Any = None  # what `scan` returned (e.g. an IndexReport)
+        self._scanned: dict[str, int] = {"files_done": 0, "files_total": 0, "chunks": 0}
+        self._file_rate = Rate(30.0)
         self.state = "waiting"
         self.error: str | None = None
         self._stop = threading.Event()
@@ -91,6 +105,8 @@ class DenseFiller:
             done = total - len(self._pending)
             docs_open = sum(1 for n in self._doc_pending.values() if n > 0)
             rate = self._rate.per_second()
+            file_rate = self._file_rate.per_second()
+            files_left = self._scanned["files_total"] - self._scanned["files_done"]
             end = self._finished or time.monotonic()
             status = {
                 "collection": self.collection.name, "state": self.state,
@@ -99,8 +115,13 @@ class DenseFiller:
                 "documents_done": max(0, self._documents_total - docs_open),
                 "embedded": self._embedded, "reused_from_cache": self._cached,
                 "commits": self._commits,
+                "files_total": self._scanned["files_total"], "files_done": self._scanned["files_done"],
+                "files_chunks": self._scanned["chunks"],
+                "rate_files_per_s": None if file_rate is None else round(file_rate, 2),
                 "rate_chunks_per_s": None if rate is None else round(rate, 2),
-                "eta_s": None if not rate else round(len(self._pending) / rate, 1),
+                # of the phase running: the scan's files, then the pending chunks
+                "eta_s": (None if not file_rate else round(files_left / file_rate, 1))
+                if self.state == "scanning" else (None if not rate else round(len(self._pending) / rate, 1)),
                 "elapsed_s": None if self._started is None else round(end - self._started, 1),
                 "error": self.error,
             }
@@ -136,6 +157,14 @@ class DenseFiller:
                     self._doc_pending[self._doc_of[i]] -= 1
         self._report()
 
+    def _scan_progress(self, step: dict[str, int]) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+        with self._lock:
+            self._file_rate.add(step["files_done"] - self._scanned["files_done"])
+            self._scanned = {key: step[key] for key in ("files_done", "files_total", "chunks")}
+        self._report()
+
     def _report(self, final: bool = False) -> None:
         if self.on_progress is not None:
             try:
@@ -146,6 +175,11 @@ class DenseFiller:
     def _run(self) -> None:
         self._started = time.monotonic()
         try:
+            if self.scan is not None:
+                self.state = "scanning"  # reported once the files are listed (`_scan_progress`)
+                self._file_rate.add(0)
+                self.scan_result = self.scan(self._scan_progress)
+                self._snapshot()  # the chunks the scan left pending
             if not self._pending:
                 self.state = "done"
                 return
@@ -161,6 +195,8 @@ class DenseFiller:
             self._commits = counts["commits"]
             self._snapshot()
             self.state = "stopped" if self._stop.is_set() and self._pending else "done"
+        except _Stopped:
+            self.state = "stopped"
         except Exception as error:  # recorded and shown; searches keep working on BM25
             self.error = f"{type(error).__name__}: {error}"
             self.state = "failed"

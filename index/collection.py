@@ -211,7 +211,8 @@ class Collection:
 
     def add_paths(self, paths: list[str | Path], chunker: Chunker | None = None,
                   progress: bool = True, defer_dense: bool = False,
-                  write_lock: Callable[[], Any] | None = None) -> IndexReport:
+                  write_lock: Callable[[], Any] | None = None,
+                  on_scan: Callable[[dict[str, int]], None] | None = None) -> IndexReport:
         """Index files and directories incrementally by content hash.
 
         Unchanged files are skipped, changed ones re-chunked, and documents under a given
@@ -227,6 +228,10 @@ class Collection:
                 left pending by an earlier deferred run stay pending until `fill_dense`.
             write_lock: a context-manager factory held around the commit only (e.g. a server's
                 readers-writer lock): reading, chunking and embedding happen before it, once.
+            on_scan: called once the files are listed and after each file is read and chunked,
+                with {"files_done", "files_total", "chunks" (of new or changed files),
+                "unchanged", "skipped"} so far
+                (e.g. a `ProgressPrinter` of a server's log, which throttles it).
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
@@ -253,7 +258,21 @@ class Collection:
         puts: list[_Put] = []
         files = list(walk(roots))
         workspace = str(self.workspace.resolve()) + os.sep
-        for file in tqdm(files, desc="scan", unit="file", disable=not progress, leave=False):
+
+        def each_file() -> Iterator[Path]:
+            """`files`, telling `on_scan` how far the scan is before each file and at the end."""
+            counted = chunks = 0
+            for done in range(len(files) + 1):
+                if on_scan is not None:
+                    chunks += sum(len(put.chunks) for put in puts[counted:])
+                    counted = len(puts)
+                    on_scan({"files_done": done, "files_total": len(files), "chunks": chunks,
+                             "unchanged": report.unchanged, "skipped": len(report.skipped)})
+                if done < len(files):
+                    yield files[done]
+
+        for file in tqdm(each_file(), total=len(files), desc="scan", unit="file", disable=not progress,
+                         leave=False):
             key = str(file.resolve())
             if key in processed or key.startswith(workspace):  # seen twice, or our own state
                 continue

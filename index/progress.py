@@ -5,8 +5,9 @@ measured while the model was loading or the machine busy does not linger in the 
 `ProgressPrinter` shows a status on a stream: a tqdm bar when the stream is a terminal, else
 one plain line every `interval_s` seconds (logs, systemd, docker) and a last line when done.
 
-Example line::
+Example lines (the scan of the files, then the embedding)::
 
+    codehop: scanning default: 120/221 files (54.3%), 1,310 chunks, 40.1 files/s, ETA 3s
     codehop: embedding default: 1,204/2,243 chunks (53.7%), 96/221 documents, 15.2 chunks/s, ETA 1m08s
 """
 
@@ -60,6 +61,13 @@ def format_duration(seconds: float | None) -> str:
 
 def status_line(status: dict[str, Any]) -> str:
     """One line from a filler status (see index.background.DenseFiller.status)."""
+    if status["state"] == "scanning":
+        done, total = status["files_done"], status["files_total"]
+        share = 100.0 * done / total if total else 0.0
+        rate = status.get("rate_files_per_s")
+        return (f"codehop: scanning {status['collection']}: {done:,}/{total:,} files ({share:.1f}%), "
+                f"{status['files_chunks']:,} chunks" + (f", {rate:.1f} files/s" if rate else ", rate ?")
+                + f", ETA {format_duration(status.get('eta_s'))}")
     done, total = status["chunks_done"], status["chunks_total"]
     share = 100.0 * done / total if total else 100.0
     rate = status.get("rate_chunks_per_s")
@@ -77,12 +85,16 @@ def status_line(status: dict[str, Any]) -> str:
 
 
 class ProgressPrinter:
-    """Shows statuses on `stream`: a bar on a terminal, else a line every `interval_s`."""
+    """Shows statuses on `stream`: a bar on a terminal, else a line every `interval_s`.
+
+    `clock` (seconds, monotonic) decides when the next line is due; tests pass their own.
+    """
 
     def __init__(self, stream: TextIO | None = None, interval_s: float = 5.0,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stderr
         self.interval_s = interval_s
+        self.clock = clock
         self.tty = self.stream.isatty() if tty is None else tty
         self._bar = None
         self._last: float | None = None  # the first status is always shown
@@ -95,10 +107,11 @@ class ProgressPrinter:
             if self.tty:
                 self._update_bar(status, final)
                 return
-            now = time.monotonic()
+            now = self.clock()
             if final or self._last is None or now - self._last >= self.interval_s:
                 self._last = now
-                print(status_line(status), file=self.stream, flush=True)
+                self.stream.write(status_line(status) + "\n")  # one write: other threads log too
+                self.stream.flush()
 
     def watch(self, status: Callable[[], dict[str, Any]], done: Callable[[], bool]) -> threading.Thread:
         """Print `status()` every `interval_s` on a daemon thread until `done()` (a line even
@@ -117,11 +130,17 @@ class ProgressPrinter:
     def _update_bar(self, status: dict[str, Any], final: bool) -> None:
         from tqdm import tqdm
 
+        scanning = status["state"] == "scanning"
+        desc = f"{'scan' if scanning else 'embed'} {status['collection']}"
+        if self._bar is not None and self._bar.desc != desc:  # the scan is over: a new bar
+            self._bar.close()
+            self._bar = None
+        total = status["files_total" if scanning else "chunks_total"]
         if self._bar is None:
-            self._bar = tqdm(total=status["chunks_total"], desc=f"embed {status['collection']}",
-                             unit="chunk", file=self.stream, leave=False)
-        self._bar.total = status["chunks_total"]
-        self._bar.n = status["chunks_done"]
+            self._bar = tqdm(total=total, desc=desc, unit="file" if scanning else "chunk",
+                             file=self.stream, leave=False)
+        self._bar.total = total
+        self._bar.n = status["files_done" if scanning else "chunks_done"]
         self._bar.refresh()
         if final:
             self._bar.close()

@@ -1,13 +1,15 @@
 """`codehop serve [--host 127.0.0.1] [--port 8000] [--source PATH...] [--no-index]`.
 
-Serves first, embeds after: the configured sources (default: the current repository, docs
-included) are scanned and chunked into the default collection and BM25 is committed (seconds),
-then the REST API (codehop.rest) starts with uvicorn while the dense vectors are computed on a
-background thread and committed in batches (index.background.DenseFiller). /health shows the
-progress; a dense or hybrid search before the end says `"partial": {"dense": share}`; stderr
-gets a progress bar on a terminal, else a line every few seconds. A restart resumes: vectors
-already in the workspace's cache are not computed again. `--wait-dense` embeds everything
-before serving (the old behaviour).
+Serves first, embeds after: the REST API (codehop.rest) starts with uvicorn at once; on a
+background thread (index.background.DenseFiller) the configured sources (default: the current
+repository, docs included) are scanned and chunked into the default collection, BM25 is
+committed (seconds), then the dense vectors are computed and committed in batches. /health
+shows the phase ("scanning", then "embedding") with counts, rate and ETA; a dense or hybrid
+search or ask before the end says `"partial": {"dense": share}`; stderr gets a progress bar on
+a terminal, else a line every few seconds. A restart resumes: vectors already in the
+workspace's cache are not computed again. `--no-index` serves the workspace as it is (no scan)
+but still computes the vectors a stopped run left pending. `--wait-dense` scans and embeds
+everything before serving (the old behaviour).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="files or directories to index and allow through the API "
                              "(default: [server] roots, else the current repository)")
     parser.add_argument("--collection", help="collection to index into (default: from settings)")
-    parser.add_argument("--no-index", action="store_true", help="serve without indexing first")
+    parser.add_argument("--no-index", action="store_true",
+                        help="serve the workspace as it is, without scanning the sources (chunks a "
+                             "stopped run left without vectors are still embedded in the background)")
     parser.add_argument("--wait-dense", action="store_true",
                         help="embed every chunk before serving (default: serve from BM25 at once "
                              "and embed in the background)")
@@ -73,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
     name = args.collection or settings.collection.name
     settings = dataclasses.replace(settings, collection=dataclasses.replace(
         settings.collection, name=name))
-    background = None
-    if not args.no_index:
-        _index(settings, workspace, name, sources, defer=not args.wait_dense)
-        background = _background(name, args)
+    scan = None  # what the background thread scans before it embeds
+    if args.wait_dense and not args.no_index:
+        _index(settings, workspace, name, sources, defer=False)
+    elif not args.no_index:
+        _check(settings, workspace, name)
+        scan = sources
+    background = _background(name, args, scan)
     app = create_app(settings, workspace=workspace, roots=[s for s in sources if s.exists()],
                      repo_root=next((s.resolve() for s in sources if s.is_dir()), None),
                      background=background)
@@ -107,16 +114,48 @@ def _index(settings, workspace: Path, name: str, sources: list[Path], defer: boo
               "in the background (see /health)", file=sys.stderr, flush=True)
 
 
-def _background(name: str, args: argparse.Namespace):
-    """Starts the collection's DenseFiller once the server's resources exist."""
+def _check(settings, workspace: Path, name: str) -> None:
+    """Create the collection, or fail now (not on the background thread) when the settings
+    conflict with it (another embedder: EmbedderMismatchError)."""
+    from codehop.models import open_collection
+
+    config = settings.collection_config() if settings.source is not None else None
+    open_collection(settings, workspace, name, create=True, config=config).close()
+
+
+def _background(name: str, args: argparse.Namespace, sources: list[Path] | None):
+    """Starts the collection's DenseFiller once the server's resources exist: it scans
+    `sources` first (None: no scan), then embeds the pending chunks."""
+    from codehop.commands.index import _code_chunker
+
+    chunker = _code_chunker() if sources is not None else None  # grammars load before serving
+
+    def say(line: str) -> None:  # one write: uvicorn logs from other threads meanwhile
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def scan(collection, resources, report):
+        if not sys.stderr.isatty():
+            say(f"codehop: scanning {', '.join(map(str, sources))}")
+        result = collection.add_paths(sources, chunker=chunker, progress=False, defer_dense=True,
+                                      write_lock=resources.lock(name).write, on_scan=report)
+        pending = len(collection.pending_ids())
+        say(f"codehop: indexed {result.summary()}")
+        if pending:
+            say(f"codehop: BM25 search is ready; {pending:,} chunks lack vectors and are embedded "
+                "in the background (see /health)")
+        return result
 
     def start(resources) -> None:
         from index.background import DenseFiller
         from index.progress import ProgressPrinter
 
-        collection = resources.collection(name)
-        if not len(collection.pending_ids()):
+        if name not in resources.names():  # --no-index on a workspace without the collection
             return
+        collection = resources.collection(name)
+        if sources is None and not len(collection.pending_ids()):
+            return
+
         def prepare() -> None:
             # Under the lock the endpoints load models with: transformers' lazy imports are
             # not thread-safe, and a request may be loading the generator right now.
@@ -127,7 +166,8 @@ def _background(name: str, args: argparse.Namespace):
         filler = DenseFiller(
             collection, write_lock=resources.lock(name).write, batch_size=args.embed_batch,
             commit_every_s=args.embed_commit_s, pause_s=args.embed_pause,
-            on_progress=printer.update, prepare=prepare).start()
+            on_progress=printer.update, prepare=prepare,
+            scan=None if sources is None else lambda report: scan(collection, resources, report)).start()
         resources.indexing[name] = filler
         printer.watch(filler.status, lambda: filler.done)
 

@@ -77,6 +77,40 @@ def test_health_and_openapi(env):
     assert search["k"]["maximum"] == 100 and search["query"]["maxLength"] == 4000
 
 
+def test_health_shows_the_scan_phase(tmp_path):
+    from index import Collection
+    from index.background import DenseFiller
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in "abcd":
+        (tree / f"{name}.txt").write_text(f"File {name}.\n\nSecond paragraph of {name}.")
+    reached, release = threading.Event(), threading.Event()
+
+    def chunker(path, text):  # the built-in chunkers, but b.txt waits until /health was read
+        if path.endswith("b.txt"):
+            reached.set()
+            assert release.wait(30)
+        return None
+
+    def start(resources):  # what codehop serve's background start does, with that chunker
+        Collection.open(tmp_path / "ws").close()
+        collection = resources.collection("default")
+        resources.indexing["default"] = DenseFiller(
+            collection, write_lock=resources.lock("default").write,
+            scan=lambda report: collection.add_paths([tree], chunker=chunker, progress=False,
+                                                     defer_dense=True, on_scan=report)).start()
+
+    with TestClient(create_app(Settings(), workspace=tmp_path / "ws", roots=[tree], background=start)) as client:
+        assert reached.wait(30)
+        status = client.get("/health").json()["indexing"]["default"]
+        assert status["state"] == "scanning" and (status["files_done"], status["files_total"]) == (1, 4)
+        assert status["files_chunks"] == 1 and status["chunks_total"] == 0  # a.txt: one passage, not committed yet
+        client.app.state.resources.indexing["default"].stop(wait=False)  # ends the scan at the next file
+        release.set()
+    assert client.app.state.resources.indexing["default"].status()["state"] == "stopped"
+
+
 def test_search_finds_files_and_texts(env):
     client, root, _ = env
     for mode in ("hybrid", "bm25", "dense"):

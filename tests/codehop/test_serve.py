@@ -92,7 +92,9 @@ def test_serve_answers_first_embeds_after_and_resumes_after_kill(tmp_path):
 
     first = _start(config, tree, workspace, port, tmp_path / "first.log", "--embed-pause", "0.5")
     try:
-        answer = _wait(lambda: _search(port, "token7x3 alpha7", "bm25"), 45, "the first answer", first)
+        # the server is up at once and scans in the background: wait for the BM25 commit
+        answer = _wait(lambda: (a := _search(port, "token7x3 alpha7", "bm25"))["results"] and a, 45,
+                       "the first answer", first)
         assert answer["results"][0]["path"].endswith("page007.txt") and answer["partial"] is None
         hybrid = _search(port, "token7x3 alpha7", "hybrid")
         assert hybrid["results"] and 0.0 <= hybrid["partial"]["dense"] < 1.0  # says it is partial
@@ -108,6 +110,7 @@ def test_serve_answers_first_embeds_after_and_resumes_after_kill(tmp_path):
     assert 0 < cached < FILES * PARAGRAPHS
     log = (tmp_path / "first.log").read_text()
     assert "BM25 search is ready" in log and "chunks/s, ETA" in log  # progress lines, not a tty
+    assert f"codehop: scanning default: 0/{FILES} files" in log  # the scan's first status line
 
     second = _start(config, tree, workspace, port, tmp_path / "second.log")
     try:
@@ -132,3 +135,30 @@ def test_serve_answers_first_embeds_after_and_resumes_after_kill(tmp_path):
         for (query, mode), answer in answers.items():
             expected = [(r.id, r.path, r.start_line, round(r.score, 5)) for r in one_shot.search(query, k=10, mode=mode)]
             assert _hits(answer) == expected
+
+
+def test_serve_no_index_resumes_the_vectors_a_stopped_run_left(tmp_path):
+    from index import Collection, CollectionConfig
+
+    model = tiny_static_model(tmp_path / "tiny")
+    config = tmp_path / "codehop.toml"
+    config.write_text(f'[embedding]\nbackend = "static"\nmodel = "{model}"\n')
+    tree, workspace, port = tmp_path / "tree", tmp_path / "ws", _port()
+    tree.mkdir()
+    for f in range(10):
+        (tree / f"page{f}.txt").write_text(f"Page {f}: alpha{f} " + "lorem ipsum " * 20)
+    # what a `codehop serve` killed before its first vector leaves: BM25 committed, chunks pending
+    with Collection.open(workspace, config=CollectionConfig(embedding_backend="static",
+                                                            embedding_model=str(model))) as collection:
+        collection.add_paths([tree], progress=False, defer_dense=True)
+        assert len(collection.pending_ids()) == 10
+    (tree / "later.txt").write_text("A file written after that run: not scanned under --no-index.")
+    server = _start(config, tree, workspace, port, tmp_path / "serve.log", "--no-index")
+    try:
+        final = _wait(lambda: (s := _status(port)) and s["state"] == "done" and s, 60, "the end", server)
+        assert final["embedded"] == 10 and final["dense_fraction"] == 1.0 and final["files_total"] == 0
+        assert not _search(port, "written after that run", "bm25")["results"]
+        assert _search(port, "alpha3", "dense")["partial"] is None
+    finally:
+        server.terminate()
+        server.wait(20)

@@ -128,6 +128,72 @@ def test_dense_filler_reports_progress_and_lines(tmp_path, config, capsys):
     assert any("chunks/s, ETA" in line for line in lines)
 
 
+def test_the_scan_reports_files_and_chunks_as_it_goes(tmp_path, config):
+    import io
+    import threading
+
+    tree = _tree(tmp_path / "tree", files=12)
+    (tmp_path / "tree" / "unreadable.bin").write_bytes(bytes(range(256)))
+    clock = iter(float(t) for t in range(10_000))  # one second per status: a line every 4 statuses
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, interval_s=4.0, tty=False, clock=clock.__next__)
+    statuses, reached, release = [], threading.Event(), threading.Event()
+
+    def chunker(path, text):  # the real chunkers, but the 7th file waits until the test has looked
+        if path.endswith("doc006.txt"):
+            reached.set()
+            assert release.wait(30)
+        return None
+
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        filler = DenseFiller(collection, batch_size=25, on_progress=lambda s, final=False: (
+            statuses.append(s), printer.update(s, final=final)), scan=lambda report: collection.add_paths(
+                [tree], chunker=chunker, progress=False, defer_dense=True, on_scan=report)).start()
+        assert reached.wait(30)
+        during = filler.status()  # what /health shows mid-scan
+        release.set()
+        assert filler.join(30)
+        final = filler.status()
+    assert during["state"] == "scanning" and during["files_total"] == 13
+    assert during["files_done"] == 6 and during["files_chunks"] == 6 * 5  # 5 paragraphs a file
+    assert during["chunks_total"] == 0  # nothing committed yet
+    scans = [s for s in statuses if s["state"] == "scanning"]
+    assert [s["files_done"] for s in scans] == list(range(14))  # listed, then after every file
+    assert scans[-1]["files_chunks"] == 60 and final["state"] == "done"
+    assert final["chunks_done"] == final["chunks_total"] == 60 and final["files_done"] == 13
+    assert filler.scan_result.added == 12 and len(filler.scan_result.skipped) == 1
+    lines = stream.getvalue().splitlines()
+    scan_lines = [line for line in lines if line.startswith("codehop: scanning")]
+    # statuses at clock 0, 1, 2, ...: a line at 0, 4, 8 and 12 (the printer's interval)
+    assert scan_lines[0] == "codehop: scanning default: 0/13 files (0.0%), 0 chunks, rate ?, ETA ?"
+    assert [line.split(": ")[2].split(" files")[0] for line in scan_lines] == ["0/13", "4/13", "8/13", "12/13"]
+    assert all("files/s, ETA" in line for line in scan_lines[1:])
+    assert lines[-1].startswith("codehop: done default: 60/60 chunks")
+
+
+def test_a_stopped_scan_commits_nothing(tmp_path, config):
+    import threading
+
+    tree = _tree(tmp_path / "tree", files=6)
+    reached, release = threading.Event(), threading.Event()
+
+    def chunker(path, text):
+        if path.endswith("doc002.txt"):
+            reached.set()
+            assert release.wait(30)
+        return None
+
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        filler = DenseFiller(collection, scan=lambda report: collection.add_paths(
+            [tree], chunker=chunker, progress=False, defer_dense=True, on_scan=report)).start()
+        assert reached.wait(30)
+        filler.stop(wait=False)
+        release.set()
+        assert filler.join(30)
+        assert filler.status()["state"] == "stopped" and filler.status()["files_done"] == 2
+        assert len(collection) == 0  # ended before its commit: the next run scans again
+
+
 def test_dense_filler_records_a_failure(tmp_path, config):
     tree = _tree(tmp_path / "tree", files=2)
     with Collection.open(tmp_path / "ws", config=config) as collection:

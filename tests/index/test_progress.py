@@ -37,3 +37,22 @@ def test_printer_writes_a_line_per_interval_off_a_terminal():
     printer.update({**STATUS, "state": "done", "chunks_done": 2243}, final=True)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and "1,204/2,243" in lines[0] and lines[1].startswith("codehop: done")
+
+
+SCAN = {**STATUS, "state": "scanning", "chunks_total": 0, "chunks_done": 0, "files_total": 221,
+        "files_done": 120, "files_chunks": 1310, "rate_files_per_s": 40.1, "eta_s": 2.5}
+
+
+def test_the_scan_has_its_own_line_and_bar():
+    assert status_line(SCAN) == ("codehop: scanning default: 120/221 files (54.3%), 1,310 chunks, "
+                                 "40.1 files/s, ETA 2s")
+    assert status_line({**SCAN, "files_done": 0, "files_chunks": 0, "rate_files_per_s": None, "eta_s": None}) == \
+        "codehop: scanning default: 0/221 files (0.0%), 0 chunks, rate ?, ETA ?"
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, tty=True)  # a bar per phase: files, then chunks
+    printer.update(SCAN)
+    assert printer._bar.desc == "scan default" and (printer._bar.n, printer._bar.total) == (120, 221)
+    printer.update(STATUS)
+    assert printer._bar.desc == "embed default" and (printer._bar.n, printer._bar.total) == (1204, 2243)
+    printer.update({**STATUS, "state": "done", "chunks_done": 2243, "documents_done": 221}, final=True)
+    assert printer._bar is None and stream.getvalue().endswith("2,243/2,243 chunks (100.0%), 221/221 documents in 1m20s\n")
