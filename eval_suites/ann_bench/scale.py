@@ -49,7 +49,8 @@ LABELS = {
     "hnsw": "faiss HNSW32 (in RAM)",
 }
 SWEEPS = {
-    "spann": [{"search_heads": h, "hnsw_ef_search": ef} for h, ef in ((8, 16), (8, 32), (16, 32), (32, 64), (64, 64))],
+    "spann": [{"search_heads": h, "hnsw_ef_search": ef}
+              for h, ef in ((8, 8), (8, 16), (8, 32), (16, 16), (16, 32), (32, 64), (64, 64))],
     "ivfflat": [{"nprobe": p} for p in (4, 8, 16, 32, 64)],
     "ivfondisk": [{"nprobe": p} for p in (4, 8, 16, 32, 64)],
     "ivfpqfs": [{"nprobe": p, "k_factor_rf": 4} for p in (8, 16, 32, 64)],
@@ -171,6 +172,11 @@ def rss() -> dict[str, int]:
     return fields
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (other people's jobs included): latencies carry it."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def evict(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -271,6 +277,7 @@ def measure(work: Path, method: str, n_lat: int, n_cold: int) -> None:
     built = json.loads((m.dir / "build.json").read_text())
     rows = []
     for params in SWEEPS[method]:
+        load_before = load_average()
         m.set(params)
         faiss.omp_set_num_threads(1)
         found = m.search(q, 10)  # also warms the caches
@@ -313,6 +320,8 @@ def measure(work: Path, method: str, n_lat: int, n_cold: int) -> None:
             result.update(cold_p50_ms=1e3 * float(np.percentile(cold, 50)),
                           cold_p99_ms=1e3 * float(np.percentile(cold, 99)),
                           cold_resident_bytes_before=max((r for r in resident if r is not None), default=None))
+        result.update(measured_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                      load_1m=[load_before, load_average()])
         rows.append(result)
         print(json.dumps(result), flush=True)
     (m.dir / "measure.json").write_text(json.dumps(rows))
@@ -336,13 +345,17 @@ def report(work: Path, out: Path, devdocs: Path | None) -> str:
             rows += json.loads(path.read_text())
     n = rows[0]["n"] if rows else 0
     lines = [f"| method | params | recall@10 | warm p50 ms | warm p99 ms | cold p50 ms | cold p99 ms | QPS (2 thr) "
-             "| RSS anon MiB | RSS anon % raw | RSS file MiB | disk MiB | build s | build peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| RSS anon MiB | RSS anon % raw | RSS file MiB | disk MiB | build s | build peak RSS MiB "
+             "| measured UTC (load 1-min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        # rows measured before the load was recorded come from an earlier round (see the report)
+        when = (f"{r['measured_utc']} ({r['load_1m'][0]:.1f}-{r['load_1m'][1]:.1f})" if "measured_utc" in r
+                else "earlier round")
         lines.append(f"| {r['label']} | {r['params']} | {r['recall@10']:.3f} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
                      f"| {_fmt(r.get('cold_p50_ms'))} | {_fmt(r.get('cold_p99_ms'))} | {_fmt(r['qps_2threads'])} "
                      f"| {_fmt(r['rss_anon_MiB'])} | {_fmt(r['rss_anon_%raw'])} | {_fmt(r['rss_file_MiB'])} "
-                     f"| {_fmt(r['disk_MiB'])} | {_fmt(r['build_s'])} | {_fmt(r['build_peak_rss_MiB'])} |")
+                     f"| {_fmt(r['disk_MiB'])} | {_fmt(r['build_s'])} | {_fmt(r['build_peak_rss_MiB'])} | {when} |")
     goals = []
     ivf = [r for r in rows if r["method"] == "ivfflat"]
     for r in (r for r in rows if r["method"] == "spann"):
