@@ -684,23 +684,24 @@ class Collection:
     def _search_filtered(self, query: str, k: int, mode: str, filters: SearchFilter) -> list[SearchResult]:
         """Top-k among the chunks `filters` admits.
 
-        The store names the admitted row ids (one SQL query); the retrievers are then asked for
-        n candidates, n growing 4x per round from max(4k, candidates), until k of them are
-        admitted or the retrievers have nothing beyond n. So a filter matching 3 chunks of
-        100,000 still returns all 3, where a fixed over-fetch would return none. Exact for BM25
-        and flat; SPANN and PQ return what their probes reach, as they do unfiltered.
+        The retrievers are asked for n candidates, n growing 4x per round from
+        max(4k, candidates), until k of them are admitted or the retrievers have nothing beyond
+        n; the store checks each candidate once (path and kind), so a round costs what its new
+        candidates cost, not the collection's size. A filter matching 3 chunks of 100,000
+        still returns all 3, where a fixed over-fetch would return none. Exact for BM25 and
+        flat; SPANN and PQ return what their probes reach, as they do unfiltered.
         """
-        admitted = np.asarray(self.store.filtered_row_ids(self.name, filters.path_prefix, filters.kind),
-                              dtype=np.int64)
-        if not len(admitted):
-            return []
         vector = None
         if mode != "bm25" and self._dense is not None:
             vector = self.embedder.encode_query(query)  # once, not per round
+        admitted: dict[int, bool] = {}  # row id -> passes the filter, for candidates seen
         n = max(4 * k, self.config.candidates)
         while True:
             hits, complete = self._candidates(query, vector, n, mode)
-            keep = np.isin(hits.ids, admitted)
+            new = [int(i) for i in hits.ids if int(i) not in admitted]
+            passing = self.store.admitted_row_ids(new, filters.path_prefix, filters.kind)
+            admitted.update((i, i in passing) for i in new)
+            keep = np.fromiter((admitted[int(i)] for i in hits.ids), dtype=bool, count=len(hits))
             if keep.sum() >= k or complete:
                 return self._results(Hits(hits.ids[keep], hits.scores[keep]).top(k))
             n *= 4

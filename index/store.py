@@ -357,20 +357,28 @@ class Store:
                                        json.loads(r[9]))
         return found
 
-    def filtered_row_ids(self, collection: str, path_prefix: str | None = None,
-                         kind: str | None = None) -> list[int]:
-        """Row ids (ascending) of the chunks whose document path starts with `path_prefix` and
-        whose kind is `kind`; None matches anything."""
-        sql = ("SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
-               "WHERE c.collection=?")
-        params: list[Any] = [collection]
+    def admitted_row_ids(self, row_ids: list[int], path_prefix: str | None = None,
+                         kind: str | None = None) -> set[int]:
+        """Those of `row_ids` whose document path starts with `path_prefix` and whose chunk
+        kind is `kind` (None matches anything); unknown ids are left out. The cost follows
+        len(row_ids), not the size of the collection."""
+        where = ""
+        extra: list[Any] = []
         if path_prefix is not None:  # substr, not LIKE: "%" and "_" in a path are literal
-            sql += " AND substr(d.path, 1, ?) = ?"
-            params += [len(path_prefix), path_prefix]
+            where += " AND substr(d.path, 1, ?) = ?"
+            extra += [len(path_prefix), path_prefix]
         if kind is not None:
-            sql += " AND c.kind = ?"
-            params.append(kind)
-        return [r[0] for r in self._query(sql + " ORDER BY c.id", params).fetchall()]
+            where += " AND c.kind = ?"
+            extra.append(kind)
+        found: set[int] = set()
+        unique = list(dict.fromkeys(int(i) for i in row_ids))
+        for start in range(0, len(unique), _LOOKUP_BATCH):
+            part = unique[start : start + _LOOKUP_BATCH]
+            rows = self._query(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({','.join('?' * len(part))}){where}", part + extra).fetchall()
+            found.update(r[0] for r in rows)
+        return found
 
     def row_ids_for(self, collection: str, chunk_ids: list[str]) -> list[int | None]:
         """Row ids of user-facing chunk ids "doc:ordinal" (None where unknown)."""

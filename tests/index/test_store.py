@@ -93,3 +93,21 @@ def test_corrupt_file_and_foreign_format_are_reported(tmp_path):
     conn.close()
     with pytest.raises(CorruptIndexError, match="format 99"):
         Store(good)
+
+
+def test_admitted_row_ids_match_a_literal_path_prefix_and_kind(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.create_collection("c", {})
+    ids = {}
+    with store.transaction():
+        for path, kind in (("/src/100%_a.py", "block"), ("/src/100X_b.py", "block"),
+                           ("/src/100%_c.md", "passage"), ("/docs/d.md", "passage")):
+            chunk = Chunk("text", path, 1, 1, kind)
+            ids[path] = store.put_document("c", path, path, [chunk], [path])[2][0]
+    every = list(ids.values()) + [10_000]  # an unknown id is left out
+    assert store.admitted_row_ids(every, path_prefix="/src/100%") == {ids["/src/100%_a.py"],
+                                                                        ids["/src/100%_c.md"]}
+    assert store.admitted_row_ids(every, kind="passage") == {ids["/src/100%_c.md"], ids["/docs/d.md"]}
+    assert store.admitted_row_ids(every, "/src/", "block") == {ids["/src/100%_a.py"], ids["/src/100X_b.py"]}
+    assert store.admitted_row_ids(every) == set(ids.values())
+    assert store.admitted_row_ids([], "/src/") == set()
