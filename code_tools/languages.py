@@ -426,5 +426,6 @@ def _calls(spec: LanguageSpec, root, source: bytes) -> list[tuple[str, int]]:
     from tree_sitter import QueryCursor
 
     nodes = QueryCursor(_compiled(spec.grammar, "calls")).captures(root).get("call", [])
-    return sorted(((_text(node, source), node.start_point[0] + 1) for node in nodes),
-                  key=lambda item: item[1])
+    # Source order (line, then column): captures come back grouped by pattern, not by position.
+    nodes = sorted(nodes, key=lambda node: node.start_byte)
+    return [(_text(node, source), node.start_point[0] + 1) for node in nodes]

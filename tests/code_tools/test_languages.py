@@ -90,3 +90,8 @@ def test_unknown_file_types_are_not_parsed():
 def test_broken_code_still_yields_the_complete_definitions():
     out = outline("a.py", "def ok(a):\n    return a\n\ndef broken(:\n")
     assert "ok" in {s.name for s in out.symbols}
+
+
+def test_calls_come_in_source_order_within_a_line():
+    out = outline("m.py", "x = outer(inner(1), other(2)).method()\ny = last()\n")
+    assert out.calls == [("outer", 1), ("inner", 1), ("other", 1), ("method", 1), ("last", 2)]
