@@ -127,7 +127,7 @@ class RepoIndex:
         self.bm25 = BM25Index(BM25Config(k1=config.k1, b=config.b))
         self._embedder: Embedder | None = None
         self._vectors: dict[int, np.ndarray] = {}  # chunk id -> dense vector, filled on demand
-        self._resolver = ImportResolver()
+        self._resolver = ImportResolver(self.root)
         self._chunk_path: list[str] = []
         self._lock = threading.RLock()
 
@@ -372,7 +372,7 @@ class RepoIndex:
         state = read_state(directory, asdict(self.config))
         self.chunks, self._chunk_path, self.bm25, self.files = (state.chunks, state.chunk_path,
                                                                  state.bm25, {})
-        self.symbols, self.importers, self._resolver = {}, {}, ImportResolver()
+        self.symbols, self.importers, self._resolver = {}, {}, ImportResolver(self.root)
         for path, record in state.files.items():  # insertion order = the order they were indexed
             self.files[path] = record
             self._resolver.add(path)

@@ -8,6 +8,8 @@ their implicit suffixes, C/C++ includes, Java packages, Go package directories, 
 from __future__ import annotations
 
 import os
+import re
+from functools import cached_property
 from pathlib import Path
 
 from code_tools.languages import Import, language_for_path
@@ -28,20 +30,30 @@ def python_module_names(path: str) -> list[str]:
 
 
 class ImportResolver:
-    """Maps an import as written to repository files, per language family."""
+    """Maps an import as written to repository files, per language family.
 
-    def __init__(self) -> None:
+    `root` (optional) is the repository on disk: Go imports are resolved through the module
+    paths its go.mod files declare (`module github.com/acme/shop` in `svc/go.mod` makes
+    `github.com/acme/shop/store` the directory `svc/store`).
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else None
         self.files: set[str] = set()
         self.py_modules: dict[str, set[str]] = {}
 
     def add(self, path: str) -> None:
         self.files.add(path)
+        if path.endswith(".go"):
+            self.__dict__.pop("_go_modules", None)  # a new directory may sit under a go.mod
         if path.endswith((".py", ".pyi")):
             for name in python_module_names(path):
                 self.py_modules.setdefault(name, set()).add(path)
 
     def remove(self, path: str) -> None:
         self.files.discard(path)
+        if path.endswith(".go"):
+            self.__dict__.pop("_go_modules", None)
         if path.endswith((".py", ".pyi")):
             for name in python_module_names(path):
                 self.py_modules.get(name, set()).discard(path)
@@ -108,10 +120,45 @@ class ImportResolver:
         return sorted(f for f in self.files if f == tail or f.endswith("/" + tail))[:1]
 
     def _go(self, here: str, imp: Import) -> list[str]:
+        for directory, module in self._go_modules.items():
+            if imp.module == module or imp.module.startswith(module + "/"):
+                target = "/".join(p for p in (directory, imp.module[len(module):].strip("/")) if p)
+                found = sorted(f for f in self.files
+                               if f.endswith(".go") and _parent(f) == target)
+                if found:
+                    return found
+        # No go.mod says where the import lives: a directory whose path ends with the import.
         return sorted(f for f in self.files
-                      if f.endswith(".go") and ("/" + Path(f).parent.as_posix()).endswith("/" + imp.module))
+                      if f.endswith(".go") and ("/" + _parent(f)).endswith("/" + imp.module))
+
+    @cached_property
+    def _go_modules(self) -> dict[str, str]:
+        """Directory (relative, "" for the root) -> module path, from the go.mod files above the
+        repository's .go files; the deepest module first, as Go itself picks the nearest one."""
+        if self.root is None:
+            return {}
+        directories = {""}
+        for path in self.files:
+            if path.endswith(".go"):
+                parts = _parent(path).split("/") if _parent(path) else []
+                directories.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        modules = {}
+        for directory in sorted(directories, key=lambda d: -d.count("/") - bool(d)):
+            try:
+                text = (self.root / directory / "go.mod").read_text(errors="replace")
+            except OSError:
+                continue
+            match = re.search(r"^\s*module\s+\"?([^\s\"]+)", text, re.MULTILINE)
+            if match:
+                modules[directory] = match.group(1)
+        return modules
 
     def _rust(self, here: str, imp: Import) -> list[str]:
         name = imp.module.split("::")[-1].strip("{} ")
         return [candidate.lstrip("/") for candidate in (f"{here}/{name}.rs", f"{here}/{name}/mod.rs")
                 if candidate.lstrip("/") in self.files]
+
+
+def _parent(path: str) -> str:
+    parent = Path(path).parent.as_posix()
+    return "" if parent == "." else parent

@@ -43,3 +43,14 @@ def test_other_families_and_never_the_importing_file_itself():
     r.remove("web/api.ts")
     assert r.resolve("web/app.ts", Import("./api")) == []
     assert r.resolve("notes.md", Import("./api")) == []
+
+
+def test_go_imports_resolve_through_the_module_path_in_go_mod(tmp_path):
+    (tmp_path / "svc" / "store").mkdir(parents=True)
+    (tmp_path / "svc" / "go.mod").write_text("module github.com/acme/shop\n\ngo 1.22\n")
+    resolver = ImportResolver(tmp_path)
+    for path in ["svc/main.go", "svc/store/db.go", "other/store/db.go"]:
+        resolver.add(path)
+    assert resolver.resolve("svc/main.go", Import("github.com/acme/shop/store")) == ["svc/store/db.go"]
+    assert resolver.resolve("svc/main.go", Import("github.com/other/lib")) == []
+    assert resolver.resolve("svc/main.go", Import("fmt")) == []
