@@ -212,7 +212,8 @@ class Collection:
     def add_paths(self, paths: list[str | Path], chunker: Chunker | None = None,
                   progress: bool = True, defer_dense: bool = False,
                   write_lock: Callable[[], Any] | None = None,
-                  on_scan: Callable[[dict[str, int]], None] | None = None) -> IndexReport:
+                  on_scan: Callable[[dict[str, int]], None] | None = None,
+                  on_embed: Callable[[dict[str, int]], None] | None = None) -> IndexReport:
         """Index files and directories incrementally by content hash.
 
         Unchanged files are skipped, changed ones re-chunked, and documents under a given
@@ -232,6 +233,8 @@ class Collection:
                 with {"files_done", "files_total", "chunks" (of new or changed files),
                 "unchanged", "skipped"} so far
                 (e.g. a `ProgressPrinter` of a server's log, which throttles it).
+            on_embed: called after each embedding batch of the new chunks with {"done",
+                "total"} chunks (not called when every vector is already cached).
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
@@ -306,7 +309,7 @@ class Collection:
                                             for r in roots)]
         report.removed = len(gone)
         if not defer_dense:
-            self._embed_chunks([c for put in puts for c in put.chunks], report, progress)
+            self._embed_chunks([c for put in puts for c in put.chunks], report, progress, on_embed)
         if puts or gone:
             with write_lock() if write_lock else nullcontext():
                 self._commit(puts, gone, report, defer=defer_dense)
@@ -374,10 +377,12 @@ class Collection:
         report.documents, report.chunks = counts["documents"], counts["chunks"]
         report.elapsed_s = time.perf_counter() - started
 
-    def _embed_chunks(self, chunks: list[Chunk], report: IndexReport, progress: bool) -> None:
-        self._embed_texts([c.text for c in chunks], report, progress)
+    def _embed_chunks(self, chunks: list[Chunk], report: IndexReport, progress: bool,
+                      on_embed: Callable[[dict[str, int]], None] | None = None) -> None:
+        self._embed_texts([c.text for c in chunks], report, progress, on_embed)
 
-    def _embed_texts(self, texts: list[str], report: IndexReport, progress: bool) -> None:
+    def _embed_texts(self, texts: list[str], report: IndexReport, progress: bool,
+                     on_embed: Callable[[dict[str, int]], None] | None = None) -> None:
         """Put every text's vector into the cache (already cached ones cost a lookup)."""
         if not texts:
             return
@@ -389,7 +394,16 @@ class Collection:
             return
         with tqdm(total=len(texts), desc="embed", unit="chunk", disable=not progress,
                   leave=False) as bar:
-            self.embedder.encode(texts, progress=bar.update)
+            done = 0  # bar.n stays 0 while the bar is disabled
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                bar.update(n)
+                if on_embed is not None:
+                    on_embed({"done": done, "total": len(texts)})
+
+            self.embedder.encode(texts, progress=advance)
 
     # ---------------------------------------------------------------- committing
 

@@ -146,3 +146,51 @@ class ProgressPrinter:
             self._bar.close()
             self._bar = None
             print(status_line(status), file=self.stream, flush=True)
+
+
+class RunStatus:
+    """Statuses of a one-shot indexing run (`codehop index`) in the shape `status_line` and
+    `ProgressPrinter` read: feed it `Collection.add_paths`'s `on_scan` and `on_embed` steps
+    (or `fill_dense`'s) and it adds rates and ETA and hands each status to `show`."""
+
+    def __init__(self, collection: str, show: Callable[..., None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.collection, self.show, self.clock = collection, show, clock
+        self.started = clock()
+        self.status: dict[str, Any] = {
+            "collection": collection, "state": "scanning", "files_done": 0, "files_total": 0,
+            "files_chunks": 0, "chunks_done": 0, "chunks_total": 0, "documents_total": 0,
+            "documents_done": 0, "rate_files_per_s": None, "rate_chunks_per_s": None,
+            "eta_s": None, "elapsed_s": None, "error": None}
+        self._files, self._chunks = Rate(30.0), Rate(30.0)
+        self._files.add(0, clock())
+
+    def scan(self, step: dict[str, int]) -> None:
+        """One `on_scan` step: {"files_done", "files_total", "chunks", ...}."""
+        now = self.clock()
+        self._files.add(step["files_done"] - self.status["files_done"], now)
+        rate = self._files.per_second(now)
+        left = step["files_total"] - step["files_done"]
+        self.status.update(state="scanning", files_done=step["files_done"],
+                           files_total=step["files_total"], files_chunks=step["chunks"],
+                           rate_files_per_s=rate, eta_s=left / rate if rate else None)
+        self.show(dict(self.status))
+
+    def embed(self, step: dict[str, int]) -> None:
+        """One `on_embed` step: {"done", "total"} chunks."""
+        now = self.clock()
+        if self.status["state"] != "embedding":
+            self.status["state"] = "embedding"
+            self._chunks.add(0, now)  # the rate counts from the first batch on
+        else:
+            self._chunks.add(step["done"] - self.status["chunks_done"], now)
+        rate = self._chunks.per_second(now)
+        self.status.update(chunks_done=step["done"], chunks_total=step["total"],
+                           rate_chunks_per_s=rate,
+                           eta_s=(step["total"] - step["done"]) / rate if rate else None)
+        self.show(dict(self.status))
+
+    def finish(self) -> None:
+        """The last status ("done", with the elapsed time), shown whatever the throttle."""
+        self.status.update(state="done", elapsed_s=self.clock() - self.started, eta_s=None)
+        self.show(dict(self.status), final=True)

@@ -43,32 +43,45 @@ def run(args: argparse.Namespace) -> int:
     # Only an explicit choice overrides a collection's stored settings.
     explicit = args.dense is not None or settings.source is not None
     config = settings.collection_config(dense=args.dense) if explicit else None
-    progress = not args.no_progress
+    progress = _Progress(name, terminal=sys.stderr.isatty()) if not args.no_progress else None
     # --rebuild may re-embed with another model; a plain add never mixes two models' vectors.
     with open_collection(settings, workspace, name, create=True, config=config,
                          reembed=args.rebuild) as collection:
         if args.rebuild:
-            report = collection.rebuild(progress=progress)
+            report = collection.rebuild(progress=progress is not None)
             print(f"rebuilt {report.summary()}")
         if args.paths:
-            report = collection.add_paths(args.paths, chunker=_code_chunker(), progress=progress)
+            run = progress.start() if progress else None
+            report = collection.add_paths(
+                args.paths, chunker=_code_chunker(), progress=bool(progress and progress.terminal),
+                on_scan=run.scan if run else None, on_embed=run.embed if run else None)
+            if run:
+                run.finish()
             for path, reason in report.skipped:
                 print(f"skipped {path}: {reason}", file=sys.stderr)
             print(f"indexed {report.summary()}")
         pending = len(collection.pending_ids())
         if pending:  # left by a `codehop serve` / LSP that was stopped before it finished
-            from index.progress import ProgressPrinter
-
-            printer = ProgressPrinter(sys.stderr) if progress else None
-            counts = collection.fill_dense(progress=None if printer is None else (
-                lambda step: printer.update(_fill_status(collection.name, step))))
+            run = progress.start() if progress else None
+            counts = collection.fill_dense(progress=None if run is None else (
+                lambda step: run.embed({"done": step["done"], "total": step["pending"]})))
+            if run:
+                run.finish()
             print(f"embedded {pending} chunks left pending ({counts['embedded']} computed, "
                   f"{counts['cached']} from the cache)")
     return 0
 
 
-def _fill_status(name: str, step: dict) -> dict:
-    """A DenseFiller-like status from one `Collection.fill_dense` progress step."""
-    return {"collection": name, "state": "embedding", "chunks_total": step["pending"],
-            "chunks_done": step["done"], "documents_total": 0, "documents_done": 0,
-            "rate_chunks_per_s": None, "eta_s": None}
+class _Progress:
+    """Where `codehop index` shows its progress: tqdm bars on a terminal (the collection's
+    own), else a line every few seconds with counts, rate and ETA (logs, CI, docker)."""
+
+    def __init__(self, collection: str, terminal: bool) -> None:
+        self.collection, self.terminal = collection, terminal
+
+    def start(self):
+        from index.progress import ProgressPrinter, RunStatus
+
+        if self.terminal:  # the bars say it all; statuses would only be computed and dropped
+            return None
+        return RunStatus(self.collection, ProgressPrinter(sys.stderr, tty=False).update)

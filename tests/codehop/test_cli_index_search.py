@@ -150,6 +150,24 @@ def test_reindex_is_incremental_and_human_output_readable(indexed, capsys, monke
     assert "def circle_area" in out
 
 
+def test_index_off_a_terminal_prints_progress_lines(indexed, capsys, tmp_path):
+    """stderr is not a terminal here (as in logs or docker): plain lines, not tqdm bars."""
+    tree, workspace = indexed
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "notes.md").write_text("Rotate the signing keys every ninety days.\n")
+    code, out, err = _cli(capsys, "index", str(extra), "--workspace", str(ws))
+    assert code == 0 and "(1 embedded)" in out
+    lines = err.splitlines()
+    assert lines[0] == "codehop: scanning default: 0/1 files (0.0%), 0 chunks, rate ?, ETA ?"
+    assert lines[-1].startswith("codehop: done default: 1/1 chunks (100.0%) in ")
+    assert "\r" not in err  # no bar redraws
+    code, out, err = _cli(capsys, "index", str(extra), "--workspace", str(ws), "--no-progress")
+    assert code == 0 and err == ""
+
+
 def test_search_filters_by_path_prefix_and_kind(indexed, capsys):
     tree, workspace = indexed
 

@@ -2,7 +2,7 @@
 
 import io
 
-from index.progress import ProgressPrinter, Rate, format_duration, status_line
+from index.progress import ProgressPrinter, Rate, RunStatus, format_duration, status_line
 
 STATUS = {"collection": "default", "state": "embedding", "chunks_total": 2243, "chunks_done": 1204,
           "documents_total": 221, "documents_done": 96, "rate_chunks_per_s": 15.24, "eta_s": 68.2,
@@ -56,3 +56,30 @@ def test_the_scan_has_its_own_line_and_bar():
     assert printer._bar.desc == "embed default" and (printer._bar.n, printer._bar.total) == (1204, 2243)
     printer.update({**STATUS, "state": "done", "chunks_done": 2243, "documents_done": 221}, final=True)
     assert printer._bar is None and stream.getvalue().endswith("2,243/2,243 chunks (100.0%), 221/221 documents in 1m20s\n")
+
+
+def test_a_one_shot_run_reports_rates_and_eta_per_phase():
+    """`codehop index` off a terminal: the scan's and the embedding's steps become lines with
+    counts, a rate over the recent window and the ETA it implies, then a last 'done' line."""
+    now = [0.0]
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, interval_s=5, tty=False, clock=lambda: now[0])
+    run = RunStatus("docs", printer.update, clock=lambda: now[0])
+    run.scan({"files_done": 0, "files_total": 40, "chunks": 0})
+    now[0] = 2.0
+    run.scan({"files_done": 10, "files_total": 40, "chunks": 120})  # within 5 s: throttled
+    now[0] = 8.0
+    run.scan({"files_done": 40, "files_total": 40, "chunks": 480})
+    now[0] = 10.0
+    run.embed({"done": 100, "total": 480})  # starts the rate: none yet
+    now[0] = 20.0
+    run.embed({"done": 300, "total": 480})  # 200 chunks in 10 s -> 20/s, 180 left -> 9 s
+    now[0] = 21.0
+    run.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "codehop: scanning docs: 0/40 files (0.0%), 0 chunks, rate ?, ETA ?",
+        "codehop: scanning docs: 40/40 files (100.0%), 480 chunks, 5.0 files/s, ETA 0s",
+        "codehop: embedding docs: 300/480 chunks (62.5%), 20.0 chunks/s, ETA 9s",
+        "codehop: done docs: 300/480 chunks (62.5%) in 21s",
+    ]
