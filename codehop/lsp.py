@@ -26,6 +26,7 @@ import functools
 import dataclasses
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ _log = logging.getLogger(__name__)
 REQUEST_FAILED = -32803
 # transformers' lazy imports are not thread-safe: load one model at a time.
 _LOADING = threading.Lock()
+_SCAN_REPORT_S = 0.5  # at most two scan reports a second: a big folder has thousands of files
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,18 @@ async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> Non
                 title="codehop: indexing documentation", message=str(ls.root)))
         except Exception:
             token = None
+    loop = asyncio.get_running_loop()
+    last_report = [0.0]
+
+    def show_scan(status: dict[str, Any], final: bool = False) -> None:  # on the index thread
+        now = time.monotonic()
+        if token and status["files_total"] and now - last_report[0] >= _SCAN_REPORT_S:
+            last_report[0] = now
+            loop.call_soon_threadsafe(_show_scan, ls, token, status)
+
     try:
-        ls.collection = await _run(ls._index, _open_collection, ls.root, ls.state_dir, ls.config.settings)
+        ls.collection = await _run(ls._index, _open_collection, ls.root, ls.state_dir,
+                                   ls.config.settings, show_scan)
     except CodehopError as error:
         ls.collection_error = str(error)
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))
@@ -228,15 +240,28 @@ async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> Non
         await _embed_in_background(ls, "codehop-embed" if token else None)
 
 
-def _open_collection(root: Path, state: Path, settings: Settings):
-    """The folder's collection with BM25 committed; vectors not yet cached stay pending."""
+def _open_collection(root: Path, state: Path, settings: Settings,
+                     show_scan: Callable[..., None] | None = None):
+    """The folder's collection with BM25 committed; vectors not yet cached stay pending.
+    `show_scan` gets a status (files done/total, chunks, rate, ETA) as the files are read."""
     from codehop.commands.index import _code_chunker
     from codehop.models import open_collection
+    from index.progress import RunStatus
 
     config = settings.collection_config() if settings.source is not None else None
     collection = open_collection(settings, state, "workspace", create=True, config=config)
-    collection.add_paths([root], chunker=_code_chunker(), progress=False, defer_dense=True)
+    scan = RunStatus(collection.name, show_scan).scan if show_scan else None
+    collection.add_paths([root], chunker=_code_chunker(), progress=False, defer_dense=True,
+                         on_scan=scan)
     return collection
+
+
+def _show_scan(ls: CodehopLanguageServer, token: str, status: dict[str, Any]) -> None:
+    from index.progress import status_line
+
+    ls.work_done_progress.report(token, types.WorkDoneProgressReport(
+        message=status_line(status).removeprefix("codehop: "),
+        percentage=int(100 * status["files_done"] / status["files_total"])))
 
 
 async def _embed_in_background(ls: CodehopLanguageServer, token: str | None) -> None:

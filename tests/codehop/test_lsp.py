@@ -114,6 +114,11 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
         reports = client.progress_reports["codehop-index"]
         assert isinstance(reports[0], types.WorkDoneProgressBegin)
         assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+        # ... and while the documentation collection scanned it: files done of the total
+        scans = [r for r in client.progress_reports["codehop-docs"]
+                 if isinstance(r, types.WorkDoneProgressReport)]
+        assert scans and scans[0].message.startswith("scanning workspace: 0/")
+        assert " files (" in scans[0].message and scans[0].percentage == 0
 
         # codehop.ask: the RAG pipeline over the workspace answers with numbered sources
         answer = await client.workspace_execute_command_async(types.ExecuteCommandParams(
