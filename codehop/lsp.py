@@ -40,6 +40,7 @@ from pygls.lsp.server import LanguageServer
 from codehop.config import Settings
 from codehop.locks import RWLock
 from index.errors import CodehopError, InvalidInputError
+from index.types import SearchFilter
 
 VERSION = "0.1.0"
 ASK_COMMAND = "codehop.ask"
@@ -414,12 +415,6 @@ async def inline_completion(ls: CodehopLanguageServer, params: types.InlineCompl
 # ---------------------------------------------------------------- hover
 
 
-def _is_doc(path: str) -> bool:
-    from code_tools.languages import language_for_path
-
-    return language_for_path(path) is None
-
-
 def hover_markdown(repo, collection, lock: RWLock, symbol: str, passages: int) -> str | None:
     """Markdown for a hover on `symbol`: its definition(s), then the best doc passages."""
     parts: list[str] = []
@@ -428,9 +423,11 @@ def hover_markdown(repo, collection, lock: RWLock, symbol: str, passages: int) -
         parts.append(f"**{d.kind} `{d.qualname}`** — `{d.path}:{d.start_line}`\n\n```\n{body}\n```")
     if passages > 0 and collection is not None:
         # BM25: an identifier is matched exactly (code-aware tokens), no query embedding needed.
+        # Prose passages only (docs, READMEs): the definition above already shows the code.
         with lock.read():
-            hits = [r for r in collection.search(symbol, k=50, mode="bm25") if _is_doc(r.path)]
-        for r in hits[:passages]:
+            hits = collection.search(symbol, k=passages, mode="bm25",
+                                     filters=SearchFilter(kind="passage"))
+        for r in hits:
             where = Path(r.path).relative_to(repo.root) if Path(r.path).is_relative_to(repo.root) else r.path
             parts.append(f"*{where}:{r.start_line}*\n\n{r.text.strip()[:800]}")
     return "\n\n---\n\n".join(parts) or None
