@@ -238,9 +238,26 @@ class Collection:
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
-        from tqdm import tqdm
-
         started = time.perf_counter()
+        roots = self._roots(paths)
+        report = IndexReport(self.name)
+        existing = self.store.documents(self.name)
+        puts, seen = self._scan(roots, existing, chunker, report, progress, on_scan)
+        gone = [doc.id for path, doc in existing.items()
+                if path not in seen and any(path == str(r) or path.startswith(str(r) + os.sep)
+                                            for r in roots)]
+        report.removed = len(gone)
+        if not defer_dense:
+            self._embed_chunks([c for put in puts for c in put.chunks], report, progress, on_embed)
+        if puts or gone:
+            with write_lock() if write_lock else nullcontext():
+                self._commit(puts, gone, report, defer=defer_dense)
+        self._finish(report, started)
+        return report
+
+    def _roots(self, paths: list[str | Path]) -> list[Path]:
+        """The given paths resolved; a missing path, or a named file that cannot be indexed,
+        is an error before anything changes."""
         if not paths:
             raise InvalidInputError("no paths given: name the files or directories to index")
         roots = []
@@ -249,13 +266,20 @@ class Collection:
             if not root.exists():
                 raise NotFoundError(f"path {given} does not exist")
             roots.append(root.resolve())
-        for root in roots:  # a file named explicitly must be indexable: say why not, change nothing
+        for root in roots:
             if root.is_file():
                 text, reason = read_text(root, self.config.ingest)
                 if text is None:
                     raise InvalidInputError(f"cannot index {root}: {reason}")
-        report = IndexReport(self.name)
-        existing = self.store.documents(self.name)
+        return roots
+
+    def _scan(self, roots: list[Path], existing: dict, chunker: Chunker | None,
+              report: IndexReport, progress: bool,
+              on_scan: Callable[[dict[str, int]], None] | None) -> tuple[list[_Put], set[str]]:
+        """Read and chunk the new or changed files under `roots` (counting into `report`).
+        Returns the documents to put and the paths still present (changed or not)."""
+        from tqdm import tqdm
+
         seen: set[str] = set()
         processed: set[str] = set()
         puts: list[_Put] = []
@@ -281,40 +305,37 @@ class Collection:
                 continue
             processed.add(key)
             report.files += 1
-            text, reason = read_text(file, self.config.ingest)
-            if text is None:
-                report.skipped.append((key, reason))
-                continue
-            digest = content_hash(text)
-            old = existing.get(key)
-            if old is not None and old.hash == digest:
+            kept, put = self._scan_file(file, key, existing.get(key), chunker, report)
+            if kept:
                 seen.add(key)
-                report.unchanged += 1
-                continue
-            try:
-                chunks, reason = chunk_text(key, text, self.config.ingest, chunker)
-            except (ValueError, RecursionError) as error:  # a chunker choking on odd input
-                chunks, reason = [], f"chunker failed ({error})"
-            if not chunks and old is None:
-                report.skipped.append((key, reason))
-                continue
-            seen.add(key)
-            puts.append(_Put(key, digest, chunks))
-            if old is None:
-                report.added += 1
-            else:
-                report.updated += 1
-        gone = [doc.id for path, doc in existing.items()
-                if path not in seen and any(path == str(r) or path.startswith(str(r) + os.sep)
-                                            for r in roots)]
-        report.removed = len(gone)
-        if not defer_dense:
-            self._embed_chunks([c for put in puts for c in put.chunks], report, progress, on_embed)
-        if puts or gone:
-            with write_lock() if write_lock else nullcontext():
-                self._commit(puts, gone, report, defer=defer_dense)
-        self._finish(report, started)
-        return report
+            if put is not None:
+                puts.append(put)
+        return puts, seen
+
+    def _scan_file(self, file: Path, key: str, old, chunker: Chunker | None,
+                   report: IndexReport) -> tuple[bool, _Put | None]:
+        """One file -> (whether its document stays, its new chunks if any), counted into
+        `report`: skipped (with the reason), unchanged, added or updated."""
+        text, reason = read_text(file, self.config.ingest)
+        if text is None:
+            report.skipped.append((key, reason))
+            return False, None
+        digest = content_hash(text)
+        if old is not None and old.hash == digest:
+            report.unchanged += 1
+            return True, None
+        try:
+            chunks, reason = chunk_text(key, text, self.config.ingest, chunker)
+        except (ValueError, RecursionError) as error:  # a chunker choking on odd input
+            chunks, reason = [], f"chunker failed ({error})"
+        if not chunks and old is None:
+            report.skipped.append((key, reason))
+            return False, None
+        if old is None:
+            report.added += 1
+        else:
+            report.updated += 1
+        return True, _Put(key, digest, chunks)
 
     def add_texts(self, texts: list[str], paths: list[str] | None = None,
                   metadatas: list[dict[str, Any]] | None = None) -> list[str]:
