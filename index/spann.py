@@ -8,7 +8,8 @@ at most 8 replicas. A posting keeps its nearest `posting_cap` entries (farthest 
 that a vector's nearest head always keeps it, so no vector is lost (our guard; the paper accepts
 the loss). Postings live page-aligned in one file (index/postings.py); metadata stays in memory.
 
-Search (sec. 3.3): nearest `search_heads` heads, query-aware pruning drops a head whose squared
+Search (sec. 3.3): nearest `search_heads` heads (their vectors on 2 MiB pages where the kernel
+allows: `postings.advise_huge_pages`), query-aware pruning drops a head whose squared
 L2 distance exceeds MaxDistRatio x that of the nearest head, each surviving posting is one
 contiguous read, ids are de-duplicated, candidates re-ranked exactly (inner product on the
 stored vectors) and merged with the head hits. The scan is native and batched
@@ -48,7 +49,7 @@ from index.atomic import atomic_write, write_npz
 from index.dense import BuildsWhenDue, check_dim, checked_batch, checked_queries, exact_search
 from index.errors import CorruptIndexError, InvalidInputError
 from index.kmeans import balanced_kmeans, hierarchical_heads
-from index.postings import PAGE, PARALLEL_KERNELS, PRECISIONS, PostingFile, decode
+from index.postings import PAGE, PARALLEL_KERNELS, PRECISIONS, PostingFile, advise_huge_pages, decode
 from index.types import Hits
 
 FORMAT_VERSION = 1
@@ -355,6 +356,7 @@ class SpannIndex(BuildsWhenDue):
         index._vectors = None
         index._head_rows = arrays["head_rows"]
         index._heads, index._postings = heads, postings
+        advise_huge_pages(index._head_vecs)
         return index
 
     # ---- build ------------------------------------------------------------------------------
@@ -378,6 +380,7 @@ class SpannIndex(BuildsWhenDue):
                 return
             self._head_rows, self._heads, self._postings, self._ratio = state
             self._vectors, self._built_n = None, len(rows)
+            advise_huge_pages(self._head_vecs)
 
     def rebuild(self) -> None:
         """Compact: drop tombstones and rebuild heads and postings from the live vectors."""

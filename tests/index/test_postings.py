@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.postings import PostingFile, decode, encode
+from index.postings import PostingFile, advise_huge_pages, decode, encode
 
 DIM = 40
 
@@ -62,3 +62,11 @@ def test_prefetch_accepts_skips_and_repeats():
     postings.write_all([np.arange(20), np.arange(0), np.arange(20, 50)], x)
     postings.prefetch(np.array([0, -1, 1, 2, 2]))  # -1 = pruned, posting 1 is empty
     postings.prefetch(np.zeros(0, dtype=np.int64))
+
+
+def test_huge_page_advice_keeps_the_contents():
+    big = np.random.default_rng(3).normal(size=(6 << 20) // 4).astype(np.float32)  # 6 MiB
+    copy = big.copy()
+    assert advise_huge_pages(big) in (True, False)  # False where the kernel lacks MADV_COLLAPSE
+    assert np.array_equal(big, copy)
+    assert advise_huge_pages(np.zeros(100, np.float32)) is False  # smaller than two huge pages
