@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import index.postings as postings_module
 from index.postings import PostingFile, advise_huge_pages, decode, encode
 
 DIM = 40
@@ -70,3 +71,19 @@ def test_huge_page_advice_keeps_the_contents():
     assert advise_huge_pages(big) in (True, False)  # False where the kernel lacks MADV_COLLAPSE
     assert np.array_equal(big, copy)
     assert advise_huge_pages(np.zeros(100, np.float32)) is False  # smaller than two huge pages
+
+
+@pytest.mark.skipif(postings_module._MADVISE is None, reason="no libc madvise on this platform")
+def test_prefetch_advises_each_posting_once_per_window_and_again_after_a_drop():
+    x = awkward_vectors(50, 4)
+    postings = PostingFile(DIM, "float16")
+    postings.write_all([np.arange(20), np.arange(20, 50)], x)
+    postings.prefetch(np.array([0]))
+    first = postings._advised_ms.copy()
+    postings.prefetch(np.array([0, 1]))
+    assert postings._advised_ms[0] == first[0] and postings._advised_ms[1] > first[1]  # 0 was recent
+    postings.prefetch(np.array([0]), recent_s=0.0)
+    assert postings._advised_ms[0] >= first[0]
+    postings.drop_cache()  # our own eviction: the next prefetch advises everything again
+    postings.prefetch(np.array([1]))
+    assert postings._advised_ms[0] < first[0] and postings._advised_ms[1] >= first[0]
