@@ -141,10 +141,17 @@ class PostingFile:
             finally:
                 os.close(fd)
 
-    def scan(self, queries: np.ndarray, probe: np.ndarray, head_rows: np.ndarray,
-             head_vecs: np.ndarray, alive: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def scan(self, queries: np.ndarray, probe: np.ndarray, head_rows: np.ndarray, head_vecs: np.ndarray,
+             alive: np.ndarray, k: int, all_alive: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (rows, inner products) per query over the heads in `probe` (nq, H; -1 = skip)
-        and their postings, replicas de-duplicated; rows -1 pad short results."""
+        and their postings, replicas de-duplicated; rows -1 pad short results.
+
+        `all_alive` (computed when None) says no row is tombstoned: the scan then skips the
+        per-entry lookup in `alive`, a random read into n bytes that stalled every entry (1 MB at
+        1M rows: 0.205 -> 0.121 ms for ~1,080 entries); otherwise the next entry's flag is
+        prefetched while the current one is scored."""
+        if all_alive is None:
+            all_alive = bool(np.all(alive))
         mapped = self._mmap()
         raw = np.asarray(mapped) if mapped is not None else np.zeros(PAGE, np.uint8)
         f32 = raw.view(np.float32) if self.precision == "float32" else _EMPTY_F32
@@ -153,7 +160,8 @@ class PostingFile:
         return _scan(raw, f32, u16, i8, PRECISIONS.index(self.precision), self.dtype.itemsize,
                      self.dim, self.start_page, self.count, np.ascontiguousarray(probe, np.int64),
                      np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(head_rows, np.int64),
-                     np.ascontiguousarray(head_vecs, np.float32), np.ascontiguousarray(alive, np.bool_), int(k))
+                     np.ascontiguousarray(head_vecs, np.float32), np.ascontiguousarray(alive, np.bool_),
+                     bool(all_alive), int(k))
 
     def read(self, posting: int) -> np.ndarray:
         """Entries of one posting: a single contiguous slice of the mapped file (structured)."""
@@ -316,13 +324,13 @@ if _MADVISE is not None:
 
 
 def _scan(raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe, queries,
-          head_rows, head_vecs, alive, k):
+          head_rows, head_vecs, alive, all_alive, k):
     """Batches spread over the cores; a single query (or two) runs serially (no thread launch)."""
     nq = probe.shape[0]
     out_rows = np.full((nq, k), -1, np.int64)
     out_scores = np.full((nq, k), -np.inf, np.float32)
     args = (raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe, queries,
-            head_rows, head_vecs, alive, out_rows, out_scores)
+            head_rows, head_vecs, alive, all_alive, out_rows, out_scores)
     if nq > 2:
         with PARALLEL_KERNELS:
             _scan_parallel(*args)
@@ -331,9 +339,15 @@ def _scan(raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe,
     return out_rows, out_scores
 
 
+@njit(cache=True, inline="always")
+def _row(raw, o):  # pragma: no cover (jit)
+    """The little-endian int32 row number of the entry at byte `o`."""
+    return np.int64(raw[o]) | (np.int64(raw[o + 1]) << 8) | (np.int64(raw[o + 2]) << 16) | (np.int64(raw[o + 3]) << 24)
+
+
 @njit(fastmath=True, cache=True, inline="always")
 def _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe,
-                queries, head_rows, head_vecs, alive, out_rows, out_scores):  # pragma: no cover (jit)
+                queries, head_rows, head_vecs, alive, all_alive, out_rows, out_scores):  # pragma: no cover (jit)
     """One query: score each probed head and every entry of its posting, keep the top k in a
     sorted array; a row already kept (a replica) is skipped.
 
@@ -357,7 +371,7 @@ def _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, cou
         for e in range(count[p] + 1):
             if e == 0:  # the head itself (in memory)
                 r = head_rows[p]
-                if not alive[r]:
+                if not all_alive and not alive[r]:
                     continue
                 s = np.float32(0.0)
                 for t in range(dim):
@@ -366,9 +380,12 @@ def _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, cou
                 o = start_page[p] * PAGE + (e - 1) * itemsize
                 for b in range(0, itemsize, 64):  # two entries ahead (see the module docstring)
                     _cache_prefetch(raw, o + 2 * itemsize + b)
-                r = np.int64(raw[o]) | (np.int64(raw[o + 1]) << 8) | (np.int64(raw[o + 2]) << 16) | (np.int64(raw[o + 3]) << 24)
-                if not alive[r]:
-                    continue
+                r = _row(raw, o)
+                if not all_alive:
+                    if e < count[p]:  # the next entry's flag, while this one is scored
+                        _cache_prefetch(alive, _row(raw, o + itemsize))
+                    if not alive[r]:
+                        continue
                 s = np.float32(0.0)
                 if precision == 0:
                     v32 = f32[(o + 4) // 4 : (o + 4) // 4 + dim]
@@ -408,15 +425,15 @@ def _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, cou
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _scan_parallel(raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe, queries,
-                   head_rows, head_vecs, alive, out_rows, out_scores):  # pragma: no cover (jit)
+                   head_rows, head_vecs, alive, all_alive, out_rows, out_scores):  # pragma: no cover (jit)
     for qi in prange(probe.shape[0]):
         _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe,
-                    queries, head_rows, head_vecs, alive, out_rows, out_scores)
+                    queries, head_rows, head_vecs, alive, all_alive, out_rows, out_scores)
 
 
 @njit(fastmath=True, cache=True)
 def _scan_serial(raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe, queries,
-                 head_rows, head_vecs, alive, out_rows, out_scores):  # pragma: no cover (jit)
+                 head_rows, head_vecs, alive, all_alive, out_rows, out_scores):  # pragma: no cover (jit)
     for qi in range(probe.shape[0]):
         _scan_query(qi, raw, f32, u16, i8, precision, itemsize, dim, start_page, count, probe,
-                    queries, head_rows, head_vecs, alive, out_rows, out_scores)
+                    queries, head_rows, head_vecs, alive, all_alive, out_rows, out_scores)

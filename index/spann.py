@@ -271,7 +271,8 @@ class SpannIndex(BuildsWhenDue):
             dist, heads = self._heads.search(queries, min(self.config.search_heads, len(self._head_rows)))
             probe = self.prune(dist, heads)
             self._postings.prefetch(probe)
-            rows, scores = self._postings.scan(queries, probe, self._head_rows, self._head_vecs, self._alive, k)
+            rows, scores = self._postings.scan(queries, probe, self._head_rows, self._head_vecs, self._alive, k,
+                                               all_alive=len(self) == len(self._alive))
             out = []
             for r, s in zip(rows, scores):
                 keep = r >= 0

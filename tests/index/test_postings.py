@@ -87,3 +87,16 @@ def test_prefetch_advises_each_posting_once_per_window_and_again_after_a_drop():
     postings.drop_cache()  # our own eviction: the next prefetch advises everything again
     postings.prefetch(np.array([1]))
     assert postings._advised_ms[0] < first[0] and postings._advised_ms[1] >= first[0]
+
+
+def test_scan_without_tombstones_skips_the_flags_and_finds_the_same():
+    x = awkward_vectors(203, 5)
+    postings = PostingFile(DIM, "float16")
+    postings.write_all([np.arange(0, 120), np.arange(80, 200)], x[:200])
+    queries, probe = awkward_vectors(5, 6), np.tile([0, 1], (5, 1))
+    head_rows, head_vecs, alive = np.array([200, 201]), x[200:202], np.ones(203, dtype=bool)
+    fast = postings.scan(queries, probe, head_rows, head_vecs, alive, 10, all_alive=True)
+    checked = postings.scan(queries, probe, head_rows, head_vecs, alive, 10, all_alive=False)
+    assert np.array_equal(fast[0], checked[0]) and np.array_equal(fast[1], checked[1])
+    alive[fast[0][0, 0]] = False  # a tombstone: the default (None) notices it
+    assert fast[0][0, 0] not in postings.scan(queries, probe, head_rows, head_vecs, alive, 10)[0][0]
