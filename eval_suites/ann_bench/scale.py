@@ -54,7 +54,7 @@ LABELS = {
 }
 SWEEPS = {
     "spann": [{"search_heads": h, "hnsw_ef_search": ef}
-              for h, ef in ((8, 8), (8, 16), (8, 32), (16, 16), (16, 32), (32, 64), (64, 64))],
+              for h, ef in ((8, 8), (8, 16), (8, 32), (12, 24), (16, 16), (16, 32), (32, 64), (64, 64))],
     # from nprobe 1: "equal recall" needs IVF's fastest setting at SPANN's recall, not only >= 4
     "ivfflat": [{"nprobe": p} for p in (1, 2, 4, 8, 16, 32, 64)],
     "ivfondisk": [{"nprobe": p} for p in (1, 2, 4, 8, 16, 32, 64)],
