@@ -32,7 +32,7 @@ from code_tools.repo_imports import ImportResolver
 from code_tools.repo_state import (EMPTY_RECORD, Definition, FileRecord, RepoState, has_state,
                                    read_state, write_state)
 from index.bm25 import BM25Config, BM25Index
-from index.embed import Embedder, EmbedderConfig
+from index.embed import Embedder, EmbedderConfig, default_backend
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.tokenize import tokenize
 from index.types import Chunk, Hits
@@ -414,9 +414,10 @@ class RepoIndex:
         """The dense model (resolved and loaded on first use; BM25-only work never pays for it)."""
         if self._embedder is None:
             cache = self.workspace / "embeddings" if self.workspace is not None else None
+            model = self.config.embedding_model
             self._embedder = Embedder(EmbedderConfig(
-                model=self.config.embedding_model, max_seq_length=self.config.embed_max_tokens,
-                cache_dir=cache))
+                model=model, backend=default_backend(model),  # as collections: onnx-int8 for MiniLM
+                max_seq_length=self.config.embed_max_tokens, cache_dir=cache))
         return self._embedder
 
     @property
