@@ -1,18 +1,33 @@
-"""python -m eval_suites.ann_bench.devdocs_pq --out DIR: PQ compression vs NDCG@10 on the full devdocs corpus.
+"""python -m eval_suites.ann_bench.devdocs_pq --out DIR: PQ variants vs NDCG@10 on the full devdocs corpus.
 
 Every devdocs page (not the gold + distractor sub-corpus of the main suite) cut into fixed
 1,000-character chunks (the first `--chunks-per-page` of each page), embedded with the static
 embedder (model2vec distilled from the shipped MiniLM, 256-d: MiniLM itself would need hours
 for this many chunks on 2 shared cores), the DS-1000 and ODEX questions as queries, page-level
 NDCG@10 against exact search. PQ codebooks are trained on a sample (PQConfig.train_size), so
-most codes come from vectors the codebooks never saw. Methods: our OPQ+IVF at 32x (M=32 bytes
-per 1,024-byte vector) and 64x (M=16), ADC alone and with exact re-rank from the on-disk float
-vectors, plus SPANN; memory and disk are the index's own counts, the code size is M bytes.
+most codes come from vectors the codebooks never saw.
+
+Variants, side by side on the same vectors and questions, at 32x (32 bytes per 1,024-byte
+vector) and 64x (16 bytes), named as `PQIndex.variant` names them (index/pq.py, index/jpq.py;
+docs/methods.md "RepCONC-style"); all are ADC with uncompressed queries, codes alone unless the
+row says "exact re-rank":
+- OPQ, non-residual codes, 4 OPQ iterations: the previous default and the report's numbers;
+- IVF-residual codes (the new default) without OPQ, with 4 and with 20 OPQ iterations;
+- + balanced codes (RepCONC stage-1 Sinkhorn assignment), 64x only (`--no-sinkhorn` skips it);
+- + JPQ-tuned centroids: JPQ's pairwise ranking loss on (pseudo-query, source chunk) pairs;
+- + JPQ-distilled centroids: frozen-code tuning of the PQ and IVF centroids by listwise
+  distillation from the exact scores on the same pseudo-queries;
+- faiss IVF-PQ 4-bit fastscan with twice the sub-quantizers at the same bytes (OPQ, residual).
+Pseudo-queries are the first lines of every chunk (`index.jpq.pseudo_queries`), never the
+benchmark's questions; no relevance label is used. No dual encoder is trained (we have no
+training pairs for one), so none of this is RepCONC itself. Chunk and pseudo-query embeddings are
+cached in `--work` (the embedding time reported is the one measured when the cache was made).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -22,12 +37,27 @@ from pathlib import Path
 import numpy as np
 
 
+def _embedded(path: Path, texts: list[str], embedder) -> tuple[np.ndarray, float]:
+    """Embeddings of `texts`, cached at `path` (.npy + .json with the count and the time taken)."""
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        if info["n"] == len(texts):
+            return np.load(path), float(info["embed_s"])
+    start = time.perf_counter()
+    x = np.concatenate([embedder.encode(texts[i : i + 8192]) for i in range(0, len(texts), 8192)]).astype(np.float32)
+    seconds = time.perf_counter() - start
+    np.save(path, x)
+    meta.write_text(json.dumps({"n": len(texts), "embed_s": seconds}))
+    return x, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     from eval_suites.coderag.builders import devdocs_page_keys, iter_devdocs, load_problems
     from index.dense import create_dense_index, load_dense_index
     from index.embed import Embedder, EmbedderConfig
+    from index.jpq import DistillConfig, JPQConfig, distill_centroids, pseudo_queries, tune_centroids
     from index.pq import PQConfig
-    from index.spann import SpannConfig
 
     parser = argparse.ArgumentParser(prog="python -m eval_suites.ann_bench.devdocs_pq")
     parser.add_argument("--out", type=Path, required=True)
@@ -35,8 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--chunks-per-page", type=int, default=8)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "codehop-annreal")
+    parser.add_argument("--no-sinkhorn", action="store_true", help="skip the balanced-codes row (the slowest build)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds for the default and the distilled rows")
+    parser.add_argument("--render", action="store_true", help="only write devdocs_pq_table.md from OUT/devdocs_pq.json")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / "devdocs_pq.json").read_text())
+        (args.out / "devdocs_pq_table.md").write_text(render(result))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
+    import faiss
 
     keys = devdocs_page_keys(args.data)
     problems = [p for task in ("ds1000", "odex") for p in load_problems(args.data, task, keys) if p.gold]
@@ -49,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             texts.append(text[start : start + 1000])
     chunk_page = np.array(chunk_page)
     embedder = Embedder(EmbedderConfig(backend="static", models_dir=args.models_dir, batch_size=1024))
-    start = time.perf_counter()
-    x = np.concatenate([embedder.encode(texts[i : i + 8192]) for i in range(0, len(texts), 8192)]).astype(np.float32)
-    embed_s = time.perf_counter() - start
+    x, embed_s = _embedded(args.work / f"chunks_{args.chunks_per_page}.npy", texts, embedder)
     queries = embedder.encode([p.query for p in problems]).astype(np.float32)
+    pseudo_text, pseudo_source = pseudo_queries(texts)
+    pseudo, _ = _embedded(args.work / f"pseudo_{args.chunks_per_page}.npy", pseudo_text, embedder)
     dim = x.shape[1]
-    print(f"{pages} pages, {len(x)} chunks x {dim} embedded in {embed_s:.0f} s; {len(problems)} questions", flush=True)
+    print(f"{pages} pages, {len(x)} chunks x {dim} (embedded in {embed_s:.0f} s); {len(problems)} questions; "
+          f"{len(pseudo)} pseudo-queries", flush=True)
 
-    def ndcg(found: np.ndarray) -> float:
+    def ndcg(found: np.ndarray) -> np.ndarray:
+        """Per-question page-level NDCG@10."""
         scores = []
         for problem, ids in zip(problems, found):
             ranked = list(dict.fromkeys(chunk_page[i] for i in ids if i >= 0))[:10]
@@ -64,30 +104,51 @@ def main(argv: list[str] | None = None) -> int:
             dcg = sum(1 / math.log2(i + 2) for i, p in enumerate(ranked) if p in rel)
             idcg = sum(1 / math.log2(i + 2) for i in range(min(len(rel), 10)))
             scores.append(dcg / idcg)
-        return float(np.mean(scores))
+        return np.array(scores)
 
     exact = np.argsort(-(queries @ x.T), axis=1)[:, :50]
-    exact_ndcg = ndcg(exact)
-    rows = [{"method": "exact", "params": {}, "bytes_per_vector": 4 * dim, "compression": 1.0,
-             "ndcg@10": exact_ndcg, "ndcg_loss_pts": 0.0, "recall@10": 1.0}]
-    methods = [
-        ("OPQ M=32 (32x)", "pq", PQConfig(m=32, nprobe=32, opq_iters=4, train_size=30_000),
-         [{"nprobe": 32}, {"nprobe": 128}, {"nprobe": 128, "rerank": True}]),
-        ("OPQ M=16 (64x)", "pq", PQConfig(m=16, nprobe=32, opq_iters=4, train_size=30_000),
-         [{"nprobe": 32}, {"nprobe": 128}, {"nprobe": 128, "rerank": True}]),
-        ("SPANN", "spann", SpannConfig(head_ratio=0.08, precision="float16"), [{"search_heads": 16}, {"search_heads": 64}]),
-    ]
-    import dataclasses
+    exact_per_q = ndcg(exact)
+    exact_ndcg = float(exact_per_q.mean())
+    rows = [{"method": "exact", "variant": "exact (float32)", "params": {}, "bytes_per_vector": 4 * dim,
+             "compression": 1.0, "ndcg@10": exact_ndcg, "ndcg_loss_pts": 0.0, "recall@10": 1.0, "reranked": False}]
+    boot = np.random.default_rng(0).integers(0, len(problems), (2000, len(problems)))
 
-    for name, kind, config, sweep in methods:
-        index = create_dense_index(kind, dim, config)
-        index.add(np.arange(len(x)), x)
-        start = time.perf_counter()
-        index.build()
-        build_s = time.perf_counter() - start
-        where = args.work / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
-        index.save(where)
-        index = load_dense_index(kind, where)
+    def record(name, variant, params, code, found, ms, build_s, memory=None, disk=None, extra=None):
+        per_q = ndcg(found)
+        score = float(per_q.mean())
+        # paired bootstrap over the questions: how much of a loss is which-questions noise
+        lo, hi = np.percentile(100 * (exact_per_q - per_q)[boot].mean(axis=1), [2.5, 97.5])
+        extra = {"loss_ci95": [float(lo), float(hi)], **(extra or {})}
+        recall = float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, exact)]))
+        rows.append({"method": name, "variant": variant, "params": params, "bytes_per_vector": code,
+                     "compression": 4 * dim / code, "ndcg@10": score, "ndcg_loss_pts": 100 * (exact_ndcg - score),
+                     "recall@10": recall, "reranked": bool(params.get("rerank")), "batch_ms_per_query": ms,
+                     "memory_MiB": None if memory is None else memory / 2**20,
+                     "memory_%raw": None if memory is None else 100 * memory / x.nbytes,
+                     "disk_MiB": None if disk is None else disk / 2**20, "build_s": build_s, **extra})
+        print(json.dumps(rows[-1]), flush=True)
+
+    def ours(name, config, sweep, tune=None):
+        """Build (or reuse the saved build of `config`), optionally tune a loaded copy, search the sweep."""
+        where = args.work / ("pq-" + "-".join(f"{k}{v}" for k, v in sorted(dataclasses.asdict(config).items())
+                                               if k in ("m", "opq", "opq_iters", "by_residual", "balanced_codes", "seed")))
+        built = builds.get(where)
+        if built is None:
+            index = create_dense_index("pq", dim, config)
+            index.add(np.arange(len(x)), x)
+            start = time.perf_counter()
+            index.build()
+            built = builds[where] = time.perf_counter() - start
+            index.save(where)
+        index = load_dense_index("pq", where)
+        build_s, extra = built, {}
+        if tune is not None:
+            start = time.perf_counter()
+            result = tune(index)
+            extra = {"tune_s": time.perf_counter() - start, "tune_loss_before": result.loss_before,
+                     "tune_loss_after": result.loss_after, "tune_steps": result.steps}
+            build_s += extra["tune_s"]
+            print(f"{name}: tuning loss {result.loss_before:.4f} -> {result.loss_after:.4f} in {extra['tune_s']:.0f} s", flush=True)
         disk = sum(p.stat().st_size for p in where.iterdir() if p.is_file())
         for params in sweep:
             index.config = dataclasses.replace(index.config, **params)
@@ -97,21 +158,109 @@ def main(argv: list[str] | None = None) -> int:
             found = np.full((len(queries), 50), -1, np.int64)
             for r, h in enumerate(hits):
                 found[r, : len(h.ids)] = h.ids
-            score = ndcg(found)
-            recall = float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, exact)]))
-            code = config.m if kind == "pq" else None
-            rows.append({"method": name, "params": params, "bytes_per_vector": code,
-                         "compression": 4 * dim / code if code else None, "ndcg@10": score,
-                         "ndcg_loss_pts": 100 * (exact_ndcg - score), "recall@10": recall,
-                         "batch_ms_per_query": ms, "memory_MiB": index.memory_bytes() / 2**20,
-                         "memory_%raw": 100 * index.memory_bytes() / x.nbytes, "disk_MiB": disk / 2**20,
-                         "build_s": build_s})
-            print(json.dumps(rows[-1]), flush=True)
+            record(name, index.variant, params, config.m, found, ms, build_s, index.memory_bytes(), disk, extra)
+
+    def fastscan(name, m, sub):
+        """faiss OPQ + IVF-PQ with 4-bit codes (m/2 bytes), residual, 20 OPQ iterations, same nlist."""
+        nlist = int(np.clip(4 * np.sqrt(len(x)), 1, len(x) // 39))
+        index = faiss.index_factory(dim, f"OPQ{m},IVF{nlist},PQ{m}x4fs", faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_VectorTransform(index.chain.at(0)).niter = 20
+        start = time.perf_counter()
+        index.train(sub)
+        index.add(x)
+        build_s = time.perf_counter() - start
+        faiss.extract_index_ivf(index).nprobe = 32
+        start = time.perf_counter()
+        _, found = index.search(queries, 50)
+        ms = 1e3 * (time.perf_counter() - start) / len(queries)
+        record(name, f"faiss OPQ{m},IVF{nlist},PQ{m}x4fs", {"nprobe": 32}, m // 2, found, ms, build_s,
+               faiss.serialize_index(index).nbytes)
+
+    builds: dict[Path, float] = {}
+    positives = pseudo_source  # chunk i has id i
+    distill = lambda index: distill_centroids(index, pseudo, DistillConfig())  # noqa: E731
+    pairs = lambda index: tune_centroids(index, pseudo, positives, JPQConfig(epochs=2, lr=5e-4))  # noqa: E731
+    sample = x[np.sort(np.random.default_rng(0).choice(len(x), 30_000, replace=False))]
+    codes_only = [{"nprobe": 32}]
+    for m, label in ((16, "64x"), (32, "32x")):
+        base = PQConfig(m=m, nprobe=32, train_size=30_000)
+        ours(f"OPQ M={m} ({label}), non-residual, 4 OPQ iters (old default)",
+             dataclasses.replace(base, opq_iters=4, by_residual=False), codes_only)
+        ours(f"PQ M={m} ({label}), IVF-residual, no OPQ", dataclasses.replace(base, opq=False), codes_only)
+        ours(f"OPQ M={m} ({label}), IVF-residual, 4 OPQ iters", dataclasses.replace(base, opq_iters=4), codes_only)
+        good = dataclasses.replace(base, opq_iters=20)
+        ours(f"OPQ M={m} ({label}), IVF-residual, 20 OPQ iters", good, codes_only)
+        if m == 16 and not args.no_sinkhorn:
+            ours(f"OPQ M={m} ({label}), IVF-residual + balanced codes (Sinkhorn)",
+                 dataclasses.replace(good, balanced_codes=True), codes_only)
+        ours(f"OPQ M={m} ({label}), IVF-residual + JPQ-tuned centroids (pair loss)", good, codes_only, tune=pairs)
+        ours(f"OPQ M={m} ({label}), IVF-residual + JPQ-distilled centroids", good,
+             [{"nprobe": 32}, {"nprobe": 128}, {"nprobe": 32, "rerank": True}], tune=distill)
+        fastscan(f"faiss OPQ + IVF-PQ 4-bit fastscan, {2 * m} sub-quantizers ({label})", 2 * m, sample)
+    for seed in range(1, args.seeds):  # the same two variants trained from other seeds: the spread
+        for m, label in ((16, "64x"), (32, "32x")):
+            good = PQConfig(m=m, nprobe=32, train_size=30_000, opq_iters=20, seed=seed)
+            ours(f"OPQ M={m} ({label}), IVF-residual, 20 OPQ iters, seed {seed}", good, codes_only)
+            ours(f"OPQ M={m} ({label}), IVF-residual + JPQ-distilled centroids, seed {seed}", good, codes_only,
+                 tune=lambda index, seed=seed: distill_centroids(index, pseudo, DistillConfig(seed=seed)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "devdocs_pq.json").write_text(json.dumps({
         "pages": pages, "chunks": len(x), "dim": dim, "embed_s": embed_s, "questions": len(problems),
-        "chunks_per_page": args.chunks_per_page, "exact_ndcg@10": exact_ndcg, "rows": rows}, indent=1))
+        "pseudo_queries": len(pseudo), "chunks_per_page": args.chunks_per_page, "exact_ndcg@10": exact_ndcg,
+        "rows": rows}, indent=1))
+    (args.out / "devdocs_pq_table.md").write_text(render(json.loads((args.out / "devdocs_pq.json").read_text())))
+    try:
+        plot(rows, args.out / "devdocs_pq.png")
+    except ImportError:
+        pass
     return 0
+
+
+def render(result: dict) -> str:
+    """The markdown table of every row and the goal check (loss <= 1 point, codes alone)."""
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    lines = [f"Full devdocs corpus: {result['chunks']:,} chunks of {result['pages']:,} pages (first "
+             f"{result['chunks_per_page']} x 1,000 chars per page), static embedder {result['dim']}-d, "
+             f"{result['questions']} DS-1000/ODEX questions, {result['pseudo_queries']:,} pseudo-queries for "
+             f"tuning; exact NDCG@10 = {result['exact_ndcg@10']:.4f}", "",
+             "| method | variant | params | code bytes | compression | NDCG@10 | loss (points) | recall@10 vs exact "
+             "| loss 95% CI (bootstrap) | batch ms/query | memory % raw | build s (incl. tuning) |", "|" + "---|" * 12]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['variant']} | {r['params']} | {r['bytes_per_vector']} | "
+                     f"{r['compression']:.0f} | {r['ndcg@10']:.4f} | {r['ndcg_loss_pts']:.2f} | {r['recall@10']:.3f} | "
+                     f"{'[%.2f, %.2f]' % tuple(r['loss_ci95']) if r.get('loss_ci95') else '-'} | "
+                     f"{fmt(r.get('batch_ms_per_query'), '.3f')} | {fmt(r.get('memory_%raw'), '.2f')} | "
+                     f"{fmt(r.get('build_s'), '.1f')} |")
+    lines += ["", "Goal (issue 16): 32x and 64x codes with NDCG@10 loss <= 1 point, codes alone:"]
+    for label, comp in (("32x", 32), ("64x", 64)):
+        alone = [r for r in result["rows"] if r["compression"] == comp and not r["reranked"]]
+        best = min(alone, key=lambda r: r["ndcg_loss_pts"])
+        verdict = "MET" if best["ndcg_loss_pts"] <= 1 else "MISSED"
+        lines.append(f"- {label}: best codes-alone row {best['method']} {best['params']}: "
+                     f"{best['ndcg_loss_pts']:.2f} points ({verdict})")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """NDCG@10 loss vs recall@10 per variant, codes alone, one marker per compression."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        if row["method"] == "exact" or row["reranked"] or row["params"].get("nprobe") != 32:
+            continue
+        ax.scatter(row["recall@10"], row["ndcg_loss_pts"], marker="o" if row["compression"] == 64 else "s",
+                   color="C1" if "distilled" in row["method"] else "C0")
+        ax.annotate(row["method"].split(", ", 1)[-1][:38], (row["recall@10"], row["ndcg_loss_pts"]), fontsize=6)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("recall@10 vs exact (codes alone, nprobe 32)")
+    ax.set_ylabel("NDCG@10 loss (points)")
+    ax.set_title("devdocs 40,912 chunks: PQ variants (o 64x, s 32x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
