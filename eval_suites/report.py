@@ -11,9 +11,10 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from index.model_cache import package_versions as installed_versions
 
 DEFAULT_PACKAGES = (
     "codehop", "torch", "numpy", "faiss-cpu", "bm25s", "rank-bm25", "sentence-transformers",
@@ -44,13 +45,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def package_versions(names: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    """Installed versions of the packages a report names ("absent" for a missing one)."""
+    return installed_versions(*names)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
