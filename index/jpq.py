@@ -15,10 +15,12 @@ no relevance labels the target is the exact search the codes approximate: for ea
 loss is the cross-entropy between softmax(exact scores / T) and softmax(ADC scores / T) over
 its exact top-k and its current ADC top-k (listwise distillation). The queries are
 pseudo-queries made from the corpus (`pseudo_queries`: the first lines of each chunk), never
-benchmark questions. Measured on the full devdocs corpus at 64x: NDCG@10 loss 1.35 -> 0.71
-points; the pairwise JPQ loss on the same pseudo-queries (positive = the source chunk) wrecked
-the ranking instead (recall@10 vs exact 0.47 -> 0.02), because the source chunk is often not
-what exact search ranks first for its own first line.
+benchmark questions. Measured on the full devdocs corpus (docs/benchmarks/ann_bench/devdocs_pq.md,
+3 training seeds): at 64x recall@10 vs exact 0.487 -> 0.509 and mean NDCG@10 loss 2.32 -> 1.17
+points, at 32x recall unchanged (0.627) and mean loss 1.49 -> 1.00 (each seed's loss swings by
+~2 points). The pairwise loss above, on the same pseudo-queries (positive = the source chunk),
+lowers its own loss but drops recall@10 vs exact (64x: 0.486 -> 0.369): the source chunk is
+often not what exact search ranks first for its own first line.
 """
 
 from __future__ import annotations
