@@ -22,6 +22,11 @@ Pseudo-queries are the first lines of every chunk (`index.jpq.pseudo_queries`), 
 benchmark's questions; no relevance label is used. No dual encoder is trained (we have no
 training pairs for one), so none of this is RepCONC itself. Chunk and pseudo-query embeddings are
 cached in `--work` (the embedding time reported is the one measured when the cache was made).
+
+`--vectors-from-collection WORKSPACE NAME --beir DIR [--distill]` runs the old default, the new
+default (codes alone and with exact re-rank) and optionally the JPQ-distilled rows on the vectors
+of a committed flat collection instead (the CodeRAG full-corpus run's MiniLM onnx-int8 one, 384-d,
+32x = M=48, 64x = M=24), scored as that run scores dense retrieval (`minilm_main`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +58,18 @@ def _embedded(path: Path, texts: list[str], embedder) -> tuple[np.ndarray, float
     return x, seconds
 
 
+def bootstrap_rows(n: int, rounds: int = 2000, seed: int = 0) -> np.ndarray:
+    """(rounds, n) question indices drawn with replacement, shared by every row of a run (paired)."""
+    return np.random.default_rng(seed).integers(0, n, (rounds, n))
+
+
+def loss_ci95(exact_per_q: np.ndarray, per_q: np.ndarray, boot: np.ndarray) -> list[float]:
+    """Paired bootstrap 95% CI of the NDCG loss in points (same questions for exact and variant):
+    how much of a loss is which-questions noise."""
+    lo, hi = np.percentile(100 * (exact_per_q - per_q)[boot].mean(axis=1), [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def main(argv: list[str] | None = None) -> int:
     from eval_suites.coderag.builders import devdocs_page_keys, iter_devdocs, load_problems
     from index.dense import create_dense_index, load_dense_index
@@ -68,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sinkhorn", action="store_true", help="skip the balanced-codes row (the slowest build)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds for the default and the distilled rows")
     parser.add_argument("--render", action="store_true", help="only write devdocs_pq_table.md from OUT/devdocs_pq.json")
+    parser.add_argument("--vectors-from-collection", nargs=2, metavar=("WORKSPACE", "NAME"), default=None,
+                        help="take the chunk vectors of a committed flat collection (e.g. the CodeRAG full-corpus "
+                             "run's MiniLM onnx-int8 one) instead of embedding; needs --beir; writes "
+                             "devdocs_pq_minilm.json (see minilm_main)")
+    parser.add_argument("--distill", action="store_true",
+                        help="with --vectors-from-collection: also the JPQ-distilled rows (embeds the pseudo-queries)")
+    parser.add_argument("--beir", type=Path, default=None, help="BEIR task dirs (DIR/{ds1000,odex}) for the questions")
     args = parser.parse_args(argv)
+    if args.vectors_from_collection:
+        return minilm_main(args)
     if args.render:
         result = json.loads((args.out / "devdocs_pq.json").read_text())
         (args.out / "devdocs_pq_table.md").write_text(render(result))
@@ -111,14 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     exact_ndcg = float(exact_per_q.mean())
     rows = [{"method": "exact", "variant": "exact (float32)", "params": {}, "bytes_per_vector": 4 * dim,
              "compression": 1.0, "ndcg@10": exact_ndcg, "ndcg_loss_pts": 0.0, "recall@10": 1.0, "reranked": False}]
-    boot = np.random.default_rng(0).integers(0, len(problems), (2000, len(problems)))
+    boot = bootstrap_rows(len(problems))
 
     def record(name, variant, params, code, found, ms, build_s, memory=None, disk=None, extra=None):
         per_q = ndcg(found)
         score = float(per_q.mean())
-        # paired bootstrap over the questions: how much of a loss is which-questions noise
-        lo, hi = np.percentile(100 * (exact_per_q - per_q)[boot].mean(axis=1), [2.5, 97.5])
-        extra = {"loss_ci95": [float(lo), float(hi)], **(extra or {})}
+        extra = {"loss_ci95": loss_ci95(exact_per_q, per_q, boot), **(extra or {})}
         recall = float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, exact)]))
         rows.append({"method": name, "variant": variant, "params": params, "bytes_per_vector": code,
                      "compression": 4 * dim / code, "ndcg@10": score, "ndcg_loss_pts": 100 * (exact_ndcg - score),
@@ -214,6 +239,235 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     return 0
+
+
+def _collection_vectors(workspace: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, document id per vector) of a collection's committed flat dense index, read-only:
+    the flat index files of the manifest's generation, each chunk's "doc" from store.sqlite."""
+    import sqlite3
+
+    root = workspace / "collections" / name
+    manifest = json.loads((root / "manifest.json").read_text())
+    dense = root / manifest["index_dir"] / "dense"
+    if manifest.get("dense_kind") != "flat" or manifest["counts"].get("pending"):
+        raise SystemExit(f"{name}: needs a flat dense index with nothing pending")
+    ids, x = np.load(dense / "flat_ids.npy"), np.load(dense / "flat_vectors.npy", mmap_mode="r")
+    db = sqlite3.connect(f"file:{workspace / 'store.sqlite'}?mode=ro", uri=True)
+    owner = {cid: json.loads(meta).get("doc") or path.rsplit("#", 1)[0] for cid, meta, path in db.execute(
+        "SELECT c.id, c.metadata, d.path FROM chunks c JOIN documents d ON c.doc_id = d.id WHERE c.collection = ?",
+        (name,))}
+    db.close()
+    return np.ascontiguousarray(x, dtype=np.float32), np.array([owner[int(i)] for i in ids])
+
+
+def minilm_main(args) -> int:
+    """--vectors-from-collection WORKSPACE NAME --beir DIR: the PQ variants on a collection's vectors.
+
+    Made for the CodeRAG full-corpus run's collection (every devdocs page chunked by
+    `eval_suites.coderag.retrieval.chunk_corpus`, first 4 passages per page, MiniLM onnx-int8,
+    384-d): the product's default embedder, where exact NDCG@10 is ~0.2 instead of the static
+    embedder's 0.09. Scored as that run scores dense-flat: the top k * 4 = 400 chunks, a document
+    scores its best chunk (max-passage), the top 100 documents, NDCG@10 per question with ranx
+    against the BEIR qrels. Queries are embedded with `Embedder.encode_query` (onnx-int8).
+    Variants at 32x (M=48: 48-byte codes of 1,536-byte vectors) and 64x (M=24): the old default
+    (non-residual OPQ, 4 iterations), the new default (`PQConfig(m=M)`, everything else default),
+    codes alone at nprobe 32, and the default with exact re-rank; `--seeds` training seeds for the
+    default. `--distill` adds the default + JPQ-distilled centroids per seed: the pseudo-queries of
+    the collection's chunk texts (`index.jpq.pseudo_queries`, ~31k short lines, ~100 s with
+    onnx-int8 on 2 cores) are embedded once and cached in --work. Builds are saved in --work with
+    their build time, and a later run reuses them (same codebooks, same build time).
+    Results: OUT/devdocs_pq_minilm.json (written after every variant) and the table on stdout.
+    """
+    from eval_suites.coderag.metrics import per_query_metrics
+    from index.dense import create_dense_index, load_dense_index
+    from index.embed import Embedder, EmbedderConfig
+    from index.pq import PQConfig
+
+    workspace, name = Path(args.vectors_from_collection[0]), args.vectors_from_collection[1]
+    if args.beir is None:
+        raise SystemExit("--vectors-from-collection needs --beir DIR")
+    x, owner = _collection_vectors(workspace, name)
+    dim = x.shape[1]
+    tasks, qids, texts, qrels = [], [], [], {}
+    for task in ("ds1000", "odex"):
+        rels: dict[str, dict[str, int]] = {}
+        for line in (args.beir / task / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+            q, doc, rel = line.split("\t")
+            if int(rel) > 0:
+                rels.setdefault(q, {})[doc] = int(rel)
+        for line in (args.beir / task / "queries.jsonl").read_text().splitlines():
+            query = json.loads(line)
+            if query["_id"] in rels:
+                tasks.append(task)
+                qids.append(f"{task}/{query['_id']}")
+                texts.append(query["text"])
+                qrels[qids[-1]] = rels[query["_id"]]
+    tasks = np.array(tasks)
+    embedder = Embedder(EmbedderConfig(backend="onnx-int8"))
+    start = time.perf_counter()
+    queries = np.stack([embedder.encode_query(t) for t in texts]).astype(np.float32)
+    query_s = time.perf_counter() - start
+    k_docs, k_chunks = 100, 400
+    print(f"{name}: {len(x)} chunks x {dim} of {len(set(owner))} documents; {len(qids)} questions "
+          f"embedded in {query_s:.0f} s", flush=True)
+
+    def ndcg(found: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Per-question NDCG@10 of the max-passage document run (ranx, as the CodeRAG run)."""
+        run = {}
+        for qid, ids, s in zip(qids, found, scores):
+            docs: dict[str, float] = {}
+            for i, v in zip(ids, s):
+                if i >= 0 and owner[i] not in docs:
+                    docs[owner[i]] = float(v)
+                    if len(docs) >= k_docs:
+                        break
+            run[qid] = docs
+        per_q = per_query_metrics(qrels, run, ("ndcg@10",))
+        return np.array([per_q[q]["ndcg@10"] for q in qids])
+
+    sims = queries @ x.T
+    exact = np.argsort(-sims, axis=1, kind="stable")[:, :k_chunks]
+    exact_per_q = ndcg(exact, np.take_along_axis(sims, exact, axis=1))
+    del sims
+    boot = bootstrap_rows(len(qids))
+    per_task_boot = {t: bootstrap_rows(int((tasks == t).sum())) for t in ("ds1000", "odex")}
+
+    def summary(per_q: np.ndarray) -> dict:
+        out = {"ndcg@10": float(per_q.mean()), "ndcg_loss_pts": 100 * float(exact_per_q.mean() - per_q.mean()),
+               "loss_ci95": loss_ci95(exact_per_q, per_q, boot)}
+        for t, b in per_task_boot.items():
+            sel = tasks == t
+            out[t] = {"ndcg@10": float(per_q[sel].mean()),
+                      "ndcg_loss_pts": 100 * float(exact_per_q[sel].mean() - per_q[sel].mean()),
+                      "loss_ci95": loss_ci95(exact_per_q[sel], per_q[sel], b)}
+        out["task_mean_ndcg@10"] = float(np.mean([out[t]["ndcg@10"] for t in per_task_boot]))
+        return out
+
+    rows = [{"method": "exact", "variant": "exact (float32)", "params": {}, "bytes_per_vector": 4 * dim,
+             "compression": 1.0, "recall@10": 1.0, "reranked": False, **summary(exact_per_q)}]
+    print(json.dumps(rows[-1]), flush=True)
+    work = Path(args.work) / "minilm"
+    work.mkdir(parents=True, exist_ok=True)
+    import platform
+
+    import faiss
+
+    from eval_suites.report import package_versions
+
+    pseudo, pseudo_s = None, None
+    if args.distill:  # pseudo-queries of the collection's chunk texts, embedded once, cached in --work
+        import sqlite3
+
+        from index.jpq import pseudo_queries
+
+        db = sqlite3.connect(f"file:{workspace / 'store.sqlite'}?mode=ro", uri=True)
+        text_of = dict(db.execute("SELECT id, text FROM chunks WHERE collection = ?", (name,)))
+        db.close()
+        chunk_ids = np.load(workspace / "collections" / name / json.loads(
+            (workspace / "collections" / name / "manifest.json").read_text())["index_dir"] / "dense" / "flat_ids.npy")
+        pseudo_text, _ = pseudo_queries([text_of[int(i)] for i in chunk_ids])
+        pseudo, pseudo_s = _embedded(work / "pseudo_onnx_int8.npy", pseudo_text,
+                                     Embedder(EmbedderConfig(backend="onnx-int8", batch_size=64)))
+        print(f"{len(pseudo)} pseudo-queries (embedded in {pseudo_s:.0f} s)", flush=True)
+
+    def ours(label: str, config: PQConfig, sweep: list[dict], tune=None) -> None:
+        """Build `config` (or reuse its saved build in --work, with the build time measured then),
+        optionally tune a loaded copy, search the sweep."""
+        where = work / ("pq-" + "-".join(f"{k}{v}" for k, v in sorted(dataclasses.asdict(config).items())
+                                         if k in ("m", "opq", "opq_iters", "by_residual", "seed")))
+        timing = where / "build_s.json"
+        if not timing.exists():
+            index = create_dense_index("pq", dim, config)
+            index.add(np.arange(len(x)), x)
+            start = time.perf_counter()
+            index.build()
+            build_s = time.perf_counter() - start
+            index.save(where)
+            timing.write_text(json.dumps({"build_s": build_s, "faiss_threads": faiss.omp_get_max_threads()}))
+        build_s = json.loads(timing.read_text())["build_s"]
+        index = load_dense_index("pq", where)
+        extra = {}
+        if tune is not None:
+            start = time.perf_counter()
+            result = tune(index)
+            extra = {"tune_s": time.perf_counter() - start, "tune_loss_before": result.loss_before,
+                     "tune_loss_after": result.loss_after}
+            build_s += extra["tune_s"]
+            print(f"{label}: tuning loss {result.loss_before:.4f} -> {result.loss_after:.4f} "
+                  f"in {extra['tune_s']:.0f} s", flush=True)
+        for params in sweep:
+            index.config = dataclasses.replace(index.config, **params)
+            start = time.perf_counter()
+            hits = index.search(queries, k_chunks)
+            ms = 1e3 * (time.perf_counter() - start) / len(queries)
+            found = np.full((len(queries), k_chunks), -1, np.int64)
+            scores = np.full((len(queries), k_chunks), -np.inf, np.float32)
+            for r, h in enumerate(hits):
+                found[r, : len(h.ids)], scores[r, : len(h.ids)] = h.ids, h.scores
+            recall = float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, exact)]))
+            rows.append({"method": label + (" + exact re-rank" if params.get("rerank") else ""),
+                         "variant": index.variant, "params": params, "seed": config.seed,
+                         "bytes_per_vector": config.m, "compression": 4 * dim / config.m, "recall@10": recall,
+                         "reranked": bool(params.get("rerank")), "batch_ms_per_query": ms, "build_s": build_s,
+                         "nlist": int(index.ivf.nlist) if getattr(index, "ivf", None) is not None else None,
+                         "memory_MiB": index.memory_bytes() / 2**20, **extra, **summary(ndcg(found, scores))})
+            print(json.dumps(rows[-1]), flush=True)
+
+    def save() -> dict:
+        """Write the JSON so far (after every variant: a run cut short keeps its rows)."""
+        result = {"collection": name, "workspace": str(workspace), "beir": str(args.beir), "chunks": len(x),
+                  "dim": dim, "documents": len(set(owner)), "questions": len(qids),
+                  "questions_per_task": {t: int((tasks == t).sum()) for t in per_task_boot},
+                  "query_embed_s": query_s, "pseudo_queries": None if pseudo is None else len(pseudo),
+                  "pseudo_embed_s": pseudo_s, "k_chunks": k_chunks, "k_docs": k_docs, "seeds": args.seeds,
+                  "exact_ndcg@10": float(exact_per_q.mean()), "faiss_threads": faiss.omp_get_max_threads(),
+                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                              "load_avg": os.getloadavg()},
+                  "versions": package_versions(), "rows": rows}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "devdocs_pq_minilm.json").write_text(json.dumps(result, indent=1))
+        return result
+
+    codes = [{"nprobe": 32}]
+    for seed in range(args.seeds):
+        for m, label in ((48, "32x"), (24, "64x")):
+            base = PQConfig(m=m, seed=seed)
+            if seed == 0:
+                ours(f"OPQ M={m} ({label}), non-residual, 4 OPQ iters (old default)",
+                     dataclasses.replace(base, opq_iters=4, by_residual=False), codes)
+            ours(f"PQConfig(m={m}) ({label}): IVF-residual, 20 OPQ iters (new default)", base,
+                 codes + ([{"nprobe": 32, "rerank": True}] if seed == 0 else []))
+            if args.distill:
+                from index.jpq import DistillConfig, distill_centroids
+
+                ours(f"PQConfig(m={m}) ({label}) + JPQ-distilled centroids", base, codes,
+                     tune=lambda index, seed=seed: distill_centroids(index, pseudo, DistillConfig(seed=seed)))
+    print(render_minilm(save()))
+    return 0
+
+
+def render_minilm(result: dict) -> str:
+    """Markdown table of the --vectors-from-collection run (combined and per task) and the seeds."""
+    lines = ["| method (seed 0) | NDCG@10 (712) | loss pts [95% CI] | DS-1000 NDCG / loss [CI] | "
+             "ODEX NDCG / loss [CI] | recall@10 vs exact | build s |", "|---|---|---|---|---|---|---|"]
+    ci = lambda r: "[%.2f, %.2f]" % tuple(r["loss_ci95"])  # noqa: E731
+    for r in result["rows"]:
+        if r.get("seed", 0):
+            continue
+        per_task = " | ".join(f"{r[t]['ndcg@10']:.4f} / {r[t]['ndcg_loss_pts']:.2f} {ci(r[t])}" for t in ("ds1000", "odex"))
+        lines.append(f"| {r['method']} | {r['ndcg@10']:.4f} | {r['ndcg_loss_pts']:.2f} {ci(r)} | {per_task} | "
+                     f"{r['recall@10']:.3f} | {'-' if r.get('build_s') is None else '%.0f' % r['build_s']} |")
+    seeds: dict[str, list[dict]] = {}
+    for r in result["rows"]:
+        if ("new default" in r["method"] or "distilled" in r["method"]) and not r["reranked"]:
+            seeds.setdefault(r["method"], []).append(r)
+    lines += ["", "| variant, codes alone | seeds | loss pts per seed [95% CI] | mean loss | recall@10 per seed | build s per seed |",
+              "|---|---|---|---|---|---|"]
+    for label, rs in seeds.items():
+        lines.append(f"| {label} | {len(rs)} | {', '.join('%.2f %s' % (r['ndcg_loss_pts'], ci(r)) for r in rs)} | "
+                     f"{np.mean([r['ndcg_loss_pts'] for r in rs]):.2f} | {', '.join('%.3f' % r['recall@10'] for r in rs)} | "
+                     f"{', '.join('%.0f' % r['build_s'] for r in rs)} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(result: dict) -> str:
