@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             ("SPANN (ours)", lambda: Ours("SPANN (ours)", "spann", x, SpannConfig(), tmp), spann_sweep),
             ("SPANN (ours, 8% heads)", lambda: Ours("SPANN (ours, 8% heads)", "spann", x, SpannConfig(head_ratio=0.08), tmp),
              spann_sweep[:3]),
-            ("OPQ (ours)", lambda: Ours("OPQ (ours)", "pq", x, PQConfig(m=48, nprobe=16, train_size=20000), tmp),
+            ("OPQ (ours)", lambda: Ours("OPQ (ours)", "pq", x, PQConfig(m=48, nprobe=16, rerank=False, train_size=20000), tmp),
              [{"nprobe": p, "rerank": False} for p in (8, 16, 32)]),
             ("OPQ + rerank (ours)", lambda: Ours("OPQ + rerank (ours)", "pq", x, PQConfig(m=48, nprobe=16, rerank=True, train_size=20000), tmp),
              [{"nprobe": p} for p in (8, 16, 32)]),

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: tuning loss {result.loss_before:.4f} -> {result.loss_after:.4f} in {extra['tune_s']:.0f} s", flush=True)
         disk = sum(p.stat().st_size for p in where.iterdir() if p.is_file())
         for params in sweep:
-            index.config = dataclasses.replace(index.config, **params)
+            index.config = dataclasses.replace(index.config, **{"rerank": False, **params})  # codes alone unless asked
             start = time.perf_counter()
             hits = index.search(queries, 50)
             ms = 1e3 * (time.perf_counter() - start) / len(queries)
@@ -396,7 +396,7 @@ def minilm_main(args) -> int:
             print(f"{label}: tuning loss {result.loss_before:.4f} -> {result.loss_after:.4f} "
                   f"in {extra['tune_s']:.0f} s", flush=True)
         for params in sweep:
-            index.config = dataclasses.replace(index.config, **params)
+            index.config = dataclasses.replace(index.config, **{"rerank": False, **params})  # codes alone unless asked
             start = time.perf_counter()
             hits = index.search(queries, k_chunks)
             ms = 1e3 * (time.perf_counter() - start) / len(queries)

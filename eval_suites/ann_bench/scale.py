@@ -140,7 +140,7 @@ def build(work: Path, method: str) -> None:
     elif method in ("opq48", "opq24"):
         # OPQ training dominated the build on 2 loaded cores (227 s for 10k training vectors at
         # 10 OPQ iterations): 4 iterations on a 30k sample here, every vector encoded with them
-        index = create_dense_index("pq", DIM, PQConfig(m=int(method[3:]), nprobe=32, opq_iters=4, train_size=30_000))
+        index = create_dense_index("pq", DIM, PQConfig(m=int(method[3:]), nprobe=32, opq_iters=4, train_size=30_000, rerank=False))
         index.add(np.arange(n), x)
         index.build()
         index.save(out)
