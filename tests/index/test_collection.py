@@ -7,6 +7,7 @@ import pytest
 from index import Chunk, Collection, CollectionConfig, SearchResult
 from index.bm25 import BM25Config, BM25Index
 from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
+from tests.index.readers import searching_in_threads
 
 pytestmark = pytest.mark.slow  # embeds with the shipped MiniLM (loaded once per process)
 
@@ -271,31 +272,17 @@ def test_bad_inputs(indexed, tmp_path):
 
 
 def test_searches_in_threads_during_commits_stay_consistent(indexed):
-    import threading
-
     collection, tree, _ = indexed
     collection.search("warm up the query encoder", k=1, mode="dense")
-    errors, stop = [], threading.Event()
 
-    def reader():
-        while not stop.is_set():
-            try:
-                for mode in ("bm25", "dense", "hybrid"):
-                    for result in collection.search("note number", k=5, mode=mode):
-                        assert result.text and result.path
-            except Exception as error:  # noqa: BLE001 - surfaced below
-                errors.append(error)
-                return
+    def read():
+        for mode in ("bm25", "dense", "hybrid"):
+            for result in collection.search("note number", k=5, mode=mode):
+                assert result.text and result.path
 
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for i in range(6):
-        collection.add_texts([f"note number {i} about topic {i}"], paths=[f"notes/{i % 3}"])
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors[0]
+    with searching_in_threads(read, join_timeout=60):
+        for i in range(6):
+            collection.add_texts([f"note number {i} about topic {i}"], paths=[f"notes/{i % 3}"])
     assert collection.stats()["documents"] == 6  # 3 originals + 3 note paths (replaced twice)
     assert {r.path for r in collection.search("note number", k=10, mode="bm25")} == {
         "notes/0", "notes/1", "notes/2"}

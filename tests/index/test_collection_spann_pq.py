@@ -20,6 +20,7 @@ from index import Collection, CollectionConfig  # noqa: E402
 from index.dense import create_dense_index  # noqa: E402
 from index.pq import PQConfig  # noqa: E402
 from index.spann import SpannConfig  # noqa: E402
+from tests.index.readers import searching_in_threads  # noqa: E402
 from tests.static_model import tiny_static_model  # noqa: E402
 
 KINDS = {
@@ -86,32 +87,21 @@ def test_searches_during_commits_that_rebuild(tmp_path, model, kind):
     with Collection.open(tmp_path / "ws", config=_config(model, kind)) as collection:
         collection.add_texts(_texts(0, 300))
         built_n = [collection._dense._built_n]
-        errors, stop, searched = [], threading.Event(), [0]
+        searched = [0]
         probes = _texts(0, 10)
 
-        def reader():
-            while not stop.is_set():
-                try:
-                    for text in probes:
-                        results = collection.search(text, k=5, mode="dense")
-                        # <= 5: a commit adds to the live index inside the store transaction, so a
-                        # reader may get rows not yet committed, which _to_results drops (also flat)
-                        assert 1 <= len(results) <= 5 and all(r.text for r in results)
-                        searched[0] += 1
-                except Exception as error:  # noqa: BLE001 - surfaced below
-                    errors.append(error)
-                    return
+        def read():
+            for text in probes:
+                results = collection.search(text, k=5, mode="dense")
+                # <= 5: a commit adds to the live index inside the store transaction, so a
+                # reader may get rows not yet committed, which _to_results drops (also flat)
+                assert 1 <= len(results) <= 5 and all(r.text for r in results)
+                searched[0] += 1
 
-        threads = [threading.Thread(target=reader) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for step in range(4):  # 300 -> 1,500: each x1.5 of growth rebuilds inside the commit
-            collection.add_texts(_texts(300 + 300 * step, 300))
-            built_n.append(collection._dense._built_n)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert not errors, errors[0]
+        with searching_in_threads(read):
+            for step in range(4):  # 300 -> 1,500: each x1.5 of growth rebuilds inside the commit
+                collection.add_texts(_texts(300 + 300 * step, 300))
+                built_n.append(collection._dense._built_n)
         assert searched[0] > 0 and len(set(built_n)) >= 3  # it did rebuild, more than once
 
 
