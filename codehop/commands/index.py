@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from index.dense import DENSE_KINDS
+from index.progress import ProgressPrinter, RunStatus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,17 +44,17 @@ def run(args: argparse.Namespace) -> int:
     # Only an explicit choice overrides a collection's stored settings.
     explicit = args.dense is not None or settings.source is not None
     config = settings.collection_config(dense=args.dense) if explicit else None
-    progress = _Progress(name, terminal=sys.stderr.isatty()) if not args.no_progress else None
+    progress = not args.no_progress
     # --rebuild may re-embed with another model; a plain add never mixes two models' vectors.
     with open_collection(settings, workspace, name, create=True, config=config,
                          reembed=args.rebuild) as collection:
         if args.rebuild:
-            report = collection.rebuild(progress=progress is not None)
+            report = collection.rebuild(progress=progress)
             print(f"rebuilt {report.summary()}")
         if args.paths:
-            run = progress.start() if progress else None
+            run = _run_status(name) if progress else None
             report = collection.add_paths(
-                args.paths, chunker=_code_chunker(), progress=bool(progress and progress.terminal),
+                args.paths, chunker=_code_chunker(), progress=False,
                 on_scan=run.scan if run else None, on_embed=run.embed if run else None)
             if run:
                 run.finish()
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"indexed {report.summary()}")
         pending = len(collection.pending_ids())
         if pending:  # left by a `codehop serve` / LSP that was stopped before it finished
-            run = progress.start() if progress else None
+            run = _run_status(name) if progress else None
             counts = collection.fill_dense(progress=None if run is None else (
                 lambda step: run.embed({"done": step["done"], "total": step["pending"]})))
             if run:
@@ -72,16 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    """Where `codehop index` shows its progress: tqdm bars on a terminal (the collection's
-    own), else a line every few seconds with counts, rate and ETA (logs, CI, docker)."""
-
-    def __init__(self, collection: str, terminal: bool) -> None:
-        self.collection, self.terminal = collection, terminal
-
-    def start(self):
-        from index.progress import ProgressPrinter, RunStatus
-
-        if self.terminal:  # the bars say it all; statuses would only be computed and dropped
-            return None
-        return RunStatus(self.collection, ProgressPrinter(sys.stderr, tty=False).update)
+def _run_status(collection: str) -> RunStatus:
+    """Progress of one phase run: bars on a terminal, else a line every few seconds with
+    counts, rate and ETA (logs, CI, docker)."""
+    return RunStatus(collection, ProgressPrinter(sys.stderr).update)
