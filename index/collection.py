@@ -29,6 +29,7 @@ the next `fill_dense` finds them there instead of embedding them again.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -50,7 +51,7 @@ from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputE
 from index.openai_http import OpenAIEndpoint
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.ingest import Chunker, chunk_text, read_text
-from index.store import Store
+from index.store import ChunkRow, Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
 from index.walk import walk
@@ -691,7 +692,7 @@ class Collection:
             k: number of results (> 0).
             mode: "hybrid" (BM25 + dense fused), "bm25" or "dense".
             filters: only chunks it admits come back; still k of them whenever the retrievers
-                can reach k such chunks, however rare they are (see `_search_filtered`).
+                can reach k such chunks, however rare they are (see `_search`).
         Returns:
             SearchResults best first; `score` is BM25, cosine or the fused score by mode.
         """
@@ -702,46 +703,75 @@ class Collection:
         if not isinstance(k, int) or k <= 0:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         self._ensure_loaded()
-        if filters is not None and not filters.admits_everything:
-            return self._search_filtered(query, k, mode, filters)
-        if mode == "bm25":
-            return self._results(self._bm25_hits(query, k))
-        if mode == "dense":
-            return self._results(self._dense_hits(query, k))
-        n = max(k, self.config.candidates)
-        return self._results(self._fuse([self._bm25_hits(query, n), self._dense_hits(query, n)]).top(k))
+        if filters is not None and filters.admits_everything:
+            filters = None
+        return self._search(query, None, k, mode, filters)
 
     def _fuse(self, lists: list[Hits]) -> Hits:
         if self.config.fusion == "rrf":
             return rrf_fuse(lists, k=self.config.rrf_k)
         return weighted_fuse(lists, [1 - self.config.dense_weight, self.config.dense_weight])
 
-    def _search_filtered(self, query: str, k: int, mode: str, filters: SearchFilter) -> list[SearchResult]:
-        """Top-k among the chunks `filters` admits.
+    def _search(self, query: str | None, vector: np.ndarray | None, k: int, mode: str,
+                filters: SearchFilter | None) -> list[SearchResult]:
+        """Top-k among the chunks that this thread's store holds and `filters` admits.
 
-        The retrievers are asked for n candidates, n growing 4x per round from
-        max(4k, candidates), until k of them are admitted or the retrievers have nothing beyond
-        n; the store checks each candidate once (path and kind), so a round costs what its new
-        candidates cost, not the collection's size. A filter matching 3 chunks of 100,000
-        still returns all 3, where a fixed over-fetch would return none. Exact for BM25 and
-        flat; SPANN and PQ return what their probes reach, as they do unfiltered.
+        The retrievers are asked for n candidates, n growing 4x per round, until k of them
+        pass or the retrievers have nothing beyond n. Two kinds of candidate do not pass:
+        - chunks `filters` rejects: the store checks each candidate once (path and kind), so
+          a round costs what its new candidates cost, not the collection's size. Filtered, n
+          starts at max(4k, candidates): a filter matching 3 chunks of 100,000 still returns
+          all 3, where a fixed over-fetch would return none.
+        - chunks the store does not hold: a commit changes the live dense index before its
+          store transaction commits (the generation's files must be written first), so for a
+          moment the index finds rows that a reader's store does not have yet, and after a
+          commit BM25 may still name rows it deleted. Skipped like rejected ones, they cost
+          no result: k come back whenever the retrievers reach k chunks the store holds.
+        Unfiltered, n starts at k (hybrid: `candidates` from each retriever) and the top k
+        rows are read once, as a plain search needs anyway; it widens only if one is missing.
+        Exact for BM25 and flat; SPANN and PQ return what their probes reach.
         """
-        vector = None
-        if mode != "bm25" and self._dense is not None:
+        if vector is None and mode != "bm25" and self._dense is not None:
             vector = self.embedder.encode_query(query)  # once, not per round
-        admitted: dict[int, bool] = {}  # row id -> passes the filter, for candidates seen
-        n = max(4 * k, self.config.candidates)
+        rows: dict[int, ChunkRow] = {}  # row id -> its row, for candidates read
+        skip: set[int] = set()  # candidates that cannot come back: rejected, or not in the store
+        checked: set[int] = set()  # candidates `filters` has judged
+        if filters is not None:
+            n = max(4 * k, self.config.candidates)
+        else:
+            n = max(k, self.config.candidates) if mode == "hybrid" else k
         while True:
             hits, complete = self._candidates(query, vector, n, mode)
-            new = [int(i) for i in hits.ids if int(i) not in admitted]
-            passing = self.store.admitted_row_ids(new, filters.path_prefix, filters.kind)
-            admitted.update((i, i in passing) for i in new)
-            keep = np.fromiter((admitted[int(i)] for i in hits.ids), dtype=bool, count=len(hits))
-            if keep.sum() >= k or complete:
-                return self._results(Hits(hits.ids[keep], hits.scores[keep]).top(k))
+            if filters is not None:
+                new = [i for i in hits.ids.tolist() if i not in checked]
+                passing = self.store.admitted_row_ids(new, filters.path_prefix, filters.kind)
+                checked.update(new)
+                skip.update(i for i in new if i not in passing)
+            top = self._top_rows(hits, k, rows, skip)
+            if len(top) >= k or complete:
+                return self._to_results(top, rows)
             n *= 4
 
-    def _candidates(self, query: str, vector: np.ndarray | None, n: int,
+    def _top_rows(self, hits: Hits, k: int, rows: dict[int, ChunkRow], skip: set[int]) -> Hits:
+        """The first k of `hits` not in `skip` whose rows the store holds: reads the rows of
+        those it has not read into `rows` (one read when it holds them all) and adds the ids
+        the store lacks to `skip`."""
+        ids = hits.ids.tolist()
+        while True:
+            if skip:
+                top = list(itertools.islice((at for at, i in enumerate(ids) if i not in skip), k))
+            else:  # the common case: the top k as they stand
+                top = range(min(k, len(ids)))
+            unread = [ids[at] for at in top if ids[at] not in rows]
+            if unread:
+                found = self.store.get_chunks(unread)
+                rows.update(found)
+                if len(found) < len(unread):
+                    skip.update(i for i in unread if i not in found)
+                    continue
+            return Hits(hits.ids[top], hits.scores[top]) if skip else hits.top(k)
+
+    def _candidates(self, query: str | None, vector: np.ndarray | None, n: int,
                     mode: str) -> tuple[Hits, bool]:
         """Ranked candidates from the top n of each retriever of `mode` (hybrid: all of their
         fusion), and whether the retrievers had nothing beyond them."""
@@ -750,8 +780,9 @@ class Collection:
             lists.append(self._bm25_hits(query, n))
         if mode != "bm25":
             lists.append(Hits.empty() if vector is None else self._dense_search(vector, n))
-        with self._index_lock:
-            total = 0 if self._bm25 is None else len(self._bm25)  # every committed chunk
+        with self._index_lock:  # mid-commit the dense index may hold more rows than BM25
+            total = max(0 if self._bm25 is None else len(self._bm25),
+                        0 if self._dense is None else len(self._dense))
         complete = n >= total or all(len(hits) < n for hits in lists)
         return (lists[0] if len(lists) == 1 else self._fuse(lists)), complete
 
@@ -760,10 +791,11 @@ class Collection:
         if k <= 0:
             raise InvalidInputError(f"k must be positive, got {k}")
         self._ensure_loaded()
-        return self._results(self._dense_search(vector, k))
+        return self._search(None, vector, k, "dense", None)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
-        """search_vector for each row of `vectors` (n, dim), in one index pass and one store read."""
+        """search_vector for each row of `vectors` (n, dim), in one index pass and one store read
+        (a row whose hits the store does not hold yet, mid-commit, is searched again alone)."""
         if k <= 0:
             raise InvalidInputError(f"k must be positive, got {k}")
         vectors = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
@@ -772,11 +804,9 @@ class Collection:
             if self._dense is None or len(self._dense) == 0 or not len(vectors):
                 return [[] for _ in range(len(vectors))]
             hits = self._dense.search(vectors, k)
-        return self._results_many(hits)
-
-    def _results_many(self, hits: list[Hits]) -> list[list[SearchResult]]:
         rows = self.store.get_chunks(sorted({int(i) for h in hits for i in h.ids}))
-        return [self._to_results(h, rows) for h in hits]
+        return [self._to_results(h, rows) if all(int(i) in rows for i in h.ids)
+                else self._search(None, vector, k, "dense", None) for h, vector in zip(hits, vectors)]
 
     def _bm25_hits(self, query: str, k: int) -> Hits:
         tokens = tokenize(query, self.config.tokenizer)
@@ -785,12 +815,6 @@ class Collection:
                 return Hits.empty()
             return self._bm25.search(tokens, k)
 
-    def _dense_hits(self, query: str, k: int) -> Hits:
-        if self._dense is None:
-            return Hits.empty()
-        vector = self.embedder.encode_query(query)  # the slow part, outside the lock
-        return self._dense_search(vector, k)
-
     def _dense_search(self, vector: np.ndarray, k: int) -> Hits:
         with self._index_lock:
             if self._dense is None or len(self._dense) == 0:
@@ -798,16 +822,11 @@ class Collection:
             self._check_dim(self._dense, np.asarray(vector).reshape(-1).shape[0])
             return self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0]
 
-    def _results(self, hits: Hits) -> list[SearchResult]:
-        return self._to_results(hits, self.store.get_chunks([int(i) for i in hits.ids]))
-
     @staticmethod
-    def _to_results(hits: Hits, rows) -> list[SearchResult]:
+    def _to_results(hits: Hits, rows: dict[int, ChunkRow]) -> list[SearchResult]:
         out = []
         for row_id, score in zip(hits.ids, hits.scores):
-            row = rows.get(int(row_id))
-            if row is None:  # deleted by a writer after our indexes were loaded
-                continue
+            row = rows[int(row_id)]  # callers pass only hits the store holds
             out.append(SearchResult(row.chunk_id, float(score), row.path, row.start_line,
                                     row.end_line, row.text, {**row.metadata, "kind": row.kind}))
         return out

@@ -1,8 +1,10 @@
-"""Readers in threads while the test writes: `with searching_in_threads(read): ...commits...`."""
+"""Readers in threads while the test writes: `with searching_in_threads(read): ...commits...`;
+`slow_store_commits` holds each commit open so that readers search inside it."""
 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -33,3 +35,18 @@ def searching_in_threads(read: Callable[[], None], threads: int = 2,
         for worker in workers:
             worker.join(timeout=join_timeout)
     assert not errors, errors[0]
+
+
+def slow_store_commits(monkeypatch, store, seconds: float) -> None:
+    """Make every transaction of `store` wait `seconds` after its writes, before its COMMIT:
+    a Collection commit has then changed its live in-memory indexes while readers' store
+    snapshots still lack the commit's rows, long enough for readers to search in between."""
+    transaction = store.transaction
+
+    @contextmanager
+    def slow() -> Iterator[None]:
+        with transaction():
+            yield
+            time.sleep(seconds)  # not reached when the block raised: that rolls back at once
+
+    monkeypatch.setattr(store, "transaction", slow)
