@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from index.errors import InvalidInputError
@@ -151,6 +151,55 @@ def rotate_keys(keys, deltas, rotary) -> Any:
     return (work * cos + rotated_half * sin).to(keys.dtype)
 
 
+def _ordered_edits(edits: Sequence[Edit], n: int) -> list[Edit]:
+    """`edits` sorted by position without the no-ops; raises on one out of ``[0, n]`` or
+    overlapping another."""
+    ordered = sorted(edits, key=lambda e: (e.start, e.end))
+    cursor = 0
+    for e in ordered:
+        if not (0 <= e.start <= e.end <= n) or e.start < cursor:
+            raise InvalidInputError(
+                f"edit [{e.start}, {e.end}) is out of range or overlaps another (cache has {n} tokens)")
+        cursor = e.end
+    return [e for e in ordered if e.end > e.start or e.new_token_ids]
+
+
+@dataclass
+class _Layout:
+    """The edited sequence and where its rows come from: kept rows of the old cache, and
+    inserted segments to encode.
+
+    Example: ids ``[a, b, c, d]`` and ``Edit(1, 2, [x, y])`` give token_ids
+    ``[a, x, y, c, d]``, kept_old ``[0, 2, 3]``, kept_new ``[0, 3, 4]``, segments
+    ``[(1, (x, y))]``.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    kept_old: list[int] = field(default_factory=list)  # old row of every kept row, in new order
+    kept_new: list[int] = field(default_factory=list)  # its new position
+    segments: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # (new start, ids)
+
+    @classmethod
+    def of(cls, old_ids: list[int], ordered: list[Edit]) -> "_Layout":
+        """The layout of `ordered` (sorted, non-overlapping edits) applied to `old_ids`."""
+        layout = cls()
+        cursor = 0
+        for e in ordered:
+            layout._keep(old_ids, cursor, e.start)
+            if e.new_token_ids:
+                layout.segments.append((len(layout.token_ids), e.new_token_ids))
+                layout.token_ids.extend(e.new_token_ids)
+            cursor = e.end
+        layout._keep(old_ids, cursor, len(old_ids))
+        return layout
+
+    def _keep(self, old_ids: list[int], start: int, end: int) -> None:
+        for i in range(start, end):
+            self.kept_old.append(i)
+            self.kept_new.append(len(self.token_ids))
+            self.token_ids.append(old_ids[i])
+
+
 class PieCache:
     """An editable KV cache over a transformers causal LM with rotary positions.
 
@@ -246,66 +295,52 @@ class PieCache:
         if not self.token_ids:
             raise InvalidInputError("the cache is empty: call prefill(token_ids) before editing")
         start_time = time.perf_counter()
-        n = len(self.token_ids)
-        ordered = sorted(edits, key=lambda e: (e.start, e.end))
-        cursor = 0
-        for e in ordered:
-            if not (0 <= e.start <= e.end <= n) or e.start < cursor:
-                raise InvalidInputError(
-                    f"edit [{e.start}, {e.end}) is out of range or overlaps another (cache has {n} tokens)")
-            cursor = e.end
-        ordered = [e for e in ordered if e.end > e.start or e.new_token_ids]
-        new_ids: list[int] = []
-        kept_old: list[int] = []      # old row index of every kept row, in new order
-        kept_new: list[int] = []      # its new position
-        segments: list[tuple[int, tuple[int, ...]]] = []  # (new start, ids) of inserted segments
-        cursor = 0
-        for e in ordered:
-            for i in range(cursor, e.start):
-                kept_old.append(i)
-                kept_new.append(len(new_ids))
-                new_ids.append(self.token_ids[i])
-            if e.new_token_ids:
-                segments.append((len(new_ids), e.new_token_ids))
-                new_ids.extend(e.new_token_ids)
-            cursor = e.end
-        for i in range(cursor, n):
-            kept_old.append(i)
-            kept_new.append(len(new_ids))
-            new_ids.append(self.token_ids[i])
-        if not new_ids:
+        ordered = _ordered_edits(edits, len(self.token_ids))
+        layout = _Layout.of(self.token_ids, ordered)
+        if not layout.token_ids:
             raise InvalidInputError("the edits delete every token; prefill a new sequence instead")
-        inserted = sum(len(s) for _, s in segments)
-        stats = EditStats(edits=len(ordered), inserted=inserted, deleted=n - len(kept_old),
-                          reused=len(kept_old), sequence_length=len(new_ids),
+        inserted = sum(len(ids) for _, ids in layout.segments)
+        deleted = len(self.token_ids) - len(layout.kept_old)
+        stats = EditStats(edits=len(ordered), inserted=inserted, deleted=deleted,
+                          reused=len(layout.kept_old), sequence_length=len(layout.token_ids),
                           positions_corrected=self.config.correct_positions)
-        cost = inserted + self.config.segment_cost_tokens * len(segments)
-        if cost > self.config.recompute_above * len(new_ids):
-            full = self.prefill(new_ids)
-            full.edits, full.deleted = len(ordered), n - len(kept_old)
+        cost = inserted + self.config.segment_cost_tokens * len(layout.segments)
+        if cost > self.config.recompute_above * len(layout.token_ids):
+            full = self.prefill(layout.token_ids)
+            full.edits, full.deleted = len(ordered), deleted
             return full
+        self._move_kept_rows(layout, stats)
+        self._encode_segments(layout.segments, stats)
+        stats.elapsed_s = time.perf_counter() - start_time
+        return stats
 
-        old_idx = torch.tensor(kept_old, dtype=torch.long, device=self.device)
-        deltas = torch.tensor(kept_new, dtype=torch.long, device=self.device) - old_idx
-        moved = deltas != 0
-        stats.rerotated = int(moved.sum()) if self.config.correct_positions else 0
+    def _move_kept_rows(self, layout: "_Layout", stats: EditStats) -> None:
+        """New per-layer tensors of the edited length holding the kept rows at their new
+        positions (keys re-rotated by their shift when positions are corrected); the inserted
+        segments' rows stay zero until `_encode_segments` fills them."""
+        old_idx = torch.tensor(layout.kept_old, dtype=torch.long, device=self.device)
+        dest = torch.tensor(layout.kept_new, dtype=torch.long, device=self.device)
+        deltas = dest - old_idx
+        stats.rerotated = int((deltas != 0).sum()) if self.config.correct_positions else 0
         stats.flops = 3.0 * stats.rerotated * self._costs.layers * self._costs.key_width
-        new_len = len(new_ids)
+        new_len = len(layout.token_ids)
         new_layers = []
-        dest = torch.tensor(kept_new, dtype=torch.long, device=self.device)
         for k, v in self.layers:
             k_kept, v_kept = k[:, :, old_idx], v[:, :, old_idx]
             if self.config.correct_positions and stats.rerotated:
                 k_kept = rotate_keys(k_kept, deltas, self.rotary)
-            shape = (k.shape[0], k.shape[1], new_len, k.shape[3])
-            k_new = k.new_zeros(shape)
+            k_new = k.new_zeros((k.shape[0], k.shape[1], new_len, k.shape[3]))
             v_new = v.new_zeros((v.shape[0], v.shape[1], new_len, v.shape[3]))
             k_new[:, :, dest] = k_kept
             v_new[:, :, dest] = v_kept
             new_layers.append((k_new, v_new))
         self.layers = new_layers
-        self.token_ids = new_ids
-        for seg_start, seg_ids in segments:  # left to right: later segments see earlier ones
+        self.token_ids = layout.token_ids
+
+    def _encode_segments(self, segments: list[tuple[int, tuple[int, ...]]], stats: EditStats) -> None:
+        """Encode each inserted segment into its rows, left to right: later segments see the
+        earlier ones."""
+        for seg_start, seg_ids in segments:
             rows, _ = self._encode(seg_ids, seg_start)
             for layer, (k_rows, v_rows) in enumerate(rows):
                 k_new, v_new = self.layers[layer]
@@ -313,8 +348,6 @@ class PieCache:
                 v_new[:, :, seg_start:seg_start + len(seg_ids)] = v_rows
             stats.tokens_encoded += len(seg_ids)
             stats.flops += self._costs.flops(len(seg_ids), seg_start)
-        stats.elapsed_s = time.perf_counter() - start_time
-        return stats
 
     def sync(self, new_token_ids: Sequence[int]) -> EditStats:
         """Bring the cache to ``new_token_ids``: diff against the cached ids and apply the edits.
