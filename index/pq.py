@@ -35,6 +35,7 @@ outside it and swaps the new faiss index in under the lock (a search sees the ol
 from __future__ import annotations
 
 import json
+import mmap
 import threading
 import zipfile
 from dataclasses import asdict, dataclass
@@ -49,6 +50,10 @@ from index.types import Hits
 
 FORMAT_VERSION = 2  # 2: by_residual and the tuning name in the meta (1 reads as by_residual=False)
 _META, _ARRAYS, _VECTORS, _FAISS = "pq_meta.json", "pq_arrays.npz", "pq_vectors.npy", "pq_ivf.faiss"
+QUANTIZERS = ("pq", "rq")
+# Rows rotated, assigned and encoded at a time during a build: faiss encodes M=24 PQ codes
+# through an (n, M, 256) float distance table, 1.6 GB at 65,536 rows; 100 MB at this size.
+_ENCODE_BATCH = 4_096
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,12 @@ class PQConfig:
     """PQ settings. M=48 sub-vectors x 8 bits on 384-d MiniLM = 32x compression (M=24: 64x)."""
 
     m: int = 48
-    opq: bool = True
+    # "pq": OPQ + product quantiser (RepCONC-style, the reference); "rq": residual (additive)
+    # quantiser, M full-dimensional codebooks fitted stage by stage, codes by beam search: the
+    # same M bytes, a far smaller error (see the module docstring), slower to train and encode
+    quantizer: str = "pq"
+    rq_beam: int = 5  # "rq": candidates kept per stage while encoding (faiss max_beam_size)
+    opq: bool = True  # "pq" only: a residual quantiser's codebooks do not depend on the axes
     by_residual: bool = True  # codes of x - IVF centroid, score q.c + ADC (see the module docstring)
     opq_iters: int = 20  # OPQ alternations (faiss default 50); on devdocs 20 vs 4 raised recall@10 by 0.04 at 2.3x the build time
     nlist: int | None = None  # None: 4 * sqrt(N), at least 1, at most N / 39
@@ -82,6 +92,16 @@ class PQConfig:
             raise InvalidInputError("PQConfig: m, nprobe and rerank_factor must be >= 1")
         if self.min_build < 256:
             raise InvalidInputError("PQConfig.min_build must be >= 256 (one training point per centroid)")
+        if self.quantizer not in QUANTIZERS:
+            raise InvalidInputError(f"PQConfig.quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "rq" and (self.balanced_codes or self.rq_beam < 1):
+            raise InvalidInputError("PQConfig: quantizer 'rq' needs rq_beam >= 1 and has no balanced_codes "
+                                    "(Sinkhorn balancing is per product-quantiser codebook)")
+
+    @property
+    def rotates(self) -> bool:
+        """Whether an OPQ rotation precedes the codes (product quantiser only)."""
+        return self.opq and self.quantizer == "pq"
 
 
 def sinkhorn_codes(x: np.ndarray, centroids: np.ndarray, eps: float = 0.003, iters: int = 100,
@@ -113,6 +133,54 @@ def sinkhorn_codes(x: np.ndarray, centroids: np.ndarray, eps: float = 0.003, ite
     return codes
 
 
+def _advise_random(vectors: np.ndarray) -> None:
+    """MADV_RANDOM on a memory-mapped float file: a re-rank reads ~40 scattered rows, and the
+    kernel's default read-ahead (128 KiB per fault) had pulled the whole 1.5 GB file of a 1M
+    index into the page cache over 300 queries to serve ~18 MB of rows."""
+    mapped = getattr(vectors, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+
+
+def _will_need(vectors: np.ndarray, rows: np.ndarray) -> None:
+    """madvise(WILLNEED) the pages of `rows` of a memory-mapped float file before reading them,
+    so their disk reads overlap instead of faulting one after another (a cold 40-row re-rank at
+    1M: 233 ms -> ~3 ms). Contiguous runs of rows become one call. No-op for in-RAM arrays."""
+    mapped = getattr(vectors, "_mmap", None)
+    if mapped is None or not hasattr(mmap, "MADV_WILLNEED") or not len(rows):
+        return
+    row_bytes = vectors.strides[0]
+    base = vectors.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 sits in the mapping
+    rows = np.unique(rows)
+    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+    for first, last in zip(rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]]):
+        start = base + int(first) * row_bytes
+        page = start - start % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_WILLNEED, page, base + (int(last) + 1) * row_bytes - page)
+
+
+class _Rebalance:
+    """Per-codebook sums of the vectors each balanced code took, batch by batch, so the
+    centroids can follow their assignments after the last batch (RepCONC's constrained step)."""
+
+    def __init__(self, m: int, dsub: int) -> None:
+        self.sums = np.zeros((m, 256, dsub), dtype=np.float64)
+        self.used = np.zeros((m, 256), dtype=np.int64)
+
+    def add(self, target: np.ndarray, codes: np.ndarray) -> None:
+        sub = target.reshape(len(target), self.sums.shape[0], -1)
+        for m in range(self.sums.shape[0]):
+            np.add.at(self.sums[m], codes[:, m], sub[:, m])
+            self.used[m] += np.bincount(codes[:, m], minlength=256)
+
+    def centroids(self, current: np.ndarray) -> np.ndarray:
+        """The means of the assigned vectors; a centroid nobody took keeps its place."""
+        out = current.copy()
+        hit = self.used > 0
+        out[hit] = (self.sums[hit] / self.used[hit][:, None]).astype(np.float32)
+        return out
+
+
 class PQIndex(BuildsWhenDue):
     """OPQ + PQ codes under an IVF (faiss), int64 ids; implements `index.dense.DenseIndex`."""
 
@@ -133,13 +201,18 @@ class PQIndex(BuildsWhenDue):
         self._lock = threading.RLock()
         self._build_lock = threading.Lock()
         self._version = 0
+        self._counted = (-1, 0)  # (version, live count) for __len__
 
     @classmethod
     def create(cls, dim: int, config: PQConfig | None = None) -> "PQIndex":
         return cls(dim, config)
 
     def __len__(self) -> int:
-        return int(self._alive.sum())
+        """Live vectors, counted once per mutation (a search asks twice; summing 1M flags took
+        0.3 ms each time, half of a warm 1M query)."""
+        if self._counted[0] != self._version:
+            self._counted = (self._version, int(np.count_nonzero(self._alive)))
+        return self._counted[1]
 
     @property
     def built(self) -> bool:
@@ -151,7 +224,7 @@ class PQIndex(BuildsWhenDue):
 
     @property
     def variant(self) -> str:
-        name = "OPQ" if self.config.opq else "PQ"
+        name = "RQ" if self.config.quantizer == "rq" else "OPQ" if self.config.opq else "PQ"
         if self.config.by_residual:
             name += " IVF-residual"
         if self.config.balanced_codes:
@@ -164,12 +237,13 @@ class PQIndex(BuildsWhenDue):
     def ivf(self):
         import faiss
 
-        return faiss.downcast_index(self._index.index) if self.config.opq else self._index
+        return faiss.downcast_index(self._index.index) if self.config.rotates else self._index
 
     def describe(self) -> str:
         if not self.built:
             return f"pq: exact search over {len(self)} vectors (codes are trained from {self.config.min_build} vectors on)"
-        return (f"pq [{self.variant}]: {len(self)} vectors, M={self.config.m} x 8 bits, nlist={self.ivf.nlist}, "
+        return (f"pq [{self.variant}]: {len(self)} vectors, M={self.config.m} x 8 bits"
+                + (f" (beam {self.config.rq_beam})" if self.config.quantizer == "rq" else "") + f", nlist={self.ivf.nlist}, "
                 f"nprobe={self.config.nprobe}, rerank={'x%d' % self.config.rerank_factor if self.config.rerank else 'off'}")
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -215,6 +289,7 @@ class PQIndex(BuildsWhenDue):
             keep = r >= 0
             s, r = s[keep], r[keep]
             if self.config.rerank and len(r):
+                _will_need(self._vectors, r)
                 s = np.asarray(self._vectors[r]) @ q
                 order = np.argsort(-s, kind="stable")[:k]
                 s, r = s[order], r[order]
@@ -227,12 +302,12 @@ class PQIndex(BuildsWhenDue):
         on a snapshot outside the lock, searches meanwhile use the old index."""
         with self._lock:
             rows = np.nonzero(self._alive)[0]
-            ids, vectors, version = self._ids[rows], np.ascontiguousarray(self._vectors[rows]), self._version
+            ids, vectors, version = self._ids[rows], self._live_vectors(rows), self._version
         index = self._build(vectors) if len(rows) >= self.config.min_build else None
         with self._lock:
             if version != self._version:  # mutated meanwhile: build again, holding the lock
                 rows = np.nonzero(self._alive)[0]
-                ids, vectors = self._ids[rows], np.ascontiguousarray(self._vectors[rows])
+                ids, vectors = self._ids[rows], self._live_vectors(rows)
                 index = self._build(vectors) if len(rows) >= self.config.min_build else None
             self._ids, self._vectors = ids, vectors
             self._alive = np.ones(len(rows), dtype=bool)
@@ -242,74 +317,134 @@ class PQIndex(BuildsWhenDue):
 
     rebuild = build
 
+    def _live_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The float rows of `rows`: the stored array itself when nothing was deleted (no 1.5 GB
+        copy at 1M; `_build` reads it batch by batch, memory-mapped or not)."""
+        return self._vectors if len(rows) == len(self._vectors) else np.ascontiguousarray(self._vectors[rows])
+
     def _build(self, x: np.ndarray):
-        """A trained faiss index holding the codes of `x` (rows 0..n-1); touches no state."""
+        """A trained faiss index holding the codes of `x` (rows 0..n-1); touches no state.
+
+        Training sees a sample; encoding walks `x` in batches of `_ENCODE_BATCH` rows (rotate,
+        assign a list, take the residual, encode), so the build holds the codes and one batch,
+        not rotated and residual copies of every vector (1.5 GB each at 1M x 384)."""
         import faiss
 
-        cfg, d = self.config, self.dim
-        n = len(x)
+        cfg, n = self.config, len(x)
         rng = np.random.default_rng(cfg.seed)
         size = min(n, cfg.train_size, max(256, int(cfg.train_fraction * n)))
         sample = x[np.sort(rng.choice(n, size=size, replace=False))]
-        opq = None
-        if cfg.opq:
-            opq = faiss.OPQMatrix(d, cfg.m)
-            opq.pq = faiss.ProductQuantizer(d, cfg.m, 8)
-            opq.pq.cp.min_points_per_centroid = 1
-            opq.niter = cfg.opq_iters
-            opq.train(sample)
+        opq = self._train_opq(sample) if cfg.rotates else None
+        if opq is not None:
             sample = opq.apply(sample)
-        nlist = cfg.nlist or int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
-        kmeans = faiss.Kmeans(d, nlist, niter=10, seed=cfg.seed, spherical=True, min_points_per_centroid=1)
-        kmeans.train(sample)
-        quantizer = faiss.IndexFlatIP(d)
-        quantizer.add(kmeans.centroids)
+        quantizer = self._train_coarse(sample, n)
+        centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
         if cfg.by_residual:  # OPQ stays trained on the raw vectors (on residuals: no clear gain, scratch run)
-            sample = sample - kmeans.centroids[quantizer.search(sample, 1)[1].ravel()]
-        pq = faiss.ProductQuantizer(d, cfg.m, 8)
-        pq.cp.min_points_per_centroid, pq.cp.seed = 1, cfg.seed
-        pq.train(np.ascontiguousarray(sample))
-        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.m, 8, faiss.METRIC_INNER_PRODUCT)
-        # One global codebook either way (JPQ tunes it; balanced codes are per codebook); with
-        # by_residual faiss scores q.c_list + ADC(q, code of x - c_list) for inner product.
-        ivf.by_residual = cfg.by_residual
+            sample = sample - centroids[quantizer.search(sample, 1)[1].ravel()]
+        ivf = self._rq_lists(quantizer, sample) if cfg.quantizer == "rq" else self._pq_lists(quantizer, sample)
+        # One global codebook set either way (JPQ tunes it); with by_residual faiss scores
+        # q.c_list + ADC(q, code of x - c_list) for inner product.
         ivf.own_fields = True
         quantizer.this.disown()
-        xr = opq.apply(x) if opq is not None else x
-        lists = quantizer.search(xr, 1)[1].ravel()
-        target = xr - kmeans.centroids[lists] if cfg.by_residual else xr
-        centroids = faiss.vector_to_array(pq.centroids).reshape(cfg.m, 256, d // cfg.m)
-        if cfg.balanced_codes:
-            codes = sinkhorn_codes(target, centroids, cfg.sinkhorn_eps, cfg.sinkhorn_iters, cfg.sinkhorn_batch)
-            sub = target.reshape(n, cfg.m, -1)
-            for m in range(cfg.m):  # centroids follow their balanced assignments
-                sums = np.zeros((256, sub.shape[2]), dtype=np.float64)
-                np.add.at(sums, codes[:, m], sub[:, m])
-                used = np.bincount(codes[:, m], minlength=256)
-                centroids[m, used > 0] = (sums[used > 0] / used[used > 0, None]).astype(np.float32)
-        else:
-            codes = None
-        faiss.copy_array_to_vector(centroids.ravel(), ivf.pq.centroids)
-        ivf.is_trained = True
-        if codes is None:
-            codes = ivf.pq.compute_codes(np.ascontiguousarray(target))
+        lists = np.empty(n, dtype=np.int64)
+        codes = np.empty((n, ivf.code_size), dtype=np.uint8)
+        balance = _Rebalance(cfg.m, self.dim // cfg.m) if cfg.balanced_codes else None
+        for start in range(0, n, _ENCODE_BATCH):
+            _will_need(x, np.arange(start, min(start + _ENCODE_BATCH, n)))
+            batch = np.ascontiguousarray(x[start : start + _ENCODE_BATCH], dtype=np.float32)
+            if opq is not None:
+                batch = opq.apply(batch)
+            part = slice(start, start + len(batch))
+            lists[part] = quantizer.search(batch, 1)[1].ravel()
+            target = batch - centroids[lists[part]] if cfg.by_residual else batch
+            codes[part] = self._encode(ivf, target, balance)
+        if balance is not None:  # centroids follow their balanced assignments
+            faiss.copy_array_to_vector(balance.centroids(self._pq_centroids(ivf)).ravel(), ivf.pq.centroids)
         coarse = ivf.coarse_code_size()
-        sa = np.concatenate([lists.astype("<i8").view(np.uint8).reshape(n, 8)[:, :coarse], codes], axis=1)
-        ivf.add_sa_codes(np.ascontiguousarray(sa), np.arange(n, dtype=np.int64))
-        if opq is not None:
-            index = faiss.IndexPreTransform(opq, ivf)
-            index.own_fields = True
-            opq.this.disown()
-            ivf.this.disown()
-        else:
-            index = ivf
+        ivf.add_sa_codes(np.concatenate([lists.astype("<i8").view(np.uint8).reshape(n, 8)[:, :coarse], codes], axis=1),
+                         np.arange(n, dtype=np.int64))
+        if opq is None:
+            return ivf
+        index = faiss.IndexPreTransform(opq, ivf)
+        index.own_fields = True
+        opq.this.disown()
+        ivf.this.disown()
         return index
+
+    def _encode(self, ivf, target: np.ndarray, balance: "_Rebalance | None") -> np.ndarray:
+        """(n, M) uint8 codes of one batch of (residual) vectors: plain argmin, beam search (RQ)
+        or the uniform-cluster assignment (balanced codes)."""
+        cfg = self.config
+        if cfg.quantizer == "rq":
+            return ivf.rq.compute_codes(target)
+        if balance is None:
+            return ivf.pq.compute_codes(target)
+        codes = sinkhorn_codes(target, self._pq_centroids(ivf), cfg.sinkhorn_eps, cfg.sinkhorn_iters, cfg.sinkhorn_batch)
+        balance.add(target, codes)
+        return codes
+
+    @staticmethod
+    def _pq_centroids(ivf) -> np.ndarray:
+        import faiss
+
+        return faiss.vector_to_array(ivf.pq.centroids).reshape(ivf.pq.M, ivf.pq.ksub, ivf.pq.dsub)
+
+    def _train_opq(self, sample: np.ndarray):
+        import faiss
+
+        opq = faiss.OPQMatrix(self.dim, self.config.m)
+        opq.pq = faiss.ProductQuantizer(self.dim, self.config.m, 8)
+        opq.pq.cp.min_points_per_centroid = 1
+        opq.niter = self.config.opq_iters
+        opq.train(sample)
+        return opq
+
+    def _train_coarse(self, sample: np.ndarray, n: int):
+        """The IVF's inner-product quantiser over spherical k-means centroids of the sample."""
+        import faiss
+
+        cfg = self.config
+        nlist = cfg.nlist or int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+        kmeans = faiss.Kmeans(self.dim, nlist, niter=10, seed=cfg.seed, spherical=True, min_points_per_centroid=1)
+        kmeans.train(sample)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        quantizer.add(kmeans.centroids)
+        return quantizer
+
+    def _pq_lists(self, quantizer, sample: np.ndarray):
+        """An empty IVF-PQ index whose codebooks are k-means of the sample's sub-vectors."""
+        import faiss
+
+        cfg = self.config
+        ivf = faiss.IndexIVFPQ(quantizer, self.dim, quantizer.ntotal, cfg.m, 8, faiss.METRIC_INNER_PRODUCT)
+        ivf.by_residual = cfg.by_residual
+        ivf.pq.cp.min_points_per_centroid, ivf.pq.cp.seed = 1, cfg.seed
+        ivf.pq.train(np.ascontiguousarray(sample))
+        ivf.is_trained = True
+        return ivf
+
+    def _rq_lists(self, quantizer, sample: np.ndarray):
+        """An empty IVF-RQ index: M codebooks of 256 full-dimensional centroids, each fitted to
+        what the previous stages left of the sample; codes come by beam search. With inner
+        product the scan needs no stored norm (q . sum_m C_m[code_m] is a sum of LUT entries),
+        so a code stays M bytes, as with PQ."""
+        import faiss
+
+        cfg = self.config
+        ivf = faiss.IndexIVFResidualQuantizer(quantizer, self.dim, quantizer.ntotal, cfg.m, 8,
+                                              faiss.METRIC_INNER_PRODUCT)
+        ivf.by_residual = cfg.by_residual
+        ivf.rq.max_beam_size = cfg.rq_beam
+        ivf.rq.cp.seed, ivf.rq.cp.min_points_per_centroid = cfg.seed, 1
+        ivf.rq.train(np.ascontiguousarray(sample))
+        ivf.is_trained = True
+        return ivf
 
     # ---- JPQ hooks ----------------------------------------------------------------------------
     def rotate(self, x: np.ndarray) -> np.ndarray:
         """Apply the OPQ rotation (identity without OPQ)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self._index.chain.at(0).apply(x) if self.config.opq else x
+        return self._index.chain.at(0).apply(x) if self.config.rotates else x
 
     def codes(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64, codes (n, M) uint8) of every encoded vector, read from the inverted lists."""
@@ -334,8 +469,12 @@ class PQIndex(BuildsWhenDue):
         return self.ivf.quantizer.reconstruct_n(0, self.ivf.nlist)
 
     def centroids(self) -> np.ndarray:
+        """(M, 256, dim / M) product-quantiser centroids (what JPQ tunes)."""
         import faiss
 
+        if self.config.quantizer != "pq":
+            raise InvalidInputError(f"JPQ tuning moves product-quantiser centroids; this index uses "
+                                    f"quantizer={self.config.quantizer!r}, whose codebooks are full-dimensional stages")
         return faiss.vector_to_array(self.ivf.pq.centroids).reshape(self.config.m, 256, -1)
 
     def set_centroids(self, centroids: np.ndarray, tuning: str = "pairs", coarse: np.ndarray | None = None) -> None:
@@ -410,6 +549,7 @@ class PQIndex(BuildsWhenDue):
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
             raise CorruptIndexError(f"{where} is unreadable ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
+        _advise_random(vectors)
         index._ids, index._alive, index._vectors = ids.astype(np.int64), alive.astype(bool), vectors
         index._built_n, index.tuning = int(meta["built_n"]), str(meta.get("tuning", ""))
         return index

@@ -213,3 +213,45 @@ def test_corrupt_files_raise_clear_error(opq, tmp_path, damage):
         (tmp_path / "pq_meta.json").write_text(json.dumps({**meta, "format_version": 0}))
     with pytest.raises(CorruptIndexError, match="rebuild it"):
         PQIndex.load(tmp_path)
+
+
+def score_error(index: PQIndex, q: np.ndarray, x: np.ndarray) -> float:
+    """Mean |ADC score - exact score| over each query's top 10 by codes alone."""
+    hits = index.search(q, 10)
+    return float(np.mean([np.abs(h.scores - x[h.ids - 100] @ row).mean() for h, row in zip(hits, q)]))
+
+
+@pytest.fixture(scope="module")
+def rq(data):
+    index = make(data[0], quantizer="rq", rerank=False)
+    index.build()
+    return index
+
+
+def test_residual_quantizer_scores_closer_at_equal_bytes(data, rq):
+    # The same M bytes per vector: M full-dimensional stages fitted to what the earlier stages
+    # left approximate each vector better than M sub-vector codebooks (measured 0.85x the score
+    # error here with 2,000 training vectors; 0.6x the squared error on devdocs with MiniLM).
+    x, q, truth = data
+    pq = make(x, rerank=False)
+    pq.build()
+    assert rq.variant == "RQ IVF-residual" and "beam 5" in rq.describe()
+    assert rq.ivf.code_size == pq.ivf.code_size == M  # no norm byte: inner product needs none
+    assert score_error(rq, q, x) < 0.92 * score_error(pq, q, x)
+    assert recall(rq.search(q, 10), truth) >= 0.55
+
+
+def test_residual_quantizer_round_trip_rerank_and_no_jpq(data, rq, tmp_path):
+    x, q, truth = data
+    rq.save(tmp_path)
+    loaded = load_dense_index("pq", tmp_path)
+    for b, a in zip(rq.search(q, 10), loaded.search(q, 10)):
+        assert np.array_equal(b.ids, a.ids) and np.allclose(b.scores, a.scores)
+    loaded.config = dataclasses.replace(loaded.config, rerank=True)
+    assert recall(loaded.search(q, 10), truth) >= 0.8
+    with pytest.raises(InvalidInputError, match="quantizer='rq'"):
+        distill_centroids(loaded, q)
+    with pytest.raises(InvalidInputError, match="quantizer must be one of"):
+        PQConfig(quantizer="lsq")
+    with pytest.raises(InvalidInputError, match="balanced_codes"):
+        PQConfig(quantizer="rq", balanced_codes=True)
