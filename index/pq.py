@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import mmap
 import threading
+import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,30 +134,41 @@ def sinkhorn_codes(x: np.ndarray, centroids: np.ndarray, eps: float = 0.003, ite
     return codes
 
 
-def _advise_random(vectors: np.ndarray) -> None:
-    """MADV_RANDOM on a memory-mapped float file: a re-rank reads ~40 scattered rows, and the
-    kernel's default read-ahead (128 KiB per fault) had pulled the whole 1.5 GB file of a 1M
-    index into the page cache over 300 queries to serve ~18 MB of rows."""
-    mapped = getattr(vectors, "_mmap", None)
-    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
-        mapped.madvise(mmap.MADV_RANDOM)
+class _RowAdvice:
+    """madvise for the float rows a re-rank reads from a memory-mapped file (no-op in RAM).
 
+    At load the mapping gets MADV_RANDOM: a re-rank reads ~40 scattered rows, and the kernel's
+    read-ahead (128 KiB per fault) had pulled the whole 1.5 GB file of a 1M index into the page
+    cache over 300 queries to serve ~18 MB of rows. Before a re-rank, `will_need` advises
+    WILLNEED on the rows' pages so their disk reads overlap instead of faulting one after
+    another (a cold 40-row re-rank at 1M: 233 ms -> ~3 ms). A page advised in the last
+    `recent_s` seconds is skipped (its rows were just read; each call costs a syscall), so
+    batches that revisit rows pay little."""
 
-def _will_need(vectors: np.ndarray, rows: np.ndarray) -> None:
-    """madvise(WILLNEED) the pages of `rows` of a memory-mapped float file before reading them,
-    so their disk reads overlap instead of faulting one after another (a cold 40-row re-rank at
-    1M: 233 ms -> ~3 ms). Contiguous runs of rows become one call. No-op for in-RAM arrays."""
-    mapped = getattr(vectors, "_mmap", None)
-    if mapped is None or not hasattr(mmap, "MADV_WILLNEED") or not len(rows):
-        return
-    row_bytes = vectors.strides[0]
-    base = vectors.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 sits in the mapping
-    rows = np.unique(rows)
-    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
-    for first, last in zip(rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]]):
-        start = base + int(first) * row_bytes
-        page = start - start % mmap.PAGESIZE
-        mapped.madvise(mmap.MADV_WILLNEED, page, base + (int(last) + 1) * row_bytes - page)
+    def __init__(self, vectors: np.ndarray, recent_s: float = 10.0) -> None:
+        self.mapped = getattr(vectors, "_mmap", None) if hasattr(mmap, "MADV_WILLNEED") else None
+        self.recent_s = recent_s
+        if self.mapped is not None:
+            self.mapped.madvise(mmap.MADV_RANDOM)
+            self.origin = vectors.offset % mmap.ALLOCATIONGRANULARITY  # row 0's place in the mapping
+            self.row_bytes = vectors.strides[0]
+            self.advised = np.full(-(-len(self.mapped) // mmap.PAGESIZE), -np.inf)  # monotonic s per page
+
+    def will_need(self, rows: np.ndarray, batch: bool = False) -> None:
+        """Advise the pages of `rows`; `batch`: a build's contiguous read (never skipped)."""
+        if self.mapped is None or not len(rows):
+            return
+        page, now = mmap.PAGESIZE, time.monotonic()
+        start = self.origin + np.unique(rows) * self.row_bytes
+        pages = np.unique(np.concatenate([start // page, (start + self.row_bytes - 1) // page]))
+        if not batch:
+            pages = pages[now - self.advised[pages] >= self.recent_s]
+            if not len(pages):
+                return
+        self.advised[pages] = now
+        runs = np.flatnonzero(np.r_[True, np.diff(pages) > 1])  # adjacent pages share one call
+        for lo, hi in zip(pages[runs].tolist(), np.r_[pages[runs[1:] - 1], pages[-1]].tolist()):
+            self.mapped.madvise(mmap.MADV_WILLNEED, lo * page, (hi - lo + 1) * page)
 
 
 class _Rebalance:
@@ -202,6 +214,15 @@ class PQIndex(BuildsWhenDue):
         self._build_lock = threading.Lock()
         self._version = 0
         self._counted = (-1, 0)  # (version, live count) for __len__
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        """The float rows (memory-mapped from disk after a load): re-rank and rebuild read them."""
+        return self._float_rows
+
+    @_vectors.setter
+    def _vectors(self, rows: np.ndarray) -> None:
+        self._float_rows, self._advice = rows, _RowAdvice(rows)
 
     @classmethod
     def create(cls, dim: int, config: PQConfig | None = None) -> "PQIndex":
@@ -289,7 +310,7 @@ class PQIndex(BuildsWhenDue):
             keep = r >= 0
             s, r = s[keep], r[keep]
             if self.config.rerank and len(r):
-                _will_need(self._vectors, r)
+                self._advice.will_need(r)
                 s = np.asarray(self._vectors[r]) @ q
                 order = np.argsort(-s, kind="stable")[:k]
                 s, r = s[order], r[order]
@@ -349,8 +370,9 @@ class PQIndex(BuildsWhenDue):
         lists = np.empty(n, dtype=np.int64)
         codes = np.empty((n, ivf.code_size), dtype=np.uint8)
         balance = _Rebalance(cfg.m, self.dim // cfg.m) if cfg.balanced_codes else None
+        advice = self._advice if x is self._vectors else _RowAdvice(x)
         for start in range(0, n, _ENCODE_BATCH):
-            _will_need(x, np.arange(start, min(start + _ENCODE_BATCH, n)))
+            advice.will_need(np.arange(start, min(start + _ENCODE_BATCH, n)), batch=True)
             batch = np.ascontiguousarray(x[start : start + _ENCODE_BATCH], dtype=np.float32)
             if opq is not None:
                 batch = opq.apply(batch)
@@ -549,7 +571,6 @@ class PQIndex(BuildsWhenDue):
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
             raise CorruptIndexError(f"{where} is unreadable ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
-        _advise_random(vectors)
         index._ids, index._alive, index._vectors = ids.astype(np.int64), alive.astype(bool), vectors
         index._built_n, index.tuning = int(meta["built_n"]), str(meta.get("tuning", ""))
         return index
