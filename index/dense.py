@@ -47,6 +47,21 @@ _BACKENDS = {
 }
 
 
+_CONFIGS = {"spann": ("index.spann", "SpannConfig"), "pq": ("index.pq", "PQConfig")}
+
+
+def dense_config_class(kind: str) -> type | None:
+    """The settings dataclass of a dense kind (None: the kind has no settings, e.g. flat)."""
+    import importlib
+
+    if kind not in _BACKENDS:
+        raise InvalidInputError(f"unknown dense index kind {kind!r}; choose one of {DENSE_KINDS}")
+    if kind not in _CONFIGS:
+        return None
+    module, cls = _CONFIGS[kind]
+    return getattr(importlib.import_module(module), cls)
+
+
 def _backend(kind: str):
     import importlib
 

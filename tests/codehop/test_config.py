@@ -56,6 +56,11 @@ roots = ["/src", "/docs"]
     ("[collection\nname='x'", "invalid TOML"),
     ("source='x'", "unknown key 'source'"),
     ("generator = 3", "generator: expected a [table]"),
+    ("[collection.pq]\nmm = 24", "collection.pq: unknown key 'mm'"),
+    ("[collection.pq]\nm = '24'", "collection.pq.m: expected int"),
+    ("[collection.pq]\nquantizer = 'lsq'", "collection.pq: PQConfig.quantizer must be one of"),
+    ("[collection.spann]\nprecision = 'int4'", "collection.spann: SpannConfig.precision"),
+    ("[collection]\npq = 3", "collection.pq: expected a [table]"),
 ])
 def test_bad_files_fail_loudly(text, message):
     with pytest.raises(InvalidInputError, match=message.replace("[", r"\[")):
@@ -90,3 +95,19 @@ def test_embedding_device_reaches_the_collections_embedder_or_is_rejected(tmp_pa
     with pytest.raises(InvalidInputError, match="device must be 'cpu', 'cuda'"):
         parse_settings('[embedding]\ndevice = "gpu"')
     assert parse_settings('[embedding]\nbackend = "onnx-int8"\ndevice = "cpu"').embedding.device == "cpu"
+
+
+def test_dense_backend_tables_reach_the_collection_config():
+    from index.collection_config import CollectionConfig
+    from index.pq import PQConfig
+    from index.spann import SpannConfig
+
+    settings = parse_settings('[collection]\ndense = "pq"\n[collection.pq]\nm = 24\nquantizer = "rq"\n'
+                              '[collection.spann]\nsearch_heads = 16\n')
+    config = settings.collection_config()
+    assert config.dense_config == PQConfig(m=24, quantizer="rq")
+    assert CollectionConfig.from_dict(config.to_dict()).dense_config == config.dense_config  # stored as is
+    assert settings.collection_config(dense="spann").dense_config == SpannConfig(search_heads=16)
+    assert settings.collection_config(dense="flat").dense_config is None
+    # a table equal to the defaults is no choice: an existing collection built with None keeps its index
+    assert parse_settings('[collection.pq]\nm = 48').collection_config(dense="pq").dense_config is None
