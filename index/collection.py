@@ -803,6 +803,7 @@ class Collection:
         with self._index_lock:
             if self._dense is None or len(self._dense) == 0 or not len(vectors):
                 return [[] for _ in range(len(vectors))]
+            self._check_dim(self._dense, vectors.shape[1])
             hits = self._dense.search(vectors, k)
         rows = self.store.get_chunks(sorted({int(i) for h in hits for i in h.ids}))
         return [self._to_results(h, rows) if all(int(i) in rows for i in h.ids)

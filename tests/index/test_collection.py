@@ -108,6 +108,9 @@ def test_add_texts_get_chunks_delete(indexed):
     batched = collection.search_vectors(vectors[:2], k=2)  # one index pass, same answers per row
     assert [[r.id for r in rs] for rs in batched] == [[r.id for r in collection.search_vector(v, 2)]
                                                        for v in vectors[:2]]
+    for search in (collection.search_vector, collection.search_vectors):  # another model's size
+        with pytest.raises(EmbedderMismatchError, match="re-index"):
+            search(np.ones((1, vectors.shape[1] + 1), np.float32), 2)
     twice = collection.add_texts(["first version", "second version"], paths=["bio/c", "bio/c"])
     assert twice[0] == twice[1] and collection.get_chunks([twice[0]])[0].text == "second version"
     assert collection.delete("bio/c") == 1
