@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,9 +93,9 @@ class Unseen:
         return batch
 
     def repeats(self) -> int:
-        """Questions sent again once the list ran out, less one: the count this report has
-        always printed (kept so reports stay comparable)."""
-        return max(0, self.sent - 1 - len(self.questions))
+        """Questions sent again once the list ran out (reports before 2026-12-02 printed one
+        fewer)."""
+        return max(0, self.sent - len(self.questions))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -266,9 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     texts, questions = load(args.data, args.passages, 300)
     unseen = Unseen(questions)
     workspace, collection, index_s = index_workspace(texts)
-    direct = direct_baseline(collection, questions, unseen, args.requests)
-    collection.close()
-    rows, during = serve_and_load(workspace, args, questions, unseen, direct, len(texts))
+    try:
+        direct = direct_baseline(collection, questions, unseen, args.requests)
+        collection.close()
+        rows, during = serve_and_load(workspace, args, questions, unseen, direct, len(texts))
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)  # a throw-away workspace (GBs of indexes at scale)
     path = write_report(args, texts, questions, unseen.repeats(), index_s, direct, rows, during)
     print(f"wrote {path}")
     return 0
