@@ -456,6 +456,9 @@ class PQIndex(BuildsWhenDue):
         ivf = faiss.IndexIVFResidualQuantizer(quantizer, self.dim, quantizer.ntotal, cfg.m, 8,
                                               faiss.METRIC_INNER_PRODUCT)
         ivf.by_residual = cfg.by_residual
+        # Scan by LUT sums (q . C_m[code_m]), not by decoding each code into a vector and taking
+        # a dot product (faiss's default): 0.11 vs 7.2 ms per question on devdocs, same scores
+        ivf.rq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
         ivf.rq.max_beam_size = cfg.rq_beam
         ivf.rq.cp.seed, ivf.rq.cp.min_points_per_centroid = cfg.seed, 1
         ivf.rq.train(np.ascontiguousarray(sample))
