@@ -247,6 +247,16 @@ def test_residual_quantizer_round_trip_rerank_and_no_jpq(data, rq, tmp_path):
     loaded = load_dense_index("pq", tmp_path)
     for b, a in zip(rq.search(q, 10), loaded.search(q, 10)):
         assert np.array_equal(b.ids, a.ids) and np.allclose(b.scores, a.scores)
+    # our one-table-per-query scan returns what faiss's own IVF-RQ scanner returns
+    loaded.ivf.nprobe = loaded.config.nprobe
+    faiss_scores, faiss_rows = loaded.ivf.search(q, 10)
+    for h, s, r in zip(loaded.search(q, 10), faiss_scores, faiss_rows):
+        assert np.array_equal(h.ids, loaded._ids[r]) and np.allclose(h.scores, s, atol=1e-5)
+    victim = loaded.search(q[:1], 1)[0].ids[0]
+    loaded.delete([victim])
+    assert victim not in loaded.search(q[:1], 10)[0].ids
+    loaded.add(np.array([victim]), x[victim - 100 : victim - 99])  # encoded by faiss on add
+    assert loaded.search(x[victim - 100 : victim - 99], 1)[0].ids[0] == victim
     loaded.config = dataclasses.replace(loaded.config, rerank=True)
     assert recall(loaded.search(q, 10), truth) >= 0.8
     with pytest.raises(InvalidInputError, match="quantizer='rq'"):
