@@ -313,13 +313,17 @@ def _cache_prefetch(typingctx, array, index):
 
 
 if _MADVISE is not None:
-    @njit(cache=False)  # calls a ctypes function pointer: not cacheable across processes
+    # libc's madvise by symbol name, not through the ctypes pointer: a kernel that calls a
+    # function pointer cannot be cached, and its JIT cost every process ~0.3 s on its first query
+    _madvise_symbol = types.ExternalFunction("madvise", types.int32(types.uintp, types.uintp, types.int32))
+
+    @njit(cache=True)
     def _prefetch(base, start_page, count, itemsize, postings, advised_ms, now_ms, recent_ms):  # pragma: no cover (jit)
         """madvise(WILLNEED) the pages of each posting not advised within `recent_ms`."""
         for p in postings:
             if p >= 0 and count[p] > 0 and now_ms - advised_ms[p] >= recent_ms:
                 length = (count[p] * itemsize + PAGE - 1) // PAGE * PAGE
-                _MADVISE(base + start_page[p] * PAGE, length, _WILLNEED)
+                _madvise_symbol(base + start_page[p] * PAGE, length, _WILLNEED)
                 advised_ms[p] = now_ms
 
 
