@@ -171,6 +171,16 @@ class _RowAdvice:
             self.mapped.madvise(mmap.MADV_WILLNEED, lo * page, (hi - lo + 1) * page)
 
 
+def _drop_rq_tables(ivf) -> None:
+    """Free a residual quantiser's codebook cross-products (M(M-1)/2 x 256^2 floats: 72 MB at
+    M=24, 296 MB at M=48, rebuilt by faiss on every load): only the beam-LUT encoder reads
+    them, and ours encodes without it (use_beam_LUT = 0, the same codes)."""
+    import faiss
+
+    if hasattr(ivf, "rq") and ivf.rq.codebook_cross_products.size():
+        ivf.rq.codebook_cross_products.swap(faiss.Float32Vector())
+
+
 class _Rebalance:
     """Per-codebook sums of the vectors each balanced code took, batch by batch, so the
     centroids can follow their assignments after the last batch (RepCONC's constrained step)."""
@@ -510,6 +520,7 @@ class PQIndex(BuildsWhenDue):
         ivf.rq.cp.seed, ivf.rq.cp.min_points_per_centroid = cfg.seed, 1
         ivf.rq.train(np.ascontiguousarray(sample))
         ivf.is_trained = True
+        _drop_rq_tables(ivf)
         return ivf
 
     # ---- JPQ hooks ----------------------------------------------------------------------------
@@ -615,6 +626,7 @@ class PQIndex(BuildsWhenDue):
                 raise CorruptIndexError(f"{where} is truncated (arrays do not match {rows} rows): {fix}")
             if meta["built"]:
                 index._index = faiss.read_index(str(directory / _FAISS))
+                _drop_rq_tables(index._index)
                 if index._index.ntotal != int(alive.sum()) or index._index.d != index.dim:
                     raise CorruptIndexError(f"{where}: faiss index holds {index._index.ntotal} codes, expected {int(alive.sum())}: {fix}")
         except CorruptIndexError:

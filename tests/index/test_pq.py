@@ -247,6 +247,7 @@ def test_residual_quantizer_round_trip_rerank_and_no_jpq(data, rq, tmp_path):
     loaded = load_dense_index("pq", tmp_path)
     for b, a in zip(rq.search(q, 10), loaded.search(q, 10)):
         assert np.array_equal(b.ids, a.ids) and np.allclose(b.scores, a.scores)
+    assert loaded.ivf.rq.codebook_cross_products.size() == 0  # faiss rebuilds them on load; unused
     # our one-table-per-query scan returns what faiss's own IVF-RQ scanner returns
     loaded.ivf.nprobe = loaded.config.nprobe
     faiss_scores, faiss_rows = loaded.ivf.search(q, 10)
