@@ -42,7 +42,9 @@ import numpy as np
 
 DIM = 384
 CHUNK = 50_000
-METHODS = ("spann", "ivfflat", "ivfondisk", "ivfpqfs", "opq48", "opq24", "hnsw")
+METHODS = ("spann", "ivfflat", "ivfondisk", "ivfpqfs", "opq48", "opq24", "rq48", "rq24", "hnsw")
+OUR_PQ = {"opq48": {"m": 48}, "opq24": {"m": 24},  # PQConfig fields beyond the defaults
+          "rq48": {"m": 48, "quantizer": "rq"}, "rq24": {"m": 24, "quantizer": "rq"}}
 LABELS = {
     "spann": "SPANN (ours, 6% heads, fp16 postings on disk)",
     "ivfflat": "faiss IVF-Flat (in RAM)",
@@ -50,6 +52,8 @@ LABELS = {
     "ivfpqfs": "faiss IVF-PQ fastscan+refine (in RAM)",
     "opq48": "OPQ M=48 (ours, 32x)",
     "opq24": "OPQ M=24 (ours, 64x)",
+    "rq48": "RQ M=48 (ours, 32x, beam 5)",
+    "rq24": "RQ M=24 (ours, 64x, beam 5)",
     "hnsw": "faiss HNSW32 (in RAM)",
 }
 SWEEPS = {
@@ -63,9 +67,11 @@ SWEEPS = {
     # default: the top k*4 re-scored from the float rows on disk
     "opq48": [{"nprobe": p, "rerank": False} for p in (32, 64, 128)] + [{"nprobe": 32, "rerank": True}],
     "opq24": [{"nprobe": p, "rerank": False} for p in (32, 64, 128)] + [{"nprobe": 32, "rerank": True}],
+    "rq48": [{"nprobe": p, "rerank": False} for p in (32, 64)] + [{"nprobe": 32, "rerank": True}],
+    "rq24": [{"nprobe": p, "rerank": False} for p in (32, 64)] + [{"nprobe": 32, "rerank": True}],
     "hnsw": [{"efSearch": e} for e in (16, 32, 64, 128)],
 }
-ON_DISK = {"spann", "ivfondisk", "opq48", "opq24"}  # cold reads are meaningful for these
+ON_DISK = {"spann", "ivfondisk", *OUR_PQ}  # cold reads are meaningful for these
 
 
 def nlist_for(n: int) -> int:
@@ -139,14 +145,14 @@ def build(work: Path, method: str) -> None:
         index.add(np.arange(n), x)
         index.build()
         index.save(out)
-    elif method in ("opq48", "opq24"):
+    elif method in OUR_PQ:
         # The shipped defaults (IVF-residual, 20 OPQ iterations, a 100k training sample of which
         # faiss's OPQ keeps 65,536, nlist 4,000, nprobe 32): timed on 1 thread at 1M, OPQ training
-        # took ~60 s and the coarse k-means ~30 s, so nothing is cut down (whole builds: 204 s at
-        # 32x, 276 s at 64x). index/pq.py copies the float rows into RAM (add concatenates them,
-        # build snapshots them; rotated rows and residuals are more 1M x 384 arrays) and faiss
-        # encodes 16-d sub-vectors (M=24) through 6 GiB distance tables: peak RSS 9.1 / 13.5 GiB
-        index = create_dense_index("pq", DIM, PQConfig(m=int(method[3:])))
+        # took ~60 s and the coarse k-means ~30 s, so nothing is cut down. (Before the build
+        # encoded in batches, it held rotated and residual copies of all rows and faiss's 6 GiB
+        # distance tables for M=24: peak RSS 9.1 / 13.5 GiB; see the report.) "rq": the
+        # residual quantiser at the same code bytes
+        index = create_dense_index("pq", DIM, PQConfig(**OUR_PQ[method]))
         index.add(np.arange(n), x)
         index.build()
         index.save(out)
@@ -211,7 +217,7 @@ class Method:
 
     def __init__(self, work: Path, method: str) -> None:
         self.work, self.method, self.dir = work, method, work / method
-        self.ours = method in ("spann", "opq48", "opq24")
+        self.ours = method == "spann" or method in OUR_PQ
         self._load()
 
     def _load(self) -> None:
