@@ -61,6 +61,25 @@ def test_round_trip_builds_and_reloads_identically(tmp_path, model, kind):
         assert reopened._dense.built and len(reopened._dense) == 400
 
 
+def test_residual_quantizer_from_codehop_toml_round_trips(tmp_path, model):
+    # [collection.pq] quantizer = "rq" reaches the collection's index, which reloads as built
+    from codehop.config import parse_settings
+
+    settings = parse_settings('[collection]\ndense = "pq"\n[collection.pq]\nm = 8\nquantizer = "rq"\n'
+                              'min_build = 256\nnprobe = 64\n')
+    config = CollectionConfig(dense="pq", dense_config=settings.collection_config().dense_config,
+                              embedding_backend="static", embedding_model=str(model))
+    texts = _texts(0, 400)
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        ids = collection.add_texts(texts)
+        assert collection._dense.built and collection._dense.variant == "RQ IVF-residual"
+        before = _top(collection, texts[:40])
+        assert np.mean([b[0] == i for b, i in zip(before, ids[:40])]) >= 0.9
+    with Collection.open(tmp_path / "ws", create=False) as reopened:
+        assert reopened.config.dense_config.quantizer == "rq"
+        assert _top(reopened, texts[:40]) == before
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_crash_while_writing_indexes_keeps_the_previous_generation(tmp_path, model, kind, monkeypatch):
     texts = _texts(0, 400)
