@@ -165,12 +165,13 @@ class _RowAdvice:
         if self.mapped is None or not len(rows):
             return
         page, now = mmap.PAGESIZE, time.monotonic()
-        start = self.origin + np.unique(rows) * self.row_bytes
-        pages = np.unique(np.concatenate([start // page, (start + self.row_bytes - 1) // page]))
-        if not batch:
+        start = self.origin + np.asarray(rows, dtype=np.int64) * self.row_bytes
+        pages = np.concatenate([start // page, (start + self.row_bytes - 1) // page])
+        if not batch:  # the recency test first: a warm re-rank then returns without sorting
             pages = pages[now - self.advised[pages] >= self.recent_s]
             if not len(pages):
                 return
+        pages = np.unique(pages)
         self.advised[pages] = now
         runs = np.flatnonzero(np.r_[True, np.diff(pages) > 1])  # adjacent pages share one call
         for lo, hi in zip(pages[runs].tolist(), np.r_[pages[runs[1:] - 1], pages[-1]].tolist()):
