@@ -190,11 +190,13 @@ def _drop_rq_tables(ivf) -> None:
 
 class _Rebalance:
     """Per-codebook sums of the vectors each balanced code took, batch by batch, so the
-    centroids can follow their assignments after the last batch (RepCONC's constrained step)."""
+    centroids can follow their assignments after the last batch (RepCONC's constrained step).
+    `trained`: the (M, 256, dsub) k-means codebooks the Sinkhorn assignment starts from."""
 
-    def __init__(self, m: int, dsub: int) -> None:
-        self.sums = np.zeros((m, 256, dsub), dtype=np.float64)
-        self.used = np.zeros((m, 256), dtype=np.int64)
+    def __init__(self, trained: np.ndarray) -> None:
+        self.trained = trained
+        self.sums = np.zeros(trained.shape, dtype=np.float64)
+        self.used = np.zeros(trained.shape[:2], dtype=np.int64)
 
     def add(self, target: np.ndarray, codes: np.ndarray) -> None:
         sub = target.reshape(len(target), self.sums.shape[0], -1)
@@ -202,9 +204,9 @@ class _Rebalance:
             np.add.at(self.sums[m], codes[:, m], sub[:, m])
             self.used[m] += np.bincount(codes[:, m], minlength=256)
 
-    def centroids(self, current: np.ndarray) -> np.ndarray:
-        """The means of the assigned vectors; a centroid nobody took keeps its place."""
-        out = current.copy()
+    def centroids(self) -> np.ndarray:
+        """The means of the assigned vectors; a centroid nobody took keeps its trained place."""
+        out = self.trained.copy()
         hit = self.used > 0
         out[hit] = (self.sums[hit] / self.used[hit][:, None]).astype(np.float32)
         return out
@@ -369,24 +371,13 @@ class PQIndex(BuildsWhenDue):
         return out_scores, out_rows
 
     def _rq_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(offsets (nlist + 1), rows, codes) of the inverted lists laid out list after list, copied
-        from faiss once per mutation straight into their arrays (one extra copy of the codes and
-        ids: ~32 MB at 1M x 24 bytes); also caches the codebooks as (M x 256, d)."""
+        """`_inverted_lists()`, read once per mutation (one extra copy of the codes and ids: ~32 MB
+        at 1M x 24 bytes); also caches the codebooks as (M x 256, d)."""
         import faiss
-        from faiss.contrib.inspect_tools import get_invlist
 
         if self._rq_cache[0] != self._version:
-            ivf = self.ivf
-            sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
-            rows = np.empty(offsets[-1], dtype=np.int64)
-            codes = np.empty((offsets[-1], ivf.code_size), dtype=np.uint8)
-            for i in np.flatnonzero(sizes):
-                part = slice(offsets[i], offsets[i + 1])
-                rows[part], flat = get_invlist(ivf.invlists, int(i))
-                codes[part] = flat.reshape(-1, ivf.code_size)
-            self._rq_codebooks = faiss.vector_to_array(ivf.rq.codebooks).reshape(-1, self.dim)
-            self._rq_cache = (self._version, (offsets, rows, codes))
+            self._rq_codebooks = faiss.vector_to_array(self.ivf.rq.codebooks).reshape(-1, self.dim)
+            self._rq_cache = (self._version, self._inverted_lists())
         return self._rq_cache[1]
 
     # ---- build ------------------------------------------------------------------------------
@@ -441,7 +432,7 @@ class PQIndex(BuildsWhenDue):
         quantizer.this.disown()
         lists = np.empty(n, dtype=np.int64)
         codes = np.empty((n, ivf.code_size), dtype=np.uint8)
-        balance = _Rebalance(cfg.m, self.dim // cfg.m) if cfg.balanced_codes else None
+        balance = _Rebalance(self._pq_centroids(ivf)) if cfg.balanced_codes else None
         advice = self._advice if x is self._vectors else _RowAdvice(x)
         for start in range(0, n, _ENCODE_BATCH):
             advice.will_need(np.arange(start, min(start + _ENCODE_BATCH, n)), batch=True)
@@ -453,7 +444,7 @@ class PQIndex(BuildsWhenDue):
             target = batch - centroids[lists[part]] if cfg.by_residual else batch
             codes[part] = self._encode(ivf, target, balance)
         if balance is not None:  # centroids follow their balanced assignments
-            faiss.copy_array_to_vector(balance.centroids(self._pq_centroids(ivf)).ravel(), ivf.pq.centroids)
+            faiss.copy_array_to_vector(balance.centroids().ravel(), ivf.pq.centroids)
         coarse = ivf.coarse_code_size()
         ivf.add_sa_codes(np.concatenate([lists.astype("<i8").view(np.uint8).reshape(n, 8)[:, :coarse], codes], axis=1),
                          np.arange(n, dtype=np.int64))
@@ -473,7 +464,7 @@ class PQIndex(BuildsWhenDue):
             return ivf.rq.compute_codes(target)
         if balance is None:
             return ivf.pq.compute_codes(target)
-        codes = sinkhorn_codes(target, self._pq_centroids(ivf), cfg.sinkhorn_eps, cfg.sinkhorn_iters, cfg.sinkhorn_batch)
+        codes = sinkhorn_codes(target, balance.trained, cfg.sinkhorn_eps, cfg.sinkhorn_iters, cfg.sinkhorn_batch)
         balance.add(target, codes)
         return codes
 
@@ -551,16 +542,24 @@ class PQIndex(BuildsWhenDue):
 
     def encoded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows int64, IVF list of each row int64, codes (n, M) uint8), read from the inverted lists."""
+        offsets, rows, codes = self._inverted_lists()
+        return rows, np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), codes
+
+    def _inverted_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets (nlist + 1), rows, codes) of faiss's inverted lists, list after list, each
+        list copied straight into its place (no per-list arrays to concatenate)."""
         from faiss.contrib.inspect_tools import get_invlist
 
         ivf = self.ivf
-        rows, lists, codes = [], [], []
-        for list_no in range(ivf.nlist):
-            r, c = get_invlist(ivf.invlists, list_no)
-            rows.append(r)
-            lists.append(np.full(len(r), list_no, dtype=np.int64))
-            codes.append(c.reshape(len(r), ivf.code_size))
-        return np.concatenate(rows).astype(np.int64), np.concatenate(lists), np.concatenate(codes)
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        rows = np.empty(offsets[-1], dtype=np.int64)
+        codes = np.empty((offsets[-1], ivf.code_size), dtype=np.uint8)
+        for i in np.flatnonzero(sizes):
+            part = slice(offsets[i], offsets[i + 1])
+            rows[part], flat = get_invlist(ivf.invlists, int(i))
+            codes[part] = flat.reshape(-1, ivf.code_size)
+        return offsets, rows, codes
 
     def coarse_centroids(self) -> np.ndarray:
         """(nlist, dim) IVF centroids in the rotated space; with `by_residual` part of every score."""
@@ -568,12 +567,10 @@ class PQIndex(BuildsWhenDue):
 
     def centroids(self) -> np.ndarray:
         """(M, 256, dim / M) product-quantiser centroids (what JPQ tunes)."""
-        import faiss
-
         if self.config.quantizer != "pq":
             raise InvalidInputError(f"JPQ tuning moves product-quantiser centroids; this index uses "
                                     f"quantizer={self.config.quantizer!r}, whose codebooks are full-dimensional stages")
-        return faiss.vector_to_array(self.ivf.pq.centroids).reshape(self.config.m, 256, -1)
+        return self._pq_centroids(self.ivf)
 
     def set_centroids(self, centroids: np.ndarray, tuning: str = "pairs", coarse: np.ndarray | None = None) -> None:
         """Write PQ centroids (and optionally IVF centroids) back, codes and lists unchanged; names
