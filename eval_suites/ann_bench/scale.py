@@ -444,7 +444,7 @@ def report(work: Path, out: Path, devdocs: list[Path] = ()) -> str:
         if path.exists():
             rows += json.loads(path.read_text())
     n = rows[0]["n"] if rows else 0
-    lines = [f"| method | params | recall@10 | warm p50 ms | warm p99 ms | cold p50 ms | cold p99 ms | QPS (2 thr) "
+    lines = ["| method | params | recall@10 | warm p50 ms | warm p99 ms | cold p50 ms | cold p99 ms | QPS (2 thr) "
              "| RSS anon MiB | RSS anon % raw | RSS file MiB | disk MiB | build s | build peak RSS MiB "
              "| measured UTC (load 1-min) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
