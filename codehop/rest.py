@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codehop import rest_generation, rest_models as m
+from codehop import rest_generation, rest_models as m, rest_tabby
 from codehop.config import Settings, resolve_workspace
 from codehop.rest_metrics import Metrics, MetricsMiddleware
 # Re-exported: tests and callers override these dependencies by the names they import from here.
@@ -251,7 +251,8 @@ def search(body: m.SearchRequest, resources: Resources = Depends(get_resources))
 
 def create_app(settings: Settings | None = None, *, workspace: Path | None = None,
                roots: list[Path] | None = None, repo_root: Path | None = None,
-               background: Callable[[Resources], None] | None = None) -> FastAPI:
+               background: Callable[[Resources], None] | None = None,
+               warm_up: bool = False) -> FastAPI:
     """The codehop REST app.
 
     Args:
@@ -262,6 +263,8 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
         background: called with the Resources once they are built, e.g. to start embedding
             in the background (codehop serve); what it puts in `resources.indexing` shows in
             /health and is stopped on shutdown.
+        warm_up: load the generator and the repository's completer on a background thread
+            at start (codehop.warm_up), so the first completion does not pay for them.
     Returns:
         A FastAPI app; resources are built when its lifespan starts.
     """
@@ -276,6 +279,10 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
         app.state.resources = resources
         if background is not None:
             background(resources)
+        if warm_up:
+            from codehop.warm_up import start_warm_up
+
+            start_warm_up(resources)
         try:
             yield
         finally:
@@ -307,7 +314,7 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
 
     auth = [Depends(require_api_key)]
     for router in (collections_router, search_router, rest_generation.router,
-                   rest_generation.tokenize, rest_generation.answers):
+                   rest_generation.tokenize, rest_generation.answers, rest_tabby.router):
         app.include_router(router, dependencies=auth)
     from codehop.rest_web import mount_pages
 

@@ -18,11 +18,13 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    """Thread-safe counters: requests by (method, route, status), latency by (method, route)."""
+    """Thread-safe counters: requests by (method, route, status), latency by (method, route),
+    editor events (Tabby's POST /v1/events) by type."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.events: dict[str, int] = defaultdict(int)
         self.buckets: dict[tuple[str, str], list[int]] = {}
         self.sums: dict[tuple[str, str], float] = defaultdict(float)
 
@@ -35,6 +37,11 @@ class Metrics:
                     counts[i] += 1
             counts[-1] += 1  # +Inf
             self.sums[(method, route)] += seconds
+
+    def count_event(self, kind: str) -> None:
+        """One editor event of `kind` (the caller bounds the set of kinds)."""
+        with self._lock:
+            self.events[kind] += 1
 
     def render(self) -> str:
         def labels(**kv) -> str:
@@ -53,6 +60,10 @@ class Metrics:
                     lines.append(f'codehop_request_duration_seconds_bucket{{{base},le="{bound}"}} {n}')
                 lines.append(f"codehop_request_duration_seconds_sum{{{base}}} {self.sums[(method, route)]:.6f}")
                 lines.append(f"codehop_request_duration_seconds_count{{{base}}} {counts[-1]}")
+            lines += ["# HELP codehop_tabby_events_total Completion events posted by Tabby clients, by type.",
+                      "# TYPE codehop_tabby_events_total counter"]
+            for kind, n in sorted(self.events.items()):
+                lines.append(f"codehop_tabby_events_total{{{labels(type=kind)}}} {n}")
         return "\n".join(lines) + "\n"
 
 
