@@ -143,7 +143,7 @@ class CodehopLanguageServer(LanguageServer):
                 settings = dataclasses.replace(settings, generator=dataclasses.replace(
                     settings.generator, model=self.config.model, backend=self.config.backend))
                 with _LOADING:
-                    generator = load_configured_generator(settings, self.state_dir)
+                    generator = load_configured_generator(settings)
                 config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
                                           dense_rerank=self.config.dense_rerank,
                                           reuse_kv_cache=self.config.kv_reuse,
@@ -463,7 +463,7 @@ def ask(ls: CodehopLanguageServer, question: str) -> dict[str, Any]:
                             reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens, temperature=g.temperature,
                             rapid=g.rapid, rapid_min_tokens=g.rapid_min_tokens)
     pipeline = RagPipeline(ls.collection, generator, config,
-                           drafter=load_configured_drafter(ls.config.settings, ls.state_dir, generator),
+                           drafter=load_configured_drafter(ls.config.settings, generator),
                            rapid_policy=configured_rapid_policy(ls.state_dir))
     with ls.collection_lock.read():
         result = pipeline.run(question)

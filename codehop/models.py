@@ -40,18 +40,19 @@ def with_model_options(settings: Settings, args: argparse.Namespace) -> Settings
     return dataclasses.replace(settings, generator=dataclasses.replace(settings.generator, **changes))
 
 
-def load_configured_generator(settings: Settings, workspace: Path):
-    """The generator [generator] describes (a local model, or a client of the user's server)."""
+def load_configured_generator(settings: Settings):
+    """The generator [generator] describes (a local model, or a client of the user's server).
+    A converted model goes to the machine's model cache, never into the project's workspace."""
     from rag.llm import load_generator
 
     g = settings.generator
     if g.backend == "openai":
         return load_generator(g.model, backend="openai", endpoint=g.endpoint(g.model, "generator"),
                               openai=g.openai_options())
-    return load_generator(g.model, backend=g.backend, workspace=workspace)
+    return load_generator(g.model, backend=g.backend)
 
 
-def load_configured_drafter(settings: Settings, workspace: Path, generator, mode: str | None = None):
+def load_configured_drafter(settings: Settings, generator, mode: str | None = None):
     """RAPID's drafter: [generator] drafter, or the generator itself when none is named.
 
     None when RAPID cannot run (`mode` or [generator] rapid is "off", or the generator is a
@@ -64,7 +65,7 @@ def load_configured_drafter(settings: Settings, workspace: Path, generator, mode
         return generator
     from rag.llm import load_generator
 
-    return load_generator(g.drafter, backend="transformers", workspace=workspace)
+    return load_generator(g.drafter, backend="transformers")
 
 
 def configured_rapid_policy(workspace: Path):

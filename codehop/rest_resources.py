@@ -197,7 +197,7 @@ class Resources:
             if self._generator is None:
                 from codehop.models import load_configured_generator
 
-                self._generator = load_configured_generator(self.settings, self.workspace)
+                self._generator = load_configured_generator(self.settings)
             return self._generator
 
     def embedder(self):
@@ -236,7 +236,7 @@ class Resources:
 
         with self._models:
             if generator not in self._rapid:
-                self._rapid[generator] = (load_configured_drafter(self.settings, self.workspace, generator, "on"),
+                self._rapid[generator] = (load_configured_drafter(self.settings, generator, "on"),
                                           configured_rapid_policy(self.workspace))
             return self._rapid[generator]
 

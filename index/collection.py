@@ -55,6 +55,7 @@ from index.store import ChunkRow, Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
 from index.walk import walk
+from index.workspace import ensure_workspace
 
 __all__ = ["Collection", "CollectionConfig", "IndexReport", "MODES", "drop_collection"]
 MODES = ("hybrid", "bm25", "dense")
@@ -115,7 +116,7 @@ class Collection:
             raise NotFoundError(f"no workspace at {workspace}: run codehop index first")
         if config is not None:
             persist.dense_backend(config.dense)  # fail before any work when the backend is missing
-        workspace.mkdir(parents=True, exist_ok=True)
+        ensure_workspace(workspace)
         store = Store(workspace / "store.sqlite")
         stored = store.collection(name)
         manifest = workspace / "collections" / name / "manifest.json"

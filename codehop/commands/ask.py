@@ -49,7 +49,7 @@ def build_pipeline(args: argparse.Namespace, settings, workspace):
 
     settings = with_model_options(settings, args)
     collection = open_collection(settings, workspace, args.collection or settings.collection.name)
-    generator = None if args.retrieval_only else load_configured_generator(settings, workspace)
+    generator = None if args.retrieval_only else load_configured_generator(settings)
     config = PipelineConfig(
         k=args.k, candidates=max(20, args.k), mode=args.mode,
         rewrite="off" if args.no_rewrite else args.rewrite,
@@ -62,7 +62,7 @@ def build_pipeline(args: argparse.Namespace, settings, workspace):
     trigger = None
     if config.reservoir:
         trigger = RetrieverTrigger(Reservoir(workspace / "reservoir.sqlite", collection.name), collection)
-    drafter = load_configured_drafter(settings, workspace, generator, config.rapid) if generator else None
+    drafter = load_configured_drafter(settings, generator, config.rapid) if generator else None
     # TreeHop (multihop on/auto) is loaded by the pipeline on first use.
     return RagPipeline(collection, generator, config, trigger=trigger, drafter=drafter,
                        rapid_policy=configured_rapid_policy(workspace))

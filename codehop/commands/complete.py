@@ -56,7 +56,7 @@ def handler(args: argparse.Namespace) -> int:
     root = _repo_root(file, args.repo)
     workspace = resolve_workspace(args.workspace, settings)
     repo = RepoIndex.open(root, workspace)
-    generator = None if args.context_only else load_configured_generator(settings, workspace)
+    generator = None if args.context_only else load_configured_generator(settings)
     config = CompletionConfig(use_context=not args.no_context, dense_rerank=not args.no_rerank,
                               truncate=args.truncate, max_new_tokens=args.max_new_tokens)
     completer = RepoCompleter(repo, generator, config)

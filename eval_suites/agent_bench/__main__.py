@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rag.llm import load_generator
 
-    generator = load_generator(args.model, workspace=args.workspace)
+    generator = load_generator(args.model, cache_root=args.workspace)
     config = AgentConfig(max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
                          max_tokens=16_000)
     rng = random.Random(args.seed)

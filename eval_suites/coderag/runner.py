@@ -102,7 +102,7 @@ def _sample(ids: list[str], limit: int | None, seed: int) -> set[str]:
 def _load_generator(config: BenchConfig):
     from rag.llm import load_generator
 
-    return load_generator(config.model, workspace=config.workspace)
+    return load_generator(config.model, cache_root=config.workspace)
 
 
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:

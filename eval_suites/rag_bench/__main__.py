@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     questions = load_questions(args.data / "multihop" / "hotpotqa_dev.jsonl")
     collection = build_collection(args.workspace, questions)
-    generator = load_generator(args.model, workspace=args.workspace.parent)
+    generator = load_generator(args.model, cache_root=args.workspace.parent)
     stage_times: dict[str, list[float]] = defaultdict(list)
     subset = questions[: args.llm_questions]
 

