@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def test_neovim_drives_codehop_lsp(which, project, tiny_model_dir, tmp_path):
     # "indexing" too: a server may report more background work (e.g. embedding) after the docs
     assert "--help` runs" in health and "ERROR" not in health, health
     assert "project: ready" in health or "project: indexing" in health, health
+
+
+@pytest.mark.parametrize("which", ["debian", "current"])
+def test_the_statusline_shows_each_progress_report_once(which, project, tmp_path):
+    """A report carries only a percentage: the statusline shows the begin's title with the
+    latest percentage (one "%"), never the previous text with every percentage appended."""
+    nvim = need("/usr/bin/nvim" if which == "debian" else _current_nvim(), f"Neovim ({which})")
+    result = tmp_path / "out.json"
+    env = {**os.environ, **SERVER_ENV, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "CODEHOP_CMD": json.dumps([sys.executable, str(HERE / "progress_server.py")]),
+           "CODEHOP_ENV": json.dumps(SERVER_ENV), "CODEHOP_MAIN": str(project / "main.py"),
+           "CODEHOP_OUT": str(result)}
+    run = subprocess.run(
+        [nvim, "--headless", "--clean", "-u", "NONE", "--cmd", f"set rtp^={REPO_ROOT / 'editors' / 'nvim'}",
+         "-c", f"luafile {HERE / 'nvim_progress.lua'}"],
+        env=env, cwd=project, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.exists(), f"nvim wrote nothing: {run.stdout[-2000:]} {run.stderr[-2000:]}"
+    out = json.loads(result.read_text())
+    assert "error" not in out, out.get("error")
+    assert out["statuses"] == ["codehop: embedding 0%", "codehop: embedding 4%", "codehop: embedding 8%",
+                               "codehop: embedding 50%", "codehop: embedding 95%", "codehop: starting"]

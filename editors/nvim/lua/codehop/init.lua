@@ -34,6 +34,14 @@ local function find_root(path)
   return vim.fn.fnamemodify(path, ":p:h")
 end
 
+-- One work-done progress as the statusline shows it: "embedding 40%". A report carries no
+-- title (only begin does), so the title is kept apart from the percentage and the text is
+-- rebuilt from both each time; appending to the previous text made it grow without end.
+-- A single "%": the result of %{...} in 'statusline' is shown as it is, not re-parsed.
+local function progress_text(p)
+  return p.title .. (p.percentage and (" " .. p.percentage .. "%") or "")
+end
+
 local function progress_handler(err, result, ctx, config)
   local default = vim.lsp.handlers["$/progress"]
   if result and result.value and ctx and ctx.client_id then
@@ -46,8 +54,10 @@ local function progress_handler(err, result, ctx, config)
         if token == "codehop-index" then s.indexed = true end
         if token == "codehop-docs" then s.ready = true end
       else
-        local title = (value.title or s.progress[token] or "working"):gsub("^codehop:%s*", "")
-        s.progress[token] = title .. (value.percentage and (" " .. value.percentage .. "%%") or "")
+        local p = s.progress[token] or { title = "working" }
+        if value.title then p.title = (value.title:gsub("^codehop:%s*", "")) end
+        if value.percentage then p.percentage = value.percentage end
+        s.progress[token] = p
       end
       pcall(vim.cmd, "redrawstatus")
     end
@@ -137,7 +147,10 @@ function M.status(bufnr)
   local current = M.state(bufnr)
   if current == "off" then return "" end
   if current == "indexing" then
-    local busy = vim.tbl_values(state[M.client(bufnr).id].progress)
+    local progress, tokens, busy = state[M.client(bufnr).id].progress, {}, {}
+    for token in pairs(progress) do table.insert(tokens, token) end
+    table.sort(tokens) -- pairs() has no order: a stable one keeps the statusline from jumping
+    for _, token in ipairs(tokens) do table.insert(busy, progress_text(progress[token])) end
     return "codehop: " .. (#busy > 0 and table.concat(busy, ", ") or "indexing")
   end
   return "codehop: " .. current
