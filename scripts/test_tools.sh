@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tools of the editor and browser tests (called by scripts/test.sh; safe to rerun):
 #   Neovim 0.7 and Chromium from Debian (apt, as root), the VS Code extension's npm packages
-#   (npm ci in editors/vscode, from package-lock.json). Never fails the setup: a test that
+#   (npm ci in editors/vscode, from package-lock.json) and Tabby's agent (npm ci in
+#   tests/editors/tabby_agent). Never fails the setup: a test that
 #   needs a missing tool skips on a developer's machine and fails under CI=true.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +23,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "note: ${missing[*]} not installed (as root with apt, scripts/test.sh installs them)"
   fi
 fi
-# The extension's packages: only when the lock file changed since the last npm ci.
-ext=editors/vscode
+# npm packages, each only when its lock file changed since the last npm ci: the VS Code
+# extension's, and Tabby's editor agent (tabby-agent 1.5.0) for tests/editors/test_tabby_agent.py.
 if command -v npm >/dev/null 2>&1; then
-  if [ ! -f "$ext/node_modules/.package-lock.json" ] || [ "$ext/package-lock.json" -nt "$ext/node_modules/.package-lock.json" ]; then
-    (cd "$ext" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
-      || echo "note: npm ci in $ext failed; the VS Code extension test will not run"
-  fi
+  for dir in editors/vscode tests/editors/tabby_agent; do
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+        || echo "note: npm ci in $dir failed; the tests that need its packages will not run"
+    fi
+  done
 fi
 exit 0
