@@ -1,32 +1,43 @@
 """Run untrusted (generated) Python in a jail built from OS tools: one jail per run.
 
 The jail is bubblewrap (`bwrap`, Debian package `bubblewrap`) with new user, mount, PID,
-network, IPC and UTS namespaces. The program sees:
+network, IPC and UTS namespaces, started as an unprivileged host user: when codehop is root,
+a fresh uid/gid per run (code_tools.sandbox_guard), never host root; as a user, that user.
+The program sees:
 
 - a read-only view of the interpreter only: /usr (merged-/usr symlinks), the interpreter's
   prefix and base prefix (its stdlib) and the virtual environment with its site-packages, plus
   /etc/ld.so.cache and /etc/localtime; nothing else of the host (no home, no repository, no
   /etc/passwd, no /sys);
 - a private writable tmpfs at /tmp (its working directory, HOME and TMPDIR; `main.py` is copied
-  in) and, read-write, only the directories the caller names in `writable`;
-- a fresh /proc for its PID namespace, a minimal /dev, no network (a network namespace with
-  only a down loopback), no capabilities and no further user namespaces.
+  in) and, read-write, only the directories the caller names in `writable` (refused when they
+  overlap a read-only path);
+- a fresh /proc for its PID namespace with /proc/sys read-only, a minimal /dev, no network
+  (only a down loopback), no capabilities, no further user namespaces, an empty session
+  keyring of its own, and a seccomp filter (sandbox_guard.REFUSED_CALLS: keyrings, io_uring,
+  bpf, userfaultfd, perf_event_open, ptrace, mounts, ...; setuid/setgid modes).
 
 Limits: a wall-clock timeout that kills the jail's init, and with it every process in the PID
-namespace (a `setsid()` grandchild included; `--die-with-parent` does the same if the caller
-dies); RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and no core dumps per process; stdout/stderr capped
-at `max_output_bytes` each. Memory and process count of the whole tree come from a cgroup
-when one is writable here (v2: memory.max + pids.max; v1: memory + pids hierarchies), else
-from RLIMIT_AS per process plus RLIMIT_NPROC set inside the jail's user namespace (it counts
-only the jail's processes there). RLIMIT_NPROC never binds uid 0 of the host, so as root
-without a writable cgroup the jail is refused rather than run without a process cap.
+namespace; RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE and no core dumps per process;
+stdout/stderr capped at `max_output_bytes` each; the writable directories' growth capped at
+`disk_mb` (measured while the run goes on and after it: the run is killed and failed, and what
+it created there removed). Memory, process count and CPU share of the whole tree come from a
+cgroup when one is writable here (v2: memory.max, pids.max, cpu.max; v1: memory, pids, cpu
+hierarchies), else from RLIMIT_AS per process, RLIMIT_NPROC set inside the jail's user
+namespace and nice 10. After the run, files in the writable directories are never setuid or
+setgid, and (as root) pre-existing ones get their owners back while new ones keep a non-root
+owner.
+
+The jail's PID 1 is a harness (code_tools.sandbox_harness) that reports, with a per-run
+nonce on a descriptor the program cannot reach, how the program really ended: a program's own
+`exit(137)` is an exit code, a SIGKILL is a signal. `SandboxResult.completed` is that report.
 
 `sandbox_status()` says what this machine allows; every SandboxResult names the mechanism
 and the tree limits it ran under. When no jail is possible, `run_python` raises
 SandboxUnavailableError naming the fix and the override: `SandboxLimits(isolation="unsafe")`
-(`--unsafe-exec` on the CLI) runs the old plain-subprocess runner, which isolates nothing
-(the program reads and writes what the user can, reaches the network, and its setsid()
-children outlive the timeout). It exists for trusted code and to measure the jail's cost.
+(`--unsafe-exec` on the CLI) runs a plain subprocess, which isolates nothing (the program
+reads and writes what the user can, reaches the network, and its setsid() children outlive
+the timeout). It exists for trusted code and to measure the jail's cost.
 
 Example::
 
@@ -37,9 +48,7 @@ Example::
 from __future__ import annotations
 
 import functools
-import itertools
 import os
-import re
 import resource
 import shutil
 import signal
@@ -49,15 +58,25 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
+from code_tools.sandbox_cgroup import Cgroup as _Cgroup
+from code_tools.sandbox_guard import (JailUids, WritableDirs, check_writable, drop_to, seccomp_fd,
+                                      seccomp_program, stage_mounts, staged_path)
+from code_tools.sandbox_harness import HARNESS, Channel, kill_reason
 from index.errors import InvalidInputError, MissingDependencyError
 
 ISOLATION_MODES = ("auto", "bwrap", "unsafe")
 _JAIL_HOME = "/tmp"
 # Exit codes of bwrap for a child killed by signal N are 128 + N.
 _SIGNAL_BASE = 128
+# Processes of the jail besides the program's tree: bwrap outside, the harness (PID 1) inside.
+_JAIL_PROCESSES = 2
+# How often the writable directories' growth is measured during a run.
+_DISK_POLL_S = 0.2
+# Files of the host the jail mounts read-only besides the interpreter's directories.
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+                 "/etc/ld.so.cache", "/etc/localtime", "/proc", "/dev", "/sys")
 
 
 class SandboxUnavailableError(MissingDependencyError):
@@ -76,6 +95,9 @@ class SandboxLimits:
         max_output_bytes: cap on each of stdout and stderr; more kills the run.
         max_file_mb: largest file the program may write (RLIMIT_FSIZE); also the size of /tmp.
         max_processes: processes of the whole tree (cgroup pids.max, else RLIMIT_NPROC).
+        cpu_share: CPUs the whole tree may use at once (cgroup cpu.max; else nice 10 only).
+        max_open_files: open files per process (RLIMIT_NOFILE).
+        disk_mb: how much the `writable` directories may grow in total during the run.
         isolation: "auto" (the strongest jail this machine allows; refuse when there is none),
             "bwrap" (the same, named), or "unsafe": a plain subprocess with rlimits and no
             isolation at all (trusted code and overhead measurements only).
@@ -88,6 +110,9 @@ class SandboxLimits:
     max_output_bytes: int = 1_000_000
     max_file_mb: int = 64
     max_processes: int = 64
+    cpu_share: float = 1.0
+    max_open_files: int = 256
+    disk_mb: int = 256
     isolation: str = "auto"
     python: str = sys.executable
 
@@ -97,6 +122,9 @@ class SandboxLimits:
         if self.max_output_bytes <= 0 or self.max_file_mb <= 0 or self.max_processes <= 0:
             raise InvalidInputError("sandbox limits must be positive "
                                     "(max_output_bytes, max_file_mb, max_processes)")
+        if self.cpu_share < 0.01 or self.max_open_files < 16 or self.disk_mb <= 0:
+            raise InvalidInputError("sandbox limits: cpu_share must be >= 0.01, max_open_files "
+                                    ">= 16 (the interpreter needs a few) and disk_mb positive")
         if self.isolation not in ISOLATION_MODES:
             raise InvalidInputError(f"isolation must be one of {ISOLATION_MODES}, not {self.isolation!r}")
 
@@ -106,10 +134,12 @@ class SandboxResult:
     """What one sandboxed run did.
 
     `killed_reason` is None for a normal exit (any return code) and otherwise one of
-    "timeout", "cpu", "memory", "output", "signal". A negative `returncode` is the signal that
-    ended the program (in the jail, a program's own `sys.exit(128 + n)` reads the same).
-    `mechanism` is "bwrap" or "unsafe"; `tree_limits` is "cgroup2", "cgroup1" or "rlimit"
-    (per-process RLIMIT_AS + RLIMIT_NPROC), "" for the unsafe runner.
+    "timeout", "cpu", "memory", "output", "disk", "signal". A negative `returncode` is the
+    signal that ended the program, as its harness saw it (a program's own exit(137) stays 137).
+    `completed` is the harness's report under this run's nonce: the program ended by itself
+    (run_python) or the tests ran to their end (run_tests). `mechanism` is "bwrap" or
+    "unsafe"; `tree_limits` is "cgroup2", "cgroup1" or "rlimit" (per-process RLIMIT_AS +
+    RLIMIT_NPROC), "" for the unsafe runner.
     """
 
     returncode: int
@@ -120,25 +150,33 @@ class SandboxResult:
     elapsed_s: float
     mechanism: str = "bwrap"
     tree_limits: str = ""
+    completed: bool = False
 
     @property
     def passed(self) -> bool:
-        """True when the program exited 0 without being killed."""
-        return self.returncode == 0 and self.killed_reason is None
+        """True when the program exited 0 by itself, not killed, as its harness reported."""
+        return self.returncode == 0 and self.killed_reason is None and self.completed
 
 
 @dataclass(frozen=True)
 class SandboxStatus:
-    """What `run_python` would use here: `mechanism` "bwrap", "unsafe" or "unavailable"."""
+    """What `run_python` would use here: `mechanism` "bwrap", "unsafe" or "unavailable".
+
+    `cpu` is "cgroup" when the tree's CPU share is capped, "nice" when only lowered; `user` is
+    "per-run uid" (codehop is root) or "uid N" (the caller).
+    """
 
     mechanism: str
     tree_limits: str = ""
     detail: str = ""
+    cpu: str = ""
+    user: str = ""
 
     def describe(self) -> str:
-        """One line, e.g. "bwrap (bubblewrap 0.8.0), tree limits: cgroup1"."""
+        """One line, e.g. "bwrap (bubblewrap 0.8.0), tree limits: cgroup1, cpu: cgroup, ..."."""
         if self.mechanism == "bwrap":
-            return f"bwrap ({self.detail}), tree limits: {self.tree_limits}"
+            return (f"bwrap ({self.detail}), tree limits: {self.tree_limits}, cpu share: "
+                    f"{self.cpu}, jail user: {self.user}, seccomp")
         if self.mechanism == "unsafe":
             return "unsafe (plain subprocess, no isolation: --unsafe-exec)"
         return f"unavailable: {self.detail}"
@@ -148,31 +186,34 @@ class SandboxStatus:
 
 @functools.lru_cache(maxsize=1)
 def _bwrap() -> tuple[str | None, str]:
-    """(path, version) of a bwrap that can build a jail here, or (None, why not)."""
+    """(path, version) of a bwrap that can build a jail here as the jail's user, or (None, why)."""
     exe = shutil.which("bwrap")
     if exe is None or not sys.platform.startswith("linux"):
         return None, "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    try:
+        seccomp_program()
+    except MissingDependencyError as error:
+        return None, str(error)
+    uid = JailUids.claim()
     argv = [exe, *_namespace_args(), *_root_args(()), "true"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20,
+                              preexec_fn=functools.partial(drop_to, uid))
         version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
+    except (OSError, subprocess.SubprocessError) as error:
         return None, f"bwrap does not start: {error}"
+    finally:
+        JailUids.release(uid)
     if done.returncode != 0:
-        return None, f"bwrap cannot create namespaces here: {done.stderr.strip()[-300:]}"
+        return None, (f"bwrap cannot create namespaces here as an unprivileged user: "
+                      f"{done.stderr.strip()[-300:]} (unprivileged user namespaces must be "
+                      "enabled: sysctl user.max_user_namespaces > 0)")
     return exe, version.stdout.strip() or "bubblewrap"
 
 
 def _limits_cgroup_or_why() -> tuple[str, str]:
-    """("cgroup2"|"cgroup1"|"rlimit", "") or ("", why the process cap cannot be enforced)."""
-    kind = _Cgroup.available()
-    if kind:
-        return kind, ""
-    if os.geteuid() == 0:
-        return "", ("running as root without a writable cgroup (v2 memory+pids or v1 memory and "
-                    "pids under /sys/fs/cgroup): RLIMIT_NPROC does not bind root, so a fork bomb "
-                    "would be uncapped; run as a non-root user or give codehop a writable cgroup")
-    return "rlimit", ""
+    """("cgroup2"|"cgroup1"|"rlimit", ""). RLIMIT_NPROC binds: the jail's uid is never root."""
+    return _Cgroup.available() or "rlimit", ""
 
 
 def sandbox_status(limits: SandboxLimits = SandboxLimits()) -> SandboxStatus:
@@ -185,7 +226,9 @@ def sandbox_status(limits: SandboxLimits = SandboxLimits()) -> SandboxStatus:
     tree, why = _limits_cgroup_or_why()
     if not tree:
         return SandboxStatus("unavailable", detail=why)
-    return SandboxStatus("bwrap", tree, detail)
+    cpu = "cgroup" if tree != "rlimit" and _Cgroup.cpu_available() else "nice"
+    user = "per-run uid" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    return SandboxStatus("bwrap", tree, detail, cpu, user)
 
 
 def _require_jail(limits: SandboxLimits) -> SandboxStatus:
@@ -198,136 +241,13 @@ def _require_jail(limits: SandboxLimits) -> SandboxStatus:
     return status
 
 
-# ------------------------------------------------------------------------------ cgroups
-
-class _Cgroup:
-    """One child cgroup holding a jail: memory and pids limits of the whole tree."""
-
-    _names = itertools.count()
-
-    def __init__(self, kind: str, memory_bytes: int, pids: int) -> None:
-        self.kind = kind
-        name = f"codehop-sandbox-{os.getpid()}-{next(self._names)}"
-        self.dirs = [base / name for base in _cgroup_bases(kind)]
-        for directory in self.dirs:
-            directory.mkdir()
-        try:
-            if kind == "cgroup2":
-                self._write("memory.max", memory_bytes)
-                self._write("memory.swap.max", 0, optional=True)
-                self._write("memory.oom.group", 1, optional=True)
-                self._write("pids.max", pids)
-            else:
-                self._write("memory.limit_in_bytes", memory_bytes)
-                self._write("memory.memsw.limit_in_bytes", memory_bytes, optional=True)
-                self._write("pids.max", pids)
-        except OSError:
-            self.remove()
-            raise
-        self.procs = [str(d / "cgroup.procs") for d in self.dirs]
-
-    def _write(self, name: str, value: int, optional: bool = False) -> None:
-        for directory in self.dirs:
-            if (directory / name).exists():
-                (directory / name).write_text(str(value))
-                return
-        if not optional:
-            raise OSError(f"no {name} in {self.dirs}")
-
-    def oom_kills(self) -> int:
-        for directory in self.dirs:
-            for name in ("memory.events", "memory.oom_control"):
-                try:
-                    text = (directory / name).read_text()
-                except OSError:
-                    continue
-                match = re.search(r"^oom_kill (\d+)", text, re.M)
-                if match:
-                    return int(match.group(1))
-        return 0
-
-    def kill_all(self) -> None:
-        if self.kind == "cgroup2" and (self.dirs[0] / "cgroup.kill").exists():
-            (self.dirs[0] / "cgroup.kill").write_text("1")
-            return
-        for procs in self.procs:
-            for pid in Path(procs).read_text().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def remove(self) -> None:
-        """Kill what is left and remove the cgroup (a cgroup with tasks cannot be removed)."""
-        deadline = time.monotonic() + 5
-        for directory in self.dirs:
-            while directory.exists():
-                try:
-                    directory.rmdir()
-                except OSError:
-                    if time.monotonic() > deadline:
-                        break
-                    try:
-                        self.kill_all()
-                    except OSError:
-                        pass
-                    time.sleep(0.01)
-
-    @staticmethod
-    @functools.lru_cache(maxsize=1)
-    def available() -> str:
-        """"cgroup2" or "cgroup1" when a child cgroup with memory+pids limits works, else ""."""
-        for kind in ("cgroup2", "cgroup1"):
-            try:
-                if not _cgroup_bases(kind):
-                    continue
-                probe = _Cgroup(kind, 64 * 2**20, 8)
-                probe.remove()
-                return kind
-            except OSError:
-                continue
-        return ""
-
-
-def _cgroup_bases(kind: str) -> list[Path]:
-    """The cgroup directories this process sits in: one for v2, memory then pids for v1."""
-    mounts: dict[str, Path] = {}
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        for line in handle:
-            left, _, right = line.partition(" - ")
-            fstype, _, options = (right.split() + ["", "", ""])[:3]
-            mount_point = Path(left.split()[4])
-            if fstype == "cgroup2" and kind == "cgroup2":
-                mounts.setdefault("", mount_point)
-            elif fstype == "cgroup" and kind == "cgroup1":
-                for controller in ("memory", "pids"):
-                    if controller in options.split(","):
-                        mounts.setdefault(controller, mount_point)
-    paths: dict[str, str] = {}
-    with open("/proc/self/cgroup", encoding="utf-8") as handle:
-        for line in handle:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for controller in (controllers.split(",") if controllers else [""]):
-                paths[controller] = path.lstrip("/")
-    wanted = [""] if kind == "cgroup2" else ["memory", "pids"]
-    if any(c not in mounts for c in wanted):
-        return []
-    bases = []
-    for controller in wanted:
-        base = mounts[controller] / paths.get(controller, "")
-        bases.append(base if base.is_dir() else mounts[controller])
-    if kind == "cgroup2":
-        enabled = (bases[0] / "cgroup.subtree_control").read_text().split()
-        if not {"memory", "pids"} <= set(enabled):
-            return []
-    return bases
-
-
 # ------------------------------------------------------------------------------ the jail
 
 def _namespace_args() -> list[str]:
+    # --as-pid-1: the harness is the namespace's init, which its program cannot signal.
     return ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox"]
+            "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
+            "--as-pid-1"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -345,8 +265,15 @@ def _readonly_paths(python: str) -> tuple[str, ...]:
     return tuple(sorted(keep))
 
 
-def _root_args(readonly: Sequence[str], tmp_bytes: int = 64 * 2**20) -> list[str]:
-    """The jail's file system: /usr and the interpreter read-only, tmpfs /tmp, /proc, /dev."""
+def _root_args(readonly: Sequence[tuple[str, str]], tmp_bytes: int = 64 * 2**20) -> list[str]:
+    """The jail's file system: /usr and the interpreter read-only, tmpfs /tmp, /proc, /dev.
+
+    `readonly` holds (source, path in the jail) pairs; as root the sources are staged copies
+    of the mounts (sandbox_guard.stage_mounts), reachable by the jail's uid.
+
+    bwrap's --proc covers /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus read-only;
+    that alone did not stop writes when the jail's user was host root, the uid change does.
+    """
     args = ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
         host = f"/{name}"
@@ -360,8 +287,8 @@ def _root_args(readonly: Sequence[str], tmp_bytes: int = 64 * 2**20) -> list[str
     # tmpfs /tmp first: a venv or checkout that lives under /tmp (a CI clone) is bound on top of
     # it afterwards; mounted the other way round, the tmpfs would hide the interpreter.
     args += ["--size", str(tmp_bytes), "--tmpfs", "/tmp"]
-    for path in readonly:
-        args += ["--ro-bind", path, path]
+    for source, path in readonly:
+        args += ["--ro-bind", source, path]
     return args + ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
 
 
@@ -375,24 +302,18 @@ def _child_env(home: str, python: str) -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": ""}
 
 
-def _runner(nproc: int | None) -> str:
-    # RLIMIT_NPROC is set here, inside the jail's user namespace, where it counts the jail's
-    # processes only (set before bwrap it would also count every process of the host user).
-    # The program cannot raise it again: it has no capabilities.
-    limit = (f"import resource; resource.setrlimit(resource.RLIMIT_NPROC, ({nproc}, {nproc}))\n"
-             if nproc else "")
-    return limit + "import runpy, sys; sys.argv = ['main.py']; runpy.run_path('main.py', run_name='__main__')"
-
-
-def _limit_child(limits: SandboxLimits, cgroup_procs: Sequence[str]) -> None:
-    """Runs in the child between fork and exec: into the cgroup, new session, the rlimits."""
-    for procs in cgroup_procs:
+def _limit_child(limits: SandboxLimits, cgroup_procs: Sequence[str], nice: bool,
+                 uid: int | None, stage: Sequence[str] = ()) -> None:
+    """Runs in the child between fork and exec: cgroup, mounts, rlimits, then the jail's uid."""
+    for procs in cgroup_procs:  # while still privileged: cgroup.procs belongs to root
         fd = os.open(procs, os.O_WRONLY)
         try:
             os.write(fd, b"0")  # 0 = the writing process, before it starts anything
         finally:
             os.close(fd)
     os.setsid()
+    if stage:
+        stage_mounts(stage)
     cpu = int(limits.cpu_s)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     memory = limits.memory_mb * 2**20
@@ -400,6 +321,10 @@ def _limit_child(limits: SandboxLimits, cgroup_procs: Sequence[str]) -> None:
     size = limits.max_file_mb * 2**20
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+    if nice:  # no cgroup CPU share here: at least yield to the host's own work
+        os.setpriority(os.PRIO_PROCESS, 0, 10)
+    drop_to(uid)
 
 
 class _Capped:
@@ -447,124 +372,190 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(),
         a SandboxResult; never raises for anything the program does.
     Raises:
         SandboxUnavailableError: no jail is possible here and `limits.isolation` is not "unsafe".
+        InvalidInputError: a writable path is not a directory or overlaps a read-only path.
     """
     if not isinstance(code, str):
         raise InvalidInputError("run_python needs the program as a str")
+    return _run({"main.py": code}, "run", limits, writable)
+
+
+def run_tests(program: str, test_code: str, limits: SandboxLimits = SandboxLimits(),
+              writable: Sequence[str | os.PathLike] = ()) -> SandboxResult:
+    """Import `program` as module `solution`, then run `test_code` in its namespace.
+
+    The verdict cannot be faked by the program's exit paths (os._exit(0), sys.exit(0) in its
+    `__main__` block, sys.excepthook, atexit): `.passed` needs the harness's report, under
+    this run's nonce, that the tests ran to their end (code_tools.sandbox_harness).
+
+    Args:
+        program: the candidate solution.
+        test_code: code that raises when the program is wrong (asserts / a check call).
+        limits: resource limits.
+        writable: as for run_python.
+    Returns:
+        the SandboxResult; `.passed` is the verdict.
+    """
+    if not isinstance(program, str) or not isinstance(test_code, str):
+        raise InvalidInputError("run_tests needs the program and the tests as str")
+    return _run({"main.py": program, "tests.py": test_code}, "tests", limits, writable)
+
+
+def _writable_dirs(writable: Sequence[str | os.PathLike], python: str) -> list[str]:
     binds = []
     for path in writable:
-        path = os.path.abspath(path)
+        path = os.path.realpath(path)
         if not os.path.isdir(path) or path == "/":
             raise InvalidInputError(f"writable path {path!r} is not a directory to bind")
         binds.append(path)
+    check_writable(binds, [*_readonly_paths(python), *_SYSTEM_PATHS, os.path.realpath(python)])
+    return binds
+
+
+def _run(files: dict[str, str], mode: str, limits: SandboxLimits,
+         writable: Sequence[str | os.PathLike]) -> SandboxResult:
+    binds = _writable_dirs(writable, limits.python)
     if limits.isolation == "unsafe":
-        return _run_unsafe(code, limits)
+        return _run_unsafe(files, mode, limits)
     status = _require_jail(limits)
     exe, _ = _bwrap()
-    cgroup = None
-    if status.tree_limits.startswith("cgroup"):
-        # The tree's memory; a bit of headroom for bwrap's own two processes.
-        cgroup = _Cgroup(status.tree_limits, limits.memory_mb * 2**20 + 16 * 2**20,
-                         limits.max_processes + 2)
-    source = os.memfd_create("codehop-main.py")
+    cgroup, uid, sources, filter_fd = None, JailUids.claim(), [], -1
+    dirs = WritableDirs(binds, uid, limits.disk_mb * 2**20)
+    channel = Channel()
     try:
-        os.write(source, code.encode("utf-8"))
-        os.lseek(source, 0, os.SEEK_SET)
-        argv = [exe, *_namespace_args(),
-                *_root_args(_readonly_paths(limits.python), limits.max_file_mb * 2**20)]
-        for path in binds:
-            argv += ["--bind", path, path]
-        argv += ["--file", str(source), f"{_JAIL_HOME}/main.py", "--chdir", _JAIL_HOME,
-                 limits.python, "-B", "-c", _runner(None if cgroup else limits.max_processes + 2)]
-        return _execute(argv, limits, _child_env(_JAIL_HOME, limits.python), None, (source,),
-                        cgroup, status)
+        if status.tree_limits.startswith("cgroup"):
+            # The tree's memory; headroom for bwrap and the harness.
+            cgroup = _Cgroup(status.tree_limits, limits.memory_mb * 2**20 + 32 * 2**20,
+                             limits.max_processes + _JAIL_PROCESSES,
+                             limits.cpu_share if status.cpu == "cgroup" else None)
+        mounts = [*_readonly_paths(limits.python), *binds]
+        staged = [staged_path(i) if uid is not None else path for i, path in enumerate(mounts)]
+        readonly = list(zip(staged, mounts))[:len(mounts) - len(binds)]
+        argv = [exe, *_namespace_args(), *_root_args(readonly, limits.max_file_mb * 2**20)]
+        for source, path in list(zip(staged, mounts))[len(readonly):]:
+            argv += ["--bind", source, path]
+        for name, text in files.items():
+            sources.append(os.memfd_create(f"codehop-{name}"))
+            os.write(sources[-1], text.encode("utf-8"))
+            os.lseek(sources[-1], 0, os.SEEK_SET)
+            argv += ["--file", str(sources[-1]), f"{_JAIL_HOME}/{name}"]
+        filter_fd = seccomp_fd()
+        argv += ["--seccomp", str(filter_fd), "--chdir", _JAIL_HOME, limits.python, "-B", "-c", HARNESS,
+                 *channel.argv(mode, None if cgroup else limits.max_processes + 1)]
+        dirs.prepare()
+        preexec = functools.partial(_limit_child, limits, cgroup.procs if cgroup else (),
+                                    status.cpu != "cgroup", uid, mounts if uid is not None else ())
+        return _execute(argv, limits, _child_env(_JAIL_HOME, limits.python), None,
+                        (*sources, filter_fd, channel.write_fd, channel.nonce_fd), preexec,
+                        cgroup, status, channel, dirs)
     finally:
-        os.close(source)
+        for fd in (*sources, filter_fd):
+            if fd >= 0:
+                os.close(fd)
+        channel.close()
         if cgroup is not None:
             cgroup.remove()
+        JailUids.release(uid)
 
 
-def _run_unsafe(code: str, limits: SandboxLimits) -> SandboxResult:
-    """The old runner: a plain subprocess in a temp dir with rlimits. Isolates nothing."""
+def _run_unsafe(files: dict[str, str], mode: str, limits: SandboxLimits) -> SandboxResult:
+    """A plain subprocess in a temp dir with rlimits, under the same harness. Isolates nothing."""
     workdir = tempfile.mkdtemp(prefix="codehop-unsafe-")
+    channel = Channel()
     try:
-        with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as handle:
-            handle.write(code)
-        argv = [limits.python, "-B", "-c", _runner(None)]
-        return _execute(argv, limits, _child_env(workdir, limits.python), workdir, (), None,
-                        SandboxStatus("unsafe"))
+        for name, text in files.items():
+            with open(os.path.join(workdir, name), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        argv = [limits.python, "-B", "-c", HARNESS, *channel.argv(mode, None)]
+        preexec = functools.partial(_limit_child, limits, (), False, None)
+        return _execute(argv, limits, _child_env(workdir, limits.python), workdir,
+                        (channel.write_fd, channel.nonce_fd), preexec, None,
+                        SandboxStatus("unsafe"), channel, WritableDirs([], None, 0))
     finally:
+        channel.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _execute(argv: list[str], limits: SandboxLimits, env: dict[str, str], cwd: str | None,
-             pass_fds: tuple[int, ...], cgroup: _Cgroup | None, status: SandboxStatus) -> SandboxResult:
+             pass_fds: tuple[int, ...], preexec, cgroup: _Cgroup | None, status: SandboxStatus,
+             channel: Channel, dirs: WritableDirs) -> SandboxResult:
     started = time.perf_counter()
     overflow = threading.Event()
     process = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, close_fds=True, pass_fds=pass_fds,
-        preexec_fn=functools.partial(_limit_child, limits, cgroup.procs if cgroup else ()))
+        stderr=subprocess.PIPE, close_fds=True, pass_fds=pass_fds, preexec_fn=preexec)
+    channel.child_started()
     out = _Capped(process.stdout, limits.max_output_bytes, overflow)
     err = _Capped(process.stderr, limits.max_output_bytes, overflow)
-    reason = None
-    deadline = started + limits.timeout_s
-    while process.poll() is None:
-        if overflow.is_set():
-            reason = "output"
-        elif time.perf_counter() >= deadline:
-            reason = "timeout"
-        if reason:
-            # In the jail, killing bwrap kills its PID namespace's init (--die-with-parent),
-            # and the kernel then kills every process of the namespace.
-            _kill_group(process)
-            break
-        try:
-            process.wait(timeout=0.02)
-        except subprocess.TimeoutExpired:
-            pass
+    reason = _watch(process, started, limits, overflow, dirs)
     returncode = process.wait()
     _kill_group(process)
     if cgroup is not None:
         cgroup.kill_all()
+        _wait_empty(cgroup)
     out.thread.join(timeout=2)
     err.thread.join(timeout=2)
+    dirs.restore()  # every jail process is dead: nothing races the sweep
+    if reason is None and dirs.exceeded:
+        reason = "disk"
     elapsed = time.perf_counter() - started
-    if status.mechanism == "bwrap" and _SIGNAL_BASE < returncode <= _SIGNAL_BASE + 64:
-        returncode = -(returncode - _SIGNAL_BASE)
+    report = channel.report()
+    if report is not None:
+        returncode = report.returncode
+    elif status.mechanism == "bwrap" and _SIGNAL_BASE < returncode <= _SIGNAL_BASE + 64:
+        returncode = -(returncode - _SIGNAL_BASE)  # the harness itself died of this signal
     if reason is None and overflow.is_set():
         reason = "output"
     stderr = err.text()
     if reason is None and cgroup is not None and cgroup.oom_kills():
         reason = "memory"
     if reason is None:
-        reason = _classify(returncode, stderr)
+        reason = _classify(returncode, stderr, report, limits)
     return SandboxResult(returncode, out.text(), stderr, reason == "timeout", reason, elapsed,
-                         status.mechanism, status.tree_limits)
+                         status.mechanism, status.tree_limits,
+                         completed=report is not None and report.completed)
 
 
-def _classify(returncode: int, stderr: str) -> str | None:
-    """Why the kernel or the interpreter stopped a program that we did not kill."""
-    # SIGXCPU at the soft RLIMIT_CPU; SIGKILL at the hard one if SIGXCPU was ignored.
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return "cpu"
-    if returncode < 0:
-        return "signal"
-    tail = stderr[-2000:]
-    if "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail:
-        return "memory"
+def _watch(process: subprocess.Popen, started: float, limits: SandboxLimits,
+           overflow: threading.Event, dirs: WritableDirs) -> str | None:
+    """Wait for the run; kill its group at the first limit it crosses and say which."""
+    deadline = started + limits.timeout_s
+    next_disk_check = started + _DISK_POLL_S
+    while process.poll() is None:
+        reason = None
+        now = time.perf_counter()
+        if overflow.is_set():
+            reason = "output"
+        elif now >= deadline:
+            reason = "timeout"
+        elif dirs.paths and now >= next_disk_check:
+            next_disk_check = now + _DISK_POLL_S
+            reason = "disk" if dirs.over_quota() else None
+        if reason:
+            # Killing bwrap kills the jail's PID 1 (--die-with-parent), and the kernel then
+            # kills every process of the namespace.
+            _kill_group(process)
+            return reason
+        try:
+            process.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
     return None
 
 
-def run_tests(program: str, test_code: str, limits: SandboxLimits = SandboxLimits(),
-              writable: Sequence[str | os.PathLike] = ()) -> SandboxResult:
-    """Run `program` followed by `test_code` (asserts / a check call) in one sandboxed run.
+def _wait_empty(cgroup: _Cgroup, limit_s: float = 2.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cgroup.empty() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
-    Args:
-        program: the candidate solution.
-        test_code: code that raises (non-zero exit) when the program is wrong.
-        limits: resource limits.
-        writable: as for run_python.
-    Returns:
-        the SandboxResult; `.passed` is the verdict.
-    """
-    return run_python(program.rstrip() + "\n\n\n" + test_code.lstrip("\n") + "\n", limits, writable)
+
+def _classify(returncode: int, stderr: str, report, limits: SandboxLimits) -> str | None:
+    """Why the kernel or the interpreter stopped a program that we did not kill."""
+    if report is not None:
+        reason = kill_reason(report, limits.cpu_s)
+    else:  # no harness report: the harness itself was killed
+        reason = "signal" if returncode < 0 else None
+    if reason is None:
+        tail = stderr[-2000:]
+        if "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail:
+            return "memory"
+    return reason

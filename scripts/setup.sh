@@ -30,11 +30,12 @@ findlinks=()
 # CPU; its runtime needs (apache-tvm-ffi, torch, transformers, pydantic) are codehop's own.
 .venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps xgrammar==0.2.9
 # Generated code (agent run_python, CodeRAG-Bench) runs only inside a bubblewrap jail: install
-# bwrap when we can (root + apt); never fail the setup over it (see README: Sandbox).
-if ! command -v bwrap >/dev/null 2>&1; then
+# bwrap when we can (root + apt); never fail the setup over it (see README: Sandbox). Its
+# seccomp filter comes from pyseccomp, which loads libseccomp2 (apt's own dependency on Debian).
+if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    { apt-get install -y -q bubblewrap >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } \
+    { apt-get install -y -q bubblewrap libseccomp2 >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap libseccomp2 >/dev/null 2>&1; }; } \
       || echo "note: could not install bubblewrap; generated code will be refused (see README: Sandbox)"
   else
     echo "note: bwrap not found; install bubblewrap to run generated code (see README: Sandbox)"
