@@ -58,9 +58,10 @@ class ModelServerError(CodehopError):
     exit_code = 7
     http_status = 502
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail  # the server's own error message, for callers that act on its cause
 
 
 class EmbedderMismatchError(CodehopError):
@@ -68,3 +69,24 @@ class EmbedderMismatchError(CodehopError):
 
     exit_code = 8
     http_status = 409
+
+
+class OverloadedError(CodehopError):
+    """The server's generation queue is full: try again after `retry_after` seconds (sent as
+    the `Retry-After` header), or raise [server] generation_queue / generation_concurrency."""
+
+    exit_code = 9
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ClientGoneError(CodehopError):
+    """The client disconnected before its answer was ready; its generation was dropped. Nobody
+    reads this status: it exists so that logs and /metrics count such requests (499, nginx's
+    'client closed request')."""
+
+    exit_code = 10
+    http_status = 499

@@ -62,6 +62,15 @@ class Generation:
     prompt_tokens: int
     elapsed_s: float
     fim: bool = False  # the text was generated with the text after the cursor (complete_fim)
+    # The server's own count of generated tokens (usage.completion_tokens) when a remote
+    # backend reports one; local backends leave it None and count `token_ids`.
+    completion_tokens: int | None = None
+    note: str = ""  # why the backend did less than asked (e.g. the suffix was not used)
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens generated: the server's count when it gave one, else len(token_ids)."""
+        return self.completion_tokens if self.completion_tokens is not None else len(self.token_ids)
 
 
 @runtime_checkable

@@ -106,7 +106,10 @@ class OpenAIClient:
         url = self.url(path)
         for attempt in self._attempts(url):
             try:
-                with self._http.stream("POST", url, json={**body, "stream": True}) as response:
+                # llama.cpp's server drops a connection after a stream while announcing
+                # keep-alive, so the next request on it would fail: a stream has its own.
+                with self._http.stream("POST", url, json={**body, "stream": True},
+                                       headers={"connection": "close"}) as response:
                     if response.status_code in RETRY_STATUSES and attempt.more:
                         attempt.wait(response.headers.get("retry-after"))
                         continue
@@ -121,9 +124,17 @@ class OpenAIClient:
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> Response:
         import httpx
 
+        stale_retried = False
         for attempt in self._attempts(url):
             try:
                 response = self._http.request(method, url, json=body)
+            except httpx.RemoteProtocolError as error:
+                # A pooled keep-alive connection the server had closed: it never saw the
+                # request, so one fresh connection is safe (and not counted as a retry).
+                if stale_retried or "without sending a response" not in str(error):
+                    raise self._transport_error(url, error) from error
+                stale_retried = True
+                response = self._send_fresh(method, url, body)
             except httpx.TransportError as error:
                 self._retry_or_raise(url, error, attempt)
                 continue
@@ -141,6 +152,14 @@ class OpenAIClient:
                             response.status_code)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _send_fresh(self, method: str, url: str, body: dict[str, Any] | None):
+        import httpx
+
+        try:
+            return self._http.request(method, url, json=body, headers={"connection": "close"})
+        except httpx.TransportError as error:
+            raise self._transport_error(url, error) from error
+
     # ---------------------------------------------------------------- errors and retries
 
     def _attempts(self, url: str) -> Iterator["_Attempt"]:
@@ -157,7 +176,7 @@ class OpenAIClient:
             detail = text
         hint = " (check api_key_env)" if status in (401, 403) else ""
         return ModelServerError(f"model server {url} answered HTTP {status}{hint}: {str(detail)[:300]}",
-                                status=status)
+                                status=status, detail=str(detail))
 
     def _retry_or_raise(self, url: str, error: Exception, attempt: "_Attempt") -> None:
         """After a failed connection: wait for the next attempt (refused, tries left), or raise

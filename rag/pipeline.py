@@ -19,6 +19,7 @@ from index.hybrid import rrf_fuse
 from index.types import Hits, SearchResult
 from rag.filter import (CrossEncoderKnowledgeFilter, EmbeddingKnowledgeFilter, FilterConfig,
                         LLMKnowledgeFilter, apply_filter)
+from rag.capability import probe_capability
 from rag.prompts import answer_messages, format_sources
 from rag.reservoir import RetrieverTrigger
 from rag.rewrite import LLMRewriter, PRFRewriter, Rewrite, RewriteConfig
@@ -102,15 +103,19 @@ class RagResult:
 
 # Below this many parameters a model does not follow the rewrite/filter prompts (SmolLM2-135M
 # answers the question instead of rewriting it and never emits a usable NLI label; see
-# docs/benchmarks/llm_bench). Remote servers report no size and are trusted.
+# docs/benchmarks/llm_bench). A server reports no size: its model is probed (rag.capability).
 MIN_INSTRUCTION_PARAMETERS = 1_000_000_000
 
 
 def follows_instructions(generator) -> tuple[bool, str]:
-    """(can the generator do the LLM stages, why). Local models are judged by size."""
+    """(can the generator do the LLM stages, why). Local models are judged by size, a model
+    behind a server by a one-off probe cached per (base_url, model)."""
     if generator is None:
         return False, "no generator configured"
     parameters = getattr(generator, "parameters", None)
+    if parameters is None and hasattr(generator, "capability_key"):
+        verdict = probe_capability(generator)
+        return verdict.follows, verdict.why
     if parameters is None or parameters >= MIN_INSTRUCTION_PARAMETERS:
         return True, f"generator {generator.name} follows instructions"
     return False, (f"generator {generator.name} has {parameters / 1e6:.0f}M parameters, too few to "

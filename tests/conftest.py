@@ -129,3 +129,21 @@ def tiny_model_dir(tmp_path_factory, tiny_llama) -> Path:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def llamacpp_url():
+    """/v1 base URL of llama.cpp's real server (xllamacpp) generating with the shipped SmolLM2."""
+    from tests.llamacpp import llamacpp_server
+
+    with llamacpp_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def llamacpp_embedding_url():
+    """/v1 base URL of a second llama.cpp server that embeds (`embedding = True`, mean pooling)."""
+    from tests.llamacpp import llamacpp_server
+
+    with llamacpp_server(embedding=True, n_ctx=2048) as url:
+        yield url

@@ -82,13 +82,30 @@ def test_streams_chat_and_completion_deltas(server):
 
 def test_fim_through_suffix_and_the_servers_word_on_it(server):
     completion = {"choices": [{"text": "middle", "finish_reason": "stop"}]}
-    server.script("/v1/completions", Reply(200, completion), Reply(200, completion, {"x-codehop-fim": "false"}))
-    generator = generator_for(server, server_kind="vllm")
+    server.script("/v1/completions", Reply(200, completion, {"x-codehop-fim": "true"}),
+                  Reply(200, completion, {"x-codehop-fim": "false"}))
+    generator = generator_for(server, server_kind="codehop")
     used = generator.complete_fim("def f(", "\n    return x")
-    assert used.text == "middle" and used.fim
+    assert used.text == "middle" and used.fim and not used.note
     sent = server.bodies("/v1/completions")[0]
     assert sent["prompt"] == "def f(" and sent["suffix"] == "\n    return x"
-    assert not generator.complete_fim("def f(", "\n    return x").fim  # a codehop server said no
+    refused = generator.complete_fim("def f(", "\n    return x")  # a codehop server said no
+    assert not refused.fim and "after the cursor was not used" in refused.note
+
+
+@pytest.mark.parametrize("kind, fim", [("ollama", True), ("unknown", False)])
+def test_suffix_is_claimed_only_where_the_server_kind_honours_it(server, kind, fim):
+    server.script("/v1/completions", Reply(200, {"choices": [{"text": "m"}]}))
+    result = generator_for(server, server_kind=kind).complete_fim("a", "b")
+    assert result.fim is fim and bool(result.note) is not fim
+
+
+def test_suffix_refused_by_vllm_falls_back_to_the_prefix_with_a_note(server):
+    server.script("/v1/completions", Reply(400, {"error": {"message": "suffix is not currently supported"}}),
+                  Reply(200, {"choices": [{"text": "z"}], "usage": {"completion_tokens": 1}}))
+    result = generator_for(server, server_kind="vllm").complete_fim("a", "b")
+    assert result.text == "z" and not result.fim and "refused `suffix`" in result.note
+    assert "suffix" not in server.bodies("/v1/completions")[1]
 
 
 def test_fim_through_llamacpp_infill(server):
