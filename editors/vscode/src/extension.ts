@@ -1,11 +1,13 @@
 // The codehop VS Code extension: starts `codehop lsp` (stdio) with vscode-languageclient,
 // which brings completion, inline completion, hover and the server's progress; adds the
 // "codehop: Ask" command (answer + clickable sources) and a status-bar item.
+import * as readline from "node:readline";
 import * as vscode from "vscode";
 import { ExecuteCommandRequest, LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
 import { ASK_COMMAND, AskResult, isAskResult, renderAnswerHtml, sourceLocation } from "./answer";
 import { serverCommand, ServerSettings } from "./config";
 import { ServerStatus } from "./status";
+import { StderrLevels } from "./stderr";
 
 let client: LanguageClient | undefined;
 let status: ServerStatus;
@@ -73,6 +75,15 @@ async function start(): Promise<void> {
   const options: LanguageClientOptions = {
     documentSelector: languages.map((language) => ({ scheme: "file", language })),
     outputChannel: output,
+    // Each stderr line at its own level (progress at info, real errors at error) instead of
+    // the client's default of error for every line.
+    stdioOptions: {
+      stdout: (input, channel) => readLines(input, (line) => channel.info(line)),
+      stderr: (input, channel) => {
+        const levels = new StderrLevels();
+        readLines(input, (line) => channel[levels.level(line)](StderrLevels.text(line)));
+      },
+    },
     middleware: {
       // The client shows the server's progress in the window; the status bar follows it too.
       handleWorkDoneProgress: (token, params, next) => {
@@ -96,6 +107,10 @@ async function start(): Promise<void> {
     refresh();
     void vscode.window.showErrorMessage(`codehop: the language server did not start (${(error as Error).message}). Check codehop.server.path.`);
   }
+}
+
+function readLines(input: NodeJS.ReadableStream, each: (line: string) => void): void {
+  readline.createInterface({ input, crlfDelay: Infinity, terminal: false, historySize: 0 }).on("line", each);
 }
 
 async function restart(): Promise<void> {

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   CompletionRequest, createProtocolConnection, DidOpenTextDocumentNotification, ExecuteCommandRequest,
@@ -16,6 +17,7 @@ import {
 import { ASK_COMMAND, isAskResult, renderAnswerHtml, sourceLocation } from "../src/answer";
 import { serverCommand } from "../src/config";
 import { ServerStatus } from "../src/status";
+import { Level, StderrLevels } from "../src/stderr";
 
 test("settings: bad paths and arguments are refused with the setting to fix", () => {
   assert.throws(() => serverCommand({ path: " ", args: ["lsp"], env: {} }, {}), /codehop.server.path/);
@@ -38,6 +40,26 @@ test("answer page: HTML is escaped, citations and sources are links", () => {
   assert.doesNotMatch(html, /<x>/);
 });
 
+test("stderr levels: progress and notes at info, warnings at warn, tracebacks and errors at error", () => {
+  const levels = new StderrLevels();
+  const lines: [string, Level][] = [
+    ["codehop: embedding workspace  42%|####      | 120/286 chunks [00:03<00:04, 40.1 chunks/s]", "info"],
+    ["codehop: scanning workspace: 12/40 files (3.1 files/s, ETA 9 s)\rcodehop: scanning workspace: 40/40 files", "info"],
+    ["Loading checkpoint shards: 100%|██████████| 1/1 [00:00<00:00,  2.10it/s]", "info"],
+    ["WARNING:root:Please consider to run pre-processing before quantization.", "warn"],
+    ["/x/site-packages/torch/nn/modules/module.py:1: UserWarning: TypedStorage is deprecated", "warn"],
+    ["ERROR:pygls.protocol:Failed to handle request 3", "error"],
+    ["Traceback (most recent call last):", "error"],
+    ['  File "/x/codehop/lsp.py", line 10, in ask', "error"],
+    ["    result = pipeline.run(question)", "error"],
+    ["index.errors.NotFoundError: no collection 'workspace'", "error"],
+    ["codehop: indexed 3 files under /tmp/project", "info"],
+    ["codehop: error: no workspace at .codehop: run codehop index first", "error"],
+  ];
+  assert.deepEqual(lines.map(([line]) => levels.level(line)), lines.map(([, level]) => level));
+  assert.equal(StderrLevels.text("a 10%\ra 20%"), "a 20%");
+});
+
 const server = process.env.CODEHOP_SERVER;
 const project = process.env.CODEHOP_PROJECT;
 
@@ -46,7 +68,16 @@ test("client wiring against codehop lsp: progress, completion, inline completion
      async () => {
   const command = serverCommand(JSON.parse(server!), process.env, project);
   const child = spawn(command.command, command.args, { env: command.options.env, cwd: command.options.cwd,
-                                                       stdio: ["pipe", "pipe", "inherit"] });
+                                                       stdio: ["pipe", "pipe", "pipe"] });
+  // the server's stderr as the output channel gets it: nothing at error in a session that works
+  const levels = new StderrLevels();
+  const errors: string[] = [];
+  let stderrLines = 0;
+  createInterface({ input: child.stderr!, crlfDelay: Infinity }).on("line", (line) => {
+    stderrLines++;
+    process.stderr.write(`${line}\n`);
+    if (levels.level(line) === "error") { errors.push(line); }
+  });
   const connection = createProtocolConnection(new StreamMessageReader(child.stdout!), new StreamMessageWriter(child.stdin!));
   const status = new ServerStatus();
   const ended = new Set<string>();
@@ -113,6 +144,7 @@ test("client wiring against codehop lsp: progress, completion, inline completion
     assert.match(html, /data-source="\d+">\[\d+\] README\.md:\d+-\d+/);
     if (process.env.CODEHOP_ANSWER_HTML) { writeFileSync(process.env.CODEHOP_ANSWER_HTML, html); }  // docs' screenshot
 
+    assert.deepEqual(errors, [], `of ${stderrLines} stderr lines, these would show as [error]`);
     await connection.sendRequest(ShutdownRequest.type);
     await connection.sendNotification(ExitNotification.type);
   } finally {
