@@ -28,6 +28,7 @@ the next `fill_dense` finds them there instead of embedding them again.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import itertools
 import logging
@@ -50,7 +51,9 @@ from index.embed import Embedder, EmbedderConfig, content_hash
 from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from index.openai_http import OpenAIEndpoint
 from index.hybrid import rrf_fuse, weighted_fuse
-from index.ingest import Chunker, chunk_text, read_text
+from index.files import read_file
+from index.generated import generated_reason
+from index.ingest import Chunker, chunk_text
 from index.store import ChunkRow, Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
@@ -215,7 +218,8 @@ class Collection:
                   progress: bool = True, defer_dense: bool = False,
                   write_lock: Callable[[], Any] | None = None,
                   on_scan: Callable[[dict[str, int]], None] | None = None,
-                  on_embed: Callable[[dict[str, int]], None] | None = None) -> IndexReport:
+                  on_embed: Callable[[dict[str, int]], None] | None = None,
+                  within: list[str | Path] | None = None) -> IndexReport:
         """Index files and directories incrementally by content hash.
 
         Unchanged files are skipped, changed ones re-chunked, and documents under a given
@@ -237,6 +241,9 @@ class Collection:
                 (e.g. a `ProgressPrinter` of a server's log, which throttles it).
             on_embed: called after each embedding batch of the new chunks with {"done",
                 "total"} chunks (not called when every vector is already cached).
+            within: the directories a symbolic link met in a walk may point into (e.g. a
+                server's roots); default: the given paths. A link leading elsewhere is
+                skipped with the reason, never read.
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
@@ -244,7 +251,7 @@ class Collection:
         roots = self._roots(paths)
         report = IndexReport(self.name)
         existing = self.store.documents(self.name)
-        puts, seen = self._scan(roots, existing, chunker, report, progress, on_scan)
+        puts, seen = self._scan(roots, existing, chunker, report, progress, on_scan, within)
         gone = [doc.id for path, doc in existing.items()
                 if path not in seen and any(path == str(r) or path.startswith(str(r) + os.sep)
                                             for r in roots)]
@@ -269,15 +276,16 @@ class Collection:
                 raise NotFoundError(f"path {given} does not exist")
             roots.append(root.resolve())
         for root in roots:
-            if root.is_file():
-                text, reason = read_text(root, self.config.ingest)
-                if text is None:
-                    raise InvalidInputError(f"cannot index {root}: {reason}")
+            if not root.is_dir():
+                read = read_file(root, self.config.ingest.max_file_bytes)
+                if read.text is None:
+                    raise InvalidInputError(f"cannot index {root}: {read.reason}")
         return roots
 
     def _scan(self, roots: list[Path], existing: dict, chunker: Chunker | None,
               report: IndexReport, progress: bool,
-              on_scan: Callable[[dict[str, int]], None] | None) -> tuple[list[_Put], set[str]]:
+              on_scan: Callable[[dict[str, int]], None] | None,
+              within: list[str | Path] | None = None) -> tuple[list[_Put], set[str]]:
         """Read and chunk the new or changed files under `roots` (counting into `report`).
         Returns the documents to put and the paths still present (changed or not)."""
         from tqdm import tqdm
@@ -285,7 +293,8 @@ class Collection:
         seen: set[str] = set()
         processed: set[str] = set()
         puts: list[_Put] = []
-        files = list(walk(roots))
+        files = list(walk(roots, self.config.walk, within=within,
+                          on_skip=lambda path, reason: report.skipped.append((str(path), reason))))
         workspace = str(self.workspace.resolve()) + os.sep
 
         def each_file() -> Iterator[Path]:
@@ -318,8 +327,13 @@ class Collection:
                    report: IndexReport) -> tuple[bool, _Put | None]:
         """One file -> (whether its document stays, its new chunks if any), counted into
         `report`: skipped (with the reason), unchanged, added or updated."""
-        text, reason = read_text(file, self.config.ingest)
+        read = read_file(file, self.config.ingest.max_file_bytes)
+        text, reason = read.text, read.reason
         if text is None:
+            report.skipped.append((key, reason))
+            return False, None
+        reason = self._generated(file, text)
+        if reason:
             report.skipped.append((key, reason))
             return False, None
         digest = content_hash(text)
@@ -337,7 +351,22 @@ class Collection:
             report.added += 1
         else:
             report.updated += 1
-        return True, _Put(key, digest, chunks)
+        if read.encoding != "utf-8":  # the chunk says how its bytes were read (e.g. "cp1252")
+            chunks = [dataclasses.replace(c, metadata={**c.metadata, "encoding": read.encoding})
+                      for c in chunks]
+        return True, _Put(key, digest, chunks, {"encoding": read.encoding})
+
+    def _generated(self, file: Path, text: str) -> str:
+        """Why a file's contents look machine-written (index.generated), "" when they do not
+        or when the walk settings keep it anyway."""
+        walk_config = self.config.walk
+        if not walk_config.skip_generated:
+            return ""
+        # `include` patterns are relative to a walked directory, which is one of the parents.
+        if walk_config.include and any(walk_config.included(file.relative_to(parent).as_posix())
+                                       for parent in file.parents):
+            return ""
+        return generated_reason(file.name, text)
 
     def add_texts(self, texts: list[str], paths: list[str] | None = None,
                   metadatas: list[dict[str, Any]] | None = None) -> list[str]:

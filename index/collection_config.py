@@ -18,6 +18,7 @@ from index.errors import InvalidInputError
 from index.ingest import IngestConfig
 from index.models import DEFAULT_EMBEDDING_MODEL
 from index.tokenize import TokenizerConfig
+from index.walk import WalkConfig
 
 # Settings baked into the indexes: changing one rebuilds them. Chunk sizes apply to files
 # (re-)indexed later; batch size and fusion settings apply at once.
@@ -43,6 +44,8 @@ class CollectionConfig:
         embed_batch_size: texts per embedding forward pass.
         bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
         ingest: chunk sizes and file limits.
+        walk: which files a directory walk keeps (extra excludes, re-included generated
+            files); applies to the next add, like `ingest`.
         fusion: "rrf" (reciprocal rank, k=`rrf_k`) or "weighted" (min-max scores,
             `dense_weight` for the dense list) for hybrid search.
         candidates: hits taken from each retriever before fusion.
@@ -58,6 +61,7 @@ class CollectionConfig:
     bm25: BM25Config = BM25Config(k1=1.2, b=0.75, idf="lucene")
     tokenizer: TokenizerConfig = TokenizerConfig()
     ingest: IngestConfig = IngestConfig()
+    walk: WalkConfig = WalkConfig()
     fusion: str = "rrf"
     rrf_k: int = 60
     dense_weight: float = 0.5
@@ -101,7 +105,7 @@ class CollectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("bm25", "tokenizer", "ingest"):
+        for key in ("bm25", "tokenizer", "ingest", "walk"):
             data[key] = asdict(data[key])
         extra = self.dense_config
         data["dense_config"] = None if extra is None else {
@@ -116,6 +120,7 @@ class CollectionConfig:
         data["bm25"] = BM25Config(**data["bm25"])
         data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
         data["ingest"] = IngestConfig(**data["ingest"])
+        data["walk"] = WalkConfig(**data.get("walk", {}))  # absent: stored before it existed
         if data.get("dense_config"):
             module, _, name = data["dense_config"]["class"].partition(":")
             data["dense_config"] = getattr(importlib.import_module(module), name)(

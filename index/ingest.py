@@ -67,21 +67,12 @@ def file_kind(path: str) -> str:
 
 
 def read_text(path: Path, config: IngestConfig = IngestConfig()) -> tuple[str | None, str]:
-    """(text, "") for a readable UTF-8 text file, else (None, reason it was skipped)."""
-    try:
-        size = path.stat().st_size
-        if size > config.max_file_bytes:
-            return None, f"larger than {config.max_file_bytes} bytes"
-        data = path.read_bytes()
-    except OSError as error:
-        return None, f"unreadable ({error.strerror or error})"
-    if b"\x00" in data[:8192]:
-        return None, "binary file"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text"
-    return text.lstrip("\ufeff"), ""
+    """(text, "") for a readable text file (UTF-8, or another encoding detected with
+    confidence: index.files), else (None, reason it was skipped). Never blocks on a FIFO."""
+    from index.files import read_file
+
+    read = read_file(path, config.max_file_bytes)
+    return read.text, read.reason
 
 
 def _pack(lines: list[tuple[int, str]], path: str, config: IngestConfig, kind: str) -> list[Chunk]:

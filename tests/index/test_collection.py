@@ -324,3 +324,67 @@ def test_filtered_search_finds_k_rare_matches_in_every_mode(tmp_path):
         assert sorted(Path(r.path).name for r in rare) == ["code.py", "r0.txt", "r1.txt", "r2.txt"]
         assert collection.search("needle", k=3, mode="bm25", filters=SearchFilter(kind="syntax")) == []
         assert collection.search("needle", k=3, filters=SearchFilter(path_prefix="/nowhere/")) == []
+
+
+def _add_in_thread(collection, paths, **kwargs):
+    """add_paths on a thread that must finish within seconds (a FIFO once hung it forever)."""
+    import threading
+
+    out = []
+    worker = threading.Thread(target=lambda: out.append(collection.add_paths(paths, progress=False, **kwargs)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "add_paths hung on the tree"
+    return out[0]
+
+
+def test_special_files_links_out_and_generated_files_are_skipped_other_encodings_indexed(tmp_path):
+    import dataclasses
+    import os
+    import socket
+
+    from index.walk import WalkConfig
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("BEGIN PRIVATE KEY zebraquartz")
+    tree = tmp_path / "tree"
+    (tree / "docs" / "benchmarks").mkdir(parents=True)
+    (tree / "latin.txt").write_bytes("Le café crème est très réputé à Montréal, garçon.\n".encode("latin-1"))
+    (tree / "wide.md").write_bytes("# Notes\n\nThe marsupial wombat digs burrows.\n".encode("utf-16"))
+    (tree / "uv.lock").write_text("version = 1\n")
+    (tree / "docs" / "benchmarks" / "raw.json").write_text('{"q": "How are writes made atomic?"}')
+    (tree / "results.json").write_text(json.dumps({"rows": [{"q": "atomic", "ms": i} for i in range(12)]}))
+    (tree / "key.txt").symlink_to(outside / "id_rsa")
+    os.mkfifo(tree / "fifo.txt")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tree / "sock.txt"))
+    collection = Collection.open(tmp_path / "ws")
+    try:
+        report = _add_in_thread(collection, [tree])
+    finally:
+        server.close()
+    reasons = {Path(path).name: reason for path, reason in report.skipped}
+    assert reasons == {
+        "fifo.txt": "not a regular file (FIFO)", "sock.txt": "not a regular file (socket)",
+        "key.txt": "link to a path outside the indexed directories", "uv.lock": "generated artefact",
+        "raw.json": "generated artefact",
+        "results.json": "machine-written JSON data (12 of 24 values are numbers)"}
+    assert report.added == 2
+    latin = collection.search("café crème Montréal", k=1, mode="bm25")[0]
+    assert latin.path.endswith("latin.txt") and latin.metadata["encoding"] == "cp1252"
+    assert "Montréal" in latin.text
+    wide = collection.search("marsupial wombat burrows", k=1, mode="bm25")[0]
+    assert wide.path.endswith("wide.md") and wide.metadata["encoding"] == "utf-16"
+    assert not collection.search("zebraquartz private key", k=5, mode="bm25")
+    documents = collection.store.documents(collection.name)
+    assert documents[str(tree.resolve() / "latin.txt")].metadata == {"encoding": "cp1252"}
+    # Excludes added later remove the newly excluded files on the next run, like deleted ones;
+    # `include` brings a generated file back.
+    collection.config = dataclasses.replace(collection.config, walk=WalkConfig(
+        exclude=("*.md",), include=("uv.lock",)))
+    report = collection.add_paths([tree], progress=False)
+    assert (report.removed, report.added, report.unchanged) == (1, 1, 1)
+    assert {Path(p).name for p in collection.store.documents(collection.name)} == {"latin.txt", "uv.lock"}
+    collection.close()

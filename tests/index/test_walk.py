@@ -1,6 +1,6 @@
 """index.walk: the one tree walker (skip list, hidden entries, nested .gitignore files)."""
 
-from index.walk import SKIP_DIRS, skipped_dir, walk, walk_tree
+from index.walk import SKIP_DIRS, WalkConfig, skipped_dir, walk, walk_tree
 
 
 def _files(root, names):
@@ -38,3 +38,93 @@ def test_walk_tree_gives_paths_relative_to_the_root_and_survives_a_bad_gitignore
     walked = list(walk_tree(tmp_path))
     assert [relative for _, relative in walked] == ["a/d.py", "a/b/c.py"]  # a directory's files first
     assert all(path == tmp_path / relative for path, relative in walked)
+
+
+def _special_tree(tmp_path):
+    """A tree with a FIFO, a unix socket, a device node where allowed, and a text file; the
+    socket's server is returned so the caller closes it."""
+    import os
+    import socket
+    import stat
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "ok.txt").write_text("regular words")
+    os.mkfifo(root / "fifo.txt")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock.txt"))
+    try:  # root (CI) may create one; others may not
+        os.mknod(root / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pass
+    return root, server
+
+
+def test_walk_yields_regular_files_only_and_reports_each_special_file(tmp_path):
+    root, server = _special_tree(tmp_path)
+    try:
+        skipped = []
+        assert _walked_with(root, skipped) == ["ok.txt"]
+        expected = [("fifo.txt", "not a regular file (FIFO)"), ("sock.txt", "not a regular file (socket)")]
+        if (root / "null.txt").exists():
+            expected.insert(1, ("null.txt", "not a regular file (character device)"))
+        assert skipped == expected
+        named = []
+        assert list(walk([root / "fifo.txt"], on_skip=lambda p, r: named.append(r))) == []
+        assert named == ["not a regular file (FIFO)"]
+    finally:
+        server.close()
+
+
+def _walked_with(root, skipped, **kwargs):
+    def on_skip(path, reason):
+        skipped.append((path.relative_to(root).as_posix(), reason))
+    return [p.relative_to(root.resolve()).as_posix() for p in walk([root], on_skip=on_skip, **kwargs)]
+
+
+def test_walk_never_leaves_its_roots_through_a_symbolic_link(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.txt").write_text("the key")
+    (outside / "dir" / "more.txt").write_text("more")
+    root = tmp_path / "root"
+    _files(root, ["a.txt", "sub/b.txt", ".env", "node_modules/m.js"])
+    (root / "key.txt").symlink_to(outside / "secret.txt")
+    (root / "relative.txt").symlink_to("../outside/secret.txt")
+    (root / "outdir").symlink_to(outside / "dir", target_is_directory=True)
+    (root / "alias.txt").symlink_to(root / "sub" / "b.txt")  # inside: read where it lies
+    (root / "insidedir").symlink_to(root / "sub", target_is_directory=True)  # walked as sub/
+    (root / "env.txt").symlink_to(".env")  # a hidden file stays hidden behind a link
+    (root / "mod.js").symlink_to(root / "node_modules" / "m.js")
+    (root / "dangling.txt").symlink_to(root / "gone.txt")
+    (root / "loop.txt").symlink_to(root / "loop.txt")
+    skipped = []
+    assert _walked_with(root, skipped) == ["a.txt", "sub/b.txt", "sub/b.txt"]  # alias -> its target
+    assert sorted(skipped) == [
+        ("dangling.txt", "dangling link"),
+        ("env.txt", "link into a hidden, dependency or build directory"),
+        ("key.txt", "link to a path outside the indexed directories"),
+        ("loop.txt", "link loop"),
+        ("mod.js", "link into a hidden, dependency or build directory"),
+        ("outdir", "link to a directory outside the indexed directories"),
+        ("relative.txt", "link to a path outside the indexed directories")]
+    # A link may point into any of `within` (a server's roots), and a named link is a choice.
+    assert "secret.txt" in [p.name for p in walk([root], within=[root, outside])]
+    assert list(walk([root / "key.txt"])) == [(outside / "secret.txt").resolve()]
+
+
+def test_generated_artefacts_are_left_out_by_name_unless_included_and_excludes_add(tmp_path):
+    _files(tmp_path, ["src/app.py", "uv.lock", "web/package-lock.json", "web/app.min.js",
+                      "web/app.js.map", "web/app.js", "docs/benchmarks/x/raw.json",
+                      "docs/benchmarks/report.md", "docs/results.json", "data/notes.csv"])
+    skipped = []
+    assert _walked_with(tmp_path, skipped) == [
+        "data/notes.csv", "docs/results.json", "docs/benchmarks/report.md", "src/app.py", "web/app.js"]
+    assert sorted(p for p, _ in skipped) == ["docs/benchmarks/x/raw.json", "uv.lock", "web/app.js.map",
+                                             "web/app.min.js", "web/package-lock.json"]
+    assert {r for _, r in skipped} == {"generated artefact"}
+    config = WalkConfig(exclude=("data/", "docs/*.json"), include=("uv.lock", "docs/benchmarks/**"))
+    assert _walked_with(tmp_path, [], config=config) == [
+        "uv.lock", "docs/benchmarks/report.md", "docs/benchmarks/x/raw.json", "src/app.py", "web/app.js"]
+    everything = _walked_with(tmp_path, [], config=WalkConfig(skip_generated=False))
+    assert len(everything) == 10
