@@ -67,7 +67,13 @@ class WorkspaceSettings:
 
 @dataclass(frozen=True)
 class CollectionSettings:
-    """The default collection and how it is chunked, indexed and fused."""
+    """The default collection and how it is chunked, indexed and fused.
+
+    Which files a directory walk keeps (index.walk.WalkConfig): `exclude` adds patterns in
+    .gitignore syntax, relative to each indexed directory (e.g. ["docs/benchmarks/", "*.csv"]);
+    `include` keeps files the generated-artefact rules leave out (lock files, minified assets,
+    result data: e.g. ["uv.lock"]); `skip_generated = false` turns those rules off.
+    """
 
     name: str = "default"
     dense: str = "flat"
@@ -82,6 +88,9 @@ class CollectionSettings:
     block_lines: int = 15
     max_block_lines: int = 30
     max_file_bytes: int = 8 * 1024 * 1024
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    skip_generated: bool = True
     # [collection.pq] / [collection.spann]: fields of index.pq.PQConfig / index.spann.SpannConfig,
     # used when `dense` names that kind (e.g. m = 24 and quantizer = "rq" for 64x residual codes);
     # empty: the backend's defaults. Changing them rebuilds the dense index of that collection.
@@ -232,6 +241,7 @@ class Settings:
         from index.bm25 import BM25Config
         from index.collection_config import CollectionConfig
         from index.ingest import IngestConfig
+        from index.walk import WalkConfig
 
         c = self.collection
         return CollectionConfig(
@@ -242,6 +252,7 @@ class Settings:
             bm25=BM25Config(k1=c.bm25_k1, b=c.bm25_b, idf=c.bm25_idf),
             ingest=IngestConfig(passage_chars=c.passage_chars, block_lines=c.block_lines,
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
+            walk=WalkConfig(exclude=c.exclude, include=c.include, skip_generated=c.skip_generated),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
             dense_config=self.dense_config(dense or c.dense),
         )

@@ -111,3 +111,15 @@ def test_dense_backend_tables_reach_the_collection_config():
     assert settings.collection_config(dense="flat").dense_config is None
     # a table equal to the defaults is no choice: an existing collection built with None keeps its index
     assert parse_settings('[collection.pq]\nm = 48').collection_config(dense="pq").dense_config is None
+
+
+def test_walk_excludes_and_includes_reach_the_collection_config():
+    from index.walk import WalkConfig
+
+    assert Settings().collection_config().walk == WalkConfig()
+    settings = parse_settings('[collection]\nexclude = ["docs/benchmarks/", "*.csv"]\n'
+                              'include = ["uv.lock"]\nskip_generated = false\n')
+    assert settings.collection_config().walk == WalkConfig(
+        exclude=("docs/benchmarks/", "*.csv"), include=("uv.lock",), skip_generated=False)
+    with pytest.raises(InvalidInputError, match=r"collection.exclude: expected a list"):
+        parse_settings('[collection]\nexclude = "docs/"\n')
