@@ -289,7 +289,10 @@ def _root_args(readonly: Sequence[tuple[str, str]], tmp_bytes: int = 64 * 2**20)
     args += ["--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     for source, path in readonly:
         args += ["--ro-bind", source, path]
-    return args + ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+    # /proc/keys lists by name every key the jail's uid may view: as a user, that user's own
+    # keys elsewhere on the host. Covered with an empty file, like key-users' per-uid counts.
+    return args + ["--proc", "/proc", "--ro-bind", "/dev/null", "/proc/keys", "--ro-bind", "/dev/null",
+                   "/proc/key-users", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
 
 
 def _child_env(home: str, python: str) -> dict[str, str]:
