@@ -55,6 +55,7 @@ LINK_HIDDEN = "link into a hidden, dependency or build directory"
 LINK_DANGLING = "dangling link"
 LINK_LOOP = "link loop"
 GENERATED = "generated artefact"
+LINK_REASONS = (LINK_OUTSIDE, LINK_DIR_OUTSIDE, LINK_HIDDEN, LINK_DANGLING, LINK_LOOP)
 
 OnSkip = Callable[[Path, str], None]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from index.dense import DENSE_KINDS
 from index.progress import ProgressPrinter, RunStatus
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 on_scan=run.scan if run else None, on_embed=run.embed if run else None)
             if run:
                 run.finish()
-            for path, reason in report.skipped:
-                print(f"skipped {path}: {reason}", file=sys.stderr)
+            _print_skips(report.skipped)
             print(f"indexed {report.summary()}")
         pending = len(collection.pending_ids())
         if pending:  # left by a `codehop serve` / LSP that was stopped before it finished
@@ -71,6 +71,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"embedded {pending} chunks left pending ({counts['embedded']} computed, "
                   f"{counts['cached']} from the cache)")
     return 0
+
+
+def _print_skips(skipped: list[tuple[str, str]]) -> None:
+    """Each skipped file and its reason on stderr; generated artefacts as one count (a
+    repository has dozens), then how many symbolic links were skipped and why."""
+    from collections import Counter
+
+    from index.walk import GENERATED, LINK_REASONS
+
+    generated = [path for path, reason in skipped if reason == GENERATED]
+    for path, reason in skipped:
+        if reason != GENERATED:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+    if generated:
+        examples = ", ".join(Path(path).name for path in generated[:3])
+        print(f"left out {len(generated)} generated artefacts (lock files, minified assets, benchmark "
+              f"data: {examples}{', ...' if len(generated) > 3 else ''}); [collection] include in "
+              "codehop.toml keeps one", file=sys.stderr)
+    links = Counter(reason for _, reason in skipped if reason in LINK_REASONS)
+    if links:
+        why = "; ".join(f"{count} {reason}" for reason, count in links.most_common())
+        print(f"skipped {sum(links.values())} symbolic links ({why}): links are only followed to "
+              "files inside the indexed directories", file=sys.stderr)
 
 
 def _run_status(collection: str) -> RunStatus:

@@ -267,3 +267,68 @@ def test_kill_during_indexing_leaves_previous_state_searchable(indexed, capsys, 
                         "--workspace", str(ws))
     paths = {r["path"] for r in json.loads(out)["results"]}
     assert paths and not any(str(big) in p for p in paths)  # nothing of the killed run
+
+
+def _bad_input_tree(base):
+    """A tree with a FIFO, a unix socket, a device node (where the test may make one), links
+    out of it, a lock file, and Latin-1 and UTF-16 text; returns (tree, the bound socket)."""
+    import socket
+    import stat
+
+    outside = base / "outside"
+    (outside / "keys").mkdir(parents=True)
+    (outside / "id_rsa").write_text("PRIVATE KEY zebraquartz\n")
+    (outside / "keys" / "more.txt").write_text("another zebraquartz secret\n")
+    tree = base / "tree"
+    tree.mkdir()
+    (tree / "latin.txt").write_bytes("Le café crème est très réputé à Montréal.\n".encode("latin-1"))
+    (tree / "wide.md").write_bytes("# Notes\n\nThe marsupial wombat digs burrows.\n".encode("utf-16"))
+    (tree / "poetry.lock").write_text("[[package]]\nname = 'x'\n")
+    (tree / "id_rsa.txt").symlink_to(outside / "id_rsa")
+    (tree / "keys").symlink_to(outside / "keys", target_is_directory=True)
+    os.mkfifo(tree / "fifo.txt")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tree / "sock.txt"))
+    try:
+        os.mknod(tree / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:  # not root: the FIFO and the socket still count
+        pass
+    return tree, server
+
+
+def test_index_of_a_tree_with_special_files_and_links_out_finishes_and_says_why(tmp_path):
+    tree, server = _bad_input_tree(tmp_path)
+    workspace = tmp_path / "ws"
+    codehop = [sys.executable, "-m", "codehop"]
+    try:
+        started = time.monotonic()
+        done = subprocess.run(codehop + ["index", str(tree), "--workspace", str(workspace), "--no-progress"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 120  # before the fix: never (open() of the FIFO waited for a writer)
+    err = done.stderr
+    assert f"skipped {tree}/fifo.txt: not a regular file (FIFO)" in err
+    assert f"skipped {tree}/sock.txt: not a regular file (socket)" in err
+    if (tree / "null.txt").exists():
+        assert f"skipped {tree}/null.txt: not a regular file (character device)" in err
+    assert f"skipped {tree}/id_rsa.txt: link to a path outside the indexed directories" in err
+    assert f"skipped {tree}/keys: link to a directory outside the indexed directories" in err
+    summary = next(line for line in err.splitlines() if line.startswith("skipped 2 symbolic links ("))
+    assert "1 link to a path outside the indexed directories" in summary
+    assert "1 link to a directory outside the indexed directories" in summary
+    assert "left out 1 generated artefacts (lock files, minified assets, benchmark data: poetry.lock)" in err
+    assert "2 added" in done.stdout
+
+    def search(query):
+        found = subprocess.run(codehop + ["search", query, "--workspace", str(workspace), "--mode", "bm25",
+                                          "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert found.returncode == 0, found.stderr
+        return json.loads(found.stdout)
+
+    hits = search("café crème Montréal")
+    assert hits["results"][0]["path"].endswith("latin.txt")
+    assert search("marsupial wombat")["results"][0]["path"].endswith("wide.md")
+    assert search("zebraquartz private key")["results"] == []
