@@ -120,10 +120,10 @@ def _detect(data: bytes, has_nul: bool) -> FileText:
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(data))
-    if has_nul:  # NUL bytes: binary, unless the detector is sure it is BOM-less UTF-16/32
-        wide = [m for m in matches if m.encoding.startswith(("utf_16", "utf_32"))
-                and m.chaos <= _MAX_CHAOS]
-        return FileText(str(wide[0]), wide[0].encoding) if wide else FileText(None, reason="binary file")
+    if has_nul:  # NUL bytes: binary, unless the detector and the byte pattern say UTF-16
+        wide = _bomless_utf16(data[:8192])
+        agreed = [m for m in matches if m.encoding == wide and m.chaos <= _MAX_CHAOS]
+        return FileText(str(agreed[0]), wide) if agreed else FileText(None, reason="binary file")
     if not matches or matches[0].chaos > _MAX_CHAOS:
         closest = f" (closest: {matches[0].encoding})" if matches else ""
         return FileText(None, reason=f"not text in any encoding detected with confidence{closest}")
@@ -142,6 +142,21 @@ def _detect(data: bytes, has_nul: bool) -> FileText:
         return FileText(str(best), best.encoding)
     names = ", ".join(m.encoding for m in tied[:4])
     return FileText(None, reason=f"text in an uncertain encoding (could be {names})")
+
+
+def _bomless_utf16(head: bytes) -> str | None:
+    """"utf_16_le" / "utf_16_be" when `head` has the byte pattern of mostly-Latin UTF-16
+    (the high byte of most characters zero, the low byte almost never), else None. The
+    detector alone calls any NUL-bearing binary UTF-16."""
+    even, odd = head[0::2], head[1::2]
+    if not odd:
+        return None
+    zeros_even, zeros_odd = even.count(0) / len(even), odd.count(0) / len(odd)
+    if zeros_odd >= 0.5 and zeros_even <= 0.02:
+        return "utf_16_le"
+    if zeros_even >= 0.5 and zeros_odd <= 0.02:
+        return "utf_16_be"
+    return None
 
 
 def read_file(path: Path, max_bytes: int) -> FileText:

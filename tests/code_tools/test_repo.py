@@ -277,3 +277,53 @@ def test_watch_mode_picks_up_edits(repo_dir):
         stop.set()
         thread.join(2)
     assert repo.definition("watched") and "pkg/util.py" in seen
+
+
+def test_special_files_and_links_out_of_the_root_are_skipped_other_encodings_read(tmp_path):
+    """A FIFO, a socket and a device node (as root) never hang the walk; a link to a file
+    outside the root is neither indexed nor read through reindex_file; Latin-1 and UTF-16
+    sources are decoded and found by their words."""
+    import os
+    import socket
+    import stat
+    import threading
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keys.py").write_text("ZEBRAQUARTZ_KEY = 'private'\n")
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "prix.py").write_bytes("def prix_du_cafe():\n    return 'café crème'\n".encode("latin-1"))
+    (root / "wide.py").write_bytes("def marsupial_wombat():\n    return 'burrow'\n".encode("utf-16"))
+    (root / "keys.py").symlink_to(outside / "keys.py")
+    for name in ("a", "b", "c"):  # BM25's Okapi idf is 0 for a term in half of two files
+        (root / f"{name}.py").write_text(f"def other_{name}():\n    return 1\n")
+    os.mkfifo(root / "fifo.py")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock.py"))
+    try:
+        os.mknod(root / "null.py", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pass
+    opened = []
+    try:
+        worker = threading.Thread(target=lambda: opened.append(RepoIndex.open(root)), daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "RepoIndex.open hung on the tree"
+    finally:
+        server.close()
+    repo = opened[0]
+    assert repo.iter_files() == ["a.py", "b.py", "c.py", "prix.py", "wide.py"]
+    reasons = {Path(path).name: reason for path, reason in repo.skipped}
+    expected = {"fifo.py": "not a regular file (FIFO)", "sock.py": "not a regular file (socket)",
+                "keys.py": "link to a path outside the indexed directories"}
+    if (root / "null.py").exists():
+        expected["null.py"] = "not a regular file (character device)"
+    assert reasons == expected
+    found = [repo.chunk(i) for i in repo.search_bm25("café crème", k=5).ids]
+    assert found and all(c.path == "prix.py" for c in found) and "'café crème'" in found[0].text
+    assert repo.path_of(repo.search_bm25("marsupial wombat", k=1).ids[0]) == "wide.py"
+    assert len(repo.search_bm25("ZEBRAQUARTZ_KEY private", k=5)) == 0
+    repo.reindex_file("keys.py")  # as an editor's save of the link would: still nothing read
+    assert "keys.py" not in repo.iter_files() and len(repo.search_bm25("ZEBRAQUARTZ_KEY", k=5)) == 0

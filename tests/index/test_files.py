@@ -40,6 +40,7 @@ def test_size_limit_and_binary_data(tmp_path):
     assert read_file(tmp_path / "big.txt", 99).reason == "larger than 99 bytes"
     assert read_file(tmp_path / "big.txt", 100).text == "x" * 100
     assert decode(b"\x7fELF\x00\x01\x02\x03" * 50).reason == "binary file"
+    assert decode(b"\x00\x01binary").reason == "binary file"  # the detector alone calls it UTF-16
     noise = bytes(b for b in os.urandom(4000) if b) + b"\x81\x8d\x8f\x90\x9d" * 40
     assert decode(noise).text is None  # random bytes are no text in any encoding
 
