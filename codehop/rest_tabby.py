@@ -107,9 +107,15 @@ def health_state(resources: Resources) -> TabbyHealthState:
                              git_sha=info.git_sha, git_describe=info.git_describe))
 
 
-@router.api_route("/v1/health", methods=["GET", "POST"], response_model=TabbyHealthState)
+@router.get("/v1/health", response_model=TabbyHealthState)
 def tabby_health(resources: Resources = Depends(get_resources)):
     """Tabby's health check (the unauthenticated codehop status is `/health`)."""
+    return health_state(resources)
+
+
+@router.post("/v1/health", response_model=TabbyHealthState)
+def tabby_health_post(resources: Resources = Depends(get_resources)):
+    """The same, for clients that POST (tabby-agent does when GET answers 405)."""
     return health_state(resources)
 
 

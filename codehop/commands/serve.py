@@ -9,7 +9,8 @@ search or ask before the end says `"partial": {"dense": share}`; stderr gets a p
 a terminal, else a line every few seconds. A restart resumes: vectors already in the
 workspace's cache are not computed again. `--no-index` serves the workspace as it is (no scan)
 but still computes the vectors a stopped run left pending. `--wait-dense` scans and embeds
-everything before serving (the old behaviour).
+everything before serving (the old behaviour). The generator and the repository's completer
+load in the background too (codehop.warm_up; `--no-warm-up` leaves them to the first request).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="seconds between commits of background vectors (default 15)")
     parser.add_argument("--embed-pause", type=float, default=0.0, metavar="S",
                         help="pause between background steps, leaving cores to queries (default 0)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="do not load the generator and the repository's completer at start "
+                             "(default: they load in the background, so the first completion "
+                             "does not wait for them)")
     parser.add_argument("--progress-interval", type=float, default=5.0, metavar="S",
                         help="seconds between progress lines when stderr is not a terminal (default 5)")
     parser.set_defaults(func=run)
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     background = _background(name, args, scan)
     app = create_app(settings, workspace=workspace, roots=[s for s in sources if s.exists()],
                      repo_root=next((s.resolve() for s in sources if s.is_dir()), None),
-                     background=background)
+                     background=background, warm_up=not args.no_warm_up)
     print(f"codehop: serving http://{host}:{port} (workspace {workspace}, docs at /docs)",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")
