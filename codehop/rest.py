@@ -160,8 +160,9 @@ def _add_files(resources: Resources, name: str, collection, files: list[Path]):
     """Index files: read, chunk and embed outside the write lock, commit under it."""
     from code_tools.chunker import chunk_for_index
 
+    # A link met in the walk may lead to any file inside the roots, and nowhere else.
     return collection.add_paths(files, chunker=chunk_for_index, progress=False,
-                                write_lock=resources.lock(name).write)
+                                write_lock=resources.lock(name).write, within=resources.roots)
 
 
 @collections_router.put("/collections/{name}/documents/{doc_id}", response_model=m.Job,

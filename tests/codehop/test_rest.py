@@ -639,3 +639,54 @@ def test_chat_and_ask_draft_with_rapid_on_request(gen):
     assert stages["rapid"]["detail"]["acceptance_rate"] == 1.0 and stages["rapid"]["detail"]["why"]
     assert drafted["answer"] == plain["answer"]
     assert {s["name"]: s for s in plain["stages"]}["rapid"]["detail"]["why"] == "rapid = 'off'"
+
+
+def test_a_job_over_special_files_and_links_out_of_the_roots_finishes_and_leaks_nothing(tmp_path):
+    import os
+    import socket
+    import stat
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("PRIVATE KEY zebraquartz\n")
+    root, other = tmp_path / "root", tmp_path / "other"
+    root.mkdir()
+    other.mkdir()
+    (other / "shared.md").write_text("The okapi lives in the rainforest.\n")
+    (root / "latin.txt").write_bytes("Le café crème est très réputé à Montréal.\n".encode("latin-1"))
+    (root / "wide.md").write_bytes("The marsupial wombat digs burrows.\n".encode("utf-16"))
+    (root / "key.txt").symlink_to(outside / "id_rsa")
+    (root / "okapi.md").symlink_to(other / "shared.md")  # into another root: allowed
+    os.mkfifo(root / "fifo.txt")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock.txt"))
+    try:
+        os.mknod(root / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pass
+    try:
+        with TestClient(create_app(Settings(), workspace=tmp_path / "ws", roots=[root, other])) as client:
+            assert client.post("/v1/collections", json={"name": "default"}).status_code == 201
+            job = client.post("/v1/collections/default/documents", json={"files": ["."]}).json()
+            started = time.monotonic()
+            state = wait(client, job, timeout=60)  # before the fix: the FIFO held the writer forever
+            assert state["status"] == "done", state
+            assert time.monotonic() - started < 60
+            skipped = {Path(path).name: reason for path, reason in state["result"]["skipped"]}
+            expected = {"fifo.txt": "not a regular file (FIFO)", "sock.txt": "not a regular file (socket)",
+                        "key.txt": "link to a path outside the indexed directories"}
+            if (root / "null.txt").exists():
+                expected["null.txt"] = "not a regular file (character device)"
+            assert skipped == expected
+            assert state["result"]["added"] == 3
+
+            def top(query):
+                return client.post("/v1/search", json={"query": query, "mode": "bm25", "k": 3}).json()["results"]
+
+            assert top("café crème Montréal")[0]["path"].endswith("latin.txt")
+            assert top("café crème Montréal")[0]["metadata"]["encoding"] == "cp1252"
+            assert top("marsupial wombat burrows")[0]["path"].endswith("wide.md")
+            assert top("okapi rainforest")[0]["path"] == str((other / "shared.md").resolve())
+            assert top("zebraquartz private key") == []
+    finally:
+        server.close()
