@@ -221,3 +221,36 @@ async def test_typing_session_reuses_the_kv_cache_and_completes_like_reencoding(
     assert all(kv["tokens_encoded"] < kv["sequence_length"] / 2 for kv in later)
     assert all(kv == {} for _, kv in fresh)  # reuse off: every prompt encoded by the generator
     assert [text for text, _ in reused] == [text for text, _ in fresh]
+
+
+def test_the_workspace_index_keeps_to_the_folder_and_never_waits_on_a_fifo(project, tmp_path):
+    """What the server indexes at start (the folder's collection and its RepoIndex): a link
+    to a file outside the folder is left out, a FIFO is skipped instead of blocking."""
+    import os
+    import threading
+
+    from code_tools.repo import RepoIndex
+    from codehop.config import Settings
+    from codehop.lsp import _open_collection
+
+    (tmp_path / "secret.py").write_text("ZEBRAQUARTZ = 'private key'\n")
+    (project / "secret.py").symlink_to(tmp_path / "secret.py")
+    os.mkfifo(project / "fifo.md")
+    opened = []
+
+    def index():
+        opened.append(RepoIndex.open(project, tmp_path / "state"))
+        opened.append(_open_collection(project, tmp_path / "state", Settings()))
+
+    worker = threading.Thread(target=index, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "indexing the folder hung"
+    repo, collection = opened
+    try:
+        assert repo.iter_files() == ["main.py", "utils.py"]
+        documents = sorted(Path(p).name for p in collection.store.documents(collection.name))
+        assert documents == ["README.md", "main.py", "utils.py"]
+        assert not collection.search("ZEBRAQUARTZ private key", k=3, mode="bm25")
+    finally:
+        collection.close()
