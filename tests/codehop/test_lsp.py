@@ -7,6 +7,7 @@ to disk as its completion model (never the 135M model here) and BM25-only contex
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -35,14 +36,20 @@ def project(tmp_path) -> Path:
     return root
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The server's environment: offline, one thread, this checkout, the suite's model cache
+    (tests/conftest.py: never the user's ~/.cache)."""
+    return {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "CODEHOP_CACHE_DIR": os.environ["CODEHOP_CACHE_DIR"],
+            **extra}
+
+
 async def _start(project: Path, model: Path, state: Path):
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model),
                         "--workspace", str(state), "--no-rerank", "--max-new-tokens", "8",
                         "--debounce", "0.05"],
-        server_env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-                    "PATH": "/usr/bin:/bin"})
+        server_env=_env())
     client = await config.start()
     uri = uris.from_fs_path(str(project))
     capabilities = types.ClientCapabilities(
@@ -109,6 +116,18 @@ async def test_completion_hover_and_reindex_over_stdio(project, tiny_model_dir, 
         text = hover.contents.value
         assert "def slugify(title)" in text and "utils.py:1" in text  # the definition
         assert "README.md" in text and "URL paths" in text  # the best doc passage
+
+        # the model was loaded at start, in the background, as progress "loading model N%"
+        for _ in range(300):
+            model = client.progress_reports.get("codehop-model", [])
+            if model and isinstance(model[-1], types.WorkDoneProgressEnd):
+                break
+            await asyncio.sleep(0.1)
+        assert isinstance(model[0], types.WorkDoneProgressBegin) and model[0].title == "codehop: loading model"
+        steps = [r for r in model if isinstance(r, types.WorkDoneProgressReport)]
+        assert [r.message for r in steps][:2] == [f"loading {tiny_model_dir}", "warming up"]
+        assert [r.percentage for r in steps] == sorted(r.percentage for r in steps)
+        assert model[-1].message.startswith("model ready in ")
 
         # progress was reported while the workspace folder was indexed
         reports = client.progress_reports["codehop-index"]
@@ -179,8 +198,7 @@ async def _type_and_complete(project: Path, model: Path, state: Path, *extra: st
         server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model),
                         "--workspace", str(state), "--no-rerank", "--max-new-tokens", "8",
                         "--debounce", "0", *extra],
-        server_env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+        server_env=_env())
     client = await config.start()
     uri = uris.from_fs_path(str(project))
     await client.initialize_session(types.InitializeParams(
@@ -254,3 +272,44 @@ def test_the_workspace_index_keeps_to_the_folder_and_never_waits_on_a_fifo(proje
         assert not collection.search("ZEBRAQUARTZ private key", k=3, mode="bm25")
     finally:
         collection.close()
+
+
+# ---------------------------------------------------------------- settings and state of the project
+
+
+async def _indexed_from(cwd: Path, project: Path, env: dict[str, str]) -> None:
+    """Start `codehop lsp` in `cwd` (an editor starts it anywhere) with no --workspace or
+    --config, open `project`, wait for its code index, stop."""
+    config = ClientServerConfig(
+        server_command=["sh", "-c", 'cd "$0" && exec "$@"', str(cwd), sys.executable, "-m", "codehop",
+                        "lsp", "--no-rerank", "--max-new-tokens", "4", "--no-warm-start"],
+        server_env=env)
+    client = await config.start()
+    uri = uris.from_fs_path(str(project))
+    await client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True)),
+        root_uri=uri, workspace_folders=[types.WorkspaceFolder(uri=uri, name="project")]))
+    try:
+        for _ in range(600):
+            if any(isinstance(r, types.WorkDoneProgressEnd) for r in client.progress_reports.get("codehop-index", [])):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await client.shutdown_session()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_codehop_toml_and_workspace_come_from_the_project_and_the_environment(project, tiny_model_dir, tmp_path):
+    elsewhere = tmp_path / "editor-cwd"  # where the editor happened to start the server
+    elsewhere.mkdir()
+    (elsewhere / "codehop.toml").write_text('[workspace]\npath = "wrong-state"\n')
+    (project / "codehop.toml").write_text(f'[workspace]\npath = "state-from-toml"\n\n'
+                                          f'[generator]\nmodel = "{tiny_model_dir}"\n')
+    await _indexed_from(elsewhere, project, _env())
+    assert (project / "state-from-toml" / "repos").is_dir()  # relative to the project root
+    assert not (elsewhere / "wrong-state").exists() and not (project / ".codehop").exists()
+
+    state = tmp_path / "from-env"  # $CODEHOP_WORKSPACE wins over [workspace] path, as in the CLI
+    await _indexed_from(elsewhere, project, _env(CODEHOP_WORKSPACE=str(state)))
+    assert (state / "repos").is_dir() and (state / ".gitignore").exists()
