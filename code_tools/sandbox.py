@@ -457,6 +457,7 @@ def _run(files: dict[str, str], mode: str, limits: SandboxLimits,
         channel.close()
         if cgroup is not None:
             cgroup.remove()
+        dirs.restore()  # a no-op after a run; owners back if the jail failed to start
         JailUids.release(uid)
 
 

@@ -169,7 +169,8 @@ _CLONE_NEWNS = 0x00020000
 @functools.lru_cache(maxsize=1)
 def stage_dir() -> str:
     """An empty directory, traversable by anyone, that the jail's private mounts cover."""
-    path = tempfile.mkdtemp(prefix="codehop-jail-stage-")
+    # In /tmp whatever TMPDIR says: bwrap, already the jail's uid, must traverse to it.
+    path = tempfile.mkdtemp(prefix="codehop-jail-stage-", dir="/tmp")
     os.chmod(path, 0o755)
     atexit.register(_remove_stage, path)
     return path
@@ -260,9 +261,11 @@ class WritableDirs:
         self.before: dict[tuple[int, int], _Entry] = {}
         self.usage_before = 0
         self.exceeded = False
+        self.prepared = self.restored = False
 
     def prepare(self) -> None:
         """Snapshot owners and modes; as root, give every entry to the jail's uid."""
+        self.prepared = True
         for dir_fd, name, st in self._entries():
             self.before[(st.st_dev, st.st_ino)] = _Entry(st.st_uid, st.st_gid, st.st_mode)
             self.usage_before += _usage(st)
@@ -277,7 +280,13 @@ class WritableDirs:
         return self.exceeded
 
     def restore(self) -> None:
-        """After the run (every jail process dead): owners back, no setuid/setgid, quota."""
+        """After the run (every jail process dead): owners back, no setuid/setgid, quota.
+
+        Runs once; the caller also calls it when starting the jail failed half-way.
+        """
+        if not self.prepared or self.restored:
+            return
+        self.restored = True
         self.over_quota()
         owner = self._new_file_owner()
         for dir_fd, name, st in self._entries(bottom_up=True):

@@ -273,3 +273,20 @@ def test_status_names_the_jail_user():
     status = sandbox_status()
     expected = "per-run uid" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     assert status.user == expected and expected in status.describe() and "seccomp" in status.describe()
+
+
+def test_as_root_each_run_has_its_own_unprivileged_uid(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("codehop runs jails as a fresh uid only when it is root")
+    from code_tools.sandbox import SandboxLimits, run_python
+    from code_tools.sandbox_guard import JAIL_UID_RANGE
+
+    owners = []
+    for run in range(2):
+        rw = tmp_path / f"rw{run}"
+        rw.mkdir(mode=0o700)
+        result = run_python(f"open({str(rw / 'made')!r}, 'w').write('x')", SandboxLimits(timeout_s=20), [rw])
+        assert result.passed, result.stderr
+        owners.append((rw / "made").stat().st_uid)
+        assert rw.stat().st_uid == 0  # the directory itself is given back to root
+    assert all(JAIL_UID_RANGE[0] <= uid < JAIL_UID_RANGE[1] for uid in owners) and owners[0] != owners[1]
