@@ -102,6 +102,8 @@ async def _session(home: Path, project: Path, complete: bool) -> dict:
     out["statuses"] = [e["event"]["status"] for e in log if e.get("event", {}).get("event") == "statusChanged"]
     out["issues"] = [e["issue"] for e in log if e.get("msg") == "Issues Pushed"]
     out["requests"] = [e["url"].split("/", 3)[3] for e in log if e.get("url")]
+    data = home / ".tabby-client" / "agent" / "data.json"  # what the agent keeps between runs
+    out["data"] = json.loads(data.read_text()) if data.exists() else {}
     return out
 
 
@@ -171,6 +173,10 @@ def test_tabby_agent_connects_and_completes(agent, project, slugify_model_dir, t
     _assert_connected_with_a_completion(out)
     # warmed up, the first completion is fast: the agent flags no slow response (> 5 s)
     assert out["issues"] == [], out["issues"]
+    # the agent asks for the server setting unless git_describe reads as a Tabby older than
+    # 0.9 (semver.coerce of a commit id like "0a1b2c3"); when it asks, it turns telemetry off
+    if "v1beta/server_setting" in out["requests"]:
+        assert out["data"]["serverConfig"][endpoint] == {"anonymousUsageTracking": {"disable": True}}
 
 
 @pytest.mark.slow
