@@ -134,6 +134,23 @@ def cited_numbers(answer: str, n_sources: int) -> list[int]:
     return found
 
 
+def citation_record(answer: str, n_sources: int) -> StageRecord:
+    """The check of an answer's inline citations, as a stage record: which sources it cites,
+    [n] that name no source, and, when it cites none, a warning saying so (the prompt asks for
+    [n]; a small model often forgets, and the reader should know the answer is unreferenced).
+
+    Example: ("Writes are atomic [2] [7].", 3) -> detail {"cited": [2], "unknown": [7]}
+    """
+    cited = cited_numbers(answer, n_sources)
+    named = [int(n) for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", answer)
+             for n in re.split(r"\s*,\s*", group)]
+    detail: dict[str, Any] = {"cited": cited, "unknown": sorted({n for n in named if not 1 <= n <= n_sources})}
+    if not cited:
+        detail["warning"] = ("the answer cites no source: no [n] in its text" if n_sources
+                             else "there were no sources to cite")
+    return StageRecord("citations", True, detail=detail)
+
+
 class RagPipeline:
     """Grounded answers over a Collection; `generator=None` gives retrieval-only results.
 
@@ -286,6 +303,8 @@ class RagPipeline:
             stages.append(StageRecord("generate", False, detail={"reason": reason}))
 
         cited = cited_numbers(answer, len(sources))
+        if answer:
+            stages.append(citation_record(answer, len(sources)))
         if self.config.reservoir and self.trigger is not None and not from_reservoir:
             # Only what the filter judged relevant is knowledge: not the passages kept by its
             # keep_at_least fallback, and nothing when it did not run.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from index.types import SearchResult
 
 ANSWER_SYSTEM = (
-    "You answer questions using only the numbered sources. Cite the sources you use as [1], [2]. "
+    "You answer questions using only the numbered sources. After each statement, cite the source "
+    "it comes from inline as [1] or [2]; every answer cites at least one source. "
     "If the sources do not contain the answer, say that you do not know."
 )
 
@@ -38,5 +39,5 @@ def format_sources(sources: list[SearchResult], max_chars: int = 1500) -> str:
 def answer_messages(question: str, sources_block: str) -> list[dict[str, str]]:
     if not sources_block:
         return [{"role": "user", "content": question}]
-    user = f"Sources:\n{sources_block}\n\nQuestion: {question}\nAnswer with citations:"
+    user = f"Sources:\n{sources_block}\n\nQuestion: {question}\nAnswer, citing sources inline as [n]:"
     return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]

@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         if stage.name == "rapid":
             if args.rapid or "predicted_speedup" in stage.detail:  # asked for, or a measured choice
                 print(f"note: rapid {'used' if stage.ran else 'not used'}: {stage.detail['why']}", file=sys.stderr)
+        elif stage.detail.get("warning"):  # e.g. an answer that cites no source
+            print(f"note: {stage.name}: {stage.detail['warning']}", file=sys.stderr)
         elif not stage.ran and stage.detail.get("reason"):
             print(f"note: {stage.name} skipped: {stage.detail['reason']}", file=sys.stderr)
         elif stage.ran and stage.detail.get("why") and stage.detail.get("method") not in ("llm", "llm-nli"):

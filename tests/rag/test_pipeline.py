@@ -246,3 +246,37 @@ def test_answer_decoding_uses_the_configured_temperature(small_collection):
     assert result.answer == "Answer [1]." and result.cited == [1]
     assert [c.temperature for c in generator.configs] == [0.7]
     assert generator.configs[0].repetition_penalty == 1.0  # a capable model decodes unchanged
+
+
+class _ScriptedAnswer(_RecordingGenerator):
+    """Answers with a fixed text (what a model wrote), to check what the pipeline makes of it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def chat_stream(self, messages, config):
+        self.configs.append(config)
+        self.messages = messages
+        yield self.text
+
+
+def test_citation_record():
+    from rag.pipeline import citation_record
+
+    record = citation_record("Writes are atomic [2] [7].", 3)
+    assert record.name == "citations" and record.ran
+    assert record.detail == {"cited": [2], "unknown": [7]}
+    assert "cites no source" in citation_record("Writes are atomic.", 3).detail["warning"]
+    assert citation_record("No sources.", 0).detail["warning"] == "there were no sources to cite"
+
+
+def test_the_prompt_asks_for_inline_citations_and_an_uncited_answer_says_so(small_collection):
+    config = PipelineConfig(rewrite="off", filter="off", reservoir=False, k=3)
+    generator = _ScriptedAnswer("Use pandas.read_csv to read it.")
+    result = RagPipeline(small_collection, generator, config).run("How do I read a csv file?")
+    stages = {s.name: s for s in result.stages}
+    assert result.cited == [] and "cites no source" in stages["citations"].detail["warning"]
+    assert "inline as [1]" in generator.messages[0]["content"]  # the system prompt asks for [n]
+    cited = RagPipeline(small_collection, _ScriptedAnswer("Use read_csv [1]."), config).run("How do I read a csv file?")
+    assert {s.name: s for s in cited.stages}["citations"].detail == {"cited": [1], "unknown": []}
