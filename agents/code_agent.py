@@ -145,7 +145,7 @@ class CodeAgent:
             start = time.perf_counter()
             generation = self.generator.chat(messages, decoding)
             step = AgentStep(index, generation.text, prompt_tokens=prompt_tokens,
-                             generated_tokens=len(generation.token_ids))
+                             generated_tokens=generation.generated_tokens)  # the server's count, if any
             used += prompt_tokens + step.generated_tokens
             final = self._act(step)
             step.elapsed_s = time.perf_counter() - start

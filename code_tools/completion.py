@@ -428,7 +428,7 @@ class RepoCompleter:
             t = time.perf_counter()
             raw = self._generate(prompt, result, None if fim else self._server_fim(prompt, suffix),
                                  document or path)
-            if self._wants_fim(suffix) and not result.fim:
+            if self._wants_fim(suffix) and not result.fim and not result.note:
                 result.note = (f"model {self.generator.name} has no fill-in-the-middle format: the text "
                                "after the cursor was not used")
             timings["generate"] = time.perf_counter() - t
@@ -460,7 +460,8 @@ class RepoCompleter:
                     "cache: the server encodes every prompt")}
         if server_fim is not None:
             generation = self.generator.complete_fim(*server_fim, config)
-            result.fim = generation.fim
+            # The backend's own reason when it could not use the suffix (e.g. /infill 501).
+            result.fim, result.note = generation.fim, getattr(generation, "note", "")
             return generation.text
         return self.generator.complete(prompt, config).text
 

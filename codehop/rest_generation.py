@@ -70,8 +70,9 @@ def _sse(payloads: Iterator[dict[str, Any]]) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def _usage(generator, prompt_tokens: int, text: str) -> m.Usage:
-    completion = generator.count_tokens(text) if text else 0
+def _usage(generator, prompt_tokens: int, text: str, reported: int | None = None) -> m.Usage:
+    """Usage numbers; `reported` is the model server's own completion count (relayed as is)."""
+    completion = reported if reported is not None else generator.count_tokens(text) if text else 0
     return m.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
                    total_tokens=prompt_tokens + completion)
 
@@ -194,12 +195,14 @@ def _completion_response(response: Response, generator, cid: str, created: int, 
         response.headers["x-codehop-kv-reuse"] = kv_reuse.get("mode", "off")
     note = None
     if suffix and not result.fim:
-        note = (f"model {generator.name} has no fill-in-the-middle format: the suffix was not used "
-                "(the text completes the prompt alone)")
+        note = getattr(result, "note", "") or (  # a model server's own reason comes first
+            f"model {generator.name} has no fill-in-the-middle format: the suffix was not used "
+            "(the text completes the prompt alone)")
     return m.CompletionResponse(
         id=cid, created=created, model=generator.name,
         choices=[m.CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-        usage=_usage(generator, result.prompt_tokens, result.text), codehop_note=note,
+        usage=_usage(generator, result.prompt_tokens, result.text,
+                     getattr(result, "completion_tokens", None)), codehop_note=note,
         codehop_kv_reuse=kv_reuse)
 
 
@@ -250,7 +253,8 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
         id=cid, created=created, model=generator.name,
         choices=[m.ChatChoice(message={"role": "assistant", "content": result.text},
                               finish_reason=result.finish_reason)],
-        usage=_usage(generator, result.prompt_tokens, result.text), codehop_rapid=info)
+        usage=_usage(generator, result.prompt_tokens, result.text,
+                     getattr(result, "completion_tokens", None)), codehop_rapid=info)
 
 
 def _rapid_mode(resources: Resources, requested: bool | None) -> str:

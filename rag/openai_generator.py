@@ -149,7 +149,8 @@ class OpenAIGenerator:
 
     def _repetition(self, config: GenerationConfig) -> dict[str, Any]:
         """Loop control in the server's own fields (see repetition_fields)."""
-        fields = repetition_fields(self.server_kind, config.repetition_penalty, config.no_repeat_ngram_size)
+        fields = repetition_fields(self.server_kind, config.repetition_penalty, config.no_repeat_ngram_size,
+                                   config.max_new_tokens)
         if config.no_repeat_ngram_size and self.server_kind != "llamacpp":
             self._warn_once("ngram", f"{self.server_kind} servers have no no-repeat-n-gram setting; "
                                      "only the repetition penalty is sent")
@@ -280,7 +281,8 @@ class OpenAIGenerator:
         start = time.perf_counter()
         body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": config.max_new_tokens,
                 "temperature": config.temperature, "top_p": config.top_p, "stop": list(config.stop),
-                **repetition_fields("llamacpp", config.repetition_penalty, config.no_repeat_ngram_size)}
+                **repetition_fields("llamacpp", config.repetition_penalty, config.no_repeat_ngram_size,
+                                    config.max_new_tokens)}
         try:
             response = self.client.post("/infill", body, root=True)
         except ModelServerError as error:
@@ -388,18 +390,21 @@ class OpenAIGenerator:
         self.client.close()
 
 
-def repetition_fields(kind: str, penalty: float, no_repeat_ngram: int = 0) -> dict[str, Any]:
+def repetition_fields(kind: str, penalty: float, no_repeat_ngram: int = 0, window: int = 0) -> dict[str, Any]:
     """Loop control in the request fields of a server `kind`.
 
     vLLM and codehop take `repetition_penalty` (CTRL, as local decoding). llama.cpp takes
     `repeat_penalty`, and its DRY sampler (Don't Repeat Yourself) stands in for the
     no-repeat-n-gram ban: it penalises a token that would extend a sequence already seen
-    past `dry_allowed_length` tokens, growing with the length. OpenAI-style servers (OpenAI,
-    Ollama, unknown) have only `frequency_penalty`, additive per earlier occurrence: 1.1 maps
-    to 0.5, inside the 0.1-1 range OpenAI's docs give for reducing repetition.
+    past `dry_allowed_length` tokens, more the longer it is. llama.cpp looks back only 64
+    tokens by default, so both windows are set to `window` (the answer's length), as local
+    decoding penalises the whole answer: with the default windows 1-2 of 5 SmolLM2 answers
+    still repeated an 8-gram 3 times, with the answer-long window none did. OpenAI-style
+    servers (OpenAI, Ollama, unknown) have only `frequency_penalty`, additive per earlier
+    occurrence: 1.1 maps to 0.5, inside the 0.1-1 range OpenAI's docs give against repetition.
 
-    Example: ("llamacpp", 1.1, 8) -> {"repeat_penalty": 1.1, "dry_multiplier": 0.8,
-    "dry_allowed_length": 4}
+    Example: ("llamacpp", 1.1, 8, 256) -> {"repeat_penalty": 1.1, "repeat_last_n": 256,
+    "dry_multiplier": 0.8, "dry_allowed_length": 2, "dry_penalty_last_n": 256}
     """
     fields: dict[str, Any] = {}
     if penalty != 1.0:
@@ -408,8 +413,12 @@ def repetition_fields(kind: str, penalty: float, no_repeat_ngram: int = 0) -> di
             fields[field] = penalty
         else:
             fields["frequency_penalty"] = round(max(-2.0, min(2.0, 5.0 * (penalty - 1.0))), 3)
+        if kind == "llamacpp" and window:
+            fields["repeat_last_n"] = window
     if no_repeat_ngram and kind == "llamacpp":
-        fields.update(dry_multiplier=0.8, dry_allowed_length=max(2, no_repeat_ngram // 2))
+        fields.update(dry_multiplier=0.8, dry_allowed_length=max(2, no_repeat_ngram // 4))
+        if window:
+            fields["dry_penalty_last_n"] = window
     return fields
 
 

@@ -136,7 +136,8 @@ def test_ask_streams_an_answer_from_the_server(client_dir):
     assert asked.returncode == 0, asked.stderr
     answer = asked.stdout.split("Sources:")[0].strip()
     assert answer and answer != "(empty answer)" and "atomic.md" in asked.stdout
-    # A remote model is trusted with the LLM stages: they ran (or say why they fell back).
+    # A remote model gets the LLM stages only after passing the capability probe; either way
+    # the stage records say which method ran.
     assert "generate" in asked.stderr and "rewrite (" in asked.stderr and "filter (" in asked.stderr
 
 

@@ -107,10 +107,11 @@ def test_repetition_control_goes_in_each_servers_own_field(llamacpp_url):
     assert repetition_fields("vllm", 1.1) == {"repetition_penalty": 1.1}
     assert repetition_fields("codehop", 1.1, 8) == {"repetition_penalty": 1.1}
     assert repetition_fields("openai", 1.1) == repetition_fields("unknown", 1.1) == {"frequency_penalty": 0.5}
-    assert repetition_fields("llamacpp", 1.1, 8) == {"repeat_penalty": 1.1, "dry_multiplier": 0.8,
-                                                     "dry_allowed_length": 4}
+    assert repetition_fields("llamacpp", 1.1, 8, 256) == {
+        "repeat_penalty": 1.1, "repeat_last_n": 256, "dry_multiplier": 0.8, "dry_allowed_length": 2,
+        "dry_penalty_last_n": 256}
     assert repetition_fields("llamacpp", 1.0) == {}
-    # llama.cpp accepts its fields (an unknown one would be ignored, a bad value refused).
+    # llama.cpp accepts the fields and values sent (it refuses a bad value with 400).
     text = generator_for(llamacpp_url).chat([{"role": "user", "content": "List fruits."}], GenerationConfig(
         max_new_tokens=32, repetition_penalty=1.1, no_repeat_ngram_size=8)).text
     assert text
