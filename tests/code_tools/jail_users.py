@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
 USERS = ["root", "nobody"]
+# Directories made outside tmp_path (nobody cannot traverse pytest's /tmp/pytest-of-root):
+# removed by the `made_dirs` fixture at the end of each test module.
+_MADE: list[Path] = []
 
 HELPER = r'''
 import ctypes, dataclasses, json, os, platform, sys
@@ -77,6 +80,7 @@ def _nobody_tree() -> str:
     import pyseccomp
 
     root = Path(tempfile.mkdtemp(prefix="codehop-nobody-"))
+    _MADE.append(root)
     root.chmod(0o755)
     for package, names in {"code_tools": ["sandbox.py", "sandbox_cgroup.py", "sandbox_guard.py",
                                           "sandbox_harness.py"], "index": ["errors.py"]}.items():
@@ -94,8 +98,18 @@ def _nobody_tree() -> str:
 def nobody_dir() -> Path:
     """A fresh directory owned by nobody, under a path nobody can traverse."""
     path = Path(tempfile.mkdtemp(prefix="codehop-nobody-rw-"))
+    _MADE.append(path)
     os.chown(path, NOBODY, NOBODY)
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def made_dirs():
+    """Remove what nobody_dir() and the nobody helper's module copy left in /tmp."""
+    yield
+    while _MADE:
+        shutil.rmtree(_MADE.pop(), ignore_errors=True)
+    _nobody_tree.path = None
 
 
 def writable_dir(as_user: str, tmp_path: Path) -> Path:

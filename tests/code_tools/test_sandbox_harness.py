@@ -11,6 +11,7 @@ import signal
 import pytest
 
 from code_tools.sandbox_harness import Channel, Report, kill_reason
+from tests.code_tools.jail_users import made_dirs  # noqa: F401 (autouse: removes nobody's dirs)
 from tests.code_tools.jail_users import USERS, jail, need_user
 
 LIMITS = {"timeout_s": 20, "cpu_s": 10, "memory_mb": 512, "max_output_bytes": 50_000}
