@@ -89,3 +89,21 @@ def test_the_statusline_shows_each_progress_report_once(which, project, tmp_path
     assert "error" not in out, out.get("error")
     assert out["statuses"] == ["codehop: embedding 0%", "codehop: embedding 4%", "codehop: embedding 8%",
                                "codehop: embedding 50%", "codehop: embedding 95%", "codehop: starting"]
+
+
+@pytest.mark.parametrize("which", ["debian", "current"])
+def test_a_citation_in_the_answer_opens_its_source(which, project, tmp_path):
+    nvim = need("/usr/bin/nvim" if which == "debian" else _current_nvim(), f"Neovim ({which})")
+    result = tmp_path / "out.json"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "CODEHOP_ROOT": str(project), "CODEHOP_OUT": str(result)}
+    run = subprocess.run(
+        [nvim, "--headless", "--clean", "-u", "NONE", "--cmd", f"set rtp^={REPO_ROOT / 'editors' / 'nvim'}",
+         "-c", f"luafile {HERE / 'nvim_citations.lua'}"],
+        env=env, cwd=project, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.exists(), f"nvim wrote nothing: {run.stdout[-2000:]} {run.stderr[-2000:]}"
+    out = json.loads(result.read_text())
+    assert "error" not in out, out.get("error")
+    assert out["answer_line"].startswith("Writes go to a temp name first [1]")
+    assert out["opened"] == {"file": str(project / "utils.py"), "line": 2}  # source [2], its first line
+    assert out["stayed"]

@@ -166,10 +166,27 @@ local function relative(path, root)
   return path
 end
 
+-- The source a "[n]" under column `col` (1-based) of `line` cites, or nil.
+local function cited_under(line, col, sources)
+  if not line then return nil end
+  local from = 1
+  while true do
+    local first, last, n = line:find("%[(%d+)%]", from)
+    if not first then return nil end
+    if col >= first and col <= last then
+      for _, s in ipairs(sources) do
+        if s.number == tonumber(n) then return s end
+      end
+      return nil
+    end
+    from = last + 1
+  end
+end
+
 local function show_answer(question, result, root)
   local lines = { "# " .. question, "" }
   vim.list_extend(lines, vim.split(result.answer ~= "" and result.answer or "(no answer)", "\n"))
-  vim.list_extend(lines, { "", "Sources (<CR> opens one; also in the quickfix list):" })
+  vim.list_extend(lines, { "", "Sources (<CR> on one, or on a [n] above, opens it; also in the quickfix list):" })
   local at_line, items = {}, {}
   local cited = {}
   for _, n in ipairs(result.cited or {}) do cited[n] = true end
@@ -187,7 +204,8 @@ local function show_answer(question, result, root)
   vim.api.nvim_buf_set_option(buf, "filetype", "markdown")
   pcall(vim.api.nvim_buf_set_name, buf, "codehop://answer/" .. buf)
   vim.keymap.set("n", "<CR>", function()
-    local s = at_line[vim.api.nvim_win_get_cursor(0)[1]]
+    local cursor = vim.api.nvim_win_get_cursor(0)
+    local s = at_line[cursor[1]] or cited_under(lines[cursor[1]], cursor[2] + 1, result.sources)
     if not s then return end
     vim.cmd("wincmd p")
     vim.cmd("edit " .. vim.fn.fnameescape(s.path))
@@ -198,6 +216,8 @@ local function show_answer(question, result, root)
   vim.wo.number, vim.wo.relativenumber, vim.wo.wrap, vim.wo.linebreak = false, false, true, true
   return buf
 end
+
+M._show_answer = show_answer -- for tests: the answer split without a server
 
 --- Asks the workspace (workspace/executeCommand "codehop.ask"); shows the answer in a split.
 --- `callback(err, answer)` is called with the result too.
