@@ -86,14 +86,18 @@ def _print_skips(skipped: list[tuple[str, str]]) -> None:
             print(f"skipped {path}: {reason}", file=sys.stderr)
     if generated:
         examples = ", ".join(Path(path).name for path in generated[:3])
-        print(f"left out {len(generated)} generated artefacts (lock files, minified assets, benchmark "
+        print(f"left out {_count(len(generated), 'generated artefact')} (lock files, minified assets, benchmark "
               f"data: {examples}{', ...' if len(generated) > 3 else ''}); [collection] include in "
               "codehop.toml keeps one", file=sys.stderr)
     links = Counter(reason for _, reason in skipped if reason in LINK_REASONS)
     if links:
         why = "; ".join(f"{count} {reason}" for reason, count in links.most_common())
-        print(f"skipped {sum(links.values())} symbolic links ({why}): links are only followed to "
+        print(f"skipped {_count(sum(links.values()), 'symbolic link')} ({why}): links are only followed to "
               "files inside the indexed directories", file=sys.stderr)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _run_status(collection: str) -> RunStatus:

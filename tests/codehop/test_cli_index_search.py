@@ -319,7 +319,7 @@ def test_index_of_a_tree_with_special_files_and_links_out_finishes_and_says_why(
     summary = next(line for line in err.splitlines() if line.startswith("skipped 2 symbolic links ("))
     assert "1 link to a path outside the indexed directories" in summary
     assert "1 link to a directory outside the indexed directories" in summary
-    assert "left out 1 generated artefacts (lock files, minified assets, benchmark data: poetry.lock)" in err
+    assert "left out 1 generated artefact (lock files, minified assets, benchmark data: poetry.lock)" in err
     assert "2 added" in done.stdout
 
     def search(query):
