@@ -37,7 +37,7 @@ def start_warm_up(resources: Any) -> threading.Thread:
             seconds = warm_up_completions(resources)
         except Exception as error:  # noqa: BLE001 - reported once here, again by the request
             print(f"codehop: warm-up failed ({type(error).__name__}: {error}); the first "
-                  "completion will load the model itself", file=sys.stderr, flush=True)
+                  "completion will try again and answer with the error", file=sys.stderr, flush=True)
             return
         print(f"codehop: generator and repository ready for completions ({seconds:.1f} s)",
               file=sys.stderr, flush=True)

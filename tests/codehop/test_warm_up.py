@@ -42,4 +42,4 @@ def test_a_failed_warm_up_is_reported_not_raised(tmp_path, capsys):
     finally:
         resources.close()
     err = capsys.readouterr().err
-    assert "codehop: warm-up failed" in err and "the first completion will load the model itself" in err
+    assert "codehop: warm-up failed" in err and "the first completion will try again" in err
