@@ -1,5 +1,6 @@
 // codehop's web page: plain DOM code over the REST API (/health, /v1/collections,
-// /v1/search, /v1/ask, /benchmarks.md). Text from the server is only ever set as textContent.
+// /v1/search, /v1/ask, /benchmarks.md). /health's background indexing shows as progress bars,
+// polled while it runs; an answer given on a partial index says so. Text from the server is only ever set as textContent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -52,11 +53,52 @@ function hitItem(hit, base, id, cited) {
   return item;
 }
 
+// Background work the server reports in /health: while some runs, the page polls every 2 s.
+const BUSY = new Set(["waiting", "scanning", "loading model", "embedding"]);
+let polling = null;
+
+function indexingRow(status) {
+  // One collection's background indexing: the phase, a bar, counts, rate and time left.
+  const scanning = status.state === "scanning";
+  const [done, total, unit] = scanning ? [status.files_done, status.files_total, "files"]
+                                       : [status.chunks_done, status.chunks_total, "chunks"];
+  const percent = total ? Math.floor(100 * done / total) : 0;
+  const busy = BUSY.has(status.state);
+  const bar = el("progress", { max: "100", value: String(busy ? percent : 100) });
+  const parts = [`${status.collection}: ${status.state}`];
+  if (total) parts.push(`${done.toLocaleString()}/${total.toLocaleString()} ${unit} (${percent}%)`);
+  const rate = scanning ? status.rate_files_per_s : status.rate_chunks_per_s;
+  if (busy && rate) parts.push(`${rate.toFixed(rate < 10 ? 1 : 0)} ${unit}/s`);
+  if (busy && status.eta_s != null) parts.push(`ETA ${Math.ceil(status.eta_s)} s`);
+  if (!busy && status.dense_fraction != null && status.dense_fraction < 1) {
+    parts.push(`dense index covers ${Math.round(100 * status.dense_fraction)}%`);
+  }
+  if (status.error) parts.push(status.error);
+  const row = el("li", { class: `indexing-${status.state.replace(" ", "-")}` }, bar, el("span", { text: parts.join(" · ") }));
+  if (status.error) row.classList.add("error");
+  return row;
+}
+
+function warmUpRow(model) {
+  // The generator's warm start (loading, or converting once per machine), when the server reports it.
+  const busy = model.state === "loading";
+  return el("li", {}, el("progress", { max: "100", value: String(busy ? model.percentage || 0 : 100) }),
+    el("span", { text: `model: ${busy ? `loading ${model.percentage || 0}%` : model.state}${model.message ? ` · ${model.message}` : ""}` }));
+}
+
 async function loadHealth() {
   try {
     const health = await api("/health");
     $("health").textContent = `v${health.version} · workspace ${health.workspace}`;
     $("health").title = `sandbox: ${health.sandbox}`;
+    const statuses = Object.values(health.indexing || {});
+    const rows = statuses.map(indexingRow);
+    if (health.warm_up) rows.unshift(warmUpRow(health.warm_up));
+    $("indexing").replaceChildren(...rows);
+    $("indexing").hidden = rows.length === 0;
+    const busy = statuses.some((s) => BUSY.has(s.state)) || (health.warm_up && health.warm_up.state === "loading");
+    if (busy && !polling) polling = setInterval(loadHealth, 2000);
+    if (!busy && polling) { clearInterval(polling); polling = null; loadCollections(); }
   } catch (error) {
     $("health").textContent = `server unreachable (${error.message})`;
     $("health").classList.add("error");
@@ -112,6 +154,19 @@ function answerWithLinks(answer, sources) {
   return out;
 }
 
+function answerNotes(result, generate) {
+  // What the reader should know about this answer: a partial index, no citation.
+  const notes = [];
+  const partial = result.partial || {};
+  if (partial.dense != null && partial.dense < 1) {
+    notes.push(`Answered while indexing: the dense index covered ${Math.round(100 * partial.dense)}% of the chunks, so better sources may not have been searched yet. Ask again when indexing is done.`);
+  }
+  if (generate && result.answer && result.sources.length && !result.cited.length) {
+    notes.push("This answer cites no source ([n]): check it against the sources below.");
+  }
+  return notes.map((text) => el("p", { class: "note", text }));
+}
+
 async function ask(event) {
   event.preventDefault();
   const form = event.target;
@@ -119,12 +174,19 @@ async function ask(event) {
   const generate = $("ask-generate").checked;
   form.querySelector("button").disabled = true;
   answer.hidden = false;
-  answer.textContent = generate ? "answering…" : "retrieving…";
+  // A first answer can wait on the model loading: count the seconds so the page never looks stuck.
+  const started = Date.now();
+  const waiting = generate ? "answering…" : "retrieving…";
+  answer.textContent = waiting;
+  const ticker = setInterval(() => { answer.textContent = `${waiting} ${Math.round((Date.now() - started) / 1000)} s`; }, 1000);
   $("ask-sources").replaceChildren();
+  $("ask-notes").replaceChildren();
   try {
     const result = await api("/v1/ask", { query: $("ask-query").value, collection: form.collection.value || undefined, generate });
+    clearInterval(ticker);
     answer.replaceChildren(generate ? answerWithLinks(result.answer || "(no answer)", result.sources)
                                     : "retrieval only: the sources the answer would use");
+    $("ask-notes").replaceChildren(...answerNotes(result, generate));
     const cited = new Set(result.cited);
     const base = commonDir(result.sources);
     $("ask-sources").replaceChildren(...result.sources.map((hit, i) => hitItem(hit, base, `source-${i + 1}`, cited.has(i + 1))));
@@ -132,6 +194,7 @@ async function ask(event) {
   } catch (error) {
     answer.replaceChildren(el("span", { class: "error", text: error.message }));
   } finally {
+    clearInterval(ticker);
     form.querySelector("button").disabled = false;
   }
 }

@@ -123,13 +123,18 @@ def test_browser_page_search_ask_and_docs_with_the_network_closed(tmp_path, tiny
     assert any("storage.md" in s for s in seen["ask_sources"])
     assert seen["answer"] and seen["answer"] != "answering…"
     assert "generate" in seen["ask_stages"] or "retrieve" in seen["ask_stages"], seen["ask_stages"]
+    # index state: the real /health after the run, then a mid-embedding one, as progress bars
+    assert seen["indexing_done"].startswith("docs: done")
+    assert seen["indexing_mid"].startswith("docs: embedding · 1,428/3,400 chunks (42%)") and seen["indexing_bar"] == "42"
+    assert "ETA 48 s" in seen["indexing_mid"]
+    assert "Answered while indexing: the dense index covered 42% of the chunks" in seen["ask_notes_partial"]
     assert seen["benchmarks"].startswith("# Benchmarks")
     assert seen["docs_title"].startswith("codehop") and "/v1/search" in seen["docs_operations"]
     assert "codehop (0.1.0)" in seen["redoc_text"] and "\nanswers\n" in seen["redoc_text"]  # ReDoc rendered the spec
-    for name in ("web.png", "docs.png"):
+    for name in ("web.png", "web-indexing.png", "docs.png"):
         assert (out / name).stat().st_size > 10_000
     if os.environ.get("CODEHOP_SCREENSHOTS"):
         target = Path(os.environ["CODEHOP_SCREENSHOTS"])
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("web.png", "docs.png"):
+        for name in ("web.png", "web-indexing.png", "docs.png"):
             shutil.copy(out / name, target / name)

@@ -63,6 +63,8 @@ def drive(base: str, chromium: str, out: Path, seen: dict) -> None:
         page.wait_for_selector("#collections tr td:has-text('docs')", timeout=60_000)
         seen["collections"] = page.inner_text("#collections")
         seen["health"] = page.inner_text("#health")
+        page.wait_for_selector("#indexing li:has-text('docs: done')", timeout=120_000)  # polled until done
+        seen["indexing_done"] = page.inner_text("#indexing")
 
         page.fill("#search-query", SEARCH)
         page.click("#search-form button")
@@ -77,7 +79,34 @@ def drive(base: str, chromium: str, out: Path, seen: dict) -> None:
         seen["answer"] = page.inner_text("#ask-answer")
         seen["ask_sources"] = page.locator("#ask-sources li .where").all_inner_texts()
         seen["ask_stages"] = page.inner_text("#ask-stages")
+        seen["ask_notes"] = page.inner_text("#ask-notes")
         page.screenshot(path=str(out / "web.png"), full_page=True)
+
+        # The page mid-indexing: this server's own /health with its status as a server reports
+        # it 42% into the embedding (a small folder indexes too fast to catch it live).
+        health = page.request.get(f"{base}/health").json()
+        done = health["indexing"]["docs"]
+        health["indexing"]["docs"] = {**done, "state": "embedding", "chunks_total": 3400, "chunks_done": 1428,
+                                      "rate_chunks_per_s": 41.5, "eta_s": 47.2, "dense_fraction": 0.42}
+        page.route("**/health", lambda route: route.fulfill(json=health))
+        page.reload()
+        page.wait_for_selector("#indexing li:has-text('embedding')", timeout=30_000)
+        seen["indexing_mid"] = page.inner_text("#indexing")
+        seen["indexing_bar"] = page.get_attribute("#indexing progress", "value")
+
+        # An answer given then: the server's own answer, marked as given on 42% of the vectors.
+        def partial(route) -> None:
+            response = route.fetch()
+            route.fulfill(response=response, json={**response.json(), "partial": {"dense": 0.42}})
+
+        page.route("**/v1/ask", partial)
+        page.fill("#ask-query", QUESTION)
+        page.click("#ask-form button")
+        page.wait_for_selector("#ask-notes p:has-text('Answered while indexing')", timeout=240_000)
+        seen["ask_notes_partial"] = page.inner_text("#ask-notes")
+        page.screenshot(path=str(out / "web-indexing.png"), full_page=True)
+        page.unroute("**/health")
+        page.unroute("**/v1/ask")
         page.click("#bench-details summary")
         page.wait_for_function("document.getElementById('bench-text').textContent.length > 50")
         seen["benchmarks"] = page.inner_text("#bench-text")[:400]
