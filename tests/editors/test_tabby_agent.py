@@ -7,7 +7,9 @@ with a HealthState makes it "ready", a 401/403 there "unauthorized", anything el
 "disconnected"; the two bad states reach the editor as a `window/showMessage` warning
 ("Tabby agent status: ..."). Its LSP mode offers `textDocument/completion` (no inline
 completion in 1.5.0), answered from POST /v1/completions. Its debug log records each status
-change; the test reads it to tell "ready" apart from "nothing happened yet".
+change; the test reads it to tell "ready" apart from "nothing happened yet". Its older
+JSON-lines protocol (`--stdio` alone) exposes the agent's functions directly: there the test
+compares the agent's view of the server with /v1/health and posts completion events.
 
 scripts/test_tools.sh installs the agent (npm ci in tests/editors/tabby_agent); the server runs
 a tiny Llama built to write one known completion (`slugify_model_dir`).
@@ -18,10 +20,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from lsprotocol import types
 from pygls import uris
@@ -107,6 +113,40 @@ async def _session(home: Path, project: Path, complete: bool) -> dict:
     return out
 
 
+class _JsonLines:
+    """tabby-agent's older protocol (`--stdio` without `--lsp`, used by earlier Tabby plugins):
+    one JSON array a line, `[id, {"func": name, "args": [...]}]` -> `[id, result]`; events
+    arrive as `[0, event]`."""
+
+    def __init__(self, home: Path) -> None:
+        node = need("node", "Node.js runs Tabby's agent")
+        self.process = subprocess.Popen([node, str(AGENT), "--stdio"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                        env={"HOME": str(home), "PATH": os.environ.get("PATH", "")})
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout],
+                         daemon=True).start()
+        self.next_id = 0
+
+    def call(self, func: str, *args, timeout_s: float = 60):
+        self.next_id += 1
+        self.process.stdin.write(json.dumps([self.next_id, {"func": func, "args": list(args)}]) + "\n")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if not line.startswith("["):  # its log-file library prints notes on stdout too
+                continue
+            answer = json.loads(line)
+            if answer[0] == self.next_id:
+                return answer[1]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
 @pytest.fixture(scope="module")
 def slugify_model_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     """A Llama on SmolLM2's vocabulary whose greedy decoding always writes "title)": its one
@@ -145,6 +185,25 @@ def slugify_model_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     return target
 
 
+def _stdio_session(home: Path, project: Path) -> dict:
+    """The agent over JSON lines: initialize, status, health, a completion, two events."""
+    agent = _JsonLines(home)
+    try:
+        out = {"initialized": agent.call("initialize", {"clientProperties": {"session": {"client": "codehop-test"}}})}
+        out["status"] = agent.call("getStatus")
+        out["health"] = agent.call("getServerHealthState")
+        out["completion"] = agent.call("provideCompletions", {
+            "filepath": str(project / "main.py"), "language": "python", "text": MAIN,
+            "position": len(MAIN)}, timeout_s=120)
+        event = {"completion_id": out["completion"]["id"], "choice_index": 0}
+        out["posted"] = [agent.call("postEvent", {**event, "type": "view"}),
+                         agent.call("postEvent", {**event, "type": "select", "select_kind": "line"})]
+        agent.call("finalize")
+    finally:
+        agent.close()
+    return out
+
+
 @pytest.fixture
 def agent() -> Path:
     need(str(AGENT), "Tabby's agent: scripts/test_tools.sh runs npm ci in tests/editors/tabby_agent")
@@ -168,9 +227,19 @@ def test_tabby_agent_connects_and_completes(agent, project, slugify_model_dir, t
     try:
         _wait_warm(tmp_path / "serve.log")  # as when an editor opens after the server started
         out = asyncio.run(_session(_agent_home(tmp_path / "home", endpoint, None), project, True))
+        stdio = _stdio_session(_agent_home(tmp_path / "stdio", endpoint, None), project)
+        health = httpx.get(f"{endpoint}/v1/health", timeout=10).json()
+        metrics = httpx.get(f"{endpoint}/metrics", timeout=10).text
     finally:
         stop_server(process)
     _assert_connected_with_a_completion(out)
+    # the older protocol: the agent's own view of the server is our HealthState, its
+    # completion events reach /metrics
+    assert stdio["status"] == "ready" and stdio["health"] == health
+    assert [c["text"] for c in stdio["completion"]["choices"]] == ["title)"]
+    assert stdio["posted"] == [True, True]
+    assert 'codehop_tabby_events_total{type="view"} 1' in metrics
+    assert 'codehop_tabby_events_total{type="select"} 1' in metrics
     # warmed up, the first completion is fast: the agent flags no slow response (> 5 s)
     assert out["issues"] == [], out["issues"]
     # the agent asks for the server setting unless git_describe reads as a Tabby older than
