@@ -174,6 +174,23 @@ def test_disk_fill_past_the_quota_fails_the_run_and_is_removed(as_user, tmp_path
     assert not list(rw.glob("fill-*"))  # what the run created there is removed
 
 
+
+SLOW_DISK = r"""
+import os, time
+for i in range(64):  # 1 MiB every 20 ms, then idle: only the watcher can stop it early
+    with open(os.path.join({rw!r}, 'slow-%d' % i), 'wb') as handle:
+        handle.write(os.urandom(2**20))
+    time.sleep(0.02)
+time.sleep(15)
+"""
+
+
+def test_disk_quota_is_watched_during_the_run(as_user, tmp_path):
+    rw = writable_dir(as_user, tmp_path)
+    result = _ran(jail(as_user, SLOW_DISK.format(rw=str(rw)), dict(LIMITS, disk_mb=16), [rw]))
+    assert result["killed_reason"] == "disk" and result["elapsed_s"] < 10, result
+    assert not list(rw.glob("slow-*"))
+
 CPU = r"""
 import os, time
 def spin(seconds):
