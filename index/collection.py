@@ -33,6 +33,7 @@ import fcntl
 import itertools
 import logging
 import os
+import random
 import shutil
 import threading
 import time
@@ -47,9 +48,12 @@ from index import persist
 from index.bm25 import BM25Index
 from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
+from index.context import indexed_text
 from index.embed import Embedder, EmbedderConfig, content_hash
 from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from index.openai_http import OpenAIEndpoint
+from index import fusion_weight
+from index.fusion_weight import FusionEstimate
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.files import read_file
 from index.generated import generated_reason
@@ -62,6 +66,7 @@ from index.workspace import ensure_workspace
 
 __all__ = ["Collection", "CollectionConfig", "IndexReport", "MODES", "drop_collection"]
 MODES = ("hybrid", "bm25", "dense")
+GROUP_BY = (None, "document")
 _log = logging.getLogger(__name__)
 @dataclass
 class _Put:
@@ -87,6 +92,7 @@ class Collection:
         self._bm25: BM25Index | None = None
         self._dense: DenseIndex | None = None
         self._pending = np.empty(0, dtype=np.int64)  # chunk ids of the loaded generation without vectors
+        self._fusion: tuple[int, FusionEstimate | None] | None = None  # (file mtime, estimate)
 
     # ---------------------------------------------------------------- opening
 
@@ -197,7 +203,8 @@ class Collection:
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, **self.store.counts(self.name), "dense": self.config.dense,
-                "embedding_model": self.config.embedder_name}
+                "embedding_model": self.config.embedder_name, "context": bool(self.config.context),
+                "fusion": self.fusion_settings()}
 
     def pending_ids(self) -> np.ndarray:
         """Row ids of the committed chunks that have no vector in the dense index yet."""
@@ -261,6 +268,7 @@ class Collection:
         if puts or gone:
             with write_lock() if write_lock else nullcontext():
                 self._commit(puts, gone, report, defer=defer_dense)
+            self.refresh_fusion_weight()
         self._finish(report, started)
         return report
 
@@ -396,6 +404,7 @@ class Collection:
         report = IndexReport(self.name)
         self._embed_chunks([p.chunks[0] for p in puts], report, progress=False)
         doc_ids = self._commit(puts, [], report)
+        self.refresh_fusion_weight()
         return [f"{doc_id}:0" for doc_id in doc_ids]
 
     def delete(self, path_or_doc_id: str | int | Path) -> int:
@@ -408,6 +417,7 @@ class Collection:
             doc = self.store.find_document(self.name, resolved)
         report = IndexReport(self.name)
         self._commit([], [doc.id], report)
+        self.refresh_fusion_weight()
         return report.chunks_removed
 
     def rebuild(self, progress: bool = True, defer_dense: bool = False) -> IndexReport:
@@ -418,9 +428,11 @@ class Collection:
         started = time.perf_counter()
         report = IndexReport(self.name)
         if not defer_dense:
-            _, texts, _ = self.store.chunk_table(self.name)
-            self._embed_texts(texts, report, progress)
+            ids = self.store.chunk_ids(self.name)
+            rows = self.store.get_chunks(ids)
+            self._embed_texts([self._row_text(rows[i]) for i in ids if i in rows], report, progress)
         self._commit([], [], report, rebuild=True, defer=defer_dense)
+        self.refresh_fusion_weight(force=True)
         self._finish(report, started)
         return report
 
@@ -431,7 +443,22 @@ class Collection:
 
     def _embed_chunks(self, chunks: list[Chunk], report: IndexReport, progress: bool,
                       on_embed: Callable[[dict[str, int]], None] | None = None) -> None:
-        self._embed_texts([c.text for c in chunks], report, progress, on_embed)
+        self._embed_texts([self._indexed(c.text, c.path, c.kind, c.metadata) for c in chunks],
+                          report, progress, on_embed)
+
+    def _indexed(self, text: str, path: str, kind: str, metadata: dict[str, Any]) -> str:
+        """What BM25 tokenises and the embedder embeds of a chunk (index.context)."""
+        return indexed_text(text, path, kind, metadata, enabled=bool(self.config.context))
+
+    def _row_text(self, row: ChunkRow) -> str:
+        return self._indexed(row.text, row.path, row.kind, row.metadata)
+
+    def indexed_texts(self, texts: list[str], paths: list[str] | None = None,
+                      metadatas: list[dict[str, Any]] | None = None) -> list[str]:
+        """The texts `add_texts(texts, paths, metadatas)` would embed: embedding them first (e.g.
+        outside a server's write lock) makes that call's embedding a cache lookup."""
+        return [self._indexed(text, paths[i] if paths else f"text:{content_hash(text)[:16]}", "text",
+                              metadatas[i] if metadatas else {}) for i, text in enumerate(texts)]
 
     def _embed_texts(self, texts: list[str], report: IndexReport, progress: bool,
                      on_embed: Callable[[dict[str, int]], None] | None = None) -> None:
@@ -496,8 +523,10 @@ class Collection:
                     for doc_id in gone:
                         removed += self.store.delete_document(doc_id)
                     for put in puts:
-                        hashes = [content_hash(c.text) for c in put.chunks]
-                        tokens = [tokenize(c.text, self.config.tokenizer) for c in put.chunks]
+                        # The stored hash keys the vector cache: it is the indexed text's.
+                        texts = [self._indexed(c.text, put.path, c.kind, c.metadata) for c in put.chunks]
+                        hashes = [content_hash(text) for text in texts]
+                        tokens = [tokenize(text, self.config.tokenizer) for text in texts]
                         doc_id, old, new = self.store.put_document(
                             self.name, put.path, put.hash, put.chunks, hashes, put.metadata, tokens)
                         doc_ids.append(doc_id)
@@ -540,10 +569,13 @@ class Collection:
             bm25, bm25_from = self._bm25, self._loaded_dir()
             ids = self.store.chunk_ids(self.name)
         else:
-            if rebuild:  # the tokenizer settings may have changed: tokenise everything again
-                ids, texts, _ = self.store.chunk_table(self.name)
+            if rebuild:  # the tokenizer or context settings may have changed: index text again
+                ids = self.store.chunk_ids(self.name)
+                rows = self.store.get_chunks(ids)
+                texts = [self._row_text(rows[i]) for i in ids]
                 tokens = [tokenize(text, self.config.tokenizer) for text in texts]
-                self.store.set_tokens(list(zip(ids, tokens)))
+                self.store.set_index_terms([(i, words, content_hash(text))
+                                            for i, words, text in zip(ids, tokens, texts)])
             else:
                 ids, tokens = self.store.chunk_tokens(self.name)
             bm25 = BM25Index(self.config.bm25)
@@ -588,7 +620,7 @@ class Collection:
             return ids, np.zeros((0, 0), np.float32)
         if not cached_only:
             rows = self.store.get_chunks(ids.tolist())
-            return ids, self.embedder.encode([rows[int(i)].text for i in ids])
+            return ids, self.embedder.encode([self._row_text(rows[int(i)]) for i in ids])
         hashes = self.store.chunk_hashes(ids.tolist())
         found = self.embedder.cached_by_hash(list(hashes.values()))
         ready = np.asarray([i for i in ids.tolist() if hashes.get(i) in found], dtype=np.int64)
@@ -647,7 +679,7 @@ class Collection:
                     return counts
                 part = pending[start:start + batch_size].tolist()
                 rows = self.store.get_chunks(part)
-                texts = [rows[i].text for i in part if i in rows]
+                texts = [self._row_text(rows[i]) for i in part if i in rows]
                 known = len(self.embedder.cached(texts))
                 self.embedder.encode(texts)
                 counts["embedded"] += len(set(texts)) - known
@@ -667,6 +699,7 @@ class Collection:
             last_commit = time.monotonic()
             if len(np.intersect1d(self.pending_ids(), pending)):  # vectors lost meanwhile?
                 break  # e.g. the cache was cleared: do not loop forever
+        self.refresh_fusion_weight()
         return counts
 
     def _write_manifest(self, generation: int) -> None:
@@ -714,7 +747,7 @@ class Collection:
     # ---------------------------------------------------------------- searching
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid",
-               filters: SearchFilter | None = None) -> list[SearchResult]:
+               filters: SearchFilter | None = None, group_by: str | None = None) -> list[SearchResult]:
         """Top-k chunks for a text query.
 
         Args:
@@ -723,6 +756,8 @@ class Collection:
             mode: "hybrid" (BM25 + dense fused), "bm25" or "dense".
             filters: only chunks it admits come back; still k of them whenever the retrievers
                 can reach k such chunks, however rare they are (see `_search`).
+            group_by: "document" returns k documents, each once, as its best chunk (MaxP,
+                Dai & Callan 2019); None returns chunks.
         Returns:
             SearchResults best first; `score` is BM25, cosine or the fused score by mode.
         """
@@ -732,18 +767,97 @@ class Collection:
             raise InvalidInputError(f"unknown search mode {mode!r}; choose one of {MODES}")
         if not isinstance(k, int) or k <= 0:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        if group_by not in GROUP_BY:
+            raise InvalidInputError(f"unknown group_by {group_by!r}; choose 'document' or none")
         self._ensure_loaded()
         if filters is not None and filters.admits_everything:
             filters = None
-        return self._search(query, None, k, mode, filters)
+        return self._search(query, None, k, mode, filters, group_by)
 
     def _fuse(self, lists: list[Hits]) -> Hits:
         if self.config.fusion == "rrf":
             return rrf_fuse(lists, k=self.config.rrf_k)
-        return weighted_fuse(lists, [1 - self.config.dense_weight, self.config.dense_weight])
+        weight = self.dense_weight()
+        return weighted_fuse(lists, [1 - weight, weight])
+
+    # ---------------------------------------------------------------- fusion weight
+
+    def dense_weight(self) -> float:
+        """The dense list's weight in convex fusion: configured ("weighted") or estimated
+        from the collection's own pseudo-queries ("auto", index.fusion_weight)."""
+        if self.config.fusion == "weighted":
+            return self.config.dense_weight
+        estimate = self.fusion_estimate()
+        return fusion_weight.PRIOR_DENSE_WEIGHT if estimate is None else estimate.dense_weight
+
+    def fusion_estimate(self) -> FusionEstimate | None:
+        """The stored estimate (re-read when another process wrote a new one), or None."""
+        path = self.directory / fusion_weight.ESTIMATE_FILE
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if self._fusion is None or self._fusion[0] != stamp:
+            self._fusion = (stamp, fusion_weight.load_estimate(path))
+        return self._fusion[1]
+
+    def fusion_settings(self) -> dict[str, Any]:
+        """How hybrid search fuses, and why (shown in stats)."""
+        if self.config.fusion == "rrf":
+            return {"method": "rrf", "k": self.config.rrf_k}
+        if self.config.fusion == "weighted":
+            return {"method": "convex", "dense_weight": self.config.dense_weight, "source": "configured"}
+        estimate = self.fusion_estimate()
+        if estimate is None:
+            return {"method": "convex", "dense_weight": fusion_weight.PRIOR_DENSE_WEIGHT,
+                    "source": "prior", "reason": "not estimated yet"}
+        return {"method": "convex", "dense_weight": estimate.dense_weight, "source": estimate.method,
+                "estimate": estimate.to_dict()}
+
+    def refresh_fusion_weight(self, force: bool = False, limit: int = 200) -> FusionEstimate | None:
+        """Estimate the dense weight again when the collection drifted from the last estimate
+        (or with `force`); called after each commit, outside every lock. Needs the dense side
+        complete: while chunks are pending the last estimate (or the prior) stays.
+        Returns the estimate in force (None when fusion is not "auto" or none exists)."""
+        if self.config.fusion != "auto":
+            return None
+        self._ensure_loaded()
+        chunks = len(self)
+        current = self.fusion_estimate()
+        if not force and not fusion_weight.is_stale(current, chunks):
+            return current
+        if self._dense is None or len(self.pending_ids()):
+            return current
+        document_of = self.store.chunk_documents(self.name)
+        queries = fusion_weight.sample_pseudo_queries(self._sampled_chunks(document_of, limit), limit)
+        n = self.config.candidates + 1  # the source chunk is dropped from each list
+
+        def search(texts: list[str]):
+            for text in texts:
+                yield self._bm25_hits(text, n), self._dense_search(self.embedder.encode_query(text), n)
+
+        estimate = fusion_weight.estimate(queries, search, document_of.get, chunks=chunks)
+        fusion_weight.save_estimate(self.directory / fusion_weight.ESTIMATE_FILE, estimate)
+        return self.fusion_estimate()
+
+    def _sampled_chunks(self, document_of: dict[int, int], limit: int) -> dict[int, list[tuple[int, str]]]:
+        """Chunks (row id, text) of a seeded sample of the documents that have two or more,
+        enough for `limit` pseudo-queries (chunks whose lines are all code give none)."""
+        rows_of: dict[int, list[int]] = {}
+        for row_id, document in document_of.items():
+            rows_of.setdefault(document, []).append(row_id)
+        documents = sorted(d for d, rows in rows_of.items() if len(rows) >= 2)
+        random.Random(0).shuffle(documents)
+        wanted = [row for d in documents[: 3 * limit] for row in sorted(rows_of[d])[:8]]
+        rows = self.store.get_chunks(wanted)
+        sampled: dict[int, list[tuple[int, str]]] = {}
+        for row_id in wanted:
+            if row_id in rows:
+                sampled.setdefault(rows[row_id].doc_id, []).append((row_id, rows[row_id].text))
+        return sampled
 
     def _search(self, query: str | None, vector: np.ndarray | None, k: int, mode: str,
-                filters: SearchFilter | None) -> list[SearchResult]:
+                filters: SearchFilter | None, group_by: str | None = None) -> list[SearchResult]:
         """Top-k among the chunks that this thread's store holds and `filters` admits.
 
         The retrievers are asked for n candidates, n growing 4x per round, until k of them
@@ -759,14 +873,15 @@ class Collection:
           no result: k come back whenever the retrievers reach k chunks the store holds.
         Unfiltered, n starts at k (hybrid: `candidates` from each retriever) and the top k
         rows are read once, as a plain search needs anyway; it widens only if one is missing.
-        Exact for BM25 and flat; SPANN and PQ return what their probes reach.
+        Exact for BM25 and flat; SPANN and PQ return what their probes reach. Grouped by
+        document, a candidate whose document already came back counts like a skipped one.
         """
         if vector is None and mode != "bm25" and self._dense is not None:
             vector = self.embedder.encode_query(query)  # once, not per round
         rows: dict[int, ChunkRow] = {}  # row id -> its row, for candidates read
         skip: set[int] = set()  # candidates that cannot come back: rejected, or not in the store
         checked: set[int] = set()  # candidates `filters` has judged
-        if filters is not None:
+        if filters is not None or group_by is not None:
             n = max(4 * k, self.config.candidates)
         else:
             n = max(k, self.config.candidates) if mode == "hybrid" else k
@@ -777,7 +892,8 @@ class Collection:
                 passing = self.store.admitted_row_ids(new, filters.path_prefix, filters.kind)
                 checked.update(new)
                 skip.update(i for i in new if i not in passing)
-            top = self._top_rows(hits, k, rows, skip)
+            top = (self._top_documents(hits, k, rows, skip) if group_by
+                   else self._top_rows(hits, k, rows, skip))
             if len(top) >= k or complete:
                 return self._to_results(top, rows)
             n *= 4
@@ -800,6 +916,29 @@ class Collection:
                     skip.update(i for i in unread if i not in found)
                     continue
             return Hits(hits.ids[top], hits.scores[top]) if skip else hits.top(k)
+
+    def _top_documents(self, hits: Hits, k: int, rows: dict[int, ChunkRow], skip: set[int]) -> Hits:
+        """The best chunk of each of the first k documents among `hits` (not in `skip`),
+        reading rows in batches of 4k as needed."""
+        ids = [i for i in hits.ids.tolist() if i not in skip]
+        unread = [i for i in ids if i not in rows]
+        best: dict[int, int] = {}  # document id -> position in hits
+        position = {row_id: at for at, row_id in enumerate(hits.ids.tolist())}
+        start = 0
+        for row_id in ids:
+            if row_id not in rows and unread[start:]:
+                batch = unread[start:start + 4 * k]
+                found = self.store.get_chunks(batch)
+                rows.update(found)
+                skip.update(i for i in batch if i not in found)
+                start += len(batch)
+            row = rows.get(row_id)
+            if row is not None and row.doc_id not in best:
+                best[row.doc_id] = position[row_id]
+                if len(best) >= k:
+                    break
+        at = np.asarray(sorted(best.values()), dtype=np.int64)
+        return Hits(hits.ids[at], hits.scores[at])
 
     def _candidates(self, query: str | None, vector: np.ndarray | None, n: int,
                     mode: str) -> tuple[Hits, bool]:
@@ -876,7 +1015,8 @@ class Collection:
 
     def get_vectors(self, ids: list[str | int]) -> np.ndarray:
         """Embeddings of chunks by id (from the vector cache; embeds any that are missing)."""
-        return self.embedder.encode([chunk.text for chunk in self.get_chunks(ids)])
+        return self.embedder.encode([self._indexed(c.text, c.path, c.kind, c.metadata)
+                                     for c in self.get_chunks(ids)])
 
 
 def drop_collection(workspace: Path, name: str) -> None:

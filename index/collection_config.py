@@ -22,7 +22,9 @@ from index.walk import WalkConfig
 
 # Settings baked into the indexes: changing one rebuilds them. Chunk sizes apply to files
 # (re-)indexed later; batch size and fusion settings apply at once.
-INDEX_KEYS = ("dense", "dense_config", "embedding_backend", "embedding_model", "bm25", "tokenizer")
+INDEX_KEYS = ("dense", "dense_config", "embedding_backend", "embedding_model", "bm25", "tokenizer",
+              "context")
+FUSIONS = ("auto", "weighted", "rrf")
 # The settings that name the model behind a collection's vectors: they may not change silently.
 EMBEDDING_KEYS = ("embedding_backend", "embedding_model")
 
@@ -46,8 +48,14 @@ class CollectionConfig:
         ingest: chunk sizes and file limits.
         walk: which files a directory walk keeps (extra excludes, re-included generated
             files); applies to the next add, like `ingest`.
-        fusion: "rrf" (reciprocal rank, k=`rrf_k`) or "weighted" (min-max scores,
-            `dense_weight` for the dense list) for hybrid search.
+        context: index each chunk with its document's title and heading trail (index.context;
+            BM25 and the embedder see it, results show the chunk alone). None (not chosen):
+            what an existing collection recorded (off for collections from before it
+            existed, so opening one never re-embeds it), on for a new one.
+        fusion: how hybrid search mixes BM25 and dense: "auto" (min-max convex fusion with
+            the dense weight the collection estimated from its own pseudo-queries,
+            index.fusion_weight; the prior until an estimate exists), "weighted" (the same
+            with the fixed `dense_weight`) or "rrf" (reciprocal rank, k=`rrf_k`).
         candidates: hits taken from each retriever before fusion.
     """
 
@@ -62,7 +70,8 @@ class CollectionConfig:
     tokenizer: TokenizerConfig = TokenizerConfig()
     ingest: IngestConfig = IngestConfig()
     walk: WalkConfig = WalkConfig()
-    fusion: str = "rrf"
+    context: bool | None = None
+    fusion: str = "auto"
     rrf_k: int = 60
     dense_weight: float = 0.5
     candidates: int = 100
@@ -73,8 +82,8 @@ class CollectionConfig:
         if self.embedding_backend is not None and self.embedding_backend not in EMBEDDING_BACKENDS:
             raise InvalidInputError(f"embedding_backend must be one of {EMBEDDING_BACKENDS}, "
                                     f"not {self.embedding_backend!r}")
-        if self.fusion not in ("rrf", "weighted"):
-            raise InvalidInputError(f"fusion must be 'rrf' or 'weighted', not {self.fusion!r}")
+        if self.fusion not in FUSIONS:
+            raise InvalidInputError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
         if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
             raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
 
@@ -87,7 +96,7 @@ class CollectionConfig:
         return f"{backend}:{self.embedding_model}"
 
     def resolved(self, recorded: "CollectionConfig | None" = None) -> "CollectionConfig":
-        """This config with its embedding backend chosen, when it names none.
+        """This config with its embedding backend and context chosen, when it names none.
 
         The default yields to what an existing collection recorded for the same model (a
         collection built with sentence-transformers keeps it: no re-embedding, no mismatch
@@ -95,13 +104,17 @@ class CollectionConfig:
         Example: CollectionConfig().resolved(None).embedding_backend -> "onnx-int8";
         CollectionConfig().resolved(<recorded sentence-transformers>) -> "sentence-transformers".
         """
-        if self.embedding_backend is not None:
-            return self
-        if recorded is not None and recorded.embedding_model == self.embedding_model:
+        resolved = self
+        if resolved.context is None:
+            resolved = dataclasses.replace(
+                resolved, context=True if recorded is None or recorded.context is None else recorded.context)
+        if resolved.embedding_backend is not None:
+            return resolved
+        if recorded is not None and recorded.embedding_model == resolved.embedding_model:
             backend = recorded.embedding_backend
         else:
-            backend = default_backend(self.embedding_model)
-        return dataclasses.replace(self, embedding_backend=backend)
+            backend = default_backend(resolved.embedding_model)
+        return dataclasses.replace(resolved, embedding_backend=backend)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -117,6 +130,7 @@ class CollectionConfig:
         data = dict(data)
         # Collections from before the backend was recorded were all built with this one.
         data.setdefault("embedding_backend", "sentence-transformers")
+        data.setdefault("context", False)  # and indexed the chunk text alone
         data["bm25"] = BM25Config(**data["bm25"])
         data["tokenizer"] = TokenizerConfig(**data["tokenizer"])
         data["ingest"] = IngestConfig(**data["ingest"])

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 # Chunk kinds whose text already names its file in a header line (code_tools.chunker).
 SELF_DESCRIBED_KINDS = frozenset({"syntax", "abstract"})
 HEADING_SEPARATOR = " > "
+# The stand-in path of a text added without one (index.collection.Collection.add_texts).
+UNNAMED_PREFIX = "text:"
 
 
 def title_of(path: str) -> str:
@@ -38,10 +40,12 @@ def title_of(path: str) -> str:
 
 
 def context_header(path: str, kind: str, metadata: dict[str, Any]) -> str:
-    """The header line(s) a chunk is indexed with; "" for chunks that carry their own."""
+    """The header line(s) a chunk is indexed with; "" for chunks that carry their own, and
+    no title for a text added without a path (its stand-in path, "text:<hash>", says nothing)."""
     if kind in SELF_DESCRIBED_KINDS:
         return ""
-    title = str(metadata.get("title") or title_of(path)).strip()
+    named = not path.startswith(UNNAMED_PREFIX)
+    title = str(metadata.get("title") or (title_of(path) if named else "")).strip()
     headings = metadata.get("headings") or ()
     trail = HEADING_SEPARATOR.join(str(h).strip() for h in headings if str(h).strip())
     return "\n".join(part for part in (title, trail) if part)

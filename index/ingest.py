@@ -16,15 +16,17 @@ passages "a\\nb" (lines 1-2) and "c" (line 4).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 
+from index.context import heading_trail, headings_at
 from index.types import Chunk
 
 Chunker = Callable[[str, str], "list[Chunk] | None"]
 
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".adoc", ".org", ""}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -120,8 +122,27 @@ def _passage(group: list[list[tuple[int, str]]], path: str, kind: str) -> Chunk:
 
 
 def split_passages(text: str, path: str, config: IngestConfig = IngestConfig()) -> list[Chunk]:
-    """Prose -> passages of whole paragraphs (see the module docstring)."""
-    return _pack(list(enumerate(text.splitlines(), start=1)), path, config, "passage")
+    """Prose -> passages of whole paragraphs (see the module docstring). Markdown passages
+    record the headings they sit under (`headings` metadata: index.context indexes them)."""
+    lines = text.splitlines()
+    chunks = _pack(list(enumerate(lines, start=1)), path, config, "passage")
+    if Path(path).suffix.lower() not in MARKDOWN_SUFFIXES:
+        return chunks
+    trail = heading_trail(lines)
+    return [_with_headings(chunk, trail) for chunk in chunks]
+
+
+def _with_headings(chunk: Chunk, trail: list[tuple[int, int, str]]) -> Chunk:
+    """The chunk with the heading path above its first line (a heading that opens the chunk
+    is in its text already, so only its parents are added)."""
+    above = [(number, level, title) for number, level, title in trail if number < chunk.start_line]
+    opening = next((level for number, level, _ in trail if number == chunk.start_line), None)
+    if opening is not None:  # siblings and deeper headings of the opening one are not above it
+        above.append((chunk.start_line, opening, ""))
+    headings = [title for title in headings_at(above, chunk.start_line) if title]
+    if not headings:
+        return chunk
+    return replace(chunk, metadata={**chunk.metadata, "headings": headings})
 
 
 class _HTMLText(HTMLParser):

@@ -334,11 +334,13 @@ class Store:
         rows = self._query("SELECT id, doc_id FROM chunks WHERE collection=?", [collection]).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def set_tokens(self, items: list[tuple[int, list[str]]]) -> None:
-        """Replace the stored tokens of chunks (inside a transaction)."""
+    def set_index_terms(self, items: list[tuple[int, list[str], str]]) -> None:
+        """Replace chunks' BM25 tokens and the hash of their indexed text, the vector cache's
+        key (inside a transaction); items are (row id, tokens, text hash)."""
         self._write("SELECT 1")  # refuses to run outside a transaction
-        self.db.conn.executemany("UPDATE chunks SET tokens=? WHERE id=?",
-                                 [(" ".join(words), row_id) for row_id, words in items])
+        self.db.conn.executemany("UPDATE chunks SET tokens=?, text_hash=? WHERE id=?",
+                                 [(" ".join(words), text_hash, row_id)
+                                  for row_id, words, text_hash in items])
 
     def get_chunks(self, row_ids: list[int]) -> dict[int, ChunkRow]:
         """Stored chunks by row id (missing ids are left out)."""

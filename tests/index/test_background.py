@@ -65,8 +65,7 @@ def test_stop_midway_then_resume_reuses_cache_and_equals_one_shot(tmp_path, conf
         assert counts["embedded"] == 100 and counts["commits"] == 1
         assert collection.dense_fraction() == pytest.approx(0.5)
         # a third batch reaches the cache but not a commit (as if killed before committing)
-        rows = collection.store.get_chunks(collection.pending_ids()[:50].tolist())
-        collection.embedder.encode([r.text for r in rows.values()])
+        collection.get_vectors(collection.pending_ids()[:50].tolist())
     with Collection.open(tmp_path / "ws") as resumed:
         assert len(resumed.pending_ids()) == 100
         counts = resumed.fill_dense(batch_size=50)

@@ -213,7 +213,7 @@ def test_config_is_persisted_and_a_changed_config_rebuilds(tmp_path):
         assert _top_path(reopened, "write-ahead logging", "hybrid").endswith("sqlite.md")
     generation = lambda c: c.store.collection("notes")["generation"]  # noqa: E731
     with Collection.open(tmp_path / "ws", "notes", config=CollectionConfig()) as changed:
-        assert changed.config.fusion == "rrf" and generation(changed) == 1  # query-time only
+        assert changed.config.fusion == "auto" and generation(changed) == 1  # query-time only
         assert _top_path(changed, "spaghetti", "hybrid").endswith("cooking.txt")
     okapi = CollectionConfig(bm25=BM25Config(k1=1.5, idf="okapi"))
     with Collection.open(tmp_path / "ws", "notes", config=okapi) as rebuilt:

@@ -25,8 +25,15 @@ def test_the_default_backend_yields_to_what_a_collection_recorded():
     assert CollectionConfig().embedding_backend is None  # not chosen
     assert CollectionConfig().resolved().embedding_backend == "onnx-int8"  # a new collection
     assert CollectionConfig().resolved(recorded).embedding_backend == "sentence-transformers"
-    explicit = CollectionConfig(embedding_backend="static")
+    explicit = CollectionConfig(embedding_backend="static", context=True)
     assert explicit.resolved(recorded) is explicit  # a choice is kept (and checked by Collection.open)
+    # context headers: on for a new collection, as recorded for an existing one, off for one
+    # stored before they existed (so opening it never re-embeds it)
+    assert CollectionConfig().resolved().context is True
+    assert CollectionConfig().resolved(CollectionConfig(context=False)).context is False
+    before_context = CollectionConfig().to_dict()
+    del before_context["context"]
+    assert CollectionConfig.from_dict(before_context).context is False
     # another model is a new embedding: it gets the default, not the old model's backend
     static = CollectionConfig(embedding_backend="static", embedding_model="/models/tiny-static")
     assert CollectionConfig().resolved(static).embedding_backend == "onnx-int8"

@@ -17,7 +17,12 @@ def test_indexed_text_prefixes_title_and_heading_trail():
 
 
 def test_metadata_title_wins_over_the_path():
+    assert indexed_text("Body.", "notes/x.txt", "text", {"title": "Release notes"}) == "Release notes\nBody."
     assert indexed_text("Body.", "text:ab12", "text", {"title": "Release notes"}) == "Release notes\nBody."
+
+
+def test_a_text_without_a_path_gets_no_title():
+    assert indexed_text("Body.", "text:ab12cd34", "text", {}) == "Body."
 
 
 def test_syntax_chunks_carry_their_own_header():

@@ -108,3 +108,18 @@ def test_query_line_takes_prose_not_code_or_headers():
         "Return the sum of the values in x."
     assert query_line("x = [1, 2, 3, 4, 5, 6]\ny = f(x) + g(x) * 2") is None
     assert len(query_line(" ".join(["word"] * 40)).split()) == 24
+
+
+def test_a_weak_preference_keeps_the_prior_with_its_reason():
+    # Both retrievers find the document equally well: no weight beats the prior clearly.
+    queries = [PseudoQuery(f"query {i} with some words", source=2 * i, document=i) for i in range(30)]
+
+    def search(texts):
+        for i, _ in enumerate(texts):
+            hits = Hits(np.asarray([2 * i, 2 * i + 1, 999], np.int64), np.asarray([1.0, 0.9, 0.1], np.float32))
+            yield hits, hits
+
+    owner = {2 * i + j: i for i in range(30) for j in (0, 1)} | {999: 99}
+    result = estimate(queries, search, owner.get)
+    assert result.method == "prior" and result.dense_weight == PRIOR_DENSE_WEIGHT
+    assert "less than the" in result.reason and all(score == 1.0 for _, score in result.curve)

@@ -20,8 +20,9 @@ def test_put_update_delete_and_ids_never_reused(tmp_path):
     assert removed == [] and len(added) == 2
     assert store.chunk_tokens("c") == (added, [["one"], ["two", "2"]])
     with store.transaction():
-        store.set_tokens([(added[0], ["uno"])])
+        store.set_index_terms([(added[0], ["uno"], "t1-indexed")])
     assert store.chunk_tokens("c")[1] == [["uno"], ["two", "2"]]
+    assert store.chunk_hashes(added) == {added[0]: "t1-indexed", added[1]: "t2"}
     rows = store.get_chunks(added)
     assert [rows[i].chunk_id for i in added] == [f"{doc}:0", f"{doc}:1"]
     assert rows[added[1]].text == "two" and rows[added[1]].path == "/a.txt"
