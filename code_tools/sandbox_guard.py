@@ -266,10 +266,11 @@ class WritableDirs:
     def prepare(self) -> None:
         """Snapshot owners and modes; as root, give every entry to the jail's uid."""
         self.prepared = True
+        devices = {os.lstat(path).st_dev for path in self.paths}
         for dir_fd, name, st in self._entries():
             self.before[(st.st_dev, st.st_ino)] = _Entry(st.st_uid, st.st_gid, st.st_mode)
             self.usage_before += _usage(st)
-            if self.jail_uid is not None:
+            if self.jail_uid is not None and _may_hand_over(st, devices):
                 os.chown(name, self.jail_uid, self.jail_uid, dir_fd=dir_fd, follow_symlinks=False)
 
     def over_quota(self) -> bool:
@@ -322,6 +323,17 @@ class WritableDirs:
                         continue
                 if bottom_up:
                     yield dir_fd, ".", os.stat(".", dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _may_hand_over(st: os.stat_result, devices: set[int]) -> bool:
+    """Whether the jail's uid may own this entry for the run.
+
+    Not a file with other hard links (one may be a host file outside the directory, e.g. in
+    a `cp -al` copy), nor anything on another file system mounted inside the directory.
+    """
+    if st.st_dev not in devices:
+        return False
+    return stat.S_ISDIR(st.st_mode) or st.st_nlink == 1
 
 
 def _usage(st: os.stat_result) -> int:

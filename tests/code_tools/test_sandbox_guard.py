@@ -308,3 +308,20 @@ def test_as_root_each_run_has_its_own_unprivileged_uid(tmp_path):
         owners.append((rw / "made").stat().st_uid)
         assert rw.stat().st_uid == 0  # the directory itself is given back to root
     assert all(JAIL_UID_RANGE[0] <= uid < JAIL_UID_RANGE[1] for uid in owners) and owners[0] != owners[1]
+
+
+def test_as_root_a_hard_link_to_a_host_file_is_not_handed_to_the_jail(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("files are handed to the jail's uid only when codehop is root")
+    from code_tools.sandbox import SandboxLimits, run_python
+
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text("host")
+    host_file.chmod(0o644)
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    os.link(host_file, rw / "linked.txt")  # like a `cp -al` scratch copy
+    code = f"open({str(rw / 'linked.txt')!r}, 'w').write('changed by the jail')"
+    result = run_python(code, SandboxLimits(timeout_s=20), [rw])
+    assert not result.passed and "PermissionError" in result.stderr
+    assert host_file.read_text() == "host" and host_file.stat().st_uid == 0
