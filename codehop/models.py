@@ -97,12 +97,18 @@ def configured_rapid_policy(workspace: Path):
 
 def open_collection(settings: Settings, workspace: Path, name: str, create: bool = False,
                     config=None, reembed: bool = False):
-    """Collection.open with the embedding server of [embedding] (when it is one) and its device."""
+    """Collection.open with the embedding server of [embedding] (when it is one) and its device;
+    dense search refuses a collection that another embedder than [embedding]'s built (exit 8)."""
     from index.collection import Collection
 
     return Collection.open(workspace, name, config=config, create=create,
                            embedding_endpoint=settings.embedding_endpoint(), reembed=reembed,
-                           device=settings.embedding.device)
+                           device=settings.embedding.device, expected_embedder=expected_embedder(settings))
+
+
+def expected_embedder(settings: Settings) -> tuple[str, str | None]:
+    """(model, backend or None): the embedder [embedding] names, checked before dense search."""
+    return settings.embedding.model, settings.embedding.backend
 
 
 def configured_embedder(settings: Settings, workspace: Path):

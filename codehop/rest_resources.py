@@ -73,6 +73,7 @@ class Resources:
         self._kv: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # -> KVCacheStore
         # Background embedding per collection (index.background.DenseFiller), shown in /health.
         self.indexing: dict[str, Any] = {}
+        self.warm_up = None  # codehop.warm_up.WarmUpStatus of the model loading at start (/health)
 
     def close(self) -> None:
         for filler in self.indexing.values():  # between batches; embedded vectors are kept
@@ -100,6 +101,7 @@ class Resources:
 
     def collection(self, name: str):
         """The open Collection `name` (NotFoundError when it does not exist)."""
+        from codehop.models import expected_embedder
         from index.collection import Collection
 
         with self._guard:
@@ -107,7 +109,8 @@ class Resources:
                 self._collections[name] = Collection.open(
                     self.workspace, name, create=False,
                     embedding_endpoint=self.settings.embedding_endpoint(),
-                    device=self.settings.embedding.device)
+                    device=self.settings.embedding.device,
+                    expected_embedder=expected_embedder(self.settings))
                 self._locks.setdefault(name, RWLock())
             return self._collections[name]
 

@@ -99,7 +99,8 @@ class Collection:
     @classmethod
     def open(cls, workspace: Path, name: str = "default", config: CollectionConfig | None = None,
              create: bool = True, embedding_endpoint: OpenAIEndpoint | None = None,
-             reembed: bool = False, device: str = "cpu") -> "Collection":
+             reembed: bool = False, device: str = "cpu",
+             expected_embedder: tuple[str, str | None] | None = None) -> "Collection":
         """Open (or create) a collection.
 
         Args:
@@ -117,7 +118,19 @@ class Collection:
                 a config raises EmbedderMismatchError (vectors of two models never mix).
             device: torch device of a sentence-transformers embedder ("cpu", "cuda", "cuda:1");
                 not stored: the same vectors come out on any device.
+            expected_embedder: (model, backend or None) that the caller's settings name; dense
+                search of a collection recorded with another embedder raises
+                EmbedderMismatchError naming both fixes (the settings, or --rebuild).
         """
+        collection = cls._open(workspace, name, config, create, embedding_endpoint, reembed, device)
+        # Checked when dense search first needs the embedder, not here: BM25 and document
+        # reads work whatever embedder the settings name.
+        collection.expected_embedder = expected_embedder
+        return collection
+
+    @classmethod
+    def _open(cls, workspace: Path, name: str, config: CollectionConfig | None, create: bool,
+              embedding_endpoint: OpenAIEndpoint | None, reembed: bool, device: str) -> "Collection":
         workspace = Path(workspace).expanduser()
         if workspace.exists() and not workspace.is_dir():
             raise InvalidInputError(f"workspace {workspace} is a file, not a directory")
@@ -178,17 +191,36 @@ class Collection:
     def embedder(self) -> Embedder:
         """The collection's embedder (model loaded on first encode)."""
         if self._embedder is None:
+            self._check_expected_embedder()
             remote = self.config.embedding_backend == "openai"
             if remote and self.embedding_endpoint is None:
-                raise InvalidInputError(
+                raise EmbedderMismatchError(
                     f"collection {self.name!r} is embedded by an OpenAI-compatible server (model "
-                    f"{self.config.embedding_model!r}): set [embedding] backend = 'openai' and base_url "
-                    "in codehop.toml to use it")
+                    f"{self.config.embedding_model!r}) and no server is configured: set [embedding] "
+                    "backend = 'openai' and base_url in codehop.toml to search it as built, or re-embed "
+                    f"it locally with `codehop index --rebuild --collection {self.name}`")
             self._embedder = Embedder(EmbedderConfig(
                 model=self.config.embedding_model, batch_size=self.config.embed_batch_size,
                 cache_dir=self.workspace / "embeddings", backend=self.config.embedding_backend,
                 endpoint=self.embedding_endpoint if remote else None, device=self.device))
         return self._embedder
+
+    def _check_expected_embedder(self) -> None:
+        """The settings' (model, backend), given to `open`, must be the recorded embedder's
+        (backend None: any); otherwise the query would be embedded by another model."""
+        expected = getattr(self, "expected_embedder", None)
+        if expected is None:
+            return
+        model, backend = expected
+        recorded = self.config
+        if model == recorded.embedding_model and backend in (None, recorded.embedding_backend):
+            return
+        named = f"{backend}:{model}" if backend else model
+        raise EmbedderMismatchError(
+            f"collection {self.name!r} was embedded with {recorded.embedder_name}, but the settings name "
+            f"{named}: set [embedding] model = {recorded.embedding_model!r} and backend = "
+            f"{recorded.embedding_backend!r} in codehop.toml to search it as built, or re-embed it with "
+            f"`codehop index --rebuild --collection {self.name}`")
 
     def _check_dim(self, dense, dim: int) -> None:
         """Vectors of another size than the index's: another model is answering."""

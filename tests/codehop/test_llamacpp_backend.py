@@ -75,6 +75,18 @@ def test_embeddings_from_llamacpp_fill_a_collection(client_dir):
     assert len(results) == len(DOCS) and {Path(r["path"]).name for r in results} == set(DOCS)
 
 
+def test_another_embedder_in_the_settings_is_refused_for_dense_search_only(client_dir):
+    # No codehop.toml in the working folder: the settings name the shipped MiniLM, the collection holds llama.cpp's vectors.
+    for command in (["search", "atomic", "--mode", "dense"], ["ask", "atomic?", "--retrieval-only"]):
+        refused = codehop(*command, "--workspace", str(client_dir / ".codehop"), cwd=client_dir / "repo")
+        assert refused.returncode == 8, refused.stderr
+        assert "openai:smollm2-embed" in refused.stderr and "codehop index --rebuild" in refused.stderr
+        assert "[embedding] model = 'smollm2-embed'" in refused.stderr
+    lexical = codehop("search", "atomic", "--mode", "bm25", "--workspace", str(client_dir / ".codehop"), "--json",
+                      cwd=client_dir / "repo")
+    assert lexical.returncode == 0 and json.loads(lexical.stdout)["results"], lexical.stderr
+
+
 def test_ask_streams_and_answers_as_json_with_small_model_stages(client_dir):
     streamed = codehop("--config", "codehop.toml", "ask", QUESTIONS[0], "--no-reservoir", cwd=client_dir)
     assert streamed.returncode == 0, streamed.stderr
@@ -122,6 +134,10 @@ def test_rest_relays_the_servers_usage(client_dir, llamacpp_url):
                                                     "suffix": "\n\nprint(add(1, 2))", "max_tokens": 6})
         assert done.status_code == 200, done.text
         assert done.headers["x-codehop-fim"] == "false" and "501" in done.json()["codehop_note"]
+    # The REST API checks the embedder too: default settings on the llama.cpp-embedded workspace.
+    with TestClient(create_app(workspace=client_dir / ".codehop", roots=[])) as client:
+        searched = client.post("/v1/search", json={"query": "atomic", "mode": "dense"})
+        assert searched.status_code == 409 and "--rebuild" in searched.json()["error"]["message"]
 
 
 def repeated_ngrams(text: str, n: int = 8, times: int = 3) -> list[tuple[str, ...]]:

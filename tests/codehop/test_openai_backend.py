@@ -124,9 +124,10 @@ def test_index_and_search_with_the_openai_embedder(client_dir):
     mixed = codehop("--config", "torch.toml", "index", "docs", "--no-progress", cwd=client_dir)
     assert mixed.returncode == 8 and "codehop index --rebuild" in mixed.stderr
     # Settings that name only the model keep the backend the collection recorded, and say
-    # what that backend needs when it is not configured.
+    # what that backend needs when it is not configured (or how to re-embed locally).
     unconfigured = codehop("--config", "local.toml", "search", "atomic", "--mode", "dense", cwd=client_dir)
-    assert unconfigured.returncode == 2 and "backend = 'openai'" in unconfigured.stderr
+    assert unconfigured.returncode == 8 and "backend = 'openai'" in unconfigured.stderr
+    assert "codehop index --rebuild" in unconfigured.stderr
 
 
 def test_ask_streams_an_answer_from_the_server(client_dir):

@@ -43,3 +43,37 @@ def test_a_failed_warm_up_is_reported_not_raised(tmp_path, capsys):
         resources.close()
     err = capsys.readouterr().err
     assert "codehop: warm-up failed" in err and "the first completion will try again" in err
+
+
+def test_health_reports_the_warm_up_step_by_step_then_ready(tmp_path, tiny_model_dir, capsys):
+    from fastapi.testclient import TestClient
+
+    from codehop.rest import create_app
+
+    resources = _resources(tmp_path, str(tiny_model_dir))  # only for its settings and repository
+    resources.close()
+    app = create_app(resources.settings, workspace=tmp_path / "ws", roots=[resources.repo_root],
+                     warm_up=True)
+    with TestClient(app) as client:
+        status = app.state.resources.warm_up
+        assert status.done.wait(120), "the warm-up never ended"
+        health = client.get("/health").json()
+    assert health["warm_up"]["state"] == "ready" and health["warm_up"]["percentage"] == 100
+    assert health["warm_up"]["seconds"] > 0 and health["warm_up"]["error"] is None
+    err = capsys.readouterr().err  # the steps, as a log or a terminal shows them
+    assert f"codehop: loading model 0%: loading {tiny_model_dir}" in err
+    assert "codehop: loading model 70%: warming up" in err
+
+
+def test_a_failed_warm_up_shows_in_health(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from codehop.rest import create_app
+
+    resources = _resources(tmp_path, str(tmp_path / "no-such-model"))
+    resources.close()
+    app = create_app(resources.settings, workspace=tmp_path / "ws", roots=[resources.repo_root], warm_up=True)
+    with TestClient(app) as client:
+        assert app.state.resources.warm_up.done.wait(60)
+        warm_up = client.get("/health").json()["warm_up"]
+    assert warm_up["state"] == "failed" and "no-such-model" in warm_up["error"]
