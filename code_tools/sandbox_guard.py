@@ -318,9 +318,12 @@ class WritableDirs:
                     yield dir_fd, ".", os.stat(".", dir_fd=dir_fd, follow_symlinks=False)
                 for name in dirnames + filenames:
                     try:
-                        yield dir_fd, name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     except FileNotFoundError:
                         continue
+                    if stat.S_ISDIR(st.st_mode) and not bottom_up:
+                        _open_to_owner(dir_fd, name, st)
+                    yield dir_fd, name, st
                 if bottom_up:
                     yield dir_fd, ".", os.stat(".", dir_fd=dir_fd, follow_symlinks=False)
 
@@ -334,6 +337,27 @@ def _may_hand_over(st: os.stat_result, devices: set[int]) -> bool:
     if st.st_dev not in devices:
         return False
     return stat.S_ISDIR(st.st_mode) or st.st_nlink == 1
+
+
+def _open_to_owner(dir_fd: int, name: str, st: os.stat_result) -> None:
+    """As a user, give the owner back rwx on a directory the jail shut (chmod 000).
+
+    Root walks any directory; a user could not, and what the jail hid in there would escape
+    the quota and the sweep. The mode is changed through an O_PATH descriptor opened without
+    following links, so a directory swapped for a symlink meanwhile changes nothing else.
+    """
+    if os.geteuid() == 0 or st.st_uid != os.geteuid() or st.st_mode & stat.S_IRWXU == stat.S_IRWXU:
+        return
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _usage(st: os.stat_result) -> int:

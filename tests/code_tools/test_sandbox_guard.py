@@ -191,6 +191,27 @@ def test_disk_quota_is_watched_during_the_run(as_user, tmp_path):
     assert result["killed_reason"] == "disk" and result["elapsed_s"] < 10, result
     assert not list(rw.glob("slow-*"))
 
+
+HIDDEN_DISK = r"""
+import os
+hidden = os.path.join({rw!r}, 'hidden')
+os.mkdir(hidden)
+block = b'x' * 2**20
+for i in range(32):  # 32 MiB at once (faster than the watcher), then shut to its owner
+    with open(os.path.join(hidden, 'fill-%d' % i), 'wb') as handle:
+        handle.write(block)
+os.chmod(hidden, 0)
+import time
+time.sleep(1)
+"""
+
+
+def test_disk_quota_sees_into_a_directory_the_jail_shut(as_user, tmp_path):
+    rw = writable_dir(as_user, tmp_path)
+    result = _ran(jail(as_user, HIDDEN_DISK.format(rw=str(rw)), dict(LIMITS, disk_mb=16), [rw]))
+    assert result["killed_reason"] == "disk", result
+    assert not (rw / "hidden").exists()
+
 CPU = r"""
 import os, time
 def spin(seconds):
