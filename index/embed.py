@@ -28,6 +28,7 @@ Example: encode(["a", "b"]) embeds both; a later encode(["b", "c"]) embeds only 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import threading
@@ -53,6 +54,7 @@ _MODELS_LOCK = threading.Lock()
 # differently, so the length is set per call under this lock.
 _ENCODE_LOCK = threading.Lock()
 _QUERY_CACHE = 1024
+_log = logging.getLogger(__name__)
 _LOOKUP_BATCH = 500  # sqlite's default limit on bound variables is 999
 
 
@@ -315,10 +317,14 @@ class Embedder:
             progress(len(texts) - len(missing))
         # Embed in slices of a few batches: the cache commits each, so a kill keeps the work.
         # Slices of similar length (sorted) pad little: length bucketing across the whole call.
+        # A server's batches are committed one by one, as they arrive: each is a slow request
+        # that may be the one that fails, and a rerun must not ask for the others again.
         missing.sort(key=lambda item: len(item[1]))
-        step = self.config.batch_size * 8
-        for start in range(0, len(missing), step):
+        start = 0
+        while start < len(missing):
+            step = self._remote.batch_size if self._remote is not None else self.config.batch_size * 8
             part = missing[start : start + step]
+            start += len(part)
             vectors = self._embed([text for _, text in part])
             fresh = {key: vector for (key, _), vector in zip(part, vectors)}
             known.update(fresh)
@@ -360,7 +366,12 @@ class Embedder:
 class RemoteEmbeddings:
     """`/v1/embeddings` of an OpenAI-compatible server, in batches, rows L2-normalised.
 
-    Example: embed(["a", "b", "c"]) with batch_size 2 sends ["a", "b"], then ["c"].
+    A batch that times out is sent again in halves, and the smaller size is kept for the rest
+    of the run (a CPU server embeds 32 long chunks slower than the 120 s default timeout); a
+    single text that still times out is an error naming both settings to change.
+
+    Example: embed(["a", "b", "c"]) with batch_size 2 sends ["a", "b"], then ["c"]; if
+    ["a", "b"] timed out: ["a"], ["b"], ["c"].
     """
 
     def __init__(self, endpoint: OpenAIEndpoint, batch_size: int) -> None:
@@ -376,9 +387,21 @@ class RemoteEmbeddings:
         return self.known_dim
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        for start in range(0, len(texts), self.batch_size):
-            rows.extend(self._batch(texts[start: start + self.batch_size]))
+        rows: list[list[float]] = []
+        while len(rows) < len(texts):
+            part = texts[len(rows): len(rows) + self.batch_size]
+            try:
+                rows.extend(self._batch(part))
+            except ModelServerError as error:
+                if not error.timed_out:
+                    raise
+                if len(part) == 1:
+                    raise ModelServerError(f"{error}; even one text took longer: raise [embedding] "
+                                           "timeout_s (or shorten chunks)", timed_out=True) from error
+                self.batch_size = max(1, len(part) // 2)
+                _log.warning("embedding server %s timed out on %d texts; sending %d per request from now "
+                             "on (set [embedding] batch_size to start there)", self.endpoint.base_url,
+                             len(part), self.batch_size)
         vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)

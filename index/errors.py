@@ -58,10 +58,12 @@ class ModelServerError(CodehopError):
     exit_code = 7
     http_status = 502
 
-    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+    def __init__(self, message: str, status: int | None = None, detail: str = "",
+                 timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.detail = detail  # the server's own error message, for callers that act on its cause
+        self.timed_out = timed_out  # no answer within timeout_s (a smaller request may fit)
 
 
 class EmbedderMismatchError(CodehopError):

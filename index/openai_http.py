@@ -185,7 +185,7 @@ class OpenAIClient:
 
         if isinstance(error, httpx.TimeoutException):
             raise ModelServerError(f"model server {url} did not answer within "
-                                   f"{self.endpoint.timeout_s:g} s (timeout_s): {error}") from error
+                                   f"{self.endpoint.timeout_s:g} s (timeout_s): {error}", timed_out=True) from error
         if _refused(error) and attempt.more:
             attempt.wait(None)
             return

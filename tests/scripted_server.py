@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,7 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     cut: bool = False
+    delay_s: float = 0.0  # wait this long before answering (a slow server)
 
 
 class ScriptedServer:
@@ -46,6 +48,7 @@ class ScriptedServer:
                 server.requests.append((self.path, body))
                 queue = server.replies.get(self.path)
                 reply = queue.popleft() if queue else Reply(404, {"error": {"message": "no such route"}})
+                time.sleep(reply.delay_s)
                 self._send(reply)
 
             def _send(self, reply: Reply) -> None:

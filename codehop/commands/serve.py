@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = args.host or server.host, args.port if args.port is not None else server.port
     if not 0 < port < 65536:
         raise InvalidInputError(f"--port must be 1..65535, got {port}")
+    listener = _listen(host, port)  # a busy port fails here, before any "serving" line or indexing
     sources = [Path(s) for s in (args.source or server.roots)] or [repository_root(Path.cwd())]
     workspace = resolve_workspace(args.workspace, settings)
     name = args.collection or settings.collection.name
@@ -94,8 +95,25 @@ def run(args: argparse.Namespace) -> int:
                      background=background, warm_up=not args.no_warm_up)
     print(f"codehop: serving http://{host}:{port} (workspace {workspace}, docs at /docs)",
           file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int):
+    """The bound server socket (uvicorn listens on it); ConflictError when the address is taken."""
+    import socket
+
+    from index.errors import ConflictError
+
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ConflictError(f"cannot serve on {host}:{port}: {error.strerror or error}; another server "
+                            "is using it: stop it, or pick another --port (or [server] port)") from error
+    return listener
 
 
 def _index(settings, workspace: Path, name: str, sources: list[Path], defer: bool) -> None:

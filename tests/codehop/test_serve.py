@@ -162,3 +162,16 @@ def test_serve_no_index_resumes_the_vectors_a_stopped_run_left(tmp_path):
     finally:
         server.terminate()
         server.wait(20)
+
+
+def test_serve_on_a_busy_port_fails_before_saying_it_serves(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        ran = subprocess.run([sys.executable, "-m", "codehop", "serve", "--port", str(port), "--no-index",
+                              "--workspace", str(tmp_path / "ws")], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert ran.returncode == 6, ran.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in ran.stderr and "another --port" in ran.stderr
+    assert "serving http" not in ran.stderr

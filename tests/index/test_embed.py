@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from index.embed import Embedder, EmbedderConfig, content_hash
-from index.errors import InvalidInputError, ModelNotFoundError
+from index.embed import Embedder, EmbedderConfig, RemoteEmbeddings, content_hash
+from index.errors import InvalidInputError, ModelNotFoundError, ModelServerError
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +76,47 @@ def test_truncation_is_per_embedder_although_the_model_is_shared(embedder):
     assert short.model is plain.model is embedder.model  # one copy per process
     assert float(truncated @ full_before) < 0.99
     np.testing.assert_allclose(full_after, full_before, atol=1e-5)  # no leaked limit
+
+
+# ---------------------------------------------------------------- the openai (server) backend
+
+def test_remote_batches_that_time_out_are_split_and_the_smaller_size_kept():
+    from index.openai_http import OpenAIEndpoint
+    from tests.scripted_server import Reply, ScriptedServer
+
+    def vectors(n: int) -> Reply:
+        return Reply(200, {"data": [{"index": i, "embedding": [1.0, float(i)]} for i in range(n)]})
+
+    with ScriptedServer() as server:
+        # 4 texts in a batch time out; 2 fit; the third batch is sent at 2 straight away.
+        server.script("/v1/embeddings", Reply(200, {}, delay_s=1.5), vectors(2), vectors(2), vectors(1))
+        remote = RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=0.5, max_retries=0), 4)
+        out = remote.embed(["a", "b", "c", "d", "e"])
+        assert out.shape == (5, 2) and remote.batch_size == 2
+        assert [len(body["input"]) for _, body in server.requests] == [4, 2, 2, 1]
+        server.script("/v1/embeddings", Reply(200, {}, delay_s=1.5), Reply(200, {}, delay_s=1.5))
+        with pytest.raises(ModelServerError, match="raise \\[embedding\\] timeout_s"):
+            RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=0.5, max_retries=0), 2).embed(["x"])
+
+
+def test_llamacpp_vectors_are_kept_as_they_arrive_and_a_rerun_resumes(tmp_path, llamacpp_embedding_url):
+    from index.openai_http import OpenAIEndpoint
+
+    def embedder() -> Embedder:
+        return Embedder(EmbedderConfig(model="smollm2-embed", backend="openai", batch_size=2,
+                                       cache_dir=tmp_path / "embeddings",
+                                       endpoint=OpenAIEndpoint(llamacpp_embedding_url, "smollm2-embed",
+                                                               max_retries=0)))
+
+    texts = [f"chunk {i}: the index writes file {i} atomically" for i in range(6)]
+    too_long = "word " * 1500  # beyond llama.cpp's 512-token batch: HTTP 500, after the others
+    first = embedder()
+    with pytest.raises(ModelServerError, match="too large"):
+        first.encode(texts + [too_long])
+    assert len(first.cached(texts)) == len(texts)  # every batch that arrived was committed
+    first.close()
+    done: list[int] = []
+    again = embedder()
+    vectors = again.encode(texts, progress=done.append)
+    assert done == [len(texts)] and vectors.shape == (6, 576)  # all from the cache: nothing re-sent
+    again.close()
