@@ -29,6 +29,7 @@ import os
 import platform
 import secrets
 import stat
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ _KEYCTL = {"x86_64": 250, "aarch64": 219}
 _JOIN_SESSION_KEYRING = 1
 # Each file counts at least one block, so a million empty files cannot dodge the quota.
 _MIN_FILE_BYTES = 4096
+# Directories deeper than this inside a writable directory count as over the quota, and new
+# ones are removed: os.fwalk recurses per level, and 1,000 nested directories made by the jail
+# raised RecursionError out of run_python.
+MAX_DEPTH = 128
 
 
 # ------------------------------------------------------------------------------ seccomp
@@ -262,6 +267,7 @@ class WritableDirs:
         self.usage_before = 0
         self.exceeded = False
         self.prepared = self.restored = False
+        self.too_deep = False
 
     def prepare(self) -> None:
         """Snapshot owners and modes; as root, give every entry to the jail's uid."""
@@ -277,7 +283,7 @@ class WritableDirs:
         """True (and remembered) when the run grew these directories past the quota."""
         if self.paths and not self.exceeded:
             grown = sum(_usage(st) for _, _, st in self._entries()) - self.usage_before
-            self.exceeded = grown > self.quota_bytes
+            self.exceeded = grown > self.quota_bytes or self.too_deep
         return self.exceeded
 
     def restore(self) -> None:
@@ -289,6 +295,8 @@ class WritableDirs:
             return
         self.restored = True
         self.over_quota()
+        if self.too_deep:
+            self._remove_deep()  # bounds the bottom-up walk below
         owner = self._new_file_owner()
         for dir_fd, name, st in self._entries(bottom_up=True):
             before = self.before.get((st.st_dev, st.st_ino))
@@ -310,10 +318,26 @@ class WritableDirs:
         uid = self.jail_uid if self.jail_uid is not None else os.getuid()
         return uid, uid
 
-    def _entries(self, bottom_up: bool = False) -> Iterator[tuple[int, str, os.stat_result]]:
-        """(directory fd, name, lstat) of every entry, symlinks never followed; the top as '.'."""
+    def _remove_deep(self) -> None:
+        """Remove the new directories below MAX_DEPTH (with `rm -rf`, which does not recurse)."""
         for top in self.paths:
-            for _, dirnames, filenames, dir_fd in os.fwalk(top, topdown=not bottom_up, follow_symlinks=False):
+            for dirpath, dirnames, _, dir_fd in os.fwalk(top, follow_symlinks=False):
+                if _depth(dirpath, top) < MAX_DEPTH - 1:
+                    continue
+                for name in dirnames:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) not in self.before:
+                        subprocess.run(["rm", "-rf", "--one-file-system", "--", name], check=False,
+                                       pass_fds=(dir_fd,), preexec_fn=functools.partial(os.fchdir, dir_fd))
+                dirnames[:] = []
+
+    def _entries(self, bottom_up: bool = False) -> Iterator[tuple[int, str, os.stat_result]]:
+        """(directory fd, name, lstat) of every entry, symlinks never followed; the top as '.'.
+
+        Top-down walks stop MAX_DEPTH levels down and set `too_deep` when there was more.
+        """
+        for top in self.paths:
+            for dirpath, dirnames, filenames, dir_fd in os.fwalk(top, topdown=not bottom_up, follow_symlinks=False):
                 if not bottom_up:
                     yield dir_fd, ".", os.stat(".", dir_fd=dir_fd, follow_symlinks=False)
                 for name in dirnames + filenames:
@@ -326,6 +350,13 @@ class WritableDirs:
                     yield dir_fd, name, st
                 if bottom_up:
                     yield dir_fd, ".", os.stat(".", dir_fd=dir_fd, follow_symlinks=False)
+                elif dirnames and _depth(dirpath, top) >= MAX_DEPTH - 1:
+                    self.too_deep = True
+                    dirnames[:] = []  # fwalk descends only into what is left here
+
+
+def _depth(dirpath: str, top: str) -> int:
+    return dirpath.count("/") - top.rstrip("/").count("/")
 
 
 def _may_hand_over(st: os.stat_result, devices: set[int]) -> bool:

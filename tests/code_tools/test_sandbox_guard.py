@@ -212,6 +212,23 @@ def test_disk_quota_sees_into_a_directory_the_jail_shut(as_user, tmp_path):
     assert result["killed_reason"] == "disk", result
     assert not (rw / "hidden").exists()
 
+
+DEEP = r"""
+import os
+os.chdir({rw!r})
+for _ in range(1200):  # os.fwalk recursed once per level: this raised RecursionError
+    os.mkdir('d')
+    os.chdir('d')
+"""
+
+
+def test_a_very_deep_tree_fails_the_run_and_is_removed(as_user, tmp_path):
+    rw = writable_dir(as_user, tmp_path)
+    (rw / "kept").mkdir()
+    answer = jail(as_user, DEEP.format(rw=str(rw)), LIMITS, [rw])
+    assert _ran(answer)["killed_reason"] == "disk", answer
+    assert sorted(os.listdir(rw)) == ["kept"]
+
 CPU = r"""
 import os, time
 def spin(seconds):
