@@ -213,11 +213,24 @@ class GeneratorSettings(ServerEndpointSettings):
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """`codehop serve`. Generation (ask, chat, completions, agent) runs in a lane of its own:
+    `generation_concurrency` requests generate at once (1 suits a local CPU model; raise it for
+    a model server that batches), `generation_queue` more may wait, and one more gets 429 with
+    Retry-After. Search, embeddings and /health run on `search_threads` threads of their own."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
     roots: tuple[str, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
+    generation_concurrency: int = 1
+    generation_queue: int = 16
+    search_threads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.generation_concurrency < 1 or self.generation_queue < 0 or self.search_threads < 1:
+            raise InvalidInputError("[server] needs generation_concurrency >= 1, generation_queue >= 0 "
+                                    "and search_threads >= 1")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ Concurrency: one writer thread runs indexing jobs one at a time; each collection
 readers-writer lock. A job embeds new chunks into the vector cache first (the slow part,
 readers unaffected), then holds the write side only while the collection commits (cached
 vectors: tokenise, rebuild BM25, add to the dense index, fsync), so searches always see one
-committed generation and never wait on the embedding model.
+committed generation and never wait on the embedding model. Generation requests run in a
+bounded lane of their own and search, embeddings and /health on a small executor of their
+own (codehop/rest_lane.py): a cheap request never waits behind an answer being generated.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codehop import rest_generation, rest_models as m, rest_tabby
 from codehop.config import Settings, resolve_workspace
+from codehop.rest_lane import FastLane, GenerationLane, get_fast, get_lane
 from codehop.rest_metrics import Metrics, MetricsMiddleware
 # Re-exported: tests and callers override these dependencies by the names they import from here.
 from codehop.rest_resources import (PathOutsideRootsError, Resources, get_completer,  # noqa: F401
@@ -40,7 +43,8 @@ from index.types import SearchFilter
 VERSION = "0.1.0"
 _ERRORS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
            405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-           422: "invalid_request", 501: "not_implemented", 502: "bad_gateway"}
+           422: "invalid_request", 429: "too_many_requests", 499: "client_closed_request",
+           501: "not_implemented", 502: "bad_gateway"}
 
 
 # ---------------------------------------------------------------- errors
@@ -52,7 +56,11 @@ def _error(status_code: int, kind: str, message: str) -> JSONResponse:
 
 
 async def _codehop_error(request: Request, error: CodehopError) -> JSONResponse:
-    return _error(error.http_status, type(error).__name__, str(error))
+    response = _error(error.http_status, type(error).__name__, str(error))
+    retry_after = getattr(error, "retry_after", None)  # OverloadedError: when to come back
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -68,7 +76,7 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": m.ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 501, 502)}
+    code: {"model": m.ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 429, 501, 502)}
 
 
 # ---------------------------------------------------------------- routes
@@ -235,7 +243,12 @@ search_router = APIRouter(prefix="/v1", tags=["retrieval"])
 
 
 @search_router.post("/search", response_model=m.SearchResponse)
-def search(body: m.SearchRequest, resources: Resources = Depends(get_resources)):
+async def search(body: m.SearchRequest, resources: Resources = Depends(get_resources),
+                 fast: FastLane = Depends(get_fast)):
+    return await fast.run(_search_response, resources, body)
+
+
+def _search_response(resources: Resources, body: m.SearchRequest) -> m.SearchResponse:
     started = time.perf_counter()
     hits = _search(resources, body)
     name = body.collection or resources.settings.collection.name
@@ -245,6 +258,18 @@ def search(body: m.SearchRequest, resources: Resources = Depends(get_resources))
         partial = {"dense": round(fraction, 4)} if fraction < 1.0 else None
     return m.SearchResponse(results=hits, mode=body.mode, collection=name, partial=partial,
                             elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+def _health(resources: Resources, lane: GenerationLane) -> m.Health:
+    from dataclasses import asdict
+
+    from code_tools.sandbox import sandbox_status
+
+    return m.Health(status="ok", version=VERSION, workspace=str(resources.workspace),
+                    collections=resources.names(), sandbox=sandbox_status().describe(),
+                    indexing={name: f.status() for name, f in resources.indexing.items()},
+                    warm_up=resources.warm_up.to_dict() if resources.warm_up is not None else None,
+                    generation=m.GenerationLaneStatus(**asdict(lane.status())))
 
 
 # ---------------------------------------------------------------- app
@@ -278,6 +303,9 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
     async def lifespan(app: FastAPI):
         resources = Resources(settings, workspace, roots, repo_root)
         app.state.resources = resources
+        server = settings.server
+        app.state.lane = GenerationLane(server.generation_concurrency, server.generation_queue)
+        app.state.fast = FastLane(server.search_threads)
         if background is not None:
             background(resources)
         if warm_up:
@@ -287,6 +315,8 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
         try:
             yield
         finally:
+            app.state.lane.close()
+            app.state.fast.close()
             resources.close()
 
     # /docs and /redoc come from assets shipped with the packages (codehop/rest_web.py), no CDN.
@@ -301,17 +331,13 @@ def create_app(settings: Settings | None = None, *, workspace: Path | None = Non
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/health", response_model=m.Health, tags=["service"])
-    def health(resources: Resources = Depends(get_resources)):
-        from code_tools.sandbox import sandbox_status
-
-        return m.Health(status="ok", version=VERSION, workspace=str(resources.workspace),
-                        collections=resources.names(), sandbox=sandbox_status().describe(),
-                        indexing={name: f.status() for name, f in resources.indexing.items()},
-                        warm_up=resources.warm_up.to_dict() if resources.warm_up is not None else None)
+    async def health(resources: Resources = Depends(get_resources), fast: FastLane = Depends(get_fast),
+                     lane: GenerationLane = Depends(get_lane)):
+        return await fast.run(_health, resources, lane)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
-    def metrics():
-        return PlainTextResponse(app.state.metrics.render(),
+    async def metrics(lane: GenerationLane = Depends(get_lane)):  # counters only: on the event loop
+        return PlainTextResponse(app.state.metrics.render() + lane.render_metrics(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     auth = [Depends(require_api_key)]

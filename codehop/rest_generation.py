@@ -14,24 +14,27 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from dataclasses import asdict
 import time
 import uuid
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from codehop import rest_models as m
+from codehop.rest_lane import FastLane, GenerationLane, Ticket, get_fast, get_lane
 from codehop.rest_resources import Resources, get_completer, get_generator, get_resources, get_treehop
 from index.errors import InvalidInputError, ModelNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-# One generation at a time per process: a CPU model gains nothing from concurrent forwards.
-_GENERATE = threading.Lock()
+# Generation runs in the app's GenerationLane (codehop/rest_lane.py): admitted or refused with
+# 429, FIFO model slots ([server] generation_concurrency), held only while generating.
 MAX_PROMPT_TOKENS = 4096
+# Stream buffers hold max_tokens pieces plus this many events (role, stages, result, [DONE]):
+# a producer never waits for a slow client while it holds the model.
+STREAM_EVENTS = 64
 
 
 def _config(body: m._Sampling, stop: tuple[str, ...] = (), json_schema=None):
@@ -62,12 +65,45 @@ def _check_prompt(generator, *texts: str) -> None:
                                 f"{MAX_PROMPT_TOKENS}: shorten it")
 
 
-def _sse(payloads: Iterator[dict[str, Any]]) -> Iterator[str]:
-    """OpenAI's stream framing: `data: {json}` events, then `data: [DONE]`."""
-    with _GENERATE:  # held across the stream; released when the client disconnects too
+def _sse(payloads: Iterator[dict[str, Any]], ticket: Ticket) -> Iterator[str]:
+    """OpenAI's stream framing: `data: {json}` events, then `data: [DONE]`; the model slot is
+    held while the payloads are generated (into the lane's buffer, not to the client)."""
+    with ticket.hold():
         for payload in payloads:
             yield f"data: {json.dumps(payload)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+class _HeldGenerator:
+    """`generator`, holding a model slot of `ticket` only for each call that generates: an
+    agent gives the model back while its tools run, then queues again for its next turn."""
+
+    def __init__(self, generator, ticket: Ticket) -> None:
+        self._generator, self._ticket = generator, ticket
+
+    def __getattr__(self, name: str):
+        return getattr(self._generator, name)
+
+    def _held(self, method: str, *args, **kwargs):
+        with self._ticket.hold():
+            return getattr(self._generator, method)(*args, **kwargs)
+
+    def complete(self, *args, **kwargs):
+        return self._held("complete", *args, **kwargs)
+
+    def chat(self, *args, **kwargs):
+        return self._held("chat", *args, **kwargs)
+
+    def complete_fim(self, *args, **kwargs):
+        return self._held("complete_fim", *args, **kwargs)
+
+    def stream(self, *args, **kwargs) -> Iterator[str]:
+        with self._ticket.hold():
+            yield from self._generator.stream(*args, **kwargs)
+
+    def chat_stream(self, *args, **kwargs) -> Iterator[str]:
+        with self._ticket.hold():
+            yield from self._generator.chat_stream(*args, **kwargs)
 
 
 def _usage(generator, prompt_tokens: int, text: str, reported: int | None = None) -> m.Usage:
@@ -84,7 +120,12 @@ def models(resources: Resources = Depends(get_resources)):
 
 
 @router.post("/embeddings", response_model=m.EmbeddingResponse)
-def embeddings(body: m.EmbeddingRequest, resources: Resources = Depends(get_resources)):
+async def embeddings(body: m.EmbeddingRequest, resources: Resources = Depends(get_resources),
+                     fast: FastLane = Depends(get_fast)):
+    return await fast.run(_embeddings, body, resources)
+
+
+def _embeddings(body: m.EmbeddingRequest, resources: Resources) -> m.EmbeddingResponse:
     name = resources.settings.embedding.model
     _check_model(body.model, name)
     texts = [body.input] if isinstance(body.input, str) else body.input
@@ -104,48 +145,66 @@ def _encode_vector(vector, encoding: str) -> list[float] | str:
 
 
 @router.post("/completions", response_model=m.CompletionResponse)
-def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, response: Response,
-                resources: Resources = Depends(get_resources), generator=Depends(get_generator)):
+async def completions(body: m.CompletionRequest | m.TabbyCompletionRequest, request: Request,
+                      response: Response, resources: Resources = Depends(get_resources),
+                      generator=Depends(get_generator), lane: GenerationLane = Depends(get_lane)):
     created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
     if isinstance(body, m.TabbyCompletionRequest):
-        return _tabby(body, resources, generator, created, cid)
+        return await lane.call(request, lambda ticket: _tabby(body, resources, generator, created, cid, ticket))
     _check_model(body.model, generator.name, resources.settings.generator.model)
+    if body.stream:
+        headers: dict[str, str] = {}
+
+        def produce(ticket: Ticket) -> Iterator[str]:
+            prompt, fim = _prompt(generator, body)
+            # A model without a fill-in-the-middle format completes the prefix only; the header says so.
+            headers["x-codehop-fim"] = "true" if fim else "false"
+            yield from _sse(_completion_chunks(generator, prompt, _config(body), cid, created), ticket)
+
+        pieces = await lane.stream(request, produce, body.max_tokens + STREAM_EVENTS)
+        return StreamingResponse(pieces, media_type="text/event-stream", headers=headers)
+    return await lane.call(request, lambda ticket: _complete(body, response, resources, generator,
+                                                             created, cid, ticket))
+
+
+def _prompt(generator, body: m.CompletionRequest) -> tuple[str, bool]:
+    """(the prompt to decode, whether it is a fill-in-the-middle prompt); 422 when too long."""
     _check_prompt(generator, body.prompt, body.suffix or "")
-    prompt, fim = body.prompt, False
     if body.suffix:
         fim_prompt = generator.fim_prompt(body.prompt, body.suffix)
         if fim_prompt is not None:
-            prompt, fim = fim_prompt, True
+            return fim_prompt, True
+    return body.prompt, False
+
+
+def _completion_chunks(generator, prompt: str, config, cid: str, created: int) -> Iterator[dict[str, Any]]:
+    for piece in generator.stream(prompt, config):
+        yield {"id": cid, "object": "text_completion", "created": created, "model": generator.name,
+               "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+    yield {"id": cid, "object": "text_completion", "created": created, "model": generator.name,
+           "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
+
+
+def _complete(body: m.CompletionRequest, response: Response, resources: Resources, generator,
+              created: int, cid: str, ticket: Ticket) -> m.CompletionResponse:
+    """A non-streamed OpenAI-shaped completion, on the generation lane."""
+    prompt, fim = _prompt(generator, body)
     config = _config(body)
     store, why_not = _kv_store(resources, generator, body)
     if store is not None:  # a local model: the document's cache, brought to this prompt by PIE
         # Without a FIM format the prefix alone is the prompt, as complete_fim would decode it.
-        with _GENERATE:
+        with ticket.hold():
             result, report = _complete_cached(store, generator, body.document, prompt, config)
         result.fim = fim
         return _completion_response(response, generator, cid, created, result, body.suffix, report)
     report = {"used": False, "reused": False, "mode": "off", "reason": why_not}
     server_fim = bool(body.suffix) and not fim and hasattr(generator, "complete_fim")
-    if server_fim and not body.stream:  # the model's own server fills in (or says it did not)
-        with _GENERATE:
+    with ticket.hold():
+        if server_fim:  # the model's own server fills in (or says it did not)
             result = generator.complete_fim(body.prompt, body.suffix, config)
-        return _completion_response(response, generator, cid, created, result, body.suffix, report)
-    # A model without a fill-in-the-middle format completes the prefix only; the header says so.
-    response.headers["x-codehop-fim"] = "true" if fim else "false"
-    if body.stream:
-        def chunks() -> Iterator[dict[str, Any]]:
-            for piece in generator.stream(prompt, config):
-                yield {"id": cid, "object": "text_completion", "created": created,
-                       "model": generator.name,
-                       "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
-            yield {"id": cid, "object": "text_completion", "created": created,
-                   "model": generator.name,
-                   "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
-        return StreamingResponse(_sse(chunks()), media_type="text/event-stream",
-                                 headers={"x-codehop-fim": response.headers["x-codehop-fim"]})
-    with _GENERATE:
-        result = generator.complete(prompt, config)
-    result.fim = fim
+        else:
+            result = generator.complete(prompt, config)
+            result.fim = fim
     return _completion_response(response, generator, cid, created, result, body.suffix, report)
 
 
@@ -207,16 +266,16 @@ def _completion_response(response: Response, generator, cid: str, created: int, 
 
 
 def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, created: int,
-           cid: str) -> m.CompletionResponse:
+           cid: str, ticket: Ticket) -> m.CompletionResponse:
     """Tabby's shape, answered by RepoCompleter (repository context + truncation rules).
 
     Tabby's client-side `declarations` and `relevant_snippets_*` are accepted but not used:
     RepoCompleter retrieves its own context from the indexed repository.
     """
-    completer = get_completer(resources, generator)
+    completer = get_completer(resources, generator)  # the repository index: built once, outside the slot
     seg = body.segments
     path = seg.filepath or "untitled.py"
-    with _GENERATE:
+    with ticket.hold():
         result = completer.complete(path, prefix=seg.prefix, suffix=seg.suffix or "", document=path)
     return m.CompletionResponse(
         id=cid, created=created, model=generator.name,
@@ -227,14 +286,18 @@ def _tabby(body: m.TabbyCompletionRequest, resources: Resources, generator, crea
 
 
 @router.post("/chat/completions", response_model=m.ChatResponse)
-def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_resources),
-                     generator=Depends(get_generator)):
+async def chat_completions(body: m.ChatRequest, request: Request,
+                           resources: Resources = Depends(get_resources),
+                           generator=Depends(get_generator), lane: GenerationLane = Depends(get_lane)):
     _check_model(body.model, generator.name, resources.settings.generator.model)
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     messages = [{"role": msg.role, "content": msg.content} for msg in body.messages]
-    _check_prompt(generator, *(msg.content for msg in body.messages))
     config = _config(body, json_schema=body.response_format.schema() if body.response_format else None)
     if body.stream:
+        def produce(ticket: Ticket) -> Iterator[str]:
+            _check_prompt(generator, *(msg.content for msg in body.messages))
+            yield from _sse(chunks(), ticket)
+
         def chunks() -> Iterator[dict[str, Any]]:
             head = {"id": cid, "object": "chat.completion.chunk", "created": created,
                     "model": generator.name}
@@ -246,9 +309,19 @@ def chat_completions(body: m.ChatRequest, resources: Resources = Depends(get_res
                                             "finish_reason": None}]}
             yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                    "codehop_rapid": info}
-        return StreamingResponse(_sse(chunks()), media_type="text/event-stream")
-    with _GENERATE:
-        result, info = _chat(resources, generator, body.rapid, messages, config)
+        pieces = await lane.stream(request, produce, body.max_tokens + STREAM_EVENTS)
+        return StreamingResponse(pieces, media_type="text/event-stream")
+
+    def work(ticket: Ticket) -> m.ChatResponse:
+        _check_prompt(generator, *(msg.content for msg in body.messages))
+        with ticket.hold():
+            result, info = _chat(resources, generator, body.rapid, messages, config)
+        return _chat_response(generator, cid, created, result, info)
+
+    return await lane.call(request, work)
+
+
+def _chat_response(generator, cid: str, created: int, result, info) -> m.ChatResponse:
     return m.ChatResponse(
         id=cid, created=created, model=generator.name,
         choices=[m.ChatChoice(message={"role": "assistant", "content": result.text},
@@ -379,9 +452,42 @@ def _closing(events: Iterator[dict[str, Any]], resource) -> Iterator[dict[str, A
 
 
 @answers.post("/ask", response_model=m.AskResponse)
-def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
-        generator=Depends(get_generator), load_treehop=Depends(get_treehop)):
+async def ask(body: m.AskRequest, request: Request, resources: Resources = Depends(get_resources),
+              generator=Depends(get_generator), load_treehop=Depends(get_treehop),
+              lane: GenerationLane = Depends(get_lane)):
     """RagPipeline over a collection: rewrite -> retrieve -> filter -> answer with sources."""
+    if body.stream:
+        def produce(ticket: Ticket) -> Iterator[str]:
+            events, seen = _ask_events(body, resources, generator, load_treehop)
+            with ticket.hold():
+                for event in events:
+                    kind = event["type"]
+                    if kind == "stage":
+                        data = m.Stage(**asdict(event["stage"])).model_dump()
+                    elif kind == "token":
+                        data = {"text": event["text"]}
+                    else:
+                        data = _answer(event["result"], seen.get("partial"))
+                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+        pieces = await lane.stream(request, produce, body.max_tokens + STREAM_EVENTS)
+        return StreamingResponse(pieces, media_type="text/event-stream")
+
+    def work(ticket: Ticket) -> dict[str, Any]:
+        events, seen = _ask_events(body, resources, generator, load_treehop)
+        with ticket.hold():
+            try:
+                result = next(e["result"] for e in events if e["type"] == "result")
+            finally:
+                events.close()
+        return _answer(result, seen.get("partial"))
+
+    return await lane.call(request, work)
+
+
+def _ask_events(body: m.AskRequest, resources: Resources, generator, load_treehop):
+    """(the pipeline's events for this ask, what the retrieval saw of the dense side): built on
+    the lane's thread, since opening a collection or a model may take seconds."""
     from rag.pipeline import PipelineConfig, RagPipeline
 
     name = body.collection or resources.settings.collection.name
@@ -410,25 +516,7 @@ def ask(body: m.AskRequest, resources: Resources = Depends(get_resources),
     events = _closing(_pipeline_events(pipeline, body.query, resources.lock(name),
                                        lambda: seen.update(partial=_partial(collection, body))),
                       reservoir)
-    if body.stream:
-        def sse() -> Iterator[str]:
-            with _GENERATE:
-                for event in events:
-                    kind = event["type"]
-                    if kind == "stage":
-                        data = m.Stage(**asdict(event["stage"])).model_dump()
-                    elif kind == "token":
-                        data = {"text": event["text"]}
-                    else:
-                        data = _answer(event["result"], seen.get("partial"))
-                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-        return StreamingResponse(sse(), media_type="text/event-stream")
-    with _GENERATE:
-        try:
-            result = next(e["result"] for e in events if e["type"] == "result")
-        finally:
-            events.close()
-    return _answer(result, seen.get("partial"))
+    return events, seen
 
 
 @answers.post("/multihop", response_model=m.MultihopResponse)
@@ -448,24 +536,31 @@ def multihop(body: m.MultihopRequest, resources: Resources = Depends(get_resourc
 
 
 @answers.post("/agent")
-def agent(body: m.AgentRequest, resources: Resources = Depends(get_resources),
-          generator=Depends(get_generator)):
+async def agent(body: m.AgentRequest, request: Request, resources: Resources = Depends(get_resources),
+                generator=Depends(get_generator), lane: GenerationLane = Depends(get_lane)):
     """The tool-using code agent (agents.CodeAgent) over the server's repository; with
-    `stream`, each step is an SSE `step` event and the run ends with a `result` event."""
-    from agents.code_agent import AgentConfig, AgentResult, CodeAgent
+    `stream`, each step is an SSE `step` event and the run ends with a `result` event. The
+    run holds a model slot only for each model turn, not while its tools run."""
+    from agents.code_agent import AgentResult
+
+    if body.stream:
+        def produce(ticket: Ticket) -> Iterator[str]:
+            for event in _agent(body, resources, generator, ticket).run_stream(body.task):
+                kind = "result" if isinstance(event, AgentResult) else "step"
+                data = event.to_dict() if kind == "result" else asdict(event)
+                yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+        pieces = await lane.stream(request, produce, body.max_steps + STREAM_EVENTS)
+        return StreamingResponse(pieces, media_type="text/event-stream")
+    return await lane.call(request, lambda ticket: _agent(body, resources, generator, ticket)
+                           .run(body.task).to_dict())
+
+
+def _agent(body: m.AgentRequest, resources: Resources, generator, ticket: Ticket):
+    """A CodeAgent over the server's repository whose model turns hold `ticket`'s slot."""
+    from agents.code_agent import AgentConfig, CodeAgent
     from codehop.commands.agent import build_toolbox
 
-    repo_index = resources.repo_index()
-    tools = build_toolbox(resources.repo_root, repo_index=repo_index)
-    runner = CodeAgent(generator, tools, AgentConfig(
+    tools = build_toolbox(resources.repo_root, repo_index=resources.repo_index())
+    return CodeAgent(_HeldGenerator(generator, ticket), tools, AgentConfig(
         max_steps=body.max_steps, max_tokens=body.max_tokens, temperature=resources.settings.generator.temperature))
-    if body.stream:
-        def sse() -> Iterator[str]:
-            with _GENERATE:
-                for event in runner.run_stream(body.task):
-                    kind = "result" if isinstance(event, AgentResult) else "step"
-                    data = event.to_dict() if kind == "result" else asdict(event)
-                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-        return StreamingResponse(sse(), media_type="text/event-stream")
-    with _GENERATE:
-        return runner.run(body.task).to_dict()

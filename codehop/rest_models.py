@@ -80,6 +80,24 @@ class IndexingStatus(BaseModel):
     error: str | None
 
 
+class GenerationLaneStatus(BaseModel):
+    """The generation lane (codehop/rest_lane.py): slots, queue and what it measured."""
+
+    concurrency: int = Field(description="[server] generation_concurrency: requests generating at once")
+    queue_size: int = Field(description="[server] generation_queue: requests that may wait")
+    running: int = Field(description="requests holding a model slot now")
+    queued: int = Field(description="requests waiting for a slot now (queue depth)")
+    admitted: int = Field(description="requests in the lane now (an agent between turns included)")
+    admitted_total: int
+    rejected_total: int = Field(description="requests refused with 429 since start")
+    cancelled_total: int = Field(description="requests dropped because their client went away")
+    completed_total: int
+    wait_s_mean: float = Field(description="mean time from admission to the first model slot")
+    wait_s_last: float
+    service_s_ewma: float | None = Field(description="recent time a request holds the model (EWMA)")
+    retry_after_s: int = Field(description="the Retry-After a refused request would get now")
+
+
 class WarmUp(BaseModel):
     """The model loading at start (codehop serve; codehop.warm_up)."""
 
@@ -103,6 +121,7 @@ class Health(BaseModel):
         "answers from BM25 first and embeds after); empty when nothing runs or ran")
     warm_up: WarmUp | None = Field(default=None, description="the generator's loading at start "
                                    "(codehop serve without --no-warm-up); null when none ran")
+    generation: GenerationLaneStatus | None = None
 
 
 # ---------------------------------------------------------------- collections and documents

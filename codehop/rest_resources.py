@@ -8,6 +8,7 @@ codehop/rest_generation.py) imports it and none imports another: no import cycle
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -272,15 +273,21 @@ class Resources:
 # ---------------------------------------------------------------- dependencies
 
 
-def get_resources(request: Request) -> Resources:
+# The dependencies are `async def`: FastAPI runs a plain `def` dependency on Starlette's shared
+# thread pool, where generation requests waiting on a model load would stall every search.
+
+
+async def get_resources(request: Request) -> Resources:
     return request.app.state.resources
 
 
-def get_generator(resources: Resources = Depends(get_resources)):
-    return resources.generator()
+async def get_generator(resources: Resources = Depends(get_resources)):
+    # The first call loads the model (seconds): on a worker thread, off the event loop and
+    # off Starlette's pool.
+    return await asyncio.to_thread(resources.generator)
 
 
-def get_treehop(resources: Resources = Depends(get_resources)) -> Callable[[], Any]:
+async def get_treehop(resources: Resources = Depends(get_resources)) -> Callable[[], Any]:
     """A loader of the TreeHop model (the shipped checkpoint), called only when a request
     needs multi-hop retrieval."""
     return resources.treehop
@@ -290,7 +297,7 @@ def get_completer(resources: Resources = Depends(get_resources), generator=Depen
     return resources.completer(generator)
 
 
-def require_api_key(request: Request, resources: Resources = Depends(get_resources)) -> None:
+async def require_api_key(request: Request, resources: Resources = Depends(get_resources)) -> None:
     """When [server] api_key is set: `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
     expected = resources.settings.server.api_key
     if not expected:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+from index.cancel import cancel_requested
 from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 # The contract lives in index/ so code_tools/ and agents/ can use it without importing rag/.
 from index.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
@@ -286,6 +287,9 @@ class TransformersGenerator:
         finish = "length"
         with self._lock:
             for step in self._steps(prompt_ids, config):
+                if cancel_requested():  # the client went away (index.cancel): free the model now
+                    finish = "cancelled"
+                    break
                 if step.token_id in self.eos_ids:
                     finish = "stop"
                     break
