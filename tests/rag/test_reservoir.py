@@ -196,3 +196,36 @@ def test_minilm_parquet_then_merge_needs_three_distinct_questions(tmp_path):
         assert decision.reuse and decision.questions == 3
         assert {e.chunk_id for e, _ in decision.matches} == set(ids[:3])
         assert not trigger.check("ns", "How do I merge two DataFrames on a key?").reuse
+
+
+class _OtherAxisEmbedder(_AxisEmbedder):
+    """Another model: the same interface, a different identity."""
+
+
+def test_entries_of_another_embedder_are_dropped_when_a_trigger_opens(tmp_path, caplog):
+    texts = {"1:0": "passage one"}
+    trigger, chunks = _trigger(tmp_path, texts)
+    assert trigger.remember("ns", "alpha question", [_source("1:0", "passage one")]) == 1
+    trigger.reservoir.close()
+    same, _ = _trigger(tmp_path, texts)  # the same embedder: the entry stays
+    assert len(same.reservoir.entries("ns")) == 1
+    same.reservoir.close()
+    with caplog.at_level("WARNING"):
+        other = RetrieverTrigger(Reservoir(tmp_path / "r.sqlite", "docs"), chunks, TriggerConfig(),
+                                 _OtherAxisEmbedder())
+    assert other.reservoir.entries("ns") == [] and "1 entries embedded by another model" in caplog.text
+
+
+def test_format_2_entries_without_an_embedder_are_dropped(tmp_path):
+    path = tmp_path / "r.sqlite"
+    reservoir = Reservoir(path, "docs")
+    reservoir.add("ns", "alpha", "kept", "a.md:1-2", np.ones(3), "1:0", content_hash("passage one"))
+    reservoir.close()
+    with sqlite3.connect(path) as conn:  # what format 2 looked like: no embedder column
+        conn.execute("ALTER TABLE knowledge DROP COLUMN embedder")
+        conn.execute("UPDATE reservoir_meta SET value = '2' WHERE key = 'format_version'")
+    conn.close()
+    migrated = Reservoir(path, "docs")
+    assert len(migrated.entries("ns")) == 1  # kept until a trigger knows which embedder is current
+    trigger = RetrieverTrigger(migrated, _Chunks("docs", {"1:0": "passage one"}), TriggerConfig(), _AxisEmbedder())
+    assert trigger.reservoir.entries("ns") == []
