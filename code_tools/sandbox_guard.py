@@ -7,7 +7,7 @@
   that user (the kernel allows nothing else).
 - **seccomp.** A filter (libseccomp through `pyseccomp`, exported as BPF for bwrap's
   `--seccomp`) refuses with EPERM the calls in REFUSED_CALLS, and chmod/open/mknod modes with
-  the setuid or setgid bit. Syscalls of another ABI (i386, x32) kill the process.
+  the setuid or setgid bit; AF_VSOCK sockets answer EAFNOSUPPORT. Syscalls of another ABI (i386, x32) kill the process.
 - **Writable directories.** WritableDirs snapshots them before the run (owner, mode per inode),
   hands them to the jail uid, measures their growth against the disk quota while the run goes
   on, and afterwards gives pre-existing files back their owners, strips every setuid/setgid bit,
@@ -64,6 +64,7 @@ MODE_ARGUMENT = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "open": 2, "openat": 3,
                  "mknod": 1, "mknodat": 2}
 UNINSPECTABLE = ("openat2", "fchmodat2")
 _SUID_BITS = stat.S_ISUID | stat.S_ISGID
+_AF_VSOCK = 40
 # keyctl(2) numbers and KEYCTL_JOIN_SESSION_KEYRING.
 _KEYCTL = {"x86_64": 250, "aarch64": 219}
 _JOIN_SESSION_KEYRING = 1
@@ -95,6 +96,8 @@ def seccomp_program() -> bytes:
         _refuse(seccomp, refused, name, seccomp.ERRNO(1))
     for name in UNINSPECTABLE:
         _refuse(seccomp, refused, name, seccomp.ERRNO(38))
+    # vsock is not network-namespaced: in a VM it reaches the hypervisor's host (CID 2).
+    _refuse(seccomp, refused, "socket", seccomp.ERRNO(97), seccomp.Arg(0, seccomp.EQ, _AF_VSOCK))
     for name, index in MODE_ARGUMENT.items():
         for bit in (stat.S_ISUID, stat.S_ISGID):
             _refuse(seccomp, refused, name, seccomp.ERRNO(1), seccomp.Arg(index, seccomp.MASKED_EQ, bit, bit))

@@ -325,6 +325,14 @@ def test_seccomp_refuses_the_listed_calls(as_user):
         assert name in REFUSED_CALLS and rc == "-1" and err == "1", line  # EPERM from the filter
 
 
+def test_vsock_is_refused(as_user):
+    # Not namespaced: in a VM (this CI's kind) a vsock reaches the hypervisor's host.
+    code = ("import socket\ntry:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n"
+            "    print('created')\nexcept OSError as error:\n    print('refused', error.errno)")
+    result = _ran(jail(as_user, code, LIMITS))
+    assert result["stdout"] == "refused 97\n", result  # EAFNOSUPPORT
+
+
 def test_status_names_the_jail_user():
     status = sandbox_status()
     expected = "per-run uid" if os.geteuid() == 0 else f"uid {os.geteuid()}"
