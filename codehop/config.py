@@ -77,7 +77,12 @@ class CollectionSettings:
 
     name: str = "default"
     dense: str = "flat"
-    fusion: str = "rrf"
+    # "auto": convex fusion with the dense weight the collection estimates from itself;
+    # "weighted": with dense_weight; "rrf": reciprocal rank (index.collection_config).
+    fusion: str = "auto"
+    # Index each chunk with its document title and headings (None: on for new collections,
+    # as recorded for existing ones; changing it rebuilds and re-embeds the collection).
+    context: bool | None = None
     rrf_k: int = 60
     dense_weight: float = 0.5
     candidates: int = 100
@@ -267,6 +272,7 @@ class Settings:
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
             walk=WalkConfig(exclude=c.exclude, include=c.include, skip_generated=c.skip_generated),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
+            context=c.context,
             dense_config=self.dense_config(dense or c.dense),
         )
 

@@ -91,7 +91,8 @@ def _search(resources: Resources, body: m.SearchRequest) -> list[m.SearchHit]:
     collection = resources.collection(name)
     filters = SearchFilter(path_prefix=body.filters.path_prefix, kind=body.filters.kind)
     with resources.lock(name).read():
-        results = collection.search(body.query, k=body.k, mode=body.mode, filters=filters)
+        results = collection.search(body.query, k=body.k, mode=body.mode, filters=filters,
+                                    group_by=body.group_by)
     return [_hit(r) for r in results]
 
 
@@ -149,7 +150,9 @@ def add_documents(name: Name, body: m.DocumentsAdd, resources: Resources = Depen
     def work(collection) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if texts:
-            collection.embedder.encode(texts)  # warm the vector cache outside the write lock
+            # Warm the vector cache outside the write lock (with the text add_texts embeds).
+            collection.embedder.encode(collection.indexed_texts(
+                texts, paths, [t.metadata for t in body.texts]))
             ids = _commit(resources, name, lambda c: c.add_texts(
                 texts, paths=paths, metadatas=[t.metadata for t in body.texts]))
             out["text_chunk_ids"] = ids

@@ -209,6 +209,8 @@ class SearchRequest(Strict):
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
     k: int = Field(default=10, ge=1, le=100)
     filters: SearchFilters = Field(default_factory=SearchFilters)
+    group_by: Literal["document"] | None = Field(
+        default=None, description="'document': one hit per document, its best chunk")
 
     @field_validator("query")
     @classmethod

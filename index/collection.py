@@ -439,6 +439,32 @@ class Collection:
         self.refresh_fusion_weight()
         return [f"{doc_id}:0" for doc_id in doc_ids]
 
+    def add_documents(self, documents: dict[str, list[Chunk]],
+                      metadatas: dict[str, dict[str, Any]] | None = None,
+                      progress: bool = False) -> list[int]:
+        """Index documents already cut into chunks (e.g. by a benchmark's own chunker); a
+        document with an existing path replaces it.
+
+        Args:
+            documents: document path -> its chunks, in document order (each non-empty).
+            metadatas: optional metadata per document path.
+            progress: show an embedding progress bar.
+        Returns:
+            the document ids, in order.
+        """
+        if not documents or any(not chunks for chunks in documents.values()):
+            raise InvalidInputError("add_documents needs documents with at least one chunk each")
+        if any(not c.text.strip() for chunks in documents.values() for c in chunks):
+            raise InvalidInputError("add_documents: every chunk needs some text")
+        puts = [_Put(path, content_hash("\0".join(c.text for c in chunks)), list(chunks),
+                     dict((metadatas or {}).get(path, {})))
+                for path, chunks in documents.items()]
+        report = IndexReport(self.name)
+        self._embed_chunks([c for put in puts for c in put.chunks], report, progress)
+        doc_ids = self._commit(puts, [], report)
+        self.refresh_fusion_weight()
+        return doc_ids
+
     def delete(self, path_or_doc_id: str | int | Path) -> int:
         """Remove one document (by path, document id or chunk id); returns chunks removed."""
         key = path_or_doc_id

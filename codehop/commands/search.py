@@ -1,4 +1,5 @@
-"""`codehop search "query" [--k 10] [--mode bm25|dense|hybrid] [--path-prefix P] [--kind K] [--json]`."""
+"""`codehop search "query" [--k 10] [--mode bm25|dense|hybrid] [--group-by document] [--path-prefix P]
+[--kind K] [--json]`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("query", help="what to look for")
     parser.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="retriever (default: hybrid)")
+    parser.add_argument("--group-by", choices=("document",), default=None,
+                        help="one result per document: its best chunk (default: chunks)")
     parser.add_argument("--path-prefix", help="only chunks of files whose path starts with this")
     parser.add_argument("--kind", help="only chunks of this kind (passage, block, syntax, abstract, ...)")
     parser.add_argument("--json", action="store_true",
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.collection or settings.collection.name
     with open_collection(settings, workspace, name) as collection:
         results = collection.search(args.query, k=args.k, mode=args.mode,
-                                    filters=SearchFilter(args.path_prefix, args.kind))
+                                    filters=SearchFilter(args.path_prefix, args.kind),
+                                    group_by=args.group_by)
     if args.json:
         keys = ("id", "score", "path", "start_line", "end_line", "text")
         print(json.dumps({"results": [{key: getattr(r, key) for key in keys} for r in results]}))

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval_suites.stats import bootstrap_rows, loss_ci95  # noqa: F401  (re-exported)
+
 
 def _embedded(path: Path, texts: list[str], embedder) -> tuple[np.ndarray, float]:
     """Embeddings of `texts`, cached at `path` (.npy + .json with the count and the time taken)."""
@@ -56,18 +58,6 @@ def _embedded(path: Path, texts: list[str], embedder) -> tuple[np.ndarray, float
     np.save(path, x)
     meta.write_text(json.dumps({"n": len(texts), "embed_s": seconds}))
     return x, seconds
-
-
-def bootstrap_rows(n: int, rounds: int = 2000, seed: int = 0) -> np.ndarray:
-    """(rounds, n) question indices drawn with replacement, shared by every row of a run (paired)."""
-    return np.random.default_rng(seed).integers(0, n, (rounds, n))
-
-
-def loss_ci95(exact_per_q: np.ndarray, per_q: np.ndarray, boot: np.ndarray) -> list[float]:
-    """Paired bootstrap 95% CI of the NDCG loss in points (same questions for exact and variant):
-    how much of a loss is which-questions noise."""
-    lo, hi = np.percentile(100 * (exact_per_q - per_q)[boot].mean(axis=1), [2.5, 97.5])
-    return [float(lo), float(hi)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,16 @@ is its best chunk's score (max-passage), so the ranking and the qrels are per do
 Retrievers (`RETRIEVERS`):
     bm25          Collection.search(mode="bm25")
     dense-flat / dense-spann / dense-pq   Collection.search(mode="dense") per dense kind
-    hybrid        Collection.search(mode="hybrid") (BM25 + flat dense, RRF)
+    hybrid        Collection.search(mode="hybrid"): the product default (BM25 + flat dense,
+                  convex fusion at the collection's own weight, chunks indexed with context)
+    hybrid-rrf    ablation: the same two lists, reciprocal-rank fused (the old default)
+    bm25-nocontext / dense-nocontext / hybrid-nocontext   ablation: a collection whose chunks
+                  are indexed without their page title (CollectionConfig(context=False))
     hybrid+prf    hybrid for the query and for its pseudo-relevance-feedback expansion, RRF-fused
     hybrid+llm    hybrid for the query and for LLM-rewritten queries, RRF-fused
-The rewriters are rag.rewrite's (`make_rewriters`).
+The rewriters are rag.rewrite's (`make_rewriters`). Each page is one document of the
+collection (its chunks added with `Collection.add_documents`), and a page's score is its best
+chunk's: `Collection.search(group_by="document")`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ import numpy as np
 from index.errors import InvalidInputError
 from index.types import Hits
 
-RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid+prf", "hybrid+llm")
+RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "bm25-nocontext",
+              "dense-nocontext", "hybrid-nocontext", "hybrid+prf", "hybrid+llm")
+# The collection a retriever searches: a dense kind, or the flat one without context headers.
+NOCONTEXT = "flat-nocontext"
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,10 @@ class RetrievalConfig:
 
 
 def dense_kind(retriever: str) -> str:
-    """The dense index kind a retriever needs ("flat" for bm25/hybrid: the default collection)."""
+    """The collection a retriever needs: its dense kind ("flat" for bm25/hybrid: the default
+    collection), or NOCONTEXT for the ablation without context headers."""
+    if retriever.endswith("-nocontext"):
+        return NOCONTEXT
     return retriever.split("-", 1)[1] if retriever.startswith("dense-") else "flat"
 
 
@@ -68,7 +80,7 @@ def _ann_config(kind: str, config: RetrievalConfig):
     from index.pq import PQConfig
     from index.spann import SpannConfig
 
-    if kind == "flat" or config.ann_min_build is None:
+    if kind in ("flat", NOCONTEXT) or config.ann_min_build is None:
         return None
     return {"spann": SpannConfig, "pq": PQConfig}[kind](min_build=config.ann_min_build)
 
@@ -113,27 +125,27 @@ class CorpusIndex:
         for kind in kinds:
             backend = config.embedding_backend
             suffix = "" if backend == "sentence-transformers" else f"-{backend}"
+            dense = "flat" if kind == NOCONTEXT else kind
             collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}{suffix}",
-                                         CollectionConfig(dense=kind, dense_config=_ann_config(kind, config),
-                                                          embedding_backend=backend))
+                                         CollectionConfig(dense=dense, dense_config=_ann_config(kind, config),
+                                                          embedding_backend=backend,
+                                                          context=kind != NOCONTEXT))
             if len(collection) != len(texts):
                 self._fill(collection, texts, owners, progress)
             self.collections[kind] = collection
 
     @staticmethod
     def _fill(collection, texts: list[str], owners: list[str], progress: bool) -> None:
-        from tqdm import tqdm
+        from index.types import Chunk
 
         if len(collection):
             raise InvalidInputError(
                 f"collection {collection.name!r} holds {len(collection)} chunks, expected "
                 f"{len(texts)}: the corpus changed; use a fresh --workspace")
-        # Embed first with a progress bar (the cache makes add_texts' own pass a lookup).
-        with tqdm(total=len(texts), desc=f"embed {collection.name}", unit="chunk",
-                  disable=not progress) as bar:
-            collection.embedder.encode(texts, progress=bar.update)
-        paths = [f"{owner}#{i}" for i, owner in enumerate(owners)]
-        collection.add_texts(texts, paths=paths, metadatas=[{"doc": o} for o in owners])
+        documents: dict[str, list[Chunk]] = {}
+        for text, owner in zip(texts, owners):
+            documents.setdefault(owner, []).append(Chunk(text, owner, 1, 1, "passage"))
+        collection.add_documents(documents, progress=progress)
 
     def close(self) -> None:
         for collection in self.collections.values():
@@ -144,15 +156,35 @@ class CorpusIndex:
         k = k or self.config.k
         if not query.strip():
             return {}
-        per_chunk = min(self.chunks, k * (self.config.max_chunks_per_doc or 4))
-        results = self.collections[kind].search(query, k=max(per_chunk, 1), mode=mode)
+        results = self.collections[kind].search(query, k=min(k, self.documents), mode=mode,
+                                                group_by="document")
+        return {result.path: float(result.score) for result in results}
+
+    def fused(self, query: str, method: str, k: int | None = None) -> dict[str, float]:
+        """Document id -> score of the flat collection's BM25 and dense chunk lists fused by
+        `method` ("rrf"), for ablation rows; the product's fusion is `search(..., "hybrid")`."""
+        from index.hybrid import rrf_fuse
+
+        k = k or self.config.k
+        collection = self.collections["flat"]
+        n = collection.config.candidates
+        lists, owner = [], {}
+        for mode in ("bm25", "dense"):
+            results = collection.search(query, k=min(n, self.chunks), mode=mode)
+            ids = []
+            for result in results:
+                key = owner.setdefault(result.id, (len(owner), result.path))[0]
+                ids.append(key)
+            lists.append(Hits(np.asarray(ids, np.int64), np.asarray([r.score for r in results], np.float32)))
+        if method != "rrf":
+            raise InvalidInputError(f"unknown ablation fusion {method!r}")
+        fused = rrf_fuse(lists, k=collection.config.rrf_k)
+        path_of = {key: path for key, path in owner.values()}
         docs: dict[str, float] = {}
-        for result in results:
-            doc = result.metadata.get("doc") or result.path.rsplit("#", 1)[0]
-            if doc not in docs:
-                docs[doc] = float(result.score)
-                if len(docs) >= k:
-                    break
+        for key, score in zip(fused.ids.tolist(), fused.scores.tolist()):
+            docs.setdefault(path_of[key], score)
+            if len(docs) >= k:
+                break
         return docs
 
     def chunk_texts(self, query: str, k: int, kind: str = "flat", mode: str = "bm25") -> list[str]:
@@ -217,6 +249,10 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             run[qid] = index.search(query, "dense", dense_kind(retriever))
         elif retriever == "hybrid":
             run[qid] = index.search(query, "hybrid")
+        elif retriever == "hybrid-rrf":
+            run[qid] = index.fused(query, "rrf")
+        elif retriever.endswith("-nocontext"):
+            run[qid] = index.search(query, retriever.split("-", 1)[0], NOCONTEXT)
         else:
             prf, llm = rewriters
             key = f"{retriever}\t{qid}\t{hashlib.sha1(query.encode()).hexdigest()[:16]}"

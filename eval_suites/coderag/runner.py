@@ -18,7 +18,7 @@ from typing import Any
 from eval_suites.coderag import builders
 from eval_suites.coderag.builders import DOC_TASKS, TASKS, Problem
 from eval_suites.coderag.generation import GenerationSettings, SampleCache, evaluate_condition
-from eval_suites.coderag.metrics import average_over_tasks, pass_at_1, retrieval_metrics
+from eval_suites.coderag.metrics import average_over_tasks, pass_at_1, per_query_metrics, retrieval_metrics
 from eval_suites.coderag.retrieval import (RETRIEVERS, CorpusIndex, RetrievalConfig, dense_kind,
                                            make_rewriters, run_retriever)
 from index.errors import InvalidInputError
@@ -183,7 +183,7 @@ def _lazy_generator(config: BenchConfig):
 def _dense_kinds(retrievers: list[str]) -> tuple[str, ...]:
     """The dense index kinds the retrievers need; the hybrid ones search the flat collection."""
     kinds = tuple(dict.fromkeys(dense_kind(r) for r in retrievers)) or ("flat",)
-    if "flat" not in kinds and any(r in ("hybrid", "hybrid+prf", "hybrid+llm") for r in retrievers):
+    if "flat" not in kinds and any(r in ("hybrid", "hybrid-rrf", "hybrid+prf", "hybrid+llm") for r in retrievers):
         kinds = ("flat",) + kinds
     return kinds
 
@@ -206,6 +206,7 @@ def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, genera
     index_stats = {}
     retrieval: dict[str, dict[str, dict[str, float]]] = {}
     timings: dict[str, dict[str, float]] = {}
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
     for task, data in tasks.items():
         if not data.queries:
             notes.append(f"{task}: no query with a gold doc in the corpus, retrieval skipped")
@@ -217,11 +218,14 @@ def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, genera
                                         chunked=name == "devdocs", kinds=kinds, progress=config.progress)
             index_stats[name] = {"documents": indexes[name].documents, "chunks": indexes[name].chunks,
                                  "index_s": round(time.perf_counter() - t0, 1)}
-        retrieval[task], timings[task] = _score_task(config, task, data, indexes[name], kinds,
-                                                     retrievers, (prf, llm), rewrites, notes)
+        retrieval[task], timings[task], per_query[task] = _score_task(
+            config, task, data, indexes[name], kinds, retrievers, (prf, llm), rewrites, notes)
     out["index"] = index_stats
     out["retrieval"] = retrieval
     out["retrieval_ms_per_query"] = timings
+    out["retrieval_per_query_ndcg@10"] = per_query
+    out["fusion"] = {name: ix.collections["flat"].fusion_settings()
+                     for name, ix in indexes.items() if "flat" in ix.collections}
     out["retrieval_average"] = {
         r: average_over_tasks({t: retrieval[t][r] for t in retrieval if r in retrieval[t]})
         for r in retrievers}
@@ -231,10 +235,12 @@ def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, genera
 
 def _score_task(config: BenchConfig, task: str, data: _TaskData, index: CorpusIndex,
                 kinds: tuple[str, ...], retrievers: list[str], rewriters, rewrites: "RewriteCache",
-                notes: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """(retriever -> metrics, retriever -> ms per query) of one task."""
+                notes: list[str]):
+    """(retriever -> metrics, retriever -> ms per query, retriever -> query -> NDCG@10) of one
+    task (the per-query values give paired intervals against the default in the report)."""
     metrics: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
+    per_query: dict[str, dict[str, float]] = {}
     warm = next(iter(data.queries.values()))  # load models/indexes/JIT before timing
     for kind in kinds:
         for mode in ("bm25", "dense"):
@@ -249,7 +255,8 @@ def _score_task(config: BenchConfig, task: str, data: _TaskData, index: CorpusIn
         timings[name] = round((time.perf_counter() - t0) / max(1, len(data.queries)) * 1000, 1)
         rewrites.save()
         metrics[name] = retrieval_metrics(data.qrels, run)
-    return metrics, timings
+        per_query[name] = {q: m["ndcg@10"] for q, m in per_query_metrics(data.qrels, run, ("ndcg@10",)).items()}
+    return metrics, timings, per_query
 
 
 def _selfcheck(config: BenchConfig, tasks: dict[str, _TaskData], cache_root: Path) -> dict[str, Any]:

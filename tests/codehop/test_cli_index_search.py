@@ -186,6 +186,19 @@ def test_search_filters_by_path_prefix_and_kind(indexed, capsys):
     assert passages and not any(r["path"].endswith(".py") for r in passages)
 
 
+def test_search_group_by_document_gives_each_file_once(indexed, capsys):
+    tree, workspace = indexed
+    argv = ["search", "area of a circle from its radius", "--json", "--k", "20", "--mode", "bm25",
+            "--workspace", str(workspace)]
+    code, out, err = _cli(capsys, *argv)
+    chunks = [r["path"] for r in json.loads(out)["results"]]
+    assert code == 0 and len(set(chunks)) < len(chunks)  # some files give several chunks
+    code, out, err = _cli(capsys, *argv, "--group-by", "document")
+    grouped = [r["path"] for r in json.loads(out)["results"]]
+    firsts = list(dict.fromkeys(chunks))  # each file where its best chunk ranks
+    assert code == 0 and len(grouped) == len(set(grouped)) and grouped[: len(firsts)] == firsts
+
+
 def test_bad_input_gives_one_error_line(indexed, capsys, tmp_path):
     tree, workspace = indexed
     ws = ["--workspace", str(workspace)]

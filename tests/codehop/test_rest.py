@@ -122,6 +122,18 @@ def test_search_finds_files_and_texts(env):
     assert text["path"] == "penguins" and text["metadata"]["source"] == "wiki"
 
 
+def test_search_group_by_document(env):
+    client, root, _ = env
+    query = {"query": "circle area radius zebra penguins", "k": 20, "mode": "bm25"}
+    chunks = [r["path"] for r in client.post("/v1/search", json=query).json()["results"]]
+    grouped = client.post("/v1/search", json={**query, "group_by": "document"}).json()["results"]
+    firsts = list(dict.fromkeys(chunks))  # each document where its best chunk ranks
+    paths = [r["path"] for r in grouped]
+    assert len(paths) == len(set(paths)) and paths[: len(firsts)] == firsts
+    bad = client.post("/v1/search", json={**query, "group_by": "file"})
+    assert bad.status_code == 422
+
+
 def test_search_filters(env):
     client, root, _ = env
     prefix = str(root / "notes")

@@ -142,3 +142,23 @@ def test_configured_fusion_ignores_the_estimate(tmp_path):
         collection.add_paths([_topic_tree(tmp_path / "tree", files=6)], progress=False)
         assert collection.dense_weight() == 0.9 and collection.fusion_settings()["source"] == "configured"
         assert not (collection.directory / ESTIMATE_FILE).exists()
+
+
+def test_add_documents_keeps_pre_chunked_pages_together(tmp_path):
+    from index import Chunk
+    from index.errors import InvalidInputError
+
+    model = tiny_static_model(tmp_path / "noise", dim=4)
+    config = CollectionConfig(embedding_backend="static", embedding_model=str(model))
+    pages = {f"lib/page{p}.txt": [Chunk(f"Page {p} part {i} about topic{p} words here.", f"lib/page{p}.txt", 1, 1)
+                                  for i in range(3)] for p in range(25)}
+    with Collection.open(tmp_path / "ws", config=config) as collection:
+        assert len(collection.add_documents(pages)) == 25 and len(collection) == 75
+        hits = collection.search("topic7", k=3, mode="bm25", group_by="document")
+        assert hits[0].path == "lib/page7.txt" and len({h.path for h in hits}) == len(hits)
+        # each page is one document of three chunks: pseudo-queries exist
+        assert collection.fusion_estimate().queries == 25
+        # the page title ("lib / page7") is indexed with every chunk
+        assert collection.search("page7", k=3, mode="bm25")[0].path == "lib/page7.txt"
+        with pytest.raises(InvalidInputError, match="at least one chunk"):
+            collection.add_documents({"empty.txt": []})
