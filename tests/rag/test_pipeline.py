@@ -31,6 +31,17 @@ def test_retrieval_only_pipeline_finds_the_right_source(small_collection):
     assert stages["generate"].detail["reason"] == "no generator configured"
 
 
+def test_auto_rewrite_without_a_capable_model_retrieves_as_plain_search(small_collection):
+    # no RM3 fallback: the answer pipeline's sources are plain search's top k, in order
+    question = "How do I read a csv file into a DataFrame?"
+    config = PipelineConfig(filter="off", reservoir=False, k=4)
+    result = RagPipeline(small_collection, None, config).run(question)
+    rewrite = {s.name: s for s in result.stages}["rewrite"]
+    assert rewrite.ran is False and "RM3" in rewrite.detail["reason"]
+    plain = small_collection.search(question, k=config.candidates)[: config.k]
+    assert [s.id for s in result.sources] == [p.id for p in plain]
+
+
 def test_stages_switch_off(small_collection):
     config = PipelineConfig(rewrite="off", filter="off", reservoir=False)
     result = RagPipeline(small_collection, None, config).run("numpy reshape array")
