@@ -74,6 +74,8 @@ _SIGNAL_BASE = 128
 _JAIL_PROCESSES = 2
 # How often the writable directories' growth is measured during a run.
 _DISK_POLL_S = 0.2
+# The jail's private tmpfs mounts; a writable path may lie below them, not be or contain them.
+_JAIL_TMPFS = ("/tmp", "/dev/shm")
 # Files of the host the jail mounts read-only besides the interpreter's directories.
 _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
                  "/etc/ld.so.cache", "/etc/localtime", "/proc", "/dev", "/sys")
@@ -411,6 +413,13 @@ def _writable_dirs(writable: Sequence[str | os.PathLike], python: str) -> list[s
             raise InvalidInputError(f"writable path {path!r} is not a directory to bind")
         binds.append(path)
     check_writable(binds, [*_readonly_paths(python), *_SYSTEM_PATHS, os.path.realpath(python)])
+    for path in binds:
+        # The jail's own tmpfs mounts: bound over them, the host's /tmp would become the
+        # jail's home (and, as root, every file in it would be handed to the jail's uid).
+        if any(mount == path or mount.startswith(path.rstrip("/") + "/") for mount in _JAIL_TMPFS):
+            raise InvalidInputError(f"writable path {path!r} is or contains {' or '.join(_JAIL_TMPFS)}, "
+                                    "the jail's private tmpfs: give a directory below it, e.g. "
+                                    "tempfile.mkdtemp()")
     return binds
 
 

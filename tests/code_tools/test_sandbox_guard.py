@@ -141,6 +141,19 @@ def test_writable_path_overlapping_the_interpreter_is_refused(as_user):
     assert sorted(os.listdir(site)) == before
 
 
+def test_writable_host_tmp_is_refused(tmp_path):
+    # Bound over the jail's tmpfs, the host's /tmp would be the jail's home and, as root,
+    # every file in it would be handed to the jail's uid for the run.
+    from code_tools.sandbox import run_python
+
+    before = Path("/tmp").stat()  # (its listing changes with other tests running alongside)
+    with pytest.raises(InvalidInputError, match="private tmpfs"):
+        run_python("print('ran')", writable=["/tmp"])
+    after = Path("/tmp").stat()
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+    run_python("pass", writable=[tmp_path])  # a directory below /tmp is fine
+
+
 def test_check_writable_cases():
     check_writable(["/tmp/scratch"], ["/usr", "/opt/venv"])  # disjoint: fine
     for bad in ("/opt/venv", "/opt/venv/lib/site-packages", "/opt"):
