@@ -259,7 +259,6 @@ class Settings:
         from index.bm25 import BM25Config
         from index.collection_config import CollectionConfig
         from index.ingest import IngestConfig
-        from index.walk import WalkConfig
 
         c = self.collection
         return CollectionConfig(
@@ -270,11 +269,25 @@ class Settings:
             bm25=BM25Config(k1=c.bm25_k1, b=c.bm25_b, idf=c.bm25_idf),
             ingest=IngestConfig(passage_chars=c.passage_chars, block_lines=c.block_lines,
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
-            walk=WalkConfig(exclude=c.exclude, include=c.include, skip_generated=c.skip_generated),
+            walk=self.walk_config(),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
             context=c.context,
             dense_config=self.dense_config(dense or c.dense),
         )
+
+    def walk_config(self):
+        """The `index.walk.WalkConfig` of [collection] exclude, include and skip_generated."""
+        from index.walk import WalkConfig
+
+        c = self.collection
+        return WalkConfig(exclude=c.exclude, include=c.include, skip_generated=c.skip_generated)
+
+    def repo_config(self):
+        """The `code_tools.repo.RepoConfig` of a repository index (completions, the agent, the
+        LSP): its walk leaves out what a collection's does."""
+        from code_tools.repo import RepoConfig
+
+        return RepoConfig(walk=self.walk_config())
 
     def dense_config(self, kind: str):
         """The settings dataclass [collection.<kind>] describes, or None for the backend's

@@ -299,7 +299,8 @@ async def initialized(ls: CodehopLanguageServer, params: types.InitializedParams
     from code_tools.repo import RepoIndex
 
     try:
-        ls.repo = await _run(ls._index, RepoIndex.open, ls.root, ls.state_dir)
+        ls.repo = await _run(ls._index, RepoIndex.open, ls.root, ls.state_dir,
+                             ls.config.settings.repo_config())
     except CodehopError as error:
         ls.index_error = str(error)
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"codehop: {error}"))

@@ -266,7 +266,8 @@ class Resources:
             raise InvalidInputError("no repository configured: run codehop serve inside a repository")
         with self._models:
             if self._repo is None:
-                self._repo = RepoIndex.open(self.repo_root, self.workspace)
+                self._repo = RepoIndex.open(self.repo_root, self.workspace,
+                                            self.settings.repo_config())
             return self._repo
 
 

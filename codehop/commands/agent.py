@@ -63,7 +63,8 @@ def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_token
     generator = load_configured_generator(settings)
     limits = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024,
                            isolation="unsafe" if unsafe_exec else "auto")
-    tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, workspace), sandbox_limits=limits)
+    repo_index = RepoIndex.open(repo, workspace, settings.repo_config())
+    tools = build_toolbox(repo, repo_index=repo_index, sandbox_limits=limits)
     return CodeAgent(generator, tools, AgentConfig(max_steps=max_steps, max_tokens=max_tokens,
                                                    temperature=settings.generator.temperature))
 

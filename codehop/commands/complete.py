@@ -55,7 +55,7 @@ def handler(args: argparse.Namespace) -> int:
     settings = with_model_options(load_settings(getattr(args, "config", None)), args)
     root = _repo_root(file, args.repo)
     workspace = resolve_workspace(args.workspace, settings)
-    repo = RepoIndex.open(root, workspace)
+    repo = RepoIndex.open(root, workspace, settings.repo_config())
     generator = None if args.context_only else load_configured_generator(settings)
     config = CompletionConfig(use_context=not args.no_context, dense_rerank=not args.no_rerank,
                               truncate=args.truncate, max_new_tokens=args.max_new_tokens)

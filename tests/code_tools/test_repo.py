@@ -327,3 +327,13 @@ def test_special_files_and_links_out_of_the_root_are_skipped_other_encodings_rea
     assert len(repo.search_bm25("ZEBRAQUARTZ_KEY private", k=5)) == 0
     repo.reindex_file("keys.py")  # as an editor's save of the link would: still nothing read
     assert "keys.py" not in repo.iter_files() and len(repo.search_bm25("ZEBRAQUARTZ_KEY", k=5)) == 0
+
+
+def test_the_walk_settings_exclude_and_re_include_files(repo_dir):
+    from index.walk import WalkConfig
+
+    (repo_dir / "web" / "vendor.min.js").write_text("export function min() { return 1; }\n")
+    assert "web/vendor.min.js" not in iter_repo_files(repo_dir)
+    config = RepoConfig(persist=False, walk=WalkConfig(exclude=("pkg/",), include=("*.min.js",)))
+    assert RepoIndex.open(repo_dir, config=config).iter_files() == [
+        "app.min.js", "web/api.ts", "web/app.ts", "web/vendor.min.js"]

@@ -121,5 +121,6 @@ def test_walk_excludes_and_includes_reach_the_collection_config():
                               'include = ["uv.lock"]\nskip_generated = false\n')
     assert settings.collection_config().walk == WalkConfig(
         exclude=("docs/benchmarks/", "*.csv"), include=("uv.lock",), skip_generated=False)
+    assert settings.repo_config().walk == settings.collection_config().walk  # completions, agent, LSP
     with pytest.raises(InvalidInputError, match=r"collection.exclude: expected a list"):
         parse_settings('[collection]\nexclude = "docs/"\n')
