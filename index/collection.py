@@ -336,6 +336,7 @@ class Collection:
         files = list(walk(roots, self.config.walk, within=within,
                           on_skip=lambda path, reason: report.skipped.append((str(path), reason))))
         workspace = str(self.workspace.resolve()) + os.sep
+        named = {str(root) for root in roots if not root.is_dir()}  # a choice: never judged generated
 
         def each_file() -> Iterator[Path]:
             """`files`, telling `on_scan` how far the scan is before each file and at the end."""
@@ -356,7 +357,8 @@ class Collection:
                 continue
             processed.add(key)
             report.files += 1
-            kept, put = self._scan_file(file, key, existing.get(key), chunker, report)
+            kept, put = self._scan_file(file, key, existing.get(key), chunker, report,
+                                        judge=key not in named)
             if kept:
                 seen.add(key)
             if put is not None:
@@ -364,15 +366,16 @@ class Collection:
         return puts, seen
 
     def _scan_file(self, file: Path, key: str, old, chunker: Chunker | None,
-                   report: IndexReport) -> tuple[bool, _Put | None]:
+                   report: IndexReport, judge: bool = True) -> tuple[bool, _Put | None]:
         """One file -> (whether its document stays, its new chunks if any), counted into
-        `report`: skipped (with the reason), unchanged, added or updated."""
+        `report`: skipped (with the reason), unchanged, added or updated. `judge`: apply the
+        machine-written content rules (not to a file the caller named)."""
         read = read_file(file, self.config.ingest.max_file_bytes)
         text, reason = read.text, read.reason
         if text is None:
             report.skipped.append((key, reason))
             return False, None
-        reason = self._generated(file, text)
+        reason = self._generated(file, text) if judge else ""
         if reason:
             report.skipped.append((key, reason))
             return False, None

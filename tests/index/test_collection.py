@@ -387,4 +387,6 @@ def test_special_files_links_out_and_generated_files_are_skipped_other_encodings
     report = collection.add_paths([tree], progress=False)
     assert (report.removed, report.added, report.unchanged) == (1, 1, 1)
     assert {Path(p).name for p in collection.store.documents(collection.name)} == {"latin.txt", "uv.lock"}
+    # A file named explicitly is a choice: indexed although its contents look machine-written.
+    assert collection.add_paths([tree / "results.json"], progress=False).added == 1
     collection.close()
