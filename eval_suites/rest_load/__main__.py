@@ -7,7 +7,8 @@ passages is indexed in-process; `codehop serve --no-index` then serves it from a
 Baseline, side by side in the same run: the same queries through `Collection.search` called
 directly in-process (no HTTP, no JSON, no threads), so the ratio is the REST layer's cost.
 A last phase measures searches while one writer adds documents through the API (readers
-must keep answering; every added document must be there afterwards).
+must keep answering; every added document must be there afterwards). Searches while asks
+generate (mixed traffic, 1/8/48 asks in flight): `python -m eval_suites.rest_load.mixed`.
 """
 
 from __future__ import annotations
