@@ -15,7 +15,6 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -226,7 +225,9 @@ def test_a_stream_whose_client_leaves_stops_and_frees_the_model(server):
     assert generator.started.get(timeout=WAIT_S) == "hi"
     received = b""
     while b"first" not in received:  # the first piece reached the client
-        received += conn.recv(4096)
+        chunk = conn.recv(4096)
+        assert chunk, received  # the server must not close before the first piece
+        received += chunk
     conn.close()
     assert _lane(app).wait_until(lambda s: s.cancelled_total == 1, WAIT_S)
     generator.release.set()  # the producer's next piece finds the ticket cancelled
@@ -245,7 +246,9 @@ def test_a_slow_stream_reader_does_not_hold_the_model(server):
     assert _lane(app).wait_until(lambda s: s.completed_total == 1 and s.running == 0, WAIT_S)
     received = b""
     while b"[DONE]" not in received:
-        received += conn.recv(4096)
+        chunk = conn.recv(4096)
+        assert chunk, received
+        received += chunk
     conn.close()
     assert generator.streamed == ["first", " second", " third", " fourth"]
 
