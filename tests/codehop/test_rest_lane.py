@@ -289,3 +289,32 @@ def test_transformers_generation_stops_when_cancelled(tiny_llama):
     assert cut.finish_reason == "cancelled" and cut.token_ids == []
     assert len(generator.complete("def fib(n):", config).token_ids) > 1  # outside: runs to the end
     assert not generator._lock.locked()
+
+
+def test_an_agent_holds_the_model_only_for_its_model_turns():
+    """Between two model turns (while a tool runs) the agent's request holds no slot, so a
+    queued ask can generate; each turn queues again."""
+    from codehop.rest_generation import _HeldGenerator
+
+    lane = GenerationLane(concurrency=1, queue_size=1)
+    seen = []
+
+    class Recorder(GatedGenerator):
+        def complete(self, prompt, config=GenerationConfig()):
+            seen.append(lane.status().running)
+            return Generation("ok", [1], None, "stop", 1, 0.0)
+
+    generator = Recorder()
+    agent = lane.admit()
+    held = _HeldGenerator(generator, agent)
+    held.chat([{"role": "user", "content": "turn 1"}])
+    between = lane.status()
+    ask = lane.admit()  # the lane has room for one more: it generates while the agent's tool runs
+    with ask.hold():
+        assert lane.status().running == 1
+    held.chat([{"role": "user", "content": "turn 2"}])
+    assert seen == [1, 1] and (between.running, between.admitted) == (0, 1)
+    assert held.count_tokens("a b c") == 3 and held.name == "gated"  # the rest passes through
+    lane._finish(agent)
+    lane._finish(ask)
+    lane.close()
