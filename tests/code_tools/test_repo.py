@@ -283,10 +283,9 @@ def test_special_files_and_links_out_of_the_root_are_skipped_other_encodings_rea
     """A FIFO, a socket and a device node (as root) never hang the walk; a link to a file
     outside the root is neither indexed nor read through reindex_file; Latin-1 and UTF-16
     sources are decoded and found by their words."""
-    import os
-    import socket
-    import stat
     import threading
+
+    from tests.special_files import special_files
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -298,29 +297,16 @@ def test_special_files_and_links_out_of_the_root_are_skipped_other_encodings_rea
     (root / "keys.py").symlink_to(outside / "keys.py")
     for name in ("a", "b", "c"):  # BM25's Okapi idf is 0 for a term in half of two files
         (root / f"{name}.py").write_text(f"def other_{name}():\n    return 1\n")
-    os.mkfifo(root / "fifo.py")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(root / "sock.py"))
-    try:
-        os.mknod(root / "null.py", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    except PermissionError:
-        pass
     opened = []
-    try:
+    with special_files(root, ".py") as special:
         worker = threading.Thread(target=lambda: opened.append(RepoIndex.open(root)), daemon=True)
         worker.start()
         worker.join(60)
         assert not worker.is_alive(), "RepoIndex.open hung on the tree"
-    finally:
-        server.close()
     repo = opened[0]
     assert repo.iter_files() == ["a.py", "b.py", "c.py", "prix.py", "wide.py"]
     reasons = {Path(path).name: reason for path, reason in repo.skipped}
-    expected = {"fifo.py": "not a regular file (FIFO)", "sock.py": "not a regular file (socket)",
-                "keys.py": "link to a path outside the indexed directories"}
-    if (root / "null.py").exists():
-        expected["null.py"] = "not a regular file (character device)"
-    assert reasons == expected
+    assert reasons == {**special, "keys.py": "link to a path outside the indexed directories"}
     found = [repo.chunk(i) for i in repo.search_bm25("café crème", k=5).ids]
     assert found and all(c.path == "prix.py" for c in found) and "'café crème'" in found[0].text
     assert repo.path_of(repo.search_bm25("marsupial wombat", k=1).ids[0]) == "wide.py"

@@ -283,11 +283,7 @@ def test_kill_during_indexing_leaves_previous_state_searchable(indexed, capsys, 
 
 
 def _bad_input_tree(base):
-    """A tree with a FIFO, a unix socket, a device node (where the test may make one), links
-    out of it, a lock file, and Latin-1 and UTF-16 text; returns (tree, the bound socket)."""
-    import socket
-    import stat
-
+    """A tree with links out of it, a lock file, and Latin-1 and UTF-16 text."""
     outside = base / "outside"
     (outside / "keys").mkdir(parents=True)
     (outside / "id_rsa").write_text("PRIVATE KEY zebraquartz\n")
@@ -299,34 +295,26 @@ def _bad_input_tree(base):
     (tree / "poetry.lock").write_text("[[package]]\nname = 'x'\n")
     (tree / "id_rsa.txt").symlink_to(outside / "id_rsa")
     (tree / "keys").symlink_to(outside / "keys", target_is_directory=True)
-    os.mkfifo(tree / "fifo.txt")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(tree / "sock.txt"))
-    try:
-        os.mknod(tree / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    except PermissionError:  # not root: the FIFO and the socket still count
-        pass
-    return tree, server
+    return tree
 
 
 def test_index_of_a_tree_with_special_files_and_links_out_finishes_and_says_why(tmp_path):
-    tree, server = _bad_input_tree(tmp_path)
+    """A FIFO, a unix socket and a device node (where the test may make one) among them."""
+    from tests.special_files import special_files
+
+    tree = _bad_input_tree(tmp_path)
     workspace = tmp_path / "ws"
     codehop = [sys.executable, "-m", "codehop"]
-    try:
+    with special_files(tree) as special:
         started = time.monotonic()
         done = subprocess.run(codehop + ["index", str(tree), "--workspace", str(workspace), "--no-progress"],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         elapsed = time.monotonic() - started
-    finally:
-        server.close()
     assert done.returncode == 0, done.stderr
     assert elapsed < 120  # before the fix: never (open() of the FIFO waited for a writer)
     err = done.stderr
-    assert f"skipped {tree}/fifo.txt: not a regular file (FIFO)" in err
-    assert f"skipped {tree}/sock.txt: not a regular file (socket)" in err
-    if (tree / "null.txt").exists():
-        assert f"skipped {tree}/null.txt: not a regular file (character device)" in err
+    for name, reason in special.items():
+        assert f"skipped {tree}/{name}: {reason}" in err
     assert f"skipped {tree}/id_rsa.txt: link to a path outside the indexed directories" in err
     assert f"skipped {tree}/keys: link to a directory outside the indexed directories" in err
     summary = next(line for line in err.splitlines() if line.startswith("skipped 2 symbolic links ("))

@@ -654,9 +654,7 @@ def test_chat_and_ask_draft_with_rapid_on_request(gen):
 
 
 def test_a_job_over_special_files_and_links_out_of_the_roots_finishes_and_leaks_nothing(tmp_path):
-    import os
-    import socket
-    import stat
+    from tests.special_files import special_files
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -669,14 +667,7 @@ def test_a_job_over_special_files_and_links_out_of_the_roots_finishes_and_leaks_
     (root / "wide.md").write_bytes("The marsupial wombat digs burrows.\n".encode("utf-16"))
     (root / "key.txt").symlink_to(outside / "id_rsa")
     (root / "okapi.md").symlink_to(other / "shared.md")  # into another root: allowed
-    os.mkfifo(root / "fifo.txt")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(root / "sock.txt"))
-    try:
-        os.mknod(root / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    except PermissionError:
-        pass
-    try:
+    with special_files(root) as special:
         with TestClient(create_app(Settings(), workspace=tmp_path / "ws", roots=[root, other])) as client:
             assert client.post("/v1/collections", json={"name": "default"}).status_code == 201
             job = client.post("/v1/collections/default/documents", json={"files": ["."]}).json()
@@ -685,11 +676,7 @@ def test_a_job_over_special_files_and_links_out_of_the_roots_finishes_and_leaks_
             assert state["status"] == "done", state
             assert time.monotonic() - started < 60
             skipped = {Path(path).name: reason for path, reason in state["result"]["skipped"]}
-            expected = {"fifo.txt": "not a regular file (FIFO)", "sock.txt": "not a regular file (socket)",
-                        "key.txt": "link to a path outside the indexed directories"}
-            if (root / "null.txt").exists():
-                expected["null.txt"] = "not a regular file (character device)"
-            assert skipped == expected
+            assert skipped == {**special, "key.txt": "link to a path outside the indexed directories"}
             assert state["result"]["added"] == 3
 
             def top(query):
@@ -700,5 +687,3 @@ def test_a_job_over_special_files_and_links_out_of_the_roots_finishes_and_leaks_
             assert top("marsupial wombat burrows")[0]["path"].endswith("wide.md")
             assert top("okapi rainforest")[0]["path"] == str((other / "shared.md").resolve())
             assert top("zebraquartz private key") == []
-    finally:
-        server.close()

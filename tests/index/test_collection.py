@@ -341,10 +341,9 @@ def _add_in_thread(collection, paths, **kwargs):
 
 def test_special_files_links_out_and_generated_files_are_skipped_other_encodings_indexed(tmp_path):
     import dataclasses
-    import os
-    import socket
 
     from index.walk import WalkConfig
+    from tests.special_files import special_files
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -357,18 +356,12 @@ def test_special_files_links_out_and_generated_files_are_skipped_other_encodings
     (tree / "docs" / "benchmarks" / "raw.json").write_text('{"q": "How are writes made atomic?"}')
     (tree / "results.json").write_text(json.dumps({"rows": [{"q": "atomic", "ms": i} for i in range(12)]}))
     (tree / "key.txt").symlink_to(outside / "id_rsa")
-    os.mkfifo(tree / "fifo.txt")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(tree / "sock.txt"))
     collection = Collection.open(tmp_path / "ws")
-    try:
+    with special_files(tree) as special:
         report = _add_in_thread(collection, [tree])
-    finally:
-        server.close()
     reasons = {Path(path).name: reason for path, reason in report.skipped}
     assert reasons == {
-        "fifo.txt": "not a regular file (FIFO)", "sock.txt": "not a regular file (socket)",
-        "key.txt": "link to a path outside the indexed directories", "uv.lock": "generated artefact",
+        **special, "key.txt": "link to a path outside the indexed directories", "uv.lock": "generated artefact",
         "raw.json": "generated artefact",
         "results.json": "machine-written JSON data (12 of 24 values are numbers)"}
     assert report.added == 2

@@ -1,12 +1,12 @@
 """index.files: regular files only (no open that can block), text in any confidently detected encoding."""
 
 import os
-import socket
 import threading
 
 import pytest
 
-from index.files import decode, read_bytes, read_file, regular_file_reason
+from index.files import FileText, decode, read_bytes, read_file, regular_file_reason
+from tests.special_files import special_files
 
 
 def test_a_fifo_is_refused_before_any_open_and_never_blocks(tmp_path):
@@ -21,12 +21,10 @@ def test_a_fifo_is_refused_before_any_open_and_never_blocks(tmp_path):
 
 
 def test_sockets_devices_directories_and_dangling_links_say_what_they_are(tmp_path):
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(tmp_path / "sock"))
-    try:
-        assert regular_file_reason(tmp_path / "sock") == "not a regular file (socket)"
-    finally:
-        server.close()
+    with special_files(tmp_path) as expected:
+        for name, reason in expected.items():
+            assert regular_file_reason(tmp_path / name) == reason
+            assert read_file(tmp_path / name, 1 << 20) == FileText(None, reason=reason)
     assert regular_file_reason(tmp_path) == "not a regular file (directory)"
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     assert regular_file_reason(tmp_path / "dangling") == "dangling link"

@@ -1,6 +1,7 @@
 """index.walk: the one tree walker (skip list, hidden entries, nested .gitignore files)."""
 
 from index.walk import SKIP_DIRS, WalkConfig, skipped_dir, walk, walk_tree
+from tests.special_files import special_files
 
 
 def _files(root, names):
@@ -40,40 +41,15 @@ def test_walk_tree_gives_paths_relative_to_the_root_and_survives_a_bad_gitignore
     assert all(path == tmp_path / relative for path, relative in walked)
 
 
-def _special_tree(tmp_path):
-    """A tree with a FIFO, a unix socket, a device node where allowed, and a text file; the
-    socket's server is returned so the caller closes it."""
-    import os
-    import socket
-    import stat
-
-    root = tmp_path / "tree"
-    root.mkdir()
-    (root / "ok.txt").write_text("regular words")
-    os.mkfifo(root / "fifo.txt")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(root / "sock.txt"))
-    try:  # root (CI) may create one; others may not
-        os.mknod(root / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    except PermissionError:
-        pass
-    return root, server
-
-
 def test_walk_yields_regular_files_only_and_reports_each_special_file(tmp_path):
-    root, server = _special_tree(tmp_path)
-    try:
+    (tmp_path / "ok.txt").write_text("regular words")
+    with special_files(tmp_path) as expected:
         skipped = []
-        assert _walked_with(root, skipped) == ["ok.txt"]
-        expected = [("fifo.txt", "not a regular file (FIFO)"), ("sock.txt", "not a regular file (socket)")]
-        if (root / "null.txt").exists():
-            expected.insert(1, ("null.txt", "not a regular file (character device)"))
-        assert skipped == expected
+        assert _walked_with(tmp_path, skipped) == ["ok.txt"]
+        assert dict(skipped) == expected
         named = []
-        assert list(walk([root / "fifo.txt"], on_skip=lambda p, r: named.append(r))) == []
+        assert list(walk([tmp_path / "fifo.txt"], on_skip=lambda p, r: named.append(r))) == []
         assert named == ["not a regular file (FIFO)"]
-    finally:
-        server.close()
 
 
 def _walked_with(root, skipped, **kwargs):
