@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,12 +70,57 @@ def test_prefetch_accepts_skips_and_repeats():
     postings.prefetch(np.zeros(0, dtype=np.int64))
 
 
-def test_huge_page_advice_keeps_the_contents():
+def _mapping_of(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping (VMA) that holds `address`."""
+    fields: dict[str, str] = {}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head, _, rest = line.partition(" ")
+        low, dash, high = head.partition("-")
+        if dash and all(c in "0123456789abcdef" for c in low + high):  # a mapping's header line
+            if inside:
+                break
+            inside = int(low, 16) <= address < int(high, 16)
+        elif inside:
+            fields[head.rstrip(":")] = rest.strip()
+    return fields
+
+
+def _kernel_has_thp() -> bool:
+    """Transparent huge pages not turned off, and MADV_COLLAPSE (Linux >= 6.1)."""
+    enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    release = tuple(int(part) for part in re.findall(r"\d+", platform.release())[:2])
+    return enabled.exists() and "[never]" not in enabled.read_text() and release >= (6, 1)
+
+
+@pytest.fixture
+def numpy_gives_no_huge_pages():
+    """numpy madvises HUGEPAGE on its own large allocations; turned off here so that huge pages
+    seen in the test come from advise_huge_pages alone."""
+    multiarray = getattr(np, "_core", getattr(np, "core", None)).multiarray
+    previous = multiarray._set_madvise_hugepage(False)
+    yield
+    multiarray._set_madvise_hugepage(previous)
+
+
+def test_huge_page_advice_backs_the_interior_with_huge_pages_and_keeps_the_contents(
+        numpy_gives_no_huge_pages):
     big = np.random.default_rng(3).normal(size=(6 << 20) // 4).astype(np.float32)  # 6 MiB
     copy = big.copy()
-    assert advise_huge_pages(big) in (True, False)  # False where the kernel lacks MADV_COLLAPSE
+    huge = 2 << 20
+    interior = -(-big.ctypes.data // huge) * huge  # the first 2 MiB boundary inside the array
+    assert "hg" not in _mapping_of(interior).get("VmFlags", "").split()  # not advised yet
+    advised = advise_huge_pages(big)
     assert np.array_equal(big, copy)
     assert advise_huge_pages(np.zeros(100, np.float32)) is False  # smaller than two huge pages
+    if not (sys.platform == "linux" and _kernel_has_thp()):
+        assert advised is False  # nothing to advise: it must not claim it did
+        return
+    assert advised is True
+    mapping = _mapping_of(interior)
+    # MADV_HUGEPAGE marks the mapping ("hg"); MADV_COLLAPSE backs it with huge pages now.
+    assert "hg" in mapping["VmFlags"].split(), mapping
+    assert int(mapping["AnonHugePages"].split()[0]) >= 2048, mapping
 
 
 @pytest.mark.skipif(postings_module._MADVISE is None, reason="no libc madvise on this platform")
