@@ -15,19 +15,37 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(100, 40000, (n,), generator=g).tolist()
 
 
-def test_second_prompt_reuses_the_cache_and_decodes_like_a_fresh_prefill(tiny_llama):
-    model, tok = tiny_llama
+@pytest.fixture(scope="module")
+def one_layer_llama(smollm2_tokenizer):
+    """(model, tokenizer): a one-layer random Llama with large weights. With one layer a key or
+    value row depends only on its token and position, so PIE's rerotated cache is exact and its
+    decoding must equal a fresh prefill's token for token; the large weights make greedy decoding
+    depend on the context (the shared two-layer tiny_llama repeats one token whatever it reads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
+        initializer_range=0.5, tie_word_embeddings=False,
+        bos_token_id=smollm2_tokenizer.bos_token_id, eos_token_id=smollm2_tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval(), smollm2_tokenizer
+
+
+def test_second_prompt_reuses_the_cache_and_decodes_like_a_fresh_prefill(one_layer_llama):
+    model, tok = one_layer_llama
     store = KVCacheStore(model, tok)
     old = _ids(80, 1)
-    _, first = store.complete("doc", old, 4)
+    before, first = store.complete("doc", old, 8)
     assert first["mode"] == "prefill" and not first["reused"] and first["tokens_encoded"] == 80
     new = old[:40] + [7, 8, 9] + old[40:]  # the user typed three tokens mid-prompt
-    generated, report = store.complete("doc", new, 4)
+    generated, report = store.complete("doc", new, 8)
     assert report["reused"] and report["mode"] == "pie" and report["tokens_encoded"] == 3
     assert report["rerotated"] == 40 and report["sequence_length"] == 83
     fresh = PieCache(model, tok)
     fresh.prefill(new)
-    assert len(generated) == 4 and len(fresh.generate(4)) == 4
+    assert generated == fresh.generate(8)
+    assert generated != before  # the edit changed the continuation: the comparison can tell
 
 
 def test_a_large_edit_falls_back_to_a_full_prefill(tiny_llama):
