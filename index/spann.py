@@ -564,6 +564,3 @@ class SpannIndex(BuildsWhenDue):
             total += p.start_page.nbytes + p.count.nbytes + p.capacity.nbytes
             total += faiss.serialize_index(self._heads).nbytes  # head vectors (+ graph)
         return int(total)
-
-    def disk_bytes(self) -> int:
-        return self._postings.n_pages * PAGE if self.built else 0

@@ -1,35 +1,24 @@
 """Training the TreeHop query-update model (InfoNCE with hard negatives), CPU-friendly.
 
 A training example is a chain: (question q, first-hop passage c1) -> second-hop passage c2,
-with hard negatives. Two sources:
-
-- HotpotQA train supporting facts: of the two supporting paragraphs, the one closer to the
-  question (cosine) is hop 1 and the other hop 2; comparison questions also get the reverse
-  chain, since either entity can come first. Hard negatives are the question's distractor
-  paragraphs (picked by HotpotQA's own retriever to look relevant).
-- Synthetic bridge chains from the 2Wiki passages (no questions ship with them): passage A
-  names the title of passage B ("... directed by Michael Curtiz"). The pseudo-question is A's
-  linking sentence with B's name masked, so the question describes A and points at an entity
-  it does not name, as a bridge question does; c1 = A, c2 = B. Hard negatives are the
-  passages nearest to B that are neither A nor B.
+with hard negatives, from HotpotQA train supporting facts: of the two supporting paragraphs,
+the one closer to the question (cosine) is hop 1 and the other hop 2; comparison questions also
+get the reverse chain, since either entity can come first. Hard negatives are the question's
+distractor paragraphs (picked by HotpotQA's own retriever to look relevant). (Synthetic bridge
+chains from the 2Wiki passages were tried and did not help: rag/weights/TREEHOP_CARD.md.)
 
 The loss is InfoNCE over {c2} + hard negatives + in-batch negatives (the paper's recipe:
-temperature 0.15, 5 hard negatives, batch 64). Held-out accuracy is measured on HotpotQA
-chains only: the synthetic chains are a help for training, not the target task.
+temperature 0.15, 5 hard negatives, batch 64), with held-out accuracy on HotpotQA chains.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from rag.treehop import TreeHopModel, TreeHopModelConfig
-
-MIN_LINK_TITLE_CHARS = 6  # shorter titles ("Paris", "Iris") match too much ordinary text
-MASK = "someone or something"
 
 
 @dataclass(frozen=True)
@@ -60,11 +49,6 @@ class Chains:
 
     def subset(self, index: np.ndarray) -> "Chains":
         return Chains(self.q[index], self.c1[index], self.c2[index], self.negatives[index])
-
-    @staticmethod
-    def concat(parts: list["Chains"]) -> "Chains":
-        parts = [p for p in parts if len(p)]
-        return Chains(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("q", "c1", "c2", "negatives")))
 
 
 def _pick(pool: list, count: int, rng: random.Random) -> list:
@@ -102,43 +86,6 @@ def build_chains(questions, embed, hard_negatives: int, seed: int = 0) -> Chains
             q.append(qv), c1.append(vectors[a]), c2.append(vectors[b])
             negatives.append(np.stack([vectors[t] for t in _pick(distractors, hard_negatives, rng)]))
     return Chains(np.stack(q), np.stack(c1), np.stack(c2), np.stack(negatives))
-
-
-def bridge_links(passages: list[dict]) -> list[tuple[int, int, str]]:
-    """(a, b, sentence): passage a's sentence that names passage b's title (b != a)."""
-    index_of = {p["title"]: i for i, p in enumerate(passages)}
-    titles = sorted((t for t in index_of if len(t) >= MIN_LINK_TITLE_CHARS), key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(t) for t in titles))
-    links = []
-    for a, passage in enumerate(passages):
-        for sentence in re.split(r"(?<=[.!?])\s+", passage["text"]):
-            for title in dict.fromkeys(m.group(0) for m in pattern.finditer(sentence)):
-                if title != passage["title"]:
-                    links.append((a, index_of[title], sentence))
-    return links
-
-
-def synthetic_chains(passages: list[dict], embed, hard_negatives: int, seed: int = 0,
-                     limit: int | None = None) -> Chains:
-    """Bridge chains from passages that name each other (2Wiki corpus: title, text)."""
-    rng = random.Random(seed)
-    links = bridge_links(passages)
-    rng.shuffle(links)
-    links = links[:limit] if limit else links
-    if not links:
-        return Chains(*(np.zeros((0, 1), np.float32) for _ in range(3)), np.zeros((0, hard_negatives, 1), np.float32))
-    vectors = embed([f"{p['title']}: {p['text']}" for p in passages])
-    questions = [f"{passages[a]['title']}: {sentence.replace(passages[b]['title'], MASK)}"
-                 for a, b, sentence in links]
-    q_vectors = embed(questions)
-    b_rows = np.array([b for _, b, _ in links])
-    similar = vectors[b_rows] @ vectors.T
-    negatives = []
-    for row, (a, b, _) in enumerate(links):
-        nearest = np.argsort(-similar[row])[: hard_negatives + 2]
-        negatives.append(vectors[[i for i in nearest if i not in (a, b)][:hard_negatives]])
-    a_rows = np.array([a for a, _, _ in links])
-    return Chains(q_vectors, vectors[a_rows], vectors[b_rows], np.stack(negatives))
 
 
 def info_nce(model_net, batch: Chains, temperature: float):

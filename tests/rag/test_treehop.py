@@ -8,7 +8,7 @@ import pytest
 from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from rag.treehop import (SHIPPED_CHECKPOINT, TreeHopConfig, TreeHopModel, TreeHopModelConfig, TreeHopRetriever,
                          load_treehop, looks_multihop)
-from rag.treehop_train import Chains, TrainConfig, bridge_links, build_chains, hop_accuracy, split_heldout, train
+from rag.treehop_train import Chains, TrainConfig, build_chains, hop_accuracy, split_heldout, train
 
 SMALL = TreeHopModelConfig(dim=16, hidden=32, mlp_blocks=2)
 
@@ -127,11 +127,3 @@ def test_training_learns_a_hop_that_q_minus_c_cannot():
     assert history["loss"][-1] < history["loss"][0]
     assert history["heldout_accuracy_untrained"] < 0.5
     assert hop_accuracy(model, heldout) > 0.9
-
-
-def test_bridge_links_find_named_passages():
-    passages = [{"title": "God's Gift to Women", "text": "A 1931 comedy film. It was directed by Michael Curtiz."},
-                {"title": "Michael Curtiz", "text": "Michael Curtiz was a Hungarian-American film director."},
-                {"title": "Paris", "text": "Paris is a city."}]
-    links = bridge_links(passages)
-    assert links == [(0, 1, "It was directed by Michael Curtiz.")]  # self-mentions and short titles ignored
