@@ -1,4 +1,9 @@
 """python -m eval_suites.llm_bench --out DIR [--questions N] [--agent-tasks N] [--from-raw]
+       [--base-url URL | --llamacpp]
+
+`--base-url` drives the same pipelines through an OpenAI-compatible server (`--model` is then
+the server's model name); `--llamacpp` starts llama.cpp's server in this process (xllamacpp,
+the dev extra) on the shipped SmolLM2 GGUF and drives that: the issue 27 side-by-side run.
 
 Issue 14 ("Bring your own model"): what structured decoding, the retry, loop control and the
 size-aware pipeline defaults change for the shipped SmolLM2-135M, BEFORE vs AFTER in one run.
@@ -104,7 +109,7 @@ def replay_free(generator, calls) -> list[dict]:
             label = parse_label(text)
             parsed, value = label is not None, label
         out.append({"kind": call.kind, "tag": call.tag, "text": text, "parsed": parsed, "value": value,
-                    "strict_json": strict_json_object(text), "tokens": len(generation.token_ids),
+                    "strict_json": strict_json_object(text), "tokens": generation.generated_tokens,
                     "seconds": generation.elapsed_s, "finish": generation.finish_reason})
         print(f"[free {call.kind}] parsed={parsed} {generation.elapsed_s:.1f}s", flush=True)
     return out
@@ -137,7 +142,7 @@ def run_agent(generator, tasks: list[str], max_new_tokens: int) -> list[dict]:
             except InvalidInputError:
                 parsed, known, action = False, False, None
             rows.append({"variant": name, "task": task, "parsed": parsed, "known_tool_or_answer": known,
-                         "tool": (action or {}).get("tool"), "text": generation.text, "tokens": len(generation.token_ids),
+                         "tool": (action or {}).get("tool"), "text": generation.text, "tokens": generation.generated_tokens,
                          "seconds": generation.elapsed_s, "finish": generation.finish_reason})
             print(f"[agent {name} {i + 1}/{len(tasks)}] parsed={parsed} {generation.elapsed_s:.1f}s", flush=True)
     shutil.rmtree(repo, ignore_errors=True)
@@ -157,7 +162,15 @@ def measure(args) -> dict:
     from rag.llm import load_generator
 
     started = time.perf_counter()
-    generator = RecordingGenerator(load_generator(args.model))
+    if args.base_url:
+        from index.openai_http import OpenAIEndpoint
+
+        # One CPU server answers one request at a time: a long answer may queue for minutes.
+        inner = load_generator(args.model, backend="openai", endpoint=OpenAIEndpoint(args.base_url, args.model,
+                                                                                     timeout_s=900))
+    else:
+        inner = load_generator(args.model)
+    generator = RecordingGenerator(inner)
     workspace = Path(tempfile.mkdtemp(prefix="llm-bench-ws-"))
     collection = Collection.open(workspace, "codehop-docs")
     files = corpus_files(args.files)
@@ -175,12 +188,35 @@ def measure(args) -> dict:
     from importlib import metadata
 
     return {"settings": {"model": args.model, "parameters": generator.parameters, "questions": len(questions),
+                         "backend": f"openai ({generator.server_kind} at {args.base_url})" if args.base_url
+                         else "transformers (in-process)",
                          "files": [str(f.relative_to(ROOT)) for f in files], "chunks": report.chunks,
                          "answer_max_new_tokens": args.max_new_tokens, "agent_tasks": len(agent) // 2,
                          "agent_first_turn_max_new_tokens": args.agent_new_tokens, "decoding": "greedy",
-                         "threads": torch.get_num_threads(), "xgrammar": metadata.version("xgrammar"),
+                         "threads": torch.get_num_threads(),
+                         "xgrammar": "n/a (the server's grammar)" if args.base_url else metadata.version("xgrammar"),
                          **agent_info, "wall_s": round(time.perf_counter() - started)},
             "pipelines": pipelines, "calls": [asdict(c) for c in generator.calls], "free": free, "agent": agent}
+
+
+def _start_llamacpp():
+    """(server, /v1 URL): xllamacpp serving the shipped SmolLM2 GGUF on a free loopback port,
+    one slot and one thread (the in-process side of the comparison decodes on one thread)."""
+    import socket
+
+    import xllamacpp
+
+    from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    params = xllamacpp.CommonParams()
+    params.model.path = resolve_model(DEFAULT_GENERATOR_MODEL).location
+    params.hostnames, params.port, params.n_ctx, params.n_parallel = ["127.0.0.1"], port, 8192, 1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
+    params.verbosity = 0
+    return xllamacpp.Server(params), f"http://127.0.0.1:{port}/v1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-tasks", type=int, default=6)
     parser.add_argument("--agent-new-tokens", type=int, default=128)
     parser.add_argument("--from-raw", action="store_true", help="rebuild the report from DIR/raw.json")
+    parser.add_argument("--base-url", default=None, help="an OpenAI-compatible server's /v1 URL")
+    parser.add_argument("--llamacpp", action="store_true",
+                        help="serve the shipped GGUF with llama.cpp's server in-process and use it")
     args = parser.parse_args(argv)
+    if args.llamacpp and not args.from_raw:
+        server, args.base_url = _start_llamacpp()  # noqa: F841 (kept alive until the run ends)
     raw_path = args.out / "raw.json"
     if args.from_raw:
         raw = json.loads(raw_path.read_text())

@@ -113,6 +113,6 @@ class RecordingGenerator:
         kind = "rewrite" if first.startswith("Rewrite the question") else "filter" if first.startswith("Question:") else "other"
         attempt = sum(1 for m in messages if m["role"] == "user")
         self.calls.append(Call(self.tag, kind, attempt, config.json_schema is not None, list(messages), generation.text,
-                               len(generation.token_ids), generation.prompt_tokens, generation.elapsed_s,
+                               generation.generated_tokens, generation.prompt_tokens, generation.elapsed_s,
                                generation.finish_reason))
         return generation

@@ -249,6 +249,8 @@ def write(raw: dict, out: Path) -> Path:
     report = Report("llm_bench: structured decoding, retry and loop control for SmolLM2-135M, before vs after (CPU)",
                     settings=settings)
     report.add("Findings", findings(rewrite, filters, agent, loops, latency, speed))
+    if str(settings.get("backend", "")).startswith("openai"):
+        report.add("Backend", SERVER_BACKEND.format(backend=settings["backend"]))
     report.add("Method", METHOD)
     report.add_table("1. Rewriter JSON: free decoding (before) vs schema + retry (after)", rewrite)
     report.add("Rewriter replies (first 160 characters)",
@@ -270,6 +272,14 @@ def write(raw: dict, out: Path) -> Path:
                       "latency_info": latency_info, "speed": speed, "label_counts": label_counts}
     _plot(report, rewrite, filters, agent, loops, latency_info["p50"], out)
     return report.write(out)
+
+
+SERVER_BACKEND = """Every generation went through {backend} (`--base-url` / `--llamacpp`), as
+`[generator] backend = "openai"` does: JSON schemas are the server's own grammar, not xgrammar, and
+the answer's no_repeat_ngram 8 is sent as llama.cpp's DRY penalty (with repeat_penalty 1.1 and both
+look-back windows as long as the answer), which discourages a repeated sequence but does not forbid
+it: the "by construction" remark under Findings applies to the in-process backend only. Token
+counts are the server's `usage`."""
 
 
 NOT_MEASURED = """- agent_bench solved tasks before vs after: CodeAgent has no switch for a tool-call schema
