@@ -32,6 +32,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,19 +367,26 @@ class Embedder:
 class RemoteEmbeddings:
     """`/v1/embeddings` of an OpenAI-compatible server, in batches, rows L2-normalised.
 
-    A batch that times out is sent again in halves, and the smaller size is kept for the rest
-    of the run (a CPU server embeds 32 long chunks slower than the 120 s default timeout); a
-    single text that still times out is an error naming both settings to change.
+    The batch size adapts to the server: the first request carries at most CALIBRATION_TEXTS
+    texts, and its time per text sets the size so that a batch takes about a quarter of
+    `timeout_s` (at most `batch_size`). A batch that still times out is sent again in halves,
+    and the smaller size is kept for the rest of the run; a single text that still times out is
+    an error naming the setting to change. (A CPU llama.cpp server on busy cores embedded 32
+    chunks slower than the 120 s default: every timeout cost 120 s, and the server went on
+    computing the abandoned batch.)
 
     Example: embed(["a", "b", "c"]) with batch_size 2 sends ["a", "b"], then ["c"]; if
     ["a", "b"] timed out: ["a"], ["b"], ["c"].
     """
+
+    CALIBRATION_TEXTS = 4
 
     def __init__(self, endpoint: OpenAIEndpoint, batch_size: int) -> None:
         self.endpoint = endpoint
         self.batch_size = batch_size
         self.client = OpenAIClient(endpoint)
         self.known_dim: int | None = None
+        self._calibrated = False
 
     @property
     def dim(self) -> int:
@@ -389,9 +397,13 @@ class RemoteEmbeddings:
     def embed(self, texts: list[str]) -> np.ndarray:
         rows: list[list[float]] = []
         while len(rows) < len(texts):
-            part = texts[len(rows): len(rows) + self.batch_size]
+            size = self.batch_size if self._calibrated else min(self.batch_size, self.CALIBRATION_TEXTS)
+            part = texts[len(rows): len(rows) + size]
+            started = time.perf_counter()
             try:
                 rows.extend(self._batch(part))
+                if not self._calibrated and len(part) > 1:
+                    self._calibrate((time.perf_counter() - started) / len(part))
             except ModelServerError as error:
                 if not error.timed_out:
                     raise
@@ -405,6 +417,12 @@ class RemoteEmbeddings:
         vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
+
+    def _calibrate(self, seconds_per_text: float) -> None:
+        """Batches of about a quarter of the timeout, from the measured time per text."""
+        fits = int(self.endpoint.timeout_s / 4 / max(seconds_per_text, 1e-6))
+        self.batch_size = max(1, min(self.batch_size, fits))
+        self._calibrated = True
 
     def _batch(self, texts: list[str]) -> list[list[float]]:
         url = self.client.url("/embeddings")

@@ -94,6 +94,13 @@ def test_remote_batches_that_time_out_are_split_and_the_smaller_size_kept():
         out = remote.embed(["a", "b", "c", "d", "e"])
         assert out.shape == (5, 2) and remote.batch_size == 2
         assert [len(body["input"]) for _, body in server.requests] == [4, 2, 2, 1]
+        # A first batch of 4 that takes 0.8 s (0.2 s a text) against a 2 s timeout: batches of
+        # 2 (a quarter of the timeout) from then on, although 32 were configured.
+        server.requests.clear()
+        server.script("/v1/embeddings", Reply(200, vectors(4).body, delay_s=0.8), vectors(2), vectors(2))
+        remote = RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=2, max_retries=0), 32)
+        assert remote.embed(list("abcdefgh")).shape == (8, 2)
+        assert [len(body["input"]) for _, body in server.requests] == [4, 2, 2] and remote.batch_size == 2
         server.script("/v1/embeddings", Reply(200, {}, delay_s=1.5), Reply(200, {}, delay_s=1.5))
         with pytest.raises(ModelServerError, match="raise \\[embedding\\] timeout_s"):
             RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=0.5, max_retries=0), 2).embed(["x"])
