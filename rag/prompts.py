@@ -39,5 +39,5 @@ def format_sources(sources: list[SearchResult], max_chars: int = 1500) -> str:
 def answer_messages(question: str, sources_block: str) -> list[dict[str, str]]:
     if not sources_block:
         return [{"role": "user", "content": question}]
-    user = f"Sources:\n{sources_block}\n\nQuestion: {question}\nAnswer, citing sources inline as [n]:"
+    user = f"Sources:\n{sources_block}\n\nQuestion: {question}\nAnswer with citations:"
     return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
