@@ -10,6 +10,7 @@ import torch
 from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 from rag.llm import (Generation, GenerationConfig, TransformersGenerator, banned_ngram_tokens,
                      chat_with_retry, load_generator, penalise_repeats)
+from tests.optional_apis import Checked
 
 
 @pytest.fixture(scope="module")
@@ -326,30 +327,107 @@ def test_smollm2_rewriter_schema_yields_parseable_json():
     assert finished
 
 
-def test_vllm_and_llamacpp_get_the_schema_and_penalty(monkeypatch):
-    """The wiring only (neither stack runs here): stubs stand in for vllm and llama_cpp."""
+def _fake_vllm(monkeypatch) -> dict[str, Checked]:
+    """A `vllm` module whose every entry point codehop calls checks its arguments against vllm's
+    own signatures (tests/optional_apis.py) and answers in the shape of vllm's RequestOutput."""
     import types
 
-    from rag.llm import LlamaCppGenerator, VllmGenerator
+    def request_output(prompts, sampling_params=None, **_):
+        completion = types.SimpleNamespace(text="{}", token_ids=[5, 6], logprobs=None, finish_reason="stop")
+        return [types.SimpleNamespace(outputs=[completion], prompt_token_ids=[1, 2, 3]) for _ in prompts]
 
-    record = lambda **kwargs: kwargs  # noqa: E731
-    sampling = types.SimpleNamespace(StructuredOutputsParams=record)
+    tokenizer = types.SimpleNamespace(encode=lambda text, add_special_tokens: [1] * len(text.split()))
+    checked = {"LLM": Checked("vllm.LLM.__init__", returns=lambda **_: None),
+               "generate": Checked("vllm.LLM.generate", returns=request_output),
+               "get_tokenizer": Checked("vllm.LLM.get_tokenizer", returns=lambda: tokenizer),
+               "SamplingParams": Checked("vllm.SamplingParams"),
+               "StructuredOutputsParams": Checked("vllm.sampling_params.StructuredOutputsParams")}
+
+    class LLM:
+        def __init__(self, *args, **kwargs):
+            checked["LLM"](*args, **kwargs)
+
+        def generate(self, *args, **kwargs):
+            return checked["generate"](*args, **kwargs)
+
+        def get_tokenizer(self, *args, **kwargs):
+            return checked["get_tokenizer"](*args, **kwargs)
+
+    sampling = types.SimpleNamespace(StructuredOutputsParams=checked["StructuredOutputsParams"])
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(sampling_params=sampling))
-    vllm = VllmGenerator.__new__(VllmGenerator)
-    vllm._vllm = types.SimpleNamespace(SamplingParams=record)
-    params = vllm._params(GenerationConfig(json_schema=SCHEMA, repetition_penalty=1.2))
-    assert params["structured_outputs"] == {"json": SCHEMA} and params["repetition_penalty"] == 1.2
-    assert vllm._params(GenerationConfig())["structured_outputs"] is None
-    with pytest.raises(InvalidInputError, match="no_repeat_ngram_size"):
-        vllm._params(GenerationConfig(no_repeat_ngram_size=3))
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
+        LLM=LLM, SamplingParams=checked["SamplingParams"], sampling_params=sampling))
+    return checked
 
-    grammar_class = types.SimpleNamespace(from_json_schema=lambda text, verbose: ("grammar", text))
-    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(LlamaGrammar=grammar_class))
-    llama = LlamaCppGenerator.__new__(LlamaCppGenerator)
-    llama._grammars, llama.llm = {}, lambda prompt, **kwargs: kwargs
-    kwargs = llama._call("p", GenerationConfig(json_schema=SCHEMA, repetition_penalty=1.3), stream=False)
-    assert kwargs["grammar"] == ("grammar", json.dumps(SCHEMA)) and kwargs["repeat_penalty"] == 1.3
-    assert llama._call("p", GenerationConfig(), stream=False)["grammar"] is None
+
+def test_vllm_is_called_as_its_signatures_allow_with_the_schema_and_penalty(monkeypatch, tmp_path):
+    """Neither vllm nor a GPU runs here: each vllm call is bound to vllm's real signature (the
+    installed package's, else vllm==0.32.0's), so a misspelt or removed argument fails."""
+    from rag.llm import VllmGenerator
+
+    checked = _fake_vllm(monkeypatch)
+    vllm = VllmGenerator(str(tmp_path), gpu_memory_utilization=0.5)
+    assert checked["LLM"].calls == [{"model": str(tmp_path.resolve()), "gpu_memory_utilization": 0.5}]
+    reply = vllm.complete("p", GenerationConfig(json_schema=SCHEMA, repetition_penalty=1.2, max_new_tokens=7))
+    assert reply.text == "{}" and reply.token_ids == [5, 6] and reply.prompt_tokens == 3
+    assert checked["StructuredOutputsParams"].calls == [{"json": SCHEMA}]
+    params = checked["SamplingParams"].calls[-1]
+    assert params["structured_outputs"] == {"json": SCHEMA} and params["repetition_penalty"] == 1.2
+    assert params["max_tokens"] == 7 and checked["generate"].calls[-1]["prompts"] == ["p"]
+    assert vllm.count_tokens("a b c") == 3
+    vllm.complete("p", GenerationConfig())
+    assert checked["SamplingParams"].calls[-1]["structured_outputs"] is None
     with pytest.raises(InvalidInputError, match="no_repeat_ngram_size"):
-        llama._call("p", GenerationConfig(no_repeat_ngram_size=2), stream=False)
+        vllm.complete("p", GenerationConfig(no_repeat_ngram_size=3))
+
+
+def test_llamacpp_is_called_as_its_signatures_allow_with_the_grammar_and_penalty(monkeypatch, tmp_path):
+    """llama-cpp-python is not installed here: each call is bound to its real signature (the
+    installed package's, else llama-cpp-python 0.3.36's)."""
+    import types
+
+    from rag.llm import LlamaCppGenerator
+
+    completion = {"choices": [{"text": "{}", "finish_reason": "stop", "logprobs": None}],
+                  "usage": {"prompt_tokens": 4}}
+    chat = {"choices": [{"message": {"content": "{}"}}], "usage": {"prompt_tokens": 5}}
+    checked = {"Llama": Checked("llama_cpp.Llama.__init__", returns=lambda **_: None),
+               "call": Checked("llama_cpp.Llama.__call__",
+                               returns=lambda stream=None, **_: iter([completion]) if stream else completion),
+               "chat": Checked("llama_cpp.Llama.create_chat_completion", returns=lambda **_: chat),
+               "tokenize": Checked("llama_cpp.Llama.tokenize", returns=lambda text, **_: list(text)),
+               "from_json_schema": Checked("llama_cpp.LlamaGrammar.from_json_schema",
+                                           returns=lambda json_schema, **_: ("grammar", json_schema))}
+
+    class Llama:
+        def __init__(self, *args, **kwargs):
+            checked["Llama"](*args, **kwargs)
+
+        def __call__(self, *args, **kwargs):
+            return checked["call"](*args, **kwargs)
+
+        def create_chat_completion(self, *args, **kwargs):
+            return checked["chat"](*args, **kwargs)
+
+        def tokenize(self, *args, **kwargs):
+            return checked["tokenize"](*args, **kwargs)
+
+    grammar_class = types.SimpleNamespace(from_json_schema=checked["from_json_schema"])
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama, LlamaGrammar=grammar_class))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    llama = LlamaCppGenerator(str(gguf), n_ctx=2048)
+    assert checked["Llama"].calls[0]["model_path"] == str(gguf.resolve()) and checked["Llama"].calls[0]["n_ctx"] == 2048
+    config = GenerationConfig(json_schema=SCHEMA, repetition_penalty=1.3, max_new_tokens=9)
+    reply = llama.complete("p", config)
+    assert reply.text == "{}" and reply.prompt_tokens == 4
+    call = checked["call"].calls[-1]
+    assert call["grammar"] == ("grammar", json.dumps(SCHEMA)) and call["repeat_penalty"] == 1.3
+    assert call["max_tokens"] == 9 and call["prompt"] == "p"
+    assert list(llama.stream("p", GenerationConfig())) == ["{}"] and checked["call"].calls[-1]["grammar"] is None
+    assert llama.chat([{"role": "user", "content": "hi"}], config).text == "{}"
+    assert checked["chat"].calls[-1]["grammar"] == ("grammar", json.dumps(SCHEMA))
+    assert llama.count_tokens("abc") == 3
+    assert len(checked["from_json_schema"].calls) == 1  # compiled once per schema
+    with pytest.raises(InvalidInputError, match="no_repeat_ngram_size"):
+        llama.complete("p", GenerationConfig(no_repeat_ngram_size=2))
