@@ -58,6 +58,7 @@ from index.hybrid import rrf_fuse, weighted_fuse
 from index.files import read_file
 from index.generated import generated_reason
 from index.ingest import Chunker, chunk_text
+from index.query import search_text
 from index.store import ChunkRow, Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
@@ -812,7 +813,8 @@ class Collection:
         """Top-k chunks for a text query.
 
         Args:
-            query: free text (not empty).
+            query: free text (not empty); a pasted code prompt is searched without its
+                literal data (index.query.search_text).
             k: number of results (> 0).
             mode: "hybrid" (BM25 + dense fused), "bm25" or "dense".
             filters: only chunks it admits come back; still k of them whenever the retrievers
@@ -833,7 +835,7 @@ class Collection:
         self._ensure_loaded()
         if filters is not None and filters.admits_everything:
             filters = None
-        return self._search(query, None, k, mode, filters, group_by)
+        return self._search(search_text(query), None, k, mode, filters, group_by)
 
     def _fuse(self, lists: list[Hits]) -> Hits:
         if self.config.fusion == "rrf":

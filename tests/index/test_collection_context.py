@@ -162,3 +162,19 @@ def test_add_documents_keeps_pre_chunked_pages_together(tmp_path):
         assert collection.search("page7", k=3, mode="bm25")[0].path == "lib/page7.txt"
         with pytest.raises(InvalidInputError, match="at least one chunk"):
             collection.add_documents({"empty.txt": []})
+
+
+def test_a_code_prompt_finds_the_api_it_calls_not_its_data(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "fruit.txt").write_text("Apple, potato, cheese and banana: a shopping list of apple and potato.\n")
+    (tree / "counting.txt").write_text("value_counts returns the counts of unique values in a column.\n")
+    prompt = ("I want to keep frequent values.\n"
+              "data = DataFrame({'Qu1': ['apple', 'potato', 'cheese', 'banana', 'apple', 'potato']})\n"
+              ">>> pd.value_counts(data.Qu1) >= 2\n")
+    with Collection.open(tmp_path / "ws") as collection:
+        collection.add_paths([tree], progress=False)
+        assert collection.search(prompt, k=1, mode="bm25")[0].path.endswith("counting.txt")
+        # the same words as a one-line question are searched as they are
+        assert collection.search("apple potato cheese banana apple potato value_counts", k=1,
+                                 mode="bm25")[0].path.endswith("fruit.txt")
