@@ -263,28 +263,36 @@ def test_readers_run_while_one_writer_indexes(env):
     job = client.post("/v1/collections/default/documents", json={"texts": texts}).json()
     failures: list = []
     counts: list[int] = []
-    stop = threading.Event()
+    after: list[int] = []  # the results of searches that began once the job was done
+    done = threading.Event()
+    readers = 4
 
-    def reader() -> None:
-        while not stop.is_set():
+    def reader() -> None:  # reads until one of its searches began after the job was done
+        while True:
+            began_after = done.is_set()
             r = client.post("/v1/search", json={"query": "lighthouse keeper record", "k": 50,
                                                 "mode": "bm25"})
             if r.status_code != 200:
                 failures.append(r.json())
             else:
-                counts.append(len(r.json()["results"]))
+                found = len(r.json()["results"])
+                counts.append(found)
+                if began_after:
+                    after.append(found)
+            if began_after:
+                return
 
-    threads = [threading.Thread(target=reader) for _ in range(4)]
+    threads = [threading.Thread(target=reader) for _ in range(readers)]
     for t in threads:
         t.start()
     state = wait(client, job)
-    time.sleep(0.2)
-    stop.set()
+    done.set()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
     assert state["status"] == "done" and not failures
-    # every snapshot is a whole generation: 0 records before the commit, 40 after
-    assert set(counts) <= {0, 40} and counts[-1] == 40
+    # every snapshot is a whole generation: 0 records before the commit, 40 after; a search
+    # that begins after the job is done sees all 40
+    assert set(counts) <= {0, 40} and after == [40] * readers
     paths = {d["path"] for d in client.get("/v1/collections/default/documents",
                                            params={"limit": 1000}).json()["documents"]}
     assert {f"rec{i}" for i in range(40)} <= paths
