@@ -92,7 +92,7 @@ def drive(base: str, chromium: str, out: Path, seen: dict) -> None:
         page.reload()
         page.wait_for_selector("#indexing li:has-text('embedding')", timeout=30_000)
         seen["indexing_mid"] = page.inner_text("#indexing")
-        seen["indexing_bar"] = page.get_attribute("#indexing progress", "value")
+        seen["indexing_bar"] = page.get_attribute("#indexing li:has-text('docs:') progress", "value")
 
         # An answer given then: the server's own answer, marked as given on 42% of the vectors.
         def partial(route) -> None:
