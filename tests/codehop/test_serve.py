@@ -1,7 +1,8 @@
 """`codehop serve` end to end: BM25 answers first, vectors follow in the background, a kill -9
 mid-way and a restart finish without re-embedding what was committed, and the final results
-equal a one-shot index. The tiny static embedder (tests/static_model.py) is throttled with
---embed-pause so the partial state lasts long enough to observe."""
+equal a one-shot index. The tiny static embedder (tests/static_model.py) is held after a set
+number of chunks (tests/codehop/embed_gate.py), so the partial state lasts until the test kills
+the server, however slow or fast the machine."""
 
 import os
 import signal
@@ -37,10 +38,15 @@ def _port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(config: Path, tree: Path, workspace: Path, port: int, log: Path, *extra: str):
+def _start(config: Path, tree: Path, workspace: Path, port: int, log: Path, *extra: str,
+           hold_after: int | None = None):
+    """`codehop serve` in a subprocess; with `hold_after`, its embedder stops for good after
+    that many document chunks (tests/codehop/embed_gate.py)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = ["-m", "codehop"] if hold_after is None else [str(Path(__file__).with_name("embed_gate.py")),
+                                                             str(hold_after)]
     return subprocess.Popen(
-        [sys.executable, "-m", "codehop", "--config", str(config), "serve", "--source", str(tree),
+        [sys.executable, *command, "--config", str(config), "serve", "--source", str(tree),
          "--workspace", str(workspace), "--port", str(port), "--progress-interval", "1",
          "--embed-batch", "100", "--embed-commit-s", "0.5", *extra],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=tree)
@@ -90,7 +96,9 @@ def test_serve_answers_first_embeds_after_and_resumes_after_kill(tmp_path):
     config.write_text(f'[embedding]\nbackend = "static"\nmodel = "{model}"\n')
     tree, workspace, port = _tree(tmp_path / "tree"), tmp_path / "ws", _port()
 
-    first = _start(config, tree, workspace, port, tmp_path / "first.log", "--embed-pause", "0.5")
+    # 700 of the 2,400 chunks are embedded, in batches of 100 each committed, then the rest waits
+    first = _start(config, tree, workspace, port, tmp_path / "first.log", "--embed-commit-s", "0",
+                   hold_after=700)
     try:
         # the server is up at once and scans in the background: wait for the BM25 commit
         answer = _wait(lambda: (a := _search(port, "token7x3 alpha7", "bm25"))["results"] and a, 45,
@@ -98,16 +106,18 @@ def test_serve_answers_first_embeds_after_and_resumes_after_kill(tmp_path):
         assert answer["results"][0]["path"].endswith("page007.txt") and answer["partial"] is None
         hybrid = _search(port, "token7x3 alpha7", "hybrid")
         assert hybrid["results"] and 0.0 <= hybrid["partial"]["dense"] < 1.0  # says it is partial
-        status = _wait(lambda: (s := _status(port)) and s["commits"] >= 1 and s["chunks_done"] >= 600 and s,
-                       45, "a committed batch", first)
+        status = _wait(lambda: (s := _status(port)) and s["commits"] >= 6 and s["chunks_done"] >= 700 and s,
+                       45, "the committed batches before the hold", first)
         assert status["state"] == "embedding" and status["chunks_total"] == FILES * PARAGRAPHS
+        assert status["chunks_done"] == 700  # held: nothing past the gate
         assert status["documents_total"] == FILES and status["rate_chunks_per_s"] and status["eta_s"] is not None
         assert 0 < status["dense_fraction"] < 1
+        _wait(lambda: "chunks/s, ETA" in (tmp_path / "first.log").read_text(), 45, "a progress line", first)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     cached = _cache_rows(workspace)
-    assert 0 < cached < FILES * PARAGRAPHS
+    assert cached == 700  # what was embedded before the hold, kept by the kill -9
     log = (tmp_path / "first.log").read_text()
     assert "BM25 search is ready" in log and "chunks/s, ETA" in log  # progress lines, not a tty
     assert f"codehop: scanning default: 0/{FILES} files" in log  # the scan's first status line
