@@ -68,7 +68,8 @@ class LspConfig:
             when it exists: an editor starts the server in any directory, not the project's).
         workspace: codehop state directory (None: $CODEHOP_WORKSPACE, else [workspace] path,
             else <project root>/.codehop; a relative path is taken from the project root).
-        debounce_s: wait this long for newer completion requests before generating.
+        debounce_s: wait this long for newer completion requests before generating; a newer
+            request for the same file answers the waiting one at once (superseded, empty).
         reindex_debounce_s: re-index a changed file after this much quiet.
         max_new_tokens: completion length budget.
         dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only).
@@ -157,6 +158,7 @@ class CodehopLanguageServer(LanguageServer):
         self._index = ThreadPoolExecutor(1, thread_name_prefix="codehop-index")
         self._hover = ThreadPoolExecutor(2, thread_name_prefix="codehop-hover")
         self._latest: dict[str, int] = {}
+        self._superseded: dict[str, asyncio.Event] = {}  # set when a newer completion comes in
         self._reindex: dict[str, asyncio.TimerHandle] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -532,7 +534,18 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
     with ls._lock:
         ticket = ls._latest.get(uri, 0) + 1
         ls._latest[uri] = ticket
-    await asyncio.sleep(ls.config.debounce_s)  # cancellation lands here while waiting
+        older = ls._superseded.get(uri)
+        superseded = ls._superseded[uri] = asyncio.Event()
+    if older is not None:
+        older.set()  # the older request for this file answers now, not after its debounce
+    try:  # cancellation lands here while waiting
+        await asyncio.wait_for(superseded.wait(), ls.config.debounce_s)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        with ls._lock:
+            if ls._superseded.get(uri) is superseded:
+                del ls._superseded[uri]
     if ls._latest.get(uri) != ticket:
         return None  # a newer request for this file came in: it will answer
     await ls.wait_ready()
