@@ -36,7 +36,9 @@ def test_under_ci_a_module_skipped_at_import_fails_unless_marked_optional(tmp_pa
         marks="# not optional, though this comment says pytest.mark.optional", tests="def test_a(): pass"))
     (tmp_path / "test_marked.py").write_text(SKIPS_AT_IMPORT.format(
         marks="pytestmark = pytest.mark.optional", tests="def test_a(): pass"))
-    env = {**os.environ, "CI": "true", "PYTHONPATH": str(tmp_path)}
+    # the outer run's PYTEST_* variables (xdist worker, current test) must not leak into this one
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+           "CI": "true", "PYTHONPATH": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = run.stdout + run.stderr
