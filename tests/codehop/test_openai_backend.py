@@ -139,7 +139,9 @@ def test_ask_streams_an_answer_from_the_server(client_dir):
     assert answer and answer != "(empty answer)" and "atomic.md" in asked.stdout
     # A remote model gets the LLM stages only after passing the capability probe; either way
     # the stage records say which method ran.
-    assert "generate" in asked.stderr and "rewrite (" in asked.stderr and "filter (" in asked.stderr
+    assert "generate" in asked.stderr and "filter (" in asked.stderr
+    # The shipped 135M model behind codehop fails the probe like behind llama.cpp.
+    assert "failed the instruction probe" in asked.stderr
 
 
 def test_complete_with_a_suffix_says_the_suffix_was_not_used(client_dir):
