@@ -47,13 +47,14 @@ def test_is_a_generator_and_passes_sampling_through(server):
     assert sent["repetition_penalty"] == 1.2 and "response_format" not in sent
 
 
-@pytest.mark.parametrize("owner, field", [("llamacpp", "repeat_penalty"), ("openai", None)])
+@pytest.mark.parametrize("owner, field", [("llamacpp", "repeat_penalty"), ("openai", "frequency_penalty"),
+                                          ("library", "frequency_penalty")])
 def test_repetition_penalty_goes_where_the_server_understands_it(server, owner, field):
     server.script("/v1/models", models_reply(owner))
     server.script("/v1/chat/completions", chat_reply("x"))
     generator_for(server).chat([{"role": "user", "content": "hi"}], GenerationConfig(repetition_penalty=1.3))
     sent = server.bodies("/v1/chat/completions")[0]
-    assert {k for k in ("repetition_penalty", "repeat_penalty") if k in sent} == ({field} if field else set())
+    assert {k for k in ("repetition_penalty", "repeat_penalty", "frequency_penalty") if k in sent} == {field}
 
 
 def test_json_schema_is_sent_as_response_format_and_dropped_once_rejected(server):
