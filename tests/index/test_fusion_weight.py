@@ -122,4 +122,25 @@ def test_a_weak_preference_keeps_the_prior_with_its_reason():
     owner = {2 * i + j: i for i in range(30) for j in (0, 1)} | {999: 99}
     result = estimate(queries, search, owner.get)
     assert result.method == "prior" and result.dense_weight == PRIOR_DENSE_WEIGHT
-    assert "less than the" in result.reason and all(score == 1.0 for _, score in result.curve)
+    assert "neither retriever fails" in result.reason and all(score == 1.0 for _, score in result.curve)
+
+
+def test_a_preference_without_a_failing_retriever_keeps_the_prior():
+    # BM25 puts the document first, dense second: pseudo-queries prefer BM25, but dense does not
+    # fail on them (NDCG 0.63 > half of 1.0), so the biased preference is not trusted.
+    queries = [PseudoQuery(f"query {i} with some words", source=10 * i, document=i) for i in range(40)]
+    owner = {10 * i + j: (i if j < 2 else 1000 + 10 * i + j) for i in range(40) for j in range(5)}
+
+    def search(texts):
+        for i, _ in enumerate(texts):
+            lexical = Hits(np.asarray([10 * i, 10 * i + 1, 10 * i + 2, 10 * i + 3], np.int64),
+                           np.asarray([5.0, 4.0, 1.0, 0.5], np.float32))
+            dense = Hits(np.asarray([10 * i, 10 * i + 2, 10 * i + 1, 10 * i + 3], np.int64),
+                         np.asarray([0.9, 0.89, 0.88, 0.5], np.float32))
+            yield lexical, dense
+
+    result = estimate(queries, search, owner.get)
+    bm25_alone, dense_alone = result.curve[0][1], result.curve[-1][1]
+    assert bm25_alone == 1.0 and dense_alone == 0.6309
+    assert result.method == "prior" and result.dense_weight == PRIOR_DENSE_WEIGHT
+    assert "neither retriever fails" in result.reason
