@@ -58,7 +58,7 @@ from index.hybrid import rrf_fuse, weighted_fuse
 from index.files import read_file
 from index.generated import generated_reason
 from index.ingest import Chunker, chunk_text
-from index.query import search_text
+from index.query import echoes, is_question, search_text
 from index.store import ChunkRow, Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
@@ -814,7 +814,8 @@ class Collection:
 
         Args:
             query: free text (not empty); a pasted code prompt is searched without its
-                literal data (index.query.search_text).
+                literal data, and a question's echoes (chunks that contain it word for word)
+                come after the chunks that do not (index.query).
             k: number of results (> 0).
             mode: "hybrid" (BM25 + dense fused), "bm25" or "dense".
             filters: only chunks it admits come back; still k of them whenever the retrievers
@@ -835,7 +836,13 @@ class Collection:
         self._ensure_loaded()
         if filters is not None and filters.admits_everything:
             filters = None
-        return self._search(search_text(query), None, k, mode, filters, group_by)
+        if not is_question(query):
+            return self._search(search_text(query), None, k, mode, filters, group_by)
+        # A question's echoes (chunks holding it word for word) go after the others: look twice
+        # as deep so that k answers remain when some of the top k are echoes.
+        results = self._search(query, None, 2 * k, mode, filters, group_by)
+        answers = [r for r in results if not echoes(query, r.text)]
+        return (answers + [r for r in results if echoes(query, r.text)])[:k]
 
     def _fuse(self, lists: list[Hits]) -> Hits:
         if self.config.fusion == "rrf":

@@ -8,6 +8,10 @@ one of them code) loses its numbers, and its code lines lose the contents of the
 literals; identifiers, operators and the prose stay. A one-line question, however it is
 phrased, is searched unchanged (METHODS.md: "code-aware queries").
 
+A question also has echoes: chunks that contain it word for word (a test that sends it, a list
+of sample questions, a log of answers). They match it perfectly and answer nothing, so search
+ranks them after the chunks that do not (`echoes`).
+
     search_text("df = pd.DataFrame({'a': ['apple', 'egg']})\\nHow do I count values >= 2?")
     -> "df = pd.DataFrame({'': ['', '']})\\nHow do I count values >= ?"
 """
@@ -44,3 +48,26 @@ def search_text(query: str) -> str:
         if line.strip() or (kept and kept[-1]):
             kept.append(line)
     return "\n".join(kept).strip()
+
+
+_QUESTION_WORDS = frozenset("how what why where when which who whom whose does do is are can could "
+                            "should would will".split())
+
+
+def is_question(query: str, min_words: int = 4) -> bool:
+    """A one-line question of at least `min_words` words ("How are writes made atomic?")."""
+    words = query.split()
+    return ("\n" not in query.strip() and len(words) >= min_words
+            and (query.rstrip().endswith("?") or words[0].lower() in _QUESTION_WORDS))
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def echoes(question: str, text: str) -> bool:
+    """Whether `text` contains the whole question word for word (case, spacing and
+    punctuation aside): echoes("How are writes atomic?", 'QUESTION = "how are writes atomic?"')
+    -> True."""
+    needle = _normal(question)
+    return bool(needle) and needle in _normal(text)

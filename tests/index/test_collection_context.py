@@ -178,3 +178,21 @@ def test_a_code_prompt_finds_the_api_it_calls_not_its_data(tmp_path):
         # the same words as a one-line question are searched as they are
         assert collection.search("apple potato cheese banana apple potato value_counts", k=1,
                                  mode="bm25")[0].path.endswith("fruit.txt")
+
+
+def test_a_question_ranks_its_echoes_after_its_answers(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "drive_test.py").write_text('QUESTION = "How are index writes made atomic?"\n'
+                                        'def test_ask(client):\n    client.ask(QUESTION)\n')
+    (tree / "atomic.md").write_text("Index writes are atomic: each file is written to a temp name, "
+                                    "fsynced and renamed into place.\n")
+    with Collection.open(tmp_path / "ws") as collection:
+        collection.add_paths([tree], progress=False)
+        question = "How are index writes made atomic?"
+        assert collection.search(question, k=1, mode="bm25")[0].path.endswith("atomic.md")
+        both = collection.search(question, k=2, mode="bm25", group_by="document")
+        assert [b.path.rsplit("/", 1)[1] for b in both] == ["atomic.md", "drive_test.py"]
+        # not a question: the verbatim match is what a keyword search wants
+        assert collection.search("QUESTION index writes made atomic", k=1,
+                                 mode="bm25")[0].path.endswith("drive_test.py")

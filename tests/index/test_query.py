@@ -28,3 +28,14 @@ def test_code_lines():
         assert is_code_line(line), line
     for line in ("How do I group rows?", "I have a DataFrame", "x == y is what I test"):
         assert not is_code_line(line), line
+
+
+def test_questions_and_their_echoes():
+    from index.query import echoes, is_question
+
+    assert is_question("How are index writes made atomic?") and is_question("does the store use WAL")
+    for not_a_question in ("atomic writes", "reciprocal rank fusion in hybrid search", "a b?\nc d e f?"):
+        assert not is_question(not_a_question), not_a_question
+    question = "How are index writes made atomic?"
+    assert echoes(question, 'QUESTION = "how are  index writes made atomic ?"  # sample')
+    assert not echoes(question, "Index writes are made atomic by renaming a temp file into place.")
