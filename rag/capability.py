@@ -3,7 +3,8 @@
 A local model is judged by its size (it is known). A remote model's size is not, and a server
 may serve a 135M model as readily as a 70B one: it gets the LLM rewriter and the LLM filter
 only after a one-off probe with the stages' own prompts and schemas, cached per
-(base_url, model) for the life of the process:
+(base_url, model) in the process and, for a day, in the machine's cache directory
+(`capability.json` beside the model cache), so each `codehop ask` does not probe again:
 
 - rewrite: a schema-constrained reply to REWRITE_PROMPT for a fixed question must parse, must
   not copy the prompt's template (`<clearer version of the question>`), and must stay on the
@@ -17,10 +18,13 @@ Example: SmolLM2-135M behind llama.cpp rewrites "How does BM25 handle deleted do
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from index.errors import ModelServerError
 from index.generation import GenerationConfig
@@ -47,15 +51,67 @@ class Capability:
 
 _CACHE: dict[tuple, Capability] = {}
 _LOCK = threading.Lock()
+# A verdict on disk is trusted this long: a server may be restarted with another model under
+# the same name. PROBE_VERSION changes whenever the probe itself does.
+CACHE_TTL_S = 24 * 3600
+PROBE_VERSION = 1
 
 
-def probe_capability(generator) -> Capability:
-    """The cached verdict for `generator.capability_key` (probing it the first time)."""
-    key = getattr(generator, "capability_key", None) or (type(generator).__name__, generator.name)
+def probe_capability(generator, store: Path | None = None) -> Capability:
+    """The cached verdict for `generator.capability_key` (probing it the first time).
+
+    Args:
+        generator: a generator with `capability_key` (base_url, model).
+        store: the JSON file verdicts persist in (default: capability.json in the machine's
+            codehop cache directory, index.model_cache.default_cache_root()).
+    """
+    key = tuple(generator.capability_key)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _probe(generator)
+            path = store or _default_store()
+            _CACHE[key] = _read(path, key) or _write(path, key, _probe(generator))
         return _CACHE[key]
+
+
+def _default_store() -> Path:
+    from index.model_cache import default_cache_root
+
+    return default_cache_root() / "capability.json"
+
+
+def _disk_key(key: tuple) -> str:
+    return json.dumps([PROBE_VERSION, *key])
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read(path: Path, key: tuple) -> Capability | None:
+    entry = _load(path).get(_disk_key(key))
+    if not isinstance(entry, dict) or time.time() - float(entry.get("at", 0)) > CACHE_TTL_S:
+        return None
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(entry["at"])))
+    return Capability(bool(entry.get("follows")), f"{entry.get('why', '')} (probed {stamp} UTC, cached in {path})")
+
+
+def _write(path: Path, key: tuple, verdict: Capability) -> Capability:
+    """Persist `verdict` (temp file + rename: a reader never sees half a file); a cache that
+    cannot be written only costs the next process a probe."""
+    try:
+        data = _load(path)
+        data[_disk_key(key)] = {"follows": verdict.follows, "why": verdict.why, "at": time.time()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(data, indent=1))
+        temp.replace(path)
+    except OSError:
+        pass
+    return verdict
 
 
 def _probe(generator) -> Capability:

@@ -138,3 +138,29 @@ def test_answer_without_choices_is_a_clear_error(server):
     server.script("/v1/chat/completions", Reply(200, {"object": "error"}))
     with pytest.raises(ModelServerError, match="without choices"):
         generator_for(server).chat([{"role": "user", "content": "hi"}])
+
+
+def test_capability_verdict_is_kept_on_disk_for_the_next_process(server, tmp_path):
+    import json
+
+    from rag import capability
+
+    store = tmp_path / "capability.json"
+    # The probe's three calls: a rewrite that copies the template fails at once.
+    server.script("/v1/chat/completions", chat_reply('{"rewritten_questions": ["<clearer version of the question>"], '
+                                                    '"queries": ["x"]}'))
+    first = capability.probe_capability(generator_for(server, server_kind="vllm"), store)
+    assert not first.follows and "copied the prompt's template" in first.why
+    asked = len(server.bodies("/v1/chat/completions"))
+    capability._CACHE.clear()  # as in a new process
+    again = capability.probe_capability(generator_for(server, server_kind="vllm"), store)
+    assert not again.follows and "cached in" in again.why
+    assert len(server.bodies("/v1/chat/completions")) == asked  # not probed again
+    # After a day the verdict is probed afresh.
+    data = json.loads(store.read_text())
+    for entry in data.values():
+        entry["at"] -= capability.CACHE_TTL_S + 1
+    store.write_text(json.dumps(data))
+    capability._CACHE.clear()
+    server.script("/v1/chat/completions", chat_reply("not json"), chat_reply("still not"))
+    assert "did not parse" in capability.probe_capability(generator_for(server, server_kind="vllm"), store).why
