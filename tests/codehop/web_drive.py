@@ -62,8 +62,10 @@ def drive(base: str, chromium: str, out: Path, seen: dict) -> None:
         page.goto(f"{base}/")
         page.wait_for_selector("#collections tr td:has-text('docs')", timeout=60_000)
         seen["collections"] = page.inner_text("#collections")
+        page.wait_for_selector("#health:has-text('workspace')", timeout=60_000)  # /health may answer after /v1/collections
         seen["health"] = page.inner_text("#health")
         page.wait_for_selector("#indexing li:has-text('docs: done')", timeout=120_000)  # polled until done
+        page.wait_for_selector("#indexing li:has-text('model: ready')", timeout=240_000)  # and the warm start
         seen["indexing_done"] = page.inner_text("#indexing")
 
         page.fill("#search-query", SEARCH)
@@ -96,7 +98,7 @@ def drive(base: str, chromium: str, out: Path, seen: dict) -> None:
 
         # An answer given then: the server's own answer, marked as given on 42% of the vectors.
         def partial(route) -> None:
-            response = route.fetch()
+            response = route.fetch(timeout=300_000)  # a real model answers in minutes on 2 cores
             route.fulfill(response=response, json={**response.json(), "partial": {"dense": 0.42}})
 
         page.route("**/v1/ask", partial)
