@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import platform
 import re
 import sys
@@ -105,7 +106,10 @@ def numpy_gives_no_huge_pages():
 
 def test_huge_page_advice_backs_the_interior_with_huge_pages_and_keeps_the_contents(
         numpy_gives_no_huge_pages):
-    big = np.random.default_rng(3).normal(size=(6 << 20) // 4).astype(np.float32)  # 6 MiB
+    # A mapping of its own: malloc may hand out heap that numpy advised earlier in this process.
+    region = mmap.mmap(-1, 6 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # not shmem
+    big = np.frombuffer(region, dtype=np.float32)  # 6 MiB
+    big[:] = np.random.default_rng(3).normal(size=len(big))
     copy = big.copy()
     huge = 2 << 20
     interior = -(-big.ctypes.data // huge) * huge  # the first 2 MiB boundary inside the array
