@@ -80,6 +80,13 @@ def _agent_log(home: Path) -> list[dict]:
             for line in log.read_text().splitlines() if line.strip()]              # links to today's
 
 
+@pytest.fixture(autouse=True)
+def _agent_writes_its_logs_in_tmp(tmp_path, monkeypatch):
+    """The agent writes a log-rotation file (audit.json) into its working directory: keep it
+    out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 async def _session(home: Path, project: Path, complete: bool) -> dict:
     """Start the agent, initialize, optionally ask for a completion after `slugify(`, shut down."""
     node = need("node", "Node.js runs Tabby's agent")
