@@ -138,6 +138,9 @@ class CollectionInfo(BaseModel):
     chunks: int
     dense: str
     embedding_model: str
+    context: bool = Field(description="chunks indexed with their document title and headings")
+    fusion: dict[str, Any] = Field(description="how hybrid search fuses BM25 and dense, and why "
+                                              "(the estimated weight and its evidence)")
 
 
 class TextDocument(Strict):

@@ -152,6 +152,9 @@ def test_collection_lifecycle(env):
     assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
     names = [c["name"] for c in client.get("/v1/collections").json()]
     assert {"default", "tmp1"} <= set(names)
+    info = client.get("/v1/collections/default").json()  # how search ranks, and why
+    assert info["context"] is True and info["fusion"]["method"] == "convex"
+    assert 0 <= info["fusion"]["dense_weight"] <= 1 and info["fusion"]["source"] in ("prior", "pseudo-queries")
     assert client.delete("/v1/collections/tmp1").status_code == 204
     missing = client.get("/v1/collections/tmp1")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
