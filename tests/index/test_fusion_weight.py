@@ -55,29 +55,28 @@ def _search_with(texts, owner, dense_is_noise: bool, seed: int = 1):
     return search
 
 
-def test_weight_moves_away_from_a_noise_dense_retriever():
+def _estimate_with(dense_is_noise: bool):
+    """(pseudo-queries, chunks by document, the estimate) on the topic corpus."""
     texts, owner = _corpus()
     by_doc = {}
     for i, (t, d) in enumerate(zip(texts, owner)):
         by_doc.setdefault(d, []).append((i, t))
     queries = sample_pseudo_queries(by_doc, 40)
-    assert len(queries) == 40 and all(q.source in [i for i, _ in by_doc[q.document]] for q in queries)
-    search = _search_with(texts, owner, dense_is_noise=True)
+    search = _search_with(texts, owner, dense_is_noise=dense_is_noise)
     result = estimate(queries, lambda qs: search([(q, p.document) for q, p in zip(qs, queries)]),
                       lambda i: owner[i], chunks=len(texts))
-    assert result.method == "pseudo-queries" and result.queries == 40
+    return queries, by_doc, result
+
+
+def test_weight_moves_away_from_a_noise_dense_retriever():
+    queries, by_doc, result = _estimate_with(dense_is_noise=True)
+    assert len(queries) == 40 and all(q.source in [i for i, _ in by_doc[q.document]] for q in queries)
+    assert result.method == "pseudo-queries" and result.queries == 40 and result.chunks == 180
     assert result.dense_weight < 0.3, result.curve
 
 
 def test_weight_moves_away_from_a_noise_lexical_retriever():
-    texts, owner = _corpus()
-    by_doc = {}
-    for i, (t, d) in enumerate(zip(texts, owner)):
-        by_doc.setdefault(d, []).append((i, t))
-    queries = sample_pseudo_queries(by_doc, 40)
-    search = _search_with(texts, owner, dense_is_noise=False)
-    result = estimate(queries, lambda qs: search([(q, p.document) for q, p in zip(qs, queries)]),
-                      lambda i: owner[i])
+    _, _, result = _estimate_with(dense_is_noise=False)
     assert result.dense_weight > 0.7, result.curve
 
 
