@@ -167,6 +167,16 @@ class EmbeddingSettings(ServerEndpointSettings):
 
 
 @dataclass(frozen=True)
+class RerankerSettings(ServerEndpointSettings):
+    """A served re-ranker (the /v1/rerank shape of vLLM, TEI, Jina, Cohere) that re-orders the
+    fused top `candidates` of every hybrid search; off while base_url is unset. TEI serves
+    /rerank at its root: give the root as base_url."""
+
+    model: str = ""
+    candidates: int = 50
+
+
+@dataclass(frozen=True)
 class GeneratorSettings(ServerEndpointSettings):
     """backend "transformers" (local CPU default), "vllm", "llamacpp" or "openai" (your server).
 
@@ -247,7 +257,19 @@ class Settings:
     embedding: EmbeddingSettings = EmbeddingSettings()
     generator: GeneratorSettings = GeneratorSettings()
     server: ServerSettings = ServerSettings()
+    reranker: RerankerSettings = RerankerSettings()
     source: Path | None = field(default=None, metadata={"toml": False})
+
+    def open_reranker(self):
+        """The [reranker] as an `index.rerank.ServedReranker`, or None when none is configured."""
+        from index.rerank import ServedReranker
+
+        r = self.reranker
+        if not r.base_url:
+            return None
+        if not r.model.strip():
+            raise InvalidInputError("[reranker] needs the server's model name, e.g. model = 'bge-reranker-v2-m3'")
+        return ServedReranker(r.endpoint(r.model, "reranker"), r.candidates)
 
     def embedding_endpoint(self):
         """The embedding server's endpoint, or None for a local embedder."""

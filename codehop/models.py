@@ -97,13 +97,15 @@ def configured_rapid_policy(workspace: Path):
 
 def open_collection(settings: Settings, workspace: Path, name: str, create: bool = False,
                     config=None, reembed: bool = False):
-    """Collection.open with the embedding server of [embedding] (when it is one) and its device;
-    dense search refuses a collection that another embedder than [embedding]'s built (exit 8)."""
+    """Collection.open with the embedding server of [embedding] (when it is one) and its device,
+    and the [reranker] when one is configured; dense search refuses a collection that another
+    embedder than [embedding]'s built (exit 8)."""
     from index.collection import Collection
 
     return Collection.open(workspace, name, config=config, create=create,
                            embedding_endpoint=settings.embedding_endpoint(), reembed=reembed,
-                           device=settings.embedding.device, expected_embedder=expected_embedder(settings))
+                           device=settings.embedding.device, expected_embedder=expected_embedder(settings),
+                           reranker=settings.open_reranker())
 
 
 def expected_embedder(settings: Settings) -> tuple[str, str | None]:

@@ -111,9 +111,16 @@ class Resources:
                     self.workspace, name, create=False,
                     embedding_endpoint=self.settings.embedding_endpoint(),
                     device=self.settings.embedding.device,
-                    expected_embedder=expected_embedder(self.settings))
+                    expected_embedder=expected_embedder(self.settings),
+                    reranker=self._reranker())
                 self._locks.setdefault(name, RWLock())
             return self._collections[name]
+
+    def _reranker(self):
+        """The [reranker], shared by every collection of this server (None when unset)."""
+        if not hasattr(self, "_shared_reranker"):
+            self._shared_reranker = self.settings.open_reranker()
+        return self._shared_reranker
 
     def lock(self, name: str) -> RWLock:
         with self._guard:
@@ -130,7 +137,7 @@ class Resources:
                 self._collections[name] = Collection.open(
                     self.workspace, name, config=config,
                     embedding_endpoint=self.settings.embedding_endpoint(),
-                    device=self.settings.embedding.device)
+                    device=self.settings.embedding.device, reranker=self._reranker())
             except MissingDependencyError as error:  # a choice this install cannot serve
                 raise InvalidInputError(str(error)) from error
             return self._collections[name]

@@ -59,6 +59,7 @@ from index.files import read_file
 from index.generated import generated_reason
 from index.ingest import Chunker, chunk_text
 from index.query import echoes, is_question, search_text
+from index.rerank import ServedReranker
 from index.store import ChunkRow, Store
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
@@ -94,6 +95,7 @@ class Collection:
         self._dense: DenseIndex | None = None
         self._pending = np.empty(0, dtype=np.int64)  # chunk ids of the loaded generation without vectors
         self._fusion: tuple[int, FusionEstimate | None] | None = None  # (file mtime, estimate)
+        self.reranker: ServedReranker | None = None  # set by `open`
 
     # ---------------------------------------------------------------- opening
 
@@ -101,7 +103,8 @@ class Collection:
     def open(cls, workspace: Path, name: str = "default", config: CollectionConfig | None = None,
              create: bool = True, embedding_endpoint: OpenAIEndpoint | None = None,
              reembed: bool = False, device: str = "cpu",
-             expected_embedder: tuple[str, str | None] | None = None) -> "Collection":
+             expected_embedder: tuple[str, str | None] | None = None,
+             reranker: ServedReranker | None = None) -> "Collection":
         """Open (or create) a collection.
 
         Args:
@@ -119,6 +122,8 @@ class Collection:
                 a config raises EmbedderMismatchError (vectors of two models never mix).
             device: torch device of a sentence-transformers embedder ("cpu", "cuda", "cuda:1");
                 not stored: the same vectors come out on any device.
+            reranker: a served re-ranker (index.rerank) that re-orders the fused top
+                `reranker.candidates` of every hybrid search (not stored).
             expected_embedder: (model, backend or None) that the caller's settings name; dense
                 search of a collection recorded with another embedder raises
                 EmbedderMismatchError naming both fixes (the settings, or --rebuild).
@@ -127,6 +132,7 @@ class Collection:
         # Checked when dense search first needs the embedder, not here: BM25 and document
         # reads work whatever embedder the settings name.
         collection.expected_embedder = expected_embedder
+        collection.reranker = reranker
         return collection
 
     @classmethod
@@ -836,13 +842,20 @@ class Collection:
         self._ensure_loaded()
         if filters is not None and filters.admits_everything:
             filters = None
-        if not is_question(query):
+        reranker = self.reranker if mode == "hybrid" else None
+        question = is_question(query)
+        if reranker is None and not question:
             return self._search(search_text(query), None, k, mode, filters, group_by)
-        # A question's echoes (chunks holding it word for word) go after the others: look twice
-        # as deep so that k answers remain when some of the top k are echoes.
-        results = self._search(query, None, 2 * k, mode, filters, group_by)
-        answers = [r for r in results if not echoes(query, r.text)]
-        return (answers + [r for r in results if echoes(query, r.text)])[:k]
+        # A re-ranker re-orders the fused top `candidates`. A question's echoes (chunks holding
+        # it word for word) go after the others: twice as deep, so k answers remain.
+        depth = max(k, reranker.candidates if reranker else 0, 2 * k if question else 0)
+        results = self._search(search_text(query), None, depth, mode, filters, group_by)
+        if reranker is not None:
+            results = reranker.rerank(query, results)
+        if question:
+            results = ([r for r in results if not echoes(query, r.text)]
+                       + [r for r in results if echoes(query, r.text)])
+        return results[:k]
 
     def _fuse(self, lists: list[Hits]) -> Hits:
         if self.config.fusion == "rrf":

@@ -124,3 +124,17 @@ def test_walk_excludes_and_includes_reach_the_collection_config():
     assert settings.repo_config().walk == settings.collection_config().walk  # completions, agent, LSP
     with pytest.raises(InvalidInputError, match=r"collection.exclude: expected a list"):
         parse_settings('[collection]\nexclude = "docs/"\n')
+
+
+def test_reranker_table_builds_a_served_reranker_or_none():
+    from codehop.config import Settings, parse_settings
+
+    assert Settings().open_reranker() is None  # off unless configured
+    settings = parse_settings('[reranker]\nbase_url = "http://127.0.0.1:8080/v1"\nmodel = "bge-reranker"\n'
+                              'candidates = 30\n')
+    reranker = settings.open_reranker()
+    assert reranker.candidates == 30 and reranker.endpoint.model == "bge-reranker"
+    with pytest.raises(InvalidInputError, match="model name"):
+        parse_settings('[reranker]\nbase_url = "http://127.0.0.1:8080/v1"\n').open_reranker()
+    with pytest.raises(InvalidInputError, match="unknown"):
+        parse_settings('[reranker]\nmodels = "x"\n')
