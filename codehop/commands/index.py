@@ -70,7 +70,18 @@ def run(args: argparse.Namespace) -> int:
                 run.finish()
             print(f"embedded {pending} chunks left pending ({counts['embedded']} computed, "
                   f"{counts['cached']} from the cache)")
+        print(f"hybrid search: {_fusion_line(collection.fusion_settings())}")
     return 0
+
+
+def _fusion_line(fusion: dict) -> str:
+    """How the collection fuses, in one line: "convex fusion, dense weight 0.7 (prior: ...)"."""
+    if fusion["method"] == "rrf":
+        return ("reciprocal-rank fusion (this collection's stored setting; [collection] fusion = "
+                "'auto' in codehop.toml gives the convex fusion new collections use)")
+    line = f"convex fusion, dense weight {fusion['dense_weight']:g} ({fusion['source']}"
+    reason = fusion.get("reason") or fusion.get("estimate", {}).get("reason", "")
+    return line + (f": {reason})" if reason else ")")
 
 
 def _print_skips(skipped: list[tuple[str, str]]) -> None:
