@@ -138,14 +138,14 @@ def _commit(resources: Resources, name: str, write: Callable[[Any], Any]) -> Any
 
 @collections_router.post("/collections/{name}/documents", response_model=m.Job, status_code=202)
 def add_documents(name: Name, body: m.DocumentsAdd, resources: Resources = Depends(get_resources)):
-    from index.embed import content_hash
+    from index.collection import unnamed_text_path
 
     if not body.texts and not body.files:
         raise InvalidInputError("nothing to add: give 'texts' and/or 'files'")
     files = [resources.confine(f) for f in body.files]  # 403/404 now, not in the job
     texts = [t.text for t in body.texts]
     # Same default key as Collection.add_texts, so re-adding a text replaces it.
-    paths = [t.path or f"text:{content_hash(t.text)[:16]}" for t in body.texts]
+    paths = [t.path or unnamed_text_path(t.text) for t in body.texts]
 
     def work(collection) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -48,7 +48,7 @@ from index import persist
 from index.bm25 import BM25Index
 from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
-from index.context import indexed_text
+from index.context import UNNAMED_PREFIX, indexed_text
 from index.embed import Embedder, EmbedderConfig, content_hash
 from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from index.openai_http import OpenAIEndpoint
@@ -439,7 +439,7 @@ class Collection:
                 raise InvalidInputError(f"add_texts: {label} must have one entry per text")
         puts = []
         for i, text in enumerate(texts):
-            path = paths[i] if paths else f"text:{content_hash(text)[:16]}"
+            path = paths[i] if paths else unnamed_text_path(text)
             metadata = dict(metadatas[i]) if metadatas else {}
             chunk = Chunk(text, path, 1, max(1, len(text.splitlines())), "text", metadata)
             puts.append(_Put(path, content_hash(text), [chunk], metadata))
@@ -525,7 +525,7 @@ class Collection:
                       metadatas: list[dict[str, Any]] | None = None) -> list[str]:
         """The texts `add_texts(texts, paths, metadatas)` would embed: embedding them first (e.g.
         outside a server's write lock) makes that call's embedding a cache lookup."""
-        return [self._indexed(text, paths[i] if paths else f"text:{content_hash(text)[:16]}", "text",
+        return [self._indexed(text, paths[i] if paths else unnamed_text_path(text), "text",
                               metadatas[i] if metadatas else {}) for i, text in enumerate(texts)]
 
     def _embed_texts(self, texts: list[str], report: IndexReport, progress: bool,
@@ -1100,6 +1100,11 @@ class Collection:
         """Embeddings of chunks by id (from the vector cache; embeds any that are missing)."""
         return self.embedder.encode([self._indexed(c.text, c.path, c.kind, c.metadata)
                                      for c in self.get_chunks(ids)])
+
+
+def unnamed_text_path(text: str) -> str:
+    """The stand-in path of a text added without one: re-adding the same text replaces it."""
+    return f"{UNNAMED_PREFIX}{content_hash(text)[:16]}"
 
 
 def drop_collection(workspace: Path, name: str) -> None:
