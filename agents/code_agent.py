@@ -27,8 +27,8 @@ from typing import Any, Iterator
 
 from agents.patch import apply_patch
 from agents.tools import ToolBox
-from index.errors import CodehopError, InvalidInputError
-from index.generation import GenerationConfig
+from runtime.errors import CodehopError, InvalidInputError
+from runtime.generation import GenerationConfig
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 MAX_OFFSET = 20  # lines a hunk may have drifted from its stated position
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from agents.patch import apply_patch
-from index.errors import InvalidInputError, NotFoundError
+from runtime.errors import InvalidInputError, NotFoundError
 from index.types import Chunk, Hits
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from code_tools.languages import language_for_path, outline
 from code_tools.repo import RepoIndex
-from index.errors import InvalidInputError, NotFoundError
-from index.generation import GenerationConfig
+from runtime.errors import InvalidInputError, NotFoundError
+from runtime.generation import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class RepoCompleter:
 
     Args:
         repo: the indexed repository.
-        generator: an index.generation.Generator, e.g. from rag.llm.load_generator (None:
+        generator: an runtime.generation.Generator, e.g. from rag.llm.load_generator (None:
             assemble context and prompt only).
         config: CompletionConfig.
     """

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import PurePosixPath
 
-from index.errors import MissingDependencyError
+from runtime.errors import MissingDependencyError
 
 
 @dataclass(frozen=True)

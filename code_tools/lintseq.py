@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 LINTERS = ("pyflakes", "pylint")
 # pyflakes messages that correspond to pylint E/F (error) messages; the rest are warnings

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 try:  # torch/transformers are core dependencies, but keep `import code_tools.pie` cheap to fail
     import torch

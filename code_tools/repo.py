@@ -6,7 +6,7 @@ vendored, generated and minified files), chunks every code file (syntax chunks +
 which file imports which, and indexes the pool with index.bm25. `reindex_file(path)` replaces one
 file's chunks, symbols, edges and BM25 documents in milliseconds: BM25Index keeps term counts,
 so an edit re-counts only that file's chunks before one vectorised rebuild of the scores.
-Dense vectors come from index.embed (MiniLM by default) on demand, for the re-ranked
+Dense vectors come from runtime.embed (MiniLM by default) on demand, for the re-ranked
 candidates only; with a workspace they are cached on disk by content, so an unchanged chunk is
 never embedded twice.
 
@@ -32,8 +32,8 @@ from code_tools.repo_imports import ImportResolver
 from code_tools.repo_state import (EMPTY_RECORD, Definition, FileRecord, RepoState, has_state,
                                    read_state, write_state)
 from index.bm25 import BM25Config, BM25Index
-from index.embed import Embedder, EmbedderConfig, default_backend
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.embed import Embedder, EmbedderConfig, default_backend
+from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.tokenize import tokenize
 from index.types import Chunk, Hits
 from index.files import read_file
@@ -50,7 +50,7 @@ class RepoConfig:
     Args:
         max_file_bytes: larger files are skipped (generated data, bundles).
         chunker: chunk sizes.
-        embedding_model: model name for `index.models.resolve_model`.
+        embedding_model: model name for `runtime.resolver.resolve_model`.
         embed_max_tokens: truncation length for chunk and query embeddings.
         precompute_embeddings: embed the whole pool at open time (else lazily, on re-rank).
         persist: keep the index in the workspace and refresh only changed files on open.

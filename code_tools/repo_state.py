@@ -19,7 +19,7 @@ from pathlib import Path
 from code_tools.languages import Import
 from index.atomic import atomic_write
 from index.bm25 import BM25Index
-from index.errors import CorruptIndexError
+from runtime.errors import CorruptIndexError
 from index.persist import fsync_dir, fsync_tree
 from index.types import Chunk
 

@@ -64,7 +64,7 @@ from code_tools.sandbox_cgroup import Cgroup as _Cgroup
 from code_tools.sandbox_guard import (JailUids, WritableDirs, check_writable, drop_to, seccomp_fd,
                                       seccomp_program, stage_mounts, staged_path)
 from code_tools.sandbox_harness import HARNESS, Channel, kill_reason
-from index.errors import InvalidInputError, MissingDependencyError
+from runtime.errors import InvalidInputError, MissingDependencyError
 
 ISOLATION_MODES = ("auto", "bwrap", "unsafe")
 _JAIL_HOME = "/tmp"

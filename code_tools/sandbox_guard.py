@@ -17,7 +17,7 @@ Example::
 
     >>> check_writable(["/usr/lib"], ["/usr"])
     Traceback (most recent call last):
-    index.errors.InvalidInputError: writable path '/usr/lib' overlaps ...
+    runtime.errors.InvalidInputError: writable path '/usr/lib' overlaps ...
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from index.errors import InvalidInputError, MissingDependencyError
+from runtime.errors import InvalidInputError, MissingDependencyError
 
 # Host uids handed to jails when codehop is root: far above /etc/subuid's usual 100000+65536*n
 # ranges and below 2**31 (some tools mishandle larger uids). One per run, never two runs at once

@@ -13,7 +13,7 @@ import os
 import pkgutil
 import sys
 
-from index.errors import CodehopError
+from runtime.errors import CodehopError
 
 import codehop.commands
 

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index.errors import InvalidInputError, NotFoundError
-from index.models import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL
+from runtime.errors import InvalidInputError, NotFoundError
+from runtime.resolver import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL
 
 DEFAULT_CONFIG_FILE = "codehop.toml"
 DEFAULT_WORKSPACE = ".codehop"
@@ -119,8 +119,8 @@ class ServerEndpointSettings:
     max_retries: int = 3
 
     def endpoint(self, model: str, section: str):
-        """The `index.openai_http.OpenAIEndpoint`, the key read from `api_key_env`."""
-        from index.openai_http import OpenAIEndpoint
+        """The `runtime.openai_http.OpenAIEndpoint`, the key read from `api_key_env`."""
+        from runtime.openai_http import OpenAIEndpoint
 
         if not self.base_url:
             raise InvalidInputError(f"[{section}] backend = 'openai' needs base_url, e.g. "
@@ -141,7 +141,7 @@ class EmbeddingSettings(ServerEndpointSettings):
     "openai" (a server's /v1/embeddings).
 
     Unset (None), a new collection gets the default (onnx-int8 for the shipped MiniLM, see
-    `index.embed.default_backend`) and an existing one keeps the backend it was built with;
+    `runtime.embed.default_backend`) and an existing one keeps the backend it was built with;
     a backend set here that differs from a collection's raises EmbedderMismatchError.
 
     device: the torch device of the sentence-transformers backend ("cpu", "cuda", "cuda:1",

@@ -16,7 +16,7 @@ function in a worker thread, convert the answer to lsprotocol types.
   the workspace's documentation files (BM25 over their chunks).
 - workspace/executeCommand "codehop.ask": the RAG pipeline over the workspace, with sources.
 
-Errors: `index.errors.CodehopError` becomes a JSON-RPC error in ONE place (`rpc_errors`).
+Errors: `runtime.errors.CodehopError` becomes a JSON-RPC error in ONE place (`rpc_errors`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pygls.lsp.server import LanguageServer
 
 from codehop.config import Settings
 from codehop.locks import RWLock
-from index.errors import CodehopError, InvalidInputError
+from runtime.errors import CodehopError, InvalidInputError
 from index.types import SearchFilter
 
 VERSION = "0.1.0"
@@ -356,7 +356,7 @@ async def _warm_start(ls: CodehopLanguageServer, token: str | None) -> None:
 def _warm_generator(ls: CodehopLanguageServer, steps: list[tuple[str, int]],
                     show: Callable[[int, str], None]) -> None:
     """Convert (when needed) and load the generator, then decode two tokens to warm torch."""
-    from index.generation import GenerationConfig
+    from runtime.generation import GenerationConfig
 
     done = 0
     for message, weight in steps:

@@ -61,7 +61,7 @@ def generator_load_steps(settings: Settings) -> list[tuple[str, int]]:
         return [(f"loading {g.model} (a client of {g.base_url})", 100)]
     steps = [(f"loading {g.model}", 70), ("warming up", 30)]
     if g.backend == "transformers":
-        from index.models import resolve_model
+        from runtime.resolver import resolve_model
         from rag.llm import converted_model_dir
 
         resolved = resolve_model(g.model)
@@ -115,7 +115,7 @@ def expected_embedder(settings: Settings) -> tuple[str, str | None]:
 
 def configured_embedder(settings: Settings, workspace: Path):
     """The [embedding] embedder with the workspace's vector cache."""
-    from index.embed import Embedder, EmbedderConfig, default_backend
+    from runtime.embed import Embedder, EmbedderConfig, default_backend
 
     e = settings.embedding
     return Embedder(EmbedderConfig(model=e.model, batch_size=e.batch_size, device=e.device,

@@ -6,7 +6,7 @@ repository completer) live in a `Resources` object (codehop/rest_resources.py) b
 `lifespan` and reach endpoints through `Depends`, so tests swap them with
 `app.dependency_overrides`.
 
-Errors: every `index.errors.CodehopError` becomes its `http_status` in ONE handler
+Errors: every `runtime.errors.CodehopError` becomes its `http_status` in ONE handler
 (`_codehop_error`), with OpenAI's `{"error": {"type", "message", "code"}}` body.
 
 Concurrency: one writer thread runs indexing jobs one at a time; each collection has a
@@ -37,7 +37,7 @@ from codehop.rest_metrics import Metrics, MetricsMiddleware
 # Re-exported: tests and callers override these dependencies by the names they import from here.
 from codehop.rest_resources import (PathOutsideRootsError, Resources, get_completer,  # noqa: F401
                                     get_generator, get_resources, get_treehop, require_api_key)
-from index.errors import CodehopError, InvalidInputError, NotFoundError
+from runtime.errors import CodehopError, InvalidInputError, NotFoundError
 from index.types import SearchFilter
 
 VERSION = "0.1.0"

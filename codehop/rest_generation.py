@@ -26,7 +26,7 @@ from fastapi.responses import StreamingResponse
 from codehop import rest_models as m
 from codehop.rest_lane import FastLane, GenerationLane, Ticket, get_fast, get_lane
 from codehop.rest_resources import Resources, get_completer, get_generator, get_resources, get_treehop
-from index.errors import InvalidInputError, ModelNotFoundError
+from runtime.errors import InvalidInputError, ModelNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 # Generation runs in the app's GenerationLane (codehop/rest_lane.py): admitted or refused with
@@ -224,7 +224,7 @@ def _kv_store(resources: Resources, generator, body: m.CompletionRequest):
 
 def _complete_cached(store, generator, document: str, prompt: str, config):
     """Greedy decoding from `document`'s KV cache (rag.llm stop rules): (Generation, report)."""
-    from index.generation import Generation
+    from runtime.generation import Generation
 
     start = time.perf_counter()
     tokenizer = generator.tokenizer

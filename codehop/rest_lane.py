@@ -10,7 +10,7 @@ So:
   runs on the lane's own threads and holds one of `concurrency` model slots (FIFO) only while
   it generates: a stream's producer writes into a buffer the client drains at its own pace,
   and an agent gives its slot back while its tools run. A request whose client disconnects
-  leaves the queue, or stops at its next token (index.cancel).
+  leaves the queue, or stops at its next token (runtime.cancel).
 - `FastLane`: search, embeddings and /health run on a small executor of their own, so they
   never wait for a generation slot, for the lane's threads, or for Starlette's shared pool.
 
@@ -34,8 +34,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 from fastapi import Request
 
 from codehop.rest_metrics import BUCKETS
-from index.cancel import cancellable
-from index.errors import ClientGoneError, OverloadedError
+from runtime.cancel import cancellable
+from runtime.errors import ClientGoneError, OverloadedError
 
 T = TypeVar("T")
 # Before any generation has finished, Retry-After assumes this many seconds per request.

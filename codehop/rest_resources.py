@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from codehop import rest_models as m
 from codehop.config import Settings
 from codehop.locks import RWLock
-from index.errors import (CodehopError, ConflictError, InvalidInputError, MissingDependencyError,
+from runtime.errors import (CodehopError, ConflictError, InvalidInputError, MissingDependencyError,
                           NotFoundError)
 
 _MAX_JOBS = 1000

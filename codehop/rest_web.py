@@ -18,7 +18,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from index.errors import MissingDependencyError, NotFoundError
+from runtime.errors import MissingDependencyError, NotFoundError
 
 WEB = Path(__file__).resolve().parent / "web"
 # The pages may load only what this server serves: ReDoc's bundle, for one, links a logo on a

@@ -58,7 +58,7 @@ def warm_up_completions(resources: Any, status: WarmUpStatus | None = None) -> f
         elif message.startswith("loading"):
             resources.generator()
         else:
-            from index.generation import GenerationConfig
+            from runtime.generation import GenerationConfig
 
             resources.generator().complete("def main():", GenerationConfig(max_new_tokens=2))
         done += weight

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index.model_cache import package_versions as installed_versions
+from runtime.model_cache import package_versions as installed_versions
 
 DEFAULT_PACKAGES = (
     "codehop", "torch", "numpy", "faiss-cpu", "bm25s", "rank-bm25", "sentence-transformers",

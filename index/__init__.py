@@ -1,6 +1,6 @@
 """codehop's retrieval layer: `from index import Collection, CollectionConfig, SearchResult`.
 
-Names are resolved lazily (PEP 562) so that `import index.errors` from the CLI does not pay for
+Names are resolved lazily (PEP 562) so that `import runtime.errors` from the CLI does not pay for
 sqlite-utils and bm25s before a command needs them.
 """
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
 FORMAT_VERSION = 1

@@ -49,9 +49,9 @@ from index.bm25 import BM25Index
 from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
 from index.context import UNNAMED_PREFIX, indexed_text
-from index.embed import Embedder, EmbedderConfig, content_hash
-from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
-from index.openai_http import OpenAIEndpoint
+from runtime.embed import Embedder, EmbedderConfig, content_hash
+from runtime.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
+from runtime.openai_http import OpenAIEndpoint
 from index import fusion_weight
 from index.fusion_weight import FusionEstimate
 from index.hybrid import rrf_fuse, weighted_fuse

@@ -13,10 +13,10 @@ from typing import Any
 
 from index.bm25 import BM25Config
 from index.dense import DENSE_KINDS
-from index.embed import EMBEDDING_BACKENDS, default_backend
-from index.errors import InvalidInputError
+from runtime.embed import EMBEDDING_BACKENDS, default_backend
+from runtime.errors import InvalidInputError
 from index.ingest import IngestConfig
-from index.models import DEFAULT_EMBEDDING_MODEL
+from runtime.resolver import DEFAULT_EMBEDDING_MODEL
 from index.tokenize import TokenizerConfig
 from index.walk import WalkConfig
 
@@ -40,9 +40,9 @@ class CollectionConfig:
             "sentence-transformers" (the same model in torch), "static" (model2vec distilled
             from it) or "openai" (a server's /v1/embeddings; its endpoint is handed to
             `Collection.open`, never stored). None (not chosen): `resolved` picks what an
-            existing collection recorded, else `index.embed.default_backend` (onnx-int8 for
+            existing collection recorded, else `runtime.embed.default_backend` (onnx-int8 for
             the shipped MiniLM).
-        embedding_model: model name for `index.models.resolve_model`, or the server's name.
+        embedding_model: model name for `runtime.resolver.resolve_model`, or the server's name.
         embed_batch_size: texts per embedding forward pass.
         bm25: BM25 parameters (Lucene defaults, see below); tokenizer: BM25 tokenisation.
         ingest: chunk sizes and file limits.

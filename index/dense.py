@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from index.types import Hits
 
 DENSE_KINDS = ("flat", "spann", "pq")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from index.dense import check_dim, checked_batch, checked_queries, exact_search
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from index.types import Hits
 
 

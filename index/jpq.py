@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 from index.atomic import atomic_write
 from index.bm25 import BM25Index
 from index.dense import DenseIndex, create_dense_index, load_dense_index
-from index.errors import CorruptIndexError, MissingDependencyError
+from runtime.errors import CorruptIndexError, MissingDependencyError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

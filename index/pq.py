@@ -52,7 +52,7 @@ import numpy as np
 
 from index.atomic import atomic_write, write_npy, write_npz
 from index.dense import BuildsWhenDue, check_dim, checked_batch, checked_queries, exact_search
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
 FORMAT_VERSION = 2  # 2: by_residual and the tuning name in the meta (1 reads as by_residual=False)

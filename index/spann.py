@@ -47,7 +47,7 @@ from numba import njit, prange
 
 from index.atomic import atomic_write, write_npz
 from index.dense import BuildsWhenDue, check_dim, checked_batch, checked_queries, exact_search
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.kmeans import balanced_kmeans, hierarchical_heads
 from index.postings import PAGE, PARALLEL_KERNELS, PRECISIONS, PostingFile, advise_huge_pages, decode
 from index.types import Hits

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-from index.errors import ConflictError, CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.errors import ConflictError, CorruptIndexError, InvalidInputError, NotFoundError
 from index.types import Chunk
 
 FORMAT_VERSION = 1

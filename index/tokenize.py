@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from index.errors import MissingDependencyError
+from runtime.errors import MissingDependencyError
 
 # A word is an identifier-like run or a number; everything else separates words.
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?")

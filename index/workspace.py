@@ -3,7 +3,7 @@
 A workspace holds what codehop can rebuild from the sources: the sqlite store of chunks, the
 BM25 and dense index generations, the vector cache, the code index and small state files
 (reservoir, RAPID calibration). Converted models are not in it: they live in the machine's
-model cache (index.model_cache). None of it belongs in a commit, so a new workspace gets a
+model cache (runtime.model_cache). None of it belongs in a commit, so a new workspace gets a
 `.gitignore` holding `*` (git then ignores the folder and that file itself, as Python's venv
 does): a project's Source Control view never lists it, whatever the project's own ignores say.
 """

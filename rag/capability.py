@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.errors import ModelServerError
-from index.generation import GenerationConfig
+from runtime.errors import ModelServerError
+from runtime.generation import GenerationConfig
 from rag.filter import LABEL_SCHEMA, parse_label
 from rag.prompts import FILTER_PROMPT, REWRITE_PROMPT
 from rag.rewrite import parse_rewrite, rewrite_schema
@@ -63,7 +63,7 @@ def probe_capability(generator, store: Path | None = None) -> Capability:
     Args:
         generator: a generator with `capability_key` (base_url, model).
         store: the JSON file verdicts persist in (default: capability.json in the machine's
-            codehop cache directory, index.model_cache.default_cache_root()).
+            codehop cache directory, runtime.model_cache.default_cache_root()).
     """
     key = tuple(generator.capability_key)
     with _LOCK:
@@ -74,7 +74,7 @@ def probe_capability(generator, store: Path | None = None) -> Capability:
 
 
 def _default_store() -> Path:
-    from index.model_cache import default_cache_root
+    from runtime.model_cache import default_cache_root
 
     return default_cache_root() / "capability.json"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.bm25 import BM25Config, BM25Index
-from index.generation import GenerationConfig
+from runtime.generation import GenerationConfig
 from index.tokenize import tokenize
 from index.types import SearchResult
 from rag.llm import chat_with_retry
@@ -139,8 +139,8 @@ class CrossEncoderKnowledgeFilter:
     name = "cross-encoder"
 
     def __init__(self, config: FilterConfig) -> None:
-        from index.errors import InvalidInputError, ModelNotFoundError
-        from index.models import resolve_model
+        from runtime.errors import InvalidInputError, ModelNotFoundError
+        from runtime.resolver import resolve_model
 
         if not config.cross_encoder:
             raise InvalidInputError("the cross-encoder filter needs FilterConfig.cross_encoder (a model name or path)")

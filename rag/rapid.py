@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from rag.llm import Generation, GenerationConfig, final_text_delta, text_delta
 
 

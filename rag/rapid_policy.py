@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 FORMAT_VERSION = 1
 MODES = ("auto", "on", "off")

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from index.embed import content_hash
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.embed import content_hash
+from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.types import SearchResult
 
 # 2: entries carry their collection, chunk id and text hash; only filter-passed passages.

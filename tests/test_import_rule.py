@@ -1,9 +1,10 @@
 """The import rule of docs/architecture.md, checked on the source text of every module.
 
-Imports only go downward: index/ imports nothing of ours; rag/, code_tools/ and agents/ (one
-behaviour layer) import index/ and themselves, never each other; only the faces (codehop/,
-eval_suites/) may import anything. Every import counts, including those inside functions,
-relative ones and `importlib.import_module("...")` with a literal name.
+Imports only go downward: runtime/ (the model runtime) imports nothing of ours; index/
+(retrieval) imports runtime/; rag/, code_tools/ and agents/ (one behaviour layer) import index/,
+runtime/ and themselves, never each other; only the faces (codehop/, eval_suites/) may import
+anything. Every import counts, including those inside functions, relative ones and
+`importlib.import_module("...")` with a literal name.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("index", "rag", "code_tools", "agents", "codehop", "eval_suites")
+OURS = ("runtime", "index", "rag", "code_tools", "agents", "codehop", "eval_suites")
 ALLOWED = {
-    "index": {"index"},
-    "rag": {"rag", "index"},
-    "code_tools": {"code_tools", "index"},
-    "agents": {"agents", "index"},
+    "runtime": {"runtime"},
+    "index": {"index", "runtime"},
+    "rag": {"rag", "index", "runtime"},
+    "code_tools": {"code_tools", "index", "runtime"},
+    "agents": {"agents", "index", "runtime"},
 }
 
 
@@ -68,10 +70,17 @@ def test_the_tree_follows_the_import_rule():
     found = violations(ROOT)
     assert not found, (
         "imports only go downward (docs/architecture.md): pass the object in as an argument or "
-        "move the shared type into index/\n" + "\n".join(found))
+        "move the shared type down (index/, or runtime/ if it is about a model)\n" + "\n".join(found))
 
 
 @pytest.mark.parametrize(("layer", "source", "bad"), [
+    ("runtime", "from index.types import Hits\n", True),  # the runtime sits below retrieval
+    ("runtime", "def f():\n    import index.collection\n", True),
+    ("runtime", "from ..index import store\n", True),  # relative, climbing out of runtime/
+    ("runtime", "from rag.llm import TransformersGenerator\n", True),
+    ("runtime", "import importlib\nimportlib.import_module('codehop.config')\n", True),
+    ("runtime", "from runtime.errors import CodehopError\nfrom . import model_cache\n", False),
+    ("index", "from runtime.embed import Embedder\nimport runtime.errors\n", False),
     ("index", "from rag.llm import GenerationConfig\n", True),
     ("index", "def f():\n    import codehop.config\n", True),
     ("index", "import importlib\nimportlib.import_module('eval_suites.report')\n", True),
@@ -81,7 +90,8 @@ def test_the_tree_follows_the_import_rule():
     ("agents", "from ..code_tools import repo\n", True),  # relative, climbing out of agents/
     ("rag", "from eval_suites import report\n", True),
     ("rag", "from index.types import Hits\nfrom rag.prompts import X\nfrom . import prompts\n", False),
-    ("agents", "import numpy\nfrom index.generation import Generation\n", False),
+    ("agents", "import numpy\nfrom runtime.generation import Generation\n", False),
+    ("code_tools", "from runtime.cancel import cancellable\nfrom index.types import Hits\n", False),
 ])
 def test_the_checker_catches_violations(tmp_path, layer, source, bad):
     for package in ALLOWED:
@@ -92,6 +102,24 @@ def test_the_checker_catches_violations(tmp_path, layer, source, bad):
     assert bool(found) == bad, found
     if bad:
         assert found[0].startswith(f"{layer}/sample.py:")
+
+
+def test_a_planted_upward_import_in_the_real_runtime_is_found(tmp_path):
+    """The real runtime/ and index/ pass; one function-level `import index...` planted in the
+    real runtime/embed.py (the module most tempted to reach up into retrieval) is reported."""
+    import shutil
+
+    for package in ALLOWED:
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    assert violations(tmp_path) == []
+    embed = tmp_path / "runtime" / "embed.py"
+    lines = embed.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines.append("\n\ndef _planted():\n    from index.collection import Collection\n")
+    embed.write_text("".join(lines), encoding="utf-8")
+    planted_line = len("".join(lines).splitlines())
+    assert violations(tmp_path) == [
+        f"runtime/embed.py:{planted_line}: runtime imports index.collection"]
 
 
 def _module_graph(root: Path) -> dict[str, set[str]]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["index", "rag", "code_tools", "agents", "eval_suites", "codehop"]
+PACKAGES = ["runtime", "index", "rag", "code_tools", "agents", "eval_suites", "codehop"]
 # The import names of pyproject's extras (gpu: vllm, faiss-gpu is the core `faiss` module;
 # structured: xgrammar and its triton; ray; llamacpp: llama_cpp) and of the dev-only tools
 # (openai, xllamacpp, pytest-lsp, schemathesis, hypothesis, rank-bm25, playwright, pyte, neovim).

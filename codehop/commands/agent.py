@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from codehop.models import add_model_options
-from index.errors import NotFoundError
+from runtime.errors import NotFoundError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

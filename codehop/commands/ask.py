@@ -7,7 +7,7 @@ import json
 import sys
 
 from codehop.models import add_model_options
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

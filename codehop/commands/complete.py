@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from codehop.models import add_model_options
-from index.errors import InvalidInputError, NotFoundError
+from runtime.errors import InvalidInputError, NotFoundError
 
 
 def _repo_root(file: Path, repo: str | None) -> Path:

@@ -35,7 +35,7 @@ def _code_chunker():
 def run(args: argparse.Namespace) -> int:
     from codehop.config import load_settings, resolve_workspace
     from codehop.models import open_collection
-    from index.errors import InvalidInputError
+    from runtime.errors import InvalidInputError
 
     if not args.paths and not args.rebuild:
         raise InvalidInputError("nothing to index: give one or more PATHs (or --rebuild)")

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from index.errors import CodehopError, InvalidInputError, MissingDependencyError, NotFoundError
+from runtime.errors import CodehopError, InvalidInputError, MissingDependencyError, NotFoundError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

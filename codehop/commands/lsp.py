@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from codehop.config import Settings, load_settings
     from codehop.lsp import LspConfig, build_server
-    from index.errors import InvalidInputError
+    from runtime.errors import InvalidInputError
 
     # A named --config wins; otherwise the server reads <project root>/codehop.toml once the
     # editor says which folder it opened (codehop.lsp.project_config), not the cwd's.

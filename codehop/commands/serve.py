@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from codehop.config import load_settings, resolve_workspace
     from codehop.rest import create_app
-    from index.errors import InvalidInputError
+    from runtime.errors import InvalidInputError
 
     settings = load_settings(getattr(args, "config", None))
     if args.embed_batch <= 0 or args.embed_commit_s < 0 or args.embed_pause < 0 or args.progress_interval <= 0:
@@ -103,7 +103,7 @@ def _listen(host: str, port: int):
     """The bound server socket (uvicorn listens on it); ConflictError when the address is taken."""
     import socket
 
-    from index.errors import ConflictError
+    from runtime.errors import ConflictError
 
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from index.errors import NotFoundError
+from runtime.errors import NotFoundError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from codehop.config import load_settings, resolve_data_dir, resolve_workspace
     from eval_suites.hotpotqa import load_questions
-    from index.embed import Embedder, EmbedderConfig
+    from runtime.embed import Embedder, EmbedderConfig
     from rag.treehop import SHIPPED_CHECKPOINT, TreeHopModelConfig
     from rag.treehop_train import TrainConfig, build_chains, split_heldout, train
 

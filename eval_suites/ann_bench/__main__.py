@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def real_suite(args, tmp: Path, report) -> list[dict]:
     from eval_suites.coderag.builders import devdocs_page_keys, load_problems, select_pages
-    from index.embed import Embedder, EmbedderConfig
+    from runtime.embed import Embedder, EmbedderConfig
     from index.jpq import JPQConfig, tune_centroids
     from index.pq import PQConfig
     from index.spann import SpannConfig

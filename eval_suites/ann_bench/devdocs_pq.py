@@ -63,7 +63,7 @@ def _embedded(path: Path, texts: list[str], embedder) -> tuple[np.ndarray, float
 def main(argv: list[str] | None = None) -> int:
     from eval_suites.coderag.builders import devdocs_page_keys, iter_devdocs, load_problems
     from index.dense import create_dense_index, load_dense_index
-    from index.embed import Embedder, EmbedderConfig
+    from runtime.embed import Embedder, EmbedderConfig
     from index.jpq import DistillConfig, JPQConfig, distill_centroids, pseudo_queries, tune_centroids
     from index.pq import PQConfig
 
@@ -282,7 +282,7 @@ def minilm_main(args) -> int:
     """
     from eval_suites.coderag.metrics import per_query_metrics
     from index.dense import create_dense_index, load_dense_index
-    from index.embed import Embedder, EmbedderConfig
+    from runtime.embed import Embedder, EmbedderConfig
     from index.pq import PQConfig
 
     workspace, name = Path(args.vectors_from_collection[0]), args.vectors_from_collection[1]

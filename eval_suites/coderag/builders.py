@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from index.atomic import atomic_write
-from index.errors import InvalidInputError, NotFoundError
+from runtime.errors import InvalidInputError, NotFoundError
 
 TASKS = ("humaneval", "mbpp", "ds1000", "odex")
 DOC_TASKS = ("ds1000", "odex")

@@ -10,7 +10,7 @@ from pathlib import Path
 from eval_suites.coderag.builders import TASKS
 from eval_suites.coderag.retrieval import RETRIEVERS, RetrievalConfig
 from index.atomic import atomic_write
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 
 def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="devdocs pages added to the gold pages (-1 = whole devdocs)")
     parser.add_argument("--embedder", default="sentence-transformers",
                         choices=("sentence-transformers", "onnx-int8", "static"),
-                        help="embedding backend of the dense retrievers (index.embed; default: "
+                        help="embedding backend of the dense retrievers (runtime.embed; default: "
                              "sentence-transformers, the MiniLM in torch)")
     parser.add_argument("--max-chunks-per-doc", type=int, default=4,
                         help="index a page's first N chunks (0 = all)")

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from index.types import Hits
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "bm25-nocontext",
@@ -54,7 +54,7 @@ class RetrievalConfig:
         ann_min_build: SPANN/PQ `min_build` (below it they search exactly; their defaults,
             512 and 1024, exceed the scaled-down corpora here). None keeps the defaults.
         embedding_backend: the collections' embedder ("sentence-transformers", "onnx-int8",
-            "static"; see index.embed); the whole devdocs corpus fits a session with "static".
+            "static"; see runtime.embed); the whole devdocs corpus fits a session with "static".
     """
 
     k: int = 100

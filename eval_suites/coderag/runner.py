@@ -21,7 +21,7 @@ from eval_suites.coderag.generation import GenerationSettings, SampleCache, eval
 from eval_suites.coderag.metrics import average_over_tasks, pass_at_1, per_query_metrics, retrieval_metrics
 from eval_suites.coderag.retrieval import (RETRIEVERS, CorpusIndex, RetrievalConfig, dense_kind,
                                            make_rewriters, run_retriever)
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 _log = logging.getLogger(__name__)
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from index.embed import Embedder, EmbedderConfig
+from runtime.embed import Embedder, EmbedderConfig
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ AGENT_TASKS = [
     "Which function splits text into tokens?",
     "Explain what the atomic write helper does.",
 ]
-AGENT_FILES = ["index/atomic.py", "index/bm25.py", "index/tokenize.py", "index/types.py", "index/errors.py"]
+AGENT_FILES = ["index/atomic.py", "index/bm25.py", "index/tokenize.py", "index/types.py", "runtime/errors.py"]
 OLD = dict(rewrite="llm", filter="llm", answer_repetition_penalty=1.0, answer_no_repeat_ngram=0)
 BARE = dict(answer_repetition_penalty=1.0, answer_no_repeat_ngram=0)
 
@@ -120,7 +120,7 @@ def run_agent(generator, tasks: list[str], max_new_tokens: int) -> list[dict]:
     from agents.code_agent import CodeAgent, parse_action
     from code_tools.repo import RepoConfig, RepoIndex
     from codehop.commands.agent import build_toolbox
-    from index.errors import InvalidInputError
+    from runtime.errors import InvalidInputError
     from rag.llm import GenerationConfig
 
     repo = Path(tempfile.mkdtemp(prefix="llm-bench-repo-"))
@@ -163,7 +163,7 @@ def measure(args) -> dict:
 
     started = time.perf_counter()
     if args.base_url:
-        from index.openai_http import OpenAIEndpoint
+        from runtime.openai_http import OpenAIEndpoint
 
         # One CPU server answers one request at a time: a long answer may queue for minutes.
         inner = load_generator(args.model, backend="openai", endpoint=OpenAIEndpoint(args.base_url, args.model,
@@ -206,7 +206,7 @@ def _start_llamacpp():
 
     import xllamacpp
 
-    from index.models import DEFAULT_GENERATOR_MODEL, resolve_model
+    from runtime.resolver import DEFAULT_GENERATOR_MODEL, resolve_model
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

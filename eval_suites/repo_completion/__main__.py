@@ -29,7 +29,7 @@ from eval_suites.repo_completion.tasks import DEFAULT_PACKAGES, Task, fetch_sdis
 from eval_suites.report import Report
 from eval_suites.similarity import edit_similarity
 from index.bm25 import BM25Index
-from index.generation import GenerationConfig
+from runtime.generation import GenerationConfig
 from index.tokenize import tokenize
 
 WINDOW, STRIDE = 20, 10

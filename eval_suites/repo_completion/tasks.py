@@ -18,7 +18,7 @@ from pathlib import Path
 
 from code_tools.languages import outline
 from code_tools.repo import RepoIndex
-from index.errors import CodehopError
+from runtime.errors import CodehopError
 
 DEFAULT_PACKAGES = ("requests==2.32.3", "click==8.1.7", "attrs==24.2.0", "rich==13.9.4")
 

@@ -74,7 +74,7 @@ def tools(small_repo):
 
 
 class ScriptedGenerator:
-    """Implements the parts of index.generation.Generator the agent uses, replaying `turns`."""
+    """Implements the parts of runtime.generation.Generator the agent uses, replaying `turns`."""
 
     name = "scripted"
     supports_fim = False
@@ -87,7 +87,7 @@ class ScriptedGenerator:
         return len(text.split())
 
     def chat(self, messages, config):
-        from index.generation import Generation
+        from runtime.generation import Generation
 
         self.seen.append([dict(m) for m in messages])
         text = self.turns.pop(0) if self.turns else '{"answer": "out of script"}'

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from agents.code_agent import AgentConfig, CodeAgent, parse_action
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from tests.agents.conftest import ScriptedGenerator
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from agents.patch import apply_patch
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 ORIGINAL = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 

@@ -1,7 +1,7 @@
 import pytest
 
 from agents.tools import ToolBox
-from index.errors import InvalidInputError, NotFoundError
+from runtime.errors import InvalidInputError, NotFoundError
 
 
 def test_read_file_is_bounded_and_numbered(tools):

@@ -4,7 +4,7 @@ Every escape probe of the jail's guards runs twice: `as_user="root"` calls the s
 helper process of this interpreter, as root (CI is root); `as_user="nobody"` starts the same
 helper under `setpriv --reuid 65534 --regid 65534 --clear-groups`. The nobody helper cannot
 read a checkout or interpreter under /root, so it runs the system Python on a copy of the
-sandbox's modules (code_tools/sandbox*.py, index/errors.py, pyseccomp.py) in a directory
+sandbox's modules (code_tools/sandbox*.py, runtime/errors.py, pyseccomp.py) in a directory
 anyone may read, and the jail runs that same system Python.
 
 The helper can also plant a key in a fresh session keyring of its own before the run and list
@@ -35,7 +35,7 @@ HELPER = r'''
 import ctypes, dataclasses, json, os, platform, sys
 request = json.load(sys.stdin)
 from code_tools.sandbox import SandboxLimits, run_python, run_tests, sandbox_status
-from index.errors import CodehopError
+from runtime.errors import CodehopError
 libc = ctypes.CDLL(None, use_errno=True)
 KEYCTL, ADD_KEY = {"x86_64": (250, 248), "aarch64": (219, 217)}[platform.machine()]
 SESSION = ctypes.c_int(-3)
@@ -83,7 +83,7 @@ def _nobody_tree() -> str:
     _MADE.append(root)
     root.chmod(0o755)
     for package, names in {"code_tools": ["sandbox.py", "sandbox_cgroup.py", "sandbox_guard.py",
-                                          "sandbox_harness.py"], "index": ["errors.py"]}.items():
+                                          "sandbox_harness.py"], "runtime": ["errors.py"]}.items():
         (root / package).mkdir()
         (root / package / "__init__.py").write_text("")
         for name in names:

@@ -9,7 +9,7 @@ import pytest
 from code_tools.completion import CompletionConfig, RepoCompleter, truncate_completion
 from code_tools.pie import PieCache
 from code_tools.repo import RepoIndex
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from rag.llm import TransformersGenerator
 
 FILES = {
@@ -193,7 +193,7 @@ def test_kv_reuse_is_per_document_and_off_for_a_server_backend(repo, request):
             return None
 
         def complete(self, prompt, config):
-            from index.generation import Generation
+            from runtime.generation import Generation
 
             return Generation("x = 1", [], None, "stop", 0, 0.0)
 

@@ -11,7 +11,7 @@ import pytest
 from code_tools.lintseq import (LintSeqConfig, apply_diff, edit_paths, extract_code, get_linter, normalize,
                                 process_record, pyflakes_errors, replay, sample_states, state_diff,
                                 states_to_edit_path)
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 PROGRAM = '''import math
 from collections import Counter

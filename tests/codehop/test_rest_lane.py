@@ -25,8 +25,8 @@ pytest.importorskip("model2vec")
 from codehop.config import EmbeddingSettings, ServerSettings, Settings  # noqa: E402
 from codehop.rest import create_app, get_generator  # noqa: E402
 from codehop.rest_lane import GenerationLane  # noqa: E402
-from index.errors import OverloadedError  # noqa: E402
-from index.generation import Generation, GenerationConfig  # noqa: E402
+from runtime.errors import OverloadedError  # noqa: E402
+from runtime.generation import Generation, GenerationConfig  # noqa: E402
 from tests.static_model import tiny_static_model  # noqa: E402
 
 WAIT_S = 30  # upper bound on any one wait; the events normally arrive in milliseconds
@@ -272,7 +272,7 @@ def test_retry_after_is_the_measured_service_time_times_the_queue_position():
 
 
 def test_transformers_generation_stops_when_cancelled(tiny_llama):
-    from index.cancel import cancellable
+    from runtime.cancel import cancellable
     from rag.llm import TransformersGenerator
 
     generator = TransformersGenerator.from_model(*tiny_llama, name="tiny")

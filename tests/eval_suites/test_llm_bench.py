@@ -5,7 +5,7 @@ from pathlib import Path
 
 from eval_suites.llm_bench.measure import (RecordingGenerator, action_schema, percentile, repeated_ngram,
                                            strict_json_object)
-from index.generation import Generation, GenerationConfig
+from runtime.generation import Generation, GenerationConfig
 
 
 def test_repeated_ngram_finds_a_loop_across_case_and_whitespace():

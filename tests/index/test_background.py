@@ -209,7 +209,7 @@ def test_dense_filler_records_a_failure(tmp_path, config):
 
 
 def test_vectors_of_another_backend_are_refused(tmp_path, config, model):
-    from index.errors import EmbedderMismatchError
+    from runtime.errors import EmbedderMismatchError
 
     tree = _tree(tmp_path / "tree", files=2)
     with Collection.open(tmp_path / "ws", config=config) as collection:

@@ -6,7 +6,7 @@ import pytest
 from rank_bm25 import BM25Okapi
 
 from index.bm25 import BM25Config, BM25Index, okapi_idf
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.tokenize import tokenize
 
 QUERIES = [

@@ -6,7 +6,7 @@ import pytest
 
 from index import Chunk, Collection, CollectionConfig, SearchResult
 from index.bm25 import BM25Config, BM25Index
-from index.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
+from runtime.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from tests.index.readers import searching_in_threads
 
 pytestmark = pytest.mark.slow  # embeds with the shipped MiniLM (loaded once per process)

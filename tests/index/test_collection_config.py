@@ -4,7 +4,7 @@ import pytest
 
 from index.bm25 import BM25Config
 from index.collection_config import INDEX_KEYS, CollectionConfig, IndexReport
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from index.flat import FlatConfig
 from index.ingest import IngestConfig
 

@@ -146,7 +146,7 @@ def test_configured_fusion_ignores_the_estimate(tmp_path):
 
 def test_add_documents_keeps_pre_chunked_pages_together(tmp_path):
     from index import Chunk
-    from index.errors import InvalidInputError
+    from runtime.errors import InvalidInputError
 
     model = tiny_static_model(tmp_path / "noise", dim=4)
     config = CollectionConfig(embedding_backend="static", embedding_model=str(model))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.types import Hits
 

@@ -5,7 +5,7 @@ import pytest
 
 from index import persist
 from index.bm25 import BM25Index
-from index.errors import CorruptIndexError, MissingDependencyError
+from runtime.errors import CorruptIndexError, MissingDependencyError
 from index.flat import FlatIndex
 
 

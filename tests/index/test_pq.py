@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index.dense import create_dense_index, load_dense_index
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.flat import FlatIndex
 from index.jpq import DistillConfig, JPQConfig, distill_centroids, pseudo_queries, ranking_loss, tune_centroids
 from index.pq import PQConfig, PQIndex, sinkhorn_codes

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from index import Collection, CollectionConfig
-from index.errors import ModelServerError
-from index.openai_http import OpenAIEndpoint
+from runtime.errors import ModelServerError
+from runtime.openai_http import OpenAIEndpoint
 from index.rerank import ServedReranker
 from index.types import SearchResult
 

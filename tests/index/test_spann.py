@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from index.dense import create_dense_index, load_dense_index
-from index.errors import CorruptIndexError, InvalidInputError
+from runtime.errors import CorruptIndexError, InvalidInputError
 from index.flat import FlatIndex
 from index.postings import PAGE
 from index.spann import SpannConfig, SpannIndex

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.store import Store
 from index.types import Chunk
 

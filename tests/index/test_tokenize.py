@@ -1,6 +1,6 @@
 import pytest
 
-from index.errors import MissingDependencyError
+from runtime.errors import MissingDependencyError
 from index.tokenize import TokenizerConfig, tokenize
 
 

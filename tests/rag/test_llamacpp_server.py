@@ -10,8 +10,8 @@ import logging
 
 import pytest
 
-from index.generation import GenerationConfig
-from index.openai_http import OpenAIEndpoint
+from runtime.generation import GenerationConfig
+from runtime.openai_http import OpenAIEndpoint
 from rag.capability import probe_capability
 from rag.openai_generator import OpenAIGenerator, OpenAIGeneratorConfig, repetition_fields
 
@@ -50,7 +50,7 @@ def test_tokens_are_counted_by_llamacpp_in_its_own_request_shape(llamacpp_url, s
 
 
 def test_server_only_counting_is_refused_when_the_shape_gives_no_tokens(llamacpp_url):
-    from index.errors import ModelServerError
+    from runtime.errors import ModelServerError
 
     # Told it is vLLM, the client sends llama.cpp a `prompt` body: 200 with no tokens.
     with pytest.raises(ModelServerError, match="empty token list"):

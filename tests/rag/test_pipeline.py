@@ -1,6 +1,6 @@
 import pytest
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from rag.llm import TransformersGenerator
 from rag.pipeline import PipelineConfig, RagPipeline, cited_numbers
 from rag.reservoir import Reservoir, RetrieverTrigger
@@ -106,7 +106,7 @@ def test_multihop_stage_merges_hop_results_and_auto_mode_can_skip(small_collecti
 
 
 def test_cross_encoder_filter_needs_a_configured_model(small_collection):
-    from index.errors import NotFoundError
+    from runtime.errors import NotFoundError
     from rag.filter import FilterConfig
 
     config = PipelineConfig(rewrite="off", filter="cross-encoder", reservoir=False)

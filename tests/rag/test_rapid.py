@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 from rag.llm import Generator, GenerationConfig, TransformersGenerator
 from rag.rapid import (DraftContextConfig, RapidConfig, RapidDecoder, RapidGenerator, adjusted_distribution,
                        build_draft_context, chunk_spans, prefill, residual_distribution, select_chunks,

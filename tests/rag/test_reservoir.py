@@ -3,8 +3,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from index.embed import content_hash
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.embed import content_hash
+from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.types import Chunk, SearchResult
 from rag.reservoir import FORMAT_VERSION, Reservoir, RetrieverTrigger, TriggerConfig
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from index.generation import Generation, GenerationConfig, Generator
+from runtime.generation import Generation, GenerationConfig, Generator
 from rag.rewrite import LLMRewriter, PRFRewriter, Rewrite, RewriteConfig, parse_rewrite, rewrite_schema
 
 

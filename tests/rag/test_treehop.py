@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.errors import CorruptIndexError, InvalidInputError, NotFoundError
+from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from rag.treehop import (SHIPPED_CHECKPOINT, TreeHopConfig, TreeHopModel, TreeHopModelConfig, TreeHopRetriever,
                          load_treehop, looks_multihop)
 from rag.treehop_train import Chains, TrainConfig, build_chains, hop_accuracy, split_heldout, train
@@ -62,7 +62,7 @@ def test_shipped_checkpoint_is_trained_it_beats_q_minus_c_on_held_out_hotpotqa(s
     36 chains, MiniLM embeddings), it ranks the second hop's passage first more often than
     q - c (0.42 vs 0.31 here; ~20-30 s on 2 shared cores, nearly all of it embedding)."""
     from eval_suites.hotpotqa import load_questions
-    from index.embed import Embedder, EmbedderConfig
+    from runtime.embed import Embedder, EmbedderConfig
 
     model = load_treehop()
     untrained = TreeHopModel(model.config)

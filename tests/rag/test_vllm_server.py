@@ -42,8 +42,8 @@ def vllm_server(tmp_path_factory):
 
 
 def test_openai_backend_against_vllm(vllm_server):
-    from index.generation import GenerationConfig
-    from index.openai_http import OpenAIEndpoint
+    from runtime.generation import GenerationConfig
+    from runtime.openai_http import OpenAIEndpoint
     from rag.openai_generator import OpenAIGenerator
 
     generator = OpenAIGenerator(OpenAIEndpoint(vllm_server, "smollm2"))

@@ -65,7 +65,7 @@ test("stderr levels: progress and notes at info, warnings at warn, tracebacks an
     ["Traceback (most recent call last):", "error"],
     ['  File "/x/codehop/lsp.py", line 10, in ask', "error"],
     ["    result = pipeline.run(question)", "error"],
-    ["index.errors.NotFoundError: no collection 'workspace'", "error"],
+    ["runtime.errors.NotFoundError: no collection 'workspace'", "error"],
     ["codehop: indexed 3 files under /tmp/project", "info"],
     ["codehop: error: no workspace at .codehop: run codehop index first", "error"],
   ];

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from index.errors import ModelServerError
-from index.openai_http import OpenAIClient, OpenAIEndpoint
+from runtime.errors import ModelServerError
+from runtime.openai_http import OpenAIClient, OpenAIEndpoint
 from tests.scripted_server import Reply, ScriptedServer
 
 

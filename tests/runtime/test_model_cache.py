@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from index.model_cache import build_once, cache_entry, default_cache_root, fingerprint
+from runtime.model_cache import build_once, cache_entry, default_cache_root, fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def test_the_cache_root_comes_from_the_environment(monkeypatch, tmp_path):
 _RACER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from index.model_cache import build_once
+    from runtime.model_cache import build_once
 
     target, log = Path(sys.argv[1]), Path(sys.argv[2])
     start = Path(sys.argv[3])

@@ -4,7 +4,7 @@ At first use the model's transformer is exported with `torch.onnx.export` (the T
 exporter: no optimum, whose transformers pin conflicts with ours) and quantised with
 `onnxruntime.quantization.quantize_dynamic` (int8 weights with per-channel scales,
 activations quantised per call; Jacob et al. 2018), once per machine, into the model cache
-(index.model_cache: ``~/.cache/codehop/models/onnx-int8-<model>-<hash>``, written to a temp dir
+(runtime.model_cache: ``~/.cache/codehop/models/onnx-int8-<model>-<hash>``, written to a temp dir
 and renamed under a lock, so a killed export never leaves half a model). Later runs, in any
 workspace, load the file in well under a second and never import torch.
 
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from index.errors import InvalidInputError, MissingDependencyError
-from index.model_cache import build_once
+from runtime.errors import InvalidInputError, MissingDependencyError
+from runtime.model_cache import build_once
 
 FORMAT = "codehop-onnx-int8 v1"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Architectures whose export was checked against the torch vectors (tests/index/test_embed_onnx.py).
+# Architectures whose export was checked against the torch vectors (tests/runtime/test_embed_onnx.py).
 SUPPORTED_TYPES = ("bert",)
 
 
@@ -49,7 +49,7 @@ def export_int8(model_dir: Path, out_dir: Path) -> Path:
     """Export + quantise the transformer of the sentence-transformers model in `model_dir`.
 
     Returns `out_dir` holding model.onnx (int8), tokenizer.json and meta.json, built once
-    (temp dir + rename under a lock: index.model_cache.build_once), so concurrent callers (two
+    (temp dir + rename under a lock: runtime.model_cache.build_once), so concurrent callers (two
     workspaces, two test workers) export once and the second finds it done.
 
     Raises:
@@ -138,7 +138,7 @@ def _export(model_dir: Path, path: Path) -> None:
     axes = {name: {0: "batch", 1: "tokens"} for name in (*_INPUTS, "hidden")}
     # The tracer warns about a Python branch of the mask code and about aten::index: noise to a
     # user; the exported graph's vectors are checked against torch's on texts of many lengths
-    # (tests/index/test_embed_onnx.py).
+    # (tests/runtime/test_embed_onnx.py).
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Hidden(model), sample, str(path), input_names=list(_INPUTS),

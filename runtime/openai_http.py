@@ -1,6 +1,6 @@
 """HTTP plumbing for OpenAI-compatible model servers (Ollama, `vllm serve`, llama.cpp's server,
 LM Studio, OpenAI itself, or another codehop): one client that both the embedding backend
-(index.embed) and the generator backend (rag.openai_generator) use.
+(runtime.embed) and the generator backend (rag.openai_generator) use.
 
 What it owns: the endpoint settings, JSON requests, server-sent-event streams, retries with
 backoff on 429/503 (honouring `Retry-After`), and turning every transport failure into one
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from index.errors import InvalidInputError, ModelServerError
+from runtime.errors import InvalidInputError, ModelServerError
 
 RETRY_STATUSES = (429, 503)
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from index.embed import Embedder, EmbedderConfig, RemoteEmbeddings, content_hash
-from index.errors import InvalidInputError, ModelNotFoundError, ModelServerError
+from runtime.embed import Embedder, EmbedderConfig, RemoteEmbeddings, content_hash
+from runtime.errors import InvalidInputError, ModelNotFoundError, ModelServerError
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_truncation_is_per_embedder_although_the_model_is_shared(embedder):
 # ---------------------------------------------------------------- the openai (server) backend
 
 def test_remote_batches_that_time_out_are_split_and_the_smaller_size_kept():
-    from index.openai_http import OpenAIEndpoint
+    from runtime.openai_http import OpenAIEndpoint
     from tests.scripted_server import Reply, ScriptedServer
 
     def vectors(n: int) -> Reply:
@@ -107,7 +107,7 @@ def test_remote_batches_that_time_out_are_split_and_the_smaller_size_kept():
 
 
 def test_llamacpp_vectors_are_kept_as_they_arrive_and_a_rerun_resumes(tmp_path, llamacpp_embedding_url):
-    from index.openai_http import OpenAIEndpoint
+    from runtime.openai_http import OpenAIEndpoint
 
     def embedder() -> Embedder:
         return Embedder(EmbedderConfig(model="smollm2-embed", backend="openai", batch_size=2,

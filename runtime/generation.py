@@ -2,7 +2,7 @@
 
 rag/ implements generators (rag.llm: transformers, vllm, llama.cpp); code_tools/ (repository
 completion) and agents/ (the code agent) only drive one. They may not import each other, so the
-types they exchange live here, beside the model resolver (index.models) that names the
+types they exchange live here, beside the model resolver (runtime.resolver) that names the
 generator to load. rag.llm re-exports them, so `from rag.llm import GenerationConfig` works too.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
-from index.errors import InvalidInputError
+from runtime.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

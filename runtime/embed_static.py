@@ -8,7 +8,7 @@ than MiniLM on a CPU, at a measured quality loss (docs/benchmarks/index_bench), 
 this backend is opt-in, for corpora too large to embed.
 
 The distillation runs offline from the shipped MiniLM at first use (about a minute on 2
-cores), once per machine, into the model cache (index.model_cache:
+cores), once per machine, into the model cache (runtime.model_cache:
 ``~/.cache/codehop/models/static-<model>-<hash>``, temp dir + rename under a lock). A `model` that is
 already a model2vec directory (a local path with model2vec's config) is loaded as it is.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.errors import MissingDependencyError
-from index.model_cache import build_once
+from runtime.errors import MissingDependencyError
+from runtime.model_cache import build_once
 
 PCA_DIMS = 256
 
@@ -52,7 +52,7 @@ def is_static_model(directory: Path) -> bool:
 
 def distill_static(model_dir: Path, out_dir: Path, pca_dims: int = PCA_DIMS) -> Path:
     """Distil the sentence-transformers model in `model_dir` into `out_dir` (once: temp dir +
-    rename under a lock, index.model_cache.build_once)."""
+    rename under a lock, runtime.model_cache.build_once)."""
     _require()
 
     def build(temp: Path) -> None:

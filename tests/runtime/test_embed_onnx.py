@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from index.embed import Embedder, EmbedderConfig, default_backend  # noqa: E402
-from index.errors import InvalidInputError  # noqa: E402
-from index.model_cache import default_models_dir  # noqa: E402
-from index.models import resolve_model  # noqa: E402
+from runtime.embed import Embedder, EmbedderConfig, default_backend  # noqa: E402
+from runtime.errors import InvalidInputError  # noqa: E402
+from runtime.model_cache import default_models_dir  # noqa: E402
+from runtime.resolver import resolve_model  # noqa: E402
 
 # exports the shipped MiniLM into the suite's model cache (~10 s, once per machine: tests/conftest.py
 # points CODEHOP_CACHE_DIR at it), loads it in torch too

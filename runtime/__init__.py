@@ -1,0 +1,15 @@
+"""codehop's model runtime: everything that loads or calls a model; imports nothing of ours.
+
+- `resolver`: a model name -> a local path (a path, a package that ships weights, or the hub)
+- `model_cache`: the per-machine cache of derived model files (ONNX exports, static models)
+- `embed`, `embed_onnx`, `embed_static`: the embedders (sentence-transformers, ONNX int8,
+  static) and the embedding cache
+- `generation`: the generation contract (settings, result, the `Generator` protocol)
+- `cancel`: cancelling a generation from another thread
+- `openai_http`: the one client for OpenAI-compatible servers
+- `errors`: the one exception hierarchy of codehop (the bottom of the tree, so every layer can
+  raise and catch it)
+
+index/ (retrieval) imports this package to embed; rag/, code_tools/, agents/ import it to
+generate. Nothing here imports index/ or anything above it (tests/test_import_rule.py).
+"""
