@@ -45,11 +45,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from index import persist
-from index.bm25 import BM25Index
+from index.bm25 import BM25Index, BM25Statistics
 from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
 from index.context import UNNAMED_PREFIX, indexed_text
 from runtime.embed import Embedder, EmbedderConfig, content_hash
+from runtime.embed_tune import tuned_from
 from runtime.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from runtime.openai_http import OpenAIEndpoint
 from index import fusion_weight
@@ -220,7 +221,9 @@ class Collection:
             return
         model, backend = expected
         recorded = self.config
-        if model == recorded.embedding_model and backend in (None, recorded.embedding_backend):
+        # a collection tuned with `codehop tune` records its tune of the settings' model
+        if (model in (recorded.embedding_model, tuned_from(recorded.embedding_model))
+                and backend in (None, recorded.embedding_backend)):
             return
         named = f"{backend}:{model}" if backend else model
         raise EmbedderMismatchError(
@@ -265,7 +268,8 @@ class Collection:
                   write_lock: Callable[[], Any] | None = None,
                   on_scan: Callable[[dict[str, int]], None] | None = None,
                   on_embed: Callable[[dict[str, int]], None] | None = None,
-                  within: list[str | Path] | None = None) -> IndexReport:
+                  within: list[str | Path] | None = None,
+                  owns: Callable[[str], bool] | None = None) -> IndexReport:
         """Index files and directories incrementally by content hash.
 
         Unchanged files are skipped, changed ones re-chunked, and documents under a given
@@ -290,6 +294,8 @@ class Collection:
             within: the directories a symbolic link met in a walk may point into (e.g. a
                 server's roots); default: the given paths. A link leading elsewhere is
                 skipped with the reason, never read.
+            owns: which file paths this collection takes (a shard of index.sharded: those
+                its hash owns); the others are passed over unread and uncounted.
         Returns:
             an IndexReport (also lists skipped files with the reason).
         """
@@ -297,7 +303,7 @@ class Collection:
         roots = self._roots(paths)
         report = IndexReport(self.name)
         existing = self.store.documents(self.name)
-        puts, seen = self._scan(roots, existing, chunker, report, progress, on_scan, within)
+        puts, seen = self._scan(roots, existing, chunker, report, progress, on_scan, within, owns)
         gone = [doc.id for path, doc in existing.items()
                 if path not in seen and any(path == str(r) or path.startswith(str(r) + os.sep)
                                             for r in roots)]
@@ -332,7 +338,8 @@ class Collection:
     def _scan(self, roots: list[Path], existing: dict, chunker: Chunker | None,
               report: IndexReport, progress: bool,
               on_scan: Callable[[dict[str, int]], None] | None,
-              within: list[str | Path] | None = None) -> tuple[list[_Put], set[str]]:
+              within: list[str | Path] | None = None,
+              owns: Callable[[str], bool] | None = None) -> tuple[list[_Put], set[str]]:
         """Read and chunk the new or changed files under `roots` (counting into `report`).
         Returns the documents to put and the paths still present (changed or not)."""
         from tqdm import tqdm
@@ -340,8 +347,11 @@ class Collection:
         seen: set[str] = set()
         processed: set[str] = set()
         puts: list[_Put] = []
-        files = list(walk(roots, self.config.walk, within=within,
-                          on_skip=lambda path, reason: report.skipped.append((str(path), reason))))
+        def skipped(path, reason) -> None:
+            if owns is None or owns(str(path)):
+                report.skipped.append((str(path), reason))
+
+        files = list(walk(roots, self.config.walk, within=within, on_skip=skipped))
         workspace = str(self.workspace.resolve()) + os.sep
         named = {str(root) for root in roots if not root.is_dir()}  # a choice: never judged generated
 
@@ -361,6 +371,8 @@ class Collection:
                          leave=False):
             key = str(file.resolve())
             if key in processed or key.startswith(workspace):  # seen twice, or our own state
+                continue
+            if owns is not None and not owns(key):  # another shard's
                 continue
             processed.add(key)
             report.files += 1
@@ -1060,6 +1072,72 @@ class Collection:
         rows = self.store.get_chunks(sorted({int(i) for h in hits for i in h.ids}))
         return [self._to_results(h, rows) if all(int(i) in rows for i in h.ids)
                 else self._search(None, vector, k, "dense", None) for h, vector in zip(hits, vectors)]
+
+    def all_indexed_texts(self) -> list[str]:
+        """Every chunk's indexed text (what the embedder embeds), in row-id order."""
+        rows = self.store.get_chunks(self.store.chunk_ids(self.name))
+        return [self._row_text(rows[i]) for i in sorted(rows)]
+
+    def switch_embedder(self, model: str, backend: str, progress: bool = False) -> IndexReport:
+        """Record another embedding model and rebuild the dense index with it in one commit.
+
+        Chunks whose vectors the new model has already cached (`codehop tune` embeds them all
+        first) are not embedded again; the others are, before anything changes on disk.
+        """
+        config = dataclasses.replace(self.config, embedding_model=model, embedding_backend=backend)
+        if self._embedder is not None:
+            self._embedder.close()
+        self._embedder = None
+        previous, self.config = self.config, config
+        try:
+            self._embed_texts(self.all_indexed_texts(), IndexReport(self.name), progress)
+        except BaseException:
+            self.config, self._embedder = previous, None
+            raise
+        # The config and a generation ahead of the committed indexes change together: a crash
+        # before the rebuild's commit is then repaired on open from the new model's cached
+        # vectors, never served as old vectors under the new model's name.
+        with self._write_lock():
+            with self.store.transaction():
+                self.store.set_config(self.name, config.to_dict())
+                stored = self.store.collection(self.name)
+                self.store.set_generation(self.name, stored["generation"] + 1)
+            return self.rebuild(progress=progress)
+
+    def bm25_hits(self, query: str, k: int) -> Hits:
+        """BM25's top-k chunk row ids for `query` (no filters, no fusion)."""
+        self._ensure_loaded()
+        return self._bm25_hits(query, k)
+
+    # ---------------------------------------------------------------- as a shard (index.sharded)
+
+    def bm25_statistics(self, tokens: list[str]) -> BM25Statistics:
+        """Document count, total length and document frequencies of `tokens` in this
+        collection's BM25 index (summed over shards, they score a sharded collection)."""
+        self._ensure_loaded()
+        with self._index_lock:
+            if self._bm25 is None:
+                return BM25Statistics(0, 0.0, {})
+            return self._bm25.statistics(tokens)
+
+    def bm25_search(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None) -> Hits:
+        """BM25 top-k row ids for tokens, scored with `statistics` (None: this collection's)."""
+        self._ensure_loaded()
+        with self._index_lock:
+            if self._bm25 is None or not tokens:
+                return Hits.empty()
+            return self._bm25.search(tokens, k, statistics=statistics)
+
+    def dense_hits(self, vector: np.ndarray, k: int) -> Hits:
+        """Dense top-k row ids for an embedded query."""
+        self._ensure_loaded()
+        return self._dense_search(vector, k)
+
+    def indexed_count(self) -> int:
+        """Chunks the loaded indexes hold (the larger of BM25 and dense, as `_candidates`)."""
+        self._ensure_loaded()
+        with self._index_lock:
+            return max(0 if self._bm25 is None else len(self._bm25), 0 if self._dense is None else len(self._dense))
 
     def _bm25_hits(self, query: str, k: int) -> Hits:
         tokens = tokenize(query, self.config.tokenizer)

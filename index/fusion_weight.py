@@ -102,13 +102,14 @@ class FusionEstimate:
         return cls(PRIOR_DENSE_WEIGHT, "prior", chunks=chunks, reason=reason)
 
 
-def query_line(text: str, max_words: int = 24, min_words: int = 5) -> str | None:
-    """The first sentence-like line of a chunk: at least `min_words` words and mostly words
-    (not code, numbers or a `# path:lines` header), cut to `max_words` words.
+def prose_lines(text: str, max_words: int = 24, min_words: int = 5) -> list[str]:
+    """The sentence-like lines of a chunk, in order: at least `min_words` words and mostly
+    words (not code, numbers or a `# path:lines` header), each cut to `max_words` words.
 
-    query_line("# a.py:1-9\\ndef f(x):\\n    Return the sum of the values in x.") ->
-    "Return the sum of the values in x."
+    prose_lines("# a.py:1-9\\ndef f(x):\\n    Return the sum of the values in x.") ->
+    ["Return the sum of the values in x."]
     """
+    found = []
     for line in text.splitlines():
         stripped = line.strip().lstrip("#*-> \"'").strip()
         tokens = stripped.split()
@@ -116,8 +117,14 @@ def query_line(text: str, max_words: int = 24, min_words: int = 5) -> str | None
             continue
         words = [t for t in tokens if _WORD.fullmatch(t.strip(".,;:()!?"))]
         if len(words) >= 0.6 * len(tokens):
-            return " ".join(tokens[:max_words])
-    return None
+            found.append(" ".join(tokens[:max_words]))
+    return found
+
+
+def query_line(text: str, max_words: int = 24, min_words: int = 5) -> str | None:
+    """The first of `prose_lines`, or None: a chunk's pseudo-query."""
+    lines = prose_lines(text, max_words, min_words)
+    return lines[0] if lines else None
 
 
 def sample_pseudo_queries(chunks_by_document: dict[int, list[tuple[int, str]]], limit: int,
