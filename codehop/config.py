@@ -101,6 +101,14 @@ class CollectionSettings:
     # empty: the backend's defaults. Changing them rebuilds the dense index of that collection.
     pq: dict[str, Any] = field(default_factory=dict)
     spann: dict[str, Any] = field(default_factory=dict)
+    # Shards of a new collection (index.sharded): documents placed by a hash of their path,
+    # searched as one with global BM25 statistics. 1: an ordinary collection. Fixed once the
+    # collection exists (another count means indexing into a new collection).
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= 1024:
+            raise InvalidInputError(f"[collection] shards must be between 1 and 1024, got {self.shards}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +257,45 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class RaySettings:
+    """`codehop index --ray` and `codehop serve --ray` (Ray Data, Ray Serve).
+
+    `address`: the cluster ("auto": the one `ray start` made on this machine, or
+    "ray://host:10001"); None starts a local Ray. `embed_actors`: embedding actors of
+    `index --ray` (None: one per 4 CPUs of the cluster). Serving: `ingress_replicas` REST
+    replicas, or Serve autoscaling between `min_replicas` and `max_replicas` (both set) at
+    `target_ongoing_requests` per replica; `shard_cpus` / `ingress_cpus` reserved per replica;
+    a shard that has not answered a round in `shard_timeout_s` is left out (the answer says
+    `"partial": true` and names it); Serve checks each replica every `health_check_period_s`
+    and replaces one that fails or hangs for `health_check_timeout_s`.
+    """
+
+    address: str | None = None
+    embed_actors: int | None = None
+    ingress_replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    max_ongoing_requests: int = 8
+    shard_cpus: float = 1.0
+    ingress_cpus: float = 1.0
+    shard_timeout_s: float = 2.0
+    health_check_period_s: float = 2.0
+    health_check_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.ingress_replicas < 1 or self.max_ongoing_requests < 1 or self.shard_timeout_s <= 0:
+            raise InvalidInputError("[ray] needs ingress_replicas >= 1, max_ongoing_requests >= 1 and "
+                                    "shard_timeout_s > 0")
+        if (self.min_replicas is None) != (self.max_replicas is None) or (
+                self.min_replicas is not None and not 0 < self.min_replicas <= self.max_replicas):
+            raise InvalidInputError("[ray] autoscaling needs both min_replicas and max_replicas, "
+                                    "0 < min_replicas <= max_replicas")
+        if self.embed_actors is not None and self.embed_actors < 1:
+            raise InvalidInputError("[ray] embed_actors must be >= 1")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings; `source` is the file they came from (None: built-in defaults)."""
 
@@ -258,6 +305,7 @@ class Settings:
     generator: GeneratorSettings = GeneratorSettings()
     server: ServerSettings = ServerSettings()
     reranker: RerankerSettings = RerankerSettings()
+    ray: RaySettings = RaySettings()
     source: Path | None = field(default=None, metadata={"toml": False})
 
     def open_reranker(self):

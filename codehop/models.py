@@ -101,11 +101,33 @@ def open_collection(settings: Settings, workspace: Path, name: str, create: bool
     and the [reranker] when one is configured; dense search refuses a collection that another
     embedder than [embedding]'s built (exit 8)."""
     from index.collection import Collection
+    from index.sharded import ShardedCollection, sharding
+    from runtime.errors import InvalidInputError
 
-    return Collection.open(workspace, name, config=config, create=create,
-                           embedding_endpoint=settings.embedding_endpoint(), reembed=reembed,
-                           device=settings.embedding.device, expected_embedder=expected_embedder(settings),
-                           reranker=settings.open_reranker())
+    options = dict(config=config, create=create, embedding_endpoint=settings.embedding_endpoint(),
+                   reembed=reembed, device=settings.embedding.device,
+                   expected_embedder=expected_embedder(settings), reranker=settings.open_reranker())
+    have, shards = sharding(workspace, name), settings.collection.shards
+    if have or shards > 1:  # the stored count wins, like every setting baked into a collection
+        if not have and _has_collection(workspace, name):
+            raise InvalidInputError(
+                f"collection {name!r} is not sharded and [collection] shards = {shards}: sharding means "
+                "re-indexing, into another --collection")
+        return ShardedCollection.open(workspace, name, shards=have or shards, **options)
+    return Collection.open(workspace, name, **options)
+
+
+def _has_collection(workspace: Path, name: str) -> bool:
+    """Whether the workspace's store holds an (unsharded) collection `name`."""
+    from index.store import Store
+
+    if not (Path(workspace) / "store.sqlite").exists():
+        return False
+    store = Store(Path(workspace) / "store.sqlite")
+    try:
+        return store.collection(name) is not None
+    finally:
+        store.close()
 
 
 def expected_embedder(settings: Settings) -> tuple[str, str | None]:

@@ -35,6 +35,28 @@ _COUNT_BATCH = 4096  # documents counted per vectorised pass (bounds the tempora
 
 
 @dataclass(frozen=True)
+class BM25Statistics:
+    """The corpus statistics BM25 scores with: documents, their total length in tokens and the
+    document frequency of some terms. A shard reports its own; `merge` sums them, so every
+    shard scores with the whole collection's (Elasticsearch's dfs_query_then_fetch).
+
+    Example: merge([(2 docs, 10 tokens, {a: 1}), (3, 20, {a: 2, b: 1})]) -> (5, 30, {a: 3, b: 1}).
+    """
+
+    documents: int
+    total_length: float
+    df: dict[str, int]
+
+    @classmethod
+    def merge(cls, parts: "list[BM25Statistics]") -> "BM25Statistics":
+        df: dict[str, int] = {}
+        for part in parts:
+            for term, count in part.df.items():
+                df[term] = df.get(term, 0) + count
+        return cls(sum(p.documents for p in parts), float(sum(p.total_length for p in parts)), df)
+
+
+@dataclass(frozen=True)
 class BM25Config:
     """BM25 parameters. Defaults are rank-bm25's (k1=1.5, b=0.75, Okapi idf, epsilon=0.25);
     Lucene's are k1=1.2, b=0.75, idf="lucene"."""
@@ -81,6 +103,8 @@ class BM25Index:
         self._engine = None
         self._stale = False
         self._read_only = False
+        self._by_term = None  # raw term frequencies, terms x documents (scoring with given statistics)
+        self._norm: tuple[float, np.ndarray] | None = None  # (average length, k1 * length norm)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -113,6 +137,7 @@ class BM25Index:
         self._lengths = np.concatenate(lengths)
         self._ids = np.concatenate([self._ids, ids])
         self._stale = True
+        self._by_term = self._norm = None
 
     def delete(self, ids: np.ndarray) -> None:
         """Remove documents by id (unknown ids are ignored); scores follow on the next query."""
@@ -126,6 +151,7 @@ class BM25Index:
         self._starts = np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64)
         self._ids, self._lengths = self._ids[keep], self._lengths[keep]
         self._stale = True
+        self._by_term = self._norm = None
 
     def _check_writable(self) -> None:
         if self._read_only:
@@ -162,12 +188,11 @@ class BM25Index:
             idf[real] = (cfg.k1 + 1.0) * okapi_idf(df[real], n, cfg.epsilon)
         else:
             idf[real] = np.log1p((n - df[real] + 0.5) / (df[real] + 0.5))
-        avgdl = float(self._lengths.mean()) or 1.0
-        norm = cfg.k1 * (1.0 - cfg.b + cfg.b * self._lengths.astype(np.float64) / avgdl)
+        norm = self._length_norm(self._average_length())
         doc_of = np.repeat(np.arange(n, dtype=np.int32), np.diff(self._starts))
         # float32 like the stored matrix: half the memory traffic of this, the slow part of a rebuild
         tfs = self._tfs
-        data = idf.astype(np.float32)[self._terms] * tfs / (tfs + norm.astype(np.float32)[doc_of])
+        data = idf.astype(np.float32)[self._terms] * tfs / (tfs + norm[doc_of])
         # Transpose documents x terms (our layout) to terms x documents (bm25s's): scipy does it
         # in C by counting, O(postings + vocabulary), documents ascending in every posting.
         matrix = sparse.csr_matrix((data, self._terms, self._starts), shape=(n, n_vocab)).tocsc()
@@ -178,6 +203,17 @@ class BM25Index:
         engine.unique_token_ids_set = set(range(n_vocab))
         engine.nonoccurrence_array = None
         return engine
+
+    def _average_length(self) -> float:
+        """Tokens per document, summed exactly (float64: a float32 sum drifts past 2**24 tokens)."""
+        n = len(self._lengths)
+        return float(self._lengths.sum(dtype=np.float64)) / n if n else 1.0
+
+    def _length_norm(self, avgdl: float) -> np.ndarray:
+        """k1 * (1 - b + b * |d| / avgdl) per document, float32 as the stored scores."""
+        cfg = self.config
+        avgdl = avgdl or 1.0
+        return (cfg.k1 * (1.0 - cfg.b + cfg.b * self._lengths.astype(np.float64) / avgdl)).astype(np.float32)
 
     def _current(self):
         if self._stale:
@@ -195,17 +231,69 @@ class BM25Index:
             return np.zeros(len(self._ids), dtype=np.float32)
         return engine.get_scores_from_ids(token_ids)
 
-    def search(self, tokens: list[str], k: int = 10, exclude: np.ndarray | None = None) -> Hits:
+    def statistics(self, tokens: list[str]) -> BM25Statistics:
+        """This index's document count, total length and the document frequency of `tokens`."""
+        self._check_writable()
+        by_term = self._term_major()
+        df = {}
+        for token in set(tokens):
+            term = self._vocab.get(token)
+            if term is not None and term < by_term.shape[1]:
+                count = int(by_term.indptr[term + 1] - by_term.indptr[term])
+                if count:
+                    df[token] = count
+        return BM25Statistics(len(self._ids), float(self._lengths.sum(dtype=np.float64)), df)
+
+    def _term_major(self):
+        """Raw term frequencies as a terms x documents (CSC) matrix, built once per change."""
+        if self._by_term is None:
+            n = len(self._ids)
+            matrix = sparse.csr_matrix((self._tfs, self._terms, self._starts), shape=(n, max(len(self._vocab), 1)))
+            self._by_term = matrix.tocsc()
+        return self._by_term
+
+    def scores_with(self, tokens: list[str], statistics: BM25Statistics) -> np.ndarray:
+        """BM25 score of every document with corpus statistics given from outside (a sharded
+        collection's, summed over its shards): the same float32 arithmetic, in the same order,
+        as `scores` on one index holding every shard's documents. Lucene idf only."""
+        cfg = self.config
+        if cfg.idf != "lucene":
+            raise InvalidInputError("scoring with shared statistics needs idf='lucene' (Okapi's floor is a "
+                                    "mean over the whole vocabulary)")
+        self._check_writable()
+        scores = np.zeros(len(self._ids), dtype=np.float32)
+        terms = [self._vocab[t] for t in tokens if t in self._vocab and statistics.df.get(t)]
+        if not terms or not len(self._ids):
+            return scores
+        by_term = self._term_major()
+        avgdl = statistics.total_length / statistics.documents if statistics.documents else 1.0
+        if self._norm is None or self._norm[0] != avgdl:
+            self._norm = (avgdl, self._length_norm(avgdl))
+        norm = self._norm[1]
+        n = statistics.documents
+        df = np.asarray([statistics.df[t] for t in tokens if t in self._vocab and statistics.df.get(t)],
+                        dtype=np.float64)
+        idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        for term, weight in zip(terms, idf):
+            start, end = by_term.indptr[term], by_term.indptr[term + 1]
+            documents, tfs = by_term.indices[start:end], by_term.data[start:end]
+            np.add.at(scores, documents, weight * tfs / (tfs + norm[documents]))
+        return scores
+
+    def search(self, tokens: list[str], k: int = 10, exclude: np.ndarray | None = None,
+               statistics: BM25Statistics | None = None) -> Hits:
         """Top-k documents for one tokenised query; documents scoring 0 are left out.
 
         Args:
             tokens: the tokenised query.
             k: how many hits at most.
             exclude: ids that must not come back (e.g. the chunks of the file being completed).
+            statistics: score with these corpus statistics instead of this index's own (a
+                shard of a sharded collection: index.sharded).
         """
         if k <= 0:
             raise InvalidInputError(f"k must be positive, got {k}")
-        scores = self.scores(tokens)
+        scores = self.scores(tokens) if statistics is None else self.scores_with(tokens, statistics)
         if not len(scores):
             return Hits.empty()
         if exclude is not None and len(exclude):
