@@ -47,6 +47,12 @@ class CompletionConfig:
         kv_cache_mb: memory budget of those caches (LRU over documents).
         kv_recompute_above: re-encode from scratch when an edit would encode more than this
             fraction of the prompt.
+        draft_tokens: with the KV cache, draft this many tokens per step from the prompt
+            (prompt lookup, verified by the model: same greedy output; code_tools.prompt_lookup).
+            0 = one token per forward.
+        early_stop: with the KV cache, stop decoding as soon as the truncated text is decided
+            (the line ended, or the statement is complete at a line end): the text is the same
+            as decoding to the budget and truncating. False decodes to the budget or a stop string.
     """
 
     use_context: bool = True
@@ -66,12 +72,16 @@ class CompletionConfig:
     reuse_kv_cache: bool = False
     kv_cache_mb: float = 512.0
     kv_recompute_above: float = 0.5
+    draft_tokens: int = 3
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
             raise InvalidInputError(f"truncate must be 'statement' or 'line', not {self.truncate!r}")
         if min(self.context_tokens, self.left_tokens, self.right_tokens) < 0:
             raise InvalidInputError("token budgets must be >= 0")
+        if self.draft_tokens < 0:
+            raise InvalidInputError("draft_tokens must be >= 0 (0 = no drafting)")
 
 
 @dataclass
@@ -175,6 +185,27 @@ def truncate_completion(generated: str, line_prefix: str, mode: str = "statement
         if balanced(line_prefix + snippet):
             return snippet.rstrip()
     return lines[0].rstrip()  # never balanced within the budget: keep the first line
+
+
+def truncation_decided(generated: str, line_prefix: str, mode: str = "statement",
+                       language: str = "python") -> bool:
+    """True once more text cannot change `truncate_completion(generated, ...)`: a line has
+    ended (line mode), or a complete line ends a balanced, non-blank statement (statement
+    mode). Decoding can stop there with the same truncated text.
+
+    Example: ``truncation_decided("x = 1\n", "")`` -> True; ``("foo(a,\n", "y = ")`` -> False.
+    """
+    if "\n" not in generated:
+        return False
+    if mode == "line":
+        return True
+    lines = generated.split("\n")
+    balanced = _balanced_python if language == "python" else _balanced_generic
+    for n in range(1, len(lines)):  # complete lines only: each is followed by a newline
+        snippet = "\n".join(lines[:n])
+        if snippet.strip() and balanced(line_prefix + snippet):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- the completer
@@ -426,14 +457,17 @@ class RepoCompleter:
                             timings=timings, prompt=prompt, fim=fim)
         if self.generator is not None:
             t = time.perf_counter()
+            line_prefix = prefix.rsplit("\n", 1)[-1]
+            spec = language_for_path(path)
             raw = self._generate(prompt, result, None if fim else self._server_fim(prompt, suffix),
-                                 document or path)
+                                 document or path, line_prefix, spec.name if spec else "python")
             if self._wants_fim(suffix) and not result.fim and not result.note:
                 result.note = (f"model {self.generator.name} has no fill-in-the-middle format: the text "
                                "after the cursor was not used")
             timings["generate"] = time.perf_counter() - t
-            line_prefix = prefix.rsplit("\n", 1)[-1]
-            spec = language_for_path(path)
+            if result.kv_reuse.get("used"):  # PIE's edit vs the decode (prefill inside the first)
+                timings["prefill"] = result.kv_reuse.get("update_s", 0.0)
+                timings["decode"] = result.kv_reuse.get("decode_s", 0.0)
             result.raw_text = raw
             result.text = truncate_completion(raw, line_prefix, self.config.truncate,
                                               spec.name if spec else "python")
@@ -444,14 +478,14 @@ class RepoCompleter:
         return ("\n",) if self.config.truncate == "line" else ("\n\n\n", "\ndef ", "\nclass ")
 
     def _generate(self, prompt: str, result: Completion, server_fim: tuple[str, str] | None,
-                  document: str) -> str:
+                  document: str, line_prefix: str = "", language: str = "python") -> str:
         config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
                                   stop=self._stop())
         if self.config.reuse_kv_cache:
             if getattr(self.generator, "model", None) is not None:
                 # A local model has no server-side FIM: `prompt` is the prefix prompt complete_fim
                 # would decode, so the cached path gives the same text.
-                text = self._generate_pie(prompt, result, document)
+                text = self._generate_pie(prompt, result, document, line_prefix, language)
                 if text is not None:
                     return text
             else:
@@ -465,29 +499,37 @@ class RepoCompleter:
             return generation.text
         return self.generator.complete(prompt, config).text
 
-    def _generate_pie(self, prompt: str, result: Completion, document: str) -> str | None:
+    def _generate_pie(self, prompt: str, result: Completion, document: str, line_prefix: str = "",
+                      language: str = "python") -> str | None:
         """Greedy decoding from `document`'s KV cache, corrected by PIE for the edit since its
-        last prompt (a prefill the first time, or when the edit is large)."""
+        last prompt (a prefill the first time, or when the edit is large), with prompt-lookup
+        drafts, stopping once the truncated text is decided, and stopping early when the face
+        cancels the request (runtime.cancel: the editor typed on)."""
         from code_tools.kv_cache import KVCacheConfig, KVCacheStore
+        from runtime.cancel import cancel_requested
 
         tokenizer = self.generator.tokenizer
         if self._kv is None:
             self._kv = KVCacheStore(self.generator.model, tokenizer, KVCacheConfig(
                 max_bytes=int(self.config.kv_cache_mb * 2**20),
-                recompute_above=self.config.kv_recompute_above))
+                recompute_above=self.config.kv_recompute_above, draft_tokens=self.config.draft_tokens))
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         eos = getattr(self.generator, "eos_ids", None) or {tokenizer.eos_token_id}
         stops = self._stop()
+        mode, early = self.config.truncate, self.config.early_stop
 
         def stopped(new_ids: list[int]) -> bool:
             text = tokenizer.decode(new_ids, skip_special_tokens=True)
-            return any(stop in text for stop in stops)
+            for stop in stops:
+                if stop in text:
+                    return True
+            return early and truncation_decided(text, line_prefix, mode, language)
 
         lock = getattr(self.generator, "_lock", None)  # torch modules are not re-entrant
         with lock if lock is not None else _no_lock():
             new_ids, report = self._kv.complete(document, ids, self.config.max_new_tokens,
                                                 stop_token_ids=tuple(i for i in eos if i is not None),
-                                                stop_when=stopped)
+                                                stop_when=stopped, cancelled=cancel_requested)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         for stop in stops:
             if stop in text:

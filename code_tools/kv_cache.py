@@ -31,16 +31,24 @@ class KVCacheConfig:
             fraction of the new prompt (code_tools.pie.PieConfig.recompute_above), counting
             `segment_cost_tokens` per inserted segment (one forward pass each).
         merge_gap: edits fewer than this many unchanged tokens apart become one (PieConfig).
+        draft_tokens: prompt-lookup drafts per verify step (code_tools.prompt_lookup; 0 = one
+            token per forward). 3 keeps a verify within the int8 kernel's few-row range
+            (rag.cpu_weights.INT8_MAX_ROWS = 4 rows).
+        draft_min_ngram: shortest n-gram matched for a draft (1-token matches draft mostly noise).
     """
 
     max_bytes: int = 512 * 2**20
     recompute_above: float = 0.5
     segment_cost_tokens: int = 32
     merge_gap: int = 16
+    draft_tokens: int = 3
+    draft_min_ngram: int = 2
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0 or not 0.0 < self.recompute_above <= 1.0:
             raise InvalidInputError("need max_bytes >= 0 and 0 < recompute_above <= 1")
+        if self.draft_tokens < 0 or self.draft_min_ngram < 1:
+            raise InvalidInputError("need draft_tokens >= 0 and draft_min_ngram >= 1")
 
 
 def cache_bytes(cache) -> int:
@@ -81,22 +89,42 @@ class KVCacheStore:
 
     def complete(self, document: str, token_ids: Sequence[int], max_new_tokens: int,
                  stop_token_ids: Sequence[int] = (),
-                 stop_when: Callable[[list[int]], bool] | None = None) -> tuple[list[int], dict[str, Any]]:
+                 stop_when: Callable[[list[int]], bool] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> tuple[list[int], dict[str, Any]]:
         """Bring `document`'s cache to `token_ids` (PIE, or a prefill) and decode greedily.
 
+        When the new prompt is the last prompt plus the first tokens of its answer (the user
+        typed what was suggested) and that answer ended at a stop, the rest of the answer is
+        what greedy decoding would produce again: it is returned without running the model
+        (mode "extend").
+
+        Args:
+            cancelled: polled before every forward (runtime.cancel): True ends the decode early
+                (report["finish"] == "cancelled").
         Returns:
             (generated ids, report): report["reused"] says whether the previous prompt's cache
-            was reused; "mode" is "pie" or "prefill" with "reason" for a prefill; plus the
-            edit's EditStats (tokens_encoded, sequence_length, rerotated, rows_reused, ...) and
-            the store's size.
+            was reused; "mode" is "pie", "prefill" (with "reason") or "extend"; plus the
+            edit's EditStats (tokens_encoded, sequence_length, rerotated, rows_reused, ...), the
+            decode's (forwards, drafted, accepted, finish) and the store's size.
         """
         from code_tools.pie import PieCache, PieConfig
+        from code_tools.prompt_lookup import LookupConfig
 
         ids = [int(t) for t in token_ids]
         if not ids:
             raise InvalidInputError("a completion prompt needs at least one token")
         with self._lock:
             cache = self._entries.pop(document, None)
+        extended = self._extend(cache, ids, max_new_tokens, stop_when) if cache is not None else None
+        if extended is not None:
+            evicted = self._keep(document, cache)
+            cache.last_answer = (ids, extended[0], extended[1])
+            return extended[0], {"used": True, "reused": True, "mode": "extend", "reason": None,
+                                 "document": document, "tokens_encoded": 0, "sequence_length": len(ids),
+                                 "compute_fraction": 0.0, "update_s": 0.0, "forwards": 0, "drafted": 0,
+                                 "accepted": 0, "finish": extended[1], "decode_s": 0.0,
+                                 "cache_documents": len(self._entries), "cache_mb": self.total_bytes / 2**20,
+                                 "evicted": evicted}
         start = time.perf_counter()
         if cache is None:
             cache = PieCache(self.model, self.tokenizer, PieConfig(
@@ -111,16 +139,42 @@ class KVCacheStore:
                       "prompt (inserted tokens plus a forward pass per segment): encoded from scratch"
                       ) if stats.full_recompute else None
         update_s = time.perf_counter() - start
-        generated = cache.generate(max_new_tokens, stop_token_ids=stop_token_ids, stop_when=stop_when)
+        lookup = LookupConfig(draft_tokens=self.config.draft_tokens, min_ngram=self.config.draft_min_ngram,
+                              ngram=max(3, self.config.draft_min_ngram))
+        generated = cache.generate(max_new_tokens, stop_token_ids=stop_token_ids, stop_when=stop_when,
+                                   lookup=lookup, cancelled=cancelled)
+        decode = cache.last_decode
+        cache.last_answer = (ids, generated, decode.finish)
         evicted = self._keep(document, cache)
         edit = dict(stats.__dict__)
         edit["rows_reused"] = edit.pop("reused")  # EditStats counts rows; "reused" below is the verdict
         report = {**edit, "used": True, "reused": reason is None, "mode": "prefill" if reason else "pie",
                   "reason": reason, "document": document,
-                  "compute_fraction": stats.compute_fraction, "update_s": update_s,
+                  "compute_fraction": stats.compute_fraction, "update_s": update_s, **decode.to_dict(),
                   "cache_documents": len(self._entries), "cache_mb": self.total_bytes / 2**20,
                   "evicted": evicted}
         return generated, report
+
+    @staticmethod
+    def _extend(cache, ids: list[int], max_new_tokens: int,
+                stop_when: Callable[[list[int]], bool] | None) -> tuple[list[int], str] | None:
+        """(the rest of the last answer, how it ends) when `ids` is the last prompt plus a
+        proper prefix of its answer and greedy decoding would end the rest the same way; else
+        None. The rest ends at the first point `stop_when` accepts, or where the last answer
+        met a stop id; an answer cut by the token budget or cancelled is not reused."""
+        last = getattr(cache, "last_answer", None)
+        if last is None:
+            return None
+        prompt, answer, finish = last
+        typed = len(ids) - len(prompt)
+        if finish not in ("stop", "eos") or not 0 < typed < len(answer) or ids[:len(prompt)] != prompt \
+                or ids[len(prompt):] != answer[:typed]:
+            return None
+        rest = answer[typed:]
+        for i in range(1, min(len(rest), max_new_tokens) + 1):
+            if stop_when is not None and stop_when(rest[:i]):
+                return rest[:i], "stop"
+        return (rest, "eos") if finish == "eos" and len(rest) <= max_new_tokens else None
 
     def _keep(self, document: str, cache) -> int:
         """Store `cache` as the most recent entry, then evict LRU entries over the budget."""

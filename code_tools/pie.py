@@ -239,6 +239,7 @@ class PieCache:
         self._costs = _Costs(params=params, layers=cfg.num_hidden_layers, kv_width=heads * head_dim,
                              key_width=kv_heads * head_dim)
         self.last_generate_tokens = 0
+        self.last_decode = None  # code_tools.prompt_lookup.DecodeStats of the last generate
 
     # ---- cache primitives -------------------------------------------------------------
     def __len__(self) -> int:
@@ -385,39 +386,33 @@ class PieCache:
         return logits
 
     def generate(self, max_new_tokens: int, stop_token_ids: Sequence[int] = (),
-                 stop_when: Callable[[list[int]], bool] | None = None) -> list[int]:
+                 stop_when: Callable[[list[int]], bool] | None = None, lookup=None,
+                 cancelled: Callable[[], bool] | None = None) -> list[int]:
         """Greedy continuation from the corrected cache, leaving the cache untouched.
 
         The last cached token is re-encoded (one token) to get the first logits; generated
-        tokens live in a temporary DynamicCache built over our rows.
+        tokens live in a temporary code_tools.prompt_lookup.GrowingCache built over a copy of
+        our rows, drafted from the prompt when `lookup` asks for it (lossless: the model
+        verifies every drafted token). What the decode did is in `last_decode`.
 
         Args:
             max_new_tokens: upper bound on generated tokens.
             stop_token_ids: ids that end generation (not included in the result).
             stop_when: optional predicate on the ids generated so far (included); True stops.
+            lookup: a code_tools.prompt_lookup.LookupConfig (None: one token per forward).
+            cancelled: polled before every forward; True stops (runtime.cancel).
         Returns:
             Generated token ids.
         """
-        from transformers import DynamicCache
+        from code_tools.prompt_lookup import GrowingCache, LookupConfig, greedy_decode
 
         if not self.token_ids:
             raise InvalidInputError("the cache is empty: call prefill(token_ids) before generate")
-        stops = set(int(t) for t in stop_token_ids)
         n = len(self.token_ids)
-        past = DynamicCache(ddp_cache_data=[(k[:, :, :n - 1], v[:, :, :n - 1]) for k, v in self.layers]) \
-            if n > 1 else DynamicCache()
-        token, position, out_ids = self.token_ids[-1], n - 1, []
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                 position_ids=torch.tensor([[position]], device=self.device),
-                                 cache=past, use_cache=True)
-                token = int(out.logits[0, -1].argmax())
-                if token in stops:
-                    break
-                out_ids.append(token)
-                position += 1
-                if stop_when is not None and stop_when(out_ids):
-                    break
-        self.last_generate_tokens = len(out_ids) + 1
+        past = GrowingCache([(k[:, :, :n - 1], v[:, :, :n - 1]) for k, v in self.layers], spare=max_new_tokens + 16)
+        out_ids, stats = greedy_decode(self.model, past, self.token_ids, max_new_tokens,
+                                       stop_token_ids=stop_token_ids, stop_when=stop_when,
+                                       lookup=lookup or LookupConfig(draft_tokens=0), cancelled=cancelled)
+        self.last_decode = stats
+        self.last_generate_tokens = stats.forwards + stats.drafted  # tokens run through the model
         return out_ids

@@ -197,7 +197,11 @@ class GeneratorSettings(ServerEndpointSettings):
     prompts of rapid_min_tokens or more only where a calibration of this machine predicts a
     speed-up. drafter: the drafting model (None: the generator drafts for itself).
     kv_reuse: completions keep each document's KV cache and update it by PIE edits;
-    kv_cache_mb bounds those caches (LRU).
+    kv_cache_mb bounds those caches (LRU). draft_tokens: completions draft this many tokens
+    per step from the prompt (prompt lookup, verified by the model: same greedy output; 0 off).
+    precision (backend "transformers"): "auto" (int8 weights for decoding with bfloat16
+    matmuls on a CPU with AVX-512 BF16 or AMX, else float32), "float32", "bfloat16" or "int8"
+    (rag.cpu_weights; docs/models.md).
     """
 
     model: str = DEFAULT_GENERATOR_MODEL
@@ -216,6 +220,8 @@ class GeneratorSettings(ServerEndpointSettings):
     kv_cache_mb: float = 512.0
 
     def __post_init__(self) -> None:
+    draft_tokens: int = 3
+    precision: str = "auto"
         backends = ("transformers", "vllm", "llamacpp", "openai")
         if self.backend not in backends:
             raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
@@ -225,6 +231,11 @@ class GeneratorSettings(ServerEndpointSettings):
             raise InvalidInputError("[generator] needs rapid_min_tokens >= 1 and kv_cache_mb >= 0")
         if self.backend == "openai":
             self.openai_options()  # fail at load time on a bad fim/tokenizer value
+        if self.draft_tokens < 0:
+            raise InvalidInputError("[generator] draft_tokens must be >= 0 (0 = no drafting)")
+        if self.precision not in ("auto", "float32", "bfloat16", "int8"):
+            raise InvalidInputError("[generator] precision must be 'auto', 'float32', 'bfloat16' or 'int8', "
+                                    f"not {self.precision!r}")
 
     def openai_options(self):
         from rag.openai_generator import OpenAIGeneratorConfig

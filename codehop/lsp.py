@@ -10,7 +10,8 @@ function in a worker thread, convert the answer to lsprotocol types.
 - textDocument/completion and textDocument/inlineCompletion: RepoCompleter on the unsaved
   buffer, keeping each open document's KV cache and updating it by PIE edits between requests
   (the item's `data.kv_reuse` says whether it was reused; freed on didClose). Debounced (a newer request for the same file supersedes a waiting one), cancellable
-  ($/cancelRequest cancels the waiting task), and run on a single generation thread, so a slow
+  ($/cancelRequest cancels the waiting task, and both it and a newer request stop a running
+  decode at its next token: runtime.cancel), and run on a single generation thread, so a slow
   model never blocks the event loop: the editor keeps getting hovers and edits meanwhile.
 - hover: the symbol's definition(s) from the repository index plus the best passages from
   the workspace's documentation files (BM25 over their chunks).
@@ -42,6 +43,7 @@ from codehop.config import Settings
 from codehop.locks import RWLock
 from runtime.errors import CodehopError, InvalidInputError
 from index.types import SearchFilter
+from runtime.cancel import cancellable
 
 VERSION = "0.1.0"
 ASK_COMMAND = "codehop.ask"
@@ -81,6 +83,10 @@ class LspConfig:
         warm_start: load (or convert, into the machine's model cache) the models in the
             background at start, reported as work-done progress, so the first completion is
             as fast as later ones.
+        precision: weights of a local model (None: [generator] precision; rag.cpu_weights).
+        draft_tokens: prompt-lookup drafts per decoding step (None: [generator] draft_tokens).
+        truncate: "statement" (default) or "line" (single-line completions).
+        early_stop: stop decoding once the truncated text is decided (same text, fewer tokens).
     """
 
     model: str | None = None
@@ -98,13 +104,18 @@ class LspConfig:
     kv_reuse: bool = True
     kv_cache_mb: float | None = None
     warm_start: bool = True
+    precision: str | None = None
+    draft_tokens: int | None = None
+    truncate: str = "statement"
+    early_stop: bool = True
     settings: Settings = Settings()
 
     def generator_settings(self) -> Settings:
-        """`settings` with the command line's model and backend over [generator]."""
+        """`settings` with the command line's model, backend and precision over [generator]."""
         g = self.settings.generator
         return dataclasses.replace(self.settings, generator=dataclasses.replace(
-            g, model=self.model or g.model, backend=self.backend or g.backend))
+            g, model=self.model or g.model, backend=self.backend or g.backend,
+            precision=self.precision or g.precision))
 
 
 def project_config(config: LspConfig, root: Path) -> LspConfig:
@@ -159,6 +170,7 @@ class CodehopLanguageServer(LanguageServer):
         self._hover = ThreadPoolExecutor(2, thread_name_prefix="codehop-hover")
         self._latest: dict[str, int] = {}
         self._superseded: dict[str, asyncio.Event] = {}  # set when a newer completion comes in
+        self._running: dict[str, threading.Event] = {}  # cancels the generation in flight per file
         self._reindex: dict[str, asyncio.TimerHandle] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -192,10 +204,14 @@ class CodehopLanguageServer(LanguageServer):
         with self._lock:
             if self._completer is None:
                 g = self.config.settings.generator
+                drafts = self.config.draft_tokens
                 config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
                                           dense_rerank=self.config.dense_rerank,
                                           reuse_kv_cache=self.config.kv_reuse and g.kv_reuse,
-                                          kv_cache_mb=self.config.kv_cache_mb or g.kv_cache_mb)
+                                          kv_cache_mb=self.config.kv_cache_mb or g.kv_cache_mb,
+                                          draft_tokens=g.draft_tokens if drafts is None else drafts,
+                                          truncate=self.config.truncate,
+                                          early_stop=self.config.early_stop)
                 self._completer = RepoCompleter(self.repo, generator, config)
             return self._completer
 
@@ -530,14 +546,20 @@ def _update_collection(ls: CodehopLanguageServer, path: Path) -> None:
 
 
 async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Position):
-    """Debounced, cancellable completion at `position`; None when superseded."""
+    """Debounced, cancellable completion at `position`; None when superseded.
+
+    A newer request for the same file, or `$/cancelRequest`, also stops a generation already
+    running: its event (runtime.cancel) is polled before every forward of the decode."""
     with ls._lock:
         ticket = ls._latest.get(uri, 0) + 1
         ls._latest[uri] = ticket
         older = ls._superseded.get(uri)
         superseded = ls._superseded[uri] = asyncio.Event()
+        running = ls._running.get(uri)
     if older is not None:
         older.set()  # the older request for this file answers now, not after its debounce
+    if running is not None:
+        running.set()  # the user typed on: the older answer is stale, stop its decoding
     try:  # cancellation lands here while waiting
         await asyncio.wait_for(superseded.wait(), ls.config.debounce_s)
     except asyncio.TimeoutError:
@@ -553,11 +575,28 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
     offset = document.offset_at_position(position)
     prefix, suffix = document.source[:offset], document.source[offset:]
     path = ls.relative(uri)
+    cancel = threading.Event()
+    with ls._lock:
+        if ls._latest.get(uri) != ticket:
+            return None
+        ls._running[uri] = cancel
 
     def work():
-        return ls.completer().complete(path, prefix=prefix, suffix=suffix, document=uri)
+        if cancel.is_set():  # superseded while it queued behind another generation
+            return None
+        with cancellable(cancel):
+            return ls.completer().complete(path, prefix=prefix, suffix=suffix, document=uri)
 
-    return await _run(ls._generate, work)
+    try:
+        result = await _run(ls._generate, work)
+    except asyncio.CancelledError:  # $/cancelRequest (pygls cancels the task): stop the decode too
+        cancel.set()
+        raise
+    finally:
+        with ls._lock:
+            if ls._running.get(uri) is cancel:
+                del ls._running[uri]
+    return None if cancel.is_set() else result
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION,

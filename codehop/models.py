@@ -49,7 +49,7 @@ def load_configured_generator(settings: Settings):
     if g.backend == "openai":
         return load_generator(g.model, backend="openai", endpoint=g.endpoint(g.model, "generator"),
                               openai=g.openai_options())
-    return load_generator(g.model, backend=g.backend)
+    return load_generator(g.model, backend=g.backend, precision=g.precision)
 
 
 def generator_load_steps(settings: Settings) -> list[tuple[str, int]]:

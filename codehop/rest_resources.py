@@ -237,7 +237,8 @@ class Resources:
         with self._models:
             if generator not in self._completers:
                 g = self.settings.generator
-                config = CompletionConfig(reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
+                config = CompletionConfig(reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb,
+                                          draft_tokens=g.draft_tokens)
                 self._completers[generator] = RepoCompleter(repo, generator, config)
             return self._completers[generator]
 

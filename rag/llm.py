@@ -142,6 +142,7 @@ class TransformersGenerator:
         self.eos_ids = {i for i in eos | {tokenizer.eos_token_id} if i is not None}
         # One decode at a time per model: torch modules are not re-entrant across threads.
         self._lock = threading.Lock()
+        self.precision = "float32"  # of the weights (rag.cpu_weights); the loader records its choice
         self._grammar_compiler = None  # built on the first json_schema request
         self._grammars: dict[str, Any] = {}  # json.dumps(schema, sort_keys=True) -> compiled
 
@@ -391,8 +392,12 @@ def model_source(name: str, cache_root: Path | None = None) -> str:
     return resolved.location
 
 
-def _load_transformers(name: str, cache_root: Path | None, device: str) -> TransformersGenerator:
+def _load_transformers(name: str, cache_root: Path | None, device: str,
+                       precision: str = "float32") -> TransformersGenerator:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rag.cpu_weights import prepare_for_cpu, resolve_precision
+
+    chosen = resolve_precision(precision, device)  # a bad value fails before the model loads
 
     source = model_source(name, cache_root)
     try:
@@ -400,7 +405,9 @@ def _load_transformers(name: str, cache_root: Path | None, device: str) -> Trans
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
     except OSError as error:
         raise ModelNotFoundError(f"cannot load generator {name!r} from {source}: {error}") from error
-    return TransformersGenerator(model.to(device), tokenizer, name)
+    generator = TransformersGenerator(prepare_for_cpu(model.to(device), chosen), tokenizer, name)
+    generator.precision = chosen
+    return generator
 
 
 def _refuse_ngram_blocking(backend: str, config: GenerationConfig) -> None:
@@ -549,7 +556,7 @@ BACKENDS = ("transformers", "vllm", "llamacpp", "openai")
 
 def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transformers",
                    cache_root: Path | None = None, device: str = "cpu", threads: int | None = None,
-                   endpoint=None, openai=None) -> Generator:
+                   endpoint=None, openai=None, precision: str = "float32") -> Generator:
     """Load a generator by model name through the one resolver, or connect to a server.
 
     Args:
@@ -564,6 +571,9 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
         device: torch device for the transformers backend.
         threads: CPU threads for torch. None keeps torch's choice (physical cores, or
             OMP_NUM_THREADS when the process sets it), which suits one decode at a time; a
+        precision: weights of the transformers backend (rag.cpu_weights): "float32" (as loaded),
+            "bfloat16", "int8" (compact weights for decoding, bfloat16 matmuls for prompts), or
+            "auto" ("int8" on a CPU with bfloat16 in hardware, else "float32").
             server running several workers should pass cores // workers to avoid oversubscription.
     Returns:
         A Generator.
@@ -581,7 +591,7 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
             raise InvalidInputError("the openai backend needs an endpoint: set [generator] base_url")
         return OpenAIGenerator(endpoint, openai or OpenAIGeneratorConfig())
     if backend == "transformers":
-        return _load_transformers(name, Path(cache_root) if cache_root else None, device)
+        return _load_transformers(name, Path(cache_root) if cache_root else None, device, precision)
     if backend == "vllm":
         return VllmGenerator(name)
     if backend == "llamacpp":

@@ -26,6 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "each open document's KV cache updated by PIE edits)")
     parser.add_argument("--no-warm-start", action="store_true",
                         help="load the model on the first request instead of at start")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "int8"),
+                        help="weights of a local model (default: [generator] precision, auto: int8 "
+                             "on a CPU with AVX-512 BF16 or AMX, else float32)")
+    parser.add_argument("--draft-tokens", type=int,
+                        help="prompt-lookup drafts per decoding step (default: [generator] "
+                             "draft_tokens, 3; 0 = off)")
+    parser.add_argument("--truncate", choices=("statement", "line"), default="statement",
+                        help="complete the statement (default) or the line only")
+    parser.add_argument("--no-early-stop", action="store_true",
+                        help="decode to --max-new-tokens even after the truncated text is decided")
     parser.set_defaults(func=run)
 
 
@@ -40,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(config_file) if config_file else Settings()
     if args.debounce < 0 or args.max_new_tokens <= 0:
         raise InvalidInputError("--debounce must be >= 0 and --max-new-tokens > 0")
+    if args.draft_tokens is not None and args.draft_tokens < 0:
+        raise InvalidInputError("--draft-tokens must be >= 0 (0 = no drafting)")
     config = LspConfig(model=args.model, config_file=Path(config_file) if config_file else None,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
                        dense_rerank=not args.no_rerank, settings=settings,
-                       kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start)
+                       kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start,
+                       precision=args.precision, draft_tokens=args.draft_tokens, truncate=args.truncate,
+                       early_stop=not args.no_early_stop)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

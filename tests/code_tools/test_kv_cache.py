@@ -89,3 +89,25 @@ def test_nearby_edits_merge_into_one_segment_and_many_segments_cost_a_prefill(ti
         scattered[at] = 8
     _, report = store.complete("doc", scattered, 1)
     assert report["mode"] == "prefill" and "per segment" in report["reason"]
+
+
+def test_a_prompt_that_extends_into_its_answer_reuses_the_rest(one_layer_llama):
+    """The user typed the first two suggested tokens: the rest of the answer comes back without
+    running the model, equal to decoding the longer prompt afresh."""
+    model, tok = one_layer_llama
+    store = KVCacheStore(model, tok)
+    prompt = _ids(60, 4)
+    answer, first = store.complete("doc", prompt, 12, stop_when=lambda o: len(o) == 6)
+    assert first["finish"] == "stop" and len(answer) == 6
+    typed = prompt + answer[:2]
+    rest, report = store.complete("doc", typed, 12, stop_when=lambda o: len(o) == 4)
+    assert report["mode"] == "extend" and report["forwards"] == 0 and rest == answer[2:]
+    fresh = PieCache(model, tok)
+    fresh.prefill(typed)
+    assert fresh.generate(12, stop_when=lambda o: len(o) == 4) == rest
+    # typed something else, or an answer cut by the budget: decoded as usual
+    _, other = store.complete("doc", prompt + [answer[0], 5], 12, stop_when=lambda o: len(o) == 4)
+    assert other["mode"] != "extend" and other["forwards"] > 0
+    cut, _ = store.complete("doc2", prompt, 3)
+    _, again = store.complete("doc2", prompt + cut[:1], 3)
+    assert again["mode"] != "extend" and again["forwards"] > 0

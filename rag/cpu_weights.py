@@ -1,0 +1,195 @@
+"""Weights for fast CPU decoding: int8 weight-only linear layers with bfloat16 compute.
+
+Decoding one token of a small model on a CPU is bound by reading the weights: with
+SmolLM2-135M in float32 the matrix products are ~70% of a step and read 540 MB per token.
+`Int8Linear` keeps each linear layer's weight as int8 with one scale per output row
+(symmetric, absmax / 127) and multiplies:
+
+- a few rows (decoding: 1 row; a short verify): ``aten._weight_int8pack_mm`` on bfloat16
+  activations, which reads a quarter of the float32 bytes (on this CPU: 43 us vs 125 us for a
+  1536x576 layer, 1.8 ms vs 7.8 ms for the 49k-row output head);
+- more rows (a prefill): a dense bfloat16 matmul over the same dequantised int8 weights, which
+  AVX-512 BF16 / AMX run 4-8x faster than float32 (a 700-token prompt: ~0.35 s vs ~1.4 s).
+
+Everything else stays float32 (embeddings, norms, the residual stream, attention, the KV
+cache), so only the linear layers' inputs are rounded to bfloat16. The output head refines its
+top `refine_top` logits in float32, so greedy argmax is not decided by bfloat16 rounding of the
+logits (two logits of ~20 are 0.125 apart in bfloat16). Precision choices:
+
+- "float32": the model as loaded (the reference);
+- "bfloat16": the whole model in bfloat16 (fast prefill, decoding no faster here);
+- "int8": the layers above; the fastest decoding measured here (serving_bench report);
+- "auto": "int8" on a CPU with AVX-512 BF16 or AMX (bfloat16 arithmetic in hardware), else
+  "float32".
+
+The quantised model is not the float32 one: tests check its greedy output against the float32
+reference on fixed prompts within a stated tolerance (tests/rag/test_cpu_weights.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from runtime.errors import InvalidInputError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+# Up to this many rows the int8 kernel is faster than a bfloat16 matmul (measured on the
+# serving machine: 1536x576 at 3 rows 68 us vs 110 us, at 5 rows 121 us vs 113 us).
+INT8_MAX_ROWS = 4
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_features() -> dict[str, bool]:
+    """The features that decide the precision (recorded by the benchmarks)."""
+    flags = cpu_flags()
+    return {"avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "avx512_vnni": "avx512_vnni" in flags, "amx_bf16": "amx_bf16" in flags,
+            "amx_int8": "amx_int8" in flags}
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """The precision `precision` means on `device`: "auto" becomes "int8" on a CPU with
+    bfloat16 in hardware, else "float32" (a GPU keeps the model as loaded)."""
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if not str(device).startswith("cpu"):
+        return "float32"
+    features = cpu_features()
+    return "int8" if features["avx512_bf16"] or features["amx_bf16"] else "float32"
+
+
+def _module_base():
+    import torch
+
+    return torch.nn.Module
+
+
+def _exact_groups(weight, group: int = 32):
+    """(q [n, k] int32 in 0..15, scale [n, k/group], minimum [n, k/group]) when `weight` is
+    exactly 4-bit levels per group of `group` inputs (a Q4_0/Q4_1 GGUF dequantised), else None.
+
+    Example: a group [0.1, 0.3, 0.2, ...] with 16 or fewer levels 0.1 + j * d -> q = j, scale d.
+    """
+    import torch
+
+    n, k = weight.shape
+    if k % group:
+        return None
+    groups = weight.view(n, k // group, group)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15.0).clamp(min=1e-12)
+    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+    rebuilt = q * scale[..., None] + low[..., None]
+    if (rebuilt - groups).abs().max() > 1e-3 * float(weight.abs().max()):
+        return None
+    return q.view(n, k).to(torch.int32), scale, low
+
+
+class Int8Linear(_module_base()):
+    """A linear layer with compact weights for a few rows, bfloat16 for many; float32 in/out.
+
+    The weight is kept as int8 with one scale per output row, or, when it is exactly 4-bit
+    levels per group of 32 inputs (the shipped SmolLM2 is a Q4_1 GGUF: every linear layer),
+    as those 4-bit groups: the same speed here and no rounding beyond the file's own.
+
+    Args:
+        linear: the torch.nn.Linear to replace (its weight is read once).
+        refine_top: recompute this many of the largest outputs per row in float32 against the
+            bfloat16 weights (for an output head, so argmax does not hinge on bfloat16 rounding
+            of the logits nor on int8 rounding of the weights); 0 = off.
+    """
+
+    def __init__(self, linear, refine_top: int = 0) -> None:
+        import torch
+
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.refine_top = refine_top
+        exact = _exact_groups(weight) if not refine_top else None
+        if exact is not None:
+            q, scale, low = exact
+            self.kind = "int4"
+            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1),
+                                 persistent=False)
+            # aten's int4 layout: w = (q - 8) * scale + zero, per group; [k/group, n, 2]
+            zeros = low + 8 * scale
+            self.register_buffer("scales", torch.stack([scale, zeros], dim=-1).transpose(0, 1)
+                                 .contiguous().to(torch.bfloat16), persistent=False)
+            dense = weight
+        else:
+            scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            self.kind = "int8"
+            self.register_buffer("qweight", q, persistent=False)
+            self.register_buffer("scales", scales.to(torch.bfloat16), persistent=False)
+            # the head refines against its own weights; a body layer's dense copy holds the int8
+            # values, so both kernels compute one model
+            dense = weight if refine_top else q.float() * scales[:, None]
+        self.register_buffer("weight", dense.to(torch.bfloat16), persistent=False)
+        self.bias = None if linear.bias is None else torch.nn.Parameter(
+            linear.bias.detach().float(), requires_grad=False)
+
+    def forward(self, x):
+        import torch
+
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if rows.shape[0] > INT8_MAX_ROWS:
+            out = torch.nn.functional.linear(rows, self.weight)
+        elif self.kind == "int4":
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qweight, 32, self.scales)
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales)
+        out = out.float()
+        if self.refine_top:
+            top = out.topk(min(self.refine_top, out.shape[-1]), dim=-1).indices  # [rows, top]
+            exact = torch.einsum("rk,rtk->rt", rows.float(), self.weight[top].float())
+            out.scatter_(-1, top, exact)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind} weights"
+
+
+def prepare_for_cpu(model, precision: str) -> Any:
+    """`model` converted for `precision` (resolved: "float32", "bfloat16" or "int8"), in place.
+
+    "int8" replaces every torch.nn.Linear by an Int8Linear (the output head with float32
+    refinement of its top 16 logits); tied input embeddings stay float32.
+    """
+    import torch
+
+    if precision == "float32":
+        return model
+    if precision == "bfloat16":
+        return model.to(torch.bfloat16)
+    if precision != "int8":
+        raise InvalidInputError(f"cannot prepare a model for precision {precision!r}")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, Int8Linear(child, refine_top=16 if child is head else 0))
+    # transformers re-ties weights on some calls: the head is no longer a Linear sharing them
+    if hasattr(model.config, "tie_word_embeddings"):
+        model.config.tie_word_embeddings = False
+    model.codehop_precision = "int8"
+    return model
