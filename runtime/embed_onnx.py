@@ -108,7 +108,12 @@ def unsupported_reason(model_dir: Path) -> str | None:
             modes = json.loads(pooling.read_text())
         except ValueError:
             return "unreadable 1_Pooling/config.json"
-        used = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v)
+        # sentence-transformers < 6 writes one flag per mode, 6.x one "pooling_mode" string
+        if "pooling_mode" in modes:
+            used = [f"pooling_mode_{modes['pooling_mode']}_tokens"] if modes["pooling_mode"] == "mean" \
+                else [str(modes["pooling_mode"])]
+        else:
+            used = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v)
         if used != ["pooling_mode_mean_tokens"]:
             return f"pooling {used or 'none'} (only mean pooling is implemented)"
     return None

@@ -80,3 +80,15 @@ def test_the_default_is_onnx_only_where_it_reproduces_the_model(tmp_path):
     with pytest.raises(InvalidInputError, match="pooling.*sentence-transformers"):
         explicit.dim  # noqa: B018
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("mode, accepted", [("mean", True), ("cls", False), ("lasttoken", False)])
+def test_pooling_written_by_sentence_transformers_6_is_read(tmp_path, mode, accepted):
+    """sentence-transformers 6 (e.g. a `codehop tune` result) writes {"pooling_mode": "mean"}."""
+    from runtime.embed_onnx import unsupported_reason
+
+    model = _cls_pooled_copy(tmp_path / "st6")
+    (model / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": 384, "pooling_mode": mode, "include_prompt": True}))
+    reason = unsupported_reason(model)
+    assert (reason is None) == accepted, reason
