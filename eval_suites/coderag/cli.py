@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("sentence-transformers", "onnx-int8", "static"),
                         help="embedding backend of the dense retrievers (runtime.embed; default: "
                              "sentence-transformers, the MiniLM in torch)")
+    parser.add_argument("--tune-pairs", type=int, default=2400,
+                        help="pseudo-query pairs `codehop tune` mines for the *-tuned rows (default: 2400)")
     parser.add_argument("--max-chunks-per-doc", type=int, default=4,
                         help="index a page's first N chunks (0 = all)")
     parser.add_argument("--selfcheck-limit", type=int, default=0,
@@ -82,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
         model=args.model,
         llm_rewrite_tasks=_names(args.llm_rewrite_tasks, TASKS, "task"),
         retrieval=RetrievalConfig(max_chunks_per_doc=args.max_chunks_per_doc or None,
-                                  embedding_backend=args.embedder),
+                                  embedding_backend=args.embedder, tune_pairs=args.tune_pairs),
         generation=GenerationSettings(max_new_tokens=args.max_new_tokens, workers=args.workers,
                                       isolation="unsafe" if args.unsafe_exec else "auto"),
         progress=not args.no_progress)

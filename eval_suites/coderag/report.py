@@ -111,6 +111,15 @@ def write_report(results: dict[str, Any], out_dir: Path, machine_note: str = "")
         ax.set_title("pass@1 without / with retrieval")
         report.add_figure(figure, out_dir, "pass1.png", "pass@1 with and without RAG")
         plt.close(figure)
+    for corpus, tune in (results.get("tune") or {}).items():
+        report.add(f"codehop tune on {corpus}", (
+            f"{tune['pairs']} pseudo-query pairs (Inverse Cloze lines of the corpus itself, BM25 hard "
+            f"negatives; no benchmark question seen), {tune['heldout']} held out; training "
+            f"{tune['train_seconds'] / 60:.1f} min, re-embedding {tune['embed_seconds'] / 60:.1f} min "
+            f"(wall, this machine); loss {tune['first_loss']:.3f} -> {tune['final_loss']:.3f}; held-out "
+            f"MRR {tune['heldout_mrr_base']:.3f} (base) -> {tune['heldout_mrr_tuned']:.3f} (tuned); "
+            + ("switched: the dense-tuned / hybrid-tuned rows search the tuned model."
+               if tune["switched"] else f"not switched ({tune['reason']}).")))
     if results.get("notes"):
         report.add("Notes", "\n".join(f"- {n}" for n in results["notes"]))
     return report.write(out_dir)

@@ -14,6 +14,10 @@ Retrievers (`RETRIEVERS`):
     hybrid-rrf    ablation: the same two lists, reciprocal-rank fused (the old default)
     bm25-nocontext / dense-nocontext / hybrid-nocontext   ablation: a collection whose chunks
                   are indexed without their page title (CollectionConfig(context=False))
+    dense-tuned / hybrid-tuned   the flat collection after `codehop tune` (index.collection_tune:
+                  the embedder fine-tuned on the corpus's own pseudo-queries, no benchmark
+                  question seen); if the tune fails its held-out check the collection keeps the
+                  base model and these rows equal dense-flat / hybrid
     hybrid+prf    hybrid for the query and for its pseudo-relevance-feedback expansion, RRF-fused
     hybrid+llm    hybrid for the query and for LLM-rewritten queries, RRF-fused
 The rewriters are rag.rewrite's (`make_rewriters`). Each page is one document of the
@@ -24,20 +28,21 @@ chunk's: `Collection.search(group_by="document")`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from runtime.errors import InvalidInputError
-from index.types import Hits
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "bm25-nocontext",
-              "dense-nocontext", "hybrid-nocontext", "hybrid+prf", "hybrid+llm")
-# The collection a retriever searches: a dense kind, or the flat one without context headers.
+              "dense-nocontext", "hybrid-nocontext", "dense-tuned", "hybrid-tuned", "hybrid+prf",
+              "hybrid+llm")
+# The collection a retriever searches: a dense kind, the flat one without context headers, or
+# the flat one with its embedder tuned on the corpus.
 NOCONTEXT = "flat-nocontext"
+TUNED = "flat-tuned"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class RetrievalConfig:
             512 and 1024, exceed the scaled-down corpora here). None keeps the defaults.
         embedding_backend: the collections' embedder ("sentence-transformers", "onnx-int8",
             "static"; see runtime.embed); the whole devdocs corpus fits a session with "static".
+        tune_pairs: pseudo-query pairs `codehop tune` mines for the *-tuned rows.
     """
 
     k: int = 100
@@ -65,6 +71,7 @@ class RetrievalConfig:
     llm_max_new_tokens: int = 64
     ann_min_build: int | None = 256
     embedding_backend: str = "sentence-transformers"
+    tune_pairs: int = 2400
 
 
 def dense_kind(retriever: str) -> str:
@@ -72,6 +79,8 @@ def dense_kind(retriever: str) -> str:
     collection), or NOCONTEXT for the ablation without context headers."""
     if retriever.endswith("-nocontext"):
         return NOCONTEXT
+    if retriever.endswith("-tuned"):
+        return TUNED
     return retriever.split("-", 1)[1] if retriever.startswith("dense-") else "flat"
 
 
@@ -80,7 +89,7 @@ def _ann_config(kind: str, config: RetrievalConfig):
     from index.pq import PQConfig
     from index.spann import SpannConfig
 
-    if kind in ("flat", NOCONTEXT) or config.ann_min_build is None:
+    if kind in ("flat", NOCONTEXT, TUNED) or config.ann_min_build is None:
         return None
     return {"spann": SpannConfig, "pq": PQConfig}[kind](min_build=config.ann_min_build)
 
@@ -119,19 +128,26 @@ class CorpusIndex:
         self.chunks = len(texts)
         self.documents = len(corpus)
         self.collections = {}
+        self.tune_report = None  # the TuneReport of the TUNED collection, when tuned in this run
+        self.tune_error = ""  # why it could not be tuned
         # The corpus fingerprint names the collection, so a changed subset never mixes with
         # an old one while the shared embedding cache still spares re-embedding known texts.
         digest = hashlib.sha1("\0".join(o + "\1" + t for o, t in zip(owners, texts)).encode()).hexdigest()
         for kind in kinds:
             backend = config.embedding_backend
             suffix = "" if backend == "sentence-transformers" else f"-{backend}"
-            dense = "flat" if kind == NOCONTEXT else kind
+            dense = "flat" if kind in (NOCONTEXT, TUNED) else kind
             collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}{suffix}",
                                          CollectionConfig(dense=dense, dense_config=_ann_config(kind, config),
                                                           embedding_backend=backend,
                                                           context=kind != NOCONTEXT))
             if len(collection) != len(texts):
                 self._fill(collection, texts, owners, progress)
+            if kind == TUNED:
+                try:
+                    self.tune_report = self._tune(collection, config, progress)
+                except InvalidInputError as error:  # e.g. a corpus of code with too little prose
+                    self.tune_error = str(error)
             self.collections[kind] = collection
 
     @staticmethod
@@ -146,6 +162,19 @@ class CorpusIndex:
         for text, owner in zip(texts, owners):
             documents.setdefault(owner, []).append(Chunk(text, owner, 1, 1, "passage"))
         collection.add_documents(documents, progress=progress)
+
+    @staticmethod
+    def _tune(collection, config: RetrievalConfig, progress: bool):
+        """`codehop tune` on the collection once (a tuned collection is reused as it is)."""
+        from index.collection_tune import TuneSettings, tune_collection
+        from index.pseudo_pairs import PairConfig
+        from runtime.embed_tune import tuned_from
+
+        if tuned_from(collection.config.embedding_model):
+            return None
+        say = (lambda text: print(f"coderag: {text}", flush=True)) if progress else None
+        return tune_collection(collection, TuneSettings(pairs=PairConfig(max_pairs=config.tune_pairs)),
+                               on_stage=say)
 
     def close(self) -> None:
         for collection in self.collections.values():
@@ -163,26 +192,21 @@ class CorpusIndex:
     def fused(self, query: str, method: str, k: int | None = None) -> dict[str, float]:
         """Document id -> score of the flat collection's BM25 and dense chunk lists fused by
         `method` ("rrf"), for ablation rows; the product's fusion is `search(..., "hybrid")`."""
-        from index.hybrid import rrf_fuse
+        from index.hybrid import rrf_fuse_keys
 
+        if method != "rrf":
+            raise InvalidInputError(f"unknown ablation fusion {method!r}")
         k = k or self.config.k
         collection = self.collections["flat"]
         n = collection.config.candidates
-        lists, owner = [], {}
+        path_of, lists = {}, []
         for mode in ("bm25", "dense"):
             results = collection.search(query, k=min(n, self.chunks), mode=mode)
-            ids = []
-            for result in results:
-                key = owner.setdefault(result.id, (len(owner), result.path))[0]
-                ids.append(key)
-            lists.append(Hits(np.asarray(ids, np.int64), np.asarray([r.score for r in results], np.float32)))
-        if method != "rrf":
-            raise InvalidInputError(f"unknown ablation fusion {method!r}")
-        fused = rrf_fuse(lists, k=collection.config.rrf_k)
-        path_of = {key: path for key, path in owner.values()}
+            path_of.update((result.id, result.path) for result in results)
+            lists.append([result.id for result in results])
         docs: dict[str, float] = {}
-        for key, score in zip(fused.ids.tolist(), fused.scores.tolist()):
-            docs.setdefault(path_of[key], score)
+        for chunk, score in rrf_fuse_keys(lists, k=collection.config.rrf_k).items():
+            docs.setdefault(path_of[chunk], score)  # a document scores as its best chunk
             if len(docs) >= k:
                 break
         return docs
@@ -192,17 +216,10 @@ class CorpusIndex:
 
 
 def rrf_docs(runs: list[dict[str, float]], k: int, rrf_k: int = 60) -> dict[str, float]:
-    """Reciprocal-rank fusion of per-document runs (through index.hybrid.rrf_fuse)."""
-    from index.hybrid import rrf_fuse
+    """Reciprocal-rank fusion of per-document runs (index.hybrid.rrf_fuse_keys), top k."""
+    from index.hybrid import rrf_fuse_keys
 
-    names = list(dict.fromkeys(doc for run in runs for doc in run))
-    position = {doc: i for i, doc in enumerate(names)}
-    lists = [Hits(np.asarray([position[d] for d in run], np.int64),
-                  np.asarray(list(run.values()), np.float32)) for run in runs if run]
-    if not lists:
-        return {}
-    fused = rrf_fuse(lists, k=rrf_k)
-    return {names[int(i)]: float(s) for i, s in zip(fused.ids[:k], fused.scores[:k])}
+    return dict(itertools.islice(rrf_fuse_keys(runs, k=rrf_k).items(), k))
 
 
 # ------------------------------------------------------------------ query rewriting
@@ -253,6 +270,8 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             run[qid] = index.fused(query, "rrf")
         elif retriever.endswith("-nocontext"):
             run[qid] = index.search(query, retriever.split("-", 1)[0], NOCONTEXT)
+        elif retriever.endswith("-tuned"):
+            run[qid] = index.search(query, retriever.split("-", 1)[0], TUNED)
         else:
             prf, llm = rewriters
             key = f"{retriever}\t{qid}\t{hashlib.sha1(query.encode()).hexdigest()[:16]}"

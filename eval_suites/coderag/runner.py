@@ -218,6 +218,11 @@ def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, genera
                                         chunked=name == "devdocs", kinds=kinds, progress=config.progress)
             index_stats[name] = {"documents": indexes[name].documents, "chunks": indexes[name].chunks,
                                  "index_s": round(time.perf_counter() - t0, 1)}
+            if indexes[name].tune_report is not None:
+                out.setdefault("tune", {})[name] = indexes[name].tune_report.to_dict()
+            if indexes[name].tune_error:
+                notes.append(f"{name}: not tuned ({indexes[name].tune_error}): the *-tuned rows "
+                             "search the base model")
         retrieval[task], timings[task], per_query[task] = _score_task(
             config, task, data, indexes[name], kinds, retrievers, (prf, llm), rewrites, notes)
     out["index"] = index_stats

@@ -184,6 +184,25 @@ def test_retrieval_through_collection_finds_own_solution(shared_data, tmp_path):
         index.close()
 
 
+@pytest.mark.slow
+def test_a_corpus_too_small_to_tune_keeps_its_tuned_rows_on_the_base_model(shared_data, tmp_path):
+    from eval_suites.coderag.retrieval import TUNED, CorpusIndex, RetrievalConfig, run_retriever
+
+    problems = builders.load_problems(shared_data, "humaneval")[:15]
+    corpus = builders.solution_corpus(problems)
+    queries, qrels = builders.beir_for_task(problems, corpus)
+    config = RetrievalConfig(k=10)
+    index = CorpusIndex(tmp_path, "he", corpus, config, chunked=False, kinds=("flat", TUNED),
+                        progress=False)
+    try:
+        assert index.tune_report is None and "pseudo-query pairs" in index.tune_error
+        base = run_retriever(index, "hybrid", queries, config, progress=False)
+        tuned = run_retriever(index, "hybrid-tuned", queries, config, progress=False)
+        assert {q: list(d) for q, d in tuned.items()} == {q: list(d) for q, d in base.items()}
+    finally:
+        index.close()
+
+
 def test_cli_embedder_reaches_the_collections(shared_data):
     import argparse
 
