@@ -32,7 +32,7 @@ from code_tools.repo_imports import ImportResolver
 from code_tools.repo_state import (EMPTY_RECORD, Definition, FileRecord, RepoState, has_state,
                                    read_state, write_state)
 from index.bm25 import BM25Config, BM25Index
-from runtime.embed import Embedder, EmbedderConfig, default_backend
+from runtime.embed import Embedder, EmbedderConfig
 from runtime.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from index.tokenize import tokenize
 from index.types import Chunk, Hits
@@ -440,7 +440,7 @@ class RepoIndex:
             cache = self.workspace / "embeddings" if self.workspace is not None else None
             model = self.config.embedding_model
             self._embedder = Embedder(EmbedderConfig(
-                model=model, backend=default_backend(model),  # as collections: onnx-int8 for MiniLM
+                model=model,  # the default backend, as collections: onnx-int8 for MiniLM
                 max_seq_length=self.config.embed_max_tokens, cache_dir=cache))
         return self._embedder
 

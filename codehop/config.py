@@ -144,9 +144,10 @@ class ServerEndpointSettings:
 
 @dataclass(frozen=True)
 class EmbeddingSettings(ServerEndpointSettings):
-    """backend "onnx-int8" (the local model through ONNX Runtime, int8), "sentence-transformers"
-    (the same model in torch), "static" (model2vec distilled from it; fast, less accurate) or
-    "openai" (a server's /v1/embeddings).
+    """backend: one of the embedding backends registered in runtime.embed: "onnx-int8" (the
+    local model through ONNX Runtime, int8), "sentence-transformers" (the same model in torch),
+    "static" (model2vec distilled from it; fast, less accurate) or "openai" (a server's
+    /v1/embeddings).
 
     Unset (None), a new collection gets the default (onnx-int8 for the shipped MiniLM, see
     `runtime.embed.default_backend`) and an existing one keeps the backend it was built with;
@@ -163,9 +164,10 @@ class EmbeddingSettings(ServerEndpointSettings):
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        backends = ("sentence-transformers", "onnx-int8", "static", "openai")
-        if self.backend is not None and self.backend not in backends:
-            raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
+        from runtime.embed import embedding_backends  # the registry, one line per backend
+
+        if self.backend is not None and self.backend not in embedding_backends():
+            raise InvalidInputError(f"backend must be one of {embedding_backends()}, not {self.backend!r}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
             raise InvalidInputError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
         if self.device != "cpu" and self.backend != "sentence-transformers":

@@ -137,10 +137,10 @@ def expected_embedder(settings: Settings) -> tuple[str, str | None]:
 
 def configured_embedder(settings: Settings, workspace: Path):
     """The [embedding] embedder with the workspace's vector cache."""
-    from runtime.embed import Embedder, EmbedderConfig, default_backend
+    from runtime.embed import Embedder, EmbedderConfig
 
     e = settings.embedding
     return Embedder(EmbedderConfig(model=e.model, batch_size=e.batch_size, device=e.device,
                                    cache_dir=workspace / "embeddings",
-                                   backend=e.backend or default_backend(e.model),
+                                   backend=e.backend,  # None: the product default
                                    endpoint=settings.embedding_endpoint()))

@@ -13,7 +13,7 @@ from typing import Any
 
 from index.bm25 import BM25Config
 from index.dense import DENSE_KINDS
-from runtime.embed import EMBEDDING_BACKENDS, default_backend
+from runtime.embed import default_backend, embedding_backends
 from runtime.errors import InvalidInputError
 from index.ingest import IngestConfig
 from runtime.resolver import DEFAULT_EMBEDDING_MODEL
@@ -79,8 +79,8 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
             raise InvalidInputError(f"unknown dense index {self.dense!r}; choose one of {DENSE_KINDS}")
-        if self.embedding_backend is not None and self.embedding_backend not in EMBEDDING_BACKENDS:
-            raise InvalidInputError(f"embedding_backend must be one of {EMBEDDING_BACKENDS}, "
+        if self.embedding_backend is not None and self.embedding_backend not in embedding_backends():
+            raise InvalidInputError(f"embedding_backend must be one of {embedding_backends()}, "
                                     f"not {self.embedding_backend!r}")
         if self.fusion not in FUSIONS:
             raise InvalidInputError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")

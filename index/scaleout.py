@@ -44,7 +44,8 @@ class MiniLMEncoderFactory:
     def __call__(self) -> Encoder:
         from runtime.embed import Embedder, EmbedderConfig
 
-        embedder = Embedder(EmbedderConfig(model=self.model, batch_size=self.batch_size))
+        embedder = Embedder(EmbedderConfig(model=self.model, batch_size=self.batch_size,
+                                           backend="sentence-transformers"))
         return lambda texts: embedder.encode(list(texts))
 
 

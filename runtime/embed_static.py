@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import MissingDependencyError
-from runtime.model_cache import build_once
+from runtime.model_cache import build_once, cache_entry, conversion_source, package_versions
 
 PCA_DIMS = 256
 
@@ -71,13 +71,27 @@ def distill_static(model_dir: Path, out_dir: Path, pca_dims: int = PCA_DIMS) -> 
 class StaticEncoder:
     """A model2vec model directory as an encoder of texts (rows L2-normalised)."""
 
-    def __init__(self, directory: Path, max_length: int | None) -> None:
+    def __init__(self, directory: Path, max_length: int | None, slice_size: int = 256) -> None:
         _require()
         from model2vec import StaticModel
 
         self.model = StaticModel.from_pretrained(str(directory))
         self.max_length = max_length
         self.dim = int(self.model.dim)
+        self.slice_size = slice_size  # texts per cache commit of `Embedder.encode`
+        self.loaded = True
+
+    @classmethod
+    def create(cls, config, resolved) -> "StaticEncoder":
+        """From an `EmbedderConfig` and its resolved model: a model2vec directory is loaded as
+        it is; any other local model is distilled at first use, once per machine, into
+        `config.models_dir` (default: the machine's model cache)."""
+        source = conversion_source("static", resolved)
+        if is_static_model(source):
+            return cls(source, config.max_seq_length, config.batch_size * 8)
+        versions = {"pca_dims": str(PCA_DIMS), **package_versions("model2vec", "skeletoken", "transformers", "torch")}
+        directory = distill_static(source, cache_entry(config.models_dir, "static", config.model, source, versions))
+        return cls(directory, config.max_seq_length, config.batch_size * 8)
 
     def encode(self, texts: list[str], batch_size: int = 1024) -> np.ndarray:
         vectors = np.asarray(self.model.encode(texts, max_length=self.max_length,
@@ -85,3 +99,6 @@ class StaticEncoder:
                                                use_multiprocessing=False),
                              dtype=np.float32).reshape(len(texts), -1)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def close(self) -> None:
+        """Nothing to release: the table goes with the object."""

@@ -34,6 +34,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from runtime.errors import InvalidInputError
+
 CACHE_ENV = "CODEHOP_CACHE_DIR"
 _FINGERPRINTS: dict[tuple, str] = {}
 _FINGERPRINTS_LOCK = threading.Lock()
@@ -47,8 +49,26 @@ def default_cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "codehop"
 
 
-def default_models_dir() -> Path:
-    return default_cache_root() / "models"
+def default_models_dir(cache_root: Path | None = None) -> Path:
+    """Where converted models live: `<cache_root>/models`, the root defaulting to
+    `default_cache_root()`. The one rule for every conversion (embedders, the GGUF copy)."""
+    return (Path(cache_root) if cache_root is not None else default_cache_root()) / "models"
+
+
+def conversion_source(backend: str, resolved) -> Path:
+    """The local model directory a converting backend (onnx-int8, static) builds from.
+
+    Args:
+        backend: the backend's name (for the message).
+        resolved: the model's `runtime.resolver.ResolvedModel`.
+    Raises:
+        InvalidInputError: the model is a hub id, which is not converted from the hub.
+    """
+    if resolved.source == "hub":
+        raise InvalidInputError(
+            f"the {backend} backend converts a local model; {resolved.name!r} is a hub id: "
+            "download it to a directory and give that path")
+    return Path(resolved.location)
 
 
 def package_versions(*names: str) -> dict[str, str]:
@@ -88,10 +108,12 @@ def fingerprint(source: Path, versions: dict[str, str]) -> str:
     return hashlib.blake2b((known + tail).encode(), digest_size=8).hexdigest()
 
 
-def cache_entry(root: Path, backend: str, model: str, source: Path, versions: dict[str, str]) -> Path:
-    """The directory a conversion of `source` by `backend` has (or will have) under `root`."""
+def cache_entry(root: Path | None, backend: str, model: str, source: Path, versions: dict[str, str]) -> Path:
+    """The directory a conversion of `source` by `backend` has (or will have) under `root`
+    (a models directory; None: the machine's, `default_models_dir()`)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")[-60:] or "model"
-    return Path(root) / f"{backend}-{name}-{fingerprint(source, versions)}"
+    root = Path(root) if root is not None else default_models_dir()
+    return root / f"{backend}-{name}-{fingerprint(source, versions)}"
 
 
 def build_once(target: Path, build: Callable[[Path], None],

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if not data.exists():
         raise NotFoundError(f"no training data at {data}: pass --data DIR (with multihop/hotpotqa_train.jsonl)")
     workspace = resolve_workspace(args.workspace, settings)
-    embedder = Embedder(EmbedderConfig(model=settings.embedding.model, cache_dir=workspace / "embeddings"))
+    # sentence-transformers: the vectors the shipped TreeHop checkpoint was trained on
+    embedder = Embedder(EmbedderConfig(model=settings.embedding.model, cache_dir=workspace / "embeddings",
+                                       backend="sentence-transformers"))
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     chains = build_chains(load_questions(data), embedder.encode, config.hard_negatives, args.seed)
     training, heldout = split_heldout(chains, config.heldout_fraction, args.seed)

