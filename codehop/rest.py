@@ -86,13 +86,22 @@ def _hit(result) -> m.SearchHit:
     return m.SearchHit(**result.to_dict())
 
 
-def _search(resources: Resources, body: m.SearchRequest) -> list[m.SearchHit]:
+def _search(resources: Resources, body: m.SearchRequest,
+            missing: list[str] | None = None) -> list[m.SearchHit]:
+    """The hits; a sharded collection's shards that did not answer go into `missing`."""
     name = body.collection or resources.settings.collection.name
     collection = resources.collection(name)
     filters = SearchFilter(path_prefix=body.filters.path_prefix, kind=body.filters.kind)
     with resources.lock(name).read():
-        results = collection.search(body.query, k=body.k, mode=body.mode, filters=filters,
-                                    group_by=body.group_by)
+        if hasattr(collection, "search_outcome"):  # sharded (index.sharded, codehop.serve_ray)
+            outcome = collection.search_outcome(body.query, k=body.k, mode=body.mode, filters=filters,
+                                                group_by=body.group_by)
+            results = outcome.results
+            if missing is not None:
+                missing += outcome.missing
+        else:
+            results = collection.search(body.query, k=body.k, mode=body.mode, filters=filters,
+                                        group_by=body.group_by)
     return [_hit(r) for r in results]
 
 
@@ -253,13 +262,17 @@ async def search(body: m.SearchRequest, resources: Resources = Depends(get_resou
 
 def _search_response(resources: Resources, body: m.SearchRequest) -> m.SearchResponse:
     started = time.perf_counter()
-    hits = _search(resources, body)
+    missing: list[str] = []
+    hits = _search(resources, body, missing)
     name = body.collection or resources.settings.collection.name
-    partial = None
-    if body.mode != "bm25":  # say so when the dense side does not cover every chunk yet
+    partial: dict[str, float] | bool | None = None
+    if missing:  # shards that did not answer: the others' results, said so
+        partial = True
+    elif body.mode != "bm25":  # say so when the dense side does not cover every chunk yet
         fraction = resources.collection(name).dense_fraction()
         partial = {"dense": round(fraction, 4)} if fraction < 1.0 else None
     return m.SearchResponse(results=hits, mode=body.mode, collection=name, partial=partial,
+                            missing_shards=missing or None,
                             elapsed_ms=(time.perf_counter() - started) * 1000)
 
 

@@ -238,9 +238,13 @@ class SearchResponse(BaseModel):
     mode: str
     collection: str
     elapsed_ms: float
-    partial: dict[str, float] | None = Field(
+    partial: dict[str, float] | bool | None = Field(
         default=None, description='set while the dense side is still being built, e.g. '
-        '{"dense": 0.42}: the share of chunks dense/hybrid search could use')
+        '{"dense": 0.42}: the share of chunks dense/hybrid search could use; true when shards of a '
+        'sharded collection (codehop serve --ray) did not answer: see missing_shards')
+    missing_shards: list[str] | None = Field(
+        default=None, description='the shards ("collection/number") left out of this answer because '
+        'they did not answer in time (down, restarting); the results come from the others')
 
 
 class AskRequest(Strict):

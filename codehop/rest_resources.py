@@ -59,6 +59,7 @@ class Resources:
         self._collections: dict[str, Any] = {}
         self._locks: dict[str, RWLock] = {}
         self._guard = threading.RLock()
+        self._attached: dict[str, Callable[[], Any]] = {}  # name -> factory (attach)
         # Models load under their own lock: a generator loading for seconds must not stall
         # searches, which only need `_guard` to find their collection.
         self._models = threading.RLock()
@@ -92,11 +93,12 @@ class Resources:
     def names(self) -> list[str]:
         from index.store import Store
 
+        attached = sorted(self._attached)
         if not (self.workspace / "store.sqlite").exists():
-            return []
+            return attached
         store = Store(self.workspace / "store.sqlite")
         try:
-            return store.collections()
+            return sorted(set(store.collections()) | set(attached))
         finally:
             store.close()
 
@@ -106,6 +108,8 @@ class Resources:
         from index.collection import Collection
 
         with self._guard:
+            if name not in self._collections and name in self._attached:
+                self._collections[name] = self._attached[name]()
             if name not in self._collections:
                 self._collections[name] = Collection.open(
                     self.workspace, name, create=False,
@@ -115,6 +119,13 @@ class Resources:
                     reranker=self._reranker())
                 self._locks.setdefault(name, RWLock())
             return self._collections[name]
+
+    def attach(self, name: str, factory: Callable[[], Any]) -> None:
+        """Serve collection `name` as the object `factory` makes on first use instead of opening
+        it from the workspace (codehop.serve_ray: the shards behind Ray Serve handles)."""
+        with self._guard:
+            self._attached[name] = factory
+            self._locks.setdefault(name, RWLock())
 
     def _reranker(self):
         """The [reranker], shared by every collection of this server (None when unset)."""

@@ -1,4 +1,5 @@
-"""`codehop index PATH... [--collection NAME] [--workspace DIR] [--dense flat|spann|pq]`."""
+"""`codehop index PATH... [--collection NAME] [--workspace DIR] [--dense flat|spann|pq]
+[--ray [--address auto|ray://host:10001] [--embed-actors N]]`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rebuild BM25 and dense indexes from the store (repairs a corrupt index; "
                              "re-embeds every chunk when [embedding] names another model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--ray", action="store_true",
+                        help="read, chunk and embed as a Ray Data job across a Ray cluster (needs "
+                             "codehop[ray]); the commit and its files are those of a plain run")
+    parser.add_argument("--address", help="with --ray: the cluster, 'auto' (the one `ray start` made "
+                                          "here) or ray://host:10001 (default: [ray] address, else a "
+                                          "local Ray)")
+    parser.add_argument("--embed-actors", type=int, metavar="N",
+                        help="with --ray: embedding actors (default: [ray] embed_actors, else one per 4 CPUs)")
     parser.set_defaults(func=run)
 
 
@@ -39,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.paths and not args.rebuild:
         raise InvalidInputError("nothing to index: give one or more PATHs (or --rebuild)")
+    if (args.address or args.embed_actors) and not args.ray:
+        raise InvalidInputError("--address and --embed-actors go with --ray")
     settings = load_settings(getattr(args, "config", None))
     workspace = resolve_workspace(args.workspace, settings)
     name = args.collection or settings.collection.name
@@ -54,9 +65,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"rebuilt {report.summary()}")
         if args.paths:
             run = _run_status(name) if progress else None
-            report = collection.add_paths(
-                args.paths, chunker=_code_chunker(), progress=False,
-                on_scan=run.scan if run else None, on_embed=run.embed if run else None)
+            if args.ray:
+                from index.ray_index import RayIndexConfig, index_with_ray
+
+                ray_config = RayIndexConfig(address=args.address or settings.ray.address,
+                                            actors=args.embed_actors or settings.ray.embed_actors)
+                report = index_with_ray(collection, args.paths, chunker=_code_chunker(), config=ray_config,
+                                        on_scan=run.scan if run else None, on_embed=run.embed if run else None)
+            else:
+                report = collection.add_paths(
+                    args.paths, chunker=_code_chunker(), progress=False,
+                    on_scan=run.scan if run else None, on_embed=run.embed if run else None)
             if run:
                 run.finish()
             _print_skips(report.skipped)

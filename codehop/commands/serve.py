@@ -11,6 +11,9 @@ workspace's cache are not computed again. `--no-index` serves the workspace as i
 but still computes the vectors a stopped run left pending. `--wait-dense` scans and embeds
 everything before serving (the old behaviour). The generator and the repository's completer
 load in the background too (codehop.warm_up; `--no-warm-up` leaves them to the first request).
+
+`--ray [--address A]` serves an indexed (sharded) collection as a Ray Serve application
+instead (codehop.serve_ray): one actor per shard, [ray] ingress_replicas REST replicas.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="do not load the generator and the repository's completer at start "
                              "(default: they load in the background, so the first completion "
                              "does not wait for them)")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve as a Ray Serve application: one actor per shard of the (indexed) "
+                             "collection across the cluster, [ray] ingress_replicas REST replicas "
+                             "(needs codehop[ray]; no indexing: run codehop index [--ray] first)")
+    parser.add_argument("--address", help="with --ray: the cluster ('auto', ray://host:10001; default: "
+                                          "[ray] address, else a local Ray)")
     parser.add_argument("--progress-interval", type=float, default=5.0, metavar="S",
                         help="seconds between progress lines when stderr is not a terminal (default 5)")
     parser.set_defaults(func=run)
@@ -77,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     host, port = args.host or server.host, args.port if args.port is not None else server.port
     if not 0 < port < 65536:
         raise InvalidInputError(f"--port must be 1..65535, got {port}")
+    if args.ray:
+        return _serve_ray(settings, args, host, port)
+    if args.address:
+        raise InvalidInputError("--address goes with --ray")
     listener = _listen(host, port)  # a busy port fails here, before any "serving" line or indexing
     sources = [Path(s) for s in (args.source or server.roots)] or [repository_root(Path.cwd())]
     workspace = resolve_workspace(args.workspace, settings)
@@ -96,6 +109,43 @@ def run(args: argparse.Namespace) -> int:
     print(f"codehop: serving http://{host}:{port} (workspace {workspace}, docs at /docs)",
           file=sys.stderr)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[listener])
+    return 0
+
+
+def _serve_ray(settings, args: argparse.Namespace, host: str, port: int) -> int:
+    """Deploy the Serve application (codehop.serve_ray) and stay until interrupted."""
+    import dataclasses
+    import time
+
+    from codehop.config import resolve_workspace
+    from codehop.serve_ray import RayServePlan, deploy, shard_count
+    from runtime.errors import InvalidInputError
+
+    if args.source or args.wait_dense:
+        raise InvalidInputError("serve --ray serves an indexed collection: index it first "
+                                "(codehop index PATH [--ray]), then serve without --source/--wait-dense")
+    workspace = resolve_workspace(args.workspace, settings).resolve()
+    name = args.collection or settings.collection.name
+    settings = dataclasses.replace(settings, collection=dataclasses.replace(settings.collection, name=name))
+    r = settings.ray
+    plan = RayServePlan(workspace=str(workspace), collection=name, shards=shard_count(workspace, name),
+                        host=host, port=port, ingress_replicas=r.ingress_replicas, min_replicas=r.min_replicas,
+                        max_replicas=r.max_replicas, target_ongoing_requests=r.target_ongoing_requests,
+                        max_ongoing_requests=r.max_ongoing_requests, shard_cpus=r.shard_cpus,
+                        ingress_cpus=r.ingress_cpus, shard_timeout_s=r.shard_timeout_s,
+                        health_check_period_s=r.health_check_period_s,
+                        health_check_timeout_s=r.health_check_timeout_s)
+    deploy(plan, settings, address=args.address or r.address, blocking=False)
+    print(f"codehop: serving http://{host}:{port} on Ray ({plan.shards} shard(s) of {name!r}, "
+          f"{r.ingress_replicas if r.min_replicas is None else f'{r.min_replicas}-{r.max_replicas}'} "
+          f"ingress replica(s); workspace {workspace})", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.delete("codehop")
     return 0
 
 
