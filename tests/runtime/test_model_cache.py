@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.model_cache import build_once, cache_entry, default_cache_root, fingerprint
+from runtime.model_cache import build_once, cache_entry, default_cache_root, default_models_dir, fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,17 @@ def test_the_cache_root_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_root() == tmp_path / "home" / ".cache" / "codehop"
+
+
+def test_one_rule_places_every_conversion(monkeypatch, tmp_path):
+    """<cache root>/models, the root given or the environment's; cache_entry(None, ...) is there."""
+    monkeypatch.setenv("CODEHOP_CACHE_DIR", str(tmp_path / "env"))
+    source = _source(tmp_path / "src")
+    assert default_models_dir() == tmp_path / "env" / "models"
+    assert default_models_dir(tmp_path / "given") == tmp_path / "given" / "models"
+    entry = cache_entry(None, "static", "m", source, {"v": "1"})
+    assert entry.parent == tmp_path / "env" / "models" and entry.name.startswith("static-m-")
+    assert cache_entry(tmp_path / "own", "static", "m", source, {"v": "1"}).parent == tmp_path / "own"
 
 
 _RACER = textwrap.dedent("""
