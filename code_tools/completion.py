@@ -15,8 +15,10 @@ Every stage is timed; `Completion.timings` holds seconds per stage.
 from __future__ import annotations
 
 import io
+import threading
 import time
 import tokenize as pytokenize
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,12 @@ class CompletionConfig:
         early_stop: with the KV cache, stop decoding as soon as the truncated text is decided
             (the line ended, or the statement is complete at a line end): the text is the same
             as decoding to the budget and truncating. False decodes to the budget or a stop string.
+        context_cache: retrieval per cursor neighbourhood. The query is then the complete lines
+            before the cursor's line (not the part of the line being typed), and its ranked
+            chunks are kept for this many neighbourhoods (LRU): keystrokes within a line reuse
+            them while every chunk still exists (no BM25 or query embedding), and the prompt's
+            context stays the same, so the KV cache edit is only the typed text. 0 = the query
+            includes the partial line and every request retrieves.
     """
 
     use_context: bool = True
@@ -74,14 +82,15 @@ class CompletionConfig:
     kv_recompute_above: float = 0.5
     draft_tokens: int = 3
     early_stop: bool = True
+    context_cache: int = 64
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
             raise InvalidInputError(f"truncate must be 'statement' or 'line', not {self.truncate!r}")
         if min(self.context_tokens, self.left_tokens, self.right_tokens) < 0:
             raise InvalidInputError("token budgets must be >= 0")
-        if self.draft_tokens < 0:
-            raise InvalidInputError("draft_tokens must be >= 0 (0 = no drafting)")
+        if self.draft_tokens < 0 or self.context_cache < 0:
+            raise InvalidInputError("draft_tokens and context_cache must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -238,6 +247,10 @@ class RepoCompleter:
         self.generator = generator
         self.config = config
         self._kv = None  # code_tools.kv_cache.KVCacheStore, built on the first reuse
+        # (path, query) -> ranked Hits of that cursor neighbourhood; chunk text -> token count
+        self._retrieved: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._token_counts: OrderedDict[str, int] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def forget(self, document: str) -> None:
         """Free the KV cache kept for `document` (the editor closed it)."""
@@ -282,16 +295,7 @@ class RepoCompleter:
             return [], timings
         cfg = self.config
         started = time.perf_counter()
-        query = _tail_lines(prefix, cfg.query_lines)
-        hits = self.repo.search_bm25(query, cfg.bm25_candidates, exclude_paths=(path,))
-        timings["bm25"] = time.perf_counter() - started
-
-        t = time.perf_counter()
-        if cfg.dense_rerank and len(hits):
-            ranked = self.repo.rerank(query, hits.ids, len(hits))
-        else:
-            ranked = hits
-        timings["rerank"] = time.perf_counter() - t
+        ranked = self._retrieve(path, prefix, timings)
 
         t = time.perf_counter()
         # Definitions first: a retrieved chunk covering the same lines adds nothing.
@@ -318,6 +322,48 @@ class RepoCompleter:
         timings["budget"] = time.perf_counter() - t
         timings["context"] = time.perf_counter() - started
         return items, timings
+
+    def _retrieve(self, path: str, prefix: str, timings: dict[str, float]):
+        """BM25 top candidates re-ranked densely, for the cursor's neighbourhood (cached)."""
+        cfg = self.config
+        query = _tail_lines(prefix, cfg.query_lines)
+        if cfg.context_cache:
+            settled = _tail_lines(prefix[: prefix.rfind("\n") + 1], cfg.query_lines)
+            query = settled or query  # the first line of a file has nothing settled yet
+            with self._cache_lock:
+                cached = self._retrieved.get((path, query))
+                if cached is not None and all(self.repo.chunks[int(i)] is not None for i in cached.ids):
+                    self._retrieved.move_to_end((path, query))
+                    timings["bm25"] = timings["rerank"] = 0.0
+                    timings["context_cached"] = 1.0
+                    return cached
+        t = time.perf_counter()
+        hits = self.repo.search_bm25(query, cfg.bm25_candidates, exclude_paths=(path,))
+        timings["bm25"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if cfg.dense_rerank and len(hits):
+            ranked = self.repo.rerank(query, hits.ids, len(hits))
+        else:
+            ranked = hits
+        timings["rerank"] = time.perf_counter() - t
+        if cfg.context_cache:
+            with self._cache_lock:
+                self._retrieved[(path, query)] = ranked
+                while len(self._retrieved) > cfg.context_cache:
+                    self._retrieved.popitem(last=False)
+        return ranked
+
+    def _count_chunk_tokens(self, text: str) -> int:
+        """count_tokens of a context item, remembered (the same chunks recur request after request)."""
+        with self._cache_lock:
+            known = self._token_counts.get(text)
+        if known is None:
+            known = self.count_tokens(text)
+            with self._cache_lock:
+                self._token_counts[text] = known
+                while len(self._token_counts) > 4096:
+                    self._token_counts.popitem(last=False)
+        return known
 
     def _symbol_context(self, path: str, prefix: str, spans: list) -> tuple[list, list]:
         """Definitions of symbols imported or called near the cursor + imported files' abstracts."""
@@ -373,7 +419,7 @@ class RepoCompleter:
         for item in items:
             if left < 32:
                 break
-            tokens = self.count_tokens(item.text) + 1
+            tokens = self._count_chunk_tokens(item.text) + 1
             if tokens > left:
                 item.text = self._fit(item.text, left - 1, tail=False)
                 tokens = self.count_tokens(item.text) + 1
@@ -443,7 +489,7 @@ class RepoCompleter:
         Returns:
             Completion with the truncated text, prompt size, context and timings.
         """
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         path = self.repo.relative(path)
         if prefix is None:
             prefix, file_suffix = self._split(path, line, col)
@@ -472,6 +518,9 @@ class RepoCompleter:
             result.text = truncate_completion(raw, line_prefix, self.config.truncate,
                                               spec.name if spec else "python")
         timings["total"] = time.perf_counter() - started
+        # this thread's CPU seconds: the latency on an idle core, whatever else the machine runs
+        # (torch computes on the calling thread with one intra-op thread)
+        timings["cpu"] = time.thread_time() - cpu_started
         return result
 
     def _stop(self) -> tuple[str, ...]:

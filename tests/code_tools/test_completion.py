@@ -261,3 +261,26 @@ def test_a_cancelled_completion_stops_decoding_at_its_next_token(repo, request):
     assert result.kv_reuse["forwards"] == 3 and len(calls) == 4  # not the 20 the budget allows
     uncancelled = completer.complete("shop/cart.py", line=13, col=9)  # the same prompt, no event
     assert uncancelled.kv_reuse["forwards"] == 20 and uncancelled.kv_reuse["finish"] == "length"
+
+
+def test_keystrokes_within_a_line_reuse_the_neighbourhoods_retrieval(repo):
+    completer = RepoCompleter(repo, None, _fast())
+    prefix = "def summary(cart):\n    total = cart.total(10)\n    "
+    first, timings = completer.assemble_context("shop/report.py", prefix)
+    assert "context_cached" not in timings and first
+    again, timings = completer.assemble_context("shop/report.py", prefix + "return with_t")
+    assert timings["context_cached"] == 1.0  # the line being typed is not part of the query
+    assert [(i.path, i.start_line, i.text) for i in again] == [(i.path, i.start_line, i.text) for i in first]
+    # a retrieved file re-indexed: its old chunks are gone, so the neighbourhood retrieves again
+    retrieved = next(i.path for i in first if i.source == "retrieved")
+    repo.reindex_file(retrieved, (repo.root / retrieved).read_text() + "\n# edited\n")
+    _, timings = completer.assemble_context("shop/report.py", prefix + "return with_t")
+    assert "context_cached" not in timings
+    # a new line is a new neighbourhood
+    _, timings = completer.assemble_context("shop/report.py", prefix + "return 1\n    ")
+    assert "context_cached" not in timings
+    # off: every request retrieves, with the partial line in the query
+    off = RepoCompleter(repo, None, _fast(context_cache=0))
+    off.assemble_context("shop/report.py", prefix)
+    _, timings = off.assemble_context("shop/report.py", prefix)
+    assert "context_cached" not in timings
