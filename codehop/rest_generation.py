@@ -336,22 +336,12 @@ def _rapid_mode(resources: Resources, requested: bool | None) -> str:
 
 def _rapid_plan(resources: Resources, generator, requested: bool | None, messages, config):
     """(info for codehop_rapid, (RapidGenerator, prompt, drafter, policy) or None)."""
-    from rag.rapid import DraftContextConfig, RapidGenerator
-    from rag.rapid_policy import decide, local_model_reason
+    from rag.rapid import RapidGenerator
+    from rag.rapid_policy import plan_chat
 
-    mode = _rapid_mode(resources, requested)
-    reason = "rapid = 'off'" if mode == "off" else local_model_reason(generator)
-    if reason is None and config.json_schema is not None:
-        reason = "RAPID does not decode under a JSON schema (response_format)"
-    if reason is not None:
-        return {"used": False, "mode": mode, "why": reason}, None
-    drafter, policy = resources.rapid(generator)
-    prompt = generator.render_chat(messages)
-    tokens = generator.count_tokens(prompt)
-    context = DraftContextConfig()
-    draft_tokens = min(tokens, context.head_tokens + context.budget_tokens + context.tail_tokens)
-    decision = decide(mode, generator, drafter, tokens, draft_tokens, config.max_new_tokens, policy,
-                      resources.settings.generator.rapid_min_tokens)
+    decision, prompt, drafter, policy = plan_chat(
+        _rapid_mode(resources, requested), generator, messages, config,
+        resources.settings.generator.rapid_min_tokens, lambda: resources.rapid(generator))
     info = {"used": decision.use, "why": decision.why, **decision.detail}
     return info, ((RapidGenerator(generator, drafter), prompt, drafter, policy) if decision.use else None)
 

@@ -366,23 +366,12 @@ class RagPipeline:
 
     def _rapid_decision(self, messages, config):
         """(rag.rapid_policy.RapidDecision, the rendered prompt or None) for this answer."""
-        from rag.rapid import DraftContextConfig
-        from rag.rapid_policy import RapidDecision, decide, local_model_reason
+        from rag.rapid_policy import plan_chat
 
-        mode = self.config.rapid
-        if mode == "off":
-            return RapidDecision(False, "rapid = 'off'", {"mode": mode}), None
-        reason = local_model_reason(self.generator)
-        if reason is not None:  # a server: no prompt rendering or token counting needed
-            return RapidDecision(False, reason, {"mode": mode}), None
-        if config.json_schema is not None:
-            return RapidDecision(False, "RAPID does not decode under a JSON schema", {"mode": mode}), None
-        prompt = self.generator.render_chat(messages)
-        tokens = self.generator.count_tokens(prompt)
-        context = DraftContextConfig()
-        draft_tokens = min(tokens, context.head_tokens + context.budget_tokens + context.tail_tokens)
-        return decide(mode, self.generator, self.drafter, tokens, draft_tokens, config.max_new_tokens,
-                      self.rapid_policy, self.config.rapid_min_tokens), prompt
+        decision, prompt, _, _ = plan_chat(self.config.rapid, self.generator, messages, config,
+                                           self.config.rapid_min_tokens,
+                                           lambda: (self.drafter, self.rapid_policy))
+        return decision, prompt
 
     def run(self, question: str) -> RagResult:
         result = None

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runtime.errors import InvalidInputError
 
@@ -354,3 +354,36 @@ def decide(mode: str, target, drafter, target_tokens: int, draft_tokens: int, ne
            f"this machine, {'at or above' if use else 'below'} {policy.min_speedup:.2f}x: {verdict} "
            f"({numbers}{'; calibrated now' if fresh else ''})")
     return RapidDecision(use, why, detail)
+
+
+def plan_chat(mode: str, generator, messages: list[dict[str, str]], config, min_tokens: int,
+              drafter_and_policy: Callable[[], tuple[Any, RapidPolicy | None]]) -> tuple[RapidDecision, str | None, Any, Any]:
+    """Whether to answer the chat `messages` with RAPID, for every face (the RAG pipeline, REST chat).
+
+    What is settled before a prompt is rendered is decided first ("off", a backend without local
+    logits, a JSON schema), so a server backend never renders or counts; otherwise the chat prompt is
+    rendered, its tokens and the drafter's share of them (`rag.rapid.DraftContextConfig`) counted, and
+    `decide` rules.
+
+    Args:
+        drafter_and_policy: () -> (drafter, RapidPolicy or None); called only when needed (a face
+            may load its drafter lazily).
+    Returns:
+        (decision, the rendered prompt or None, drafter, policy); the last three None when settled early.
+    """
+    if mode == "off":
+        return RapidDecision(False, "rapid = 'off'", {"mode": mode}), None, None, None
+    reason = local_model_reason(generator)
+    if reason is None and config.json_schema is not None:
+        reason = "RAPID does not decode under a JSON schema (response_format)"
+    if reason is not None:
+        return RapidDecision(False, reason, {"mode": mode}), None, None, None
+    from rag.rapid import DraftContextConfig
+
+    drafter, policy = drafter_and_policy()
+    prompt = generator.render_chat(messages)
+    tokens = generator.count_tokens(prompt)
+    context = DraftContextConfig()
+    draft_tokens = min(tokens, context.head_tokens + context.budget_tokens + context.tail_tokens)
+    decision = decide(mode, generator, drafter, tokens, draft_tokens, config.max_new_tokens, policy, min_tokens)
+    return decision, prompt, drafter, policy

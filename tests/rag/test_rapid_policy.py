@@ -8,7 +8,7 @@ import pytest
 
 from rag.llm import GenerationConfig, TransformersGenerator
 from rag.rapid_policy import (Calibration, ForwardCost, RapidPolicy, decide, fit_cost, machine_key,
-                              predict)
+                              plan_chat, predict)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,34 @@ def test_decide_rules_say_why(target):
     assert decide("auto", target, target, 3000, 1280, 64).use  # no cost model: length alone
     with pytest.raises(Exception, match="rapid must be one of"):
         decide("sometimes", target, target, 1, 1, 1)
+
+
+def test_plan_chat_settles_what_it_can_before_loading_the_drafter_or_rendering(target):
+    """The one decision setup of the pipeline and REST chat: "off", a server backend and a JSON
+    schema never load the drafter; otherwise the real prompt is rendered and counted."""
+    class Remote:
+        name = "remote"
+
+    loads = []
+
+    def drafter_and_policy():
+        loads.append(1)
+        return target, None
+
+    messages = [{"role": "user", "content": "word " * 300}]
+    plain, schema = GenerationConfig(max_new_tokens=8), GenerationConfig(max_new_tokens=8, json_schema={"type": "object"})
+    for mode, generator, config, why in (("off", target, plain, "rapid = 'off'"),
+                                         ("on", Remote(), plain, "no local KV cache or logits"),
+                                         ("on", target, schema, "JSON schema")):
+        decision, prompt, drafter, policy = plan_chat(mode, generator, messages, config, 2048, drafter_and_policy)
+        assert not decision.use and why in decision.why and decision.detail == {"mode": mode}
+        assert prompt is drafter is policy is None
+    assert loads == []
+    decision, prompt, drafter, _ = plan_chat("auto", target, messages, plain, 100, drafter_and_policy)
+    assert loads == [1] and drafter is target and prompt == target.render_chat(messages)
+    assert decision.use and decision.detail["target_tokens"] == target.count_tokens(prompt) > 100
+    short, *_ = plan_chat("auto", target, messages, plain, 10**6, drafter_and_policy)
+    assert not short.use and "under the 1000000" in short.why
 
 
 def test_auto_calibrates_once_persists_and_follows_the_prediction(target, tmp_path, monkeypatch):
