@@ -193,22 +193,17 @@ def warp_logits(logits, temperature: float, top_p: float):
 # -- decoding -----------------------------------------------------------------------------------
 
 def _forward(generator, ids: list[int], cache, keep: int):
-    """(logits of the last `keep` positions as float32 [keep, vocab], updated cache).
+    """(logits of the last `keep` positions as float32 [keep, vocab], updated cache), through
+    the generator's own forward pass (rag.llm.TransformersGenerator.forward).
 
-    Asks a Hugging Face model for only those rows (`logits_to_keep`): a 4k-token prefill would
-    otherwise build a 4k x 49k logits matrix (~0.8 GB, ~20% of the prefill FLOPs with
-    SmolLM2's tied 49k-row head) to read one row.
+    Asks for only those rows (`logits_to_keep`): a 4k-token prefill would otherwise build a
+    4k x 49k logits matrix (~0.8 GB, ~20% of the prefill FLOPs with SmolLM2's tied 49k-row
+    head) to read one row.
     """
     import torch
 
-    input_ids = torch.tensor([ids])
-    model = getattr(generator, "model", None)
-    if model is None:
-        logits, cache = generator.forward(input_ids, cache)
-        return logits[0, -keep:].float(), cache
-    with torch.no_grad():
-        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=keep)
-    return out.logits[0, -keep:].float(), out.cache
+    logits, cache = generator.forward(torch.tensor([ids]), cache, logits_to_keep=keep)
+    return logits[0, -keep:].float(), cache
 
 
 @dataclass

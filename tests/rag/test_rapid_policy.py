@@ -57,24 +57,21 @@ class _Cache:
 
 class _TimedModel:
     """A local generator whose forward of n tokens over a cache of ctx takes exactly
-    truth.seconds(n, ctx) on the fake clock (called as RAPID calls a Hugging Face model)."""
+    truth.seconds(n, ctx) on the fake clock (TransformersGenerator.forward's signature)."""
+
+    model = "a local model"  # what local_model_reason looks for, with a callable forward
 
     def __init__(self, name: str, truth: ForwardCost, clock: _Clock) -> None:
         self.name, self.truth, self.clock = name, truth, clock
         self.tokenizer = [None] * 1000  # calibration draws random ids below len(tokenizer)
 
-    def model(self, input_ids, cache, use_cache, logits_to_keep):
-        import types
-
+    def forward(self, input_ids, cache=None, logits_to_keep: int = 0):
         import torch
 
         cache = cache if cache is not None else _Cache()
         self.clock.now += self.truth.seconds(input_ids.shape[1], cache.length)
         cache.length += input_ids.shape[1]
-        return types.SimpleNamespace(logits=torch.zeros(1, logits_to_keep, 8), cache=cache)
-
-    def forward(self, input_ids, cache):  # what local_model_reason looks for
-        raise AssertionError("RAPID calls .model")
+        return torch.zeros(1, logits_to_keep, 8), cache
 
 
 def test_calibration_fits_the_costs_of_known_synthetic_timings(monkeypatch):
