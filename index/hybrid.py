@@ -12,6 +12,8 @@ BM25's unbounded scores and cosine similarities can share one scale.
 
 from __future__ import annotations
 
+from typing import Hashable, Sequence
+
 import numpy as np
 
 from runtime.errors import InvalidInputError
@@ -46,6 +48,21 @@ def rrf_fuse(hit_lists: list[Hits], k: int = 60, weights: list[float] | None = N
         for hits, weight in zip(hit_lists, weights)
     ]
     return _accumulate(contributions)
+
+
+def rrf_fuse_keys(runs: Sequence[Sequence[Hashable]], k: int = 60) -> dict[Hashable, float]:
+    """`rrf_fuse` of ranked lists of any keys (paths, document names, chunk ids): key -> fused
+    score, best first; equal scores keep the order in which the keys first appear.
+
+    rrf_fuse_keys([["a", "b"], ["b", "c"]]) -> {"b": 1/62 + 1/61, "a": 1/61, "c": 1/62}
+    """
+    runs = [list(run) for run in runs]
+    names = list(dict.fromkeys(key for run in runs for key in run))
+    position = {key: i for i, key in enumerate(names)}
+    lists = [Hits(np.asarray([position[key] for key in run], np.int64), np.zeros(len(run), np.float32))
+             for run in runs if run]
+    fused = rrf_fuse(lists, k=k)
+    return {names[int(i)]: float(s) for i, s in zip(fused.ids, fused.scores)}
 
 
 def _min_max(scores: np.ndarray) -> np.ndarray:

@@ -28,15 +28,13 @@ chunk's: `Collection.search(group_by="document")`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from runtime.errors import InvalidInputError
-from index.types import Hits
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "bm25-nocontext",
               "dense-nocontext", "hybrid-nocontext", "dense-tuned", "hybrid-tuned", "hybrid+prf",
@@ -194,26 +192,21 @@ class CorpusIndex:
     def fused(self, query: str, method: str, k: int | None = None) -> dict[str, float]:
         """Document id -> score of the flat collection's BM25 and dense chunk lists fused by
         `method` ("rrf"), for ablation rows; the product's fusion is `search(..., "hybrid")`."""
-        from index.hybrid import rrf_fuse
+        from index.hybrid import rrf_fuse_keys
 
+        if method != "rrf":
+            raise InvalidInputError(f"unknown ablation fusion {method!r}")
         k = k or self.config.k
         collection = self.collections["flat"]
         n = collection.config.candidates
-        lists, owner = [], {}
+        path_of, lists = {}, []
         for mode in ("bm25", "dense"):
             results = collection.search(query, k=min(n, self.chunks), mode=mode)
-            ids = []
-            for result in results:
-                key = owner.setdefault(result.id, (len(owner), result.path))[0]
-                ids.append(key)
-            lists.append(Hits(np.asarray(ids, np.int64), np.asarray([r.score for r in results], np.float32)))
-        if method != "rrf":
-            raise InvalidInputError(f"unknown ablation fusion {method!r}")
-        fused = rrf_fuse(lists, k=collection.config.rrf_k)
-        path_of = {key: path for key, path in owner.values()}
+            path_of.update((result.id, result.path) for result in results)
+            lists.append([result.id for result in results])
         docs: dict[str, float] = {}
-        for key, score in zip(fused.ids.tolist(), fused.scores.tolist()):
-            docs.setdefault(path_of[key], score)
+        for chunk, score in rrf_fuse_keys(lists, k=collection.config.rrf_k).items():
+            docs.setdefault(path_of[chunk], score)  # a document scores as its best chunk
             if len(docs) >= k:
                 break
         return docs
@@ -223,17 +216,10 @@ class CorpusIndex:
 
 
 def rrf_docs(runs: list[dict[str, float]], k: int, rrf_k: int = 60) -> dict[str, float]:
-    """Reciprocal-rank fusion of per-document runs (through index.hybrid.rrf_fuse)."""
-    from index.hybrid import rrf_fuse
+    """Reciprocal-rank fusion of per-document runs (index.hybrid.rrf_fuse_keys), top k."""
+    from index.hybrid import rrf_fuse_keys
 
-    names = list(dict.fromkeys(doc for run in runs for doc in run))
-    position = {doc: i for i, doc in enumerate(names)}
-    lists = [Hits(np.asarray([position[d] for d in run], np.int64),
-                  np.asarray(list(run.values()), np.float32)) for run in runs if run]
-    if not lists:
-        return {}
-    fused = rrf_fuse(lists, k=rrf_k)
-    return {names[int(i)]: float(s) for i, s in zip(fused.ids[:k], fused.scores[:k])}
+    return dict(itertools.islice(rrf_fuse_keys(runs, k=rrf_k).items(), k))
 
 
 # ------------------------------------------------------------------ query rewriting

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InvalidInputError
-from index.hybrid import rrf_fuse, weighted_fuse
+from index.hybrid import rrf_fuse, rrf_fuse_keys, weighted_fuse
 from index.types import Hits
 
 
@@ -15,6 +15,17 @@ def test_rrf_matches_hand_computed_scores():
     fused = rrf_fuse([hits([7, 3]), hits([3, 9])])
     assert fused.ids.tolist() == [3, 7, 9]
     np.testing.assert_allclose(fused.scores, [1 / 62 + 1 / 61, 1 / 61, 1 / 62], rtol=1e-6)
+
+
+def test_rrf_of_keys_is_rrf_of_their_positions():
+    fused = rrf_fuse_keys([["a.py", "b.py"], ["b.py", "c.py"]])
+    assert list(fused) == ["b.py", "a.py", "c.py"]
+    np.testing.assert_allclose(list(fused.values()), [1 / 62 + 1 / 61, 1 / 61, 1 / 62], rtol=1e-6)
+    # ties keep first appearance, as rrf_fuse does; a dict run counts its keys in order; k applies
+    assert list(rrf_fuse_keys([["x", "y"], ["y", "x"]])) == ["x", "y"]
+    tied = rrf_fuse_keys([{"z": 0.1}, {"w": 9.0}], k=1)
+    assert tied == {"z": pytest.approx(0.5), "w": pytest.approx(0.5)} and list(tied) == ["z", "w"]
+    assert rrf_fuse_keys([[], []]) == {} == rrf_fuse_keys([])
 
 
 def test_rrf_weights_and_k():
