@@ -6,7 +6,7 @@ call raises InvalidInputError, which the agent loop turns into an error observat
 The tools work through objects handed in by the caller, never by importing code_tools (a
 sibling layer): a `RepoView` (code_tools.repo.RepoIndex is one) for search, definitions, the
 file list and outlines, and a `sandbox` callable that runs Python under limits (code_tools'
-`run_python` with its SandboxLimits bound, e.g. by `codehop.commands.agent.build_toolbox`).
+`run_python` with its SandboxLimits bound, `code_tools.sandbox.runner()`, given to `build_toolbox`).
 run_python/run_tests execute in a scratch copy of the root; with code_tools' jail that code
 sees the copy (read-write), the interpreter and its packages (read-only) and nothing else of
 the machine: no home, no original repository, no network, limited time, memory and processes.
@@ -329,3 +329,24 @@ def _format_run(result: RunResult) -> str:
     out = (result.stdout or "")[-2000:]
     err = (result.stderr or "")[-1500:]
     return f"{status}\nstdout:\n{out}\nstderr:\n{err}"
+
+
+def build_toolbox(repo: Path, run_python: Callable[..., Any], repo_index: RepoView | None = None,
+                  collection: Any = None) -> ToolBox:
+    """The agent's ToolBox over `repo`, its Python run in a jail that sees the interpreter
+    (read-only) and the tool's scratch copy of the repository (read-write), nothing else.
+
+    Args:
+        repo: repository root.
+        run_python: the jail, `(code, writable=[dirs]) -> result`: code_tools.sandbox.runner(limits)
+            (the face passes it in: agents/ does not import code_tools/). Without a jail on the
+            machine a call answers SandboxUnavailableError, which names the unsafe override.
+        repo_index: a RepoView of `repo` (code_tools.repo.RepoIndex), or None for the run/read
+            tools only.
+        collection: an index.Collection of documentation (search_docs), or None.
+    """
+    def sandbox(code: str, scratch: Path):
+        # The jail binds the tool's scratch copy read-write, and nothing else of the host.
+        return run_python(code, writable=[scratch])
+
+    return ToolBox(repo, repo_index=repo_index, collection=collection, sandbox=sandbox)

@@ -384,6 +384,16 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(),
     return _run({"main.py": code}, "run", limits, writable)
 
 
+# The agent's tools: pytest of a small repository fits in 20 CPU seconds and 1 GiB of address space.
+AGENT_LIMITS = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024)
+
+
+def runner(limits: SandboxLimits = AGENT_LIMITS):
+    """`run_python` with `limits` bound, `(code, writable=[dirs]) -> SandboxResult`: what a face
+    hands the agent's tools (agents.tools.build_toolbox), which may not import code_tools."""
+    return functools.partial(run_python, limits=limits)
+
+
 def run_tests(program: str, test_code: str, limits: SandboxLimits = SandboxLimits(),
               writable: Sequence[str | os.PathLike] = ()) -> SandboxResult:
     """Import `program` as module `solution`, then run `test_code` in its namespace.

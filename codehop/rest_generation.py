@@ -549,8 +549,9 @@ async def agent(body: m.AgentRequest, request: Request, resources: Resources = D
 def _agent(body: m.AgentRequest, resources: Resources, generator, ticket: Ticket):
     """A CodeAgent over the server's repository whose model turns hold `ticket`'s slot."""
     from agents.code_agent import AgentConfig, CodeAgent
-    from codehop.commands.agent import build_toolbox
+    from agents.tools import build_toolbox
+    from code_tools.sandbox import runner
 
-    tools = build_toolbox(resources.repo_root, repo_index=resources.repo_index())
+    tools = build_toolbox(resources.repo_root, runner(), repo_index=resources.repo_index())
     return CodeAgent(_HeldGenerator(generator, ticket), tools, AgentConfig(
         max_steps=body.max_steps, max_tokens=body.max_tokens, temperature=resources.settings.generator.temperature))

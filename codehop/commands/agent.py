@@ -26,45 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def build_toolbox(repo: Path, repo_index=None, collection=None, sandbox_limits=None):
-    """The agent's ToolBox over `repo`, wired to code_tools: the RepoIndex answers the code tools
-    and code_tools.sandbox runs Python in its jail, which sees the interpreter (read-only) and
-    the tool's scratch copy of the repository (read-write), nothing else of the host.
-
-    Args:
-        repo: repository root.
-        repo_index: a code_tools.repo.RepoIndex of `repo`, or None for the run/read tools only.
-        collection: an index.Collection of documentation (search_docs), or None.
-        sandbox_limits: code_tools.sandbox.SandboxLimits for run_python/run_tests (default:
-            60 s wall, 20 s CPU, 1 GiB address space, the strongest jail here; without one a
-            call answers SandboxUnavailableError, which names the unsafe override).
-    """
-    from agents.tools import ToolBox
-    from code_tools.sandbox import SandboxLimits, run_python
-
-    # pytest of a small repository fits in 20 CPU seconds and 1 GiB of address space.
-    limits = sandbox_limits or SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024)
-
-    def sandbox(code: str, scratch: Path):
-        # The jail binds the tool's scratch copy read-write, and nothing else of the host.
-        return run_python(code, limits, writable=[scratch])
-
-    return ToolBox(repo, repo_index=repo_index, collection=collection, sandbox=sandbox)
-
-
 def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_tokens: int,
                 unsafe_exec: bool = False):
     """Wire the real objects: RepoIndex over the repo, the configured generator, the tools."""
+    import dataclasses
+
     from agents.code_agent import AgentConfig, CodeAgent
+    from agents.tools import build_toolbox
     from code_tools.repo import RepoIndex
-    from code_tools.sandbox import SandboxLimits
+    from code_tools.sandbox import AGENT_LIMITS, runner
     from codehop.models import load_configured_generator
 
     generator = load_configured_generator(settings)
-    limits = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=1024,
-                           isolation="unsafe" if unsafe_exec else "auto")
+    limits = dataclasses.replace(AGENT_LIMITS, isolation="unsafe" if unsafe_exec else "auto")
     repo_index = RepoIndex.open(repo, workspace, settings.repo_config())
-    tools = build_toolbox(repo, repo_index=repo_index, sandbox_limits=limits)
+    tools = build_toolbox(repo, runner(limits), repo_index=repo_index)
     return CodeAgent(generator, tools, AgentConfig(max_steps=max_steps, max_tokens=max_tokens,
                                                    temperature=settings.generator.temperature))
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agents.code_agent import AgentConfig, CodeAgent
-from agents.tools import ToolBox
+from agents.tools import ToolBox, build_toolbox
 from code_tools.repo import RepoConfig, RepoIndex
-from codehop.commands.agent import build_toolbox
+from code_tools.sandbox import runner
 from eval_suites.agent_bench.tasks import (AgentTask, copy_repo, hide_body, where_is_tasks,
                                            write_function_tasks)
 from eval_suites.repo_completion.tasks import fetch_sdist
@@ -41,7 +41,7 @@ def run_task(task: AgentTask, source: Path, scratch: Path, generator, config: Ag
     if task.kind == "write_function":
         hide_body(repo_root, task)
     repo = RepoIndex.open(repo_root, None, RepoConfig(persist=False))
-    tools = build_toolbox(repo_root, repo_index=repo)
+    tools = build_toolbox(repo_root, runner(), repo_index=repo)
     start = time.perf_counter()
     result = CodeAgent(generator, tools, config).run(task.prompt)
     elapsed = time.perf_counter() - start
@@ -54,7 +54,7 @@ def run_task(task: AgentTask, source: Path, scratch: Path, generator, config: Ag
 
 def baseline_check(task: AgentTask, source: Path) -> bool:
     """The untouched repository passes the task's tests (else the task is dropped)."""
-    tools = build_toolbox(source)
+    tools = build_toolbox(source, runner())
     return tools.call("run_tests", {"path": task.test_path, "patch": ""}).startswith("exit code 0")
 
 

@@ -119,14 +119,15 @@ def run_agent(generator, tasks: list[str], max_new_tokens: int) -> list[dict]:
     """First turn of the code agent, free vs under the action schema (same messages)."""
     from agents.code_agent import CodeAgent, parse_action
     from code_tools.repo import RepoConfig, RepoIndex
-    from codehop.commands.agent import build_toolbox
+    from agents.tools import build_toolbox
+    from code_tools.sandbox import runner
     from runtime.errors import InvalidInputError
     from rag.llm import GenerationConfig
 
     repo = Path(tempfile.mkdtemp(prefix="llm-bench-repo-"))
     for name in AGENT_FILES:
         shutil.copy(ROOT / name, repo / Path(name).name)
-    tools = build_toolbox(repo, repo_index=RepoIndex.open(repo, None, RepoConfig(persist=False)))
+    tools = build_toolbox(repo, runner(), repo_index=RepoIndex.open(repo, None, RepoConfig(persist=False)))
     schema = action_schema(tools)
     agent = CodeAgent(generator.inner, tools)
     rows = []

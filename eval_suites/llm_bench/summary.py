@@ -225,7 +225,7 @@ METHOD = """- Collection: this repository's README.md, docs/*.md and index/*.py 
   (192 tokens rewrite, 16 filter), parsed once with parse_rewrite / parse_label, no retry (the code
   before the change had none). Same prompts (the current REWRITE_PROMPT / FILTER_PROMPT) on both sides.
 - Agent: the CodeAgent's first turn (its system prompt with the tool list + one task) on a temp copy
-  of five files of index/, ToolBox from codehop.commands.agent.build_toolbox with a RepoIndex; free vs
+  of five files of index/, ToolBox from agents.tools.build_toolbox with a RepoIndex; free vs
   GenerationConfig(json_schema=<action schema>), parsed with agents.code_agent.parse_action.
 - Loop detector: lower-case, split on whitespace; an answer loops when some 8-word n-gram occurs at least
   twice (eval_suites/llm_bench/measure.py `repeated_ngram`).

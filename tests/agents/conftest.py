@@ -67,10 +67,11 @@ def small_repo(tmp_path) -> Path:
 @pytest.fixture
 def tools(small_repo):
     """Every tool, wired as the CLI wires them: a RepoIndex and code_tools' real sandbox."""
+    from agents.tools import build_toolbox
     from code_tools.repo import RepoIndex
-    from codehop.commands.agent import build_toolbox
+    from code_tools.sandbox import runner
 
-    return build_toolbox(small_repo, repo_index=RepoIndex.open(small_repo))
+    return build_toolbox(small_repo, runner(), repo_index=RepoIndex.open(small_repo))
 
 
 class ScriptedGenerator:

@@ -83,10 +83,10 @@ def test_run_tests_in_a_sandboxed_copy_with_and_without_patch(small_repo, tools)
 
 
 def test_run_python_sees_the_repository_and_is_time_limited(small_repo):
-    from code_tools.sandbox import SandboxLimits
-    from codehop.commands.agent import build_toolbox
+    from agents.tools import build_toolbox
+    from code_tools.sandbox import SandboxLimits, runner
 
-    tools = build_toolbox(small_repo, sandbox_limits=SandboxLimits(timeout_s=3, cpu_s=2, memory_mb=1024))
+    tools = build_toolbox(small_repo, runner(SandboxLimits(timeout_s=3, cpu_s=2, memory_mb=1024)))
     out = tools.call("run_python", {"code": "from shapes import Square\nprint(Square(2).area())"})
     assert out.startswith("exit code 0") and "4" in out
     spin = tools.call("run_python", {"code": "while True: pass"})
@@ -94,9 +94,9 @@ def test_run_python_sees_the_repository_and_is_time_limited(small_repo):
 
 
 def test_run_python_is_memory_limited(small_repo):
-    from code_tools.sandbox import SandboxLimits
-    from codehop.commands.agent import build_toolbox
+    from agents.tools import build_toolbox
+    from code_tools.sandbox import SandboxLimits, runner
 
-    tools = build_toolbox(small_repo, sandbox_limits=SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=256))
+    tools = build_toolbox(small_repo, runner(SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=256)))
     out = tools.call("run_python", {"code": "blob = bytearray(512 * 1024 * 1024)\nprint('allocated')"})
     assert "allocated" not in out.split("stderr:")[0] and "memory" in out.lower(), out
