@@ -191,7 +191,7 @@ class CodehopLanguageServer(LanguageServer):
         """The completion and answer model, loaded once (warm start loads it at start)."""
         with self._model_lock:
             if self._generator is None:
-                from codehop.models import load_configured_generator
+                from codehop.model_setup import load_configured_generator
 
                 with _LOADING:
                     self._generator = load_configured_generator(self.config.generator_settings())
@@ -224,7 +224,7 @@ class CodehopLanguageServer(LanguageServer):
             if self._pipeline is None:
                 from rag.pipeline import PipelineConfig, RagPipeline
 
-                from codehop.models import configured_rapid_policy, load_configured_drafter
+                from codehop.model_setup import configured_rapid_policy, load_configured_drafter
 
                 g = self.config.settings.generator
                 config = PipelineConfig(rewrite=self.config.ask_rewrite, filter=self.config.ask_filter,
@@ -337,7 +337,7 @@ async def _warm_start(ls: CodehopLanguageServer, token: str | None) -> None:
     generator (converted once per machine into the model cache when it is the shipped GGUF),
     one short decode (torch's first call is slow), then, once the code index is there, the
     completer and its re-rank embedder. Completions asked meanwhile wait on the same lane."""
-    from codehop.models import generator_load_steps
+    from codehop.model_setup import generator_load_steps
 
     if token:
         try:
@@ -431,7 +431,7 @@ def _open_collection(root: Path, state: Path, settings: Settings,
     """The folder's collection with BM25 committed; vectors not yet cached stay pending.
     `show_scan` gets a status (files done/total, chunks, rate, ETA) as the files are read."""
     from codehop.commands.index import _code_chunker
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
     from index.progress import RunStatus
 
     config = settings.collection_config() if settings.source is not None else None

@@ -1,6 +1,6 @@
 """codehop's REST API (FastAPI): collections, search, RAG answers, OpenAI/Tabby compatibility.
 
-Wiring only: every endpoint validates its request (codehop/rest_models.py), calls one public
+Wiring only: every endpoint validates its request (codehop/rest_schemas.py), calls one public
 object of a lower layer and converts the result. Resources (collections, the generator, the
 repository completer) live in a `Resources` object (codehop/rest_resources.py) built in
 `lifespan` and reach endpoints through `Depends`, so tests swap them with
@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codehop import rest_generation, rest_models as m, rest_tabby
+from codehop import rest_generation, rest_schemas as m, rest_tabby
 from codehop.config import Settings, resolve_workspace
 from codehop.rest_lane import FastLane, GenerationLane, get_fast, get_lane
 from codehop.rest_metrics import Metrics, MetricsMiddleware

@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from codehop import rest_models as m
+from codehop import rest_schemas as m
 from codehop.rest_lane import FastLane, GenerationLane, Ticket, get_fast, get_lane
 from codehop.rest_resources import Resources, get_completer, get_generator, get_resources, get_treehop
 from runtime.errors import InvalidInputError, ModelNotFoundError

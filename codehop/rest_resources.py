@@ -22,7 +22,7 @@ from typing import Any, Callable
 from fastapi import Depends, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codehop import rest_models as m
+from codehop import rest_schemas as m
 from codehop.config import Settings
 from codehop.locks import RWLock
 from runtime.errors import (CodehopError, ConflictError, InvalidInputError, MissingDependencyError,
@@ -104,7 +104,7 @@ class Resources:
 
     def collection(self, name: str):
         """The open Collection `name` (NotFoundError when it does not exist)."""
-        from codehop.models import expected_embedder
+        from codehop.model_setup import expected_embedder
         from index.collection import Collection
 
         with self._guard:
@@ -217,14 +217,14 @@ class Resources:
         """The configured generator, loaded on first use (rag.llm.load_generator)."""
         with self._models:
             if self._generator is None:
-                from codehop.models import load_configured_generator
+                from codehop.model_setup import load_configured_generator
 
                 self._generator = load_configured_generator(self.settings)
             return self._generator
 
     def embedder(self):
         """The configured embedding model (shares the workspace's vector cache)."""
-        from codehop.models import configured_embedder
+        from codehop.model_setup import configured_embedder
 
         with self._models:
             if self._embedder is None:
@@ -255,7 +255,7 @@ class Resources:
 
     def rapid(self, generator):
         """(RAPID drafter or None, the workspace's calibrated RapidPolicy) for this generator."""
-        from codehop.models import configured_rapid_policy, load_configured_drafter
+        from codehop.model_setup import configured_rapid_policy, load_configured_drafter
 
         with self._models:
             if generator not in self._rapid:

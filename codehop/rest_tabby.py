@@ -63,7 +63,7 @@ class TabbyServerSetting(BaseModel):
 
 def _generator_device(resources: Resources) -> str:
     """The loaded generator's torch device; before it loads, where its backend puts it (the
-    transformers backend loads on the CPU: codehop.models passes no device)."""
+    transformers backend loads on the CPU: codehop.model_setup passes no device)."""
     backend = resources.settings.generator.backend
     if backend in _BACKEND_DEVICE:
         return _BACKEND_DEVICE[backend]

@@ -43,7 +43,7 @@ def warm_up_completions(resources: Any, status: WarmUpStatus | None = None) -> f
     Returns:
         The seconds it took.
     """
-    from codehop.models import generator_load_steps
+    from codehop.model_setup import generator_load_steps
 
     status = status if status is not None else WarmUpStatus()
     started = time.perf_counter()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from codehop.models import add_model_options
+from codehop.model_setup import add_model_options
 from runtime.errors import NotFoundError
 
 
@@ -35,7 +35,7 @@ def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_token
     from agents.tools import build_toolbox
     from code_tools.repo import RepoIndex
     from code_tools.sandbox import AGENT_LIMITS, runner
-    from codehop.models import load_configured_generator
+    from codehop.model_setup import load_configured_generator
 
     generator = load_configured_generator(settings)
     limits = dataclasses.replace(AGENT_LIMITS, isolation="unsafe" if unsafe_exec else "auto")
@@ -48,7 +48,7 @@ def build_agent(repo: Path, workspace: Path, settings, max_steps: int, max_token
 def run(args: argparse.Namespace) -> int:
     from agents.code_agent import AgentResult
     from codehop.config import load_settings, resolve_workspace
-    from codehop.models import with_model_options
+    from codehop.model_setup import with_model_options
 
     repo = Path(args.repo).expanduser()
     if not repo.is_dir():

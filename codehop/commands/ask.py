@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from codehop.models import add_model_options
+from codehop.model_setup import add_model_options
 from runtime.errors import InvalidInputError
 
 
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_pipeline(args: argparse.Namespace, settings, workspace):
-    from codehop.models import (configured_rapid_policy, load_configured_drafter, load_configured_generator,
+    from codehop.model_setup import (configured_rapid_policy, load_configured_drafter, load_configured_generator,
                                 open_collection, with_model_options)
     from rag.filter import FilterConfig
     from rag.pipeline import PipelineConfig, RagPipeline

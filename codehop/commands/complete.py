@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from codehop.models import add_model_options
+from codehop.model_setup import add_model_options
 from runtime.errors import InvalidInputError, NotFoundError
 
 
@@ -45,7 +45,7 @@ def handler(args: argparse.Namespace) -> int:
     from code_tools.completion import CompletionConfig, RepoCompleter
     from code_tools.repo import RepoIndex
     from codehop.config import load_settings, resolve_workspace
-    from codehop.models import load_configured_generator, with_model_options
+    from codehop.model_setup import load_configured_generator, with_model_options
 
     file = Path(args.file)
     if not file.is_file():

@@ -43,7 +43,7 @@ def _code_chunker():
 
 def run(args: argparse.Namespace) -> int:
     from codehop.config import load_settings, resolve_workspace
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
     from runtime.errors import InvalidInputError
 
     if not args.paths and not args.rebuild:

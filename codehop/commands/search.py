@@ -33,7 +33,7 @@ def _snippet(text: str, width: int = 100, lines: int = 3) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from codehop.config import load_settings, resolve_workspace
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
     from runtime.errors import InvalidInputError
     from index.types import SearchFilter
 

@@ -169,7 +169,7 @@ def _listen(host: str, port: int):
 def _index(settings, workspace: Path, name: str, sources: list[Path], defer: bool) -> None:
     """Scan, chunk and commit BM25 (vectors too unless `defer`); prints what it did."""
     from codehop.commands.index import _code_chunker
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
 
     config = settings.collection_config() if settings.source is not None else None
     tty = sys.stderr.isatty()
@@ -190,7 +190,7 @@ def _index(settings, workspace: Path, name: str, sources: list[Path], defer: boo
 def _check(settings, workspace: Path, name: str) -> None:
     """Create the collection, or fail now (not on the background thread) when the settings
     conflict with it (another embedder: EmbedderMismatchError)."""
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
 
     config = settings.collection_config() if settings.source is not None else None
     open_collection(settings, workspace, name, create=True, config=config).close()

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from codehop.config import load_settings, resolve_workspace
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
     from index.collection_tune import TuneSettings, tune_collection
     from index.pseudo_pairs import PairConfig
     from runtime.embed_tune import TuneConfig

@@ -80,7 +80,7 @@ def test_workspace_and_data_resolution(tmp_path, monkeypatch):
 
 
 def test_embedding_device_reaches_the_collections_embedder_or_is_rejected(tmp_path):
-    from codehop.models import open_collection
+    from codehop.model_setup import open_collection
 
     settings = parse_settings('[embedding]\nbackend = "sentence-transformers"\ndevice = "cuda:1"')
     with open_collection(settings, tmp_path / "ws", "docs", create=True,

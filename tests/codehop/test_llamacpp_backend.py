@@ -150,7 +150,7 @@ def repeated_ngrams(text: str, n: int = 8, times: int = 3) -> list[tuple[str, ..
 
 def test_answers_do_not_loop_with_llamacpps_repetition_control(client_dir):
     from codehop.config import load_settings
-    from codehop.models import load_configured_generator, open_collection
+    from codehop.model_setup import load_configured_generator, open_collection
     from rag.pipeline import PipelineConfig, RagPipeline
 
     settings = load_settings(client_dir / "codehop.toml")
