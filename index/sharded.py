@@ -14,10 +14,13 @@ Search is a scatter-gather in three rounds, each sent to every shard at once:
 1. statistics: each shard reports its document count, total length and the document frequency
    of the query's terms; they are summed (Elasticsearch's dfs_query_then_fetch);
 2. candidates: each shard returns its BM25 top n scored with those *global* statistics, its
-   dense top n and which of them a filter rejects. The per-shard top n lists are merged into
-   the global top n of each retriever (exact: a document in the global top n is in its
-   shard's top n), then fused as an unsharded collection fuses them;
-3. rows: the shards holding the fused top k return their text and metadata.
+   dense top n, which of them a filter rejects, and the rows (text, metadata) of the first k
+   of each list. The per-shard top n lists are merged into the global top n of each retriever
+   (exact: a document in the global top n is in its shard's top n), then fused as an
+   unsharded collection fuses them;
+3. rows: only for a fused top-k chunk whose row did not come with round 2 (a hybrid hit that
+   is in neither of its shard's top k lists; never for bm25 or dense alone), its shard returns
+   it.
 BM25 scores equal an unsharded collection's (same idf, same average length, same float32
 arithmetic in the same order), so the ranking is the same; only ties between shards may be
 ordered otherwise. Sharded collections need Lucene's idf (the default): Okapi's floor is a
@@ -103,6 +106,7 @@ class ShardCandidates:
     dense: Hits
     total: int
     rejected: np.ndarray
+    rows: dict[int, SearchResult] = field(default_factory=dict)
 
 
 class Shard(Protocol):
@@ -113,7 +117,8 @@ class Shard(Protocol):
     def statistics(self, tokens: list[str]) -> BM25Statistics: ...
 
     def candidates(self, tokens: list[str], vector: np.ndarray | None, n: int, mode: str,
-                   statistics: BM25Statistics | None, filters: SearchFilter | None) -> ShardCandidates: ...
+                   statistics: BM25Statistics | None, filters: SearchFilter | None,
+                   prefetch: int = 0) -> ShardCandidates: ...
 
     def results(self, ids: list[int]) -> dict[int, SearchResult]: ...
 
@@ -124,7 +129,9 @@ def shard_statistics(collection: Collection, tokens: list[str]) -> BM25Statistic
 
 def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarray | None, n: int,
                      mode: str, statistics: BM25Statistics | None,
-                     filters: SearchFilter | None) -> ShardCandidates:
+                     filters: SearchFilter | None, prefetch: int = 0) -> ShardCandidates:
+    """Round 2 on one shard; `prefetch`: the rows of the first that many admitted hits of each
+    list come along (saving round 3 whenever the fused top k is among them)."""
     bm25 = collection.bm25_search(tokens, n, statistics) if mode != "dense" else Hits.empty()
     dense = collection.dense_hits(vector, n) if mode != "bm25" and vector is not None else Hits.empty()
     rejected = np.empty(0, dtype=np.int64)
@@ -132,7 +139,12 @@ def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarr
         ids = sorted(set(bm25.ids.tolist()) | set(dense.ids.tolist()))
         admitted = collection.store.admitted_row_ids(ids, filters.path_prefix, filters.kind)
         rejected = np.asarray([i for i in ids if i not in admitted], dtype=np.int64)
-    return ShardCandidates(bm25, dense, collection.indexed_count(), rejected)
+    rows: dict[int, SearchResult] = {}
+    if prefetch:
+        skip = set(rejected.tolist())
+        wanted = {i for hits in (bm25, dense) for i in [i for i in hits.ids.tolist() if i not in skip][:prefetch]}
+        rows = shard_results(collection, sorted(wanted))
+    return ShardCandidates(bm25, dense, collection.indexed_count(), rejected, rows)
 
 
 def shard_results(collection: Collection, ids: list[int]) -> dict[int, SearchResult]:
@@ -152,8 +164,8 @@ class LocalShard:
     def statistics(self, tokens: list[str]) -> BM25Statistics:
         return shard_statistics(self.collection, tokens)
 
-    def candidates(self, tokens, vector, n, mode, statistics, filters) -> ShardCandidates:
-        return shard_candidates(self.collection, tokens, vector, n, mode, statistics, filters)
+    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0) -> ShardCandidates:
+        return shard_candidates(self.collection, tokens, vector, n, mode, statistics, filters, prefetch)
 
     def results(self, ids: list[int]) -> dict[int, SearchResult]:
         return shard_results(self.collection, ids)
@@ -168,6 +180,7 @@ class SearchOutcome:
 
     results: list[SearchResult]
     missing: list[str] = field(default_factory=list)
+    rounds: int = 0  # scatter rounds the search took (2 when the candidates carried every row)
 
     @property
     def partial(self) -> bool:
@@ -242,7 +255,7 @@ def scatter_gather(shards: list[Shard], query: str, k: int, mode: str, config: C
         results = reranker.rerank(query, results)
     if question:
         results = [r for r in results if not echoes(query, r.text)] + [r for r in results if echoes(query, r.text)]
-    return SearchOutcome(results[:k], [shards[i].name for i in sorted(gather.down)])
+    return SearchOutcome(results[:k], [shards[i].name for i in sorted(gather.down)], gather.rounds)
 
 
 class _Gather:
@@ -251,9 +264,11 @@ class _Gather:
     def __init__(self, shards: list[Shard], config: CollectionConfig, scatter: Scatter, dense_weight: float):
         self.shards, self.config, self.scatter, self.dense_weight = shards, config, scatter, dense_weight
         self.down: set[int] = set()
+        self.rounds = 0
 
     def _ask(self, call: Callable[[Shard], Any]) -> list[Any]:
         """The answers of the shards still up (None for those down)."""
+        self.rounds += 1
         live = [i for i in range(len(self.shards)) if i not in self.down]
         answers: list[Any] = [None] * len(self.shards)
         for i, answer in zip(live, self.scatter([self.shards[i] for i in live], call)):
@@ -279,8 +294,9 @@ class _Gather:
         else:
             n = max(k, self.config.candidates) if mode == "hybrid" else k
         while True:
+            prefetch = 2 * k if group_by else k
             answers = [a for a in self._ask(lambda s: s.candidates(tokens if statistics else [], vector, n, mode,
-                                                                   statistics, filters)) if a]
+                                                                   statistics, filters, prefetch)) if a]
             lists = []
             if mode != "dense":
                 lists.append(merge_hits([a.bm25 for a in answers], n))
@@ -291,6 +307,7 @@ class _Gather:
             hits = lists[0] if len(lists) == 1 else self._fuse(lists)
             for a in answers:
                 skip.update(a.rejected.tolist())
+                results.update(a.rows)
             top = self._top(hits, k, results, skip, group_by)
             if len(top) >= k or complete:
                 return top
@@ -302,45 +319,49 @@ class _Gather:
         return weighted_fuse(lists, [1 - self.dense_weight, self.dense_weight])
 
     def _fetch(self, ids: list[int], results: dict[int, SearchResult], skip: set[int]) -> None:
-        """Read the rows of `ids` from their shards; those no shard holds go into `skip`."""
+        """Read the rows of `ids` from the shards that hold them (only those are asked); ids no
+        shard returns go into `skip`."""
         wanted = [i for i in ids if i not in results and i not in skip]
-        if not wanted:
-            return
         by_shard: dict[int, list[int]] = {}
         for i in wanted:
             by_shard.setdefault(shard_of_id(i), []).append(i)
-
-        def call(shard: Shard) -> dict[int, SearchResult]:
-            return shard.results(by_shard.get(self.shards.index(shard), []))
-
-        for answer in self._ask(call):
-            if answer:
-                results.update(answer)
+        asked = [s for s in sorted(by_shard) if s < len(self.shards) and s not in self.down]
+        if asked:
+            self.rounds += 1
+            answers = self.scatter([self.shards[s] for s in asked],
+                                   lambda shard: shard.results(by_shard[self.shards.index(shard)]))
+            for s, answer in zip(asked, answers):
+                if isinstance(answer, BaseException):
+                    self.down.add(s)
+                else:
+                    results.update(answer)
         skip.update(i for i in wanted if i not in results)
 
     def _top(self, hits: Hits, k: int, results: dict[int, SearchResult], skip: set[int],
              group_by: str | None) -> list[SearchResult]:
+        """The first k of `hits` (k documents with group_by) whose rows exist; rows that did not
+        come with the candidates are read in one round for the next few missing ones."""
         ids, scores = hits.ids.tolist(), hits.scores.tolist()
         out: list[SearchResult] = []
         documents: set[str] = set()
-        at = 0
-        while at < len(ids) and len(out) < k:
-            batch = [i for i in ids[at:at + 4 * k] if i not in skip]
-            self._fetch(batch, results, skip)
-            for i, score in zip(ids[at:at + 4 * k], scores[at:at + 4 * k]):
-                if i in skip or i not in results:
+        for at, (i, score) in enumerate(zip(ids, scores)):
+            if len(out) >= k:
+                break
+            if i in skip:
+                continue
+            if i not in results:
+                need = k - len(out)
+                self._fetch(ids[at:at + (4 * need if group_by else 2 * need)], results, skip)
+                if i not in results:
                     continue
-                result = results[i]
-                if group_by == "document":
-                    document = result.id.split(":")[0]
-                    if document in documents:
-                        continue
-                    documents.add(document)
-                out.append(SearchResult(result.id, float(score), result.path, result.start_line,
-                                        result.end_line, result.text, result.metadata))
-                if len(out) >= k:
-                    break
-            at += 4 * k
+            result = results[i]
+            if group_by == "document":
+                document = result.id.split(":")[0]
+                if document in documents:
+                    continue
+                documents.add(document)
+            out.append(SearchResult(result.id, float(score), result.path, result.start_line,
+                                    result.end_line, result.text, result.metadata))
         return out
 
 

@@ -130,6 +130,17 @@ def test_local_statistics_would_rank_otherwise(built, queries):
     assert differs > 40
 
 
+def test_rounds_bm25_and_dense_need_no_row_round(built, queries):
+    """The candidates carry the rows of each shard's top k: a bm25 or dense search takes two
+    rounds (statistics, candidates), a dense one without BM25 statistics one."""
+    _, sharded = built
+    for query in queries[:20]:
+        outcome = sharded.search_outcome(query, k=10, mode="bm25")
+        assert outcome.rounds == (2 if outcome.results else 1) or not outcome.results  # stop words only: 1
+        assert sharded.search_outcome(query, k=10, mode="dense").rounds == 1
+        assert sharded.search_outcome(query, k=10, mode="hybrid").rounds <= 3
+
+
 def test_filters_group_by_and_get_chunks(built):
     single, sharded = built
     query = "function returns the value"
