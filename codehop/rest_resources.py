@@ -94,6 +94,9 @@ class Resources:
         from index.store import Store
 
         attached = sorted(self._attached)
+        shards = self.workspace / "shards"  # sharded collections (index.sharded)
+        if shards.is_dir():
+            attached = sorted(set(attached) | {d.name for d in shards.iterdir() if (d / "sharding.json").exists()})
         if not (self.workspace / "store.sqlite").exists():
             return attached
         store = Store(self.workspace / "store.sqlite")
@@ -111,7 +114,10 @@ class Resources:
             if name not in self._collections and name in self._attached:
                 self._collections[name] = self._attached[name]()
             if name not in self._collections:
-                self._collections[name] = Collection.open(
+                from index.sharded import ShardedCollection, sharding
+
+                opener = ShardedCollection.open if sharding(self.workspace, name) else Collection.open
+                self._collections[name] = opener(
                     self.workspace, name, create=False,
                     embedding_endpoint=self.settings.embedding_endpoint(),
                     device=self.settings.embedding.device,

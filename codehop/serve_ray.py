@@ -190,7 +190,7 @@ class RayShardedCollection:
                        filters: SearchFilter | None = None, group_by: str | None = None):
         from index.sharded import scatter_gather
 
-        return scatter_gather(self.shards, query, k, mode, self.config, self.embedder.encode_query,
+        return scatter_gather(self.shards, query, k, mode, self.config, lambda text: self.embedder.encode_query(text),
                               self._dense_weight, filters, group_by, scatter=self._scatter,
                               reranker=self.reranker)
 

@@ -454,7 +454,8 @@ class ShardedCollection:
 
     def search_outcome(self, query: str, k: int = 10, mode: str = "hybrid",
                        filters: SearchFilter | None = None, group_by: str | None = None) -> SearchOutcome:
-        return scatter_gather(self._local, query, k, mode, self.config, self.embedder.encode_query,
+        # The embedder is touched only when the search is dense (its settings check included).
+        return scatter_gather(self._local, query, k, mode, self.config, lambda text: self.embedder.encode_query(text),
                               self.dense_weight(), filters, group_by, reranker=self.reranker)
 
     def dense_weight(self) -> float:

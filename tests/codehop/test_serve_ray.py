@@ -179,3 +179,25 @@ def test_a_killed_shard_gives_partial_answers_then_recovers(cluster, served):
         time.sleep(1)
     assert [h["id"] for h in after["results"]] == [h["id"] for h in before["results"]]
     assert [h["score"] for h in after["results"]] == pytest.approx([h["score"] for h in before["results"]])
+
+
+def test_plain_serve_searches_a_sharded_collection(tmp_path):
+    """Without Ray, `codehop serve` opens a sharded collection as one (index.sharded) too."""
+    from fastapi.testclient import TestClient
+
+    from codehop.config import Settings
+    from codehop.rest import create_app
+    from index.collection_config import CollectionConfig
+    from index.sharded import ShardedCollection
+    from tests.static_model import tiny_static_model
+
+    config = CollectionConfig(embedding_backend="static", embedding_model=str(tiny_static_model(tmp_path / "m")))
+    with ShardedCollection.open(tmp_path / "ws", "docs", shards=3, config=config) as collection:
+        collection.add_texts([f"note {i} about topic {i % 7}" for i in range(30)], [f"n{i}" for i in range(30)])
+        expected = collection.search("topic 3", k=5, mode="bm25")
+    with TestClient(create_app(Settings(), workspace=tmp_path / "ws", roots=[])) as client:
+        body = client.post("/v1/search", json={"query": "topic 3", "k": 5, "mode": "bm25",
+                                               "collection": "docs"}).json()
+    assert "results" in body, body
+    assert [h["id"] for h in body["results"]] == [r.id for r in expected]
+    assert body["partial"] is None and body["missing_shards"] is None
