@@ -220,6 +220,11 @@ def truncation_decided(generated: str, line_prefix: str, mode: str = "statement"
 # ---------------------------------------------------------------- the completer
 
 
+# Characters per budget token of the window `_fit` counts first (code runs ~3-4 characters a
+# token; 8 leaves room for long tokens such as runs of indentation).
+_FIT_WINDOW_CHARS = 8
+
+
 def _tail_lines(text: str, n: int) -> str:
     lines = [line for line in text.split("\n") if line.strip()]
     return "\n".join(lines[-n:])
@@ -247,9 +252,11 @@ class RepoCompleter:
         self.generator = generator
         self.config = config
         self._kv = None  # code_tools.kv_cache.KVCacheStore, built on the first reuse
-        # (path, query) -> ranked Hits of that cursor neighbourhood; chunk text -> token count
+        # (path, query) -> ranked Hits of that cursor neighbourhood; chunk text -> its token
+        # count, and "<budget>\0<text>" -> the text cut to that budget; the last left context
         self._retrieved: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._token_counts: OrderedDict[str, int] = OrderedDict()
+        self._token_counts: OrderedDict[str, Any] = OrderedDict()
+        self._left_memo: tuple[int, str, str] | None = None
         self._cache_lock = threading.Lock()
 
     def forget(self, document: str) -> None:
@@ -271,6 +278,17 @@ class RepoCompleter:
     def _fit(self, text: str, budget: int, tail: bool) -> str:
         if budget <= 0 or not text:
             return ""
+        window = _FIT_WINDOW_CHARS * budget
+        if len(text) > 2 * window:
+            # A long file: count the tokens of a window of whole lines at the kept end first
+            # (tokenising a 50 KB prefix on every keystroke cost more than retrieval), and use it
+            # when it already holds more than the budget.
+            part = text[-window:] if tail else text[:window]
+            newline = part.find("\n") if tail else part.rfind("\n")
+            if newline > 0:
+                part = part[newline + 1:] if tail else part[:newline]
+            if self.count_tokens(part) > budget:
+                text = part
         tokens = self.count_tokens(text)
         while tokens > budget:
             # Cut proportionally at a line boundary, then re-check (usually one pass).
@@ -365,6 +383,34 @@ class RepoCompleter:
                     self._token_counts.popitem(last=False)
         return known
 
+    def _fit_left(self, prefix: str, budget: int) -> str:
+        """The left context: the complete lines before the cursor's line cut to the budget less
+        the partial line's tokens, then the partial line. The cut of the complete lines is
+        remembered, so keystrokes on one line tokenise only that line."""
+        cut = prefix.rfind("\n") + 1
+        settled, partial = prefix[:cut], prefix[cut:]
+        rest = budget - self.count_tokens(partial)
+        if not settled or rest <= 0:
+            return self._fit_tail(prefix, budget)
+        memo = self._left_memo
+        if memo is not None and memo[0] == rest and memo[1] == settled:
+            return memo[2] + partial
+        fitted = self._fit_tail(settled, rest)
+        self._left_memo = (rest, settled, fitted)
+        return fitted + partial
+
+    def _fit_head_cached(self, text: str, budget: int) -> str:
+        """`_fit(text, budget, tail=False)`, remembered: the same chunks are cut to the same
+        remaining budgets request after request while the context is reused."""
+        key = f"{budget}\0{text}"
+        with self._cache_lock:
+            known = self._token_counts.get(key)
+        if known is None:
+            known = self._fit(text, budget, tail=False)
+            with self._cache_lock:
+                self._token_counts[key] = known
+        return known
+
     def _symbol_context(self, path: str, prefix: str, spans: list) -> tuple[list, list]:
         """Definitions of symbols imported or called near the cursor + imported files' abstracts."""
         cfg = self.config
@@ -421,8 +467,8 @@ class RepoCompleter:
                 break
             tokens = self._count_chunk_tokens(item.text) + 1
             if tokens > left:
-                item.text = self._fit(item.text, left - 1, tail=False)
-                tokens = self.count_tokens(item.text) + 1
+                item.text = self._fit_head_cached(item.text, left - 1)
+                tokens = self._count_chunk_tokens(item.text) + 1
                 if not item.text.strip() or tokens > left:
                     continue
             item.tokens = tokens
@@ -438,7 +484,7 @@ class RepoCompleter:
         spec = language_for_path(path)
         comment = spec.comment if spec else "#"
         context = "\n\n".join(item.text for item in items)
-        left = self._fit_tail(prefix, self.config.left_tokens)
+        left = self._fit_left(prefix, self.config.left_tokens)
         head = (context + "\n\n" if context else "") + f"{comment} {path}\n"
         if self._wants_fim(suffix):
             right = self._fit(suffix, self.config.right_tokens, tail=False)
