@@ -285,7 +285,7 @@ class _Gather:
                                     "is a mean over the whole vocabulary): re-index it with the default")
         tokens = tokenize(text, self.config.tokenizer)
         statistics = None
-        if mode != "dense" and tokens:
+        if mode != "dense" and tokens and len(self.shards) > 1:  # one shard's own are the global ones
             statistics = BM25Statistics.merge([s for s in self._ask(lambda s: s.statistics(tokens)) if s])
         results: dict[int, SearchResult] = {}
         skip: set[int] = set()
@@ -295,7 +295,7 @@ class _Gather:
             n = max(k, self.config.candidates) if mode == "hybrid" else k
         while True:
             prefetch = 2 * k if group_by else k
-            answers = [a for a in self._ask(lambda s: s.candidates(tokens if statistics else [], vector, n, mode,
+            answers = [a for a in self._ask(lambda s: s.candidates(tokens, vector, n, mode,
                                                                    statistics, filters, prefetch)) if a]
             lists = []
             if mode != "dense":
