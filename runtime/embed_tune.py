@@ -123,7 +123,7 @@ def tune_embedder(
         columns = [[pairs[i].query for i in batch], [pairs[i].positive for i in batch]]
         if with_negatives:
             columns.append([pairs[i].negative for i in batch])
-        features = [_to_device(model.tokenize(column), model.device) for column in columns]
+        features = [_to_device(model.preprocess(column), model.device) for column in columns]
         loss = loss_fn(features, labels=None)
         optimizer.zero_grad()
         loss.backward()
