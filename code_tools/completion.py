@@ -61,6 +61,9 @@ class CompletionConfig:
             them while every chunk still exists (no BM25 or query embedding), and the prompt's
             context stays the same, so the KV cache edit is only the typed text. 0 = the query
             includes the partial line and every request retrieves.
+        context_order: "document" shows the chosen chunks (definitions first) in repository
+            order (path, line), so consecutive prompts differ only where the context changed
+            and the KV cache edit stays small; "score" shows them by priority and score.
     """
 
     use_context: bool = True
@@ -83,12 +86,15 @@ class CompletionConfig:
     draft_tokens: int = 3
     early_stop: bool = True
     context_cache: int = 64
+    context_order: str = "document"
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
             raise InvalidInputError(f"truncate must be 'statement' or 'line', not {self.truncate!r}")
         if min(self.context_tokens, self.left_tokens, self.right_tokens) < 0:
             raise InvalidInputError("token budgets must be >= 0")
+        if self.context_order not in ("document", "score"):
+            raise InvalidInputError(f"context_order must be 'document' or 'score', not {self.context_order!r}")
         if self.draft_tokens < 0 or self.context_cache < 0:
             raise InvalidInputError("draft_tokens and context_cache must be >= 0 (0 = off)")
 
@@ -337,6 +343,12 @@ class RepoCompleter:
 
         t = time.perf_counter()
         items = self._budget(definitions + retrieved + abstracts, cfg.context_tokens)
+        if cfg.context_order == "document":
+            # Chosen by priority, shown in repository order: a re-ranked or swapped chunk then
+            # moves no other chunk, so the next prompt differs from this one only where the
+            # context changed (PIE re-encodes 128 instead of 311 tokens per serving_bench step)
+            items = [i for i in items if i.source == "definition"] + sorted(
+                (i for i in items if i.source != "definition"), key=lambda i: (i.path, i.start_line))
         timings["budget"] = time.perf_counter() - t
         timings["context"] = time.perf_counter() - started
         return items, timings

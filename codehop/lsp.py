@@ -87,6 +87,8 @@ class LspConfig:
         draft_tokens: prompt-lookup drafts per decoding step (None: [generator] draft_tokens).
         truncate: "statement" (default) or "line" (single-line completions).
         early_stop: stop decoding once the truncated text is decided (same text, fewer tokens).
+        context_order: "document" (context chunks in repository order: small KV edits between
+            requests) or "score" (by priority and score).
     """
 
     model: str | None = None
@@ -108,6 +110,7 @@ class LspConfig:
     draft_tokens: int | None = None
     truncate: str = "statement"
     early_stop: bool = True
+    context_order: str = "document"
     settings: Settings = Settings()
 
     def generator_settings(self) -> Settings:
@@ -211,7 +214,8 @@ class CodehopLanguageServer(LanguageServer):
                                           kv_cache_mb=self.config.kv_cache_mb or g.kv_cache_mb,
                                           draft_tokens=g.draft_tokens if drafts is None else drafts,
                                           truncate=self.config.truncate,
-                                          early_stop=self.config.early_stop)
+                                          early_stop=self.config.early_stop,
+                                          context_order=self.config.context_order)
                 self._completer = RepoCompleter(self.repo, generator, config)
             return self._completer
 

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="complete the statement (default) or the line only")
     parser.add_argument("--no-early-stop", action="store_true",
                         help="decode to --max-new-tokens even after the truncated text is decided")
+    parser.add_argument("--context-order", choices=("document", "score"), default="document",
+                        help="order of the context chunks in the prompt: repository order (default; "
+                             "small KV-cache edits between requests) or by score")
     parser.set_defaults(func=run)
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                        dense_rerank=not args.no_rerank, settings=settings,
                        kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start,
                        precision=args.precision, draft_tokens=args.draft_tokens, truncate=args.truncate,
-                       early_stop=not args.no_early_stop)
+                       early_stop=not args.no_early_stop, context_order=args.context_order)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

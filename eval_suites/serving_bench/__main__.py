@@ -6,9 +6,9 @@ CPU, one torch thread per process).
 Completions: real `codehop lsp` servers over stdio, all started before the run and asked in
 rotating order at every step so load drift on the shared cores hits each (--servers): "today"
 is the path before issue 31 (float32 weights, PIE KV reuse, one token per forward, decoding to
-the token budget), "new" the defaults (compact int8/bfloat16 weights where the CPU has bfloat16,
-prompt-lookup drafts, decoding stopped once the truncated text is decided), "no reuse" float32
-without KV caches. An editing session replays
+the token budget, context by score), "new" the defaults (compact int8/bfloat16 weights where the
+CPU has bfloat16, prompt-lookup drafts, decoding stopped once the truncated text is decided,
+context in repository order), "no reuse" float32 without KV caches. An editing session replays
 LintSeq forward diffs (code_tools.lintseq, pyflakes linter) of real MBPP solutions as typing:
 a session file receives several programs one after another, each built up through its edit
 path; before each step the cursor sits where the next diff inserts its first line, and that
@@ -139,7 +139,7 @@ async def _settled(client, timeout: float = 300.0) -> None:
 
 # Each server's extra `codehop lsp` arguments. "today" is the completion path before issue 31.
 SERVERS = {
-    "today": ["--precision", "float32", "--draft-tokens", "0", "--no-early-stop"],
+    "today": ["--precision", "float32", "--draft-tokens", "0", "--no-early-stop", "--context-order", "score"],
     "new": [],
     "no reuse": ["--no-kv-reuse", "--precision", "float32"],
 }
@@ -398,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     from rag.cpu_weights import cpu_features, resolve_precision
 
     torch.set_num_threads(1)
-    report = Report("PIE and RAPID in the serving path: LSP completions while typing, ask answers (SmolLM2-135M, CPU)",
+    title = ("Completions at typing speed through the LSP: " + " vs ".join(names) + " (SmolLM2-135M, CPU)"
+             if args.skip_asks else
+             "PIE and RAPID in the serving path: LSP completions while typing, ask answers (SmolLM2-135M, CPU)")
+    report = Report(title,
                     settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                               if k not in ("out", "data", "model_cache")})
     report.settings.update({"cpu_features": cpu_features(), "auto_precision": resolve_precision("auto"),
@@ -484,7 +487,7 @@ DEVIATIONS = """- Scaled to fit ~25 minutes on 2 shared cores: a few sessions of
   6-20 lines, several per file) and three long-context questions; a difference of one completion or one
   question is within noise. The LSP servers run side by side and are asked in rotating order.
 - "today" reproduces the completion path before issue 31 through flags of the same code (float32,
-  --draft-tokens 0, --no-early-stop); it shares the new preallocated KV cache of the decode loop, so
+  --draft-tokens 0, --no-early-stop, --context-order score); it shares the new preallocated KV cache of the decode loop, so
   it is slightly faster than the code before the change (the cache concatenation was ~12% of a step).
 - Load: the machine's 2 cores are shared with other jobs; each row records the 1-minute load average
   at its answer. Latency figures scale with it, ratios between servers asked in turn less so.
