@@ -15,8 +15,6 @@ import numpy as np
 from runtime.errors import InvalidInputError
 from index.types import Hits
 
-DENSE_KINDS = ("flat", "spann", "pq")
-
 
 @runtime_checkable
 class DenseIndex(Protocol):
@@ -45,6 +43,7 @@ _BACKENDS = {
     "spann": ("index.spann", "SpannIndex"),
     "pq": ("index.pq", "PQIndex"),
 }
+DENSE_KINDS = tuple(_BACKENDS)  # what every config validates against
 
 
 _CONFIGS = {"spann": ("index.spann", "SpannConfig"), "pq": ("index.pq", "PQConfig")}

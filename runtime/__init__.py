@@ -2,8 +2,9 @@
 
 - `resolver`: a model name -> a local path (a path, a package that ships weights, or the hub)
 - `model_cache`: the per-machine cache of derived model files (ONNX exports, static models)
-- `embed`, `embed_onnx`, `embed_static`: the embedders (sentence-transformers, ONNX int8,
-  static) and the embedding cache
+- `embed`: the `Embedder` (vector cache, query LRU) and the registry of embedding backends, one
+  module each: `embed_torch` (sentence-transformers), `embed_onnx` (ONNX int8), `embed_static`
+  (model2vec), `embed_openai` (a server's /v1/embeddings)
 - `generation`: the generation contract (settings, result, the `Generator` protocol)
 - `cancel`: cancelling a generation from another thread
 - `openai_http`: the one client for OpenAI-compatible servers
