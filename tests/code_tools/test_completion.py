@@ -284,3 +284,16 @@ def test_keystrokes_within_a_line_reuse_the_neighbourhoods_retrieval(repo):
     off.assemble_context("shop/report.py", prefix)
     _, timings = off.assemble_context("shop/report.py", prefix)
     assert "context_cached" not in timings
+
+
+def test_context_is_chosen_by_score_and_shown_in_repository_order(repo):
+    prefix = "def summary(cart):\n    total = cart.total(10)\n    discounted = apply_discount(total, 5)\n    "
+    by_score, _ = RepoCompleter(repo, None, _fast(context_order="score")).assemble_context("shop/report.py", prefix)
+    ordered, _ = RepoCompleter(repo, None, _fast()).assemble_context("shop/report.py", prefix)
+    key = lambda i: (i.source, i.path, i.start_line)  # noqa: E731
+    assert sorted(map(key, ordered)) == sorted(map(key, by_score))  # the same chunks...
+    rest = [(i.path, i.start_line) for i in ordered if i.source != "definition"]
+    assert rest == sorted(rest)  # ...shown by path and line after the definitions
+    assert [i.source for i in ordered][:1] == ["definition"]
+    with pytest.raises(InvalidInputError, match="context_order"):
+        CompletionConfig(context_order="random")
