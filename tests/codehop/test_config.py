@@ -138,3 +138,13 @@ def test_reranker_table_builds_a_served_reranker_or_none():
         parse_settings('[reranker]\nbase_url = "http://127.0.0.1:8080/v1"\n').open_reranker()
     with pytest.raises(InvalidInputError, match="unknown"):
         parse_settings('[reranker]\nmodels = "x"\n')
+
+
+def test_generator_precision_and_drafts_are_typed_settings():
+    settings = parse_settings('[generator]\nprecision = "float32"\ndraft_tokens = 0')
+    assert settings.generator.precision == "float32" and settings.generator.draft_tokens == 0
+    assert Settings().generator.precision == "auto" and Settings().generator.draft_tokens == 3
+    with pytest.raises(InvalidInputError, match="precision must be"):
+        parse_settings('[generator]\nprecision = "fp4"')
+    with pytest.raises(InvalidInputError, match="draft_tokens"):
+        parse_settings("[generator]\ndraft_tokens = -1")
