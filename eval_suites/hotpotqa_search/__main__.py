@@ -1,6 +1,7 @@
 """Search quality on HotpotQA dev (pooled paragraphs): the default hybrid against its parts.
 
     python -m eval_suites.hotpotqa_search [--data ../shared/data] [--out docs/benchmarks/hotpotqa_search]
+        [--compare-model DIR]
 
 Every distinct paragraph of the dev questions is one document ("Title: text", path
 hotpotqa/<title>) of a Collection with the product defaults (onnx-int8 MiniLM, context
@@ -9,6 +10,10 @@ dense, the default hybrid, and reciprocal-rank fusion of the same two lists (the
 each with NDCG@10 / Recall@5 / Recall@10 (ranx) and the paired bootstrap 95% interval of its
 difference from the default. Issue 26's goal: the default never more than 0.5 NDCG@10 points
 below the best single retriever.
+
+`--compare-model DIR` adds `dense@compare` and `hybrid@compare`: the same corpus in a second
+collection embedded by another model (e.g. a `codehop tune` result of another corpus, whose
+held-out check this is: a corpus it was not tuned on must not get worse), side by side.
 """
 
 from __future__ import annotations
@@ -44,23 +49,33 @@ def _rrf(collection, query: str, k: int) -> dict[str, float]:
     return {path[i]: float(s) for i, s in zip(fused.ids[:k].tolist(), fused.scores[:k].tolist())}
 
 
-def run(data: Path, workspace: Path, k: int = 10) -> dict:
+def _collection(workspace: Path, name: str, texts: list[str], paths: list[str], model: str | None):
     from index import Chunk, Collection, CollectionConfig
 
-    questions = load_questions(data / "multihop" / "hotpotqa_dev.jsonl")
-    texts, paths = pooled_corpus(questions)
-    collection = Collection.open(workspace, "hotpotqa", CollectionConfig())
+    config = CollectionConfig() if model is None else CollectionConfig(embedding_model=model)
+    collection = Collection.open(workspace, name, config)
     if len(collection) != len(texts):
         collection.add_documents({p: [Chunk(t, p, 1, 1, "passage")] for t, p in zip(texts, paths)},
                                  progress=True)
+    return collection
+
+
+def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = None) -> dict:
+    questions = load_questions(data / "multihop" / "hotpotqa_dev.jsonl")
+    texts, paths = pooled_corpus(questions)
+    collection = _collection(workspace, "hotpotqa", texts, paths, None)
+    retrievers = [(name, collection, name) for name in RETRIEVERS]
+    if compare_model:
+        other = _collection(workspace, "hotpotqa-compare", texts, paths, compare_model)
+        retrievers += [(f"{mode}@compare", other, mode) for mode in ("dense", "hybrid")]
     qrels = {q.id: {f"hotpotqa/{t}": 1 for t in q.supporting_titles} for q in questions}
     runs, seconds = {}, {}
-    for name in RETRIEVERS:
+    for name, searched, mode in retrievers:
         start = time.perf_counter()
-        if name == "hybrid-rrf":
-            runs[name] = {q.id: _rrf(collection, q.question, k) for q in questions}
+        if mode == "hybrid-rrf":
+            runs[name] = {q.id: _rrf(searched, q.question, k) for q in questions}
         else:
-            runs[name] = {q.id: {r.path: r.score for r in collection.search(q.question, k=k, mode=name)}
+            runs[name] = {q.id: {r.path: r.score for r in searched.search(q.question, k=k, mode=mode)}
                           for q in questions}
         seconds[name] = (time.perf_counter() - start) / len(questions) * 1000
     metrics = {name: retrieval_metrics(qrels, run, METRICS) for name, run in runs.items()}
@@ -69,12 +84,13 @@ def run(data: Path, workspace: Path, k: int = 10) -> dict:
     default = np.asarray([per_q["hybrid"][q]["ndcg@10"] for q in order])
     boot = bootstrap_rows(len(order))
     versus = {}
-    for name in RETRIEVERS:
+    for name in runs:
         values = np.asarray([per_q[name][q]["ndcg@10"] for q in order])
         versus[name] = {"minus_default": 100 * float((values - default).mean()),
                         "ci95": loss_ci95(values, default, boot)}
     return {"questions": len(questions), "documents": len(texts), "metrics": metrics,
-            "ms_per_query": seconds, "versus_default": versus, "fusion": collection.fusion_settings()}
+            "ms_per_query": seconds, "versus_default": versus, "fusion": collection.fusion_settings(),
+            "compare_model": compare_model}
 
 
 def write_report(results: dict, out: Path) -> Path:
@@ -85,8 +101,12 @@ def write_report(results: dict, out: Path) -> Path:
     rows = [{"retriever": name, **{m: round(v, 4) for m, v in results["metrics"][name].items()},
              "minus default (points)": round(results["versus_default"][name]["minus_default"], 2),
              "95% CI": "[%.2f, %.2f]" % tuple(results["versus_default"][name]["ci95"]),
-             "ms/query": round(results["ms_per_query"][name], 1)} for name in RETRIEVERS]
+             "ms/query": round(results["ms_per_query"][name], 1)} for name in results["metrics"]]
     report.add_table("Retrievers (ranx; gold = supporting titles)", rows)
+    if results.get("compare_model"):
+        report.add("Compared model", f"`*@compare` rows: the same corpus embedded by "
+                   f"`{results['compare_model']}` (onnx-int8 where it exports, context headers, "
+                   "fusion auto), against the default rows above in the same run.")
     singles = {n: results["metrics"][n]["ndcg@10"] for n in ("bm25", "dense")}
     best = max(singles, key=singles.get)
     gap = 100 * (results["metrics"]["hybrid"]["ndcg@10"] - singles[best])
@@ -100,8 +120,10 @@ def write_report(results: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, ax = plt.subplots(figsize=(6, 3))
-    values = [results["metrics"][n]["ndcg@10"] for n in RETRIEVERS]
-    ax.bar(RETRIEVERS, values, color=["#888", "#888", "#2a7", "#c66"])
+    names = list(results["metrics"])
+    values = [results["metrics"][n]["ndcg@10"] for n in names]
+    ax.bar(names, values, color=(["#888", "#888", "#2a7", "#c66", "#88c", "#5a9"])[:len(names)])
+    ax.tick_params(axis="x", labelsize=7)
     for x, v in enumerate(values):
         ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("NDCG@10")
@@ -121,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     parser.add_argument("--out", default="docs/benchmarks/hotpotqa_search")
     parser.add_argument("--workspace", default=None, help="default: a temporary directory")
+    parser.add_argument("--compare-model", default=None,
+                        help="also search with this embedding model (a path or name), side by side")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temp:
         workspace = Path(args.workspace or temp)
-        results = run(Path(args.data), workspace)
+        results = run(Path(args.data), workspace, compare_model=args.compare_model)
     results["machine"], results["versions"] = machine_info(), package_versions()
     path = write_report(results, Path(args.out))
     print(path.read_text())
