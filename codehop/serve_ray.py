@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 
 from index.types import SearchFilter, SearchResult
+from runtime.errors import CodehopError
 
 APP = "codehop"
+
+
+class NotOnRayError(CodehopError):
+    """A route that reads a collection's store directly, which the ingress does not have."""
+
+    exit_code = 2
+    http_status = 501
 
 
 def shard_deployment(i: int) -> str:
@@ -200,6 +208,13 @@ class RayShardedCollection:
 
     def dense_fraction(self) -> float:
         return 1.0
+
+    @property
+    def store(self):
+        raise NotOnRayError(
+            f"collection {self.name!r} is served by `codehop serve --ray`, whose ingress holds no store: "
+            "search, ask and adding texts work here; index files or delete documents with `codehop index "
+            "[--ray]` against the workspace (the shard replicas reopen a shard after each commit)")
 
     def pending_ids(self) -> np.ndarray:
         return np.empty(0, dtype=np.int64)

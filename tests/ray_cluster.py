@@ -212,5 +212,13 @@ def kill_replicas(deployment: str) -> int:
     return killed
 
 
+def deployment_call(deployment: str, method: str, *args: Any, app: str = "codehop") -> Any:
+    """One call to a Serve deployment of the running application (e.g. a shard's `info`)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=app)
+    return getattr(handle, method).remote(*args).result(timeout_s=60)
+
+
 if __name__ == "__main__":
     _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -141,6 +141,8 @@ def test_serve_ray_answers_search_as_the_collection_does(cluster, served):
 
     replicas = cluster.call(ray_cluster.serve_replicas)
     assert replicas.count("ingress") == 2 and all(replicas.count(f"shard-{i}") == 1 for i in range(3))
+    nodes = {cluster.call(ray_cluster.deployment_call, f"shard-{i}", "info")["node"] for i in range(3)}
+    assert len(nodes) == 2  # Serve spreads the shard replicas over both nodes
     with ShardedCollection.open(served / "ray", "docs") as collection:
         for query in QUERIES:
             for mode in ("bm25", "hybrid"):
@@ -156,6 +158,9 @@ def test_serve_ray_answers_ask(cluster, served):
                                 {"query": "How are index writes made atomic?", "generate": False, "k": 3})
     assert status == 200, body
     assert body["sources"] and body["sources"][0]["path"].endswith("atomic.py")
+    # a route that needs the store directly says what to do instead, never a 500
+    status, body = cluster.call(ray_cluster.http, "DELETE", f"{URL}/v1/collections/docs/documents/1")
+    assert status == 501 and "codehop index" in body["error"]["message"]
 
 
 def test_a_killed_shard_gives_partial_answers_then_recovers(cluster, served):
