@@ -146,7 +146,10 @@ def test_serve_ray_answers_search_as_the_collection_does(cluster, served):
     with ShardedCollection.open(served / "ray", "docs") as collection:
         for query in QUERIES:
             for mode in ("bm25", "hybrid"):
-                status, body = _search(cluster, {"query": query, "k": 5, "mode": mode})
+                for _ in range(3):  # a shard slower than shard_timeout_s on a loaded machine: ask again
+                    status, body = _search(cluster, {"query": query, "k": 5, "mode": mode})
+                    if status != 200 or body["partial"] is None:
+                        break
                 assert status == 200 and body["partial"] is None and body["missing_shards"] is None
                 expected = collection.search(query, k=5, mode=mode)
                 assert [h["id"] for h in body["results"]] == [r.id for r in expected], (query, mode)
