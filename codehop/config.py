@@ -220,10 +220,10 @@ class GeneratorSettings(ServerEndpointSettings):
     drafter: str | None = None
     kv_reuse: bool = True
     kv_cache_mb: float = 512.0
-
-    def __post_init__(self) -> None:
     draft_tokens: int = 3
     precision: str = "auto"
+
+    def __post_init__(self) -> None:
         backends = ("transformers", "vllm", "llamacpp", "openai")
         if self.backend not in backends:
             raise InvalidInputError(f"backend must be one of {backends}, not {self.backend!r}")
@@ -231,13 +231,13 @@ class GeneratorSettings(ServerEndpointSettings):
             raise InvalidInputError(f"[generator] rapid must be 'auto', 'on' or 'off', not {self.rapid!r}")
         if self.rapid_min_tokens < 1 or self.kv_cache_mb < 0:
             raise InvalidInputError("[generator] needs rapid_min_tokens >= 1 and kv_cache_mb >= 0")
-        if self.backend == "openai":
-            self.openai_options()  # fail at load time on a bad fim/tokenizer value
         if self.draft_tokens < 0:
             raise InvalidInputError("[generator] draft_tokens must be >= 0 (0 = no drafting)")
         if self.precision not in ("auto", "float32", "bfloat16", "int8"):
             raise InvalidInputError("[generator] precision must be 'auto', 'float32', 'bfloat16' or 'int8', "
                                     f"not {self.precision!r}")
+        if self.backend == "openai":
+            self.openai_options()  # fail at load time on a bad fim/tokenizer value
 
     def openai_options(self):
         from rag.openai_generator import OpenAIGeneratorConfig
