@@ -167,15 +167,23 @@ def test_cli_rejects_unknown_task():
     assert main(["bench", "coderag", "--tasks", "nope"]) != 0
 
 
-@pytest.mark.slow
-def test_retrieval_through_collection_finds_own_solution(shared_data, tmp_path):
-    from eval_suites.coderag.retrieval import CorpusIndex, RetrievalConfig, run_retriever
+def _humaneval_index(shared_data, tmp_path, kinds=("flat",)):
+    """(index, queries, qrels, config) over the first 15 HumanEval solutions."""
+    from eval_suites.coderag.retrieval import CorpusIndex, RetrievalConfig
 
     problems = builders.load_problems(shared_data, "humaneval")[:15]
     corpus = builders.solution_corpus(problems)
     queries, qrels = builders.beir_for_task(problems, corpus)
     config = RetrievalConfig(k=10)
-    index = CorpusIndex(tmp_path, "he", corpus, config, chunked=False, progress=False)
+    index = CorpusIndex(tmp_path, "he", corpus, config, chunked=False, kinds=kinds, progress=False)
+    return index, queries, qrels, config
+
+
+@pytest.mark.slow
+def test_retrieval_through_collection_finds_own_solution(shared_data, tmp_path):
+    from eval_suites.coderag.retrieval import run_retriever
+
+    index, queries, qrels, config = _humaneval_index(shared_data, tmp_path)
     try:
         for retriever in ("bm25", "dense-flat", "hybrid"):
             run = run_retriever(index, retriever, queries, config, progress=False)
@@ -186,14 +194,9 @@ def test_retrieval_through_collection_finds_own_solution(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_a_corpus_too_small_to_tune_keeps_its_tuned_rows_on_the_base_model(shared_data, tmp_path):
-    from eval_suites.coderag.retrieval import TUNED, CorpusIndex, RetrievalConfig, run_retriever
+    from eval_suites.coderag.retrieval import TUNED, run_retriever
 
-    problems = builders.load_problems(shared_data, "humaneval")[:15]
-    corpus = builders.solution_corpus(problems)
-    queries, qrels = builders.beir_for_task(problems, corpus)
-    config = RetrievalConfig(k=10)
-    index = CorpusIndex(tmp_path, "he", corpus, config, chunked=False, kinds=("flat", TUNED),
-                        progress=False)
+    index, queries, _, config = _humaneval_index(shared_data, tmp_path, kinds=("flat", TUNED))
     try:
         assert index.tune_report is None and "pseudo-query pairs" in index.tune_error
         base = run_retriever(index, "hybrid", queries, config, progress=False)
