@@ -394,10 +394,10 @@ def model_source(name: str, cache_root: Path | None = None) -> str:
 def _load_transformers(name: str, cache_root: Path | None, device: str,
                        precision: str = "float32") -> TransformersGenerator:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from rag.cpu_weights import prepare_for_cpu, resolve_precision
 
     chosen = resolve_precision(precision, device)  # a bad value fails before the model loads
-
     source = model_source(name, cache_root)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -570,10 +570,10 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
         device: torch device for the transformers backend.
         threads: CPU threads for torch. None keeps torch's choice (physical cores, or
             OMP_NUM_THREADS when the process sets it), which suits one decode at a time; a
+            server running several workers should pass cores // workers to avoid oversubscription.
         precision: weights of the transformers backend (rag.cpu_weights): "float32" (as loaded),
             "bfloat16", "int8" (compact weights for decoding, bfloat16 matmuls for prompts), or
             "auto" ("int8" on a CPU with bfloat16 in hardware, else "float32").
-            server running several workers should pass cores // workers to avoid oversubscription.
     Returns:
         A Generator.
     """
