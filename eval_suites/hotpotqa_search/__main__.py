@@ -19,6 +19,7 @@ held-out check this is: a corpus it was not tuned on must not get worse), side b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -66,7 +67,9 @@ def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = No
     collection = _collection(workspace, "hotpotqa", texts, paths, None)
     retrievers = [(name, collection, name) for name in RETRIEVERS]
     if compare_model:
-        other = _collection(workspace, "hotpotqa-compare", texts, paths, compare_model)
+        # named by the model, so a reused --workspace never mixes two models' vectors
+        name = "hotpotqa-compare-" + hashlib.sha1(compare_model.encode()).hexdigest()[:10]
+        other = _collection(workspace, name, texts, paths, compare_model)
         retrievers += [(f"{mode}@compare", other, mode) for mode in ("dense", "hybrid")]
     qrels = {q.id: {f"hotpotqa/{t}": 1 for t in q.supporting_titles} for q in questions}
     runs, seconds = {}, {}
