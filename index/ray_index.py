@@ -226,9 +226,7 @@ def _embed(ray, shards: list[Collection], owner, files: list[str], texts_of: dic
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
         for i, vectors in zip(batch["slice"], batch["vectors"]):
             shard, part = jobs[int(i)]
-            cache = shards[shard].embedder._cache
-            if cache is not None:
-                cache.put({content_hash(t): np.asarray(v, np.float32) for t, v in zip(part, vectors)})
+            shards[shard].embedder.put_cached(part, vectors)
             done += len(part)
         if on_embed is not None:
             on_embed({"done": done, "total": total})

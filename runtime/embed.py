@@ -258,6 +258,31 @@ class Embedder:
         """The cached vectors of the given `content_hash` keys (no model is loaded)."""
         return {} if self._cache is None else self._cache.get(keys)
 
+    def put_cached(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Store vectors embedded elsewhere (e.g. on Ray workers) as this embedder's own.
+
+        Each row goes under the `content_hash` of its text, as `encode` stores it, so a later
+        `encode` of the same text returns the row without embedding it. Rows are stored as
+        float32, as given (not re-normalised): they must come from this embedder's model.
+
+        Args:
+            texts: the texts that were embedded.
+            vectors: (len(texts), dim), row i the vector of texts[i].
+        Raises:
+            InvalidInputError: the shapes do not match, or the embedder has no cache_dir (the
+                vectors would be lost, so the caller is told rather than silently ignored).
+        """
+        if isinstance(texts, str):
+            raise InvalidInputError("Embedder.put_cached takes a list of texts, not one string")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise InvalidInputError(f"put_cached needs one vector row per text: got {len(texts)} "
+                                    f"texts and vectors of shape {vectors.shape}")
+        if self._cache is None:
+            raise InvalidInputError("this embedder has no vector cache to put vectors in: "
+                                    "set EmbedderConfig.cache_dir")
+        self._cache.put({content_hash(text): row for text, row in zip(texts, vectors)})
+
     def encode(
         self, texts: list[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:

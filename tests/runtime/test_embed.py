@@ -122,3 +122,24 @@ def test_a_new_backend_is_one_registration(monkeypatch, tmp_path):
     again = Embedder(config)
     np.testing.assert_array_equal(again.encode(texts[:2]), vectors[:2])
     assert not again.loaded  # every vector came from the cache
+
+
+def test_put_cached_vectors_are_what_encode_returns(monkeypatch, tmp_path):
+    """Vectors embedded elsewhere (index --ray's workers) and put in the cache are served by
+    `encode` as they were put: a deliberately different vector, and the model never asked."""
+    monkeypatch.setitem(runtime.embed._BACKENDS, "word-hash", (__name__, "WordHashEncoder", True))
+    embedder = Embedder(EmbedderConfig(backend="word-hash", cache_dir=tmp_path))
+    put = np.eye(16, dtype=np.float64)[[3, 7]]  # not what WordHashEncoder gives; float64 stored as float32
+    embedder.put_cached(["one two", "three"], put)
+    vectors = embedder.encode(["three", "four", "one two"])
+    assert embedder.encoder().calls == [["four"]]  # only the text not put reached the model
+    assert vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors[[2, 0]], put)
+    np.testing.assert_array_equal(Embedder(embedder.config).encode(["three"]), put[1:])  # on disk
+
+    for texts, bad in ((["a", "b"], np.zeros((3, 16))), (["a"], np.zeros(16)), ("a", np.zeros((1, 16)))):
+        with pytest.raises(InvalidInputError):
+            embedder.put_cached(texts, bad)
+    assert not embedder.cached(["a"])  # a refused put stores nothing
+    with pytest.raises(InvalidInputError, match="cache_dir"):
+        Embedder(EmbedderConfig(backend="word-hash")).put_cached(["a"], np.zeros((1, 16)))
