@@ -70,6 +70,18 @@ from index.workspace import ensure_workspace
 __all__ = ["Collection", "CollectionConfig", "IndexReport", "MODES", "drop_collection"]
 MODES = ("hybrid", "bm25", "dense")
 GROUP_BY = (None, "document")
+
+
+def check_search(query: Any, mode: Any, k: Any, group_by: Any) -> None:
+    """Refuse a search request a collection (sharded or not) cannot answer, naming the problem."""
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidInputError("empty query: give some words to search for")
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown search mode {mode!r}; choose one of {MODES}")
+    if not isinstance(k, int) or k <= 0:
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+    if group_by not in GROUP_BY:
+        raise InvalidInputError(f"unknown group_by {group_by!r}; choose 'document' or none")
 _log = logging.getLogger(__name__)
 @dataclass
 class _Put:
@@ -843,14 +855,7 @@ class Collection:
         Returns:
             SearchResults best first; `score` is BM25, cosine or the fused score by mode.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidInputError("empty query: give some words to search for")
-        if mode not in MODES:
-            raise InvalidInputError(f"unknown search mode {mode!r}; choose one of {MODES}")
-        if not isinstance(k, int) or k <= 0:
-            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        if group_by not in GROUP_BY:
-            raise InvalidInputError(f"unknown group_by {group_by!r}; choose 'document' or none")
+        check_search(query, mode, k, group_by)
         self._ensure_loaded()
         if filters is not None and filters.admits_everything:
             filters = None

@@ -44,7 +44,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from index.bm25 import BM25Statistics
-from index.collection import GROUP_BY, MODES, Collection, unnamed_text_path
+from index.collection import Collection, check_search, unnamed_text_path
 from index.collection_config import CollectionConfig, IndexReport
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.query import echoes, is_question, search_text
@@ -233,14 +233,7 @@ def scatter_gather(shards: list[Shard], query: str, k: int, mode: str, config: C
     Returns:
         the results and the names of shards that did not answer.
     """
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidInputError("empty query: give some words to search for")
-    if mode not in MODES:
-        raise InvalidInputError(f"unknown search mode {mode!r}; choose one of {MODES}")
-    if not isinstance(k, int) or k <= 0:
-        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-    if group_by not in GROUP_BY:
-        raise InvalidInputError(f"unknown group_by {group_by!r}; choose 'document' or none")
+    check_search(query, mode, k, group_by)
     if filters is not None and filters.admits_everything:
         filters = None
     reranker = reranker if mode == "hybrid" else None
