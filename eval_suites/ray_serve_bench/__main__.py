@@ -15,7 +15,6 @@ Corpus: 2WikiMultiHopQA passages; queries: HotpotQA dev questions (shared/data/m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from eval_suites.report import Report
+from eval_suites.rest_load.__main__ import load  # the same passages and questions as rest_load
 from runtime.model_cache import package_versions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,16 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=60, help="requests per cell")
     parser.add_argument("--concurrency", type=int, default=8)
     return parser.parse_args(argv)
-
-
-def load(data: Path, passages: int, queries: int) -> tuple[list[str], list[str]]:
-    corpus = json.loads((data / "multihop" / "2wiki_corpus.json").read_text())
-    texts = [f"{p['title']}. {p['text']}" for p in corpus[:passages]]
-    questions = []
-    with open(data / "multihop" / "hotpotqa_dev.jsonl") as handle:
-        for line in handle:
-            questions.append(json.loads(line)["question"])
-    return texts, questions[:queries]
 
 
 def build(root: Path, texts: list[str]) -> dict:
