@@ -32,6 +32,7 @@ import numpy as np
 
 from index.context import context_header
 from index.pseudo_pairs import PairConfig, TrainingPair, mine_pairs
+from index.types import Hits
 from runtime.embed import Embedder, EmbedderConfig, default_backend
 from runtime.embed_tune import TuneConfig, tune_embedder, tuned_from, write_tune_record
 from runtime.errors import InvalidInputError
@@ -171,13 +172,12 @@ def _pairs(collection, config: PairConfig) -> list[TrainingPair]:
     documents = [rows[i].doc_id for i in ids]
     headers = [context_header(rows[i].path, rows[i].kind, rows[i].metadata)
                if collection.config.context else "" for i in ids]
-    collection._ensure_loaded()
 
-    def bm25(query: str, k: int):
+    def bm25(query: str, k: int) -> Hits:
+        """BM25 over the collection, as positions in the lists above."""
         hits = collection.bm25_hits(query, k)
         keep = [n for n, row_id in enumerate(hits.ids) if int(row_id) in position]
-        return type(hits)(np.array([position[int(hits.ids[n])] for n in keep], np.int64),
-                          hits.scores[keep])
+        return Hits(np.array([position[int(hits.ids[n])] for n in keep], np.int64), hits.scores[keep])
 
     return mine_pairs(texts, documents, headers, config, bm25)
 
