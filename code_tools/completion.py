@@ -2,9 +2,12 @@
 
 `RepoCompleter.complete(path, line, col)`:
 1. query = the last ~20 non-empty lines before the cursor;
-2. context = BM25 top-50 over the pool (syntax chunks, blocks, abstracts) -> dense re-rank top-5,
-   + the definitions of symbols imported or called near the cursor, + the abstracts of imported
-   files; chunks of the file being completed are never candidates (no leakage);
+2. context = the definitions of symbols imported or called near the cursor, + BM25 top-50 over
+   the pool (syntax chunks, blocks, abstracts) -> dense re-rank top-5, + the abstracts of imported
+   files; chunks of the file being completed are never candidates (no leakage). Retrieval is
+   skipped when those definitions already fill the context budget (nothing retrieved could be
+   shown), and the dense re-rank when BM25's top hits lie in the open file's neighbourhood
+   (CompletionConfig.skip_retrieval_when_full, dense_skip_neighbours);
 3. a token-budgeted prompt: cross-file context, the file path, the left context, and the right
    context when the generator has a fill-in-the-middle format (else a plain prefix prompt);
 4. greedy generation with stop rules, then truncation to one line or one statement.
@@ -19,11 +22,12 @@ import threading
 import time
 import tokenize as pytokenize
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from code_tools.languages import language_for_path, outline
 from code_tools.repo import RepoIndex
+from index.types import Hits
 from runtime.errors import InvalidInputError, NotFoundError
 from runtime.generation import GenerationConfig
 
@@ -64,6 +68,15 @@ class CompletionConfig:
         context_order: "document" shows the chosen chunks (definitions first) in repository
             order (path, line), so consecutive prompts differ only where the context changed
             and the KV cache edit stays small; "score" shows them by priority and score.
+        skip_retrieval_when_full: no BM25 and no dense re-rank when the definitions of the
+            symbols imported or called near the cursor already leave less than the 32 tokens
+            `_budget` needs to place another item: retrieved chunks could not be shown, so the
+            prompt is the same as with retrieval (lossless).
+        dense_skip_neighbours: keep BM25's order (no query embedding) when at least this many
+            of BM25's top `rerank_top` hits lie in the open file's neighbourhood (its directory
+            or the repository files it imports): lexical context from the code the file uses
+            suffices. 0 = always re-rank densely. Lossy: the context can differ from the re-ranked
+            one (measured in eval_suites/repo_completion/typing_latency).
     """
 
     use_context: bool = True
@@ -87,6 +100,8 @@ class CompletionConfig:
     early_stop: bool = True
     context_cache: int = 64
     context_order: str = "document"
+    skip_retrieval_when_full: bool = True
+    dense_skip_neighbours: int = 0
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
@@ -95,8 +110,8 @@ class CompletionConfig:
             raise InvalidInputError("token budgets must be >= 0")
         if self.context_order not in ("document", "score"):
             raise InvalidInputError(f"context_order must be 'document' or 'score', not {self.context_order!r}")
-        if self.draft_tokens < 0 or self.context_cache < 0:
-            raise InvalidInputError("draft_tokens and context_cache must be >= 0 (0 = off)")
+        if self.draft_tokens < 0 or self.context_cache < 0 or self.dense_skip_neighbours < 0:
+            raise InvalidInputError("draft_tokens, context_cache and dense_skip_neighbours must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -229,6 +244,8 @@ def truncation_decided(generated: str, line_prefix: str, mode: str = "statement"
 # Characters per budget token of the window `_fit` counts first (code runs ~3-4 characters a
 # token; 8 leaves room for long tokens such as runs of indentation).
 _FIT_WINDOW_CHARS = 8
+# `_budget` places no further item once fewer context tokens than this are left.
+_MIN_ITEM_TOKENS = 32
 
 
 def _tail_lines(text: str, n: int) -> str:
@@ -319,13 +336,16 @@ class RepoCompleter:
             return [], timings
         cfg = self.config
         started = time.perf_counter()
-        ranked = self._retrieve(path, prefix, timings)
-
-        t = time.perf_counter()
         # Definitions first: a retrieved chunk covering the same lines adds nothing.
         spans: list[tuple[str, int, int]] = []
-        definitions, abstracts = self._symbol_context(path, prefix, spans)
-        timings["symbols"] = time.perf_counter() - t
+        definitions, abstracts, targets = self._symbol_context(path, prefix, spans)
+        timings["symbols"] = time.perf_counter() - started
+        if cfg.skip_retrieval_when_full and self._room_after(definitions) < _MIN_ITEM_TOKENS:
+            ranked = Hits.empty()  # nothing retrieved would fit: the prompt is the same without it
+            timings["bm25"] = timings["rerank"] = 0.0
+            timings["retrieval_skipped"] = 1.0
+        else:
+            ranked = self._retrieve(path, prefix, timings, targets)
         retrieved: list[ContextItem] = []
         for chunk_id, score in zip(ranked.ids, ranked.scores):
             chunk = self.repo.chunk(int(chunk_id))
@@ -353,8 +373,26 @@ class RepoCompleter:
         timings["context"] = time.perf_counter() - started
         return items, timings
 
-    def _retrieve(self, path: str, prefix: str, timings: dict[str, float]):
-        """BM25 top candidates re-ranked densely, for the cursor's neighbourhood (cached)."""
+    def _room_after(self, definitions: list[ContextItem]) -> int:
+        """Context tokens `_budget` has left after placing `definitions` (on copies: the same
+        greedy pass, so fewer than _MIN_ITEM_TOKENS means it places nothing after them)."""
+        kept = self._budget([replace(d) for d in definitions], self.config.context_tokens)
+        return self.config.context_tokens - sum(item.tokens for item in kept)
+
+    def _neighbours(self, path: str, targets: list[str], hits) -> int:
+        """How many of BM25's top `rerank_top` hits lie in `path`'s directory or in a file it imports."""
+        directory = path.rsplit("/", 1)[0] if "/" in path else ""
+        near = set(targets)
+        count = 0
+        for chunk_id in hits.ids[: self.config.rerank_top]:
+            other = self.repo.path_of(int(chunk_id))
+            if other in near or (other.rsplit("/", 1)[0] if "/" in other else "") == directory:
+                count += 1
+        return count
+
+    def _retrieve(self, path: str, prefix: str, timings: dict[str, float], targets: list[str] = ()):
+        """BM25 top candidates re-ranked densely (or kept in BM25's order when enough of them are
+        the open file's neighbours), for the cursor's neighbourhood (cached)."""
         cfg = self.config
         query = _tail_lines(prefix, cfg.query_lines)
         if cfg.context_cache:
@@ -371,7 +409,11 @@ class RepoCompleter:
         hits = self.repo.search_bm25(query, cfg.bm25_candidates, exclude_paths=(path,))
         timings["bm25"] = time.perf_counter() - t
         t = time.perf_counter()
-        if cfg.dense_rerank and len(hits):
+        if (cfg.dense_rerank and len(hits) and cfg.dense_skip_neighbours
+                and self._neighbours(path, list(targets), hits) >= cfg.dense_skip_neighbours):
+            ranked = hits  # lexical context from the file's neighbourhood suffices
+            timings["dense_skipped"] = 1.0
+        elif cfg.dense_rerank and len(hits):
             ranked = self.repo.rerank(query, hits.ids, len(hits))
         else:
             ranked = hits
@@ -423,12 +465,13 @@ class RepoCompleter:
                 self._token_counts[key] = known
         return known
 
-    def _symbol_context(self, path: str, prefix: str, spans: list) -> tuple[list, list]:
-        """Definitions of symbols imported or called near the cursor + imported files' abstracts."""
+    def _symbol_context(self, path: str, prefix: str, spans: list) -> tuple[list, list, list[str]]:
+        """Definitions of symbols imported or called near the cursor + imported files' abstracts
+        + the repository files the prefix imports."""
         cfg = self.config
         parsed = outline(path, prefix)
         if parsed is None:
-            return [], []
+            return [], [], []
         cursor_line = prefix.count("\n") + 1
         near = cursor_line - cfg.near_lines
         names: list[str] = [name for name, line in reversed(parsed.calls) if line >= near]
@@ -468,14 +511,14 @@ class RepoCompleter:
             if chunk is not None:
                 abstracts.append(ContextItem("abstract", chunk.path, chunk.start_line,
                                              chunk.end_line, 0.0, chunk.text))
-        return definitions, abstracts
+        return definitions, abstracts, targets
 
     def _budget(self, items: list[ContextItem], budget: int) -> list[ContextItem]:
         """Greedy fill in priority order; an item that does not fit is cut at a line end."""
         kept: list[ContextItem] = []
         left = budget
         for item in items:
-            if left < 32:
+            if left < _MIN_ITEM_TOKENS:
                 break
             tokens = self._count_chunk_tokens(item.text) + 1
             if tokens > left:

@@ -297,3 +297,51 @@ def test_context_is_chosen_by_score_and_shown_in_repository_order(repo):
     assert [i.source for i in ordered][:1] == ["definition"]
     with pytest.raises(InvalidInputError, match="context_order"):
         CompletionConfig(context_order="random")
+
+
+def test_retrieval_is_skipped_when_the_definitions_fill_the_budget(repo):
+    prefix = ("from shop.pricing import apply_discount, with_tax\n\n\ndef summary(cart):\n"
+              "    discounted = apply_discount(cart.total(), 5)\n    return with_tax(discounted)\n    ")
+    for budget in (40, 60):  # the definitions near the cursor leave < 32 tokens
+        full, timings = RepoCompleter(repo, None, _fast(context_tokens=budget)).assemble_context(
+            "shop/report.py", prefix)
+        assert timings["retrieval_skipped"] == 1.0 and timings["bm25"] == 0.0
+        assert full and {i.source for i in full} == {"definition"}
+        # lossless: retrieving anyway gives the same context (nothing retrieved fits)
+        same, timings = RepoCompleter(repo, None, _fast(context_tokens=budget, skip_retrieval_when_full=False)
+                                      ).assemble_context("shop/report.py", prefix)
+        assert "retrieval_skipped" not in timings
+        assert [(i.source, i.path, i.start_line, i.text) for i in same] == [
+            (i.source, i.path, i.start_line, i.text) for i in full]
+    # room left after the definitions: BM25 runs and its chunks are shown
+    items, timings = RepoCompleter(repo, None, _fast()).assemble_context("shop/report.py", prefix)
+    assert "retrieval_skipped" not in timings and any(i.source == "retrieved" for i in items)
+
+
+def test_dense_rerank_is_skipped_only_when_bm25s_top_hits_are_the_files_neighbours(repo):
+    prefix = "def summary(cart):\n    total = cart.total(10)\n    discounted = apply_discount(total, 5)\n    "
+    # shop/report.py: every BM25 hit lies in its directory -> BM25's order, no query embedding
+    config = CompletionConfig(dense_skip_neighbours=2)
+    items, timings = RepoCompleter(repo, None, config).assemble_context("shop/report.py", prefix)
+    assert timings["dense_skipped"] == 1.0 and repo._embedder is None
+    bm25 = repo.search_bm25(prefix, 50, exclude_paths=("shop/report.py",))
+    first = repo.chunk(int(bm25.ids[0]))
+    assert any((i.path, i.start_line) == (first.path, first.start_line) for i in items if i.source == "retrieved")
+    # more neighbours asked for than the top 5 can hold: the dense re-rank runs
+    _, timings = RepoCompleter(repo, None, CompletionConfig(dense_skip_neighbours=6)).assemble_context(
+        "shop/report.py", prefix)
+    assert "dense_skipped" not in timings and repo._embedder is not None
+    # a file alone in its directory that imports nothing: no neighbour among the hits, dense re-ranks
+    lonely = "tools/audit.py"
+    (repo.root / "tools").mkdir()
+    (repo.root / lonely).write_text(prefix)
+    repo.reindex_file(lonely)
+    _, timings = RepoCompleter(repo, None, CompletionConfig(dense_skip_neighbours=1)).assemble_context(lonely, prefix)
+    assert "dense_skipped" not in timings and "retrieval_skipped" not in timings
+    # ...until it imports the file its hits come from
+    importing = "from shop.cart import Cart\n\n\n" + prefix  # cart.py holds BM25's top hits
+    _, timings = RepoCompleter(repo, None, CompletionConfig(dense_skip_neighbours=1)).assemble_context(
+        lonely, importing)
+    assert timings["dense_skipped"] == 1.0
+    with pytest.raises(InvalidInputError, match="dense_skip_neighbours"):
+        CompletionConfig(dense_skip_neighbours=-1)
