@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from codehop.config import RaySettings
 from index.types import SearchFilter, SearchResult
 from runtime.errors import CodehopError
 
@@ -283,23 +284,15 @@ def _gather(responses: list[Any], timeout_s: float) -> list[Any]:
 
 @dataclass(frozen=True)
 class RayServePlan:
-    """What `deploy` starts (from [ray] and the command line)."""
+    """What `deploy` starts: one collection of `shards` shards on host:port, with the replica,
+    autoscaling, CPU, timeout and health-check settings of [ray] (codehop.config.RaySettings)."""
 
     workspace: str
     collection: str
     shards: int
     host: str = "127.0.0.1"
     port: int = 8000
-    ingress_replicas: int = 1
-    min_replicas: int | None = None  # both set: Serve autoscaling instead of a fixed count
-    max_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-    max_ongoing_requests: int = 8
-    shard_cpus: float = 1.0
-    ingress_cpus: float = 1.0
-    shard_timeout_s: float = 2.0
-    health_check_period_s: float = 2.0
-    health_check_timeout_s: float = 10.0
+    ray: RaySettings = field(default_factory=RaySettings)
 
 
 def build_app(plan: RayServePlan, settings):
@@ -309,18 +302,18 @@ def build_app(plan: RayServePlan, settings):
     from codehop.rest import create_app
 
     embedding = {"embedding_endpoint": settings.embedding_endpoint(), "device": settings.embedding.device}
-    health = {"health_check_period_s": plan.health_check_period_s,
-              "health_check_timeout_s": plan.health_check_timeout_s}
+    health = {"health_check_period_s": plan.ray.health_check_period_s,
+              "health_check_timeout_s": plan.ray.health_check_timeout_s}
     shards = [serve.deployment(ShardReplica, name=shard_deployment(i), num_replicas=1,
-                               ray_actor_options={"num_cpus": plan.shard_cpus},
-                               max_ongoing_requests=plan.max_ongoing_requests, **health)
+                               ray_actor_options={"num_cpus": plan.ray.shard_cpus},
+                               max_ongoing_requests=plan.ray.max_ongoing_requests, **health)
               .bind(plan.workspace, plan.collection, i, embedding)
               for i in range(plan.shards)]
 
     def builder():
         def attach(resources) -> None:  # made on first use: off the event loop the lifespan runs on
             resources.attach(plan.collection, lambda: RayShardedCollection(
-                plan.collection, plan.shards, plan.shard_timeout_s, embedding, settings.open_reranker()))
+                plan.collection, plan.shards, plan.ray.shard_timeout_s, embedding, settings.open_reranker()))
 
         return create_app(settings, workspace=Path(plan.workspace), roots=[], background=attach)
 
@@ -328,13 +321,13 @@ def build_app(plan: RayServePlan, settings):
         def __init__(self, *shard_apps) -> None:  # bound to the shards: Serve deploys them first
             pass
 
-    scaling: dict[str, Any] = {"num_replicas": plan.ingress_replicas}
-    if plan.min_replicas is not None and plan.max_replicas is not None:
-        scaling = {"autoscaling_config": {"min_replicas": plan.min_replicas, "max_replicas": plan.max_replicas,
-                                          "target_ongoing_requests": plan.target_ongoing_requests}}
+    scaling: dict[str, Any] = {"num_replicas": plan.ray.ingress_replicas}
+    if plan.ray.min_replicas is not None and plan.ray.max_replicas is not None:
+        scaling = {"autoscaling_config": {"min_replicas": plan.ray.min_replicas, "max_replicas": plan.ray.max_replicas,
+                                          "target_ongoing_requests": plan.ray.target_ongoing_requests}}
     ingress = serve.deployment(serve.ingress(builder)(Ingress), name="ingress",
-                               ray_actor_options={"num_cpus": plan.ingress_cpus},
-                               max_ongoing_requests=plan.max_ongoing_requests, **scaling, **health)
+                               ray_actor_options={"num_cpus": plan.ray.ingress_cpus},
+                               max_ongoing_requests=plan.ray.max_ongoing_requests, **scaling, **health)
     return ingress.bind(*shards)
 
 

@@ -129,12 +129,7 @@ def _serve_ray(settings, args: argparse.Namespace, host: str, port: int) -> int:
     settings = dataclasses.replace(settings, collection=dataclasses.replace(settings.collection, name=name))
     r = settings.ray
     plan = RayServePlan(workspace=str(workspace), collection=name, shards=shard_count(workspace, name),
-                        host=host, port=port, ingress_replicas=r.ingress_replicas, min_replicas=r.min_replicas,
-                        max_replicas=r.max_replicas, target_ongoing_requests=r.target_ongoing_requests,
-                        max_ongoing_requests=r.max_ongoing_requests, shard_cpus=r.shard_cpus,
-                        ingress_cpus=r.ingress_cpus, shard_timeout_s=r.shard_timeout_s,
-                        health_check_period_s=r.health_check_period_s,
-                        health_check_timeout_s=r.health_check_timeout_s)
+                        host=host, port=port, ray=r)
     deploy(plan, settings, address=args.address or r.address, blocking=False)
     print(f"codehop: serving http://{host}:{port} on Ray ({plan.shards} shard(s) of {name!r}, "
           f"{r.ingress_replicas if r.min_replicas is None else f'{r.min_replicas}-{r.max_replicas}'} "

@@ -81,7 +81,7 @@ def serving_cells(workspaces: dict[str, str], questions: list[str], requests: in
     import ray
     from ray import serve
 
-    from codehop.config import Settings
+    from codehop.config import RaySettings, Settings
     from codehop.serve_ray import APP, RayServePlan, deploy, shard_count
 
     rows: list[dict] = []
@@ -110,7 +110,8 @@ def serving_cells(workspaces: dict[str, str], questions: list[str], requests: in
                                                                                          name="default"))
             plan = RayServePlan(workspace=workspace, collection="default",
                                 shards=shard_count(Path(workspace), "default"), port=SERVE_PORT,
-                                ingress_replicas=replicas, shard_cpus=0.5, ingress_cpus=0.5, shard_timeout_s=30.0)
+                                ray=RaySettings(ingress_replicas=replicas, shard_cpus=0.5, ingress_cpus=0.5,
+                                                shard_timeout_s=30.0))
             started = time.perf_counter()
             deploy(plan, settings_here, address=address, blocking=False)
             url = f"http://127.0.0.1:{SERVE_PORT}"
