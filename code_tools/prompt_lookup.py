@@ -32,31 +32,8 @@ from typing import Callable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-
-def lookup_draft(ids: Sequence[int], max_tokens: int, ngram: int = 3, min_ngram: int = 1,
-                 search_from: int = 0) -> list[int]:
-    """Up to `max_tokens` ids that followed the most recent earlier occurrence of the last
-    n-gram of `ids` (n from `ngram` down to `min_ngram`); [] when none occurs.
-
-    Example: ids=[5, 6, 7, 8, 5, 6], max_tokens=3, ngram=2 -> [7, 8, 5].
-    `search_from` skips the ids before it (e.g. a prompt's special tokens).
-    """
-    n_ids = len(ids)
-    if max_tokens <= 0:
-        return []
-    seq = list(ids)
-    for n in range(min(ngram, n_ids - 1), min_ngram - 1, -1):
-        if n <= 0:
-            break
-        tail = seq[n_ids - n:]
-        first = tail[0]
-        # most recent occurrence that ends before the tail itself
-        for start in range(n_ids - n - 1, search_from - 1, -1):
-            if seq[start] == first and seq[start:start + n] == tail:
-                follow = seq[start + n:start + n + max_tokens]
-                if follow:
-                    return follow
-    return []
+# The draft rule and its settings live in the runtime, shared with rag.llm's answers.
+from runtime.prompt_lookup import LookupConfig, lookup_draft  # noqa: F401 (re-exported)
 
 
 class GrowingLayer(DynamicLayer):
@@ -108,18 +85,6 @@ class GrowingCache(DynamicCache):
 
     def __init__(self, rows: Sequence[tuple[torch.Tensor, torch.Tensor]], spare: int = 64) -> None:
         Cache.__init__(self, layers=[GrowingLayer(k, v, spare) for k, v in rows])
-
-
-@dataclass(frozen=True)
-class LookupConfig:
-    """Args:
-        draft_tokens: most tokens drafted per verify step (0 = plain one-token greedy steps).
-        ngram / min_ngram: the n-gram sizes matched, longest first.
-    """
-
-    draft_tokens: int = 8
-    ngram: int = 3
-    min_ngram: int = 1
 
 
 @dataclass

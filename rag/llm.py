@@ -26,6 +26,7 @@ from runtime.errors import InvalidInputError, MissingDependencyError, ModelNotFo
 # The contract lives in runtime/ so code_tools/ and agents/ can use it without importing rag/.
 from runtime.generation import Generation, GenerationConfig, Generator  # noqa: F401 (re-exported)
 from runtime.model_cache import build_once, cache_entry, default_models_dir, package_versions
+from runtime.prompt_lookup import LookupConfig, lookup_draft
 from runtime.resolver import DEFAULT_GENERATOR_MODEL, resolve_model
 
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
@@ -128,9 +129,17 @@ class TransformersGenerator:
     Each step applies, in order: the repetition penalty, the JSON-schema grammar mask, the
     n-gram ban (skipped for a step where it would leave the grammar no token: the schema wins),
     then temperature/top-p or argmax. Reported log-probs are the model's own, before these rules.
+
+    Greedy requests draft from their own prompt (runtime.prompt_lookup; `lookup`, 0 tokens =
+    off): answers copy names, calls and phrases from their sources, and one forward over
+    ``[pending] + draft`` verifies up to `draft_tokens` of them. A drafted position's token is
+    the argmax of the same rules over the history that position has, so the output equals
+    one-token-per-forward greedy decoding, loop control included (tests/rag/test_llm_lookup.py).
+    Sampling and JSON-schema decoding never draft; `Generation.decode` says which ran and why.
     """
 
-    def __init__(self, model, tokenizer, name: str = "model") -> None:
+    def __init__(self, model, tokenizer, name: str = "model",
+                 lookup: LookupConfig = LookupConfig(draft_tokens=3, min_ngram=2)) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -145,11 +154,15 @@ class TransformersGenerator:
         self.precision = "float32"  # of the weights (rag.cpu_weights); the loader records its choice
         self._grammar_compiler = None  # built on the first json_schema request
         self._grammars: dict[str, Any] = {}  # json.dumps(schema, sort_keys=True) -> compiled
+        # Prompt-lookup drafting of greedy answers. 3 tokens: a verify pass of up to 4 rows stays
+        # on int8 weights' few-row kernel (rag.cpu_weights.INT8_MAX_ROWS), as one-token steps do.
+        self.lookup = lookup
+        self._decodes = threading.local()  # the record of each thread's latest decode
 
     @classmethod
-    def from_model(cls, model, tokenizer, name: str = "custom") -> "TransformersGenerator":
+    def from_model(cls, model, tokenizer, name: str = "custom", **options) -> "TransformersGenerator":
         """Wrap an already built model/tokenizer (tests use a tiny random Llama)."""
-        return cls(model, tokenizer, name)
+        return cls(model, tokenizer, name, **options)
 
     # -- tokens -------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -220,11 +233,33 @@ class TransformersGenerator:
         return None if schema is None else _SchemaConstraint(*self._compiled_schema(schema))
 
     # -- decoding -----------------------------------------------------------------------
-    def _steps(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[_Step]:
+    def drafting(self, config: GenerationConfig) -> tuple[bool, str]:
+        """(whether a request with `config` drafts from its prompt, why)."""
+        if self.lookup.draft_tokens == 0:
+            return False, "prompt-lookup drafting is off (draft_tokens = 0)"
+        if config.temperature != 0:
+            return False, "sampling (temperature > 0): drafts are only verified against greedy choices"
+        if config.json_schema is not None:
+            return False, "JSON-schema decoding: the grammar state has no rollback for rejected drafts"
+        if config.repetition_penalty != 1.0 or config.no_repeat_ngram_size:
+            return True, ("greedy; the repetition penalty and n-gram ban are applied at every drafted "
+                          "position with that position's history")
+        return True, "greedy"
+
+    def _steps(self, prompt_ids: list[int], config: GenerationConfig,
+               record: dict[str, Any] | None = None) -> Iterator[_Step]:
+        """The tokens of one decode; `record` (when given) gets forwards, drafted, accepted."""
         import torch
 
         if not prompt_ids:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
+        record = {} if record is None else record
+        record.update(forwards=0, drafted=0, accepted=0)
+        draft, record["drafting_why"] = self.drafting(config)
+        record["drafting"] = "prompt-lookup" if draft else "off"
+        if draft:
+            yield from self._drafted_steps(prompt_ids, config, record)
+            return
         generator = torch.Generator().manual_seed(config.seed if config.seed is not None else 0)
         constraint = self._constraint(config.json_schema)
         input_ids = torch.tensor([prompt_ids])
@@ -232,6 +267,7 @@ class TransformersGenerator:
         generated: list[int] = []
         for _ in range(config.max_new_tokens):
             logits, past = self.forward(input_ids, past, logits_to_keep=1)
+            record["forwards"] += 1
             raw = logits[0, -1].float()
             scores = self._apply_rules(raw, generated, config, constraint)
             if config.temperature == 0:
@@ -247,6 +283,48 @@ class TransformersGenerator:
                     return
             generated.append(token)
             input_ids = torch.tensor([[token]])
+
+    def _drafted_steps(self, prompt_ids: list[int], config: GenerationConfig,
+                       record: dict[str, Any]) -> Iterator[_Step]:
+        """Greedy steps with prompt-lookup drafts: each forward runs the pending token and a
+        draft looked up in prompt + output; row i of its logits, under the rules with history
+        ``generated + draft[:i]``, gives the greedy token after ``draft[:i]``. The drafts equal
+        to those tokens are kept, then the model's own token after them; rejected rows are
+        cropped from the KV cache. The prompt is prefilled alone, as the plain loop does."""
+        import torch
+
+        lookup = self.lookup
+        sequence = list(prompt_ids)  # what drafts are looked up in
+        generated: list[int] = []
+        inputs, past, budget = list(prompt_ids), None, lookup.draft_tokens
+        while len(generated) < config.max_new_tokens:
+            room = config.max_new_tokens - len(generated) - 1  # the model's own token always comes
+            draft = lookup_draft(sequence, min(budget, room), lookup.ngram, lookup.min_ngram) \
+                if past is not None and room > 0 else []
+            logits, past = self.forward(torch.tensor([inputs + draft]), past, logits_to_keep=len(draft) + 1)
+            record["forwards"] += 1
+            rows = logits[0, -(len(draft) + 1):].float()
+            tokens: list[int] = []
+            for i in range(len(draft) + 1):
+                token = int(torch.argmax(self._apply_rules(rows[i], generated + tokens, config, None)))
+                tokens.append(token)
+                if i == len(draft) or token != draft[i] or token in self.eos_ids:
+                    break
+            accepted = sum(1 for token, drafted in zip(tokens, draft) if token == drafted)
+            record["drafted"] += len(draft)
+            record["accepted"] += accepted
+            if accepted < len(draft):  # the KV rows of rejected drafts
+                past.crop(accepted - len(draft))
+            if draft:  # a fully accepted draft grows the next one back, a miss shrinks it
+                budget = lookup.draft_tokens if accepted == len(draft) else max(1, accepted + 1)
+            logprobs = torch.log_softmax(rows[: len(tokens)], dim=-1)
+            for row, token in enumerate(tokens):
+                yield _Step(token, float(logprobs[row, token]))
+                if token in self.eos_ids:
+                    return
+                generated.append(token)
+                sequence.append(token)
+            inputs = [tokens[-1]]
 
     @staticmethod
     def _apply_rules(raw, generated: list[int], config: GenerationConfig,
@@ -286,8 +364,10 @@ class TransformersGenerator:
         logprobs: list[float] = []
         emitted = ""
         finish = "length"
+        record: dict[str, Any] = {}
+        self._decodes.last = record  # filled in as the decode runs (see last_decode)
         with self._lock:
-            for step in self._steps(prompt_ids, config):
+            for step in self._steps(prompt_ids, config, record):
                 if cancel_requested():  # the client went away (runtime.cancel): free the model now
                     finish = "cancelled"
                     break
@@ -306,7 +386,13 @@ class TransformersGenerator:
         if rest:
             yield rest, None
         yield "", Generation(final_text, ids, logprobs if config.logprobs else None, finish,
-                             len(prompt_ids), time.perf_counter() - start)
+                             len(prompt_ids), time.perf_counter() - start, decode=record)
+
+    def last_decode(self) -> dict[str, Any] | None:
+        """The record (Generation.decode: forwards, drafted, accepted, drafting and why) of the
+        latest generation started on the calling thread: how a caller of `stream` or
+        `chat_stream`, which yield text only, reads what its decode did."""
+        return getattr(self._decodes, "last", None)
 
     def complete(self, prompt: str, config: GenerationConfig = GenerationConfig()) -> Generation:
         result = None
@@ -555,7 +641,8 @@ BACKENDS = ("transformers", "vllm", "llamacpp", "openai")
 
 def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transformers",
                    cache_root: Path | None = None, device: str = "cpu", threads: int | None = None,
-                   endpoint=None, openai=None, precision: str = "float32") -> Generator:
+                   endpoint=None, openai=None, precision: str = "float32",
+                   lookup: LookupConfig | None = None) -> Generator:
     """Load a generator by model name through the one resolver, or connect to a server.
 
     Args:
@@ -574,6 +661,9 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
         precision: weights of the transformers backend (rag.cpu_weights): "float32" (as loaded),
             "bfloat16", "int8" (compact weights for decoding, bfloat16 matmuls for prompts), or
             "auto" ("int8" on a CPU with bfloat16 in hardware, else "float32").
+        lookup: prompt-lookup drafting of the transformers backend's greedy answers
+            (runtime.prompt_lookup.LookupConfig; draft_tokens 0 = off). None keeps the
+            generator's default: 3 tokens from 2-gram matches.
     Returns:
         A Generator.
     """
@@ -590,7 +680,10 @@ def load_generator(name: str = DEFAULT_GENERATOR_MODEL, backend: str = "transfor
             raise InvalidInputError("the openai backend needs an endpoint: set [generator] base_url")
         return OpenAIGenerator(endpoint, openai or OpenAIGeneratorConfig())
     if backend == "transformers":
-        return _load_transformers(name, Path(cache_root) if cache_root else None, device, precision)
+        generator = _load_transformers(name, Path(cache_root) if cache_root else None, device, precision)
+        if lookup is not None:
+            generator.lookup = lookup
+        return generator
     if backend == "vllm":
         return VllmGenerator(name)
     if backend == "llamacpp":

@@ -295,14 +295,15 @@ class RagPipeline:
             from rag.llm import GenerationConfig
 
             config = self._answer_decoding(GenerationConfig)
-            pieces = []
-            for piece in self._generate(question, messages, sources, config, stages):
+            pieces, decode = [], {}
+            for piece in self._generate(question, messages, sources, config, stages, decode):
                 pieces.append(piece)
                 yield {"type": "token", "text": piece}
             answer = "".join(pieces).strip()
             rapid = next((s for s in reversed(stages) if s.name == "rapid"), None)
+            # plus the local decoder's record: forwards, drafted, accepted, drafting and why
             stages.append(StageRecord("generate", True, time.perf_counter() - start,
-                                      {"chars": len(answer), "rapid": bool(rapid and rapid.ran)}))
+                                      {"chars": len(answer), "rapid": bool(rapid and rapid.ran), **decode}))
         else:
             reason = "switched off" if self.generator is not None else "no generator configured"
             stages.append(StageRecord("generate", False, detail={"reason": reason}))
@@ -337,16 +338,22 @@ class RagPipeline:
                            repetition_penalty=self.config.answer_repetition_penalty,
                            no_repeat_ngram_size=self.config.answer_no_repeat_ngram)
 
-    def _generate(self, question, messages, sources, config, stages) -> Iterator[str]:
+    def _generate(self, question, messages, sources, config, stages, decode: dict) -> Iterator[str]:
         """Plain streamed generation, or RAPID when `_rapid_decision` says so: the target reads
         every source in full, the drafter only the prompt's chunks that best match the question
-        (BM25, kept in document order); verified tokens stream as they come."""
+        (BM25, kept in document order); verified tokens stream as they come. A local plain
+        decode's record (Generation.decode: forwards, prompt-lookup drafts) lands in `decode`."""
         start = time.perf_counter()
         decision, prompt = self._rapid_decision(messages, config)
         detail = {"why": decision.why, **decision.detail, "decision_s": time.perf_counter() - start}
         if not decision.use:
             stages.append(StageRecord("rapid", False, detail=detail))
+            last = getattr(self.generator, "last_decode", None)  # local models only
+            before = last() if callable(last) else None
             yield from self.generator.chat_stream(messages, config)
+            record = last() if callable(last) else None
+            if isinstance(record, dict) and record is not before:
+                decode.update(record)
             return
         from rag.rapid import RapidGenerator
 

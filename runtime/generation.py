@@ -66,6 +66,9 @@ class Generation:
     # backend reports one; local backends leave it None and count `token_ids`.
     completion_tokens: int | None = None
     note: str = ""  # why the backend did less than asked (e.g. the suffix was not used)
+    # What a local decoding loop did, when it reports it (rag.llm.TransformersGenerator):
+    # forwards, drafted, accepted, and whether prompt-lookup drafting ran and why.
+    decode: dict[str, Any] | None = None
 
     @property
     def generated_tokens(self) -> int:
