@@ -86,6 +86,9 @@ class CollectionSettings:
     rrf_k: int = 60
     dense_weight: float = 0.5
     candidates: int = 100
+    # Hybrid search's BM25 voter: "chunk+document" (a chunk's own BM25 and its whole
+    # document's, half each) or "chunk" (the chunk's alone). Applies at once.
+    lexical: str = "chunk+document"
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     bm25_idf: str = "lucene"
@@ -354,7 +357,7 @@ class Settings:
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
             walk=self.walk_config(),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
-            context=c.context,
+            lexical=c.lexical, context=c.context,
             dense_config=self.dense_config(dense or c.dense),
         )
 

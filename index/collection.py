@@ -46,6 +46,7 @@ import numpy as np
 
 from index import persist
 from index.bm25 import BM25Index, BM25Statistics
+from index.document_bm25 import DocumentBM25, lexical_mix
 from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
 from index.context import UNNAMED_PREFIX, indexed_text
@@ -105,6 +106,7 @@ class Collection:
         self._lock_depth = 0
         self._loaded_stamp: tuple | None = None
         self._bm25: BM25Index | None = None
+        self._documents: DocumentBM25 | None = None  # BM25 over whole documents, beside _bm25
         self._dense: DenseIndex | None = None
         self._pending = np.empty(0, dtype=np.int64)  # chunk ids of the loaded generation without vectors
         self._fusion: tuple[int, FusionEstimate | None] | None = None  # (file mtime, estimate)
@@ -604,7 +606,7 @@ class Collection:
         doc_ids: list[int] = []
         with self._write_lock():
             if rebuild:  # must work even when the current indexes are unreadable
-                self._bm25 = self._dense = None
+                self._bm25 = self._dense = self._documents = None
             else:
                 self._ensure_loaded(repair=False)
             staged: Path | None = None
@@ -644,6 +646,7 @@ class Collection:
             # The indexes just written are the committed ones: keep them instead of reloading.
             with self._index_lock:
                 self._bm25, self._dense, self._pending = self._staged_indexes
+                self._documents = self._staged_documents
             self._loaded_stamp = (persist.manifest_stamp(self.directory),)
         return doc_ids
 
@@ -660,6 +663,7 @@ class Collection:
         if vectors_only and self._bm25 is not None and self._loaded_dir() is not None:
             bm25, bm25_from = self._bm25, self._loaded_dir()
             ids = self.store.chunk_ids(self.name)
+            documents = self._documents or self._documents_from_store()
         else:
             if rebuild:  # the tokenizer or context settings may have changed: index text again
                 ids = self.store.chunk_ids(self.name)
@@ -672,6 +676,7 @@ class Collection:
                 ids, tokens = self.store.chunk_tokens(self.name)
             bm25 = BM25Index(self.config.bm25)
             bm25.index(tokens, np.asarray(ids, dtype=np.int64))
+            documents = self._documents_from_store(ids, tokens)
         dense, pending = self._dense, self._pending
         nothing = dense is None and not len(pending)  # no dense state to build on
         if rebuild or nothing or (dense is not None and dense.kind != self.config.dense):
@@ -697,13 +702,22 @@ class Collection:
             with self._index_lock if live else nullcontext():
                 dense.add(ready, vectors)
         final, counts = persist.stage_generation(self.directory, generation, bm25, dense,
-                                                 pending, bm25_from)
+                                                 pending, bm25_from, documents)
         self._staged_indexes = (bm25, dense, pending)
+        self._staged_documents = documents
         counts = {**counts, **self.store.counts(self.name)}
         self._pending_manifest = persist.new_manifest(
             self.name, generation, final.name, dense, self.config.dense, counts,
             self.config.embedding_model)
         return final
+
+    def _documents_from_store(self, ids: list[int] | None = None,
+                              tokens: list[list[str]] | None = None) -> DocumentBM25:
+        """BM25 over whole documents from the store's chunk tokens (given, or read)."""
+        if ids is None or tokens is None:
+            ids, tokens = self.store.chunk_tokens(self.name)
+        document_of = self.store.chunk_documents(self.name)
+        return DocumentBM25.build(ids, [document_of[i] for i in ids], tokens, self.config.bm25)
 
     def _vectors_for(self, ids: np.ndarray, cached_only: bool) -> tuple[np.ndarray, np.ndarray]:
         """(ids that have a vector, their vectors): every id (embedding the missing ones), or
@@ -815,7 +829,7 @@ class Collection:
             have = 0 if manifest is None else manifest["generation"]
             if have != stored["generation"]:
                 if not repair:
-                    self._bm25 = self._dense = None  # the next commit rebuilds everything
+                    self._bm25 = self._dense = self._documents = None  # the next commit rebuilds everything
                     self._pending = np.empty(0, dtype=np.int64)
                     return
                 # The store is ahead of the indexes: an interrupted commit, or a writer between
@@ -829,11 +843,16 @@ class Collection:
                         self.rebuild(progress=False, defer_dense=True)
                 return self._ensure_loaded(repair=False)
             loaded = (None, None, np.empty(0, dtype=np.int64))
+            documents = None
             if manifest is not None:
                 loaded = (*persist.load_generation(self.directory, manifest, self.name),
                           persist.load_pending(self.directory, manifest))
+                # A generation written before document BM25 existed: built here, written by
+                # the next commit.
+                documents = persist.load_documents(self.directory, manifest) or self._documents_from_store()
             with self._index_lock:
                 self._bm25, self._dense, self._pending = loaded
+                self._documents = documents
             self._loaded_stamp = (stamp,)
 
     # ---------------------------------------------------------------- searching
@@ -903,6 +922,9 @@ class Collection:
 
     def fusion_settings(self) -> dict[str, Any]:
         """How hybrid search fuses, and why (shown in stats)."""
+        return {**self._fusion_method(), "lexical": self.config.lexical}
+
+    def _fusion_method(self) -> dict[str, Any]:
         if self.config.fusion == "rrf":
             return {"method": "rrf", "k": self.config.rrf_k}
         if self.config.fusion == "weighted":
@@ -1046,7 +1068,7 @@ class Collection:
         fusion), and whether the retrievers had nothing beyond them."""
         lists = []
         if mode != "dense":
-            lists.append(self._bm25_hits(query, n))
+            lists.append(self._lexical_hits(query, n) if mode == "hybrid" else self._bm25_hits(query, n))
         if mode != "bm25":
             lists.append(Hits.empty() if vector is None else self._dense_search(vector, n))
         with self._index_lock:  # mid-commit the dense index may hold more rows than BM25
@@ -1125,6 +1147,26 @@ class Collection:
                 return BM25Statistics(0, 0.0, {})
             return self._bm25.statistics(tokens)
 
+    def document_statistics(self, tokens: list[str]) -> BM25Statistics:
+        """`bm25_statistics` of the document index (index.document_bm25)."""
+        self._ensure_loaded()
+        with self._index_lock:
+            if self._documents is None:
+                return BM25Statistics(0, 0.0, {})
+            return self._documents.statistics(tokens)
+
+    def document_search(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None
+                        ) -> tuple[Hits, dict[int, np.ndarray]]:
+        """The top-k documents by whole-document BM25 (ids are document ids, scored with
+        `statistics`, None: this collection's) and each one's chunk row ids."""
+        self._ensure_loaded()
+        with self._index_lock:
+            documents = self._documents
+        if documents is None:
+            return Hits.empty(), {}
+        hits = documents.search(tokens, k, statistics)
+        return hits, {int(d): documents.chunks_of(int(d)) for d in hits.ids.tolist()}
+
     def bm25_search(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None) -> Hits:
         """BM25 top-k row ids for tokens, scored with `statistics` (None: this collection's)."""
         self._ensure_loaded()
@@ -1150,6 +1192,19 @@ class Collection:
             if self._bm25 is None or not tokens:
                 return Hits.empty()
             return self._bm25.search(tokens, k)
+
+    def _lexical_hits(self, query: str, k: int) -> Hits:
+        """Hybrid search's BM25 voter: the top k chunks, mixed with every chunk of the top k
+        documents when `lexical` is "chunk+document" (index.document_bm25)."""
+        chunks = self._bm25_hits(query, k)
+        if self.config.lexical == "chunk":
+            return chunks
+        tokens = tokenize(query, self.config.tokenizer)
+        with self._index_lock:
+            documents = self._documents
+        if documents is None or not tokens:
+            return chunks
+        return lexical_mix(chunks, documents.chunk_hits(tokens, k))
 
     def _dense_search(self, vector: np.ndarray, k: int) -> Hits:
         with self._index_lock:

@@ -25,6 +25,8 @@ from index.walk import WalkConfig
 INDEX_KEYS = ("dense", "dense_config", "embedding_backend", "embedding_model", "bm25", "tokenizer",
               "context")
 FUSIONS = ("auto", "weighted", "rrf")
+# What hybrid search's BM25 voter scores: chunks alone, or chunks and their whole documents.
+LEXICAL = ("chunk+document", "chunk")
 # The settings that name the model behind a collection's vectors: they may not change silently.
 EMBEDDING_KEYS = ("embedding_backend", "embedding_model")
 
@@ -57,6 +59,9 @@ class CollectionConfig:
             index.fusion_weight; the prior until an estimate exists), "weighted" (the same
             with the fixed `dense_weight`) or "rrf" (reciprocal rank, k=`rrf_k`).
         candidates: hits taken from each retriever before fusion.
+        lexical: hybrid search's BM25 voter: "chunk+document" (each chunk's own BM25 and its
+            document's, half each, index.document_bm25) or "chunk" (the chunk's alone).
+            Applies at once (both indexes are always built); "bm25" mode is chunk BM25 alone.
     """
 
     dense: str = "flat"
@@ -75,6 +80,7 @@ class CollectionConfig:
     rrf_k: int = 60
     dense_weight: float = 0.5
     candidates: int = 100
+    lexical: str = "chunk+document"
 
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
@@ -84,6 +90,8 @@ class CollectionConfig:
                                     f"not {self.embedding_backend!r}")
         if self.fusion not in FUSIONS:
             raise InvalidInputError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
+        if self.lexical not in LEXICAL:
+            raise InvalidInputError(f"lexical must be one of {LEXICAL}, not {self.lexical!r}")
         if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
             raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
 

@@ -1,7 +1,7 @@
 """On-disk generations of a collection's indexes: staged, fsynced, renamed, then named by a manifest.
 
-A collection directory holds ``gen-NNNNNN/`` (``bm25/``, ``dense/``, ``pending.npy``) for
-the committed generation and ``manifest.json`` naming it. ``pending.npy`` lists the chunk row
+A collection directory holds ``gen-NNNNNN/`` (``bm25/``, ``bm25_documents/``, ``dense/``,
+``pending.npy``) for the committed generation and ``manifest.json`` naming it. ``pending.npy`` lists the chunk row
 ids that have no vector in ``dense/`` yet (progressive indexing: BM25 first, vectors after);
 a generation without it (older builds) is complete. `stage_generation` writes a generation into a temp
 dir, fsyncs every file and renames it into place; `write_manifest` replaces the manifest
@@ -22,11 +22,13 @@ from typing import Any
 
 from index.atomic import atomic_write
 from index.bm25 import BM25Index
+from index.document_bm25 import DocumentBM25
 from index.dense import DenseIndex, create_dense_index, load_dense_index
 from runtime.errors import CorruptIndexError, MissingDependencyError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+DOCUMENTS = "bm25_documents"  # BM25 over whole documents (index.document_bm25); absent in older builds
 
 
 def dense_backend(kind: str):
@@ -72,7 +74,8 @@ def versions() -> dict[str, str]:
 
 def stage_generation(directory: Path, generation: int, bm25: BM25Index,
                      dense: DenseIndex | None, pending=None,
-                     bm25_from: Path | None = None) -> tuple[Path, dict[str, int]]:
+                     bm25_from: Path | None = None,
+                     documents: DocumentBM25 | None = None) -> tuple[Path, dict[str, int]]:
     """Write a generation durably as ``directory/gen-NNNNNN``; returns (its path, counts).
 
     Args:
@@ -80,6 +83,8 @@ def stage_generation(directory: Path, generation: int, bm25: BM25Index,
         bm25_from: a committed generation whose ``bm25/`` equals `bm25` (a commit that only
             added vectors): its files are hard-linked instead of written again. Committed
             generations are never modified in place, so sharing their files is safe.
+        documents: BM25 over whole documents, written as ``bm25_documents/`` (linked from
+            `bm25_from` too when it has one).
     """
     import numpy as np
 
@@ -90,11 +95,18 @@ def stage_generation(directory: Path, generation: int, bm25: BM25Index,
         shutil.copytree(bm25_from / "bm25", temp / "bm25", copy_function=os.link)
     else:
         bm25.save(temp / "bm25")
+    if documents is not None:
+        if bm25_from is not None and (bm25_from / DOCUMENTS).is_dir():
+            shutil.copytree(bm25_from / DOCUMENTS, temp / DOCUMENTS, copy_function=os.link)
+        else:
+            documents.save(temp / DOCUMENTS)
     if dense is not None:
         dense.save(temp / "dense")
     pending = np.asarray([] if pending is None else pending, dtype=np.int64)
     np.save(temp / "pending.npy", pending)
     counts = {"bm25": len(bm25), "dense": 0 if dense is None else len(dense), "pending": len(pending)}
+    if documents is not None:
+        counts["documents"] = len(documents)
     (temp / "counts.json").write_text(json.dumps(counts))
     fsync_tree(temp)
     final = directory / f"gen-{generation:06d}"
@@ -186,6 +198,17 @@ def load_generation(directory: Path, manifest: dict[str, Any],
             f"indexes of collection {name!r} do not match their manifest; "
             "rebuild with codehop index --rebuild")
     return bm25, dense
+
+
+def load_documents(directory: Path, manifest: dict[str, Any]) -> DocumentBM25 | None:
+    """The generation's document BM25, or None when it was written before it existed."""
+    path = directory / manifest["index_dir"] / DOCUMENTS
+    if not path.is_dir():
+        return None
+    documents = DocumentBM25.load(path)
+    if len(documents) != manifest["counts"].get("documents", len(documents)):
+        raise CorruptIndexError(f"{path} does not match its manifest; rebuild with codehop index --rebuild")
+    return documents
 
 
 def clean(directory: Path, keep: str) -> None:

@@ -13,9 +13,10 @@ atomic commit. Shard i numbers its documents and chunks from i << 40 (`ID_BITS`)
 Search is a scatter-gather in three rounds, each sent to every shard at once:
 1. statistics: each shard reports its document count, total length and the document frequency
    of the query's terms; they are summed (Elasticsearch's dfs_query_then_fetch);
-2. candidates: each shard returns its BM25 top n scored with those *global* statistics, its
-   dense top n, which of them a filter rejects, and the rows (text, metadata) of the first k
-   of each list. The per-shard top n lists are merged into the global top n of each retriever
+2. candidates: each shard returns its BM25 top n scored with those *global* statistics (and,
+   for hybrid's chunk+document voter, its top n documents by whole-document BM25, also with
+   global statistics, with their chunk ids), its dense top n, which of them a filter rejects,
+   and the rows (text, metadata) of the first k of each list. The per-shard top n lists are merged into the global top n of each retriever
    (exact: a document in the global top n is in its shard's top n), then fused as an
    unsharded collection fuses them;
 3. rows: only for a fused top-k chunk whose row did not come with round 2 (a hybrid hit that
@@ -46,13 +47,15 @@ import numpy as np
 from index.bm25 import BM25Statistics
 from index.collection import Collection, check_search, unnamed_text_path
 from index.collection_config import CollectionConfig, IndexReport
+from index.document_bm25 import lend, lexical_mix
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.query import echoes, is_question, search_text
 from index.tokenize import tokenize
 from index.types import Chunk, Hits, SearchFilter, SearchResult
 from runtime.errors import InvalidInputError, NotFoundError
 
-__all__ = ["ShardedCollection", "LocalShard", "Shard", "ShardCandidates", "SearchOutcome", "scatter_gather",
+__all__ = ["ShardedCollection", "LocalShard", "Shard", "ShardCandidates", "ShardStatistics", "SearchOutcome",
+           "scatter_gather",
            "shard_of", "shard_of_id", "sharding", "ID_BITS"]
 
 FORMAT_VERSION = 1
@@ -107,6 +110,24 @@ class ShardCandidates:
     total: int
     rejected: np.ndarray
     rows: dict[int, SearchResult] = field(default_factory=dict)
+    # hybrid with lexical "chunk+document": its top n documents by whole-document BM25 (global
+    # statistics; ids are document ids) and each one's chunk row ids
+    documents: Hits = field(default_factory=Hits.empty)
+    document_chunks: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardStatistics:
+    """Round 1's answer: BM25 statistics of the query's terms over chunks and over documents."""
+
+    chunks: BM25Statistics
+    documents: BM25Statistics | None = None
+
+    @classmethod
+    def merge(cls, parts: "list[ShardStatistics]") -> "ShardStatistics":
+        documents = [p.documents for p in parts if p.documents is not None]
+        return cls(BM25Statistics.merge([p.chunks for p in parts]),
+                   BM25Statistics.merge(documents) if documents else None)
 
 
 class Shard(Protocol):
@@ -114,25 +135,31 @@ class Shard(Protocol):
 
     name: str
 
-    def statistics(self, tokens: list[str]) -> BM25Statistics: ...
+    def statistics(self, tokens: list[str]) -> ShardStatistics: ...
 
     def candidates(self, tokens: list[str], vector: np.ndarray | None, n: int, mode: str,
-                   statistics: BM25Statistics | None, filters: SearchFilter | None,
+                   statistics: ShardStatistics | None, filters: SearchFilter | None,
                    prefetch: int = 0) -> ShardCandidates: ...
 
     def results(self, ids: list[int]) -> dict[int, SearchResult]: ...
 
 
-def shard_statistics(collection: Collection, tokens: list[str]) -> BM25Statistics:
-    return collection.bm25_statistics(tokens)
+def shard_statistics(collection: Collection, tokens: list[str]) -> ShardStatistics:
+    documents = collection.document_statistics(tokens) if collection.config.lexical == "chunk+document" else None
+    return ShardStatistics(collection.bm25_statistics(tokens), documents)
 
 
 def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarray | None, n: int,
-                     mode: str, statistics: BM25Statistics | None,
+                     mode: str, statistics: ShardStatistics | None,
                      filters: SearchFilter | None, prefetch: int = 0) -> ShardCandidates:
     """Round 2 on one shard; `prefetch`: the rows of the first that many admitted hits of each
     list come along (saving round 3 whenever the fused top k is among them)."""
-    bm25 = collection.bm25_search(tokens, n, statistics) if mode != "dense" else Hits.empty()
+    chunk_statistics = None if statistics is None else statistics.chunks
+    bm25 = collection.bm25_search(tokens, n, chunk_statistics) if mode != "dense" else Hits.empty()
+    documents, document_chunks = Hits.empty(), {}
+    if mode == "hybrid" and collection.config.lexical == "chunk+document":
+        documents, document_chunks = collection.document_search(
+            tokens, n, None if statistics is None else statistics.documents)
     dense = collection.dense_hits(vector, n) if mode != "bm25" and vector is not None else Hits.empty()
     rejected = np.empty(0, dtype=np.int64)
     if filters is not None:
@@ -144,7 +171,7 @@ def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarr
         skip = set(rejected.tolist())
         wanted = {i for hits in (bm25, dense) for i in [i for i in hits.ids.tolist() if i not in skip][:prefetch]}
         rows = shard_results(collection, sorted(wanted))
-    return ShardCandidates(bm25, dense, collection.indexed_count(), rejected, rows)
+    return ShardCandidates(bm25, dense, collection.indexed_count(), rejected, rows, documents, document_chunks)
 
 
 def shard_results(collection: Collection, ids: list[int]) -> dict[int, SearchResult]:
@@ -161,7 +188,7 @@ class LocalShard:
     def __init__(self, collection: Collection, name: str) -> None:
         self.collection, self.name = collection, name
 
-    def statistics(self, tokens: list[str]) -> BM25Statistics:
+    def statistics(self, tokens: list[str]) -> ShardStatistics:
         return shard_statistics(self.collection, tokens)
 
     def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0) -> ShardCandidates:
@@ -251,6 +278,14 @@ def scatter_gather(shards: list[Shard], query: str, k: int, mode: str, config: C
     return SearchOutcome(results[:k], [shards[i].name for i in sorted(gather.down)], gather.rounds)
 
 
+def _lent(answers: list[ShardCandidates], n: int) -> Hits:
+    """The global top n documents (merged from the shards' own top n, exact as for chunks),
+    each score lent to every chunk of its document (index.document_bm25)."""
+    chunks = {d: ids for a in answers for d, ids in a.document_chunks.items()}
+    return lend(merge_hits([a.documents for a in answers], n),
+                lambda d: chunks.get(d, np.empty(0, dtype=np.int64)))
+
+
 class _Gather:
     """One search's rounds; remembers which shards did not answer."""
 
@@ -279,7 +314,7 @@ class _Gather:
         tokens = tokenize(text, self.config.tokenizer)
         statistics = None
         if mode != "dense" and tokens and len(self.shards) > 1:  # one shard's own are the global ones
-            statistics = BM25Statistics.merge([s for s in self._ask(lambda s: s.statistics(tokens)) if s])
+            statistics = ShardStatistics.merge([s for s in self._ask(lambda s: s.statistics(tokens)) if s])
         results: dict[int, SearchResult] = {}
         skip: set[int] = set()
         if filters is not None or group_by is not None:
@@ -293,6 +328,8 @@ class _Gather:
             lists = []
             if mode != "dense":
                 lists.append(merge_hits([a.bm25 for a in answers], n))
+                if mode == "hybrid" and self.config.lexical == "chunk+document":
+                    lists[0] = lexical_mix(lists[0], _lent(answers, n))
             if mode != "bm25":
                 lists.append(merge_hits([a.dense for a in answers], n))
             total = sum(a.total for a in answers)

@@ -12,6 +12,8 @@ Retrievers (`RETRIEVERS`):
     hybrid        Collection.search(mode="hybrid"): the product default (BM25 + flat dense,
                   convex fusion at the collection's own weight, chunks indexed with context)
     hybrid-rrf    ablation: the same two lists, reciprocal-rank fused (the old default)
+    hybrid-chunk-lexical   ablation: hybrid whose BM25 voter scores chunks alone (the default
+                  before whole-document BM25 joined it, index.document_bm25)
     bm25-nocontext / dense-nocontext / hybrid-nocontext   ablation: a collection whose chunks
                   are indexed without their page title (CollectionConfig(context=False))
     dense-tuned / hybrid-tuned   the flat collection after `codehop tune` (index.collection_tune:
@@ -30,13 +32,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from runtime.errors import InvalidInputError
 
-RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "bm25-nocontext",
+RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "hybrid-chunk-lexical",
+              "bm25-nocontext",
               "dense-nocontext", "hybrid-nocontext", "dense-tuned", "hybrid-tuned", "hybrid+prf",
               "hybrid+llm")
 # The collection a retriever searches: a dense kind, the flat one without context headers, or
@@ -180,13 +184,21 @@ class CorpusIndex:
         for collection in self.collections.values():
             collection.close()
 
-    def search(self, query: str, mode: str, kind: str = "flat", k: int | None = None) -> dict[str, float]:
-        """Document id -> score (best chunk), best first, at most k documents."""
+    def search(self, query: str, mode: str, kind: str = "flat", k: int | None = None,
+               lexical: str | None = None) -> dict[str, float]:
+        """Document id -> score (best chunk), best first, at most k documents; `lexical`
+        overrides the collection's hybrid BM25 voter for this search (an ablation row)."""
         k = k or self.config.k
         if not query.strip():
             return {}
-        results = self.collections[kind].search(query, k=min(k, self.documents), mode=mode,
-                                                group_by="document")
+        collection = self.collections[kind]
+        saved = collection.config
+        if lexical is not None:  # the bench is single-threaded: swap the setting for one call
+            collection.config = dataclasses.replace(saved, lexical=lexical)
+        try:
+            results = collection.search(query, k=min(k, self.documents), mode=mode, group_by="document")
+        finally:
+            collection.config = saved
         return {result.path: float(result.score) for result in results}
 
     def fused(self, query: str, method: str, k: int | None = None) -> dict[str, float]:
@@ -268,6 +280,8 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             run[qid] = index.search(query, "hybrid")
         elif retriever == "hybrid-rrf":
             run[qid] = index.fused(query, "rrf")
+        elif retriever == "hybrid-chunk-lexical":
+            run[qid] = index.search(query, "hybrid", lexical="chunk")
         elif retriever.endswith("-nocontext"):
             run[qid] = index.search(query, retriever.split("-", 1)[0], NOCONTEXT)
         elif retriever.endswith("-tuned"):
