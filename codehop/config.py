@@ -29,6 +29,11 @@ section means "defaults". Example ``codehop.toml``::
     # model = "qwen2.5-coder:7b"
     # api_key_env = "OPENAI_API_KEY"   # the variable's name; the key never goes in this file
 
+    [completion]              # inline completions (codehop lsp, serve's completion routes)
+    max_new_tokens = 48
+    context_tokens = 1024
+    # threads = 2             # torch threads of codehop lsp's model (default: physical cores)
+
     [server]
     port = 8000
 
@@ -251,6 +256,52 @@ class GeneratorSettings(ServerEndpointSettings):
 
 
 @dataclass(frozen=True)
+class CompletionSettings:
+    """Inline completions: `codehop lsp` and `codehop serve`'s completion routes
+    (code_tools.completion.CompletionConfig; `codehop lsp` options override them).
+
+    max_new_tokens: generation budget per completion. draft_tokens: prompt-lookup drafts per
+    decoding step (None: [generator] draft_tokens; 0 = off). early_stop: stop decoding once the
+    truncated text is decided (same text, fewer tokens). truncate: "statement" or "line".
+    context_tokens / left_tokens / right_tokens: prompt budgets of the cross-file context and of
+    the text before / after the cursor. context_order: "document" (repository order: small
+    KV-cache edits between requests) or "score". dense_rerank: re-rank BM25's candidates with
+    the embedder (False: BM25 order). skip_retrieval_when_full: no retrieval when the
+    definitions near the cursor fill the context budget (lossless). dense_skip_neighbours: keep
+    BM25's order when this many of its top hits lie near the open file (0 = off; lossy).
+    threads: torch threads of `codehop lsp`'s local model (None: torch's default, the physical
+    cores or OMP_NUM_THREADS); the model also answers codehop.ask, and is the only heavy work.
+    """
+
+    max_new_tokens: int = 48
+    draft_tokens: int | None = None
+    early_stop: bool = True
+    truncate: str = "statement"
+    context_tokens: int = 1024
+    left_tokens: int = 1024
+    right_tokens: int = 256
+    context_order: str = "document"
+    dense_rerank: bool = True
+    skip_retrieval_when_full: bool = True
+    dense_skip_neighbours: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for key in ("draft_tokens", "context_tokens", "left_tokens", "right_tokens", "dense_skip_neighbours"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise InvalidInputError(f"{key} must be >= 0, got {value}")
+        if self.truncate not in ("statement", "line"):
+            raise InvalidInputError(f"truncate must be 'statement' or 'line', not {self.truncate!r}")
+        if self.context_order not in ("document", "score"):
+            raise InvalidInputError(f"context_order must be 'document' or 'score', not {self.context_order!r}")
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"threads must be >= 1 (leave it out for torch's default), got {self.threads}")
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """`codehop serve`. Generation (ask, chat, completions, agent) runs in a lane of its own:
     `generation_concurrency` requests generate at once (1 suits a local CPU model; raise it for
@@ -319,6 +370,7 @@ class Settings:
     collection: CollectionSettings = CollectionSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    completion: CompletionSettings = CompletionSettings()
     server: ServerSettings = ServerSettings()
     reranker: RerankerSettings = RerankerSettings()
     ray: RaySettings = RaySettings()
@@ -367,6 +419,23 @@ class Settings:
 
         c = self.collection
         return WalkConfig(exclude=c.exclude, include=c.include, skip_generated=c.skip_generated)
+
+    def completion_config(self, **overrides):
+        """The `code_tools.completion.CompletionConfig` of [completion], with [generator]'s
+        kv_reuse, kv_cache_mb and draft_tokens (when [completion] sets none); `overrides` (a
+        face's own options, e.g. `codehop lsp --max-new-tokens`) win."""
+        from code_tools.completion import CompletionConfig
+
+        c, g = self.completion, self.generator
+        values = dict(max_new_tokens=c.max_new_tokens, early_stop=c.early_stop, truncate=c.truncate,
+                      context_tokens=c.context_tokens, left_tokens=c.left_tokens, right_tokens=c.right_tokens,
+                      context_order=c.context_order, dense_rerank=c.dense_rerank,
+                      skip_retrieval_when_full=c.skip_retrieval_when_full,
+                      dense_skip_neighbours=c.dense_skip_neighbours,
+                      draft_tokens=g.draft_tokens if c.draft_tokens is None else c.draft_tokens,
+                      reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
+        values.update(overrides)
+        return CompletionConfig(**values)
 
     def repo_config(self):
         """The `code_tools.repo.RepoConfig` of a repository index (completions, the agent, the

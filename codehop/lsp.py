@@ -73,8 +73,9 @@ class LspConfig:
         debounce_s: wait this long for newer completion requests before generating; a newer
             request for the same file answers the waiting one at once (superseded, empty).
         reindex_debounce_s: re-index a changed file after this much quiet.
-        max_new_tokens: completion length budget.
-        dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only).
+        max_new_tokens: completion length budget (None: [completion] max_new_tokens).
+        dense_rerank: re-rank retrieved context with MiniLM (False: BM25 order only; None:
+            [completion] dense_rerank).
         hover_passages: documentation passages shown on hover.
         ask_rewrite / ask_filter / ask_max_new_tokens: RagPipeline stages for "codehop.ask".
         kv_reuse / kv_cache_mb: per-document KV caches updated by PIE (code_tools.kv_cache);
@@ -85,10 +86,14 @@ class LspConfig:
             as fast as later ones.
         precision: weights of a local model (None: [generator] precision; rag.cpu_weights).
         draft_tokens: prompt-lookup drafts per decoding step (None: [generator] draft_tokens).
-        truncate: "statement" (default) or "line" (single-line completions).
-        early_stop: stop decoding once the truncated text is decided (same text, fewer tokens).
+        truncate: "statement" or "line" (single-line completions); None: [completion] truncate.
+        early_stop: stop decoding once the truncated text is decided (same text, fewer tokens);
+            None: [completion] early_stop.
         context_order: "document" (context chunks in repository order: small KV edits between
-            requests) or "score" (by priority and score).
+            requests) or "score" (by priority and score); None: [completion] context_order.
+        threads: torch threads of the local model (None: [completion] threads, else torch's
+            default: the physical cores, or OMP_NUM_THREADS when set).
+        The other completion settings (context budgets, retrieval skips) come from [completion].
     """
 
     model: str | None = None
@@ -97,8 +102,8 @@ class LspConfig:
     config_file: Path | None = None
     debounce_s: float = 0.15
     reindex_debounce_s: float = 0.5
-    max_new_tokens: int = 48
-    dense_rerank: bool = True
+    max_new_tokens: int | None = None
+    dense_rerank: bool | None = None
     hover_passages: int = 2
     ask_rewrite: str = "auto"
     ask_filter: str = "auto"
@@ -108,9 +113,10 @@ class LspConfig:
     warm_start: bool = True
     precision: str | None = None
     draft_tokens: int | None = None
-    truncate: str = "statement"
-    early_stop: bool = True
-    context_order: str = "document"
+    truncate: str | None = None
+    early_stop: bool | None = None
+    context_order: str | None = None
+    threads: int | None = None
     settings: Settings = Settings()
 
     def generator_settings(self) -> Settings:
@@ -119,6 +125,21 @@ class LspConfig:
         return dataclasses.replace(self.settings, generator=dataclasses.replace(
             g, model=self.model or g.model, backend=self.backend or g.backend,
             precision=self.precision or g.precision))
+
+    def completion_config(self):
+        """The completer's `CompletionConfig`: [completion] (and [generator] kv_reuse,
+        kv_cache_mb, draft_tokens) with this server's options over it."""
+        g = self.settings.generator
+        options = dict(max_new_tokens=self.max_new_tokens, dense_rerank=self.dense_rerank,
+                       draft_tokens=self.draft_tokens, truncate=self.truncate, early_stop=self.early_stop,
+                       context_order=self.context_order, kv_cache_mb=self.kv_cache_mb)
+        return self.settings.completion_config(
+            reuse_kv_cache=self.kv_reuse and g.kv_reuse,
+            **{key: value for key, value in options.items() if value is not None})
+
+    def torch_threads(self) -> int | None:
+        """Torch threads of the local model: `threads`, else [completion] threads (None: torch's)."""
+        return self.threads or self.settings.completion.threads
 
 
 def project_config(config: LspConfig, root: Path) -> LspConfig:
@@ -197,26 +218,17 @@ class CodehopLanguageServer(LanguageServer):
                 from codehop.model_setup import load_configured_generator
 
                 with _LOADING:
-                    self._generator = load_configured_generator(self.config.generator_settings())
+                    self._generator = load_configured_generator(self.config.generator_settings(),
+                                                                threads=self.config.torch_threads())
             return self._generator
 
     def completer(self):
-        from code_tools.completion import CompletionConfig, RepoCompleter
+        from code_tools.completion import RepoCompleter
 
         generator = self.generator()
         with self._lock:
             if self._completer is None:
-                g = self.config.settings.generator
-                drafts = self.config.draft_tokens
-                config = CompletionConfig(max_new_tokens=self.config.max_new_tokens,
-                                          dense_rerank=self.config.dense_rerank,
-                                          reuse_kv_cache=self.config.kv_reuse and g.kv_reuse,
-                                          kv_cache_mb=self.config.kv_cache_mb or g.kv_cache_mb,
-                                          draft_tokens=g.draft_tokens if drafts is None else drafts,
-                                          truncate=self.config.truncate,
-                                          early_stop=self.config.early_stop,
-                                          context_order=self.config.context_order)
-                self._completer = RepoCompleter(self.repo, generator, config)
+                self._completer = RepoCompleter(self.repo, generator, self.config.completion_config())
             return self._completer
 
     def pipeline(self):
@@ -395,7 +407,7 @@ def _warm_generator(ls: CodehopLanguageServer, steps: list[tuple[str, int]],
 def _warm_completer(ls: CodehopLanguageServer, show: Callable[[int, str], None]) -> None:
     show(95, "loading the completion context")
     completer = ls.completer()
-    if ls.config.dense_rerank:
+    if completer.config.dense_rerank:
         completer.repo.embedder.encode_query("warm up")  # the re-rank model (MiniLM)
 
 

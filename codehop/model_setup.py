@@ -40,16 +40,18 @@ def with_model_options(settings: Settings, args: argparse.Namespace) -> Settings
     return dataclasses.replace(settings, generator=dataclasses.replace(settings.generator, **changes))
 
 
-def load_configured_generator(settings: Settings):
+def load_configured_generator(settings: Settings, threads: int | None = None):
     """The generator [generator] describes (a local model, or a client of the user's server).
-    A converted model goes to the machine's model cache, never into the project's workspace."""
+    A converted model goes to the machine's model cache, never into the project's workspace.
+    `threads`: torch threads for a local model (None: torch's default; `codehop lsp` passes
+    [completion] threads)."""
     from rag.llm import load_generator
 
     g = settings.generator
     if g.backend == "openai":
         return load_generator(g.model, backend="openai", endpoint=g.endpoint(g.model, "generator"),
                               openai=g.openai_options())
-    return load_generator(g.model, backend=g.backend, precision=g.precision)
+    return load_generator(g.model, backend=g.backend, precision=g.precision, threads=threads)
 
 
 def generator_load_steps(settings: Settings) -> list[tuple[str, int]]:

@@ -247,15 +247,14 @@ class Resources:
 
     def completer(self, generator):
         """A RepoCompleter over `repo_root` for this generator (the repository indexed once),
-        keeping each document's KV cache (PIE) when [generator] kv_reuse is on."""
-        from code_tools.completion import CompletionConfig, RepoCompleter
+        keeping each document's KV cache (PIE) when [generator] kv_reuse is on; the rest of its
+        settings come from [completion]."""
+        from code_tools.completion import RepoCompleter
 
         repo = self.repo_index()
         with self._models:
             if generator not in self._completers:
-                g = self.settings.generator
-                config = CompletionConfig(reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb,
-                                          draft_tokens=g.draft_tokens)
+                config = self.settings.completion_config()
                 self._completers[generator] = RepoCompleter(repo, generator, config)
             return self._completers[generator]
 

@@ -18,9 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                              "path, else <folder>/.codehop; relative to the folder)")
     parser.add_argument("--debounce", type=float, default=0.15,
                         help="seconds to wait for newer completion requests (default 0.15)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="completion length budget (default: [completion] max_new_tokens, 48)")
     parser.add_argument("--no-rerank", action="store_true",
-                        help="BM25 context only (no MiniLM re-rank of completion context)")
+                        help="BM25 context only (no MiniLM re-rank of completion context; default: "
+                             "[completion] dense_rerank)")
     parser.add_argument("--no-kv-reuse", action="store_true",
                         help="encode every completion prompt from scratch (default: [generator] kv_reuse, "
                              "each open document's KV cache updated by PIE edits)")
@@ -30,15 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weights of a local model (default: [generator] precision, auto: int8 "
                              "on a CPU with AVX-512 BF16 or AMX, else float32)")
     parser.add_argument("--draft-tokens", type=int,
-                        help="prompt-lookup drafts per decoding step (default: [generator] "
-                             "draft_tokens, 3; 0 = off)")
-    parser.add_argument("--truncate", choices=("statement", "line"), default="statement",
-                        help="complete the statement (default) or the line only")
+                        help="prompt-lookup drafts per decoding step (default: [completion] "
+                             "draft_tokens, else [generator] draft_tokens, 3; 0 = off)")
+    parser.add_argument("--truncate", choices=("statement", "line"),
+                        help="complete the statement or the line only (default: [completion] "
+                             "truncate, statement)")
     parser.add_argument("--no-early-stop", action="store_true",
                         help="decode to --max-new-tokens even after the truncated text is decided")
-    parser.add_argument("--context-order", choices=("document", "score"), default="document",
-                        help="order of the context chunks in the prompt: repository order (default; "
-                             "small KV-cache edits between requests) or by score")
+    parser.add_argument("--context-order", choices=("document", "score"),
+                        help="order of the context chunks in the prompt: repository order (small "
+                             "KV-cache edits between requests) or by score (default: [completion] "
+                             "context_order, document)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads of the local model (default: [completion] threads, else "
+                             "torch's: the physical cores, or OMP_NUM_THREADS)")
     parser.set_defaults(func=run)
 
 
@@ -51,17 +58,20 @@ def run(args: argparse.Namespace) -> int:
     # editor says which folder it opened (codehop.lsp.project_config), not the cwd's.
     config_file = getattr(args, "config", None)
     settings = load_settings(config_file) if config_file else Settings()
-    if args.debounce < 0 or args.max_new_tokens <= 0:
+    if args.debounce < 0 or (args.max_new_tokens is not None and args.max_new_tokens <= 0):
         raise InvalidInputError("--debounce must be >= 0 and --max-new-tokens > 0")
     if args.draft_tokens is not None and args.draft_tokens < 0:
         raise InvalidInputError("--draft-tokens must be >= 0 (0 = no drafting)")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidInputError("--threads must be >= 1")
     config = LspConfig(model=args.model, config_file=Path(config_file) if config_file else None,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
-                       dense_rerank=not args.no_rerank, settings=settings,
+                       dense_rerank=False if args.no_rerank else None, settings=settings,
                        kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start,
                        precision=args.precision, draft_tokens=args.draft_tokens, truncate=args.truncate,
-                       early_stop=not args.no_early_stop, context_order=args.context_order)
+                       early_stop=False if args.no_early_stop else None, context_order=args.context_order,
+                       threads=args.threads)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

@@ -148,3 +148,23 @@ def test_generator_precision_and_drafts_are_typed_settings():
         parse_settings('[generator]\nprecision = "fp4"')
     with pytest.raises(InvalidInputError, match="draft_tokens"):
         parse_settings("[generator]\ndraft_tokens = -1")
+
+
+def test_completion_table_builds_the_completion_config():
+    settings = parse_settings('[generator]\ndraft_tokens = 1\nkv_reuse = false\n'
+                              '[completion]\nmax_new_tokens = 16\ncontext_tokens = 512\nearly_stop = false\n'
+                              'skip_retrieval_when_full = false\ndense_skip_neighbours = 3\nthreads = 2\n')
+    config = settings.completion_config()
+    assert (config.max_new_tokens, config.context_tokens, config.early_stop) == (16, 512, False)
+    assert not config.skip_retrieval_when_full and config.dense_skip_neighbours == 3
+    assert config.draft_tokens == 1 and not config.reuse_kv_cache  # from [generator]
+    assert settings.completion.threads == 2
+    assert parse_settings("[completion]\ndraft_tokens = 0").completion_config().draft_tokens == 0
+    assert settings.completion_config(max_new_tokens=8).max_new_tokens == 8  # a face's option wins
+    assert Settings().completion_config().max_new_tokens == 48 and Settings().completion.threads is None
+    with pytest.raises(InvalidInputError, match="completion: dense_skip_neighbours must be >= 0"):
+        parse_settings("[completion]\ndense_skip_neighbours = -1")
+    with pytest.raises(InvalidInputError, match="completion: context_order must be"):
+        parse_settings("[completion]\ncontext_order = 'random'")
+    with pytest.raises(InvalidInputError, match="completion.threads: expected int"):
+        parse_settings("[completion]\nthreads = 1.5")
