@@ -1067,10 +1067,13 @@ class Collection:
         """Ranked candidates from the top n of each retriever of `mode` (hybrid: all of their
         fusion), and whether the retrievers had nothing beyond them."""
         lists = []
-        if mode != "dense":
-            lists.append(self._lexical_hits(query, n) if mode == "hybrid" else self._bm25_hits(query, n))
+        dense = None
         if mode != "bm25":
-            lists.append(Hits.empty() if vector is None else self._dense_search(vector, n))
+            dense = Hits.empty() if vector is None else self._dense_search(vector, n)
+        if mode != "dense":
+            lists.append(self._lexical_hits(query, n, dense) if mode == "hybrid" else self._bm25_hits(query, n))
+        if dense is not None:
+            lists.append(dense)
         with self._index_lock:  # mid-commit the dense index may hold more rows than BM25
             total = max(0 if self._bm25 is None else len(self._bm25),
                         0 if self._dense is None else len(self._dense))
@@ -1193,9 +1196,10 @@ class Collection:
                 return Hits.empty()
             return self._bm25.search(tokens, k)
 
-    def _lexical_hits(self, query: str, k: int) -> Hits:
-        """Hybrid search's BM25 voter: the top k chunks, mixed with every chunk of the top k
-        documents when `lexical` is "chunk+document" (index.document_bm25)."""
+    def _lexical_hits(self, query: str, k: int, dense: Hits) -> Hits:
+        """Hybrid search's BM25 voter: the top k chunks, mixed with the top k documents lent
+        to their chunks that BM25 or `dense` found (index.document_bm25) when `lexical` is
+        "chunk+document"."""
         chunks = self._bm25_hits(query, k)
         if self.config.lexical == "chunk":
             return chunks
@@ -1204,7 +1208,8 @@ class Collection:
             documents = self._documents
         if documents is None or not tokens:
             return chunks
-        return lexical_mix(chunks, documents.chunk_hits(tokens, k))
+        evidence = np.concatenate([chunks.ids, dense.ids]).astype(np.int64)
+        return lexical_mix(chunks, documents.chunk_hits(tokens, k, evidence=evidence))
 
     def _dense_search(self, vector: np.ndarray, k: int) -> Hits:
         with self._index_lock:

@@ -85,13 +85,23 @@ class DocumentBM25:
             return Hits.empty()
         return self.index.search(tokens, k, statistics=statistics)
 
-    def lend(self, documents: Hits) -> Hits:
-        """Each document's score given to every one of its chunks, in the documents' order."""
-        return lend(documents, self.chunks_of)
+    def lend(self, documents: Hits, evidence: np.ndarray | None = None) -> Hits:
+        """Each document's score given to its chunks (see `lend`), in the documents' order;
+        vectorised over this index's arrays (hundreds of documents per search)."""
+        ids = documents.ids.astype(np.int64)
+        if not len(ids) or not len(self.doc_ids):
+            return Hits.empty()
+        at = np.minimum(np.searchsorted(self.doc_ids, ids), len(self.doc_ids) - 1)
+        starts = self.starts[at]
+        lengths = np.where(self.doc_ids[at] == ids, self.starts[at + 1] - starts, 0)  # unknown: none
+        before = np.cumsum(lengths) - lengths  # where each document's chunks begin in the output
+        positions = np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()))
+        return _lent_hits(self.chunk_ids[positions], lengths, documents.scores, evidence)
 
-    def chunk_hits(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None) -> Hits:
-        """Every chunk of the top-k documents, scored with its document's BM25."""
-        return self.lend(self.search(tokens, k, statistics))
+    def chunk_hits(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None,
+                   evidence: np.ndarray | None = None) -> Hits:
+        """The chunks of the top-k documents (see `lend`), scored with their document's BM25."""
+        return self.lend(self.search(tokens, k, statistics), evidence)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
@@ -113,13 +123,38 @@ class DocumentBM25:
         return cls(index, doc_ids, starts, chunk_ids)
 
 
-def lend(documents: Hits, chunks_of: Callable[[int], np.ndarray]) -> Hits:
-    """Chunk hits from document hits: every chunk of each document (`chunks_of`) with its
-    document's score, in the documents' order."""
+def lend(documents: Hits, chunks_of: Callable[[int], np.ndarray], evidence: np.ndarray | None = None) -> Hits:
+    """Chunk hits from document hits: each document's score given to its chunks (`chunks_of`,
+    in chunk-id order), in the documents' order.
+
+    With `evidence` (the chunks another list found: chunk BM25's and dense's candidates) a
+    document lends only to those of its chunks, or to its first chunk when it has none. Its
+    other chunks would tie on the document's score alone: they change no document's rank
+    (a document ranks as its best chunk), but would crowd chunk results with look-alikes and
+    cost a row read each when results are grouped by document.
+    """
     parts = [np.asarray(chunks_of(int(doc_id)), dtype=np.int64) for doc_id in documents.ids.tolist()]
     if not parts:
         return Hits.empty()
-    return Hits(np.concatenate(parts), np.repeat(documents.scores.astype(np.float32), [len(p) for p in parts]))
+    return _lent_hits(np.concatenate(parts), np.asarray([len(p) for p in parts], dtype=np.int64),
+                      documents.scores, evidence)
+
+
+def _lent_hits(chunk_ids: np.ndarray, lengths: np.ndarray, scores: np.ndarray,
+               evidence: np.ndarray | None) -> Hits:
+    """chunk_ids: the documents' chunks back to back (lengths[i] of document i); scores: one
+    per document. With `evidence`: the chunks in it, or a document's first when it has none."""
+    lent = np.repeat(scores.astype(np.float32), lengths)
+    chunk_ids = chunk_ids.astype(np.int64)
+    if evidence is None or not len(chunk_ids):
+        return Hits(chunk_ids, lent)
+    keep = np.isin(chunk_ids, evidence)
+    starts = np.cumsum(lengths) - lengths
+    nonempty = lengths > 0
+    found = np.zeros(len(lengths), dtype=bool)
+    found[nonempty] = np.logical_or.reduceat(keep, starts[nonempty])
+    keep[starts[nonempty & ~found]] = True
+    return Hits(chunk_ids[keep], lent[keep])
 
 
 def lexical_mix(chunks: Hits, documents_lent: Hits) -> Hits:

@@ -278,12 +278,12 @@ def scatter_gather(shards: list[Shard], query: str, k: int, mode: str, config: C
     return SearchOutcome(results[:k], [shards[i].name for i in sorted(gather.down)], gather.rounds)
 
 
-def _lent(answers: list[ShardCandidates], n: int) -> Hits:
+def _lent(answers: list[ShardCandidates], n: int, evidence: np.ndarray) -> Hits:
     """The global top n documents (merged from the shards' own top n, exact as for chunks),
-    each score lent to every chunk of its document (index.document_bm25)."""
+    each score lent to its chunks among the merged candidates `evidence` (index.document_bm25)."""
     chunks = {d: ids for a in answers for d, ids in a.document_chunks.items()}
     return lend(merge_hits([a.documents for a in answers], n),
-                lambda d: chunks.get(d, np.empty(0, dtype=np.int64)))
+                lambda d: chunks.get(d, np.empty(0, dtype=np.int64)), evidence)
 
 
 class _Gather:
@@ -328,10 +328,11 @@ class _Gather:
             lists = []
             if mode != "dense":
                 lists.append(merge_hits([a.bm25 for a in answers], n))
-                if mode == "hybrid" and self.config.lexical == "chunk+document":
-                    lists[0] = lexical_mix(lists[0], _lent(answers, n))
             if mode != "bm25":
                 lists.append(merge_hits([a.dense for a in answers], n))
+            if mode == "hybrid" and self.config.lexical == "chunk+document":
+                evidence = np.concatenate([hits.ids for hits in lists]).astype(np.int64)
+                lists[0] = lexical_mix(lists[0], _lent(answers, n, evidence))
             total = sum(a.total for a in answers)
             complete = n >= total or all(len(hits) < n for hits in lists)
             hits = lists[0] if len(lists) == 1 else self._fuse(lists)

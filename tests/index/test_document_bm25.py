@@ -33,6 +33,9 @@ def test_a_document_matching_across_its_chunks_ranks_first_and_lends_its_score()
     assert lent.ids.tolist() == [10, 11, 14, 12]  # document 7's chunks in order, then 3's
     assert lent.scores[0] == lent.scores[1] == lent.scores[2] == top.scores[0] > lent.scores[3]
     assert documents.chunks_of(5).tolist() == [13] and documents.chunks_of(99).tolist() == []
+    # lent only to chunks another list found, or a document's first chunk when none was
+    only = documents.lend(top, evidence=np.array([14, 99], np.int64))
+    assert only.ids.tolist() == [14, 12] and only.scores.tolist() == top.scores.tolist()
 
 
 def test_saved_and_loaded_it_answers_the_same(tmp_path):
