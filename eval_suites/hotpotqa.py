@@ -11,7 +11,7 @@ import json
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PATH_PREFIX = "hotpotqa/"
@@ -25,6 +25,7 @@ class HotpotQuestion:
     type: str
     supporting_titles: tuple[str, ...]
     paragraphs: dict[str, str]  # title -> text
+    sentences: dict[str, tuple[str, ...]] = field(default_factory=dict)  # title -> its sentences
 
 
 def load_questions(path: Path, limit: int | None = None) -> list[HotpotQuestion]:
@@ -34,9 +35,11 @@ def load_questions(path: Path, limit: int | None = None) -> list[HotpotQuestion]
             record = json.loads(line)
             context = record["context"]
             paragraphs = {t: "".join(s).strip() for t, s in zip(context["title"], context["sentences"])}
+            sentences = {t: tuple(x.strip() for x in s if x.strip())
+                         for t, s in zip(context["title"], context["sentences"])}
             supporting = tuple(dict.fromkeys(record["supporting_facts"]["title"]))
             questions.append(HotpotQuestion(record["id"], record["question"], record["answer"],
-                                            record["type"], supporting, paragraphs))
+                                            record["type"], supporting, paragraphs, sentences))
             if limit and len(questions) >= limit:
                 break
     return questions

@@ -11,6 +11,11 @@ each with NDCG@10 / Recall@5 / Recall@10 (ranx) and the paired bootstrap 95% int
 difference from the default. Issue 26's goal: the default never more than 0.5 NDCG@10 points
 below the best single retriever.
 
+`--sentences` cuts every paragraph into its sentences, one chunk each (a document of several
+chunks, as a page of docs or a source file is), and searches with `group_by="document"`; it
+adds `hybrid-chunk-lexical`, hybrid with the BM25 voter on chunks alone (index.document_bm25).
+It is the held-out check of the chunk+document voter, chosen on devdocs (issue 26).
+
 `--compare-model DIR` adds `dense@compare` and `hybrid@compare`: the same corpus in a second
 collection embedded by another model (e.g. a `codehop tune` result of another corpus, whose
 held-out check this is: a corpus it was not tuned on must not get worse), side by side.
@@ -19,6 +24,7 @@ held-out check this is: a corpus it was not tuned on must not get worse), side b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -28,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from eval_suites.coderag.metrics import per_query_metrics, retrieval_metrics
-from eval_suites.hotpotqa import load_questions, pooled_corpus
+from eval_suites.hotpotqa import PATH_PREFIX, load_questions, pooled_corpus
 from eval_suites.report import Report, machine_info, package_versions
 from eval_suites.stats import bootstrap_rows, loss_ci95
 
@@ -43,33 +49,64 @@ def _rrf(collection, query: str, k: int) -> dict[str, float]:
     lists, key = [], {}
     for mode in ("bm25", "dense"):
         results = collection.search(query, k=collection.config.candidates, mode=mode)
-        ids = [key.setdefault(r.path, len(key)) for r in results]
-        lists.append(Hits(np.asarray(ids, np.int64), np.asarray([r.score for r in results], np.float32)))
+        best = {}  # a document ranks where its best chunk does (MaxP), as group_by="document"
+        for r in results:
+            best.setdefault(key.setdefault(r.path, len(key)), r.score)
+        lists.append(Hits(np.asarray(list(best), np.int64), np.asarray(list(best.values()), np.float32)))
     fused = rrf_fuse(lists, k=collection.config.rrf_k)
     path = {i: p for p, i in key.items()}
     return {path[i]: float(s) for i, s in zip(fused.ids[:k].tolist(), fused.scores[:k].tolist())}
 
 
-def _collection(workspace: Path, name: str, texts: list[str], paths: list[str], model: str | None):
+def _collection(workspace: Path, name: str, documents: dict[str, list[str]], model: str | None):
+    """documents: path -> its chunk texts."""
     from index import Chunk, Collection, CollectionConfig
 
     config = CollectionConfig() if model is None else CollectionConfig(embedding_model=model)
     collection = Collection.open(workspace, name, config)
-    if len(collection) != len(texts):
-        collection.add_documents({p: [Chunk(t, p, 1, 1, "passage")] for t, p in zip(texts, paths)},
-                                 progress=True)
+    if len(collection) != sum(len(chunks) for chunks in documents.values()):
+        collection.add_documents({p: [Chunk(t, p, i + 1, i + 1, "passage") for i, t in enumerate(chunks)]
+                                  for p, chunks in documents.items()}, progress=True)
     return collection
 
 
-def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = None) -> dict:
+def _sentence_documents(questions) -> dict[str, list[str]]:
+    """path -> the paragraph's sentences, the title opening the first (as "Title: text" does)."""
+    seen: dict[str, list[str]] = {}
+    for question in questions:
+        for title, sentences in question.sentences.items():
+            if sentences:
+                seen.setdefault(PATH_PREFIX + title, [f"{title}: {sentences[0]}", *sentences[1:]])
+    return dict(sorted(seen.items()))
+
+
+def _search(collection, query: str, k: int, mode: str, grouped: bool) -> dict[str, float]:
+    saved = collection.config
+    if mode == "hybrid-chunk-lexical":  # single-threaded: swap the setting for one call
+        collection.config, mode = dataclasses.replace(saved, lexical="chunk"), "hybrid"
+    try:
+        results = collection.search(query, k=k, mode=mode, group_by="document" if grouped else None)
+    finally:
+        collection.config = saved
+    return {r.path: r.score for r in results}
+
+
+def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = None,
+        sentences: bool = False) -> dict:
     questions = load_questions(data / "multihop" / "hotpotqa_dev.jsonl")
-    texts, paths = pooled_corpus(questions)
-    collection = _collection(workspace, "hotpotqa", texts, paths, None)
-    retrievers = [(name, collection, name) for name in RETRIEVERS]
+    if sentences:
+        documents = _sentence_documents(questions)
+        name = "hotpotqa-sentences"
+    else:
+        texts, paths = pooled_corpus(questions)
+        documents, name = {p: [t] for t, p in zip(texts, paths)}, "hotpotqa"
+    collection = _collection(workspace, name, documents, None)
+    names = RETRIEVERS + (("hybrid-chunk-lexical",) if sentences else ())
+    retrievers = [(name, collection, name) for name in names]
     if compare_model:
         # named by the model, so a reused --workspace never mixes two models' vectors
         name = "hotpotqa-compare-" + hashlib.sha1(compare_model.encode()).hexdigest()[:10]
-        other = _collection(workspace, name, texts, paths, compare_model)
+        other = _collection(workspace, name, documents, compare_model)
         retrievers += [(f"{mode}@compare", other, mode) for mode in ("dense", "hybrid")]
     qrels = {q.id: {f"hotpotqa/{t}": 1 for t in q.supporting_titles} for q in questions}
     runs, seconds = {}, {}
@@ -78,8 +115,7 @@ def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = No
         if mode == "hybrid-rrf":
             runs[name] = {q.id: _rrf(searched, q.question, k) for q in questions}
         else:
-            runs[name] = {q.id: {r.path: r.score for r in searched.search(q.question, k=k, mode=mode)}
-                          for q in questions}
+            runs[name] = {q.id: _search(searched, q.question, k, mode, sentences) for q in questions}
         seconds[name] = (time.perf_counter() - start) / len(questions) * 1000
     metrics = {name: retrieval_metrics(qrels, run, METRICS) for name, run in runs.items()}
     per_q = {name: per_query_metrics(qrels, run, ("ndcg@10",)) for name, run in runs.items()}
@@ -91,14 +127,17 @@ def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = No
         values = np.asarray([per_q[name][q]["ndcg@10"] for q in order])
         versus[name] = {"minus_default": 100 * float((values - default).mean()),
                         "ci95": loss_ci95(values, default, boot)}
-    return {"questions": len(questions), "documents": len(texts), "metrics": metrics,
+    return {"questions": len(questions), "documents": len(documents), "sentences": sentences,
+            "chunks": sum(len(c) for c in documents.values()), "metrics": metrics,
             "ms_per_query": seconds, "versus_default": versus, "fusion": collection.fusion_settings(),
             "compare_model": compare_model}
 
 
 def write_report(results: dict, out: Path) -> Path:
-    report = Report("Search on HotpotQA dev (pooled paragraphs): the default against its parts",
+    unit = "sentences as chunks of pooled paragraphs" if results.get("sentences") else "pooled paragraphs"
+    report = Report(f"Search on HotpotQA dev ({unit}): the default against its parts",
                     settings={"questions": results["questions"], "documents": results["documents"],
+                              "chunks": results.get("chunks"),
                               "collection": "CollectionConfig() defaults (onnx-int8 MiniLM, context, fusion auto)"})
     report.results = results
     rows = [{"retriever": name, **{m: round(v, 4) for m, v in results["metrics"][name].items()},
@@ -130,7 +169,7 @@ def write_report(results: dict, out: Path) -> Path:
     for x, v in enumerate(values):
         ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("NDCG@10")
-    ax.set_title("HotpotQA dev, pooled paragraphs")
+    ax.set_title("HotpotQA dev, " + ("sentence chunks" if results.get("sentences") else "pooled paragraphs"))
     report.add_figure(figure, out, "ndcg10.png", "NDCG@10 per retriever")
     plt.close(figure)
     fusion = results["fusion"]
@@ -146,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     parser.add_argument("--out", default="docs/benchmarks/hotpotqa_search")
     parser.add_argument("--workspace", default=None, help="default: a temporary directory")
+    parser.add_argument("--sentences", action="store_true",
+                        help="one chunk per sentence, documents = paragraphs, results grouped by document")
     parser.add_argument("--compare-model", default=None,
                         help="also search with this embedding model (a path or name), side by side")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temp:
         workspace = Path(args.workspace or temp)
-        results = run(Path(args.data), workspace, compare_model=args.compare_model)
+        results = run(Path(args.data), workspace, compare_model=args.compare_model, sentences=args.sentences)
     results["machine"], results["versions"] = machine_info(), package_versions()
     path = write_report(results, Path(args.out))
     print(path.read_text())
