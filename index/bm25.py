@@ -139,6 +139,47 @@ class BM25Index:
         self._stale = True
         self._by_term = self._norm = None
 
+    def grouped(self, groups: np.ndarray) -> "BM25Index":
+        """A new index with one row per group of this one's rows, each the union of its rows'
+        tokens (term frequencies and lengths summed): a document made of its chunks, counted
+        from the postings already here instead of tokenising everything again.
+
+        Args:
+            groups: the group id (int64, the new row's id) of each row, in this index's row
+                order (`ids()`).
+        Example: rows [["a", "b"], ["a"]] with groups [7, 7] -> one row 7 with a: 2, b: 1.
+        """
+        self._check_writable()
+        groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+        if len(groups) != len(self._ids):
+            raise InvalidInputError("BM25Index.grouped: one group per row")
+        out = BM25Index(self.config)
+        out._vocab = dict(self._vocab)  # its own: adding to one must not renumber the other
+        if not len(groups):
+            return out
+        labels, group_of_row = np.unique(groups, return_inverse=True)
+        width = max(len(self._vocab), 1)
+        group_of_posting = np.repeat(group_of_row, np.diff(self._starts))
+        keys, at = np.unique(group_of_posting * width + self._terms, return_inverse=True)
+        tfs = np.bincount(at, weights=self._tfs, minlength=len(keys))
+        group_of_key, terms = np.divmod(keys, width)
+        sizes = np.bincount(group_of_key, minlength=len(labels))
+        out._ids = labels
+        out._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        out._terms, out._tfs = terms.astype(np.int32), tfs.astype(np.float32)
+        out._lengths = np.bincount(group_of_row, weights=self._lengths, minlength=len(labels)).astype(np.float32)
+        out._stale = True
+        return out
+
+    def ids(self) -> np.ndarray:
+        """The row ids, in row order."""
+        return self._ids
+
+    @property
+    def has_counts(self) -> bool:
+        """Whether term counts are kept (not an index saved by an older codehop without them)."""
+        return not self._read_only
+
     def delete(self, ids: np.ndarray) -> None:
         """Remove documents by id (unknown ids are ignored); scores follow on the next query."""
         keep = ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))

@@ -663,7 +663,7 @@ class Collection:
         if vectors_only and self._bm25 is not None and self._loaded_dir() is not None:
             bm25, bm25_from = self._bm25, self._loaded_dir()
             ids = self.store.chunk_ids(self.name)
-            documents = self._documents or self._documents_from_store()
+            documents = self._documents or self._documents_for(bm25)
         else:
             if rebuild:  # the tokenizer or context settings may have changed: index text again
                 ids = self.store.chunk_ids(self.name)
@@ -676,7 +676,7 @@ class Collection:
                 ids, tokens = self.store.chunk_tokens(self.name)
             bm25 = BM25Index(self.config.bm25)
             bm25.index(tokens, np.asarray(ids, dtype=np.int64))
-            documents = self._documents_from_store(ids, tokens)
+            documents = self._documents_for(bm25)
         dense, pending = self._dense, self._pending
         nothing = dense is None and not len(pending)  # no dense state to build on
         if rebuild or nothing or (dense is not None and dense.kind != self.config.dense):
@@ -711,12 +711,14 @@ class Collection:
             self.config.embedding_model)
         return final
 
-    def _documents_from_store(self, ids: list[int] | None = None,
-                              tokens: list[list[str]] | None = None) -> DocumentBM25:
-        """BM25 over whole documents from the store's chunk tokens (given, or read)."""
-        if ids is None or tokens is None:
-            ids, tokens = self.store.chunk_tokens(self.name)
+    def _documents_for(self, bm25: BM25Index) -> DocumentBM25:
+        """BM25 over whole documents, beside the chunk index `bm25` of the same store view:
+        summed from its counts (seconds), or, for an index saved without counts, tokens read
+        again from the store."""
         document_of = self.store.chunk_documents(self.name)
+        if bm25.has_counts:
+            return DocumentBM25.from_chunk_index(bm25, document_of)
+        ids, tokens = self.store.chunk_tokens(self.name)
         return DocumentBM25.build(ids, [document_of[i] for i in ids], tokens, self.config.bm25)
 
     def _vectors_for(self, ids: np.ndarray, cached_only: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -849,7 +851,7 @@ class Collection:
                           persist.load_pending(self.directory, manifest))
                 # A generation written before document BM25 existed: built here, written by
                 # the next commit.
-                documents = persist.load_documents(self.directory, manifest) or self._documents_from_store()
+                documents = persist.load_documents(self.directory, manifest) or self._documents_for(loaded[0])
             with self._index_lock:
                 self._bm25, self._dense, self._pending = loaded
                 self._documents = documents

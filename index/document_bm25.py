@@ -69,6 +69,22 @@ class DocumentBM25:
         index.index(texts, documents)
         return cls(index, documents, starts, chunk_ids[order])
 
+    @classmethod
+    def from_chunk_index(cls, chunks: BM25Index, document_of: dict[int, int]) -> "DocumentBM25":
+        """The same documents from the chunk index's own counts (no tokenising again; the
+        chunk index must hold term counts, as every index since their format does).
+
+        Args:
+            chunks: the collection's chunk BM25 index (ids are chunk row ids).
+            document_of: chunk row id -> document id, for every chunk of the index.
+        """
+        chunk_ids = chunks.ids().astype(np.int64)
+        doc_ids = np.asarray([document_of[int(i)] for i in chunk_ids.tolist()], dtype=np.int64)
+        order = np.lexsort((chunk_ids, doc_ids))
+        documents, first = np.unique(doc_ids[order], return_index=True)
+        starts = np.append(first, len(order)).astype(np.int64)
+        return cls(chunks.grouped(doc_ids), documents, starts, chunk_ids[order])
+
     def chunks_of(self, doc_id: int) -> np.ndarray:
         at = int(np.searchsorted(self.doc_ids, doc_id))
         if at == len(self.doc_ids) or self.doc_ids[at] != doc_id:

@@ -38,6 +38,19 @@ def test_a_document_matching_across_its_chunks_ranks_first_and_lends_its_score()
     assert only.ids.tolist() == [14, 12] and only.scores.tolist() == top.scores.tolist()
 
 
+def test_built_from_the_chunk_index_counts_it_equals_one_built_from_tokens():
+    from index.bm25 import BM25Index
+
+    ids, docs, tokens = zip(*CHUNKS)
+    chunks = BM25Index(BM25Config())
+    chunks.index(list(tokens), np.asarray(ids, dtype=np.int64))
+    summed, tokenised = DocumentBM25.from_chunk_index(chunks, dict(zip(ids, docs))), _documents()
+    assert summed.chunk_ids.tolist() == tokenised.chunk_ids.tolist()
+    for query in (["kettle"], ["descale", "kettle"], ["crumbs", "twice"], ["absent"]):
+        a, b = summed.search(query, 5), tokenised.search(query, 5)
+        assert a.ids.tolist() == b.ids.tolist() and np.allclose(a.scores, b.scores)
+
+
 def test_saved_and_loaded_it_answers_the_same(tmp_path):
     documents = _documents()
     documents.save(tmp_path / "docs")
