@@ -100,7 +100,10 @@ def _fusion_line(fusion: dict) -> str:
                 "'auto' in codehop.toml gives the convex fusion new collections use)")
     line = f"convex fusion, dense weight {fusion['dense_weight']:g} ({fusion['source']}"
     reason = fusion.get("reason") or fusion.get("estimate", {}).get("reason", "")
-    return line + (f": {reason})" if reason else ")")
+    line += f": {reason})" if reason else ")"
+    if fusion.get("lexical") == "chunk+document":
+        return line + "; BM25 side: each chunk's own score and its whole document's, half each"
+    return line + "; BM25 side: chunks alone ([collection] lexical = \"chunk\")"
 
 
 def _print_skips(skipped: list[tuple[str, str]]) -> None:
