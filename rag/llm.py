@@ -135,7 +135,9 @@ class TransformersGenerator:
     ``[pending] + draft`` verifies up to `draft_tokens` of them. A drafted position's token is
     the argmax of the same rules over the history that position has, so the output equals
     one-token-per-forward greedy decoding, loop control included (tests/rag/test_llm_lookup.py).
-    Sampling and JSON-schema decoding never draft; `Generation.decode` says which ran and why.
+    Sampling, JSON-schema decoding and weights other than float32 (int8/bfloat16 round
+    activations, so a batched verify can flip near-ties) never draft; `Generation.decode` says
+    which ran and why.
     """
 
     def __init__(self, model, tokenizer, name: str = "model",
@@ -154,8 +156,10 @@ class TransformersGenerator:
         self.precision = "float32"  # of the weights (rag.cpu_weights); the loader records its choice
         self._grammar_compiler = None  # built on the first json_schema request
         self._grammars: dict[str, Any] = {}  # json.dumps(schema, sort_keys=True) -> compiled
-        # Prompt-lookup drafting of greedy answers. 3 tokens: a verify pass of up to 4 rows stays
-        # on int8 weights' few-row kernel (rag.cpu_weights.INT8_MAX_ROWS), as one-token steps do.
+        # Prompt-lookup drafting of greedy answers: 3 tokens from 2-gram matches decoded ask
+        # answers in 0.81x the forwards and 0.94-0.96x the time of one token per forward
+        # (float32 SmolLM2, 1 thread: a 4-token verify costs ~18% more than a one-token step;
+        # 8 tokens from 1-gram matches: 0.75x the forwards, 1.02x the time).
         self.lookup = lookup
         self._decodes = threading.local()  # the record of each thread's latest decode
 
@@ -241,6 +245,12 @@ class TransformersGenerator:
             return False, "sampling (temperature > 0): drafts are only verified against greedy choices"
         if config.json_schema is not None:
             return False, "JSON-schema decoding: the grammar state has no rollback for rejected drafts"
+        if self.precision != "float32" or str(getattr(self.model, "dtype", "torch.float32")) != "torch.float32":
+            # Measured with SmolLM2 int8: a 4-row verify pass gives logits up to 0.25 apart
+            # from one-row steps (attention batched differently, then rounded to bfloat16), and
+            # 4 of 6 ask answers of 256 tokens changed (docs/benchmarks/answer_lookup).
+            return False, (f"{self.precision} weights round activations to bfloat16: a verify pass over "
+                           "several tokens can flip near-tied greedy choices, so drafts would change the answer")
         if config.repetition_penalty != 1.0 or config.no_repeat_ngram_size:
             return True, ("greedy; the repetition penalty and n-gram ban are applied at every drafted "
                           "position with that position's history")
@@ -248,13 +258,14 @@ class TransformersGenerator:
 
     def _steps(self, prompt_ids: list[int], config: GenerationConfig,
                record: dict[str, Any] | None = None) -> Iterator[_Step]:
-        """The tokens of one decode; `record` (when given) gets forwards, drafted, accepted."""
+        """The tokens of one decode; `record` (when given) gets forwards, drafted, accepted and
+        the first forward's seconds (prefill_s: the prompt)."""
         import torch
 
         if not prompt_ids:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
         record = {} if record is None else record
-        record.update(forwards=0, drafted=0, accepted=0)
+        record.update(forwards=0, drafted=0, accepted=0, prefill_s=0.0)
         draft, record["drafting_why"] = self.drafting(config)
         record["drafting"] = "prompt-lookup" if draft else "off"
         if draft:
@@ -266,7 +277,10 @@ class TransformersGenerator:
         past = None
         generated: list[int] = []
         for _ in range(config.max_new_tokens):
+            started = time.perf_counter()
             logits, past = self.forward(input_ids, past, logits_to_keep=1)
+            if not record["forwards"]:
+                record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1
             raw = logits[0, -1].float()
             scores = self._apply_rules(raw, generated, config, constraint)
@@ -301,7 +315,10 @@ class TransformersGenerator:
             room = config.max_new_tokens - len(generated) - 1  # the model's own token always comes
             draft = lookup_draft(sequence, min(budget, room), lookup.ngram, lookup.min_ngram) \
                 if past is not None and room > 0 else []
+            started = time.perf_counter()
             logits, past = self.forward(torch.tensor([inputs + draft]), past, logits_to_keep=len(draft) + 1)
+            if not record["forwards"]:
+                record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1
             rows = logits[0, -(len(draft) + 1):].float()
             tokens: list[int] = []

