@@ -269,8 +269,9 @@ class CompletionSettings:
     the embedder (False: BM25 order). skip_retrieval_when_full: no retrieval when the
     definitions near the cursor fill the context budget (lossless). dense_skip_neighbours: keep
     BM25's order when this many of its top hits lie near the open file (0 = off; lossy).
-    threads: torch threads of `codehop lsp`'s local model (None: torch's default, the physical
-    cores or OMP_NUM_THREADS); the model also answers codehop.ask, and is the only heavy work.
+    threads: torch threads of the local model of `codehop lsp` and `codehop complete` (None:
+    torch's default, the physical cores or OMP_NUM_THREADS); the LSP's model also answers
+    codehop.ask, and is the only heavy work.
     """
 
     max_new_tokens: int = 48

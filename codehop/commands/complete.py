@@ -34,15 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-rerank", action="store_true", help="BM25 order only, no dense re-rank")
     parser.add_argument("--context-only", action="store_true",
                         help="assemble context and prompt, do not generate")
-    parser.add_argument("--truncate", choices=("statement", "line"), default="statement")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--truncate", choices=("statement", "line"), default=None,
+                        help="where a completion ends (default: [completion] truncate, statement)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="token budget (default: [completion] max_new_tokens, 48)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_options(parser)
     parser.set_defaults(func=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
-    from code_tools.completion import CompletionConfig, RepoCompleter
+    from code_tools.completion import RepoCompleter
     from code_tools.repo import RepoIndex
     from codehop.config import load_settings, resolve_workspace
     from codehop.model_setup import load_configured_generator, with_model_options
@@ -50,15 +52,18 @@ def handler(args: argparse.Namespace) -> int:
     file = Path(args.file)
     if not file.is_file():
         raise NotFoundError(f"{file} is not a file")
-    if args.max_new_tokens <= 0:
+    if args.max_new_tokens is not None and args.max_new_tokens <= 0:
         raise InvalidInputError("--max-new-tokens must be positive")
     settings = with_model_options(load_settings(getattr(args, "config", None)), args)
     root = _repo_root(file, args.repo)
     workspace = resolve_workspace(args.workspace, settings)
     repo = RepoIndex.open(root, workspace, settings.repo_config())
-    generator = None if args.context_only else load_configured_generator(settings)
-    config = CompletionConfig(use_context=not args.no_context, dense_rerank=not args.no_rerank,
-                              truncate=args.truncate, max_new_tokens=args.max_new_tokens)
+    generator = None if args.context_only else load_configured_generator(settings, settings.completion.threads)
+    # [completion] as the editor gets it; this command's options win
+    options = {"truncate": args.truncate, "max_new_tokens": args.max_new_tokens}
+    config = settings.completion_config(use_context=not args.no_context,
+                                        **({"dense_rerank": False} if args.no_rerank else {}),
+                                        **{k: v for k, v in options.items() if v is not None})
     completer = RepoCompleter(repo, generator, config)
     result = completer.complete(str(file.resolve()), line=args.line, col=args.col)
     if args.json:

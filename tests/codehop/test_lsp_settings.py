@@ -103,3 +103,28 @@ def test_a_bad_completion_table_names_the_key(tmp_path):
         (project / "codehop.toml").write_text(f"[completion]\n{table}\n")
         with pytest.raises(InvalidInputError, match=message):
             project_config(LspConfig(), project)
+
+
+def test_codehop_complete_reads_the_completion_table(tmp_path, capsys):
+    """`codehop complete` builds its context as the editor's completer does: a small
+    [completion] context budget gives a shorter prompt (the context alone: no model)."""
+    import json
+
+    from codehop.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for i in range(6):
+        (repo / f"mod{i}.py").write_text(
+            f'def helper_{i}(values):\n    """Sum the values times {i}."""\n    total = 0\n'
+            f"    for v in values:\n        total += v * {i}\n    return total\n")
+    (repo / "app.py").write_text("from mod1 import helper_1\n\ndef main():\n    x = helper_\n")
+    prompts = {}
+    for name, table in (("default", ""), ("small", "[completion]\ncontext_tokens = 40\n")):
+        (tmp_path / f"{name}.toml").write_text(table)
+        code = main(["--config", str(tmp_path / f"{name}.toml"), "complete", str(repo / "app.py"), "--line", "4",
+                     "--col", "16", "--repo", str(repo), "--workspace", str(tmp_path / f"ws-{name}"),
+                     "--context-only", "--json"])
+        assert code == 0
+        prompts[name] = json.loads(capsys.readouterr().out)["prompt"]
+    assert "helper_" in prompts["small"] and len(prompts["small"]) < len(prompts["default"])
