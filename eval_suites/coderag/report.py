@@ -56,6 +56,15 @@ def write_report(results: dict[str, Any], out_dir: Path, machine_note: str = "")
             report.add_table("The default against the best single retriever (NDCG@10)",
                              _default_vs_best_single(retrieval),
                              "Goal: never more than 0.5 points below the best single retriever.")
+        if results.get("paired_latency"):
+            report.add_table("Warm query time: the default vs the chunk voter, paired", [
+                {"task": task, "queries": p["queries"], "k": p["k"],
+                 "hybrid p50 ms": p["hybrid"]["p50_ms"], "hybrid p95 ms": p["hybrid"]["p95_ms"],
+                 "chunk voter p50 ms": p["hybrid-chunk-lexical"]["p50_ms"],
+                 "chunk voter p95 ms": p["hybrid-chunk-lexical"]["p95_ms"], "p50 ratio": p["p50_ratio"]}
+                for task, p in results["paired_latency"].items()],
+                "Each query timed by both in alternating order, its vector already cached (the ms/query "
+                "column above is a whole run's, model loading and machine load included).")
         if results.get("fusion"):
             report.add_table("Fusion each corpus's collection chose (no labels)",
                              [{"corpus": name, **{k: v for k, v in f.items() if k != "estimate"},

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from eval_suites.coderag import builders
 from eval_suites.coderag.builders import DOC_TASKS, TASKS, Problem
 from eval_suites.coderag.generation import GenerationSettings, SampleCache, evaluate_condition
@@ -227,7 +229,8 @@ def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, genera
             config, task, data, indexes[name], kinds, retrievers, (prf, llm), rewrites, notes)
     out["index"] = index_stats
     out["retrieval"] = retrieval
-    out["retrieval_ms_per_query"] = timings
+    out["retrieval_ms_per_query"] = {task: {n: v for n, v in t.items() if n != "paired"} for task, t in timings.items()}
+    out["paired_latency"] = {task: t["paired"] for task, t in timings.items() if "paired" in t}
     out["retrieval_per_query_ndcg@10"] = per_query
     out["fusion"] = {name: ix.collections["flat"].fusion_settings()
                      for name, ix in indexes.items() if "flat" in ix.collections}
@@ -242,7 +245,8 @@ def _score_task(config: BenchConfig, task: str, data: _TaskData, index: CorpusIn
                 kinds: tuple[str, ...], retrievers: list[str], rewriters, rewrites: "RewriteCache",
                 notes: list[str]):
     """(retriever -> metrics, retriever -> ms per query, retriever -> query -> NDCG@10) of one
-    task (the per-query values give paired intervals against the default in the report)."""
+    task (the per-query values give paired intervals against the default in the report); the
+    timings also hold "paired": `paired_latency` when both hybrid rows ran."""
     metrics: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     per_query: dict[str, dict[str, float]] = {}
@@ -261,7 +265,31 @@ def _score_task(config: BenchConfig, task: str, data: _TaskData, index: CorpusIn
         rewrites.save()
         metrics[name] = retrieval_metrics(data.qrels, run)
         per_query[name] = {q: m["ndcg@10"] for q, m in per_query_metrics(data.qrels, run, ("ndcg@10",)).items()}
+    if "hybrid" in retrievers and "hybrid-chunk-lexical" in retrievers:
+        timings["paired"] = paired_latency(index, list(data.queries.values())[:PAIRED_QUERIES])
     return metrics, timings, per_query
+
+
+PAIRED_QUERIES = 100
+
+
+def paired_latency(index: CorpusIndex, queries: list[str], k: int = 10) -> dict[str, Any]:
+    """Warm query time of the default (hybrid) and its chunk-voter ablation, the same queries
+    timed by both in alternating order with the query's vector cached first: the columns of
+    a whole run also carry model loading, cache misses and whatever else the machine ran."""
+    names = {"hybrid": None, "hybrid-chunk-lexical": "chunk"}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for at, query in enumerate(queries):
+        index.search(query, "hybrid", k=k)
+        for name in (list(names) if at % 2 == 0 else list(names)[::-1]):
+            t0 = time.perf_counter()
+            index.search(query, "hybrid", k=k, lexical=names[name])
+            times[name].append(1000 * (time.perf_counter() - t0))
+    out: dict[str, Any] = {name: {"p50_ms": round(float(np.percentile(t, 50)), 2),
+                                  "p95_ms": round(float(np.percentile(t, 95)), 2)} for name, t in times.items()}
+    out["queries"], out["k"] = len(queries), k
+    out["p50_ratio"] = round(out["hybrid"]["p50_ms"] / max(out["hybrid-chunk-lexical"]["p50_ms"], 1e-9), 3)
+    return out
 
 
 def _selfcheck(config: BenchConfig, tasks: dict[str, _TaskData], cache_root: Path) -> dict[str, Any]:
