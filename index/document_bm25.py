@@ -12,10 +12,11 @@ and the dense list is fused with that as before. The equal weights are fixed a p
 fitted (docs/benchmarks.md, issue 26, says how the variant was chosen and checked).
 
 A document's text for BM25 is the index tokens of all its chunks (each with its context
-header), so the document index always agrees with the chunk index it was built beside.
+header), summed from the chunk index's own counts, so the document index always agrees with
+the chunk index it was built beside.
 
-    documents = DocumentBM25.build(chunk_ids, doc_ids, tokens, BM25Config())
-    documents.chunk_hits(["groupby", "sum"], 100)  # every chunk of the top 100 documents
+    documents = DocumentBM25.from_chunk_index(chunk_index, {chunk_row_id: doc_id, ...})
+    documents.chunk_hits(["groupby", "sum"], 100, evidence=candidate_chunk_ids)
 """
 
 from __future__ import annotations
@@ -60,9 +61,7 @@ class DocumentBM25:
         doc_ids = np.asarray(doc_ids, dtype=np.int64)
         if not (len(chunk_ids) == len(doc_ids) == len(tokens)):
             raise ValueError("DocumentBM25.build: one document id and token list per chunk")
-        order = np.lexsort((chunk_ids, doc_ids))
-        documents, first = np.unique(doc_ids[order], return_index=True)
-        starts = np.append(first, len(order)).astype(np.int64)
+        order, documents, starts = _by_document(chunk_ids, doc_ids)
         texts = [[token for at in order[starts[i]:starts[i + 1]] for token in tokens[at]]
                  for i in range(len(documents))]
         index = BM25Index(config)
@@ -80,9 +79,7 @@ class DocumentBM25:
         """
         chunk_ids = chunks.ids().astype(np.int64)
         doc_ids = np.asarray([document_of[int(i)] for i in chunk_ids.tolist()], dtype=np.int64)
-        order = np.lexsort((chunk_ids, doc_ids))
-        documents, first = np.unique(doc_ids[order], return_index=True)
-        starts = np.append(first, len(order)).astype(np.int64)
+        order, documents, starts = _by_document(chunk_ids, doc_ids)
         return cls(chunks.grouped(doc_ids), documents, starts, chunk_ids[order])
 
     def chunks_of(self, doc_id: int) -> np.ndarray:
@@ -137,6 +134,14 @@ class DocumentBM25:
         if len(starts) != len(doc_ids) + 1 or int(starts[-1]) != len(chunk_ids) or len(index) != len(doc_ids):
             raise CorruptIndexError(f"document BM25 at {directory} is truncated: rebuild with codehop index --rebuild")
         return cls(index, doc_ids, starts, chunk_ids)
+
+
+def _by_document(chunk_ids: np.ndarray, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the chunks' order by document then chunk id, the sorted document ids, where each
+    document's chunks start in that order, with the total at the end)."""
+    order = np.lexsort((chunk_ids, doc_ids))
+    documents, first = np.unique(doc_ids[order], return_index=True)
+    return order, documents, np.append(first, len(order)).astype(np.int64)
 
 
 def lend(documents: Hits, chunks_of: Callable[[int], np.ndarray], evidence: np.ndarray | None = None) -> Hits:
