@@ -645,8 +645,7 @@ class Collection:
             persist.clean(self.directory, keep=staged.name)
             # The indexes just written are the committed ones: keep them instead of reloading.
             with self._index_lock:
-                self._bm25, self._dense, self._pending = self._staged_indexes
-                self._documents = self._staged_documents
+                self._bm25, self._dense, self._pending, self._documents = self._staged_indexes
             self._loaded_stamp = (persist.manifest_stamp(self.directory),)
         return doc_ids
 
@@ -703,8 +702,7 @@ class Collection:
                 dense.add(ready, vectors)
         final, counts = persist.stage_generation(self.directory, generation, bm25, dense,
                                                  pending, bm25_from, documents)
-        self._staged_indexes = (bm25, dense, pending)
-        self._staged_documents = documents
+        self._staged_indexes = (bm25, dense, pending, documents)
         counts = {**counts, **self.store.counts(self.name)}
         self._pending_manifest = persist.new_manifest(
             self.name, generation, final.name, dense, self.config.dense, counts,
@@ -1175,10 +1173,7 @@ class Collection:
     def bm25_search(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None) -> Hits:
         """BM25 top-k row ids for tokens, scored with `statistics` (None: this collection's)."""
         self._ensure_loaded()
-        with self._index_lock:
-            if self._bm25 is None or not tokens:
-                return Hits.empty()
-            return self._bm25.search(tokens, k, statistics=statistics)
+        return self._bm25_token_hits(tokens, k, statistics)
 
     def dense_hits(self, vector: np.ndarray, k: int) -> Hits:
         """Dense top-k row ids for an embedded query."""
@@ -1192,20 +1187,22 @@ class Collection:
             return max(0 if self._bm25 is None else len(self._bm25), 0 if self._dense is None else len(self._dense))
 
     def _bm25_hits(self, query: str, k: int) -> Hits:
-        tokens = tokenize(query, self.config.tokenizer)
+        return self._bm25_token_hits(tokenize(query, self.config.tokenizer), k)
+
+    def _bm25_token_hits(self, tokens: list[str], k: int, statistics: BM25Statistics | None = None) -> Hits:
         with self._index_lock:
             if self._bm25 is None or not tokens:
                 return Hits.empty()
-            return self._bm25.search(tokens, k)
+            return self._bm25.search(tokens, k, statistics=statistics)
 
     def _lexical_hits(self, query: str, k: int, dense: Hits) -> Hits:
         """Hybrid search's BM25 voter: the top k chunks, mixed with the top k documents lent
         to their chunks that BM25 or `dense` found (index.document_bm25) when `lexical` is
         "chunk+document"."""
-        chunks = self._bm25_hits(query, k)
+        tokens = tokenize(query, self.config.tokenizer)  # once, for both indexes
+        chunks = self._bm25_token_hits(tokens, k)
         if self.config.lexical == "chunk":
             return chunks
-        tokens = tokenize(query, self.config.tokenizer)
         with self._index_lock:
             documents = self._documents
         if documents is None or not tokens:

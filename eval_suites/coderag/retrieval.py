@@ -32,11 +32,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from eval_suites.ablation import collection_settings
 from runtime.errors import InvalidInputError
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "hybrid-chunk-lexical",
@@ -192,13 +192,8 @@ class CorpusIndex:
         if not query.strip():
             return {}
         collection = self.collections[kind]
-        saved = collection.config
-        if lexical is not None:  # the bench is single-threaded: swap the setting for one call
-            collection.config = dataclasses.replace(saved, lexical=lexical)
-        try:
+        with collection_settings(collection, **({} if lexical is None else {"lexical": lexical})):
             results = collection.search(query, k=min(k, self.documents), mode=mode, group_by="document")
-        finally:
-            collection.config = saved
         return {result.path: float(result.score) for result in results}
 
     def fused(self, query: str, method: str, k: int | None = None) -> dict[str, float]:

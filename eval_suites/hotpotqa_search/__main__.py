@@ -24,7 +24,6 @@ held-out check this is: a corpus it was not tuned on must not get worse), side b
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval_suites.ablation import collection_settings
 from eval_suites.coderag.metrics import per_query_metrics, retrieval_metrics
 from eval_suites.hotpotqa import PATH_PREFIX, load_questions, pooled_corpus
 from eval_suites.report import Report, machine_info, package_versions
@@ -81,13 +81,10 @@ def _sentence_documents(questions) -> dict[str, list[str]]:
 
 
 def _search(collection, query: str, k: int, mode: str, grouped: bool) -> dict[str, float]:
-    saved = collection.config
-    if mode == "hybrid-chunk-lexical":  # single-threaded: swap the setting for one call
-        collection.config, mode = dataclasses.replace(saved, lexical="chunk"), "hybrid"
-    try:
-        results = collection.search(query, k=k, mode=mode, group_by="document" if grouped else None)
-    finally:
-        collection.config = saved
+    changes = {"lexical": "chunk"} if mode == "hybrid-chunk-lexical" else {}
+    with collection_settings(collection, **changes):  # the ablation is hybrid with the chunk voter
+        results = collection.search(query, k=k, mode="hybrid" if changes else mode,
+                                    group_by="document" if grouped else None)
     return {r.path: r.score for r in results}
 
 
