@@ -7,7 +7,9 @@
    files; chunks of the file being completed are never candidates (no leakage). Retrieval is
    skipped when those definitions already fill the context budget (nothing retrieved could be
    shown), and the dense re-rank when BM25's top hits lie in the open file's neighbourhood
-   (CompletionConfig.skip_retrieval_when_full, dense_skip_neighbours);
+   (CompletionConfig.skip_retrieval_when_full, dense_skip_neighbours). With the KV cache, the
+   chunks the file's last prompt showed keep their places against newcomers that score less
+   than 20% better (sticky_context), so typing on re-encodes the typed text, not a swapped chunk;
 3. a token-budgeted prompt: cross-file context, the file path, the left context, and the right
    context when the generator has a fill-in-the-middle format (else a plain prefix prompt);
 4. greedy generation with stop rules, then truncation to one line or one statement.
@@ -68,6 +70,13 @@ class CompletionConfig:
         context_order: "document" shows the chosen chunks (definitions first) in repository
             order (path, line), so consecutive prompts differ only where the context changed
             and the KV cache edit stays small; "score" shows them by priority and score.
+        sticky_context: with the KV cache, a retrieved chunk shown in the file's previous prompt
+            keeps its place while its fresh score is within this fraction of a newcomer's (it
+            competes with score + sticky_context * |score|). A near-tie no longer swaps a
+            chunk in and out of the prompt as the user types, which PIE would re-encode (the
+            swapped chunk) and which leaves the rows after it stale; a chunk the fresh query no
+            longer retrieves among its candidates is dropped. 0 = every prompt shows the fresh
+            selection.
         skip_retrieval_when_full: no BM25 and no dense re-rank when the definitions of the
             symbols imported or called near the cursor already leave less than the 32 tokens
             `_budget` needs to place another item: retrieved chunks could not be shown, so the
@@ -102,6 +111,7 @@ class CompletionConfig:
     context_order: str = "document"
     skip_retrieval_when_full: bool = True
     dense_skip_neighbours: int = 0
+    sticky_context: float = 0.2
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
@@ -110,8 +120,10 @@ class CompletionConfig:
             raise InvalidInputError("token budgets must be >= 0")
         if self.context_order not in ("document", "score"):
             raise InvalidInputError(f"context_order must be 'document' or 'score', not {self.context_order!r}")
-        if self.draft_tokens < 0 or self.context_cache < 0 or self.dense_skip_neighbours < 0:
-            raise InvalidInputError("draft_tokens, context_cache and dense_skip_neighbours must be >= 0 (0 = off)")
+        if self.draft_tokens < 0 or self.context_cache < 0 or self.dense_skip_neighbours < 0 \
+                or self.sticky_context < 0:
+            raise InvalidInputError("draft_tokens, context_cache, dense_skip_neighbours and sticky_context "
+                                    "must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -280,6 +292,8 @@ class RepoCompleter:
         self._retrieved: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._token_counts: OrderedDict[str, Any] = OrderedDict()
         self._left_memo: tuple[int, str, str] | None = None
+        # path -> ids of the retrieved chunks its last prompt showed (CompletionConfig.sticky_context)
+        self._shown: OrderedDict[str, frozenset[int]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def forget(self, document: str) -> None:
@@ -347,8 +361,9 @@ class RepoCompleter:
         else:
             ranked = self._retrieve(path, prefix, timings, targets)
         retrieved: list[ContextItem] = []
-        for chunk_id, score in zip(ranked.ids, ranked.scores):
-            chunk = self.repo.chunk(int(chunk_id))
+        chunk_ids: dict[int, int] = {}  # id(item) -> its chunk
+        for chunk_id, score in self._sticky_order(path, ranked):
+            chunk = self.repo.chunk(chunk_id)
             span = (chunk.path, chunk.start_line, chunk.end_line)
             if chunk.kind == "abstract":
                 if any(a.path == chunk.path for a in abstracts):
@@ -357,12 +372,19 @@ class RepoCompleter:
                 continue  # a block and a syntax chunk of the same lines: keep the better one
             spans.append(span)
             retrieved.append(ContextItem("retrieved", chunk.path, chunk.start_line, chunk.end_line,
-                                         float(score), chunk.text))
+                                         score, chunk.text))
+            chunk_ids[id(retrieved[-1])] = chunk_id
             if len(retrieved) >= cfg.rerank_top:
                 break
 
         t = time.perf_counter()
         items = self._budget(definitions + retrieved + abstracts, cfg.context_tokens)
+        if self._sticky():
+            with self._cache_lock:
+                self._shown[path] = frozenset(chunk_ids[id(i)] for i in items if id(i) in chunk_ids)
+                self._shown.move_to_end(path)
+                while len(self._shown) > max(1, cfg.context_cache):
+                    self._shown.popitem(last=False)
         if cfg.context_order == "document":
             # Chosen by priority, shown in repository order: a re-ranked or swapped chunk then
             # moves no other chunk, so the next prompt differs from this one only where the
@@ -372,6 +394,26 @@ class RepoCompleter:
         timings["budget"] = time.perf_counter() - t
         timings["context"] = time.perf_counter() - started
         return items, timings
+
+    def _sticky(self) -> bool:
+        return self.config.sticky_context > 0 and self.config.reuse_kv_cache
+
+    def _sticky_order(self, path: str, ranked) -> list[tuple[int, float]]:
+        """(chunk id, fresh score) of `ranked` in the order `assemble_context` considers them:
+        the ranking, with the chunks `path`'s last prompt showed competing at score +
+        sticky_context * |score| (CompletionConfig.sticky_context). Example, sticky_context
+        0.2 and chunk 7 shown last time: [(3, 10.0), (7, 9.0), (5, 8.5)] -> [(7, 9.0), (3, 10.0),
+        (5, 8.5)], since 9.0 * 1.2 = 10.8; chunk 5 at 8.5 would still follow chunk 3."""
+        pairs = [(int(i), float(s)) for i, s in zip(ranked.ids, ranked.scores)]
+        if not self._sticky():
+            return pairs
+        with self._cache_lock:
+            shown = self._shown.get(path, frozenset())
+        if not shown:
+            return pairs
+        margin = self.config.sticky_context
+        # sorted() is stable: equal scores keep the ranking's order
+        return sorted(pairs, key=lambda p: p[1] + margin * abs(p[1]) if p[0] in shown else p[1], reverse=True)
 
     def _room_after(self, definitions: list[ContextItem]) -> int:
         """Context tokens `_budget` has left after placing `definitions` (on copies: the same

@@ -269,6 +269,9 @@ class CompletionSettings:
     the embedder (False: BM25 order). skip_retrieval_when_full: no retrieval when the
     definitions near the cursor fill the context budget (lossless). dense_skip_neighbours: keep
     BM25's order when this many of its top hits lie near the open file (0 = off; lossy).
+    sticky_context: a retrieved chunk the file's previous prompt showed keeps its place while
+    its score is within this fraction of a newcomer's, so typing on does not swap near-ties
+    in and out of the KV cache (0 = the fresh selection every time).
     threads: torch threads of the local model of `codehop lsp` and `codehop complete` (None:
     torch's default, the physical cores or OMP_NUM_THREADS); the LSP's model also answers
     codehop.ask, and is the only heavy work.
@@ -285,12 +288,14 @@ class CompletionSettings:
     dense_rerank: bool = True
     skip_retrieval_when_full: bool = True
     dense_skip_neighbours: int = 0
+    sticky_context: float = 0.2
     threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for key in ("draft_tokens", "context_tokens", "left_tokens", "right_tokens", "dense_skip_neighbours"):
+        for key in ("draft_tokens", "context_tokens", "left_tokens", "right_tokens", "dense_skip_neighbours",
+                    "sticky_context"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise InvalidInputError(f"{key} must be >= 0, got {value}")
@@ -432,7 +437,7 @@ class Settings:
                       context_tokens=c.context_tokens, left_tokens=c.left_tokens, right_tokens=c.right_tokens,
                       context_order=c.context_order, dense_rerank=c.dense_rerank,
                       skip_retrieval_when_full=c.skip_retrieval_when_full,
-                      dense_skip_neighbours=c.dense_skip_neighbours,
+                      dense_skip_neighbours=c.dense_skip_neighbours, sticky_context=c.sticky_context,
                       draft_tokens=g.draft_tokens if c.draft_tokens is None else c.draft_tokens,
                       reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
         values.update(overrides)

@@ -91,6 +91,9 @@ class LspConfig:
             None: [completion] early_stop.
         context_order: "document" (context chunks in repository order: small KV edits between
             requests) or "score" (by priority and score); None: [completion] context_order.
+        sticky_context: keep the file's last retrieved chunks against newcomers scoring less
+            than this fraction better (code_tools.completion.CompletionConfig; 0 = off); None:
+            [completion] sticky_context.
         threads: torch threads of the local model (None: [completion] threads, else torch's
             default: the physical cores, or OMP_NUM_THREADS when set).
         The other completion settings (context budgets, retrieval skips) come from [completion].
@@ -116,6 +119,7 @@ class LspConfig:
     truncate: str | None = None
     early_stop: bool | None = None
     context_order: str | None = None
+    sticky_context: float | None = None
     threads: int | None = None
     settings: Settings = Settings()
 
@@ -132,7 +136,8 @@ class LspConfig:
         g = self.settings.generator
         options = dict(max_new_tokens=self.max_new_tokens, dense_rerank=self.dense_rerank,
                        draft_tokens=self.draft_tokens, truncate=self.truncate, early_stop=self.early_stop,
-                       context_order=self.context_order, kv_cache_mb=self.kv_cache_mb)
+                       context_order=self.context_order, sticky_context=self.sticky_context,
+                       kv_cache_mb=self.kv_cache_mb)
         return self.settings.completion_config(
             reuse_kv_cache=self.kv_reuse and g.kv_reuse,
             **{key: value for key, value in options.items() if value is not None})

@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="order of the context chunks in the prompt: repository order (small "
                              "KV-cache edits between requests) or by score (default: [completion] "
                              "context_order, document)")
+    parser.add_argument("--sticky-context", type=float, metavar="FRACTION",
+                        help="a retrieved chunk the file's previous prompt showed stays while a "
+                             "newcomer scores less than this fraction better, so the KV cache edit "
+                             "is the typed text (default: [completion] sticky_context, 0.2; 0 = off)")
     parser.add_argument("--threads", type=int,
                         help="torch threads of the local model (default: [completion] threads, else "
                              "torch's: the physical cores, or OMP_NUM_THREADS)")
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--draft-tokens must be >= 0 (0 = no drafting)")
     if args.threads is not None and args.threads < 1:
         raise InvalidInputError("--threads must be >= 1")
+    if args.sticky_context is not None and args.sticky_context < 0:
+        raise InvalidInputError("--sticky-context must be >= 0 (0 = off)")
     config = LspConfig(model=args.model, config_file=Path(config_file) if config_file else None,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                        kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start,
                        precision=args.precision, draft_tokens=args.draft_tokens, truncate=args.truncate,
                        early_stop=False if args.no_early_stop else None, context_order=args.context_order,
-                       threads=args.threads)
+                       sticky_context=args.sticky_context, threads=args.threads)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

@@ -345,3 +345,95 @@ def test_dense_rerank_is_skipped_only_when_bm25s_top_hits_are_the_files_neighbou
     assert timings["dense_skipped"] == 1.0
     with pytest.raises(InvalidInputError, match="dense_skip_neighbours"):
         CompletionConfig(dense_skip_neighbours=-1)
+
+
+def _chunk_id(repo, path: str, starts: str) -> int:
+    """The id of `path`'s shortest non-abstract chunk whose code (after its "# path:lines"
+    header) starts with `starts`."""
+    found = [(c.end_line - c.start_line, i) for i, c in enumerate(repo.chunks)
+             if c is not None and c.path == path and c.kind != "abstract"
+             and c.text.split("\n", 1)[-1].lstrip().startswith(starts)]
+    return min(found)[1]
+
+
+def _ranked(*pairs):
+    """Hits from (chunk id, score) pairs, best first: a retrieval whose scores a test chooses."""
+    import numpy as np
+
+    from index.types import Hits
+
+    return Hits(np.array([i for i, _ in pairs], dtype=np.int64), np.array([s for _, s in pairs], dtype=np.float32))
+
+
+def _scripted_retrieval(completer, rankings):
+    """Make `completer`'s retrieval answer `rankings` in turn (each request retrieves once)."""
+    answers = iter(rankings)
+    completer._retrieve = lambda path, prefix, timings, targets=(): next(answers)
+
+
+def test_a_shown_chunk_keeps_its_place_against_a_near_tie_only(repo):
+    a = _chunk_id(repo, "shop/pricing.py", "def apply_discount")
+    b = _chunk_id(repo, "shop/pricing.py", "def with_tax")
+    c = _chunk_id(repo, "shop/cart.py", "def total")
+    d = _chunk_id(repo, "shop/cart.py", "from shop.pricing")
+    rankings = [_ranked((a, 10.0), (b, 9.0), (c, 8.5)),   # shows a, b
+                _ranked((a, 10.0), (c, 9.5), (b, 9.0)),   # c overtakes b by 5.6%: a near-tie
+                _ranked((c, 13.0), (a, 10.0), (b, 9.0)),  # c beats b by 44%: it comes in
+                _ranked((d, 5.0), (c, 4.0))]              # a and b no longer retrieved at all
+    prefix = "x = 0\n"
+
+    def shown(config):
+        completer = RepoCompleter(repo, None, config)
+        _scripted_retrieval(completer, rankings)
+        out = []
+        for _ in rankings:
+            items, _ = completer.assemble_context("shop/report.py", prefix)
+            out.append({(i.path, i.start_line): i.score for i in items if i.source == "retrieved"})
+        return out
+
+    key = {i: (repo.chunk(i).path, repo.chunk(i).start_line) for i in (a, b, c, d)}
+    sticky = shown(_fast(reuse_kv_cache=True, rerank_top=2, sticky_context=0.2))
+    assert [set(s) for s in sticky] == [{key[a], key[b]}, {key[a], key[b]}, {key[c], key[a]}, {key[d], key[c]}]
+    assert sticky[1][key[b]] == 9.0  # the item carries its fresh score, not the bonus
+    fresh = [{key[a], key[b]}, {key[a], key[c]}, {key[c], key[a]}, {key[d], key[c]}]
+    assert [set(s) for s in shown(_fast(reuse_kv_cache=True, rerank_top=2, sticky_context=0.0))] == fresh
+    # without a KV cache stickiness buys nothing: every prompt shows the fresh selection
+    assert [set(s) for s in shown(_fast(reuse_kv_cache=False, rerank_top=2))] == fresh
+    # one file's shown chunks give no bonus in another file
+    completer = RepoCompleter(repo, None, _fast(reuse_kv_cache=True, rerank_top=2))
+    _scripted_retrieval(completer, rankings[:2])
+    completer.assemble_context("shop/report.py", prefix)
+    items, _ = completer.assemble_context("shop/other.py", prefix)
+    assert {(i.path, i.start_line) for i in items} == {key[a], key[c]}
+    with pytest.raises(InvalidInputError, match="sticky_context"):
+        CompletionConfig(sticky_context=-0.1)
+
+
+def test_sticky_context_leaves_the_kv_edit_to_the_typed_text(repo, request):
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    a = _chunk_id(repo, "shop/pricing.py", "def apply_discount")
+    b = _chunk_id(repo, "shop/pricing.py", "def with_tax")
+    c = _chunk_id(repo, "shop/cart.py", "def total")
+    # a prompt long enough that PIE's per-segment cost keeps the edit below a full prefill
+    prefix = "def summary(cart):\n" + "".join(f"    n{i} = len(cart.items) * {i}\n" for i in range(30))
+    typed = prefix + "    n += 1\n"
+    encoded = {}
+    for sticky in (0.0, 0.2):
+        completer = RepoCompleter(repo, _BareTransformersGenerator(model, tokenizer), _fast(
+            max_new_tokens=4, reuse_kv_cache=True, rerank_top=2, sticky_context=sticky, kv_recompute_above=1.0))
+        _scripted_retrieval(completer, [_ranked((a, 10.0), (b, 9.0), (c, 8.5)),
+                                        _ranked((a, 10.0), (c, 9.5), (b, 9.0))])
+        first = completer.complete("shop/report.py", prefix=prefix, suffix="")
+        second = completer.complete("shop/report.py", prefix=typed, suffix="")
+        assert second.kv_reuse["mode"] == "pie"
+        encoded[sticky] = second.kv_reuse["tokens_encoded"]
+        fresh = PieCache(model, tokenizer)  # the answer is the model's for the prompt it was given
+        fresh.prefill(tokenizer(second.prompt, add_special_tokens=False)["input_ids"])
+        expected = tokenizer.decode(fresh.generate(4, stop_token_ids=(tokenizer.eos_token_id,)),
+                                    skip_special_tokens=True)
+        assert second.raw_text == expected.split("\n\n\n")[0].split("\ndef ")[0].split("\nclass ")[0]
+    # sticky: the context is the first prompt's, so PIE encodes the typed line alone
+    assert first.prompt.replace(prefix, typed) == second.prompt
+    assert encoded[0.2] <= len(tokenizer("    n += 1\n", add_special_tokens=False)["input_ids"]) + 1
+    # fresh: the swapped chunk (c for b) is encoded as well
+    assert encoded[0.0] >= encoded[0.2] + len(tokenizer(repo.chunk(c).text, add_special_tokens=False)["input_ids"]) // 2

@@ -162,6 +162,10 @@ def test_completion_table_builds_the_completion_config():
     assert parse_settings("[completion]\ndraft_tokens = 0").completion_config().draft_tokens == 0
     assert settings.completion_config(max_new_tokens=8).max_new_tokens == 8  # a face's option wins
     assert Settings().completion_config().max_new_tokens == 48 and Settings().completion.threads is None
+    assert Settings().completion_config().sticky_context == 0.2
+    assert parse_settings("[completion]\nsticky_context = 0").completion_config().sticky_context == 0.0
+    with pytest.raises(InvalidInputError, match="completion: sticky_context must be >= 0"):
+        parse_settings("[completion]\nsticky_context = -0.5")
     with pytest.raises(InvalidInputError, match="completion: dense_skip_neighbours must be >= 0"):
         parse_settings("[completion]\ndense_skip_neighbours = -1")
     with pytest.raises(InvalidInputError, match="completion: context_order must be"):
