@@ -9,7 +9,9 @@ rotating order at every step so load drift on the shared cores hits each (--serv
 is the path before issue 31 (float32 weights, PIE KV reuse, one token per forward, decoding to
 the token budget, context by score), "new" the defaults (compact int8/bfloat16 weights where the
 CPU has bfloat16, prompt-lookup drafts, decoding stopped once the truncated text is decided,
-context in repository order), "no reuse" float32 without KV caches. An editing session replays
+context in repository order, retrieved chunks kept while near-ties: --sticky-context),
+"fresh-context" the new path showing the fresh retrieval in every prompt (--sticky-context 0),
+"no reuse" float32 without KV caches. An editing session replays
 LintSeq forward diffs (code_tools.lintseq, pyflakes linter) of real MBPP solutions as typing:
 a session file receives several programs one after another, each built up through its edit
 path; before each step the cursor sits where the next diff inserts its first line, and that
@@ -152,8 +154,10 @@ async def _settled(client, timeout: float = 300.0) -> None:
 
 # Each server's extra `codehop lsp` arguments. "today" is the completion path before issue 31.
 SERVERS = {
-    "today": ["--precision", "float32", "--draft-tokens", "0", "--no-early-stop", "--context-order", "score"],
+    "today": ["--precision", "float32", "--draft-tokens", "0", "--no-early-stop", "--context-order", "score",
+              "--sticky-context", "0"],
     "new": [],
+    "fresh-context": ["--sticky-context", "0"],  # new, every prompt shows the fresh retrieval
     "no reuse": ["--no-kv-reuse", "--precision", "float32"],
 }
 
@@ -253,7 +257,9 @@ def completion_summary(rows: list[dict]) -> tuple[list[dict], dict]:
                       "drafts accepted %": 100 * accepted / drafted if drafted else None,
                       "EM %": 100 * statistics.mean(r["em"] for r in subset),
                       "ES %": 100 * statistics.mean(r["es"] for r in subset),
-                      "prompt tokens encoded": encoded / len(subset) if kv[0] else None})
+                      "prompt tokens encoded": encoded / len(subset) if kv[0] else None,
+                      "prompt tokens encoded p50": _pct([k.get("tokens_encoded", k.get("sequence_length", 0))
+                                                         for k in kv], 0.5) if kv[0] else None})
     rows_of = dict(zip(names, table))
 
     def ratio(name: str, to: str) -> dict:
@@ -495,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "workers), process CPU = the whole server process's CPU time during the "
                                   "request (all threads, from /proc), "
                                   "decode = generation from it; generate = prefill + decode + tokenisation. "
-                                  "'prompt tokens encoded' per completion. 'decode tokens/s' = generated tokens / "
+                                  "'prompt tokens encoded' per completion (mean, median). 'decode tokens/s' = generated tokens / "
                                   "decode seconds.")
             report.add_table("Completions: ratios to the first server", stats)
             report.add_figure(completion_plot(rows, table), args.out, "latency.png",
@@ -534,7 +540,7 @@ DEVIATIONS = """- Scaled to fit ~25 minutes on 2 shared cores: a few sessions of
   6-20 lines, several per file) and three long-context questions; a difference of one completion or one
   question is within noise. The LSP servers run side by side and are asked in rotating order.
 - "today" reproduces the completion path before issue 31 through flags of the same code (float32,
-  --draft-tokens 0, --no-early-stop, --context-order score); it shares the new preallocated KV cache of the decode loop, so
+  --draft-tokens 0, --no-early-stop, --context-order score, --sticky-context 0); it shares the new preallocated KV cache of the decode loop, so
   it is slightly faster than the code before the change (the cache concatenation was ~12% of a step).
 - Torch threads: each server runs `codehop lsp --threads T` (--threads, or NAME@T in --servers).
   Reports before that option ran their servers with OMP_NUM_THREADS=1, which --threads 1 matches.
