@@ -16,6 +16,11 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A local ray.init() (the scale-out tests) turns on Ray's token authentication by default and
+# writes ~/.ray/auth_token; the two-node test cluster's second `ray start` is then refused
+# ("Authentication token is missing"). Tests write nothing to the user's home and run their
+# clusters (inside a network namespace) without tokens.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # One model cache for the whole suite, its xdist workers and the servers it starts: the ONNX
 # export of MiniLM (the default embedder) and the model2vec distillation happen once per
 # machine (a lock makes two workers wait for one export), not once per test workspace, and
