@@ -94,6 +94,9 @@ class CollectionSettings:
     # Hybrid search's BM25 voter: "chunk+document" (a chunk's own BM25 and its whole
     # document's, half each) or "chunk" (the chunk's alone). Applies at once.
     lexical: str = "chunk+document"
+    # Hybrid search's dense voter: "chunk+document" (a chunk's cosine and its document's mean
+    # chunk vector's, half each) or "chunk" (the chunk's alone). Applies at once.
+    semantic: str = "chunk+document"
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     bm25_idf: str = "lucene"
@@ -415,7 +418,7 @@ class Settings:
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
             walk=self.walk_config(),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
-            lexical=c.lexical, context=c.context,
+            lexical=c.lexical, semantic=c.semantic, context=c.context,
             dense_config=self.dense_config(dense or c.dense),
         )
 

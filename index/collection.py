@@ -46,13 +46,17 @@ import numpy as np
 
 from index import persist
 from index.bm25 import BM25Index, BM25Statistics
-from index.document_bm25 import DocumentBM25, lexical_mix
+from index.document_bm25 import DocumentBM25
+from index.document_evidence import chunk_document_mix
+from index.document_vectors import ChunkScores, DocumentVectors
 from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
 from index.dense import DenseIndex
+from index.flat import FlatIndex
 from index.context import UNNAMED_PREFIX, indexed_text
 from runtime.embed import Embedder, EmbedderConfig, content_hash
 from runtime.embed_tune import tuned_from
-from runtime.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
+from runtime.errors import (CodehopError, CorruptIndexError, EmbedderMismatchError, InvalidInputError,
+                            NotFoundError)
 from runtime.openai_http import OpenAIEndpoint
 from index import fusion_weight
 from index.fusion_weight import FusionEstimate
@@ -108,6 +112,7 @@ class Collection:
         self._bm25: BM25Index | None = None
         self._documents: DocumentBM25 | None = None  # BM25 over whole documents, beside _bm25
         self._dense: DenseIndex | None = None
+        self._document_vectors: DocumentVectors | None = None  # each document's mean chunk vector, beside _dense
         self._pending = np.empty(0, dtype=np.int64)  # chunk ids of the loaded generation without vectors
         self._fusion: tuple[int, FusionEstimate | None] | None = None  # (file mtime, estimate)
         self.reranker: ServedReranker | None = None  # set by `open`
@@ -606,7 +611,7 @@ class Collection:
         doc_ids: list[int] = []
         with self._write_lock():
             if rebuild:  # must work even when the current indexes are unreadable
-                self._bm25 = self._dense = self._documents = None
+                self._bm25 = self._dense = self._documents = self._document_vectors = None
             else:
                 self._ensure_loaded(repair=False)
             staged: Path | None = None
@@ -645,7 +650,8 @@ class Collection:
             persist.clean(self.directory, keep=staged.name)
             # The indexes just written are the committed ones: keep them instead of reloading.
             with self._index_lock:
-                self._bm25, self._dense, self._pending, self._documents = self._staged_indexes
+                (self._bm25, self._dense, self._pending, self._documents,
+                 self._document_vectors) = self._staged_indexes
             self._loaded_stamp = (persist.manifest_stamp(self.directory),)
         return doc_ids
 
@@ -700,9 +706,11 @@ class Collection:
                 live = False
             with self._index_lock if live else nullcontext():
                 dense.add(ready, vectors)
+        previous = None if rebuild or dense is not self._dense else self._document_vectors
+        document_vectors = self._document_vectors_for(dense, pending, previous)
         final, counts = persist.stage_generation(self.directory, generation, bm25, dense,
-                                                 pending, bm25_from, documents)
-        self._staged_indexes = (bm25, dense, pending, documents)
+                                                 pending, bm25_from, documents, document_vectors)
+        self._staged_indexes = (bm25, dense, pending, documents, document_vectors)
         counts = {**counts, **self.store.counts(self.name)}
         self._pending_manifest = persist.new_manifest(
             self.name, generation, final.name, dense, self.config.dense, counts,
@@ -718,6 +726,36 @@ class Collection:
             return DocumentBM25.from_chunk_index(bm25, document_of)
         ids, tokens = self.store.chunk_tokens(self.name)
         return DocumentBM25.build(ids, [document_of[i] for i in ids], tokens, self.config.bm25)
+
+    def _document_vectors_for(self, dense: DenseIndex | None, pending: np.ndarray,
+                              previous: DocumentVectors | None) -> DocumentVectors | None:
+        """Each document's mean vector over its chunks that `dense` holds (every chunk not
+        pending), read from the vector cache; documents whose chunks are those of `previous`
+        keep its mean (a commit reads only the changed documents' vectors)."""
+        if dense is None or not len(dense):
+            return None
+        document_of = self.store.chunk_documents(self.name)
+        ids = np.setdiff1d(np.fromiter(document_of, dtype=np.int64, count=len(document_of)), pending)
+        docs = np.asarray([document_of[i] for i in ids.tolist()], dtype=np.int64)
+
+        def fetch(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self._vectors_for(np.asarray(wanted, dtype=np.int64), True)
+
+        if previous is not None and previous.dim == dense.dim:
+            return previous.updated(ids, docs, fetch)
+        found, vectors = fetch(ids)
+        return DocumentVectors.build(found, docs[np.isin(ids, found)], vectors) if len(found) else None
+
+    def _cached_document_vectors(self, dense: DenseIndex | None, pending: np.ndarray) -> DocumentVectors | None:
+        """Document vectors for a generation saved without them (the next commit writes them);
+        None when the vector cache cannot be read here (e.g. a served embedder not configured):
+        the dense voter is then the chunks' alone."""
+        try:
+            return self._document_vectors_for(dense, pending, None)
+        except CodehopError as error:
+            _log.warning("collection %r: no document vectors (%s); dense search uses chunks alone",
+                         self.name, error)
+            return None
 
     def _vectors_for(self, ids: np.ndarray, cached_only: bool) -> tuple[np.ndarray, np.ndarray]:
         """(ids that have a vector, their vectors): every id (embedding the missing ones), or
@@ -829,7 +867,7 @@ class Collection:
             have = 0 if manifest is None else manifest["generation"]
             if have != stored["generation"]:
                 if not repair:
-                    self._bm25 = self._dense = self._documents = None  # the next commit rebuilds everything
+                    self._bm25 = self._dense = self._documents = self._document_vectors = None  # the next commit rebuilds everything
                     self._pending = np.empty(0, dtype=np.int64)
                     return
                 # The store is ahead of the indexes: an interrupted commit, or a writer between
@@ -843,16 +881,19 @@ class Collection:
                         self.rebuild(progress=False, defer_dense=True)
                 return self._ensure_loaded(repair=False)
             loaded = (None, None, np.empty(0, dtype=np.int64))
-            documents = None
+            documents = document_vectors = None
             if manifest is not None:
                 loaded = (*persist.load_generation(self.directory, manifest, self.name),
                           persist.load_pending(self.directory, manifest))
                 # A generation written before document BM25 existed: built here, written by
                 # the next commit.
                 documents = persist.load_documents(self.directory, manifest) or self._documents_for(loaded[0])
+                document_vectors = persist.load_document_vectors(self.directory, manifest)
+                if document_vectors is None:  # written before they existed: built from the cache
+                    document_vectors = self._cached_document_vectors(loaded[1], loaded[2])
             with self._index_lock:
                 self._bm25, self._dense, self._pending = loaded
-                self._documents = documents
+                self._documents, self._document_vectors = documents, document_vectors
             self._loaded_stamp = (stamp,)
 
     # ---------------------------------------------------------------- searching
@@ -922,7 +963,7 @@ class Collection:
 
     def fusion_settings(self) -> dict[str, Any]:
         """How hybrid search fuses, and why (shown in stats)."""
-        return {**self._fusion_method(), "lexical": self.config.lexical}
+        return {**self._fusion_method(), "lexical": self.config.lexical, "semantic": self.config.semantic}
 
     def _fusion_method(self) -> dict[str, Any]:
         if self.config.fusion == "rrf":
@@ -1064,21 +1105,27 @@ class Collection:
 
     def _candidates(self, query: str | None, vector: np.ndarray | None, n: int,
                     mode: str) -> tuple[Hits, bool]:
-        """Ranked candidates from the top n of each retriever of `mode` (hybrid: all of their
-        fusion), and whether the retrievers had nothing beyond them."""
-        lists = []
-        dense = None
-        if mode != "bm25":
+        """Ranked candidates from the top n of each retriever of `mode` (hybrid: the fusion of
+        its two voters), and whether the retrievers had nothing beyond them."""
+        tokens = [] if mode == "dense" else tokenize(query, self.config.tokenizer)  # once, for both BM25 indexes
+        bm25 = None if mode == "dense" else self._bm25_token_hits(tokens, n)
+        dense, chunk_scores = None, None
+        if mode == "hybrid" and vector is not None:
+            dense, chunk_scores = self._dense_search_scored(vector, n)
+        elif mode != "bm25":
             dense = Hits.empty() if vector is None else self._dense_search(vector, n)
-        if mode != "dense":
-            lists.append(self._lexical_hits(query, n, dense) if mode == "hybrid" else self._bm25_hits(query, n))
-        if dense is not None:
-            lists.append(dense)
         with self._index_lock:  # mid-commit the dense index may hold more rows than BM25
             total = max(0 if self._bm25 is None else len(self._bm25),
                         0 if self._dense is None else len(self._dense))
-        complete = n >= total or all(len(hits) < n for hits in lists)
-        return (lists[0] if len(lists) == 1 else self._fuse(lists)), complete
+        chunk_lists = [hits for hits in (bm25, dense) if hits is not None]
+        complete = n >= total or all(len(hits) < n for hits in chunk_lists)
+        if mode != "hybrid":
+            return chunk_lists[0], complete
+        # Documents lend their score to the chunks either retriever found (index.document_evidence).
+        evidence = np.concatenate([bm25.ids, dense.ids]).astype(np.int64)
+        voters = [self._lexical_voter(tokens, n, bm25, evidence),
+                  self._semantic_voter(vector, n, dense, evidence, chunk_scores)]
+        return self._fuse(voters), complete
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
         """Top-k chunks by inner product with an already embedded (normalised) query vector."""
@@ -1195,27 +1242,63 @@ class Collection:
                 return Hits.empty()
             return self._bm25.search(tokens, k, statistics=statistics)
 
-    def _lexical_hits(self, query: str, k: int, dense: Hits) -> Hits:
-        """Hybrid search's BM25 voter: the top k chunks, mixed with the top k documents lent
-        to their chunks that BM25 or `dense` found (index.document_bm25) when `lexical` is
-        "chunk+document"."""
-        tokens = tokenize(query, self.config.tokenizer)  # once, for both indexes
-        chunks = self._bm25_token_hits(tokens, k)
-        if self.config.lexical == "chunk":
-            return chunks
+    def _lexical_voter(self, tokens: list[str], k: int, chunks: Hits, evidence: np.ndarray) -> Hits:
+        """Hybrid search's BM25 voter: the top k `chunks`, mixed with the top k documents by
+        whole-document BM25 lent to their chunks among `evidence` (index.document_bm25) when
+        `lexical` is "chunk+document"."""
         with self._index_lock:
             documents = self._documents
-        if documents is None or not tokens:
+        if self.config.lexical == "chunk" or documents is None or not tokens:
             return chunks
-        evidence = np.concatenate([chunks.ids, dense.ids]).astype(np.int64)
-        return lexical_mix(chunks, documents.chunk_hits(tokens, k, evidence=evidence))
+        return chunk_document_mix(chunks, documents.chunk_hits(tokens, k, evidence=evidence))
+
+    def _semantic_voter(self, vector: np.ndarray | None, k: int, chunks: Hits, evidence: np.ndarray,
+                        chunk_scores: ChunkScores | None = None) -> Hits:
+        """Hybrid search's dense voter: the top k `chunks`, mixed with the top k documents by
+        mean chunk vector lent to their chunks among `evidence` (index.document_vectors) when
+        `semantic` is "chunk+document"; `chunk_scores`: every chunk's cosine, when at hand."""
+        with self._index_lock:
+            documents = self._document_vectors
+        if self.config.semantic == "chunk" or documents is None or vector is None:
+            return chunks
+        self._check_dim(documents, np.asarray(vector).reshape(-1).shape[0])
+        return chunk_document_mix(chunks, documents.chunk_hits(vector, k, evidence, chunk_scores))
+
+    def dense_and_document_hits(self, vector: np.ndarray, k: int) -> tuple[Hits, Hits, dict[int, np.ndarray]]:
+        """The dense top-k chunks, the top-k documents by mean chunk vector (ids are document
+        ids; scored as hybrid search scores them) and each one's chunk row ids (those the mean
+        was taken over)."""
+        self._ensure_loaded()
+        dense, chunk_scores = self._dense_search_scored(vector, k)
+        with self._index_lock:
+            documents = self._document_vectors
+        if documents is None:
+            return dense, Hits.empty(), {}
+        self._check_dim(documents, np.asarray(vector).reshape(-1).shape[0])
+        hits = documents.search(vector, k, chunk_scores)
+        return dense, hits, {int(d): documents.layout.chunks_of(int(d)) for d in hits.ids.tolist()}
+
+    def _dense_search_scored(self, vector: np.ndarray, k: int) -> tuple[Hits, ChunkScores | None]:
+        """The dense top k and, from an exact (flat) index, every chunk's score with the ids
+        they align with: the document voter sums those instead of scanning its own vectors."""
+        with self._index_lock:
+            dense = self._dense
+            exact = isinstance(dense, FlatIndex) and len(dense) and self.config.semantic == "chunk+document"
+            if not exact:
+                return self._dense_search_unlocked(vector, k), None
+            self._check_dim(dense, np.asarray(vector).reshape(-1).shape[0])
+            scores = dense.scores(vector)
+            return dense.top(scores, k), (dense.ids, scores)
 
     def _dense_search(self, vector: np.ndarray, k: int) -> Hits:
         with self._index_lock:
-            if self._dense is None or len(self._dense) == 0:
-                return Hits.empty()
-            self._check_dim(self._dense, np.asarray(vector).reshape(-1).shape[0])
-            return self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0]
+            return self._dense_search_unlocked(vector, k)
+
+    def _dense_search_unlocked(self, vector: np.ndarray, k: int) -> Hits:
+        if self._dense is None or len(self._dense) == 0:
+            return Hits.empty()
+        self._check_dim(self._dense, np.asarray(vector).reshape(-1).shape[0])
+        return self._dense.search(np.asarray(vector, np.float32).reshape(1, -1), k)[0]
 
     @staticmethod
     def _to_results(hits: Hits, rows: dict[int, ChunkRow]) -> list[SearchResult]:

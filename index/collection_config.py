@@ -27,6 +27,7 @@ INDEX_KEYS = ("dense", "dense_config", "embedding_backend", "embedding_model", "
 FUSIONS = ("auto", "weighted", "rrf")
 # What hybrid search's BM25 voter scores: chunks alone, or chunks and their whole documents.
 LEXICAL = ("chunk+document", "chunk")
+SEMANTIC = LEXICAL  # the dense voter has the same two choices
 # The settings that name the model behind a collection's vectors: they may not change silently.
 EMBEDDING_KEYS = ("embedding_backend", "embedding_model")
 
@@ -62,6 +63,9 @@ class CollectionConfig:
         lexical: hybrid search's BM25 voter: "chunk+document" (each chunk's own BM25 and its
             document's, half each, index.document_bm25) or "chunk" (the chunk's alone).
             Applies at once (both indexes are always built); "bm25" mode is chunk BM25 alone.
+        semantic: hybrid search's dense voter: "chunk+document" (each chunk's cosine and its
+            document's mean chunk vector's, half each, index.document_vectors) or "chunk".
+            Applies at once; "dense" mode is the chunks' cosine alone.
     """
 
     dense: str = "flat"
@@ -81,6 +85,7 @@ class CollectionConfig:
     dense_weight: float = 0.5
     candidates: int = 100
     lexical: str = "chunk+document"
+    semantic: str = "chunk+document"
 
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
@@ -92,6 +97,8 @@ class CollectionConfig:
             raise InvalidInputError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
         if self.lexical not in LEXICAL:
             raise InvalidInputError(f"lexical must be one of {LEXICAL}, not {self.lexical!r}")
+        if self.semantic not in SEMANTIC:
+            raise InvalidInputError(f"semantic must be one of {SEMANTIC}, not {self.semantic!r}")
         if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
             raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
 

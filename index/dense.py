@@ -124,10 +124,22 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: i
     for start in range(0, len(queries), batch):
         scores = queries[start : start + batch] @ np.asarray(vectors).T
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        for row, candidates in zip(scores, top):
-            order = candidates[np.lexsort((candidates, -row[candidates]))]
-            out.append(Hits(ids[order], row[order].astype(np.float32)))
+        out += [_ordered(row, candidates, ids) for row, candidates in zip(scores, top)]
     return out
+
+
+def top_of_scores(scores: np.ndarray, ids: np.ndarray, k: int) -> Hits:
+    """The top-k `ids` of one query's scores against every row, as `exact_search` orders them."""
+    if not len(ids) or k <= 0:
+        return Hits.empty()
+    k = min(k, len(ids))
+    return _ordered(scores, np.argpartition(-scores, k - 1)[:k], ids)
+
+
+def _ordered(row: np.ndarray, candidates: np.ndarray, ids: np.ndarray) -> Hits:
+    """Candidate rows best first; ties go to the lower row."""
+    order = candidates[np.lexsort((candidates, -row[candidates]))]
+    return Hits(ids[order], row[order].astype(np.float32))
 
 
 def due_for_build(n: int, built: bool, built_n: int, min_build: int, growth: float) -> bool:

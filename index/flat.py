@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.dense import check_dim, checked_batch, checked_queries, exact_search
+from index.dense import check_dim, checked_batch, checked_queries, exact_search, top_of_scores
 from runtime.errors import CorruptIndexError, InvalidInputError
 from index.types import Hits
 
@@ -64,6 +64,15 @@ class FlatIndex:
         """Top-k ids by inner product for each query row, best first (ties: lower row first)."""
         queries = checked_queries(queries, self.dim, k)
         return exact_search(queries, self._vectors, self._ids, k, self.config.query_batch)
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """One query's inner product with every stored vector, aligned with `ids` (callers
+        that need more than the top k, e.g. each document's sum over its chunks)."""
+        return (checked_queries(query, self.dim, 1)[:1] @ self._vectors.T)[0]  # exact_search's arithmetic
+
+    def top(self, scores: np.ndarray, k: int) -> Hits:
+        """The top k of `scores` from `scores()`, as `search` returns them."""
+        return top_of_scores(scores, self._ids, k)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for `ids` (all must be present)."""

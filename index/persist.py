@@ -1,7 +1,7 @@
 """On-disk generations of a collection's indexes: staged, fsynced, renamed, then named by a manifest.
 
 A collection directory holds ``gen-NNNNNN/`` (``bm25/``, ``bm25_documents/``, ``dense/``,
-``pending.npy``) for the committed generation and ``manifest.json`` naming it. ``pending.npy`` lists the chunk row
+``dense_documents/``, ``pending.npy``) for the committed generation and ``manifest.json`` naming it. ``pending.npy`` lists the chunk row
 ids that have no vector in ``dense/`` yet (progressive indexing: BM25 first, vectors after);
 a generation without it (older builds) is complete. `stage_generation` writes a generation into a temp
 dir, fsyncs every file and renames it into place; `write_manifest` replaces the manifest
@@ -23,12 +23,14 @@ from typing import Any
 from index.atomic import atomic_write
 from index.bm25 import BM25Index
 from index.document_bm25 import DocumentBM25
+from index.document_vectors import DocumentVectors
 from index.dense import DenseIndex, create_dense_index, load_dense_index
 from runtime.errors import CorruptIndexError, MissingDependencyError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DOCUMENTS = "bm25_documents"  # BM25 over whole documents (index.document_bm25); absent in older builds
+DOCUMENT_VECTORS = "dense_documents"  # each document's mean chunk vector (index.document_vectors); likewise
 
 
 def dense_backend(kind: str):
@@ -75,7 +77,8 @@ def versions() -> dict[str, str]:
 def stage_generation(directory: Path, generation: int, bm25: BM25Index,
                      dense: DenseIndex | None, pending=None,
                      bm25_from: Path | None = None,
-                     documents: DocumentBM25 | None = None) -> tuple[Path, dict[str, int]]:
+                     documents: DocumentBM25 | None = None,
+                     document_vectors: DocumentVectors | None = None) -> tuple[Path, dict[str, int]]:
     """Write a generation durably as ``directory/gen-NNNNNN``; returns (its path, counts).
 
     Args:
@@ -85,6 +88,7 @@ def stage_generation(directory: Path, generation: int, bm25: BM25Index,
             generations are never modified in place, so sharing their files is safe.
         documents: BM25 over whole documents, written as ``bm25_documents/`` (linked from
             `bm25_from` too when it has one).
+        document_vectors: each document's mean chunk vector, written as ``dense_documents/``.
     """
     import numpy as np
 
@@ -102,11 +106,15 @@ def stage_generation(directory: Path, generation: int, bm25: BM25Index,
             documents.save(temp / DOCUMENTS)
     if dense is not None:
         dense.save(temp / "dense")
+    if document_vectors is not None:
+        document_vectors.save(temp / DOCUMENT_VECTORS)
     pending = np.asarray([] if pending is None else pending, dtype=np.int64)
     np.save(temp / "pending.npy", pending)
     counts = {"bm25": len(bm25), "dense": 0 if dense is None else len(dense), "pending": len(pending)}
     if documents is not None:
         counts["documents"] = len(documents)
+    if document_vectors is not None:
+        counts["document_vectors"] = len(document_vectors)
     (temp / "counts.json").write_text(json.dumps(counts))
     fsync_tree(temp)
     final = directory / f"gen-{generation:06d}"
@@ -209,6 +217,17 @@ def load_documents(directory: Path, manifest: dict[str, Any]) -> DocumentBM25 | 
     if len(documents) != manifest["counts"].get("documents", len(documents)):
         raise CorruptIndexError(f"{path} does not match its manifest; rebuild with codehop index --rebuild")
     return documents
+
+
+def load_document_vectors(directory: Path, manifest: dict[str, Any]) -> DocumentVectors | None:
+    """The generation's document vectors, or None when it was written without them."""
+    path = directory / manifest["index_dir"] / DOCUMENT_VECTORS
+    if not path.is_dir():
+        return None
+    vectors = DocumentVectors.load(path)
+    if len(vectors) != manifest["counts"].get("document_vectors", len(vectors)):
+        raise CorruptIndexError(f"{path} does not match its manifest; rebuild with codehop index --rebuild")
+    return vectors
 
 
 def clean(directory: Path, keep: str) -> None:

@@ -14,8 +14,8 @@ Search is a scatter-gather in three rounds, each sent to every shard at once:
 1. statistics: each shard reports its document count, total length and the document frequency
    of the query's terms; they are summed (Elasticsearch's dfs_query_then_fetch);
 2. candidates: each shard returns its BM25 top n scored with those *global* statistics (and,
-   for hybrid's chunk+document voter, its top n documents by whole-document BM25, also with
-   global statistics, with their chunk ids), its dense top n, which of them a filter rejects,
+   for hybrid's chunk+document voters, its top n documents by whole-document BM25, also with
+   global statistics, and by mean chunk vector, with their chunk ids), its dense top n, which of them a filter rejects,
    and the rows (text, metadata) of the first k of each list. The per-shard top n lists are merged into the global top n of each retriever
    (exact: a document in the global top n is in its shard's top n), then fused as an
    unsharded collection fuses them;
@@ -47,7 +47,7 @@ import numpy as np
 from index.bm25 import BM25Statistics
 from index.collection import Collection, check_search, unnamed_text_path
 from index.collection_config import CollectionConfig, IndexReport
-from index.document_bm25 import lend, lexical_mix
+from index.document_evidence import chunk_document_mix, lend
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.query import echoes, is_question, search_text
 from index.tokenize import tokenize
@@ -114,6 +114,10 @@ class ShardCandidates:
     # statistics; ids are document ids) and each one's chunk row ids
     documents: Hits = field(default_factory=Hits.empty)
     document_chunks: dict[int, np.ndarray] = field(default_factory=dict)
+    # hybrid with semantic "chunk+document": its top n documents by mean chunk vector and
+    # the chunk row ids each mean was taken over
+    dense_documents: Hits = field(default_factory=Hits.empty)
+    dense_document_chunks: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,11 @@ def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarr
     if mode == "hybrid" and collection.config.lexical == "chunk+document":
         documents, document_chunks = collection.document_search(
             tokens, n, None if statistics is None else statistics.documents)
-    dense = collection.dense_hits(vector, n) if mode != "bm25" and vector is not None else Hits.empty()
+    dense_documents, dense_document_chunks = Hits.empty(), {}
+    if mode == "hybrid" and vector is not None and collection.config.semantic == "chunk+document":
+        dense, dense_documents, dense_document_chunks = collection.dense_and_document_hits(vector, n)
+    else:
+        dense = collection.dense_hits(vector, n) if mode != "bm25" and vector is not None else Hits.empty()
     rejected = np.empty(0, dtype=np.int64)
     if filters is not None:
         ids = sorted(set(bm25.ids.tolist()) | set(dense.ids.tolist()))
@@ -171,7 +179,8 @@ def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarr
         skip = set(rejected.tolist())
         wanted = {i for hits in (bm25, dense) for i in [i for i in hits.ids.tolist() if i not in skip][:prefetch]}
         rows = shard_results(collection, sorted(wanted))
-    return ShardCandidates(bm25, dense, collection.indexed_count(), rejected, rows, documents, document_chunks)
+    return ShardCandidates(bm25, dense, collection.indexed_count(), rejected, rows, documents, document_chunks,
+                           dense_documents, dense_document_chunks)
 
 
 def shard_results(collection: Collection, ids: list[int]) -> dict[int, SearchResult]:
@@ -278,11 +287,13 @@ def scatter_gather(shards: list[Shard], query: str, k: int, mode: str, config: C
     return SearchOutcome(results[:k], [shards[i].name for i in sorted(gather.down)], gather.rounds)
 
 
-def _lent(answers: list[ShardCandidates], n: int, evidence: np.ndarray) -> Hits:
-    """The global top n documents (merged from the shards' own top n, exact as for chunks),
-    each score lent to its chunks among the merged candidates `evidence` (index.document_bm25)."""
-    chunks = {d: ids for a in answers for d, ids in a.document_chunks.items()}
-    return lend(merge_hits([a.documents for a in answers], n),
+def _lent(answers: list[ShardCandidates], n: int, evidence: np.ndarray, dense: bool = False) -> Hits:
+    """The global top n documents by whole-document BM25 (or with `dense`, by mean chunk
+    vector), merged from the shards' own top n (exact as for chunks), each score lent to its
+    chunks among the merged candidates `evidence` (index.document_evidence)."""
+    chunks = {d: ids for a in answers
+              for d, ids in (a.dense_document_chunks if dense else a.document_chunks).items()}
+    return lend(merge_hits([a.dense_documents if dense else a.documents for a in answers], n),
                 lambda d: chunks.get(d, np.empty(0, dtype=np.int64)), evidence)
 
 
@@ -330,11 +341,14 @@ class _Gather:
                 lists.append(merge_hits([a.bm25 for a in answers], n))
             if mode != "bm25":
                 lists.append(merge_hits([a.dense for a in answers], n))
-            if mode == "hybrid" and self.config.lexical == "chunk+document":
-                evidence = np.concatenate([hits.ids for hits in lists]).astype(np.int64)
-                lists[0] = lexical_mix(lists[0], _lent(answers, n, evidence))
             total = sum(a.total for a in answers)
             complete = n >= total or all(len(hits) < n for hits in lists)
+            if mode == "hybrid":  # each voter with its document evidence, as Collection._candidates
+                evidence = np.concatenate([hits.ids for hits in lists]).astype(np.int64)
+                if self.config.lexical == "chunk+document":
+                    lists[0] = chunk_document_mix(lists[0], _lent(answers, n, evidence))
+                if self.config.semantic == "chunk+document" and vector is not None:
+                    lists[1] = chunk_document_mix(lists[1], _lent(answers, n, evidence, dense=True))
             hits = lists[0] if len(lists) == 1 else self._fuse(lists)
             for a in answers:
                 skip.update(a.rejected.tolist())

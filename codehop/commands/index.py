@@ -101,9 +101,13 @@ def _fusion_line(fusion: dict) -> str:
     line = f"convex fusion, dense weight {fusion['dense_weight']:g} ({fusion['source']}"
     reason = fusion.get("reason") or fusion.get("estimate", {}).get("reason", "")
     line += f": {reason})" if reason else ")"
-    if fusion.get("lexical") == "chunk+document":
-        return line + "; BM25 side: each chunk's own score and its whole document's, half each"
-    return line + "; BM25 side: chunks alone ([collection] lexical = \"chunk\")"
+    sides = [(name, fusion.get(key)) for name, key in (("BM25", "lexical"), ("dense", "semantic"))]
+    if all(value == "chunk+document" for _, value in sides):
+        return line + "; each side scores a chunk by its own score and its whole document's, half each"
+    described = [f"{name} side: " + ("chunk and whole document, half each" if value == "chunk+document"
+                                     else f"chunks alone ([collection] {key} = \"chunk\")")
+                 for (name, value), key in zip(sides, ("lexical", "semantic"))]
+    return line + "; " + "; ".join(described)
 
 
 def _print_skips(skipped: list[tuple[str, str]]) -> None:

@@ -145,7 +145,7 @@ def test_reindex_is_incremental_and_human_output_readable(indexed, capsys, monke
     assert code == 0 and f"0 added, 0 updated, {len(PAGES) + len(PYTHON_FILES)} unchanged" in out
     assert "(0 embedded)" in out
     assert "hybrid search: convex fusion, dense weight " in out  # the fusion in use, and why
-    assert "BM25 side: each chunk's own score and its whole document's" in out
+    assert "each side scores a chunk by its own score and its whole document's" in out
     code, out, _ = _cli(capsys, "search", "circle area", "--mode", "bm25", "--k", "2")
     first = out.splitlines()[0]
     assert code == 0 and first.startswith(" 1. ") and f"{tree / 'src/geometry.py'}:" in first

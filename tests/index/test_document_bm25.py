@@ -9,7 +9,8 @@ import pytest
 
 from index import Collection, CollectionConfig
 from index.bm25 import BM25Config
-from index.document_bm25 import DocumentBM25, lexical_mix
+from index.document_bm25 import DocumentBM25
+from index.document_evidence import chunk_document_mix
 from index.persist import DOCUMENTS
 from index.types import Chunk, Hits
 from runtime.errors import InvalidInputError
@@ -45,7 +46,7 @@ def test_built_from_the_chunk_index_counts_it_equals_one_built_from_tokens():
     chunks = BM25Index(BM25Config())
     chunks.index(list(tokens), np.asarray(ids, dtype=np.int64))
     summed, tokenised = DocumentBM25.from_chunk_index(chunks, dict(zip(ids, docs))), _documents()
-    assert summed.chunk_ids.tolist() == tokenised.chunk_ids.tolist()
+    assert summed.layout.chunk_ids.tolist() == tokenised.layout.chunk_ids.tolist()
     for query in (["kettle"], ["descale", "kettle"], ["crumbs", "twice"], ["absent"]):
         a, b = summed.search(query, 5), tokenised.search(query, 5)
         assert a.ids.tolist() == b.ids.tolist() and np.allclose(a.scores, b.scores)
@@ -63,10 +64,10 @@ def test_saved_and_loaded_it_answers_the_same(tmp_path):
 def test_the_mix_weighs_chunk_and_document_evidence_half_each():
     chunks = Hits(np.array([12, 11], np.int64), np.array([4.0, 1.0], np.float32))
     lent = Hits(np.array([10, 11, 14, 12], np.int64), np.array([3.0, 3.0, 3.0, 1.0], np.float32))
-    mixed = dict(zip(*(x.tolist() for x in (lexical_mix(chunks, lent).ids, lexical_mix(chunks, lent).scores))))
+    mixed = dict(zip(*(x.tolist() for x in (chunk_document_mix(chunks, lent).ids, chunk_document_mix(chunks, lent).scores))))
     assert mixed[12] == pytest.approx(0.5) and mixed[11] == pytest.approx(0.5)  # 0.5+0 and 0+0.5
     assert mixed[10] == pytest.approx(0.5) and mixed[14] == pytest.approx(0.5)
-    assert lexical_mix(chunks, Hits.empty()) is chunks
+    assert chunk_document_mix(chunks, Hits.empty()) is chunks
 
 
 def _chunks(path: str, texts: list[str]) -> list[Chunk]:
