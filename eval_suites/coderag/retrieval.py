@@ -12,8 +12,11 @@ Retrievers (`RETRIEVERS`):
     hybrid        Collection.search(mode="hybrid"): the product default (BM25 + flat dense,
                   convex fusion at the collection's own weight, chunks indexed with context)
     hybrid-rrf    ablation: the same two lists, reciprocal-rank fused (the old default)
-    hybrid-chunk-lexical   ablation: hybrid whose BM25 voter scores chunks alone (the default
-                  before whole-document BM25 joined it, index.document_bm25)
+    hybrid-chunk-lexical   ablation: hybrid whose BM25 voter scores chunks alone (without
+                  whole-document BM25, index.document_bm25)
+    hybrid-chunk-dense     ablation: hybrid whose dense voter scores chunks alone (without
+                  each document's mean chunk vector, index.document_vectors)
+    hybrid-chunks  ablation: both voters on chunks alone (the default before document evidence)
     bm25-nocontext / dense-nocontext / hybrid-nocontext   ablation: a collection whose chunks
                   are indexed without their page title (CollectionConfig(context=False))
     dense-tuned / hybrid-tuned   the flat collection after `codehop tune` (index.collection_tune:
@@ -36,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from eval_suites.ablation import collection_settings
+from eval_suites.ablation import VOTER_ABLATIONS, collection_settings
 from runtime.errors import InvalidInputError
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "hybrid-chunk-lexical",
-              "bm25-nocontext",
+              "hybrid-chunk-dense", "hybrid-chunks", "bm25-nocontext",
               "dense-nocontext", "hybrid-nocontext", "dense-tuned", "hybrid-tuned", "hybrid+prf",
               "hybrid+llm")
 # The collection a retriever searches: a dense kind, the flat one without context headers, or
@@ -185,14 +188,15 @@ class CorpusIndex:
             collection.close()
 
     def search(self, query: str, mode: str, kind: str = "flat", k: int | None = None,
-               lexical: str | None = None) -> dict[str, float]:
-        """Document id -> score (best chunk), best first, at most k documents; `lexical`
-        overrides the collection's hybrid BM25 voter for this search (an ablation row)."""
+               voters: dict[str, str] | None = None) -> dict[str, float]:
+        """Document id -> score (best chunk), best first, at most k documents; `voters`
+        overrides the collection's hybrid voters for this search (an ablation row's
+        VOTER_ABLATIONS entry)."""
         k = k or self.config.k
         if not query.strip():
             return {}
         collection = self.collections[kind]
-        with collection_settings(collection, **({} if lexical is None else {"lexical": lexical})):
+        with collection_settings(collection, **(voters or {})):
             results = collection.search(query, k=min(k, self.documents), mode=mode, group_by="document")
         return {result.path: float(result.score) for result in results}
 
@@ -275,8 +279,8 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             run[qid] = index.search(query, "hybrid")
         elif retriever == "hybrid-rrf":
             run[qid] = index.fused(query, "rrf")
-        elif retriever == "hybrid-chunk-lexical":
-            run[qid] = index.search(query, "hybrid", lexical="chunk")
+        elif retriever in VOTER_ABLATIONS:
+            run[qid] = index.search(query, "hybrid", voters=VOTER_ABLATIONS[retriever])
         elif retriever.endswith("-nocontext"):
             run[qid] = index.search(query, retriever.split("-", 1)[0], NOCONTEXT)
         elif retriever.endswith("-tuned"):

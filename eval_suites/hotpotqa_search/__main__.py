@@ -13,8 +13,9 @@ below the best single retriever.
 
 `--sentences` cuts every paragraph into its sentences, one chunk each (a document of several
 chunks, as a page of docs or a source file is), and searches with `group_by="document"`; it
-adds `hybrid-chunk-lexical`, hybrid with the BM25 voter on chunks alone (index.document_bm25).
-It is the held-out check of the chunk+document voter, chosen on devdocs (issue 26).
+adds the voter ablations (eval_suites.ablation.VOTER_ABLATIONS): hybrid with the BM25 voter,
+the dense voter or both on chunks alone (index.document_evidence). It is the held-out check of
+the chunk+document voters, chosen on devdocs (issue 26).
 
 `--compare-model DIR` adds `dense@compare` and `hybrid@compare`: the same corpus in a second
 collection embedded by another model (e.g. a `codehop tune` result of another corpus, whose
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_suites.ablation import collection_settings
+from eval_suites.ablation import VOTER_ABLATIONS, collection_settings
 from eval_suites.coderag.metrics import per_query_metrics, retrieval_metrics
 from eval_suites.hotpotqa import PATH_PREFIX, load_questions, pooled_corpus
 from eval_suites.report import Report, machine_info, package_versions
@@ -81,8 +82,8 @@ def _sentence_documents(questions) -> dict[str, list[str]]:
 
 
 def _search(collection, query: str, k: int, mode: str, grouped: bool) -> dict[str, float]:
-    changes = {"lexical": "chunk"} if mode == "hybrid-chunk-lexical" else {}
-    with collection_settings(collection, **changes):  # the ablation is hybrid with the chunk voter
+    changes = VOTER_ABLATIONS.get(mode, {})
+    with collection_settings(collection, **changes):  # an ablation row is hybrid with a voter changed
         results = collection.search(query, k=k, mode="hybrid" if changes else mode,
                                     group_by="document" if grouped else None)
     return {r.path: r.score for r in results}
@@ -98,7 +99,7 @@ def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = No
         texts, paths = pooled_corpus(questions)
         documents, name = {p: [t] for t, p in zip(texts, paths)}, "hotpotqa"
     collection = _collection(workspace, name, documents, None)
-    names = RETRIEVERS + (("hybrid-chunk-lexical",) if sentences else ())
+    names = RETRIEVERS + (tuple(VOTER_ABLATIONS) if sentences else ())
     retrievers = [(name, collection, name) for name in names]
     if compare_model:
         # named by the model, so a reused --workspace never mixes two models' vectors
