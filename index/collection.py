@@ -55,8 +55,7 @@ from index.flat import FlatIndex
 from index.context import UNNAMED_PREFIX, indexed_text
 from runtime.embed import Embedder, EmbedderConfig, content_hash
 from runtime.embed_tune import tuned_from
-from runtime.errors import (CodehopError, CorruptIndexError, EmbedderMismatchError, InvalidInputError,
-                            NotFoundError)
+from runtime.errors import CorruptIndexError, EmbedderMismatchError, InvalidInputError, NotFoundError
 from runtime.openai_http import OpenAIEndpoint
 from index import fusion_weight
 from index.fusion_weight import FusionEstimate
@@ -707,7 +706,7 @@ class Collection:
             with self._index_lock if live else nullcontext():
                 dense.add(ready, vectors)
         previous = None if rebuild or dense is not self._dense else self._document_vectors
-        document_vectors = self._document_vectors_for(dense, pending, previous)
+        document_vectors = self._readable_document_vectors(dense, pending, previous)
         final, counts = persist.stage_generation(self.directory, generation, bm25, dense,
                                                  pending, bm25_from, documents, document_vectors)
         self._staged_indexes = (bm25, dense, pending, documents, document_vectors)
@@ -746,13 +745,15 @@ class Collection:
         found, vectors = fetch(ids)
         return DocumentVectors.build(found, docs[np.isin(ids, found)], vectors) if len(found) else None
 
-    def _cached_document_vectors(self, dense: DenseIndex | None, pending: np.ndarray) -> DocumentVectors | None:
-        """Document vectors for a generation saved without them (the next commit writes them);
-        None when the vector cache cannot be read here (e.g. a served embedder not configured):
-        the dense voter is then the chunks' alone."""
+    def _readable_document_vectors(self, dense: DenseIndex | None, pending: np.ndarray,
+                                   previous: DocumentVectors | None = None) -> DocumentVectors | None:
+        """`_document_vectors_for`, or None when the vector cache cannot be read here (a
+        collection embedded by a server that is not configured, when it is loaded from a
+        generation saved without document vectors or deleted from): the dense voter is then
+        the chunks' alone, and searching and deleting still work."""
         try:
-            return self._document_vectors_for(dense, pending, None)
-        except CodehopError as error:
+            return self._document_vectors_for(dense, pending, previous)
+        except EmbedderMismatchError as error:
             _log.warning("collection %r: no document vectors (%s); dense search uses chunks alone",
                          self.name, error)
             return None
@@ -890,7 +891,7 @@ class Collection:
                 documents = persist.load_documents(self.directory, manifest) or self._documents_for(loaded[0])
                 document_vectors = persist.load_document_vectors(self.directory, manifest)
                 if document_vectors is None:  # written before they existed: built from the cache
-                    document_vectors = self._cached_document_vectors(loaded[1], loaded[2])
+                    document_vectors = self._readable_document_vectors(loaded[1], loaded[2])
             with self._index_lock:
                 self._bm25, self._dense, self._pending = loaded
                 self._documents, self._document_vectors = documents, document_vectors
