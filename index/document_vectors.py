@@ -76,36 +76,35 @@ class DocumentVectors:
     def updated(self, chunk_ids: np.ndarray | list[int], doc_ids: np.ndarray | list[int],
                 fetch: Fetch) -> "DocumentVectors":
         """The means over a new set of chunks (every chunk that has a vector now, with its
-        document), reusing each document whose chunks are the same as before and fetching
-        the vectors of the others' chunks."""
+        document): a document whose chunks are the ones its mean was taken over keeps it, the
+        others' chunk vectors are fetched (a chunk `fetch` has no vector for is left out)."""
         wanted = DocumentLayout.of(chunk_ids, doc_ids)
         same = self._unchanged(wanted)
-        changed = ~same
-        sizes = np.diff(wanted.starts)
-        stale_chunks = np.repeat(changed, sizes)
-        fresh_ids, fresh_vectors = fetch(wanted.chunk_ids[stale_chunks])
-        fresh_docs = wanted.document_of_chunks()[stale_chunks]
-        if len(fresh_ids) != int(stale_chunks.sum()):  # some had no vector: their documents without them
-            fresh_docs = fresh_docs[np.isin(wanted.chunk_ids[stale_chunks], fresh_ids)]
-        fresh = DocumentVectors.build(fresh_ids, fresh_docs, fresh_vectors) if len(fresh_ids) else None
-        kept_docs = wanted.doc_ids[same]
-        kept_rows = self.layout.position(kept_docs)
-        kept_chunks = np.repeat(same, sizes)
-        parts_chunks = [wanted.chunk_ids[kept_chunks]]
-        parts_docs = [wanted.document_of_chunks()[kept_chunks]]
-        parts_vectors = [self.vectors[kept_rows]] if len(kept_rows) else []
-        parts_norms = [self.norms[kept_rows]]
-        if fresh is not None:
-            parts_chunks.append(fresh.layout.chunk_ids)
-            parts_docs.append(fresh.layout.document_of_chunks())
-            parts_vectors.append(fresh.vectors)
-            parts_norms.append(fresh.norms)
-        layout = DocumentLayout.of(np.concatenate(parts_chunks), np.concatenate(parts_docs))
-        if not parts_vectors:
-            return DocumentVectors(layout, np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
-        means_docs = np.concatenate([kept_docs] + ([fresh.layout.doc_ids] if fresh is not None else []))
-        order = np.argsort(means_docs, kind="stable")
-        return DocumentVectors(layout, np.concatenate(parts_vectors)[order], np.concatenate(parts_norms)[order])
+        stale = np.repeat(~same, np.diff(wanted.starts))
+        stale_ids, stale_docs = wanted.chunk_ids[stale], wanted.document_of_chunks()[stale]
+        found, vectors = fetch(stale_ids)
+        fresh = DocumentVectors.build(found, stale_docs[np.isin(stale_ids, found)], vectors)
+        return self._only(wanted.doc_ids[same])._joined(fresh)
+
+    def _only(self, doc_ids: np.ndarray) -> "DocumentVectors":
+        """These documents (all held here) and nothing else."""
+        rows = self.layout.position(doc_ids)
+        keep = np.repeat(np.isin(self.layout.doc_ids, doc_ids), np.diff(self.layout.starts))
+        layout = DocumentLayout.of(self.layout.chunk_ids[keep], self.layout.document_of_chunks()[keep])
+        return DocumentVectors(layout, self.vectors[rows] if len(rows) else np.zeros((0, self.dim), np.float32),
+                               self.norms[rows])
+
+    def _joined(self, other: "DocumentVectors") -> "DocumentVectors":
+        """These documents and `other`'s (no document in both)."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        layout = DocumentLayout.of(np.concatenate([self.layout.chunk_ids, other.layout.chunk_ids]),
+                                   np.concatenate([self.layout.document_of_chunks(), other.layout.document_of_chunks()]))
+        order = np.argsort(np.concatenate([self.layout.doc_ids, other.layout.doc_ids]), kind="stable")
+        return DocumentVectors(layout, np.concatenate([self.vectors, other.vectors])[order],
+                               np.concatenate([self.norms, other.norms])[order])
 
     def _unchanged(self, wanted: DocumentLayout) -> np.ndarray:
         """Per document of `wanted`: does this index hold its mean over exactly those chunks?"""
