@@ -210,24 +210,24 @@ def load_generation(directory: Path, manifest: dict[str, Any],
 
 def load_documents(directory: Path, manifest: dict[str, Any]) -> DocumentBM25 | None:
     """The generation's document BM25, or None when it was written before it existed."""
-    path = directory / manifest["index_dir"] / DOCUMENTS
-    if not path.is_dir():
-        return None
-    documents = DocumentBM25.load(path)
-    if len(documents) != manifest["counts"].get("documents", len(documents)):
-        raise CorruptIndexError(f"{path} does not match its manifest; rebuild with codehop index --rebuild")
-    return documents
+    return _load_optional(directory, manifest, DOCUMENTS, DocumentBM25.load, "documents")
 
 
 def load_document_vectors(directory: Path, manifest: dict[str, Any]) -> DocumentVectors | None:
     """The generation's document vectors, or None when it was written without them."""
-    path = directory / manifest["index_dir"] / DOCUMENT_VECTORS
+    return _load_optional(directory, manifest, DOCUMENT_VECTORS, DocumentVectors.load, "document_vectors")
+
+
+def _load_optional(directory: Path, manifest: dict[str, Any], folder: str, load, count: str):
+    """An index a generation may lack (older builds): loaded and checked against the
+    manifest's count, or None."""
+    path = directory / manifest["index_dir"] / folder
     if not path.is_dir():
         return None
-    vectors = DocumentVectors.load(path)
-    if len(vectors) != manifest["counts"].get("document_vectors", len(vectors)):
+    index = load(path)
+    if len(index) != manifest["counts"].get(count, len(index)):
         raise CorruptIndexError(f"{path} does not match its manifest; rebuild with codehop index --rebuild")
-    return vectors
+    return index
 
 
 def clean(directory: Path, keep: str) -> None:

@@ -70,7 +70,8 @@ def test_the_mix_weighs_chunk_and_document_evidence_half_each():
     assert chunk_document_mix(chunks, Hits.empty()) is chunks
 
 
-def _chunks(path: str, texts: list[str]) -> list[Chunk]:
+def document_chunks(path: str, texts: list[str]) -> list[Chunk]:
+    """One chunk per text, a line each (shared with test_document_vectors)."""
     return [Chunk(t, path, i + 1, i + 1) for i, t in enumerate(texts)]
 
 
@@ -93,32 +94,32 @@ def _open(tmp_path, lexical: str, name: str = "ws") -> Collection:
 def test_hybrid_search_finds_the_document_whose_chunks_share_the_query(tmp_path):
     pytest.importorskip("model2vec")
     with _open(tmp_path, "chunk+document") as collection:
-        collection.add_documents({p: _chunks(p, t) for p, t in CORPUS.items()})
+        collection.add_documents({p: document_chunks(p, t) for p, t in CORPUS.items()})
         top = collection.search("kettle descaling", k=2, mode="hybrid", group_by="document")
         assert top[0].path == "kettle.md"
         assert collection.stats()["fusion"]["lexical"] == "chunk+document"
         # "bm25" mode stays the chunk retriever alone: the repeated word wins there
         assert collection.search("kettle descaling", k=1, mode="bm25")[0].path == "pots.md"
     with _open(tmp_path, "chunk", "ws-chunk") as collection:
-        collection.add_documents({p: _chunks(p, t) for p, t in CORPUS.items()})
+        collection.add_documents({p: document_chunks(p, t) for p, t in CORPUS.items()})
         assert collection.search("kettle descaling", k=1, mode="hybrid", group_by="document")[0].path == "pots.md"
 
 
 def test_documents_index_follows_commits_and_old_generations_get_one(tmp_path):
     pytest.importorskip("model2vec")
     with _open(tmp_path, "chunk+document") as collection:
-        collection.add_documents({p: _chunks(p, t) for p, t in CORPUS.items()})
+        collection.add_documents({p: document_chunks(p, t) for p, t in CORPUS.items()})
         generation = collection._loaded_dir()
         assert (generation / DOCUMENTS).is_dir()
         collection.delete("kettle.md")
         assert collection.search("kettle descaling", k=1, group_by="document")[0].path == "pots.md"
-        collection.add_documents({"kettle.md": _chunks("kettle.md", CORPUS["kettle.md"])})
+        collection.add_documents({"kettle.md": document_chunks("kettle.md", CORPUS["kettle.md"])})
         generation = collection._loaded_dir()
     # a generation written before the document index existed: searched the same, rebuilt in memory
     shutil.rmtree(generation / DOCUMENTS)
     with _open(tmp_path, "chunk+document") as reopened:
         assert reopened.search("kettle descaling", k=1, group_by="document")[0].path == "kettle.md"
-        reopened.add_documents({"new.md": _chunks("new.md", ["a new note"])})
+        reopened.add_documents({"new.md": document_chunks("new.md", ["a new note"])})
         assert (reopened._loaded_dir() / DOCUMENTS).is_dir()  # the next commit writes it
 
 

@@ -11,8 +11,10 @@ from index import Collection, CollectionConfig
 from index.document_evidence import chunk_document_mix
 from index.document_vectors import DocumentVectors
 from index.persist import DOCUMENT_VECTORS
-from index.types import Chunk, Hits
+from index.types import Hits
 from runtime.errors import CorruptIndexError, InvalidInputError
+from tests.index.test_document_bm25 import CORPUS as KITCHEN
+from tests.index.test_document_bm25 import document_chunks
 
 E = np.eye(4, dtype=np.float32)
 # Document 7 covers directions 0 and 1 in two chunks; document 3 has one chunk between them;
@@ -105,17 +107,7 @@ def test_saved_and_loaded_equal_and_a_truncated_file_is_refused(tmp_path):
         DocumentVectors.load(tmp_path / "d")
 
 
-def _chunks(path: str, texts: list[str]) -> list[Chunk]:
-    return [Chunk(t, path, i + 1, i + 1) for i, t in enumerate(texts)]
-
-
-CORPUS = {
-    "kettle.md": ["Descaling: fill it with vinegar and water, wait an hour.",
-                  "The kettle manual, introduction and safety notes."],
-    "pots.md": ["kettle kettle kettle"],
-    "toaster.md": ["Toaster crumbs tray: empty it weekly."],
-    "garden.md": ["Prune the roses in March.", "Water the lawn at dawn.", "Compost kitchen scraps."],
-}
+CORPUS = {**KITCHEN, "garden.md": ["Prune the roses in March.", "Water the lawn at dawn.", "Compost kitchen scraps."]}
 
 
 def _open(tmp_path, semantic: str, name: str = "ws") -> Collection:
@@ -145,11 +137,11 @@ def _assert_same(a: DocumentVectors, b: DocumentVectors) -> None:
 def test_document_vectors_follow_commits_and_old_generations_get_them(tmp_path):
     pytest.importorskip("model2vec")
     with _open(tmp_path, "chunk+document") as collection:
-        collection.add_documents({p: _chunks(p, t) for p, t in CORPUS.items()})
+        collection.add_documents({p: document_chunks(p, t) for p, t in CORPUS.items()})
         assert (collection._loaded_dir() / DOCUMENT_VECTORS).is_dir()
         _assert_same(collection._document_vectors, _expected(collection))
         collection.delete("pots.md")
-        collection.add_documents({"kettle.md": _chunks("kettle.md", ["A new kettle page.", "Its manual."])})
+        collection.add_documents({"kettle.md": document_chunks("kettle.md", ["A new kettle page.", "Its manual."])})
         _assert_same(collection._document_vectors, _expected(collection))
         assert collection.stats()["fusion"]["semantic"] == "chunk+document"
         generation = collection._loaded_dir()
@@ -158,7 +150,7 @@ def test_document_vectors_follow_commits_and_old_generations_get_them(tmp_path):
     shutil.rmtree(generation / DOCUMENT_VECTORS)
     with _open(tmp_path, "chunk+document") as reopened:
         assert [(r.id, round(r.score, 5)) for r in reopened.search("kettle manual", k=4)] == before
-        reopened.add_documents({"new.md": _chunks("new.md", ["a new note"])})
+        reopened.add_documents({"new.md": document_chunks("new.md", ["a new note"])})
         assert (reopened._loaded_dir() / DOCUMENT_VECTORS).is_dir()  # the next commit writes it
         _assert_same(reopened._document_vectors, _expected(reopened))
 
@@ -168,7 +160,7 @@ def test_the_dense_voter_with_documents_differs_from_chunks_alone_and_dense_mode
     queries = ["kettle manual", "roses lawn compost", "vinegar water", "empty the tray"]
     with _open(tmp_path, "chunk+document") as both, _open(tmp_path, "chunk", "ws-chunk") as alone:
         for collection in (both, alone):
-            collection.add_documents({p: _chunks(p, t) for p, t in CORPUS.items()})
+            collection.add_documents({p: document_chunks(p, t) for p, t in CORPUS.items()})
         for query in queries:  # "dense" mode is the chunks' cosine in both
             assert ([r.id for r in both.search(query, k=6, mode="dense")]
                     == [r.id for r in alone.search(query, k=6, mode="dense")])
