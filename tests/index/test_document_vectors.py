@@ -53,9 +53,10 @@ def test_the_document_whose_chunks_together_match_ranks_first_and_lends_to_candi
 
 
 def test_an_update_reuses_unchanged_documents_and_equals_a_fresh_build():
-    documents = _build()
+    documents = _build({**CHUNKS, 20: (8, E[2]), 21: (8, E[3])})
     fetched: list[int] = []
     changed = {**CHUNKS, 14: (5, E[2]), 15: (9, E[1])}  # document 5 grows, document 9 is new
+    changed.update({20: (8, E[2]), 22: (8, E[0])})  # document 8 keeps its size, one chunk replaced
     del changed[12]  # document 3 is gone
 
     def fetch(ids):
@@ -64,9 +65,9 @@ def test_an_update_reuses_unchanged_documents_and_equals_a_fresh_build():
 
     ids = list(changed)
     updated = documents.updated(ids, [changed[i][0] for i in ids], fetch)
-    assert sorted(fetched) == [13, 14, 15]  # document 7's mean was kept, not read again
+    assert sorted(fetched) == [13, 14, 15, 20, 22]  # document 7's mean was kept, not read again
     fresh = _build(changed)
-    assert updated.layout.doc_ids.tolist() == fresh.layout.doc_ids.tolist() == [5, 7, 9]
+    assert updated.layout.doc_ids.tolist() == fresh.layout.doc_ids.tolist() == [5, 7, 8, 9]
     assert updated.layout.chunk_ids.tolist() == fresh.layout.chunk_ids.tolist()
     np.testing.assert_allclose(updated.vectors, fresh.vectors, atol=1e-6)
 
