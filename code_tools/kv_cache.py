@@ -103,11 +103,12 @@ class KVCacheStore:
                 (report["finish"] == "cancelled").
         Returns:
             (generated ids, report): report["reused"] says whether the previous prompt's cache
-            was reused; "mode" is "pie", "prefill" (with "reason") or "extend"; plus the
+            was reused; "mode" is "pie", "prefill" (with "reason"), "extend" or "prefix" (the
+            first prompt after `warm`: its rows up to the first difference kept, the rest encoded,
+            exactly: PieCache.sync_prefix; "warmed" is True); plus the
             edit's EditStats (tokens_encoded, sequence_length, rerotated, rows_reused, ...), the
             decode's (forwards, drafted, accepted, finish) and the store's size.
         """
-        from code_tools.pie import PieCache, PieConfig
         from code_tools.prompt_lookup import LookupConfig
 
         ids = [int(t) for t in token_ids]
@@ -126,13 +127,18 @@ class KVCacheStore:
                                  "cache_documents": len(self._entries), "cache_mb": self.total_bytes / 2**20,
                                  "evicted": evicted}
         start = time.perf_counter()
+        warmed = getattr(cache, "warmed", False)  # this cache was filled by `warm`, not a completion
         if cache is None:
-            cache = PieCache(self.model, self.tokenizer, PieConfig(
-                recompute_above=self.config.recompute_above, segment_cost_tokens=self.config.segment_cost_tokens,
-                merge_gap=self.config.merge_gap))
+            cache = self._new_cache()
             stats = cache.prefill(ids)
             reason = ("no cached prompt for this document (its first completion, or evicted to stay "
                       "within the memory budget)")
+        elif warmed:
+            # The warm prompt was a guess (the cursor at the end of the file): correct it exactly,
+            # re-encoding from its first difference, rather than by PIE, whose stale rows after a
+            # swapped context chunk would carry on into every later completion of the document
+            stats = cache.sync_prefix(ids)
+            reason = None
         else:
             stats = cache.sync(ids)
             reason = (f"the edit would cost more than {self.config.recompute_above:.0%} of encoding the "
@@ -145,15 +151,78 @@ class KVCacheStore:
                                    lookup=lookup, cancelled=cancelled)
         decode = cache.last_decode
         cache.last_answer = (ids, generated, decode.finish)
+        cache.warmed = False
         evicted = self._keep(document, cache)
         edit = dict(stats.__dict__)
         edit["rows_reused"] = edit.pop("reused")  # EditStats counts rows; "reused" below is the verdict
-        report = {**edit, "used": True, "reused": reason is None, "mode": "prefill" if reason else "pie",
-                  "reason": reason, "document": document,
+        mode = "prefill" if reason else "prefix" if warmed else "pie"
+        report = {**edit, "used": True, "reused": reason is None, "mode": mode,
+                  "reason": reason, "document": document, "warmed": warmed,
                   "compute_fraction": stats.compute_fraction, "update_s": update_s, **decode.to_dict(),
                   "cache_documents": len(self._entries), "cache_mb": self.total_bytes / 2**20,
                   "evicted": evicted}
         return generated, report
+
+    def warm(self, document: str, token_ids: Sequence[int],
+             stop_at_layer: Callable[[float], bool] | None = None) -> dict[str, Any]:
+        """Prefill `document`'s cache with `token_ids` ahead of its first completion (the editor
+        opened it), so that completion re-encodes only the tokens from the first difference on
+        (`complete`'s mode "prefix"). A document that has a cache keeps it.
+
+        Args:
+            stop_at_layer: polled before each layer with the fraction done (PieCache.prefill);
+                True abandons the prefill and stores nothing.
+        Returns:
+            report: "mode" is "warm" (prefilled: tokens_encoded, update_s), "cached" (the
+            document had a cache), "full" (it would not fit the memory budget without evicting
+            another document's cache: not warmed) or "stopped" (abandoned after update_s seconds).
+        """
+        from code_tools.pie import PrefillStopped
+
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidInputError("a completion prompt needs at least one token")
+        base = {"document": document, "sequence_length": len(ids), "tokens_encoded": 0}
+        if document in self:
+            return {**base, "mode": "cached", "update_s": 0.0}
+        if self.total_bytes + len(ids) * self._bytes_per_token() > self.config.max_bytes:
+            # a guess must not push out a cache a completion is using (an editor restoring 30 tabs)
+            return {**base, "mode": "full", "update_s": 0.0}
+        cache = self._new_cache()
+        start = time.perf_counter()
+        try:
+            stats = cache.prefill(ids, stop_at_layer=stop_at_layer)
+        except PrefillStopped:
+            return {**base, "mode": "stopped", "update_s": time.perf_counter() - start}
+        cache.warmed = True
+        with self._lock:
+            if document in self._entries:  # a completion stored one meanwhile: it is newer
+                return {**base, "mode": "cached", "update_s": time.perf_counter() - start}
+        evicted = self._keep(document, cache)
+        return {**base, "mode": "warm", "tokens_encoded": stats.tokens_encoded,
+                "update_s": time.perf_counter() - start, "cache_documents": len(self._entries),
+                "evicted": evicted}
+
+    def _bytes_per_token(self) -> int:
+        """K and V bytes one cached token takes: measured on a cached document, else from the
+        model's shape in float32 (SmolLM2-135M: 30 layers x 3 heads x 64 x 2 x 4 = 46 KB)."""
+        with self._lock:
+            cache = next((c for c in self._entries.values() if len(c)), None)
+        if cache is not None:
+            return cache_bytes(cache) // len(cache)
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        return 2 * cfg.num_hidden_layers * kv_heads * head_dim * 4
+
+    def _new_cache(self):
+        from code_tools.pie import PieCache, PieConfig
+
+        return PieCache(self.model, self.tokenizer, PieConfig(
+            recompute_above=self.config.recompute_above, segment_cost_tokens=self.config.segment_cost_tokens,
+            merge_gap=self.config.merge_gap))
 
     @staticmethod
     def _extend(cache, ids: list[int], max_new_tokens: int,

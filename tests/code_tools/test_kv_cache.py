@@ -111,3 +111,37 @@ def test_a_prompt_that_extends_into_its_answer_reuses_the_rest(one_layer_llama):
     cut, _ = store.complete("doc2", prompt, 3)
     _, again = store.complete("doc2", prompt + cut[:1], 3)
     assert again["mode"] != "extend" and again["forwards"] > 0
+
+
+def test_a_warmed_document_encodes_only_what_its_first_prompt_changed(one_layer_llama):
+    """warm prefills the prompt an opened document would give; the first completion then
+    encodes only what changed (the user typed 3 tokens at the end) and decodes exactly as a
+    cold prefill of its prompt. A document with a cache keeps it; a stopped warm-up stores
+    nothing."""
+    model, tok = one_layer_llama
+    store = KVCacheStore(model, tok)
+    opened = _ids(80, 11)
+    warm = store.warm("doc", opened)
+    assert warm["mode"] == "warm" and warm["tokens_encoded"] == 80 and "doc" in store
+    typed = opened + [7, 8, 9]
+    generated, report = store.complete("doc", typed, 8)
+    assert report["mode"] == "prefix" and report["reused"] and report["warmed"]
+    assert report["tokens_encoded"] == 3 and report["rerotated"] == 0
+    cold = KVCacheStore(model, tok)
+    expected, cold_report = cold.complete("doc", typed, 8)
+    assert cold_report["mode"] == "prefill" and not cold_report["warmed"] and generated == expected
+    _, again = store.complete("doc", typed + [10], 8)
+    assert not again["warmed"]  # only the first completion after a warm-up says so
+    assert store.warm("doc", opened)["mode"] == "cached"  # never replaces a completion's cache
+    stopped = store.warm("other", opened, stop_at_layer=lambda done: True)
+    assert stopped["mode"] == "stopped" and "other" not in store
+
+
+def test_a_warm_up_never_evicts_another_documents_cache(tiny_llama):
+    model, tok = tiny_llama
+    probe = PieCache(model, tok)
+    probe.prefill(_ids(50, 4))
+    store = KVCacheStore(model, tok, KVCacheConfig(max_bytes=int(1.5 * cache_bytes(probe))))
+    store.complete("typing", _ids(50, 5), 1)
+    assert store.warm("opened", _ids(50, 6))["mode"] == "full"
+    assert "typing" in store and "opened" not in store and store.evictions == 0

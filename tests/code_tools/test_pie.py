@@ -170,3 +170,45 @@ def test_large_rewrite_falls_back_to_prefill(tiny_llama):
     assert stats.full_recompute and stats.tokens_encoded == 30
     for layer in range(len(pie.layers)):
         assert _maxdiff(pie, _fresh(model, new), layer) < 1e-6
+
+
+def test_a_prefill_stopped_between_layers_leaves_the_cache_empty(tiny_llama):
+    """stop_at_layer is asked before each of the 2 layers with the fraction done; True at the
+    second abandons the forward, and the hooks go with it: the next prefill runs in full and
+    equals one never interrupted."""
+    from code_tools.pie import PrefillStopped
+
+    model, tok = tiny_llama
+    ids = torch.randint(100, 40000, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+    cache, asked = PieCache(model, tok), []
+    with pytest.raises(PrefillStopped):
+        cache.prefill(ids, stop_at_layer=lambda done: asked.append(done) or done >= 0.5)
+    assert asked == [0.0, 0.5] and len(cache) == 0 and cache.layers == []
+    stats = cache.prefill(ids, stop_at_layer=lambda done: False)
+    reference = PieCache(model, tok)
+    reference.prefill(ids)
+    assert stats.tokens_encoded == 40 and cache.token_ids == ids
+    assert all(torch.equal(k, rk) for (k, _), (rk, _) in zip(cache.layers, reference.layers))
+    assert not any(layer._forward_pre_hooks for layer in model.model.layers)
+
+
+def test_sync_prefix_keeps_the_shared_rows_and_equals_a_prefill_at_every_layer(tiny_llama):
+    """[a..] -> the same first 30 tokens, then a different tail: 30 rows kept, the tail encoded
+    against them, and every layer's keys and values equal a prefill of the new sequence; a
+    sequence sharing nothing is a prefill."""
+    model, tok = tiny_llama
+    g = torch.Generator().manual_seed(5)
+    old = torch.randint(100, 40000, (50,), generator=g).tolist()
+    new = old[:30] + torch.randint(100, 40000, (12,), generator=g).tolist()
+    cache = PieCache(model, tok)
+    cache.prefill(old)
+    stats = cache.sync_prefix(new)
+    assert stats.reused == 30 and stats.tokens_encoded == 12 and stats.deleted == 20 and stats.rerotated == 0
+    reference = PieCache(model, tok)
+    reference.prefill(new)
+    assert cache.token_ids == new
+    for (k, v), (rk, rv) in zip(cache.layers, reference.layers):
+        assert torch.allclose(k, rk, atol=1e-5) and torch.allclose(v, rv, atol=1e-5)
+    shorter = cache.sync_prefix(new[:20])  # a prefix of the cache: rows dropped, nothing encoded
+    assert shorter.tokens_encoded == 0 and cache.token_ids == new[:20] and cache.layers[0][0].shape[2] == 20
+    assert cache.sync_prefix([7] + new[1:]).full_recompute
