@@ -77,6 +77,11 @@ class CompletionConfig:
             swapped chunk) and which leaves the rows after it stale; a chunk the fresh query no
             longer retrieves among its candidates is dropped. 0 = every prompt shows the fresh
             selection.
+        warm_on_open: with the KV cache, a face may call `RepoCompleter.warm` when the editor
+            opens a document: the prompt a completion at its end would build is prefilled in
+            the background, so the document's first completion encodes only the tokens from
+            its first difference on, not the whole prompt (the LSP does, on didOpen). False:
+            the first completion prefills.
         skip_retrieval_when_full: no BM25 and no dense re-rank when the definitions of the
             symbols imported or called near the cursor already leave less than the 32 tokens
             `_budget` needs to place another item: retrieved chunks could not be shown, so the
@@ -112,6 +117,7 @@ class CompletionConfig:
     skip_retrieval_when_full: bool = True
     dense_skip_neighbours: int = 0
     sticky_context: float = 0.2
+    warm_on_open: bool = True
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
@@ -296,6 +302,51 @@ class RepoCompleter:
         self._shown: OrderedDict[str, frozenset[int]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
+    def warm(self, path: str, prefix: str, suffix: str = "", document: str | None = None,
+             stop_at_layer=None) -> dict[str, Any]:
+        """Prefill `document`'s KV cache with the prompt `complete` would build after `prefix`,
+        ahead of its first completion (e.g. the editor just opened the file). That completion
+        keeps the rows up to its prompt's first difference and encodes the rest, exactly
+        (KVCacheStore.complete, mode "prefix"): a cursor before the end drops the rows after it;
+        a context chunk the cursor's retrieval changes is re-encoded with what follows it.
+        Nothing is generated, and neither the chunks
+        shown (sticky_context) nor the ranking (context_cache) are remembered: the completion's
+        prompt is the one it would be without the warm-up; only its KV cache is reached by an
+        edit instead of a prefill.
+
+        Args:
+            path, prefix, suffix, document: as for `complete` (prefix: the text before the
+                cursor; the whole text when the cursor is unknown).
+            stop_at_layer: polled before each layer of the prefill with the fraction done; True
+                abandons it (code_tools.pie.PieCache.prefill), e.g. when a request comes.
+        Returns:
+            KVCacheStore.warm's report ("mode": "warm", "cached", "stopped" or "full") plus
+            "context_s" and "total_s"; {"mode": "off", "reason": ...} without a local KV cache.
+        """
+        if not (self.config.reuse_kv_cache and getattr(self.generator, "model", None) is not None):
+            return {"mode": "off", "reason": "no local KV cache (reuse_kv_cache off, or a server backend)"}
+        started = time.perf_counter()
+        path = self.repo.relative(path)
+        items, timings = self.assemble_context(path, prefix, remember=False)
+        prompt, _ = self.build_prompt(path, prefix, suffix or "", items)
+        ids = self.generator.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        lock = getattr(self.generator, "_lock", None)  # torch modules are not re-entrant
+        with lock if lock is not None else _no_lock():
+            report = self._kv_store().warm(document or path, ids, stop_at_layer=stop_at_layer)
+        report["context_s"] = timings.get("context", 0.0)
+        report["total_s"] = time.perf_counter() - started
+        return report
+
+    def _kv_store(self):
+        """The documents' KV caches (code_tools.kv_cache.KVCacheStore), built on first use."""
+        from code_tools.kv_cache import KVCacheConfig, KVCacheStore
+
+        if self._kv is None:
+            self._kv = KVCacheStore(self.generator.model, self.generator.tokenizer, KVCacheConfig(
+                max_bytes=int(self.config.kv_cache_mb * 2**20),
+                recompute_above=self.config.kv_recompute_above, draft_tokens=self.config.draft_tokens))
+        return self._kv
+
     def forget(self, document: str) -> None:
         """Free the KV cache kept for `document` (the editor closed it)."""
         if self._kv is not None:
@@ -343,8 +394,11 @@ class RepoCompleter:
 
     # ---- context assembly
 
-    def assemble_context(self, path: str, prefix: str) -> tuple[list[ContextItem], dict[str, float]]:
-        """Cross-file context for a cursor in `path` after `prefix`, within the context budget."""
+    def assemble_context(self, path: str, prefix: str,
+                         remember: bool = True) -> tuple[list[ContextItem], dict[str, float]]:
+        """Cross-file context for a cursor in `path` after `prefix`, within the context budget.
+        `remember` records the retrieved chunks shown (sticky_context) and the neighbourhood's
+        ranking (context_cache); a warm-up's guessed cursor must not steer a real prompt (False)."""
         timings: dict[str, float] = {}
         if not self.config.use_context:
             return [], timings
@@ -359,7 +413,7 @@ class RepoCompleter:
             timings["bm25"] = timings["rerank"] = 0.0
             timings["retrieval_skipped"] = 1.0
         else:
-            ranked = self._retrieve(path, prefix, timings, targets)
+            ranked = self._retrieve(path, prefix, timings, targets, remember)
         retrieved: list[ContextItem] = []
         chunk_ids: dict[int, int] = {}  # id(item) -> its chunk
         for chunk_id, score in self._sticky_order(path, ranked):
@@ -379,7 +433,7 @@ class RepoCompleter:
 
         t = time.perf_counter()
         items = self._budget(definitions + retrieved + abstracts, cfg.context_tokens)
-        if self._sticky():
+        if self._sticky() and remember:
             with self._cache_lock:
                 self._shown[path] = frozenset(chunk_ids[id(i)] for i in items if id(i) in chunk_ids)
                 self._shown.move_to_end(path)
@@ -432,7 +486,8 @@ class RepoCompleter:
                 count += 1
         return count
 
-    def _retrieve(self, path: str, prefix: str, timings: dict[str, float], targets: list[str] = ()):
+    def _retrieve(self, path: str, prefix: str, timings: dict[str, float], targets: list[str] = (),
+                  remember: bool = True):
         """BM25 top candidates re-ranked densely (or kept in BM25's order when enough of them are
         the open file's neighbours), for the cursor's neighbourhood (cached)."""
         cfg = self.config
@@ -460,7 +515,7 @@ class RepoCompleter:
         else:
             ranked = hits
         timings["rerank"] = time.perf_counter() - t
-        if cfg.context_cache:
+        if cfg.context_cache and remember:
             with self._cache_lock:
                 self._retrieved[(path, query)] = ranked
                 while len(self._retrieved) > cfg.context_cache:
@@ -697,14 +752,10 @@ class RepoCompleter:
         last prompt (a prefill the first time, or when the edit is large), with prompt-lookup
         drafts, stopping once the truncated text is decided, and stopping early when the face
         cancels the request (runtime.cancel: the editor typed on)."""
-        from code_tools.kv_cache import KVCacheConfig, KVCacheStore
         from runtime.cancel import cancel_requested
 
         tokenizer = self.generator.tokenizer
-        if self._kv is None:
-            self._kv = KVCacheStore(self.generator.model, tokenizer, KVCacheConfig(
-                max_bytes=int(self.config.kv_cache_mb * 2**20),
-                recompute_above=self.config.kv_recompute_above, draft_tokens=self.config.draft_tokens))
+        store = self._kv_store()
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         eos = getattr(self.generator, "eos_ids", None) or {tokenizer.eos_token_id}
         stops = self._stop()
@@ -719,7 +770,7 @@ class RepoCompleter:
 
         lock = getattr(self.generator, "_lock", None)  # torch modules are not re-entrant
         with lock if lock is not None else _no_lock():
-            new_ids, report = self._kv.complete(document, ids, self.config.max_new_tokens,
+            new_ids, report = store.complete(document, ids, self.config.max_new_tokens,
                                                 stop_token_ids=tuple(i for i in eos if i is not None),
                                                 stop_when=stopped, cancelled=cancel_requested)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)

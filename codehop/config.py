@@ -275,6 +275,9 @@ class CompletionSettings:
     sticky_context: a retrieved chunk the file's previous prompt showed keeps its place while
     its score is within this fraction of a newcomer's, so typing on does not swap near-ties
     in and out of the KV cache (0 = the fresh selection every time).
+    warm_on_open: `codehop lsp` prefills an opened document's KV cache in the background, so
+    its first completion encodes only what differs from the prompt of a cursor at the end of
+    the file instead of the whole prompt (with the KV cache only).
     threads: torch threads of the local model of `codehop lsp` and `codehop complete` (None:
     torch's default, the physical cores or OMP_NUM_THREADS); the LSP's model also answers
     codehop.ask, and is the only heavy work.
@@ -292,6 +295,7 @@ class CompletionSettings:
     skip_retrieval_when_full: bool = True
     dense_skip_neighbours: int = 0
     sticky_context: float = 0.2
+    warm_on_open: bool = True
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -441,6 +445,7 @@ class Settings:
                       context_order=c.context_order, dense_rerank=c.dense_rerank,
                       skip_retrieval_when_full=c.skip_retrieval_when_full,
                       dense_skip_neighbours=c.dense_skip_neighbours, sticky_context=c.sticky_context,
+                      warm_on_open=c.warm_on_open,
                       draft_tokens=g.draft_tokens if c.draft_tokens is None else c.draft_tokens,
                       reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
         values.update(overrides)

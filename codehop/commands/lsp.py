@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a retrieved chunk the file's previous prompt showed stays while a "
                              "newcomer scores less than this fraction better, so the KV cache edit "
                              "is the typed text (default: [completion] sticky_context, 0.2; 0 = off)")
+    parser.add_argument("--no-warm-on-open", action="store_true",
+                        help="do not prefill an opened document's KV cache in the background (its "
+                             "first completion then encodes the whole prompt; default: [completion] "
+                             "warm_on_open, on)")
     parser.add_argument("--threads", type=int,
                         help="torch threads of the local model (default: [completion] threads, else "
                              "torch's: the physical cores, or OMP_NUM_THREADS)")
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                        kv_reuse=not args.no_kv_reuse, warm_start=not args.no_warm_start,
                        precision=args.precision, draft_tokens=args.draft_tokens, truncate=args.truncate,
                        early_stop=False if args.no_early_stop else None, context_order=args.context_order,
-                       sticky_context=args.sticky_context, threads=args.threads)
+                       sticky_context=args.sticky_context,
+                       warm_on_open=False if args.no_warm_on_open else None, threads=args.threads)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

@@ -368,7 +368,7 @@ def _ranked(*pairs):
 def _scripted_retrieval(completer, rankings):
     """Make `completer`'s retrieval answer `rankings` in turn (each request retrieves once)."""
     answers = iter(rankings)
-    completer._retrieve = lambda path, prefix, timings, targets=(): next(answers)
+    completer._retrieve = lambda path, prefix, timings, targets=(), remember=True: next(answers)
 
 
 def test_a_shown_chunk_keeps_its_place_against_a_near_tie_only(repo):
@@ -437,3 +437,82 @@ def test_sticky_context_leaves_the_kv_edit_to_the_typed_text(repo, request):
     assert encoded[0.2] <= len(tokenizer("    n += 1\n", add_special_tokens=False)["input_ids"]) + 1
     # fresh: the swapped chunk (c for b) is encoded as well
     assert encoded[0.0] >= encoded[0.2] + len(tokenizer(repo.chunk(c).text, add_special_tokens=False)["input_ids"]) // 2
+
+
+def test_a_warmed_file_completes_by_editing_the_warm_prompt(repo, request):
+    """warm (the editor opened cart.py) prefills the prompt of a cursor at its end; typing
+    `        return` there and completing re-encodes only the typed line's few tokens, and the
+    answer and prompt equal a cold completer's."""
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    generator = TransformersGenerator.from_model(model, tokenizer)
+    config = _fast(max_new_tokens=6, reuse_kv_cache=True)
+    text = FILES["shop/cart.py"]
+    warmed = RepoCompleter(repo, generator, config)
+    report = warmed.warm("shop/cart.py", prefix=text, document="cart")
+    assert report["mode"] == "warm" and report["tokens_encoded"] > 100
+    assert not warmed._retrieved and not warmed._shown  # nothing that would steer a real prompt
+    result = warmed.complete("shop/cart.py", prefix=text + "        return", suffix="", document="cart")
+    stats = result.kv_reuse
+    assert stats["mode"] == "prefix" and stats["warmed"] and 0 < stats["tokens_encoded"] <= 4
+    cold = RepoCompleter(repo, generator, config).complete(
+        "shop/cart.py", prefix=text + "        return", suffix="", document="cart")
+    assert cold.kv_reuse["mode"] == "prefill" and not cold.kv_reuse["warmed"]
+    assert result.prompt == cold.prompt and result.raw_text == cold.raw_text
+    # a cursor mid-file whose retrieval differs from the end's by a near-tie: the rows after the
+    # cursor are dropped, and the prompt is the cold one (the warm-up's chunks are not
+    # remembered as shown, so sticky_context does not hold them)
+    a = _chunk_id(repo, "shop/pricing.py", "def apply_discount")
+    b = _chunk_id(repo, "shop/pricing.py", "def with_tax")
+    c = next(i for i, chunk in enumerate(repo.chunks)  # not covered by the Cart definition shown
+             if chunk is not None and chunk.kind == "abstract" and chunk.path == "shop/pricing.py")
+    at_end, at_cursor = _ranked((a, 10.0), (b, 9.0), (c, 8.5)), _ranked((a, 10.0), (c, 9.5), (b, 9.0))
+    sticky = _fast(max_new_tokens=6, reuse_kv_cache=True, rerank_top=2, sticky_context=0.2)
+    report_text = FILES["shop/report.py"]
+    middle = RepoCompleter(repo, generator, sticky)
+    _scripted_retrieval(middle, [at_end, at_cursor])
+    middle.warm("shop/report.py", prefix=report_text, document="report")
+    edited = middle.complete("shop/report.py", line=5, col=1, document="report")
+    assert edited.kv_reuse["warmed"] and edited.kv_reuse["deleted"] > 0
+    cold_middle = RepoCompleter(repo, generator, sticky)
+    _scripted_retrieval(cold_middle, [at_cursor])
+    assert edited.prompt == cold_middle.complete("shop/report.py", line=5, col=1).prompt
+    shown = {(i.path, i.start_line) for i in edited.context if i.source == "retrieved"}
+    assert shown == {(repo.chunk(i).path, repo.chunk(i).start_line) for i in (a, c)}  # b lost the near-tie
+    off = RepoCompleter(repo, generator, _fast(reuse_kv_cache=False))
+    assert off.warm("shop/cart.py", prefix=text)["mode"] == "off"
+
+
+def test_a_completion_that_comes_during_a_warm_up_is_answered_as_a_cold_one(repo, request):
+    """The warm-up of another file holds the model (inside its prefill) when a completion comes:
+    the completion waits on the model's lock, the face stops the warm-up (stop_at_layer says
+    True), and the completion prefills its own prompt and answers as with no warm-up at all."""
+    import threading
+
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    generator = TransformersGenerator.from_model(model, tokenizer)
+    config = _fast(max_new_tokens=6, reuse_kv_cache=True)
+    completer = RepoCompleter(repo, generator, config)
+    inside, stop, reports = threading.Event(), threading.Event(), []
+
+    def stop_at_layer(done: float) -> bool:
+        inside.set()
+        assert stop.wait(10)
+        return True
+
+    warming = threading.Thread(target=lambda: reports.append(completer.warm(
+        "shop/report.py", prefix=FILES["shop/report.py"], document="report", stop_at_layer=stop_at_layer)))
+    warming.start()
+    assert inside.wait(10)
+    answers = []
+    asking = threading.Thread(target=lambda: answers.append(
+        completer.complete("shop/cart.py", line=13, col=9, document="cart")))
+    asking.start()
+    asking.join(0.3)
+    assert asking.is_alive()  # behind the warm-up's lock on the model
+    stop.set()
+    warming.join(10)
+    asking.join(30)
+    assert reports[0]["mode"] == "stopped" and answers
+    cold = RepoCompleter(repo, generator, config).complete("shop/cart.py", line=13, col=9, document="cart")
+    assert answers[0].raw_text == cold.raw_text and answers[0].kv_reuse["mode"] == "prefill"
+    assert "report" not in completer._kv and "cart" in completer._kv

@@ -164,6 +164,8 @@ def test_completion_table_builds_the_completion_config():
     assert Settings().completion_config().max_new_tokens == 48 and Settings().completion.threads is None
     assert Settings().completion_config().sticky_context == 0.2
     assert parse_settings("[completion]\nsticky_context = 0").completion_config().sticky_context == 0.0
+    assert Settings().completion_config().warm_on_open
+    assert not parse_settings("[completion]\nwarm_on_open = false").completion_config().warm_on_open
     with pytest.raises(InvalidInputError, match="completion: sticky_context must be >= 0"):
         parse_settings("[completion]\nsticky_context = -0.5")
     with pytest.raises(InvalidInputError, match="completion: dense_skip_neighbours must be >= 0"):
