@@ -11,7 +11,10 @@ the token budget, context by score), "new" the defaults (compact int8/bfloat16 w
 CPU has bfloat16, prompt-lookup drafts, decoding stopped once the truncated text is decided,
 context in repository order, retrieved chunks kept while near-ties: --sticky-context),
 "fresh-context" the new path showing the fresh retrieval in every prompt (--sticky-context 0),
-"no reuse" float32 without KV caches. An editing session replays
+"cold-open" the new path without warming an opened document's KV cache (--no-warm-on-open),
+"no reuse" float32 without KV caches. A session's file is opened on each server in turn,
+--open-pause seconds before that server's first completion in it (a user reads and moves to
+where they type; each row records the time from its server's didOpen to its request). An editing session replays
 LintSeq forward diffs (code_tools.lintseq, pyflakes linter) of real MBPP solutions as typing:
 a session file receives several programs one after another, each built up through its edit
 path; before each step the cursor sits where the next diff inserts its first line, and that
@@ -155,15 +158,17 @@ async def _settled(client, timeout: float = 300.0) -> None:
 # Each server's extra `codehop lsp` arguments. "today" is the completion path before issue 31.
 SERVERS = {
     "today": ["--precision", "float32", "--draft-tokens", "0", "--no-early-stop", "--context-order", "score",
-              "--sticky-context", "0"],
+              "--sticky-context", "0", "--no-warm-on-open"],
     "new": [],
     "fresh-context": ["--sticky-context", "0"],  # new, every prompt shows the fresh retrieval
+    "cold-open": ["--no-warm-on-open"],  # new, an opened document's first completion prefills
     "no reuse": ["--no-kv-reuse", "--precision", "float32"],
 }
 
 
 async def replay(root: Path, sessions: list[dict], work: Path, max_new_tokens: int,
-                 names: tuple[str, ...] = ("today", "new"), threads: int = 1) -> tuple[list[dict], dict]:
+                 names: tuple[str, ...] = ("today", "new"), threads: int = 1,
+                 open_pause: float = 1.0) -> tuple[list[dict], dict]:
     """All servers up, then every step on each in rotating order: rows per (step, server)."""
     from lsprotocol import types
     from pygls import uris
@@ -192,10 +197,13 @@ async def replay(root: Path, sessions: list[dict], work: Path, max_new_tokens: i
                 order = list(servers.items())
                 order = order[turn % len(order):] + order[:turn % len(order)]
                 turn += 1
+                opened = {}
                 for name, client in order:
-                    if version == 1:
+                    if version == 1:  # the file opens; its first completion comes after a pause
                         client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
                             uri=uri, language_id="python", version=1, text=step["text"])))
+                        opened[name] = time.perf_counter()
+                        await asyncio.sleep(open_pause)
                     else:
                         client.text_document_did_change(types.DidChangeTextDocumentParams(
                             types.VersionedTextDocumentIdentifier(uri=uri, version=version),
@@ -205,16 +213,22 @@ async def replay(root: Path, sessions: list[dict], work: Path, max_new_tokens: i
                     result = await client.text_document_completion_async(types.CompletionParams(
                         types.TextDocumentIdentifier(uri), types.Position(line=step["line"], character=0)))
                     latency = time.perf_counter() - t
+                    open_to_request = t - opened[name] if name in opened else None
                     process_cpu = _process_cpu_s(pid) - cpu
                     item = result.items[0] if result.items else None
                     text = item.text_edit.new_text if item else ""
                     data = (result.item_defaults.data if result.item_defaults else None) or {}
                     first = next((line.strip() for line in text.split("\n") if line.strip()), "")
                     rows.append({"server": name, "session": session["file"], "step": version,
-                                 "latency_s": latency, "process_cpu_s": process_cpu, "text": text, "prediction": first, "target": step["target"],
+                                 "latency_s": latency, "open_to_request_s": open_to_request,
+                                 "process_cpu_s": process_cpu, "text": text, "prediction": first, "target": step["target"],
                                  "em": float(first == step["target"]), "es": edit_similarity(first, step["target"]),
                                  "kv": data.get("kv_reuse", {}), "timings": data.get("timings", {}),
                                  "load": os.getloadavg()[0]})
+            # the last edit's re-index (debounced 0.5 s) lands before the close on every server: one
+            # landing after it re-read the file from disk, so later sessions retrieved other text
+            # from this file depending on the timing (prompts of the same step differed by server)
+            await asyncio.sleep(1.0)
             for client in servers.values():
                 client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
     finally:
@@ -279,6 +293,28 @@ def completion_summary(rows: list[dict]) -> tuple[list[dict], dict]:
         if kind != name and kind != names[0]:
             stats.append(ratio(name, kind))
     return table, stats
+
+
+def first_request_summary(rows: list[dict]) -> list[dict]:
+    """Per server, the first completion of each opened file (and the rest, for comparison)."""
+    table = []
+    for name in dict.fromkeys(r["server"] for r in rows):
+        first = [r for r in rows if r["server"] == name and r.get("open_to_request_s") is not None]
+        rest = [r for r in rows if r["server"] == name and r.get("open_to_request_s") is None]
+        if not first:
+            continue
+        lat = [r["latency_s"] for r in first]
+        table.append({
+            "server": name, "first requests": len(first),
+            "didOpen to request s (min-max)": f"{min(r['open_to_request_s'] for r in first):.2f}-"
+                                              f"{max(r['open_to_request_s'] for r in first):.2f}",
+            "first p50 ms": 1000 * _pct(lat, 0.5), "first mean ms": 1000 * statistics.mean(lat),
+            "first max ms": 1000 * max(lat),
+            "first prefill p50 ms": 1000 * _pct([r["timings"].get("prefill", 0.0) for r in first], 0.5),
+            "first tokens encoded": statistics.mean(r["kv"].get("tokens_encoded", 0) for r in first),
+            "warmed caches": sum(bool(r["kv"].get("warmed")) for r in first),
+            "later p50 ms": 1000 * _pct([r["latency_s"] for r in rest], 0.5) if rest else None})
+    return table
 
 
 def completion_plot(rows: list[dict], table: list[dict]):
@@ -422,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default="today,new",
                         help=f"LSP servers compared, the first is the baseline (of {', '.join(SERVERS)}; "
                              "NAME@T runs that server with T torch threads, e.g. today,new,new@2)")
+    parser.add_argument("--open-pause", type=float, default=1.0,
+                        help="seconds between opening a session's file and its first completion (a user "
+                             "reads and moves the cursor before typing; default 1.0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each LSP server (codehop lsp --threads; default 1, as in "
                              "earlier reports, where OMP_NUM_THREADS=1 set it)")
@@ -459,9 +498,10 @@ def main(argv: list[str] | None = None) -> int:
             others = random.Random(args.seed + 1).sample(rest, args.other_programs)
             write_project(work / "project", sessions, others)
             rows, info = asyncio.run(replay(work / "project", sessions, work, args.completion_tokens, names,
-                                            args.threads))
+                                            args.threads, args.open_pause))
             table, stats = completion_summary(rows)
-            results["completions"] = {"summary": table, "stats": stats, "rows": rows, **info}
+            first_table = first_request_summary(rows)
+            results["completions"] = {"summary": table, "stats": stats, "first": first_table, "rows": rows, **info}
             loads = [r["load"] for r in rows]
             findings.append(
                 f"- Completions over {table[0]['completions']} steps of {len(sessions)} typing sessions, each "
@@ -504,6 +544,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "'prompt tokens encoded' per completion (mean, median). 'decode tokens/s' = generated tokens / "
                                   "decode seconds.")
             report.add_table("Completions: ratios to the first server", stats)
+            report.add_table("First completion after opening a file", first_table,
+                             note=f"Each session's file is opened on each server in turn, {args.open_pause:g} s "
+                                  "(--open-pause) before that server's first completion in it ('didOpen to "
+                                  "request'; the other servers are idle meanwhile). "
+                                  "'warmed caches': first completions whose KV cache the didOpen warm-up had "
+                                  "filled (kv_reuse.warmed). 'later p50': the other completions.")
             report.add_figure(completion_plot(rows, table), args.out, "latency.png",
                               "LSP latency per completion (sorted) and median server stages")
         if not args.skip_asks:
@@ -540,7 +586,7 @@ DEVIATIONS = """- Scaled to fit ~25 minutes on 2 shared cores: a few sessions of
   6-20 lines, several per file) and three long-context questions; a difference of one completion or one
   question is within noise. The LSP servers run side by side and are asked in rotating order.
 - "today" reproduces the completion path before issue 31 through flags of the same code (float32,
-  --draft-tokens 0, --no-early-stop, --context-order score, --sticky-context 0); it shares the new preallocated KV cache of the decode loop, so
+  --draft-tokens 0, --no-early-stop, --context-order score, --sticky-context 0, --no-warm-on-open); it shares the new preallocated KV cache of the decode loop, so
   it is slightly faster than the code before the change (the cache concatenation was ~12% of a step).
 - Torch threads: each server runs `codehop lsp --threads T` (--threads, or NAME@T in --servers).
   Reports before that option ran their servers with OMP_NUM_THREADS=1, which --threads 1 matches.
@@ -551,6 +597,12 @@ DEVIATIONS = """- Scaled to fit ~25 minutes on 2 shared cores: a few sessions of
 - The completion reference is the first line the next LintSeq diff inserts; LintSeq inserts whole lines
   (often several), so this is "predict the next line a linter-clean editing step adds", not keystrokes.
 - The cursor sits at the start of that line (column 0), so the model writes the indentation too.
+- Opening a file: each session's file is opened on each server in turn, and that server's first
+  completion in it comes --open-pause seconds later (default 1.0: a user reads the file and moves to where they type
+  before the first completion; an editor sends didOpen when the file is shown). Servers that warm
+  an opened document's KV cache do it in that pause; with --open-pause 0 the first request meets the
+  warm-up in flight. Reports before this option asked right after didOpen, which for servers that do
+  not warm made no difference.
 - ask uses BM25 retrieval only, no rewrite or filter, k sources of at most --source-chars characters, and
   the pipeline's default loop control for a model this small (repetition penalty 1.1, no 8-gram repeats),
   which RAPID applies at every drafted position; the drafter is the generator itself.
