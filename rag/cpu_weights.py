@@ -173,10 +173,15 @@ def prepare_for_cpu(model, precision: str) -> Any:
     """`model` converted for `precision` (resolved: "float32", "bfloat16" or "int8"), in place.
 
     "int8" replaces every torch.nn.Linear by an Int8Linear (the output head with float32
-    refinement of its top 16 logits); tied input embeddings stay float32.
+    refinement of its top 16 logits); tied input embeddings stay float32. Every precision
+    switches a grouped-query model's "sdpa" attention to rag.cpu_attention's, which is bit for
+    bit the same without copying key/value heads for several query rows.
     """
     import torch
 
+    from rag.cpu_attention import use_gqa_attention
+
+    use_gqa_attention(model)  # bit for bit the same attention, without copying key/value heads
     if precision == "float32":
         return model
     if precision == "bfloat16":

@@ -1,0 +1,58 @@
+"""Attention for a few query rows over a KV cache without copying the shared key/value heads.
+
+A model with grouped-query attention (SmolLM2-135M: 9 query heads share 3 key/value heads)
+runs transformers' "sdpa" attention. With a mask and more than one query row (a prompt-lookup
+verify of 2-4 tokens, a PIE segment) transformers copies every key/value head to each query
+head that uses it (`repeat_kv`) before the kernel; on a CPU that copy is the whole cache twice
+per layer (SmolLM2 with 750 cached tokens: 2 x 1.7 MB per layer, ~6 ms of a ~50 ms 4-token
+verify). torch's kernel takes the shared heads itself (`enable_gqa=True`) and computes each
+query head against the same rows, so the output is bit for bit the same without the copy.
+
+Everything else (one query row, no mask, a GPU, position biases) goes to transformers' sdpa.
+`use_gqa_attention(model)` switches a model to it; `prepare_for_cpu` does so on a CPU.
+"""
+
+from __future__ import annotations
+
+NAME = "codehop_sdpa_gqa"
+
+
+def gqa_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                       scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """transformers' attention-function signature; returns ([batch, rows, heads, dim], None)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (groups == 1 or attention_mask is None or query.shape[2] == 1 or query.device.type != "cpu"
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+            or kwargs.get("output_attentions", False)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(NAME, gqa_sdpa_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks sdpa gets
+
+
+def use_gqa_attention(model) -> bool:
+    """Switch `model` from "sdpa" to gqa_sdpa_attention; False (unchanged) for another
+    implementation (eager, flash), a model without grouped key/value heads or off the CPU."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or not heads \
+            or kv_heads == heads or not on_cpu:
+        return False
+    _register()
+    model.set_attn_implementation(NAME)
+    return True
