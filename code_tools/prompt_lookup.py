@@ -114,7 +114,9 @@ def greedy_decode(model, cache, context_ids: Sequence[int], max_new_tokens: int,
         model: a transformers causal LM.
         cache: a KV cache holding rows for ``context_ids[:-1]`` (positions 0..n-2); it is
             extended in place (a GrowingCache avoids a copy per step). The last context id is
-            run first.
+            run first. The decode runs under torch.inference_mode, so rows a cache allocates
+            meanwhile (a GrowingCache that grows) are inference tensors: fine to read or to
+            decode on, not to edit in place outside inference mode.
         context_ids: the prompt ids (drafts are looked up in them and in the output so far).
         max_new_tokens: upper bound on generated tokens.
         stop_token_ids: ids that end generation (not included).
@@ -134,7 +136,9 @@ def greedy_decode(model, cache, context_ids: Sequence[int], max_new_tokens: int,
     stats = DecodeStats()
     device = next(model.parameters()).device
     budget = lookup.draft_tokens
-    with torch.no_grad():
+    # inference_mode, not no_grad: no version counters or view tracking per op, ~5% of a one-token
+    # step of SmolLM2-135M here, with the same arithmetic
+    with torch.inference_mode():
         while len(out) < max_new_tokens:
             if cancelled is not None and cancelled():
                 stats.finish = "cancelled"

@@ -136,3 +136,19 @@ def test_stops_cancellation_and_budget(tiny_llama):
     out, stats = greedy_decode(model, GrowingCache(rows), ids, 12, stop_when=count,
                                lookup=LookupConfig(draft_tokens=0), cancelled=event.is_set)
     assert out == full[:3] and stats.finish == "cancelled" and stats.forwards == 3
+
+
+def test_a_cache_that_grows_during_the_decode_gives_the_same_tokens(tiny_llama):
+    """The decode runs under torch.inference_mode: a GrowingCache that reallocates on the way
+    (1 spare row for 16 tokens and 8-token drafts) decodes as one with room to spare."""
+    model, tok = tiny_llama
+    text = "def f(x):\n    return x + 1\n\n\ndef g(x):\n    return f(x) + f(x)\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    rows = _prefill(model, ids)
+    for k in (0, 8):
+        lookup = LookupConfig(draft_tokens=k)
+        roomy, _ = greedy_decode(model, GrowingCache(rows, spare=64), ids, 16, lookup=lookup)
+        cache = GrowingCache(rows, spare=1)
+        tight, _ = greedy_decode(model, cache, ids, 16, lookup=lookup)
+        assert tight == roomy and cache.layers[0].keys.shape[-2] >= len(ids) - 1 + 15
+        assert torch.equal(cache.layers[0].keys[:, :, :len(ids) - 1], rows[0][0])
