@@ -62,10 +62,11 @@ class CollectionConfig:
         candidates: hits taken from each retriever before fusion.
         lexical: hybrid search's BM25 voter: "chunk+document" (each chunk's own BM25 and its
             document's, half each, index.document_bm25) or "chunk" (the chunk's alone).
-            Applies at once (both indexes are always built); "bm25" mode is chunk BM25 alone.
+            Needs no re-indexing (both indexes are always built): opening the collection with
+            a config that changes it stores it; "bm25" mode is chunk BM25 alone.
         semantic: hybrid search's dense voter: "chunk+document" (each chunk's cosine and its
             document's mean chunk vector's, half each, index.document_vectors) or "chunk".
-            Applies at once; "dense" mode is the chunks' cosine alone.
+            Needs no re-indexing, like `lexical`; "dense" mode is the chunks' cosine alone.
     """
 
     dense: str = "flat"
