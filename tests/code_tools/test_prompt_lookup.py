@@ -60,16 +60,21 @@ def test_growing_cache_writes_in_place_and_crops(tiny_llama):
     assert torch.equal(cache.layers[0].keys[:, :, :39], rows[0][0])  # the rows passed in stay as they were
 
 
+# Code whose continuations repeat earlier lines: drafts are found, accepted and rejected
+# (shared with tests/rag/test_cpu_attention.py).
+CODE_PROMPTS = [
+    "def area(width, height):\n    return width * height\n\n\ndef volume(width, height, depth):\n"
+    "    return area(width, height) * depth\n\n\ndef surface(width, height, depth):\n    return 2 * (",
+    "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.read()\n\n\n"
+    "def write(path, text):\n    with open(path, \"w\") as handle:\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+    "        self.items.append(item)\n\n    def pop(self):\n",
+]
+
+
 @pytest.fixture(scope="module")
 def code_prompts():
-    return [
-        "def area(width, height):\n    return width * height\n\n\ndef volume(width, height, depth):\n"
-        "    return area(width, height) * depth\n\n\ndef surface(width, height, depth):\n    return 2 * (",
-        "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.read()\n\n\n"
-        "def write(path, text):\n    with open(path, \"w\") as handle:\n",
-        "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
-        "        self.items.append(item)\n\n    def pop(self):\n",
-    ]
+    return CODE_PROMPTS
 
 
 def test_drafting_is_lossless_on_a_context_dependent_model(smollm2_tokenizer, code_prompts):

@@ -44,20 +44,25 @@ def _env(**extra: str) -> dict[str, str]:
             **extra}
 
 
-async def _start(project: Path, model: Path, state: Path):
+async def start_lsp(project: Path, model: Path, state: Path, *args: str, progress: bool = False):
+    """`codehop lsp` over stdio with `model`, `state` as its workspace, BM25-only context and
+    `args`, initialised on the folder `project` (with work-done progress when `progress`);
+    returns (client, the initialize result). Shared by the LSP test modules."""
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model),
-                        "--workspace", str(state), "--no-rerank", "--max-new-tokens", "8",
-                        "--debounce", "2"],
+                        "--workspace", str(state), "--no-rerank", *args],
         server_env=_env())
     client = await config.start()
     uri = uris.from_fs_path(str(project))
-    capabilities = types.ClientCapabilities(
-        window=types.WindowClientCapabilities(work_done_progress=True))
+    window = types.WindowClientCapabilities(work_done_progress=True) if progress else None
     result = await client.initialize_session(types.InitializeParams(
-        capabilities=capabilities, root_uri=uri,
+        capabilities=types.ClientCapabilities(window=window), root_uri=uri,
         workspace_folders=[types.WorkspaceFolder(uri=uri, name="project")]))
     return client, result
+
+
+async def _start(project: Path, model: Path, state: Path):
+    return await start_lsp(project, model, state, "--max-new-tokens", "8", "--debounce", "2", progress=True)
 
 
 def _open(client, path: Path, text: str) -> str:
@@ -202,16 +207,7 @@ def one_layer_model_dir(tmp_path_factory, tiny_llama) -> Path:
 
 async def _type_and_complete(project: Path, model: Path, state: Path, *extra: str) -> list:
     """Open main.py, apply each TYPING state as an edit and ask for a completion at its end."""
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model),
-                        "--workspace", str(state), "--no-rerank", "--max-new-tokens", "8",
-                        "--debounce", "0", *extra],
-        server_env=_env())
-    client = await config.start()
-    uri = uris.from_fs_path(str(project))
-    await client.initialize_session(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), root_uri=uri,
-        workspace_folders=[types.WorkspaceFolder(uri=uri, name="project")]))
+    client, _ = await start_lsp(project, model, state, "--max-new-tokens", "8", "--debounce", "0", *extra)
     results = []
     try:
         doc = _open(client, project / "main.py", TYPING[0])

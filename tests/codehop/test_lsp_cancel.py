@@ -12,17 +12,14 @@ completion never stops early), after a newline a newline (the line ends at once)
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from lsprotocol import types
-from pygls import uris
 from pygls.exceptions import JsonRpcRequestCancelled
-from pytest_lsp import ClientServerConfig
 
-from tests.codehop.test_lsp import MAIN, UTILS, _env, _open
+from tests.codehop.test_lsp import MAIN, UTILS, _open, start_lsp
 
 BUDGET = 8000  # tokens: minutes of decoding for this model on a shared 2-core machine
 OTHER = "from utils import slugify\n\nprint(slugify('Hello World'))\n"  # the cursor after the newline
@@ -57,16 +54,8 @@ async def test_cancel_request_stops_a_running_completion(tmp_path, echo_model_di
     (project / "utils.py").write_text(UTILS)
     (project / "main.py").write_text(MAIN)
     (project / "other.py").write_text(OTHER)
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(echo_model_dir),
-                        "--workspace", str(tmp_path / "state"), "--no-rerank", "--precision", "float32",
-                        "--max-new-tokens", str(BUDGET), "--truncate", "line", "--debounce", "0"],
-        server_env=_env())
-    client = await config.start()
-    root = uris.from_fs_path(str(project))
-    await client.initialize_session(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), root_uri=root,
-        workspace_folders=[types.WorkspaceFolder(uri=root, name="project")]))
+    client, _ = await start_lsp(project, echo_model_dir, tmp_path / "state", "--precision", "float32",
+                                "--max-new-tokens", str(BUDGET), "--truncate", "line", "--debounce", "0")
     try:
         main, other = _open(client, project / "main.py", MAIN), _open(client, project / "other.py", OTHER)
         short = types.CompletionParams(types.TextDocumentIdentifier(other), types.Position(line=3, character=0))

@@ -5,15 +5,12 @@ a completion request stops a warm-up."""
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 from lsprotocol import types
-from pygls import uris
-from pytest_lsp import ClientServerConfig
 
 from codehop.lsp import _WARM_JOIN_AFTER, _Warming
-from tests.codehop.test_lsp import MAIN, _env, _open, project  # noqa: F401 - the fixture
+from tests.codehop.test_lsp import MAIN, _open, project, start_lsp  # noqa: F401 - the fixture
 
 
 def test_a_request_stops_another_documents_warm_up_and_joins_its_own():
@@ -27,16 +24,8 @@ def test_a_request_stops_another_documents_warm_up_and_joins_its_own():
 
 
 async def _server(project, model, state, *extra: str):
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "codehop", "lsp", "--model", str(model), "--workspace",
-                        str(state), "--no-rerank", "--precision", "float32", "--max-new-tokens", "4",
-                        "--debounce", "0", *extra],
-        server_env=_env())
-    client = await config.start()
-    root = uris.from_fs_path(str(project))
-    await client.initialize_session(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), root_uri=root,
-        workspace_folders=[types.WorkspaceFolder(uri=root, name="project")]))
+    client, _ = await start_lsp(project, model, state, "--precision", "float32", "--max-new-tokens", "4",
+                                "--debounce", "0", *extra)
     return client
 
 

@@ -12,15 +12,8 @@ torch = pytest.importorskip("torch")
 from code_tools.prompt_lookup import GrowingCache, LookupConfig, greedy_decode  # noqa: E402
 from rag.cpu_attention import NAME, use_gqa_attention  # noqa: E402
 from rag.cpu_weights import prepare_for_cpu  # noqa: E402
+from tests.code_tools.test_prompt_lookup import CODE_PROMPTS  # noqa: E402
 
-PROMPTS = [  # as tests/code_tools/test_prompt_lookup.py: drafts found, accepted and rejected
-    "def area(width, height):\n    return width * height\n\n\ndef volume(width, height, depth):\n"
-    "    return area(width, height) * depth\n\n\ndef surface(width, height, depth):\n    return 2 * (",
-    "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.read()\n\n\n"
-    "def write(path, text):\n    with open(path, \"w\") as handle:\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
-    "        self.items.append(item)\n\n    def pop(self):\n",
-]
 
 
 def _llama(tokenizer, kv_heads: int = 2, layers: int = 1):
@@ -58,7 +51,7 @@ def test_verify_rows_are_bit_for_bit_sdpa_without_copying_heads(smollm2_tokenize
     reference = _llama(smollm2_tokenizer)
     fast = copy.deepcopy(reference)
     assert use_gqa_attention(fast) and fast.config._attn_implementation == NAME
-    ids = smollm2_tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    ids = smollm2_tokenizer(CODE_PROMPTS[0], add_special_tokens=False)["input_ids"]
     rows = _rows(reference, ids)
     expected = {k: _verify_logits(reference, ids, rows, k) for k in (1, 2, 4, 9)}
 
@@ -77,7 +70,7 @@ def test_drafted_greedy_output_is_unchanged(smollm2_tokenizer):
     fast = copy.deepcopy(reference)
     use_gqa_attention(fast)
     rejected = 0
-    for prompt in PROMPTS:
+    for prompt in CODE_PROMPTS:
         ids = smollm2_tokenizer(prompt, add_special_tokens=False)["input_ids"]
         rows = _rows(reference, ids)
         for k in (0, 3, 8):
@@ -109,7 +102,7 @@ def test_smollm2_int8_decodes_as_before():
     model, tokenizer = fast.model, fast.tokenizer
     reference = copy.deepcopy(model)
     reference.set_attn_implementation("sdpa")
-    for prompt in PROMPTS:
+    for prompt in CODE_PROMPTS:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         rows = _rows(reference, ids)
         assert torch.equal(_verify_logits(model, ids, rows, 4), _verify_logits(reference, ids, rows, 4))
