@@ -92,12 +92,12 @@ class CollectionSettings:
     dense_weight: float = 0.5
     candidates: int = 100
     # Hybrid search's BM25 voter: "chunk+document" (a chunk's own BM25 and its whole
-    # document's, half each) or "chunk" (the chunk's alone). No re-indexing: the next
-    # `codehop index`, `serve` or `lsp` stores it with the collection; `codehop search` uses
-    # what the collection stored (as for fusion).
+    # document's, half each) or "chunk" (the chunk's alone). No re-indexing: like fusion,
+    # rrf_k, dense_weight and candidates it applies at once (`codehop search` and `ask` use it
+    # without storing it; the next `codehop index`, `serve` or `lsp` stores it).
     lexical: str = "chunk+document"
     # Hybrid search's dense voter: "chunk+document" (a chunk's cosine and its document's mean
-    # chunk vector's, half each) or "chunk" (the chunk's alone). Stored like `lexical`.
+    # chunk vector's, half each) or "chunk" (the chunk's alone). Applies like `lexical`.
     semantic: str = "chunk+document"
     bm25_k1: float = 1.2
     bm25_b: float = 0.75

@@ -101,7 +101,9 @@ def open_collection(settings: Settings, workspace: Path, name: str, create: bool
                     config=None, reembed: bool = False):
     """Collection.open with the embedding server of [embedding] (when it is one) and its device,
     and the [reranker] when one is configured; dense search refuses a collection that another
-    embedder than [embedding]'s built (exit 8)."""
+    embedder than [embedding]'s built (exit 8). Without `config` (search, ask, tune) the stored
+    settings are kept, except the search-time ones ([collection] fusion, lexical, semantic, ...),
+    which come from `settings` unstored, so an edited codehop.toml applies at once."""
     from index.collection import Collection
     from index.sharded import ShardedCollection, sharding
     from runtime.errors import InvalidInputError
@@ -115,8 +117,12 @@ def open_collection(settings: Settings, workspace: Path, name: str, create: bool
             raise InvalidInputError(
                 f"collection {name!r} is not sharded and [collection] shards = {shards}: sharding means "
                 "re-indexing, into another --collection")
-        return ShardedCollection.open(workspace, name, shards=have or shards, **options)
-    return Collection.open(workspace, name, **options)
+        collection = ShardedCollection.open(workspace, name, shards=have or shards, **options)
+    else:
+        collection = Collection.open(workspace, name, **options)
+    if config is None:  # a reader: search as [collection] says now, store nothing
+        collection.search_with(settings.collection_config())
+    return collection
 
 
 def _has_collection(workspace: Path, name: str) -> bool:

@@ -49,7 +49,8 @@ from index.bm25 import BM25Index, BM25Statistics
 from index.document_bm25 import DocumentBM25
 from index.document_evidence import chunk_document_mix
 from index.document_vectors import ChunkScores, DocumentVectors
-from index.collection_config import EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport
+from index.collection_config import (EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport,
+                                     with_search_settings)
 from index.dense import DenseIndex
 from index.flat import FlatIndex
 from index.context import UNNAMED_PREFIX, indexed_text
@@ -201,6 +202,12 @@ class Collection:
             if stored["generation"] > 0 and any(new[key] != old[key] for key in INDEX_KEYS):
                 collection.rebuild(progress=False)
         return collection
+
+    def search_with(self, config: CollectionConfig) -> None:
+        """Search with `config`'s search-time settings (SEARCH_KEYS: fusion, lexical, semantic,
+        ...) from now on, without storing them; index settings stay the stored ones. For a face
+        that only reads, e.g. `codehop search` under a codehop.toml changed since indexing."""
+        self.config = with_search_settings(self.config, config)
 
     def close(self) -> None:
         if self._embedder is not None:

@@ -30,6 +30,9 @@ LEXICAL = ("chunk+document", "chunk")
 SEMANTIC = LEXICAL  # the dense voter has the same two choices
 # The settings that name the model behind a collection's vectors: they may not change silently.
 EMBEDDING_KEYS = ("embedding_backend", "embedding_model")
+# Settings only a search reads: a face that searches without writing applies them from its own
+# settings without storing them (the stored ones are what indexing and serving last used).
+SEARCH_KEYS = ("fusion", "rrf_k", "dense_weight", "candidates", "lexical", "semantic")
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class CollectionConfig:
         lexical: hybrid search's BM25 voter: "chunk+document" (each chunk's own BM25 and its
             document's, half each, index.document_bm25) or "chunk" (the chunk's alone).
             Needs no re-indexing (both indexes are always built): opening the collection with
-            a config that changes it stores it; "bm25" mode is chunk BM25 alone.
+            a config that changes it stores it, and `Collection.search_with` applies it
+            unstored (SEARCH_KEYS); "bm25" mode is chunk BM25 alone.
         semantic: hybrid search's dense voter: "chunk+document" (each chunk's cosine and its
             document's mean chunk vector's, half each, index.document_vectors) or "chunk".
             Needs no re-indexing, like `lexical`; "dense" mode is the chunks' cosine alone.
@@ -158,6 +162,12 @@ class CollectionConfig:
         return cls(**data)
 
 
+def with_search_settings(stored: CollectionConfig, wanted: CollectionConfig) -> CollectionConfig:
+    """`stored` with `wanted`'s SEARCH_KEYS: how a collection searches under other settings
+    without re-indexing anything."""
+    return dataclasses.replace(stored, **{key: getattr(wanted, key) for key in SEARCH_KEYS})
+
+
 @dataclass
 class IndexReport:
     """What one add/delete/rebuild did."""
@@ -184,3 +194,4 @@ class IndexReport:
             f"collection {self.collection!r} now has {self.documents} documents, {self.chunks} "
             f"chunks [{self.elapsed_s:.1f} s]"
         )
+

@@ -480,6 +480,11 @@ class ShardedCollection:
     def config(self) -> CollectionConfig:
         return self.shards[0].config
 
+    def search_with(self, config: CollectionConfig) -> None:
+        """As Collection.search_with, on every shard."""
+        for shard in self.shards:
+            shard.search_with(config)
+
     @property
     def embedder(self):
         return self.shards[0].embedder

@@ -201,6 +201,32 @@ def test_search_group_by_document_gives_each_file_once(indexed, capsys):
     assert code == 0 and len(grouped) == len(set(grouped)) and grouped[: len(firsts)] == firsts
 
 
+def test_search_applies_search_settings_of_the_config_without_storing_them(indexed, capsys, tmp_path):
+    """An edited [collection] fusion reaches `codehop search` at once (no re-index), and the
+    collection keeps what indexing stored."""
+    from index.store import Store
+
+    tree, workspace = indexed
+    argv = ["search", "heap queue priority queue algorithm", "--json", "--k", "5", "--workspace", str(workspace)]
+    code, out, err = _cli(capsys, *argv)
+    convex = json.loads(out)["results"]
+    rrf_k = 7
+    config = tmp_path / "codehop.toml"
+    config.write_text(f'[collection]\nfusion = "rrf"\nrrf_k = {rrf_k}\n')
+    code_rrf, out, err = _cli(capsys, "--config", str(config), *argv)
+    fused = json.loads(out)["results"]
+    assert code == code_rrf == 0, err
+    # reciprocal rank: the top chunk is first (or tied) in both voters, so its score is 2/(k+1)
+    # or just below; a convex score lies in [0, 1] with the top near 1
+    assert fused[0]["score"] <= 2 / (rrf_k + 1) + 1e-9 < convex[0]["score"]
+    assert fused[0]["path"] == convex[0]["path"] == str(tree / "python/heapq.txt")
+    store = Store(workspace / "store.sqlite")
+    try:
+        assert store.collection("default")["config"]["fusion"] == "auto"
+    finally:
+        store.close()
+
+
 def test_bad_input_gives_one_error_line(indexed, capsys, tmp_path):
     tree, workspace = indexed
     ws = ["--workspace", str(workspace)]
