@@ -169,11 +169,74 @@ class Int8Linear(_module_base()):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind} weights"
 
 
+# Rows of the gated MLP's [rows, intermediate] activations handled at a time: 64 x 1536 float32
+# (SmolLM2) is 384 KB, inside a core's L2; measured 64 <= 128 < 256 < all 800 rows at once.
+MLP_CHUNK_ROWS = 64
+
+
+class GatedMLP(_module_base()):
+    """Llama's MLP, down(silu(gate(x)) * up(x)), over Int8Linear layers, with a prompt path
+    that keeps the [rows, intermediate] activations out of main memory.
+
+    The reference path casts gate's and up's bfloat16 products to float32 tensors, runs silu and
+    the product over them and casts the result back to bfloat16 for down: five passes over
+    [rows, intermediate] float32 arrays (SmolLM2, 800 rows: 4.9 MB each, past L2), which took
+    more time than the three matrix products (a layer: 11.6 ms vs ~3.4 ms in the products).
+    Here the input is cast once, gate and up return bfloat16 and silu and the product run
+    in place on float32 chunks of MLP_CHUNK_ROWS rows that stay in cache: 5.3 ms. The same
+    operations on the same values in the same order, so the output is bit for bit the
+    reference's. A few rows (decoding) take the reference path as it is.
+    """
+
+    def __init__(self, mlp) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, x):
+        import torch
+
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= INT8_MAX_ROWS:
+            return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        rows = rows.to(torch.bfloat16)
+        gate = torch.nn.functional.linear(rows, self.gate_proj.weight)  # Int8Linear's prompt product
+        up = torch.nn.functional.linear(rows, self.up_proj.weight)
+        for start in range(0, rows.shape[0], MLP_CHUNK_ROWS):
+            part = gate[start:start + MLP_CHUNK_ROWS]
+            act = torch.nn.functional.silu(part.float(), inplace=True)
+            part.copy_(act.mul_(up[start:start + MLP_CHUNK_ROWS]))  # rounded to bfloat16 as down's input
+        return self.down_proj(gate).view(*x.shape[:-1], -1)
+
+
+def _gated_mlp(module) -> bool:
+    """Whether `module` is a Llama-style MLP whose prompt path GatedMLP reproduces bit for bit:
+    silu, three Int8Linear layers without bias or refinement, the reference's forward."""
+    import torch
+
+    layers = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    act = getattr(module, "act_fn", None)
+    silu = isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"
+    return (silu and all(isinstance(layer, Int8Linear) and layer.bias is None and not layer.refine_top
+                         for layer in layers)
+            and "self.down_proj(self.act_fn(self.gate_proj(x))*self.up_proj(x))" in _source(type(module).forward))
+
+
+@functools.cache
+def _source(function) -> str:
+    import inspect
+
+    try:
+        return "".join(inspect.getsource(function).split())
+    except (OSError, TypeError):
+        return ""
+
+
 def prepare_for_cpu(model, precision: str) -> Any:
     """`model` converted for `precision` (resolved: "float32", "bfloat16" or "int8"), in place.
 
     "int8" replaces every torch.nn.Linear by an Int8Linear (the output head with float32
-    refinement of its top 16 logits); tied input embeddings stay float32. Every precision
+    refinement of its top 16 logits) and every Llama-style gated MLP over them by a GatedMLP
+    (the same arithmetic, faster prompts); tied input embeddings stay float32. Every precision
     switches a grouped-query model's "sdpa" attention to rag.cpu_attention's, which is bit for
     bit the same without copying key/value heads for several query rows.
     """
@@ -193,6 +256,10 @@ def prepare_for_cpu(model, precision: str) -> Any:
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, name, Int8Linear(child, refine_top=16 if child is head else 0))
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if _gated_mlp(child):
+                setattr(module, name, GatedMLP(child))
     # transformers re-ties weights on some calls: the head is no longer a Linear sharing them
     if hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False

@@ -116,3 +116,54 @@ def test_smollm2_int8_agrees_with_float32_within_tolerance():
             lines.append(next((line for line in text.split("\n") if line.strip()), ""))
         same_lines += lines[0] == lines[1]
     assert same_lines >= 5
+
+
+def _random_llama(**overrides):
+    """A 2-layer random Llama (not 4-bit groups: int8 rows) with a gated SiLU MLP."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    settings = dict(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                    tie_word_embeddings=False)
+    return LlamaForCausalLM(LlamaConfig(**(settings | overrides))).eval()
+
+
+def _prepared(model, gated: bool, monkeypatch):
+    import rag.cpu_weights as cpu_weights
+
+    with monkeypatch.context() as patch:
+        if not gated:
+            patch.setattr(cpu_weights, "_gated_mlp", lambda module: False)
+        return prepare_for_cpu(copy.deepcopy(model), "int8")
+
+
+def test_gated_mlp_is_bit_for_bit_the_int8_mlp(monkeypatch):
+    """Prompts of 5-300 rows (across MLP_CHUNK_ROWS chunks, a batch of two) and 1-4-row steps:
+    the GatedMLP model's logits equal the reference's (Int8Linear layers composed by
+    transformers' MLP) to the last bit."""
+    _needs_bf16_kernels()
+    from rag.cpu_weights import MLP_CHUNK_ROWS, GatedMLP
+
+    model = _random_llama()
+    fast, reference = _prepared(model, True, monkeypatch), _prepared(model, False, monkeypatch)
+    assert isinstance(fast.model.layers[0].mlp, GatedMLP)
+    assert not isinstance(reference.model.layers[0].mlp, GatedMLP)
+    torch.manual_seed(1)
+    for batch, rows in ((1, 1), (1, 4), (1, 5), (1, MLP_CHUNK_ROWS), (1, 2 * MLP_CHUNK_ROWS + 7), (2, 150), (1, 300)):
+        ids = torch.randint(0, 256, (batch, rows))
+        with torch.inference_mode():
+            expected, got = reference(input_ids=ids).logits, fast(input_ids=ids).logits
+        assert torch.equal(got, expected), f"{batch} x {rows} rows differ"
+
+
+def test_gated_mlp_replaces_only_the_same_computation(monkeypatch):
+    from rag.cpu_weights import GatedMLP
+
+    def gated(model) -> bool:
+        return isinstance(model.model.layers[0].mlp, GatedMLP)
+
+    assert gated(prepare_for_cpu(_random_llama(), "int8"))
+    assert not gated(prepare_for_cpu(_random_llama(), "float32"))  # float32 layers: nothing to gain
+    assert not gated(prepare_for_cpu(_random_llama(hidden_act="gelu"), "int8"))  # another activation
+    assert not gated(prepare_for_cpu(_random_llama(mlp_bias=True), "int8"))  # biases added in float32
