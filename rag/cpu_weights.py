@@ -11,8 +11,9 @@ SmolLM2-135M in float32 the matrix products are ~70% of a step and read 540 MB p
 - more rows (a prefill): a dense bfloat16 matmul over the same dequantised int8 weights, which
   AVX-512 BF16 / AMX run 4-8x faster than float32 (a 700-token prompt: ~0.35 s vs ~1.4 s).
 
-Everything else stays float32 (embeddings, norms, the residual stream, attention, the KV
-cache), so only the linear layers' inputs are rounded to bfloat16. The output head refines its
+Everything else stays float32 (embeddings, norms, the residual stream, the KV cache, the
+attention of a few rows), so only the linear layers' inputs are rounded to bfloat16, and, for a
+prompt (more rows), the attention's inputs (rag.cpu_attention.use_bfloat16_prompts). The output head refines its
 top `refine_top` logits in float32, so greedy argmax is not decided by bfloat16 rounding of the
 logits (two logits of ~20 are 0.125 apart in bfloat16). Precision choices:
 
@@ -35,7 +36,8 @@ from runtime.errors import InvalidInputError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 # Up to this many rows the int8 kernel is faster than a bfloat16 matmul (measured on the
-# serving machine: 1536x576 at 3 rows 68 us vs 110 us, at 5 rows 121 us vs 113 us).
+# serving machine: 1536x576 at 3 rows 68 us vs 110 us, at 5 rows 121 us vs 113 us). Past it,
+# attention runs in bfloat16 too (rag.cpu_attention.bf16_prompt_attention).
 INT8_MAX_ROWS = 4
 
 
@@ -236,13 +238,15 @@ def prepare_for_cpu(model, precision: str) -> Any:
 
     "int8" replaces every torch.nn.Linear by an Int8Linear (the output head with float32
     refinement of its top 16 logits) and every Llama-style gated MLP over them by a GatedMLP
-    (the same arithmetic, faster prompts); tied input embeddings stay float32. Every precision
+    (the same arithmetic, faster prompts), and runs the attention of prompts (more than
+    INT8_MAX_ROWS rows) in bfloat16 (rag.cpu_attention.use_bfloat16_prompts); tied input
+    embeddings stay float32. Every precision
     switches a grouped-query model's "sdpa" attention to rag.cpu_attention's, which is bit for
     bit the same without copying key/value heads for several query rows.
     """
     import torch
 
-    from rag.cpu_attention import use_gqa_attention
+    from rag.cpu_attention import use_bfloat16_prompts, use_gqa_attention
 
     use_gqa_attention(model)  # bit for bit the same attention, without copying key/value heads
     if precision == "float32":
@@ -260,6 +264,7 @@ def prepare_for_cpu(model, precision: str) -> Any:
         for name, child in list(module.named_children()):
             if _gated_mlp(child):
                 setattr(module, name, GatedMLP(child))
+    use_bfloat16_prompts(model)  # prompts' attention in bfloat16 too, as their products
     # transformers re-ties weights on some calls: the head is no longer a Linear sharing them
     if hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False
