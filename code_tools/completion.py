@@ -10,6 +10,9 @@
    (CompletionConfig.skip_retrieval_when_full, dense_skip_neighbours). With the KV cache, the
    chunks the file's last prompt showed keep their places against newcomers that score less
    than 20% better (sticky_context), so typing on re-encodes the typed text, not a swapped chunk;
+   with context_edit_budget, a request whose fresh context would cost the KV cache more than
+   that many tokens to encode keeps the context the cache holds, and the face encodes the fresh
+   one after the response (`refresh`);
 3. a token-budgeted prompt: cross-file context, the file path, the left context, and the right
    context when the generator has a fill-in-the-middle format (else a plain prefix prompt);
 4. greedy generation with stop rules, then truncation to one line or one statement.
@@ -82,6 +85,17 @@ class CompletionConfig:
             the background, so the document's first completion encodes only the tokens from
             its first difference on, not the whole prompt (the LSP does, on didOpen). False:
             the first completion prefills.
+        context_edit_budget: with the KV cache, the most prompt tokens a request may re-encode
+            because its cross-file context changed (a re-ranked or swapped chunk, a re-indexed
+            file, a cursor whose retrieval differs from the warm-up's guess), counted as PIE
+            counts an edit: inserted tokens plus segment_cost_tokens (32) per inserted segment,
+            the whole prompt when that is a prefill (KVCacheStore.edit_cost). When the fresh
+            context would cost more than the context the document's cache holds plus this
+            budget, the request keeps the cached context (the typed text is always current)
+            and, when the face asks (`complete(defer_context=True)`), the fresh prompt is
+            remembered and encoded into the cache after the response (`refresh`), so the next
+            request finds it encoded. The LSP does this on its generation lane, stopped by any
+            request. 0 = off: every request shows the fresh context whatever it costs.
         skip_retrieval_when_full: no BM25 and no dense re-rank when the definitions of the
             symbols imported or called near the cursor already leave less than the 32 tokens
             `_budget` needs to place another item: retrieved chunks could not be shown, so the
@@ -118,6 +132,7 @@ class CompletionConfig:
     dense_skip_neighbours: int = 0
     sticky_context: float = 0.2
     warm_on_open: bool = True
+    context_edit_budget: int = 0
 
     def __post_init__(self) -> None:
         if self.truncate not in ("statement", "line"):
@@ -127,9 +142,9 @@ class CompletionConfig:
         if self.context_order not in ("document", "score"):
             raise InvalidInputError(f"context_order must be 'document' or 'score', not {self.context_order!r}")
         if self.draft_tokens < 0 or self.context_cache < 0 or self.dense_skip_neighbours < 0 \
-                or self.sticky_context < 0:
-            raise InvalidInputError("draft_tokens, context_cache, dense_skip_neighbours and sticky_context "
-                                    "must be >= 0 (0 = off)")
+                or self.sticky_context < 0 or self.context_edit_budget < 0:
+            raise InvalidInputError("draft_tokens, context_cache, dense_skip_neighbours, sticky_context and "
+                                    "context_edit_budget must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -300,6 +315,13 @@ class RepoCompleter:
         self._left_memo: tuple[int, str, str] | None = None
         # path -> ids of the retrieved chunks its last prompt showed (CompletionConfig.sticky_context)
         self._shown: OrderedDict[str, frozenset[int]] = OrderedDict()
+        # document -> the context items of the prompt its KV cache holds (context_edit_budget:
+        # the items themselves, not chunk ids, since a re-index renumbers and rewrites chunks
+        # while the cache still holds their old text); document -> (ids, items) of the fresh
+        # prompt a budgeted request deferred, for `refresh`
+        self._held: OrderedDict[str, list[ContextItem]] = OrderedDict()
+        self._deferred: dict[str, tuple[list[int], list[ContextItem]]] = {}
+        self._ids_memo: tuple[str, list[int]] | None = None  # the last prompt tokenised
         self._cache_lock = threading.Lock()
 
     def warm(self, path: str, prefix: str, suffix: str = "", document: str | None = None,
@@ -333,6 +355,8 @@ class RepoCompleter:
         lock = getattr(self.generator, "_lock", None)  # torch modules are not re-entrant
         with lock if lock is not None else _no_lock():
             report = self._kv_store().warm(document or path, ids, stop_at_layer=stop_at_layer)
+        if report["mode"] == "warm":
+            self._hold(document or path, items)
         report["context_s"] = timings.get("context", 0.0)
         report["total_s"] = time.perf_counter() - started
         return report
@@ -351,6 +375,60 @@ class RepoCompleter:
         """Free the KV cache kept for `document` (the editor closed it)."""
         if self._kv is not None:
             self._kv.forget(document)
+        with self._cache_lock:
+            self._held.pop(document, None)
+            self._deferred.pop(document, None)
+
+    def refresh(self, document: str, stop_at_layer=None) -> dict[str, Any]:
+        """Encode into `document`'s KV cache the fresh prompt its last request deferred
+        (CompletionConfig.context_edit_budget), without decoding, so the next request shows the
+        fresh context and encodes only its own edit. Run it after the response, off the request
+        path (the LSP runs it on its generation lane).
+
+        Args:
+            stop_at_layer: polled before each decoder layer; True abandons the refresh, leaving
+                the cache and the deferred prompt as they were (a later call can retry).
+        Returns:
+            KVCacheStore.refresh's report ("refreshed", "stopped", "gone", "replaced"), or
+            {"mode": "none"} when nothing was deferred.
+        """
+        with self._cache_lock:
+            deferred = self._deferred.pop(document, None)
+        if deferred is None:
+            return {"mode": "none", "document": document}
+        ids, items = deferred
+        lock = getattr(self.generator, "_lock", None)  # torch modules are not re-entrant
+        with lock if lock is not None else _no_lock():
+            report = self._kv_store().refresh(document, ids, stop_at_layer=stop_at_layer)
+        if report["mode"] == "refreshed":
+            self._hold(document, items)
+        elif report["mode"] == "stopped":
+            with self._cache_lock:  # unless a newer request deferred another prompt meanwhile
+                self._deferred.setdefault(document, deferred)
+        return report
+
+    def deferred(self, document: str) -> bool:
+        """True when `document` has a fresh prompt waiting for `refresh`."""
+        with self._cache_lock:
+            return document in self._deferred
+
+    def _hold(self, document: str, items: list[ContextItem]) -> None:
+        """Record `items` as the context of the prompt `document`'s KV cache now holds."""
+        with self._cache_lock:
+            self._held[document] = [replace(item) for item in items]
+            self._held.move_to_end(document)
+            while len(self._held) > max(64, self.config.context_cache):
+                self._held.popitem(last=False)
+
+    def _tokens(self, prompt: str) -> list[int]:
+        """The generator's token ids of `prompt` (the last one remembered: the budget check
+        and the generation tokenise the same prompt)."""
+        memo = self._ids_memo
+        if memo is not None and memo[0] == prompt:
+            return memo[1]
+        ids = self.generator.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        self._ids_memo = (prompt, ids)
+        return ids
 
     # ---- token counting
 
@@ -676,7 +754,7 @@ class RepoCompleter:
 
     def complete(self, path: str, line: int | None = None, col: int | None = None,
                  prefix: str | None = None, suffix: str | None = None,
-                 document: str | None = None) -> Completion:
+                 document: str | None = None, defer_context: bool = False) -> Completion:
         """Complete at (line, col) (1-based) of `path`, or after an explicit prefix/suffix.
 
         Args:
@@ -684,6 +762,10 @@ class RepoCompleter:
             line, col: cursor position; used when `prefix` is None.
             prefix, suffix: the text before/after the cursor (e.g. an unsaved editor buffer).
             document: whose KV cache to reuse (e.g. the editor's URI; default: the path).
+            defer_context: the caller will run `refresh(document)` after the response, so a
+                fresh context over CompletionConfig.context_edit_budget may be deferred to it
+                (the prompt keeps the context the cache holds; kv_reuse["context_held"]).
+                False: the prompt always shows the fresh context.
         Returns:
             Completion with the truncated text, prompt size, context and timings.
         """
@@ -697,6 +779,12 @@ class RepoCompleter:
         t = time.perf_counter()
         prompt, fim = self.build_prompt(path, prefix, suffix, items)
         timings["prompt"] = time.perf_counter() - t
+        document = document or path
+        budget: dict[str, Any] = {}
+        if defer_context and self._budgeted():
+            t = time.perf_counter()
+            items, prompt, fim, budget = self._within_budget(path, prefix, suffix, document, items, prompt, fim)
+            timings["context_budget"] = time.perf_counter() - t
         result = Completion(text="", prompt_tokens=self.count_tokens(prompt), context=items,
                             timings=timings, prompt=prompt, fim=fim)
         if self.generator is not None:
@@ -704,7 +792,10 @@ class RepoCompleter:
             line_prefix = prefix.rsplit("\n", 1)[-1]
             spec = language_for_path(path)
             raw = self._generate(prompt, result, None if fim else self._server_fim(prompt, suffix),
-                                 document or path, line_prefix, spec.name if spec else "python")
+                                 document, line_prefix, spec.name if spec else "python")
+            if result.kv_reuse.get("used"):
+                self._hold(document, items)  # the cache now holds this prompt's context
+                result.kv_reuse.update(budget)
             if self._wants_fim(suffix) and not result.fim and not result.note:
                 result.note = (f"model {self.generator.name} has no fill-in-the-middle format: the text "
                                "after the cursor was not used")
@@ -720,6 +811,44 @@ class RepoCompleter:
         # (torch computes on the calling thread with one intra-op thread)
         timings["cpu"] = time.thread_time() - cpu_started
         return result
+
+    def _budgeted(self) -> bool:
+        return (self.config.context_edit_budget > 0 and self.config.reuse_kv_cache
+                and getattr(self.generator, "model", None) is not None)
+
+    def _within_budget(self, path: str, prefix: str, suffix: str, document: str, items: list[ContextItem],
+                       prompt: str, fim: bool) -> tuple[list[ContextItem], str, bool, dict[str, Any]]:
+        """(items, prompt, fim, report) of the prompt to answer with under context_edit_budget:
+        the fresh one, unless its context would cost the document's KV cache more than the
+        context the cache holds plus the budget; then the held context with the typed text, and
+        the fresh prompt is deferred to `refresh`. With no cache (a prefill whatever the
+        context) or no held context, the fresh one.
+
+        Example, budget 128: the cache holds chunks [A, B]; the fresh retrieval shows [A, C]
+        (C: 300 tokens), and the typed line costs 40: fresh 340 > 40 + 128, so the prompt shows
+        [A, B] and the typed line (40 tokens encoded), and [A, C] is encoded after the response."""
+        with self._cache_lock:
+            held = self._held.get(document)
+            self._deferred.pop(document, None)  # this request's fresh prompt supersedes it
+        store = self._kv_store()
+        report: dict[str, Any] = {"context_held": False}
+        if held is None or [i.text for i in held] == [i.text for i in items]:
+            return items, prompt, fim, report
+        fresh_ids = self._tokens(prompt)
+        fresh_cost = store.edit_cost(document, fresh_ids)
+        report["context_fresh_cost"] = fresh_cost
+        if fresh_cost is None or fresh_cost <= self.config.context_edit_budget:
+            return items, prompt, fim, report
+        kept = [replace(item) for item in held]
+        held_prompt, held_fim = self.build_prompt(path, prefix, suffix, kept)
+        held_cost = store.edit_cost(document, self._tokens(held_prompt))
+        report["context_held_cost"] = held_cost
+        if held_cost is None or fresh_cost - held_cost <= self.config.context_edit_budget:
+            return items, prompt, fim, report
+        with self._cache_lock:
+            self._deferred[document] = (fresh_ids, [replace(item) for item in items])
+        report["context_held"] = True
+        return kept, held_prompt, held_fim, report
 
     def _stop(self) -> tuple[str, ...]:
         return ("\n",) if self.config.truncate == "line" else ("\n\n\n", "\ndef ", "\nclass ")
@@ -756,7 +885,7 @@ class RepoCompleter:
 
         tokenizer = self.generator.tokenizer
         store = self._kv_store()
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = self._tokens(prompt)
         eos = getattr(self.generator, "eos_ids", None) or {tokenizer.eos_token_id}
         stops = self._stop()
         mode, early = self.config.truncate, self.config.early_stop

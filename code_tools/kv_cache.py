@@ -203,6 +203,62 @@ class KVCacheStore:
                 "update_s": time.perf_counter() - start, "cache_documents": len(self._entries),
                 "evicted": evicted}
 
+    def edit_cost(self, document: str, token_ids: Sequence[int]) -> int | None:
+        """What bringing `document`'s cache to `token_ids` would cost `complete` before it
+        decodes, in prefill tokens, with nothing encoded: PIE's inserted tokens plus a forward's
+        worth per inserted segment, or the whole prompt when that is a prefill
+        (PieCache.sync_cost); the tokens after the first difference for a cache `warm` filled
+        (PieCache.prefix_cost). None when the document has no cache: any prompt is a prefill."""
+        with self._lock:
+            cache = self._entries.get(document)
+        if cache is None:
+            return None
+        return cache.prefix_cost(token_ids) if getattr(cache, "warmed", False) else cache.sync_cost(token_ids)
+
+    def refresh(self, document: str, token_ids: Sequence[int],
+                stop_at_layer: Callable[[float], bool] | None = None) -> dict[str, Any]:
+        """Bring `document`'s cache to `token_ids` without decoding, as `complete` would before
+        decoding (PIE, or a prefill past recompute_above), in the background: a later prompt
+        close to `token_ids` then costs `complete` only its own edit. The edit runs on a copy
+        that replaces the cache only when it is done, so an abandoned refresh leaves the cache
+        as it was.
+
+        Args:
+            stop_at_layer: polled before each decoder layer of every forward of the edit; True
+                abandons it.
+        Returns:
+            report: "mode" is "refreshed" (with the edit's EditStats: tokens_encoded,
+            sequence_length, ... and update_s), "stopped" (abandoned after update_s seconds),
+            "gone" (the document has no cache) or "replaced" (a completion stored a newer one
+            meanwhile: nothing changed).
+        """
+        from code_tools.pie import PrefillStopped, _layer_checks
+
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidInputError("a completion prompt needs at least one token")
+        base = {"document": document, "sequence_length": len(ids), "tokens_encoded": 0}
+        with self._lock:
+            cache = self._entries.get(document)
+        if cache is None:
+            return {**base, "mode": "gone", "update_s": 0.0}
+        work = cache.copy()
+        start = time.perf_counter()
+        try:
+            with _layer_checks(self.model, stop_at_layer):
+                stats = work.sync_prefix(ids) if getattr(cache, "warmed", False) else work.sync(ids)
+        except PrefillStopped:
+            return {**base, "mode": "stopped", "update_s": time.perf_counter() - start}
+        work.last_answer = None  # that answer was decoded after another prompt
+        work.warmed = False
+        with self._lock:
+            if self._entries.get(document) is not cache:
+                return {**base, "mode": "replaced", "update_s": time.perf_counter() - start}
+        self._keep(document, work)
+        edit = dict(stats.__dict__)
+        edit["rows_reused"] = edit.pop("reused")
+        return {**edit, "document": document, "mode": "refreshed", "update_s": time.perf_counter() - start}
+
     def _bytes_per_token(self) -> int:
         """K and V bytes one cached token takes: measured on a cached document, else from the
         model's shape in float32 (SmolLM2-135M: 30 layers x 3 heads x 64 x 2 x 4 = 46 KB)."""

@@ -21,6 +21,7 @@ only for a forward pass (whose ``update`` concatenates into new tensors, so ours
 
 from __future__ import annotations
 
+import copy
 import difflib
 import time
 from contextlib import contextmanager
@@ -348,8 +349,7 @@ class PieCache:
         stats = EditStats(edits=len(ordered), inserted=inserted, deleted=deleted,
                           reused=len(layout.kept_old), sequence_length=len(layout.token_ids),
                           positions_corrected=self.config.correct_positions)
-        cost = inserted + self.config.segment_cost_tokens * len(layout.segments)
-        if cost > self.config.recompute_above * len(layout.token_ids):
+        if self._recomputes(layout):
             full = self.prefill(layout.token_ids)
             full.edits, full.deleted = len(ordered), deleted
             return full
@@ -357,6 +357,16 @@ class PieCache:
         self._encode_segments(layout.segments, stats)
         stats.elapsed_s = time.perf_counter() - start_time
         return stats
+
+    def _segments_cost(self, layout: "_Layout") -> int:
+        """What encoding `layout`'s inserted segments costs, in prefill tokens: the tokens
+        plus `segment_cost_tokens` per segment (one forward pass each)."""
+        inserted = sum(len(ids) for _, ids in layout.segments)
+        return inserted + self.config.segment_cost_tokens * len(layout.segments)
+
+    def _recomputes(self, layout: "_Layout") -> bool:
+        """True when `apply_edits` prefills `layout` from scratch instead (recompute_above)."""
+        return self._segments_cost(layout) > self.config.recompute_above * len(layout.token_ids)
 
     def _move_kept_rows(self, layout: "_Layout", stats: EditStats) -> None:
         """New per-layer tensors of the edited length holding the kept rows at their new
@@ -406,6 +416,14 @@ class PieCache:
             raise InvalidInputError("sync needs at least one token id")
         if not self.token_ids:
             return self.prefill(new)
+        edits = self._diff(new)
+        if not edits:
+            return EditStats(reused=len(new), sequence_length=len(new),
+                             positions_corrected=self.config.correct_positions)
+        return self.apply_edits(edits)
+
+    def _diff(self, new: list[int]) -> list[Edit]:
+        """The edits that turn the cached ids into `new` (merge_gap joins near ones)."""
         matcher = difflib.SequenceMatcher(None, self.token_ids, new, autojunk=False)
         edits: list[Edit] = []
         for tag, i1, i2, j1, j2 in matcher.get_opcodes():
@@ -418,10 +436,41 @@ class PieCache:
                 edits[-1] = Edit(last.start, i2, last.new_token_ids + gap + tuple(new[j1:j2]))
             else:
                 edits.append(Edit(i1, i2, tuple(new[j1:j2])))
+        return edits
+
+    def sync_cost(self, new_token_ids: Sequence[int]) -> int:
+        """What `sync(new_token_ids)` would cost, in prefill tokens, without encoding anything:
+        the inserted tokens plus `segment_cost_tokens` per inserted segment, or the whole new
+        sequence when that passes `recompute_above` (sync then prefills) or the cache is empty.
+        Example (segment_cost_tokens 32): cached ``[a, b, c, d]`` -> ``[a, x, y, c, d]`` costs
+        2 + 32 = 34 when recompute_above allows it, else 5."""
+        new = [int(t) for t in new_token_ids]
+        if not self.token_ids:
+            return len(new)
+        edits = self._diff(new)
         if not edits:
-            return EditStats(reused=len(new), sequence_length=len(new),
-                             positions_corrected=self.config.correct_positions)
-        return self.apply_edits(edits)
+            return 0
+        layout = _Layout.of(self.token_ids, _ordered_edits(edits, len(self.token_ids)))
+        return len(layout.token_ids) if self._recomputes(layout) else self._segments_cost(layout)
+
+    def prefix_cost(self, new_token_ids: Sequence[int]) -> int:
+        """Tokens `sync_prefix(new_token_ids)` would encode: those after the longest common prefix."""
+        new = [int(t) for t in new_token_ids]
+        shared = 0
+        for old_id, new_id in zip(self.token_ids, new):
+            if old_id != new_id:
+                break
+            shared += 1
+        return len(new) - shared if shared else len(new)
+
+    def copy(self) -> "PieCache":
+        """A cache over the same rows that can be edited without touching this one: `sync`,
+        `sync_prefix` and `prefill` build new tensors rather than write into the rows they
+        keep, so only the lists are copied (a refresh abandoned midway leaves this cache as it was)."""
+        twin = copy.copy(self)
+        twin.layers = list(self.layers)
+        twin.token_ids = list(self.token_ids)
+        return twin
 
     def sync_prefix(self, new_token_ids: Sequence[int]) -> EditStats:
         """Bring the cache to ``new_token_ids`` exactly: keep the rows of the longest common

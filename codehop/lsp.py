@@ -11,6 +11,10 @@ function in a worker thread, convert the answer to lsprotocol types.
   tokens from its first difference on, not 500-700 ([completion] warm_on_open). A completion request stops the
   warm-up of another document at the next layer (it is retried once requests pause) and waits
   for its own document's (the rest of it costs less than its own prefill).
+- after a completion whose fresh context would have cost more than [completion]
+  context_edit_budget tokens to encode (it was answered with the context its KV cache holds),
+  encode the fresh prompt into the cache in the background, on the generation lane, so the next
+  request finds it (RepoCompleter.refresh); any completion request stops it at the next layer.
 - didChange/didSave: re-index that file from the editor's buffer, debounced per file.
 - textDocument/completion and textDocument/inlineCompletion: RepoCompleter on the unsaved
   buffer, keeping each open document's KV cache and updating it by PIE edits between requests
@@ -107,6 +111,10 @@ class LspConfig:
             [completion] sticky_context.
         warm_on_open: prefill an opened document's KV cache in the background (didOpen); None:
             [completion] warm_on_open.
+        context_edit_budget: the most prompt tokens a completion re-encodes because its context
+            changed; past it the request keeps the cached context and the fresh one is encoded
+            after the response (code_tools.completion.CompletionConfig; 0 = off); None:
+            [completion] context_edit_budget.
         threads: torch threads of the local model (None: [completion] threads, else torch's
             default: the physical cores, or OMP_NUM_THREADS when set).
         The other completion settings (context budgets, retrieval skips) come from [completion].
@@ -134,6 +142,7 @@ class LspConfig:
     context_order: str | None = None
     sticky_context: float | None = None
     warm_on_open: bool | None = None
+    context_edit_budget: int | None = None
     threads: int | None = None
     settings: Settings = Settings()
 
@@ -151,7 +160,8 @@ class LspConfig:
         options = dict(max_new_tokens=self.max_new_tokens, dense_rerank=self.dense_rerank,
                        draft_tokens=self.draft_tokens, truncate=self.truncate, early_stop=self.early_stop,
                        context_order=self.context_order, sticky_context=self.sticky_context,
-                       warm_on_open=self.warm_on_open, kv_cache_mb=self.kv_cache_mb)
+                       warm_on_open=self.warm_on_open, kv_cache_mb=self.kv_cache_mb,
+                       context_edit_budget=self.context_edit_budget)
         return self.settings.completion_config(
             reuse_kv_cache=self.kv_reuse and g.kv_reuse,
             **{key: value for key, value in options.items() if value is not None})
@@ -215,6 +225,7 @@ class CodehopLanguageServer(LanguageServer):
         self._superseded: dict[str, asyncio.Event] = {}  # set when a newer completion comes in
         self._running: dict[str, threading.Event] = {}  # cancels the generation in flight per file
         self._warming: dict[str, _Warming] = {}  # the opened documents' KV-cache warm-ups
+        self._refreshing: dict[str, _Warming] = {}  # deferred contexts encoded after a response
         self._warm_tasks: set[asyncio.Task] = set()  # held: the loop keeps only weak references
         self._last_request = 0.0  # time.monotonic() of the last completion request
         self._reindex: dict[str, asyncio.TimerHandle] = {}
@@ -291,16 +302,19 @@ class CodehopLanguageServer(LanguageServer):
 
 @dataclass
 class _Warming:
-    """One document's background prefill (didOpen), stopped between two layers when
-    `stop` is set (a completion request for another document, or didClose) or, while less
-    than _WARM_JOIN_AFTER of it has run, when `joined` is (a request for this document: its
-    own prefill is then about as fast and needs no edit)."""
+    """One document's background prefill (didOpen's warm-up, or a deferred context's
+    refresh), stopped between two layers when `stop` is set (a completion request for another
+    document, or didClose) or, while less than `join_after` of it has run, when `joined` is (a
+    request for this document). A warm-up's own request lets it finish past _WARM_JOIN_AFTER:
+    the rest costs less than the request's own prefill. A refresh's (join_after 1.0) stops it:
+    that request answers with the context its cache holds, within the budget, and defers again."""
 
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     joined: threading.Event = dataclasses.field(default_factory=threading.Event)
+    join_after: float = _WARM_JOIN_AFTER
 
     def stop_at_layer(self, done: float) -> bool:
-        return self.stop.is_set() or (self.joined.is_set() and done < _WARM_JOIN_AFTER)
+        return self.stop.is_set() or (self.joined.is_set() and done < self.join_after)
 
 
 class ReadLocked:
@@ -583,39 +597,81 @@ async def _warm_document(ls: CodehopLanguageServer, uri: str) -> None:
         path = ls.relative(uri)
     except CodehopError:
         return  # no index, or a file outside the workspace folder: nothing to complete
-    report: dict[str, Any] = {}
-    for _ in range(_WARM_TRIES):
+
+    def prepare():
         document = ls.workspace.text_documents.get(uri)
         if document is None or not document.source.strip():
-            return
+            return None
         text = document.source
-        warming = ls._warming[uri] = _Warming()
+        return lambda warming: ls.completer().warm(path, prefix=text, document=uri,
+                                                   stop_at_layer=warming.stop_at_layer)
+
+    report = await _in_background(ls, ls._warming, uri, prepare, _WARM_JOIN_AFTER, f"no warm-up of {path}")
+    _log_prefill(ls, f"KV cache of {path}", report)
+
+
+async def _refresh_document(ls: CodehopLanguageServer, uri: str, path: str) -> None:
+    """Encode the fresh context `uri`'s last completion deferred (context_edit_budget) into its
+    KV cache on the generation lane (RepoCompleter.refresh). A request for this document stops it
+    for good (it defers its own fresh prompt, or no longer needs one); a request for another
+    stops it until requests pause (_WARM_TRIES in all)."""
+    completer = ls._completer
+
+    def prepare():
+        if completer is None or not completer.deferred(uri):
+            return None
+        return lambda warming: completer.refresh(uri, stop_at_layer=warming.stop_at_layer)
+
+    report = await _in_background(ls, ls._refreshing, uri, prepare, 1.0, f"no context refresh of {path}")
+    _log_prefill(ls, f"context of {path}", report)
+
+
+def _log_prefill(ls: CodehopLanguageServer, what: str, report: dict[str, Any] | None) -> None:
+    """One log line for a background prefill's report (serving_bench counts them)."""
+    if report is not None:
+        ls.window_log_message(types.LogMessageParams(types.MessageType.Log, (
+            f"codehop: {what}: {report.get('mode')} ({report.get('tokens_encoded', 0)} of "
+            f"{report.get('sequence_length', 0)} prompt tokens encoded in {report.get('update_s', 0.0):.2f} s)")))
+
+
+async def _in_background(ls: CodehopLanguageServer, running: dict[str, "_Warming"], uri: str,
+                         prepare: Callable[[], Callable[["_Warming"], dict] | None], join_after: float,
+                         failure: str) -> dict[str, Any] | None:
+    """Run a stoppable prefill of `uri` on the generation lane, registered in `running` so that
+    completion requests stop it (`_complete`). `prepare` gives the work (None: nothing to do);
+    stopped by a request for another document it is prepared and tried again once requests
+    pause, _WARM_TRIES in all. Returns the last report, or None when there was nothing to report
+    (nothing to do, it failed: logged as `failure`, or the document was closed: its cache freed)."""
+    report: dict[str, Any] | None = None
+    for _ in range(_WARM_TRIES):
+        job = prepare()
+        if job is None:
+            return None
+        warming = running[uri] = _Warming(join_after=join_after)
 
         def work():
             if warming.stop.is_set() or warming.joined.is_set():
                 return {"mode": "stopped", "update_s": 0.0}  # a request came while it queued
-            return ls.completer().warm(path, prefix=text, document=uri, stop_at_layer=warming.stop_at_layer)
+            return job(warming)
 
         try:
             report = await _run(ls._generate, work)
         except Exception as error:  # noqa: BLE001 - a completion will raise it again, clearly
             ls.window_log_message(types.LogMessageParams(
-                types.MessageType.Warning, f"codehop: no warm-up of {path} ({type(error).__name__}: {error})"))
-            return
+                types.MessageType.Warning, f"codehop: {failure} ({type(error).__name__}: {error})"))
+            return None
         finally:
-            if ls._warming.get(uri) is warming:
-                del ls._warming[uri]
+            if running.get(uri) is warming:
+                del running[uri]
         if uri not in ls.workspace.text_documents:  # closed meanwhile: free what was stored
             if ls._completer is not None:
                 ls._completer.forget(uri)
-            return
+            return None
         if report.get("mode") != "stopped" or warming.joined.is_set():
             break
         while time.monotonic() - ls._last_request < _WARM_QUIET_S:  # typing elsewhere: wait
             await asyncio.sleep(_WARM_QUIET_S)
-    ls.window_log_message(types.LogMessageParams(types.MessageType.Log, (
-        f"codehop: KV cache of {path}: {report.get('mode')} ({report.get('tokens_encoded', 0)} of "
-        f"{report.get('sequence_length', 0)} prompt tokens encoded in {report.get('update_s', 0.0):.2f} s)")))
+    return report
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -625,9 +681,10 @@ async def did_change(ls: CodehopLanguageServer, params: types.DidChangeTextDocum
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 async def did_close(ls: CodehopLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
-    warming = ls._warming.get(params.text_document.uri)
-    if warming is not None:
-        warming.stop.set()
+    for running in (ls._warming, ls._refreshing):
+        warming = running.get(params.text_document.uri)
+        if warming is not None:
+            warming.stop.set()
     if ls._completer is not None:  # free the document's KV cache
         ls._completer.forget(params.text_document.uri)
 
@@ -660,7 +717,7 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
     A newer request for the same file, or `$/cancelRequest`, also stops a generation already
     running: its event (runtime.cancel) is polled before every forward of the decode."""
     ls._last_request = time.monotonic()
-    for other, warming in list(ls._warming.items()):  # the lane is needed: see _Warming
+    for other, warming in [*ls._warming.items(), *ls._refreshing.items()]:  # the lane is needed: see _Warming
         (warming.joined if other == uri else warming.stop).set()
     with ls._lock:
         ticket = ls._latest.get(uri, 0) + 1
@@ -697,7 +754,7 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
         if cancel.is_set():  # superseded while it queued behind another generation
             return None
         with cancellable(cancel):
-            return ls.completer().complete(path, prefix=prefix, suffix=suffix, document=uri)
+            return ls.completer().complete(path, prefix=prefix, suffix=suffix, document=uri, defer_context=True)
 
     try:
         result = await _run(ls._generate, work)
@@ -708,6 +765,11 @@ async def _complete(ls: CodehopLanguageServer, uri: str, position: types.Positio
         with ls._lock:
             if ls._running.get(uri) is cancel:
                 del ls._running[uri]
+    if result is not None and result.kv_reuse.get("context_held"):
+        # after the response: this handler returns first, the lane then takes the refresh
+        task = asyncio.ensure_future(_refresh_document(ls, uri, path))
+        ls._warm_tasks.add(task)
+        task.add_done_callback(ls._warm_tasks.discard)
     return None if cancel.is_set() else result
 
 

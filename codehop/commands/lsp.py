@@ -51,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="do not prefill an opened document's KV cache in the background (its "
                              "first completion then encodes the whole prompt; default: [completion] "
                              "warm_on_open, on)")
+    parser.add_argument("--context-edit-budget", type=int, metavar="TOKENS",
+                        help="the most prompt tokens a completion re-encodes because its context "
+                             "changed; past it the request keeps the cached context and the fresh one "
+                             "is encoded after the response (default: [completion] context_edit_budget; "
+                             "0 = off)")
     parser.add_argument("--threads", type=int,
                         help="torch threads of the local model (default: [completion] threads, else "
                              "torch's: the physical cores, or OMP_NUM_THREADS)")
@@ -74,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--threads must be >= 1")
     if args.sticky_context is not None and args.sticky_context < 0:
         raise InvalidInputError("--sticky-context must be >= 0 (0 = off)")
+    if args.context_edit_budget is not None and args.context_edit_budget < 0:
+        raise InvalidInputError("--context-edit-budget must be >= 0 (0 = off)")
     config = LspConfig(model=args.model, config_file=Path(config_file) if config_file else None,
                        workspace=Path(args.workspace) if args.workspace else None,
                        debounce_s=args.debounce, max_new_tokens=args.max_new_tokens,
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                        precision=args.precision, draft_tokens=args.draft_tokens, truncate=args.truncate,
                        early_stop=False if args.no_early_stop else None, context_order=args.context_order,
                        sticky_context=args.sticky_context,
-                       warm_on_open=False if args.no_warm_on_open else None, threads=args.threads)
+                       warm_on_open=False if args.no_warm_on_open else None,
+                       context_edit_budget=args.context_edit_budget, threads=args.threads)
     server = build_server(config)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

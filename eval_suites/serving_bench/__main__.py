@@ -12,6 +12,7 @@ CPU has bfloat16, prompt-lookup drafts, decoding stopped once the truncated text
 context in repository order, retrieved chunks kept while near-ties: --sticky-context),
 "fresh-context" the new path showing the fresh retrieval in every prompt (--sticky-context 0),
 "cold-open" the new path without warming an opened document's KV cache (--no-warm-on-open),
+"unbudgeted" the new path encoding every fresh context on the request path (--context-edit-budget 0),
 "no reuse" float32 without KV caches. A session's file is opened on each server in turn,
 --open-pause seconds before that server's first completion in it (a user reads and moves to
 where they type; each row records the time from its server's didOpen to its request). An editing session replays
@@ -158,10 +159,11 @@ async def _settled(client, timeout: float = 300.0) -> None:
 # Each server's extra `codehop lsp` arguments. "today" is the completion path before issue 31.
 SERVERS = {
     "today": ["--precision", "float32", "--draft-tokens", "0", "--no-early-stop", "--context-order", "score",
-              "--sticky-context", "0", "--no-warm-on-open"],
+              "--sticky-context", "0", "--no-warm-on-open", "--context-edit-budget", "0"],
     "new": [],
     "fresh-context": ["--sticky-context", "0"],  # new, every prompt shows the fresh retrieval
     "cold-open": ["--no-warm-on-open"],  # new, an opened document's first completion prefills
+    "unbudgeted": ["--context-edit-budget", "0"],  # new, a changed context is encoded on the request path
     "no reuse": ["--no-kv-reuse", "--precision", "float32"],
 }
 
@@ -231,10 +233,36 @@ async def replay(root: Path, sessions: list[dict], work: Path, max_new_tokens: i
             await asyncio.sleep(1.0)
             for client in servers.values():
                 client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+        background = {name: background_work(client.log_messages) for name, client in servers.items()}
     finally:
         for client in servers.values():
             await client.shutdown_session()
-    return rows, {"setup_s": setup_s}
+    return rows, {"setup_s": setup_s, "background": background}
+
+
+def background_work(messages) -> dict:
+    """What a server encoded off the request path, from its log: didOpen warm-ups ("KV cache
+    of ...") and deferred contexts' refreshes ("context of ..."): runs, prompt tokens, seconds."""
+    import re
+
+    line = re.compile(r"codehop: (KV cache|context) of .*: (\w+) \((\d+) of \d+ prompt tokens encoded in ([\d.]+) s\)")
+    out = {"warm-ups": 0, "warm-up tokens": 0, "refreshes": 0, "refresh tokens": 0, "refresh s": 0.0,
+           "refreshes stopped": 0}
+    for message in messages:
+        found = line.match(message.message)
+        if not found:
+            continue
+        kind, mode, tokens, seconds = found.group(1), found.group(2), int(found.group(3)), float(found.group(4))
+        if kind == "KV cache" and mode == "warm":
+            out["warm-ups"] += 1
+            out["warm-up tokens"] += tokens
+        elif kind == "context" and mode == "refreshed":
+            out["refreshes"] += 1
+            out["refresh tokens"] += tokens
+            out["refresh s"] += seconds
+        elif kind == "context" and mode == "stopped":
+            out["refreshes stopped"] += 1
+    return out
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -273,7 +301,8 @@ def completion_summary(rows: list[dict]) -> tuple[list[dict], dict]:
                       "ES %": 100 * statistics.mean(r["es"] for r in subset),
                       "prompt tokens encoded": encoded / len(subset) if kv[0] else None,
                       "prompt tokens encoded p50": _pct([k.get("tokens_encoded", k.get("sequence_length", 0))
-                                                         for k in kv], 0.5) if kv[0] else None})
+                                                         for k in kv], 0.5) if kv[0] else None,
+                      "context held": sum(bool(k.get("context_held")) for k in kv)})
     rows_of = dict(zip(names, table))
 
     def ratio(name: str, to: str) -> dict:
@@ -544,6 +573,13 @@ def main(argv: list[str] | None = None) -> int:
                                   "'prompt tokens encoded' per completion (mean, median). 'decode tokens/s' = generated tokens / "
                                   "decode seconds.")
             report.add_table("Completions: ratios to the first server", stats)
+            report.add_table("Work off the request path", [
+                {"server": name, **work} for name, work in info["background"].items()],
+                note="From each server's log: didOpen warm-ups that filled a KV cache, and refreshes that "
+                     "encoded a context a budgeted request deferred (context_edit_budget; 'context held' in "
+                     "the first table counts those requests), with the prompt tokens and seconds they "
+                     "took on the generation lane after the response; stopped ones were cut short by a "
+                     "request and redone or superseded.")
             report.add_table("First completion after opening a file", first_table,
                              note=f"Each session's file is opened on each server in turn, {args.open_pause:g} s "
                                   "(--open-pause) before that server's first completion in it ('didOpen to "
@@ -586,7 +622,8 @@ DEVIATIONS = """- Scaled to fit ~25 minutes on 2 shared cores: a few sessions of
   6-20 lines, several per file) and three long-context questions; a difference of one completion or one
   question is within noise. The LSP servers run side by side and are asked in rotating order.
 - "today" reproduces the completion path before issue 31 through flags of the same code (float32,
-  --draft-tokens 0, --no-early-stop, --context-order score, --sticky-context 0, --no-warm-on-open); it shares the new preallocated KV cache of the decode loop, so
+  --draft-tokens 0, --no-early-stop, --context-order score, --sticky-context 0, --no-warm-on-open,
+  --context-edit-budget 0); it shares the new preallocated KV cache of the decode loop, so
   it is slightly faster than the code before the change (the cache concatenation was ~12% of a step).
 - Torch threads: each server runs `codehop lsp --threads T` (--threads, or NAME@T in --servers).
   Reports before that option ran their servers with OMP_NUM_THREADS=1, which --threads 1 matches.

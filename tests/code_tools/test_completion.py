@@ -516,3 +516,57 @@ def test_a_completion_that_comes_during_a_warm_up_is_answered_as_a_cold_one(repo
     cold = RepoCompleter(repo, generator, config).complete("shop/cart.py", line=13, col=9, document="cart")
     assert answers[0].raw_text == cold.raw_text and answers[0].kv_reuse["mode"] == "prefill"
     assert "report" not in completer._kv and "cart" in completer._kv
+
+
+def test_a_context_change_over_budget_keeps_the_cached_context_until_the_refresh(repo, request):
+    """context_edit_budget: the fresh retrieval swaps chunk b for c, which would cost the KV
+    cache more than the budget; the request keeps b (the typed line is current) and encodes only
+    the typed tokens, `refresh` encodes c afterwards, and the next request shows c with only its
+    own typed tokens encoded. Budget 0 (and a caller that runs no refresh) shows c at once."""
+    model, tokenizer = request.getfixturevalue("tiny_llama")
+    a = _chunk_id(repo, "shop/pricing.py", "def apply_discount")
+    b = _chunk_id(repo, "shop/pricing.py", "def with_tax")
+    c = _chunk_id(repo, "shop/cart.py", "def total")
+    key = {i: (repo.chunk(i).path, repo.chunk(i).start_line) for i in (a, b, c)}
+    prefix = "def summary(cart):\n" + "".join(f"    n{i} = len(cart.items) * {i}\n" for i in range(30))
+    typed, more = prefix + "    n += 1\n", prefix + "    n += 1\n    m = 2\n"
+    typed_tokens = len(tokenizer("    m = 2\n", add_special_tokens=False)["input_ids"]) + 1
+    rankings = [_ranked((a, 10.0), (b, 9.0)), _ranked((a, 10.0), (c, 9.5)), _ranked((a, 10.0), (c, 9.5))]
+
+    def session(budget: int, defer: bool = True):
+        completer = RepoCompleter(repo, _BareTransformersGenerator(model, tokenizer), _fast(
+            max_new_tokens=4, reuse_kv_cache=True, rerank_top=2, sticky_context=0.0, kv_recompute_above=1.0,
+            context_edit_budget=budget))
+        _scripted_retrieval(completer, list(rankings))
+        results = [completer.complete("shop/report.py", prefix=prefix, suffix="", document="r", defer_context=defer),
+                   completer.complete("shop/report.py", prefix=typed, suffix="", document="r", defer_context=defer)]
+        refreshed = completer.refresh("r")
+        results.append(completer.complete("shop/report.py", prefix=more, suffix="", document="r",
+                                          defer_context=defer))
+        return completer, results, refreshed
+
+    def shown(result):
+        return {(i.path, i.start_line) for i in result.context if i.source == "retrieved"}
+
+    completer, (first, held, after), refreshed = session(budget=8)
+    assert first.kv_reuse["mode"] == "prefill" and shown(first) == {key[a], key[b]}
+    # over budget: the cached chunks, the typed line, and only the typed tokens encoded
+    assert held.kv_reuse["context_held"] and held.kv_reuse["context_fresh_cost"] > held.kv_reuse["context_held_cost"] + 8
+    assert shown(held) == {key[a], key[b]} and held.prompt == first.prompt.replace(prefix, typed)
+    assert held.kv_reuse["mode"] == "pie" and held.kv_reuse["tokens_encoded"] <= typed_tokens
+    # the refresh encodes the swapped chunk (and what the diff merges with it) into the cache
+    assert refreshed["mode"] == "refreshed" and refreshed["tokens_encoded"] >= 20
+    assert not completer.deferred("r") and completer.refresh("r")["mode"] == "none"
+    # the next request shows c and encodes only its own typed tokens
+    assert shown(after) == {key[a], key[c]} and not after.kv_reuse["context_held"]
+    assert after.kv_reuse["mode"] == "pie" and after.kv_reuse["tokens_encoded"] <= typed_tokens
+    # budget 0: today's behaviour, c shown at once and encoded on the request path
+    _, (_, swapped, again), nothing = session(budget=0)
+    assert shown(swapped) == {key[a], key[c]} and "context_held" not in swapped.kv_reuse
+    assert swapped.kv_reuse["tokens_encoded"] >= refreshed["tokens_encoded"] and nothing["mode"] == "none"
+    assert again.prompt == after.prompt  # the same prompt once the refresh has run
+    # a caller that will not refresh (REST, codehop complete) gets the fresh context too
+    _, (_, fresh, _), _ = session(budget=8, defer=False)
+    assert shown(fresh) == {key[a], key[c]} and fresh.prompt == swapped.prompt
+    with pytest.raises(InvalidInputError, match="context_edit_budget"):
+        CompletionConfig(context_edit_budget=-1)

@@ -145,3 +145,46 @@ def test_a_warm_up_never_evicts_another_documents_cache(tiny_llama):
     store.complete("typing", _ids(50, 5), 1)
     assert store.warm("opened", _ids(50, 6))["mode"] == "full"
     assert "typing" in store and "opened" not in store and store.evictions == 0
+
+
+def test_edit_cost_is_what_complete_then_encodes(tiny_llama):
+    """edit_cost predicts complete's edit without encoding: PIE's tokens plus 32 per segment,
+    the whole prompt for a prefill, the tail after the first difference for a warmed cache."""
+    model, tok = tiny_llama
+    store = KVCacheStore(model, tok, KVCacheConfig(segment_cost_tokens=32, merge_gap=16))
+    old = _ids(200, 12)
+    assert store.edit_cost("doc", old) is None  # no cache: a prefill whatever the prompt
+    store.complete("doc", old, 1)
+    assert store.edit_cost("doc", old) == 0
+    typed = old[:120] + [7, 8, 9, 10] + old[120:]
+    assert store.edit_cost("doc", typed) == 4 + 32
+    _, report = store.complete("doc", typed, 1)
+    assert report["mode"] == "pie" and report["tokens_encoded"] == 4
+    pasted = _ids(200, 13)
+    assert store.edit_cost("doc", pasted) == 200
+    _, report = store.complete("doc", pasted, 1)
+    assert report["mode"] == "prefill" and report["tokens_encoded"] == 200
+    store.warm("opened", old)
+    assert store.edit_cost("opened", old[:150] + [5, 6]) == 2
+    assert store.edit_cost("opened", [5] + old) == 201
+
+
+def test_a_refresh_replaces_the_cache_when_done_and_leaves_it_when_stopped(one_layer_llama):
+    """refresh brings a document's cache to a prompt without decoding: the next completion of
+    that prompt encodes nothing and decodes as a fresh prefill (one layer: PIE is exact); a
+    refresh stopped between layers leaves the cache as it was."""
+    model, tok = one_layer_llama
+    store = KVCacheStore(model, tok, KVCacheConfig(recompute_above=1.0))
+    shown = _ids(100, 14)
+    store.complete("doc", shown, 4)
+    fresh = shown[:30] + _ids(20, 15) + shown[50:]  # another context chunk
+    stopped = store.refresh("doc", fresh, stop_at_layer=lambda done: True)
+    assert stopped["mode"] == "stopped" and store.edit_cost("doc", shown) == 0
+    report = store.refresh("doc", fresh)
+    assert report["mode"] == "refreshed" and report["tokens_encoded"] == 20 and store.edit_cost("doc", fresh) == 0
+    generated, after = store.complete("doc", fresh, 4)
+    assert after["mode"] == "pie" and after["tokens_encoded"] == 0
+    cold = PieCache(model, tok)
+    cold.prefill(fresh)
+    assert generated == cold.generate(4)
+    assert store.refresh("nothing", fresh)["mode"] == "gone"

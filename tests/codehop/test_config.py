@@ -166,6 +166,9 @@ def test_completion_table_builds_the_completion_config():
     assert parse_settings("[completion]\nsticky_context = 0").completion_config().sticky_context == 0.0
     assert Settings().completion_config().warm_on_open
     assert not parse_settings("[completion]\nwarm_on_open = false").completion_config().warm_on_open
+    assert parse_settings("[completion]\ncontext_edit_budget = 64").completion_config().context_edit_budget == 64
+    with pytest.raises(InvalidInputError, match="completion: context_edit_budget must be >= 0"):
+        parse_settings("[completion]\ncontext_edit_budget = -1")
     with pytest.raises(InvalidInputError, match="completion: sticky_context must be >= 0"):
         parse_settings("[completion]\nsticky_context = -0.5")
     with pytest.raises(InvalidInputError, match="completion: dense_skip_neighbours must be >= 0"):

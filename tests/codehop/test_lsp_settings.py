@@ -83,15 +83,16 @@ def test_the_completion_table_reaches_the_lsp_completer_and_its_threads(tmp_path
 @pytest.mark.slow
 def test_command_line_options_win_over_the_completion_table(tmp_path, tiny_model_dir, monkeypatch):
     project = _project(tmp_path, tiny_model_dir, TABLE + "draft_tokens = 4\nsticky_context = 0.5\n"
-                       "warm_on_open = true\n")
+                       "warm_on_open = true\ncontext_edit_budget = 200\n")
     options = LspConfig(workspace=tmp_path / "state", warm_start=False, max_new_tokens=5, early_stop=True,
-                        truncate="statement", draft_tokens=0, threads=1,
-                        sticky_context=0.0, warm_on_open=False)  # as codehop lsp's flags set them
+                        truncate="statement", draft_tokens=0, threads=1, sticky_context=0.0,
+                        warm_on_open=False, context_edit_budget=0)  # as codehop lsp's flags set them
     completer, threads, lane = _completer(tmp_path, project, options, monkeypatch)
     config = completer.config
     assert (config.max_new_tokens, config.early_stop, config.truncate, config.draft_tokens) == (5, True, "statement", 0)
     assert config.sticky_context == 0.0  # --sticky-context 0 over the table's 0.5
     assert not config.warm_on_open  # --no-warm-on-open over the table's true
+    assert config.context_edit_budget == 0  # --context-edit-budget 0 over the table's 200
     assert config.context_tokens == 300 and threads == [1] and lane == 1  # the rest from the table
 
 

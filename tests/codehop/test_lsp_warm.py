@@ -69,3 +69,67 @@ async def test_the_first_completion_after_didopen_edits_the_warmed_cache(project
         assert not any("KV cache of" in m.message for m in cold.log_messages)
     finally:
         await cold.shutdown_session()
+
+
+ALPHA = "def walrus_tally(herd):\n    \"\"\"Count walruses.\"\"\"\n    return len(herd) * 2\n"
+BETA = ("def narwhal_census(pod, year):\n    \"\"\"Narwhals per pod and year.\"\"\"\n"
+        "    counted = [whale for whale in pod if whale.year == year]\n    return len(counted) + 7\n")
+
+
+async def _refresh_line(client, path: str) -> str:
+    for _ in range(600):
+        for message in client.log_messages:
+            if message.message.startswith(f"codehop: context of {path}: refreshed"):
+                return message.message
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no context refresh of {path}")
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_context_change_over_budget_is_encoded_after_the_response(tmp_path, tiny_model_dir):
+    """--context-edit-budget 8: a typed line that makes retrieval add a chunk is answered with
+    the context the cache holds (only the typed tokens encoded), the fresh context is encoded in
+    the background after the response, and the next request finds it encoded. A budget-0 server
+    encodes the chunk on the request path."""
+    root = tmp_path / "zoo"
+    root.mkdir()
+    (root / "alpha.py").write_text(ALPHA)
+    (root / "beta.py").write_text(BETA)
+    # a buffer long enough that a typed line is a small PIE edit, not a re-prefill; its words
+    # retrieve alpha.py only (BM25 matches no digit or name of beta.py), the second line's beta.py too
+    first = "zz = None\n" * 12 + "# walrus tally\nw = None\n"
+    second = first + "# narwhal census\nv = None\n"
+    third = second + "u = None\n"
+    (root / "main.py").write_text(first)
+    reports = {}
+    for budget in ("8", "0"):
+        client, _ = await start_lsp(root, tiny_model_dir, tmp_path / f"state-{budget}", "--precision", "float32",
+                                    "--max-new-tokens", "4", "--debounce", "0", "--no-warm-on-open",
+                                    "--context-edit-budget", budget)
+        try:
+            uri = _open(client, root / "main.py", first)
+            kv = []
+            for version, text in enumerate((first, second, third), start=1):
+                if version > 1:
+                    client.text_document_did_change(types.DidChangeTextDocumentParams(
+                        types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                        [types.TextDocumentContentChangeWholeDocument(text=text)]))
+                result = await client.text_document_completion_async(types.CompletionParams(
+                    types.TextDocumentIdentifier(uri), types.Position(line=text.count("\n"), character=0)))
+                kv.append(result.item_defaults.data["kv_reuse"])
+                if version == 2 and budget == "8":
+                    assert kv[-1].get("context_held")  # else no refresh follows
+                    await _refresh_line(client, "main.py")
+            reports[budget] = kv
+        finally:
+            await client.shutdown_session()
+    held, refreshed = reports["8"][1], reports["8"][2]
+    typed = reports["8"][2]["tokens_encoded"]
+    assert reports["8"][0]["mode"] == "prefill"
+    assert held["context_held"] and held["context_fresh_cost"] > held["context_held_cost"] + 8
+    assert held["mode"] == "pie" and held["tokens_encoded"] < 30
+    # after the refresh: the fresh context is in the cache, only the typed line is encoded
+    assert not refreshed["context_held"] and refreshed["mode"] == "pie" and 0 < typed < 10
+    unbudgeted = reports["0"][1]
+    assert "context_held" not in unbudgeted and unbudgeted["tokens_encoded"] > held["tokens_encoded"] + 8
