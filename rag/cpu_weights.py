@@ -102,6 +102,20 @@ def _exact_groups(weight, group: int = 32):
     return q.view(n, k).to(torch.int32), scale, low
 
 
+def _packed_bfloat16(weight):
+    """`weight` (bfloat16 [out, in]) reordered once into oneDNN's blocked layout for
+    torch.ops.mkldnn._linear_pointwise, or None where this torch has no oneDNN kernels."""
+    import torch
+
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight)
+    except RuntimeError:
+        return None
+
+
 class Int8Linear(_module_base()):
     """A linear layer with compact weights for a few rows, bfloat16 for many; float32 in/out.
 
@@ -146,6 +160,27 @@ class Int8Linear(_module_base()):
         self.register_buffer("weight", dense.to(torch.bfloat16), persistent=False)
         self.bias = None if linear.bias is None else torch.nn.Parameter(
             linear.bias.detach().float(), requires_grad=False)
+        self.__dict__["_packed"] = _packed_bfloat16(self.weight)
+
+    def prompt_product(self, rows):
+        """`rows` (bfloat16 [n, in_features]) times the bfloat16 weight, bfloat16 out: oneDNN's
+        matmul on the weight reordered once, where torch.nn.functional.linear reorders it on
+        every call (a 1536x576 layer: 105 vs 186 us at 5 rows, 263 vs 552 us at 135, 1.49 vs
+        1.71 ms at 800); the same kernel, bit for bit the same products."""
+        import torch
+
+        if "_packed" not in self.__dict__:  # a copy (see __getstate__)
+            self.__dict__["_packed"] = _packed_bfloat16(self.weight)
+        packed = self.__dict__["_packed"]
+        if packed is None:
+            return torch.nn.functional.linear(rows, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(rows, packed, None, "none", [], "")
+
+    def __getstate__(self):
+        # oneDNN's reordered weight has no storage to copy or pickle: a copy rebuilds it on use
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        return state
 
     def forward(self, x):
         import torch
@@ -153,7 +188,7 @@ class Int8Linear(_module_base()):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if rows.shape[0] > INT8_MAX_ROWS:
-            out = torch.nn.functional.linear(rows, self.weight)
+            out = self.prompt_product(rows)
         elif self.kind == "int4":
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qweight, 32, self.scales)
         else:
@@ -201,8 +236,7 @@ class GatedMLP(_module_base()):
         if rows.shape[0] <= INT8_MAX_ROWS:
             return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
         rows = rows.to(torch.bfloat16)
-        gate = torch.nn.functional.linear(rows, self.gate_proj.weight)  # Int8Linear's prompt product
-        up = torch.nn.functional.linear(rows, self.up_proj.weight)
+        gate, up = self.gate_proj.prompt_product(rows), self.up_proj.prompt_product(rows)
         for start in range(0, rows.shape[0], MLP_CHUNK_ROWS):
             part = gate[start:start + MLP_CHUNK_ROWS]
             act = torch.nn.functional.silu(part.float(), inplace=True)

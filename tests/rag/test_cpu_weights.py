@@ -167,3 +167,16 @@ def test_gated_mlp_replaces_only_the_same_computation(monkeypatch):
     assert not gated(prepare_for_cpu(_random_llama(), "float32"))  # float32 layers: nothing to gain
     assert not gated(prepare_for_cpu(_random_llama(hidden_act="gelu"), "int8"))  # another activation
     assert not gated(prepare_for_cpu(_random_llama(mlp_bias=True), "int8"))  # biases added in float32
+
+
+def test_reordered_prompt_weights_are_bit_for_bit_linear():
+    """The prompt product on oneDNN's once-reordered weight equals torch's bfloat16 linear at
+    every row count, and a copied layer (the reordered weight is not copied) rebuilds it."""
+    _needs_bf16_kernels()
+    torch.manual_seed(2)
+    layer = Int8Linear(torch.nn.Linear(96, 160, bias=False))
+    for rows in (1, 5, 33, 135, 301):
+        x = torch.randn(rows, 96).to(torch.bfloat16)
+        expected = torch.nn.functional.linear(x, layer.weight)
+        assert torch.equal(layer.prompt_product(x), expected), f"{rows} rows"
+        assert torch.equal(copy.deepcopy(layer).prompt_product(x), expected)
