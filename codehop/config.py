@@ -99,6 +99,10 @@ class CollectionSettings:
     # Hybrid search's dense voter: "chunk+document" (a chunk's cosine and its document's mean
     # chunk vector's, half each) or "chunk" (the chunk's alone). Applies like `lexical`.
     semantic: str = "chunk+document"
+    # Hybrid search lifts the chunks of a document whose name the query says (`df.sum()` ->
+    # the page pandas.DataFrame.sum, "collection" -> collection.py) by this share of the fused
+    # scores' range; 0 = off. Applies like `lexical`.
+    name_weight: float = 0.2
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     bm25_idf: str = "lucene"
@@ -280,11 +284,6 @@ class CompletionSettings:
     warm_on_open: `codehop lsp` prefills an opened document's KV cache in the background, so
     its first completion encodes only what differs from the prompt of a cursor at the end of
     the file instead of the whole prompt (with the KV cache only).
-    context_edit_budget: the most prompt tokens a `codehop lsp` completion re-encodes because its
-    cross-file context changed (a swapped chunk, a re-indexed file); past it the request keeps the
-    context its KV cache holds (the typed text is always current) and the fresh context is encoded
-    in the background after the response, for the next request (with the KV cache only; 0 = off:
-    the fresh context whatever it costs).
     threads: torch threads of the local model of `codehop lsp` and `codehop complete` (None:
     torch's default, the physical cores or OMP_NUM_THREADS); the LSP's model also answers
     codehop.ask, and is the only heavy work.
@@ -303,14 +302,13 @@ class CompletionSettings:
     dense_skip_neighbours: int = 0
     sticky_context: float = 0.2
     warm_on_open: bool = True
-    context_edit_budget: int = 0
     threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for key in ("draft_tokens", "context_tokens", "left_tokens", "right_tokens", "dense_skip_neighbours",
-                    "sticky_context", "context_edit_budget"):
+                    "sticky_context"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise InvalidInputError(f"{key} must be >= 0, got {value}")
@@ -430,7 +428,7 @@ class Settings:
                                 max_block_lines=c.max_block_lines, max_file_bytes=c.max_file_bytes),
             walk=self.walk_config(),
             fusion=c.fusion, rrf_k=c.rrf_k, dense_weight=c.dense_weight, candidates=c.candidates,
-            lexical=c.lexical, semantic=c.semantic, context=c.context,
+            lexical=c.lexical, semantic=c.semantic, name_weight=c.name_weight, context=c.context,
             dense_config=self.dense_config(dense or c.dense),
         )
 
@@ -453,7 +451,7 @@ class Settings:
                       context_order=c.context_order, dense_rerank=c.dense_rerank,
                       skip_retrieval_when_full=c.skip_retrieval_when_full,
                       dense_skip_neighbours=c.dense_skip_neighbours, sticky_context=c.sticky_context,
-                      warm_on_open=c.warm_on_open, context_edit_budget=c.context_edit_budget,
+                      warm_on_open=c.warm_on_open,
                       draft_tokens=g.draft_tokens if c.draft_tokens is None else c.draft_tokens,
                       reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
         values.update(overrides)

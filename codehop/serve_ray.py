@@ -87,10 +87,10 @@ class ShardReplica:
 
         return shard_statistics(self.collection, tokens)
 
-    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0):
+    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0, query=""):
         from index.sharded import shard_candidates
 
-        return shard_candidates(self.collection, tokens, vector, n, mode, statistics, filters, prefetch)
+        return shard_candidates(self.collection, tokens, vector, n, mode, statistics, filters, prefetch, query)
 
     def results(self, ids: list[int]) -> dict[int, SearchResult]:
         from index.sharded import shard_results
@@ -128,8 +128,8 @@ class _RayShard:
     def statistics(self, tokens):
         return self.handle.statistics.remote(tokens)
 
-    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0):
-        return self.handle.candidates.remote(tokens, vector, n, mode, statistics, filters, prefetch)
+    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0, query=""):
+        return self.handle.candidates.remote(tokens, vector, n, mode, statistics, filters, prefetch, query)
 
     def results(self, ids):
         return self.handle.results.remote(ids)

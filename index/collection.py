@@ -48,6 +48,7 @@ from index import persist
 from index.bm25 import BM25Index, BM25Statistics
 from index.document_bm25 import DocumentBM25
 from index.document_evidence import chunk_document_mix
+from index.document_names import DocumentNames, lift_named
 from index.document_vectors import ChunkScores, DocumentVectors
 from index.collection_config import (EMBEDDING_KEYS, INDEX_KEYS, CollectionConfig, IndexReport,
                                      with_search_settings)
@@ -111,6 +112,7 @@ class Collection:
         self._loaded_stamp: tuple | None = None
         self._bm25: BM25Index | None = None
         self._documents: DocumentBM25 | None = None  # BM25 over whole documents, beside _bm25
+        self._names: tuple[Any, DocumentNames] | None = None  # (loaded stamp, its document names)
         self._dense: DenseIndex | None = None
         self._document_vectors: DocumentVectors | None = None  # each document's mean chunk vector, beside _dense
         self._pending = np.empty(0, dtype=np.int64)  # chunk ids of the loaded generation without vectors
@@ -659,6 +661,8 @@ class Collection:
                 (self._bm25, self._dense, self._pending, self._documents,
                  self._document_vectors) = self._staged_indexes
             self._loaded_stamp = (persist.manifest_stamp(self.directory),)
+            if self.config.name_weight > 0:  # read here, on the writer's side, not in the next search
+                self._document_names()
         return doc_ids
 
     def _write_generation(self, generation: int, removed: list[int], added: list[int],
@@ -903,6 +907,8 @@ class Collection:
                 self._bm25, self._dense, self._pending = loaded
                 self._documents, self._document_vectors = documents, document_vectors
             self._loaded_stamp = (stamp,)
+            if self.config.name_weight > 0:
+                self._document_names()
 
     # ---------------------------------------------------------------- searching
 
@@ -971,7 +977,8 @@ class Collection:
 
     def fusion_settings(self) -> dict[str, Any]:
         """How hybrid search fuses, and why (shown in stats)."""
-        return {**self._fusion_method(), "lexical": self.config.lexical, "semantic": self.config.semantic}
+        return {**self._fusion_method(), "lexical": self.config.lexical, "semantic": self.config.semantic,
+                "name_weight": self.config.name_weight}
 
     def _fusion_method(self) -> dict[str, Any]:
         if self.config.fusion == "rrf":
@@ -1133,7 +1140,7 @@ class Collection:
         evidence = np.concatenate([bm25.ids, dense.ids]).astype(np.int64)
         voters = [self._lexical_voter(tokens, n, bm25, evidence),
                   self._semantic_voter(vector, n, dense, evidence, chunk_scores)]
-        return self._fuse(voters), complete
+        return lift_named(self._fuse(voters), self.named_chunks(query), self.config.name_weight), complete
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
         """Top-k chunks by inner product with an already embedded (normalised) query vector."""
@@ -1249,6 +1256,24 @@ class Collection:
             if self._bm25 is None or not tokens:
                 return Hits.empty()
             return self._bm25.search(tokens, k, statistics=statistics)
+
+    def named_chunks(self, query: str | None) -> np.ndarray:
+        """The chunk row ids of the documents whose name `query` says (index.document_names);
+        none when name_weight is 0."""
+        if not query or self.config.name_weight <= 0:
+            return np.empty(0, dtype=np.int64)
+        return self._document_names().said_chunks(query)
+
+    def _document_names(self) -> DocumentNames:
+        """The names of the loaded generation's documents, read from the store once per
+        generation (0.2 s for 13,741 documents of 69,748 chunks; 0.03 ms per query after)."""
+        stamp = self._loaded_stamp
+        cached = self._names
+        if cached is None or cached[0] != stamp:
+            paths = {row.id: row.path for row in self.store.documents(self.name).values()}
+            cached = (stamp, DocumentNames.of(paths, self.store.chunk_documents(self.name)))
+            self._names = cached
+        return cached[1]
 
     def _lexical_voter(self, tokens: list[str], k: int, chunks: Hits, evidence: np.ndarray) -> Hits:
         """Hybrid search's BM25 voter: the top k `chunks`, mixed with the top k documents by

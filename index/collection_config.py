@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from index.bm25 import BM25Config
+from index.document_names import NAME_WEIGHT
 from index.dense import DENSE_KINDS
 from runtime.embed import default_backend, embedding_backends
 from runtime.errors import InvalidInputError
@@ -32,7 +33,7 @@ SEMANTIC = LEXICAL  # the dense voter has the same two choices
 EMBEDDING_KEYS = ("embedding_backend", "embedding_model")
 # Settings only a search reads: a face that searches without writing applies them from its own
 # settings without storing them (the stored ones are what indexing and serving last used).
-SEARCH_KEYS = ("fusion", "rrf_k", "dense_weight", "candidates", "lexical", "semantic")
+SEARCH_KEYS = ("fusion", "rrf_k", "dense_weight", "candidates", "lexical", "semantic", "name_weight")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class CollectionConfig:
         semantic: hybrid search's dense voter: "chunk+document" (each chunk's cosine and its
             document's mean chunk vector's, half each, index.document_vectors) or "chunk".
             Needs no re-indexing, like `lexical`; "dense" mode is the chunks' cosine alone.
+        name_weight: in hybrid search, each candidate chunk of a document whose name the query
+            says (`df.sum()` names the page pandas.DataFrame.sum; index.document_names) is
+            lifted by this share of the fused scores' range; 0 turns it off. Search time only.
     """
 
     dense: str = "flat"
@@ -91,6 +95,7 @@ class CollectionConfig:
     candidates: int = 100
     lexical: str = "chunk+document"
     semantic: str = "chunk+document"
+    name_weight: float = NAME_WEIGHT
 
     def __post_init__(self) -> None:
         if self.dense not in DENSE_KINDS:
@@ -106,6 +111,8 @@ class CollectionConfig:
             raise InvalidInputError(f"semantic must be one of {SEMANTIC}, not {self.semantic!r}")
         if not 0.0 <= self.dense_weight <= 1.0 or self.candidates <= 0 or self.rrf_k <= 0:
             raise InvalidInputError("need 0 <= dense_weight <= 1, candidates > 0 and rrf_k > 0")
+        if not 0.0 <= self.name_weight <= 1.0:
+            raise InvalidInputError(f"name_weight must be between 0 and 1 (0: off), not {self.name_weight!r}")
 
     @property
     def embedder_name(self) -> str:

@@ -48,6 +48,7 @@ from index.bm25 import BM25Statistics
 from index.collection import Collection, check_search, unnamed_text_path
 from index.collection_config import CollectionConfig, IndexReport
 from index.document_evidence import chunk_document_mix, lend
+from index.document_names import lift_named
 from index.hybrid import rrf_fuse, weighted_fuse
 from index.query import echoes, is_question, search_text
 from index.tokenize import tokenize
@@ -118,6 +119,8 @@ class ShardCandidates:
     # the chunk row ids each mean was taken over
     dense_documents: Hits = field(default_factory=Hits.empty)
     dense_document_chunks: dict[int, np.ndarray] = field(default_factory=dict)
+    # hybrid with a name_weight: the chunk row ids of its documents whose name the query says
+    named: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class Shard(Protocol):
 
     def candidates(self, tokens: list[str], vector: np.ndarray | None, n: int, mode: str,
                    statistics: ShardStatistics | None, filters: SearchFilter | None,
-                   prefetch: int = 0) -> ShardCandidates: ...
+                   prefetch: int = 0, query: str = "") -> ShardCandidates: ...
 
     def results(self, ids: list[int]) -> dict[int, SearchResult]: ...
 
@@ -155,9 +158,10 @@ def shard_statistics(collection: Collection, tokens: list[str]) -> ShardStatisti
 
 def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarray | None, n: int,
                      mode: str, statistics: ShardStatistics | None,
-                     filters: SearchFilter | None, prefetch: int = 0) -> ShardCandidates:
+                     filters: SearchFilter | None, prefetch: int = 0, query: str = "") -> ShardCandidates:
     """Round 2 on one shard; `prefetch`: the rows of the first that many admitted hits of each
-    list come along (saving round 3 whenever the fused top k is among them)."""
+    list come along (saving round 3 whenever the fused top k is among them); `query`: the
+    search text, whose named documents a hybrid search lifts (index.document_names)."""
     chunk_statistics = None if statistics is None else statistics.chunks
     bm25 = collection.bm25_search(tokens, n, chunk_statistics) if mode != "dense" else Hits.empty()
     documents, document_chunks = Hits.empty(), {}
@@ -179,8 +183,9 @@ def shard_candidates(collection: Collection, tokens: list[str], vector: np.ndarr
         skip = set(rejected.tolist())
         wanted = {i for hits in (bm25, dense) for i in [i for i in hits.ids.tolist() if i not in skip][:prefetch]}
         rows = shard_results(collection, sorted(wanted))
+    named = collection.named_chunks(query) if mode == "hybrid" else np.empty(0, dtype=np.int64)
     return ShardCandidates(bm25, dense, collection.indexed_count(), rejected, rows, documents, document_chunks,
-                           dense_documents, dense_document_chunks)
+                           dense_documents, dense_document_chunks, named)
 
 
 def shard_results(collection: Collection, ids: list[int]) -> dict[int, SearchResult]:
@@ -200,8 +205,8 @@ class LocalShard:
     def statistics(self, tokens: list[str]) -> ShardStatistics:
         return shard_statistics(self.collection, tokens)
 
-    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0) -> ShardCandidates:
-        return shard_candidates(self.collection, tokens, vector, n, mode, statistics, filters, prefetch)
+    def candidates(self, tokens, vector, n, mode, statistics, filters, prefetch=0, query="") -> ShardCandidates:
+        return shard_candidates(self.collection, tokens, vector, n, mode, statistics, filters, prefetch, query)
 
     def results(self, ids: list[int]) -> dict[int, SearchResult]:
         return shard_results(self.collection, ids)
@@ -335,7 +340,7 @@ class _Gather:
         while True:
             prefetch = 2 * k if group_by else k
             answers = [a for a in self._ask(lambda s: s.candidates(tokens, vector, n, mode,
-                                                                   statistics, filters, prefetch)) if a]
+                                                                   statistics, filters, prefetch, text)) if a]
             lists = []
             if mode != "dense":
                 lists.append(merge_hits([a.bm25 for a in answers], n))
@@ -350,6 +355,9 @@ class _Gather:
                 if self.config.semantic == "chunk+document" and vector is not None:
                     lists[1] = chunk_document_mix(lists[1], _lent(answers, n, evidence, dense=True))
             hits = lists[0] if len(lists) == 1 else self._fuse(lists)
+            if mode == "hybrid":
+                hits = lift_named(hits, np.concatenate([a.named for a in answers] or [np.empty(0, dtype=np.int64)]),
+                                  self.config.name_weight)
             for a in answers:
                 skip.update(a.rejected.tolist())
                 results.update(a.rows)

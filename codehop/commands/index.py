@@ -102,12 +102,15 @@ def _fusion_line(fusion: dict) -> str:
     reason = fusion.get("reason") or fusion.get("estimate", {}).get("reason", "")
     line += f": {reason})" if reason else ")"
     sides = [(name, fusion.get(key)) for name, key in (("BM25", "lexical"), ("dense", "semantic"))]
+    names = fusion.get("name_weight", 0)
+    named = (f"; a document the query names is lifted by {names:g} of the range" if names
+             else "; no lift for named documents ([collection] name_weight = 0)")
     if all(value == "chunk+document" for _, value in sides):
-        return line + "; each side scores a chunk by its own score and its whole document's, half each"
+        return line + "; each side scores a chunk by its own score and its whole document's, half each" + named
     described = [f"{name} side: " + ("chunk and whole document, half each" if value == "chunk+document"
                                      else f"chunks alone ([collection] {key} = \"chunk\")")
                  for (name, value), key in zip(sides, ("lexical", "semantic"))]
-    return line + "; " + "; ".join(described)
+    return line + "; " + "; ".join(described) + named
 
 
 def _print_skips(skipped: list[tuple[str, str]]) -> None:

@@ -17,6 +17,8 @@ Retrievers (`RETRIEVERS`):
     hybrid-chunk-dense     ablation: hybrid whose dense voter scores chunks alone (without
                   each document's mean chunk vector, index.document_vectors)
     hybrid-chunks  ablation: both voters on chunks alone (the default before document evidence)
+    hybrid-no-names   ablation: hybrid without lifting the pages a query names (name_weight 0,
+                  index.document_names; the default before it)
     bm25-nocontext / dense-nocontext / hybrid-nocontext   ablation: a collection whose chunks
                   are indexed without their page title (CollectionConfig(context=False))
     dense-tuned / hybrid-tuned   the flat collection after `codehop tune` (index.collection_tune:
@@ -39,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from eval_suites.ablation import VOTER_ABLATIONS, collection_settings
+from eval_suites.ablation import SEARCH_ABLATIONS, collection_settings
 from runtime.errors import InvalidInputError
 
 RETRIEVERS = ("bm25", "dense-flat", "dense-spann", "dense-pq", "hybrid", "hybrid-rrf", "hybrid-chunk-lexical",
-              "hybrid-chunk-dense", "hybrid-chunks", "bm25-nocontext",
+              "hybrid-chunk-dense", "hybrid-chunks", "hybrid-no-names", "bm25-nocontext",
               "dense-nocontext", "hybrid-nocontext", "dense-tuned", "hybrid-tuned", "hybrid+prf",
               "hybrid+llm")
 # The collection a retriever searches: a dense kind, the flat one without context headers, or
@@ -191,7 +193,7 @@ class CorpusIndex:
                voters: dict[str, str] | None = None) -> dict[str, float]:
         """Document id -> score (best chunk), best first, at most k documents; `voters`
         overrides the collection's hybrid voters for this search (an ablation row's
-        VOTER_ABLATIONS entry)."""
+        SEARCH_ABLATIONS entry)."""
         k = k or self.config.k
         if not query.strip():
             return {}
@@ -279,8 +281,8 @@ def run_retriever(index: CorpusIndex, retriever: str, queries: dict[str, str], c
             run[qid] = index.search(query, "hybrid")
         elif retriever == "hybrid-rrf":
             run[qid] = index.fused(query, "rrf")
-        elif retriever in VOTER_ABLATIONS:
-            run[qid] = index.search(query, "hybrid", voters=VOTER_ABLATIONS[retriever])
+        elif retriever in SEARCH_ABLATIONS:
+            run[qid] = index.search(query, "hybrid", voters=SEARCH_ABLATIONS[retriever])
         elif retriever.endswith("-nocontext"):
             run[qid] = index.search(query, retriever.split("-", 1)[0], NOCONTEXT)
         elif retriever.endswith("-tuned"):

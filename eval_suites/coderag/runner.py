@@ -21,7 +21,7 @@ from eval_suites.coderag import builders
 from eval_suites.coderag.builders import DOC_TASKS, TASKS, Problem
 from eval_suites.coderag.generation import GenerationSettings, SampleCache, evaluate_condition
 from eval_suites.coderag.metrics import average_over_tasks, pass_at_1, per_query_metrics, retrieval_metrics
-from eval_suites.ablation import VOTER_ABLATIONS
+from eval_suites.ablation import SEARCH_ABLATIONS
 from eval_suites.coderag.retrieval import (RETRIEVERS, CorpusIndex, RetrievalConfig, dense_kind,
                                            make_rewriters, run_retriever)
 from runtime.errors import InvalidInputError
@@ -280,10 +280,10 @@ PAIRED_BASELINES = ("hybrid-chunks", "hybrid-chunk-lexical", "hybrid-chunk-dense
 
 def paired_latency(index: CorpusIndex, queries: list[str], baseline: str, k: int = 10) -> dict[str, Any]:
     """Warm query time of the default (hybrid) and a voter ablation (`baseline`, a
-    VOTER_ABLATIONS row), the same queries timed by both in alternating order with the query's
+    SEARCH_ABLATIONS row), the same queries timed by both in alternating order with the query's
     vector cached first: the columns of a whole run also carry model loading, cache misses and
     whatever else the machine ran."""
-    names = {"hybrid": None, baseline: VOTER_ABLATIONS[baseline]}
+    names = {"hybrid": None, baseline: SEARCH_ABLATIONS[baseline]}
     times: dict[str, list[float]] = {name: [] for name in names}
     for at, query in enumerate(queries):
         index.search(query, "hybrid", k=k)

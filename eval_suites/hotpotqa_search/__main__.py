@@ -1,7 +1,7 @@
 """Search quality on HotpotQA dev (pooled paragraphs): the default hybrid against its parts.
 
     python -m eval_suites.hotpotqa_search [--data ../shared/data] [--out docs/benchmarks/hotpotqa_search]
-        [--compare-model DIR]
+        [--split dev|train] [--sentences] [--compare-model DIR] [--name-weights 0,0.1,0.2]
 
 Every distinct paragraph of the dev questions is one document ("Title: text", path
 hotpotqa/<title>) of a Collection with the product defaults (onnx-int8 MiniLM, context
@@ -15,7 +15,13 @@ below the best single retriever.
 chunks, as a page of docs or a source file is), and searches with `group_by="document"`; it
 adds the voter ablations (eval_suites.ablation.VOTER_ABLATIONS): hybrid with the BM25 voter,
 the dense voter or both on chunks alone (index.document_evidence). It is the held-out check of
-the chunk+document voters, chosen on devdocs (issue 26).
+the chunk+document voters, chosen on devdocs (issue 26). Both modes add `hybrid-no-names`:
+hybrid without lifting the documents a question names (index.document_names).
+
+`--split train --name-weights 0,0.05,...` is how `CollectionConfig.name_weight` was chosen: on
+the *train* questions (hotpotqa_train.jsonl, never a measured suite), one `hybrid@names=<w>` row
+per weight, and the report names the middle of the weights within 0.5 NDCG@10 points of the
+best (eval_suites.ablation.choose_share).
 
 `--compare-model DIR` adds `dense@compare` and `hybrid@compare`: the same corpus in a second
 collection embedded by another model (e.g. a `codehop tune` result of another corpus, whose
@@ -33,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_suites.ablation import VOTER_ABLATIONS, collection_settings
+from eval_suites.ablation import NAME_ABLATIONS, SEARCH_ABLATIONS, choose_share, collection_settings
 from eval_suites.coderag.metrics import per_query_metrics, retrieval_metrics
 from eval_suites.hotpotqa import PATH_PREFIX, load_questions, pooled_corpus
 from eval_suites.report import Report, machine_info, package_versions
@@ -41,6 +47,9 @@ from eval_suites.stats import bootstrap_rows, loss_ci95
 
 RETRIEVERS = ("bm25", "dense", "hybrid", "hybrid-rrf")
 METRICS = ("ndcg@10", "recall@5", "recall@10")
+SPLITS = {"dev": "hotpotqa_dev.jsonl", "train": "hotpotqa_train.jsonl"}
+# How close to the best NDCG@10 a name weight must be to count as as good (0.5 points).
+CHOICE_TOLERANCE = 0.005
 
 
 def _rrf(collection, query: str, k: int) -> dict[str, float]:
@@ -81,8 +90,15 @@ def _sentence_documents(questions) -> dict[str, list[str]]:
     return dict(sorted(seen.items()))
 
 
+def _changes(mode: str) -> dict:
+    """The settings an ablation row or a `hybrid@names=<w>` row searches with."""
+    if mode.startswith("hybrid@names="):
+        return {"name_weight": float(mode.split("=", 1)[1])}
+    return SEARCH_ABLATIONS.get(mode, {})
+
+
 def _search(collection, query: str, k: int, mode: str, grouped: bool) -> dict[str, float]:
-    changes = VOTER_ABLATIONS.get(mode, {})
+    changes = _changes(mode)
     with collection_settings(collection, **changes):  # an ablation row is hybrid with a voter changed
         results = collection.search(query, k=k, mode="hybrid" if changes else mode,
                                     group_by="document" if grouped else None)
@@ -90,16 +106,18 @@ def _search(collection, query: str, k: int, mode: str, grouped: bool) -> dict[st
 
 
 def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = None,
-        sentences: bool = False) -> dict:
-    questions = load_questions(data / "multihop" / "hotpotqa_dev.jsonl")
+        sentences: bool = False, split: str = "dev", name_weights: tuple[float, ...] = ()) -> dict:
+    questions = load_questions(data / "multihop" / SPLITS[split])
+    suffix = "" if split == "dev" else f"-{split}"
     if sentences:
         documents = _sentence_documents(questions)
-        name = "hotpotqa-sentences"
+        name = "hotpotqa-sentences" + suffix
     else:
         texts, paths = pooled_corpus(questions)
-        documents, name = {p: [t] for t, p in zip(texts, paths)}, "hotpotqa"
+        documents, name = {p: [t] for t, p in zip(texts, paths)}, "hotpotqa" + suffix
     collection = _collection(workspace, name, documents, None)
-    names = RETRIEVERS + (tuple(VOTER_ABLATIONS) if sentences else ())
+    names = (RETRIEVERS + tuple(SEARCH_ABLATIONS if sentences else NAME_ABLATIONS)
+             + tuple(f"hybrid@names={w:g}" for w in name_weights))
     retrievers = [(name, collection, name) for name in names]
     if compare_model:
         # named by the model, so a reused --workspace never mixes two models' vectors
@@ -125,7 +143,13 @@ def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = No
         values = np.asarray([per_q[name][q]["ndcg@10"] for q in order])
         versus[name] = {"minus_default": 100 * float((values - default).mean()),
                         "ci95": loss_ci95(values, default, boot)}
-    return {"questions": len(questions), "documents": len(documents), "sentences": sentences,
+    choice = None
+    if name_weights:
+        scores = {w: metrics[f"hybrid@names={w:g}"]["ndcg@10"] for w in name_weights}
+        choice = {"scores": {f"{w:g}": round(v, 4) for w, v in scores.items()},
+                  "tolerance": CHOICE_TOLERANCE, "chosen": choose_share(scores, CHOICE_TOLERANCE)}
+    return {"questions": len(questions), "split": split, "name_weight_choice": choice,
+            "documents": len(documents), "sentences": sentences,
             "chunks": sum(len(c) for c in documents.values()), "metrics": metrics,
             "ms_per_query": seconds, "versus_default": versus, "fusion": collection.fusion_settings(),
             "compare_model": compare_model}
@@ -133,7 +157,8 @@ def run(data: Path, workspace: Path, k: int = 10, compare_model: str | None = No
 
 def write_report(results: dict, out: Path) -> Path:
     unit = "sentences as chunks of pooled paragraphs" if results.get("sentences") else "pooled paragraphs"
-    report = Report(f"Search on HotpotQA dev ({unit}): the default against its parts",
+    split = results.get("split", "dev")
+    report = Report(f"Search on HotpotQA {split} ({unit}): the default against its parts",
                     settings={"questions": results["questions"], "documents": results["documents"],
                               "chunks": results.get("chunks"),
                               "collection": "CollectionConfig() defaults (onnx-int8 MiniLM, context, fusion auto)"})
@@ -167,9 +192,15 @@ def write_report(results: dict, out: Path) -> Path:
     for x, v in enumerate(values):
         ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("NDCG@10")
-    ax.set_title("HotpotQA dev, " + ("sentence chunks" if results.get("sentences") else "pooled paragraphs"))
+    ax.set_title(f"HotpotQA {split}, " + ("sentence chunks" if results.get("sentences") else "pooled paragraphs"))
     report.add_figure(figure, out, "ndcg10.png", "NDCG@10 per retriever")
     plt.close(figure)
+    choice = results.get("name_weight_choice")
+    if choice:
+        report.add("Choosing name_weight", f"NDCG@10 of hybrid by name weight on HotpotQA {split}: "
+                   + ", ".join(f"{w}: {v:.4f}" for w, v in choice["scores"].items())
+                   + f". The weights within {100 * choice['tolerance']:g} points of the best, their middle "
+                   f"(eval_suites.ablation.choose_share): **{choice['chosen']:g}**.")
     fusion = results["fusion"]
     report.add("Fusion the collection chose (no labels)",
                f"`{json.dumps({k: v for k, v in fusion.items() if k != 'estimate'})}`; "
@@ -185,12 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default=None, help="default: a temporary directory")
     parser.add_argument("--sentences", action="store_true",
                         help="one chunk per sentence, documents = paragraphs, results grouped by document")
+    parser.add_argument("--split", choices=tuple(SPLITS), default="dev",
+                        help="the questions: dev (the measured suite) or train (for choosing settings)")
+    parser.add_argument("--name-weights", default="",
+                        help="comma list of name weights, one hybrid@names=<w> row each, and the choice")
     parser.add_argument("--compare-model", default=None,
                         help="also search with this embedding model (a path or name), side by side")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temp:
         workspace = Path(args.workspace or temp)
-        results = run(Path(args.data), workspace, compare_model=args.compare_model, sentences=args.sentences)
+        weights = tuple(float(w) for w in args.name_weights.split(",") if w.strip())
+        results = run(Path(args.data), workspace, compare_model=args.compare_model, sentences=args.sentences,
+                      split=args.split, name_weights=weights)
     results["machine"], results["versions"] = machine_info(), package_versions()
     path = write_report(results, Path(args.out))
     print(path.read_text())

@@ -87,7 +87,8 @@ def _open(tmp_path, lexical: str, name: str = "ws") -> Collection:
     # dense weight 0: the ranking is the lexical voter's alone (MiniLM-free, fast)
     static = pytest.importorskip("tests.static_model").tiny_static_model(tmp_path / "static")
     config = CollectionConfig(embedding_backend="static", embedding_model=str(static), context=False,
-                              fusion="weighted", dense_weight=0.0, lexical=lexical)
+                              fusion="weighted", dense_weight=0.0, lexical=lexical,
+                              name_weight=0.0)  # "kettle" names kettle.md: keep the voter alone
     return Collection.open(tmp_path / name, config=config)
 
 
