@@ -284,6 +284,11 @@ class CompletionSettings:
     warm_on_open: `codehop lsp` prefills an opened document's KV cache in the background, so
     its first completion encodes only what differs from the prompt of a cursor at the end of
     the file instead of the whole prompt (with the KV cache only).
+    context_edit_budget: the most prompt tokens a `codehop lsp` completion re-encodes because its
+    cross-file context changed (a swapped chunk, a re-indexed file); past it the request keeps the
+    context its KV cache holds (the typed text is always current) and the fresh context is encoded
+    in the background after the response, for the next request (with the KV cache only; 0 = off:
+    the fresh context whatever it costs).
     threads: torch threads of the local model of `codehop lsp` and `codehop complete` (None:
     torch's default, the physical cores or OMP_NUM_THREADS); the LSP's model also answers
     codehop.ask, and is the only heavy work.
@@ -302,13 +307,14 @@ class CompletionSettings:
     dense_skip_neighbours: int = 0
     sticky_context: float = 0.2
     warm_on_open: bool = True
+    context_edit_budget: int = 0
     threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for key in ("draft_tokens", "context_tokens", "left_tokens", "right_tokens", "dense_skip_neighbours",
-                    "sticky_context"):
+                    "sticky_context", "context_edit_budget"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise InvalidInputError(f"{key} must be >= 0, got {value}")
@@ -451,7 +457,7 @@ class Settings:
                       context_order=c.context_order, dense_rerank=c.dense_rerank,
                       skip_retrieval_when_full=c.skip_retrieval_when_full,
                       dense_skip_neighbours=c.dense_skip_neighbours, sticky_context=c.sticky_context,
-                      warm_on_open=c.warm_on_open,
+                      warm_on_open=c.warm_on_open, context_edit_budget=c.context_edit_budget,
                       draft_tokens=g.draft_tokens if c.draft_tokens is None else c.draft_tokens,
                       reuse_kv_cache=g.kv_reuse, kv_cache_mb=g.kv_cache_mb)
         values.update(overrides)
