@@ -288,7 +288,7 @@ class CompletionSettings:
     cross-file context changed (a swapped chunk, a re-indexed file); past it the request keeps the
     context its KV cache holds (the typed text is always current) and the fresh context is encoded
     in the background after the response, for the next request (with the KV cache only; 0 = off:
-    the fresh context whatever it costs).
+    the fresh context whatever it costs; 128 by default).
     threads: torch threads of the local model of `codehop lsp` and `codehop complete` (None:
     torch's default, the physical cores or OMP_NUM_THREADS); the LSP's model also answers
     codehop.ask, and is the only heavy work.
@@ -307,7 +307,7 @@ class CompletionSettings:
     dense_skip_neighbours: int = 0
     sticky_context: float = 0.2
     warm_on_open: bool = True
-    context_edit_budget: int = 0
+    context_edit_budget: int = 128
     threads: int | None = None
 
     def __post_init__(self) -> None:

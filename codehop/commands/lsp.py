@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--context-edit-budget", type=int, metavar="TOKENS",
                         help="the most prompt tokens a completion re-encodes because its context "
                              "changed; past it the request keeps the cached context and the fresh one "
-                             "is encoded after the response (default: [completion] context_edit_budget; "
-                             "0 = off)")
+                             "is encoded after the response (default: [completion] context_edit_budget, "
+                             "128; 0 = off)")
     parser.add_argument("--threads", type=int,
                         help="torch threads of the local model (default: [completion] threads, else "
                              "torch's: the physical cores, or OMP_NUM_THREADS)")

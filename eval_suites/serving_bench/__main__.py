@@ -9,7 +9,9 @@ rotating order at every step so load drift on the shared cores hits each (--serv
 is the path before issue 31 (float32 weights, PIE KV reuse, one token per forward, decoding to
 the token budget, context by score), "new" the defaults (compact int8/bfloat16 weights where the
 CPU has bfloat16, prompt-lookup drafts, decoding stopped once the truncated text is decided,
-context in repository order, retrieved chunks kept while near-ties: --sticky-context),
+context in repository order, retrieved chunks kept while near-ties: --sticky-context, a fresh
+context costing more than 128 tokens over the cached one encoded after the response:
+--context-edit-budget),
 "fresh-context" the new path showing the fresh retrieval in every prompt (--sticky-context 0),
 "cold-open" the new path without warming an opened document's KV cache (--no-warm-on-open),
 "unbudgeted" the new path encoding every fresh context on the request path (--context-edit-budget 0),

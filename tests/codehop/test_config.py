@@ -166,6 +166,7 @@ def test_completion_table_builds_the_completion_config():
     assert parse_settings("[completion]\nsticky_context = 0").completion_config().sticky_context == 0.0
     assert Settings().completion_config().warm_on_open
     assert not parse_settings("[completion]\nwarm_on_open = false").completion_config().warm_on_open
+    assert Settings().completion_config().context_edit_budget == 128
     assert parse_settings("[completion]\ncontext_edit_budget = 64").completion_config().context_edit_budget == 64
     with pytest.raises(InvalidInputError, match="completion: context_edit_budget must be >= 0"):
         parse_settings("[completion]\ncontext_edit_budget = -1")
