@@ -33,7 +33,7 @@ class KVCacheConfig:
         merge_gap: edits fewer than this many unchanged tokens apart become one (PieConfig).
         draft_tokens: prompt-lookup drafts per verify step (code_tools.prompt_lookup; 0 = one
             token per forward). 3 keeps a verify within the int8 kernel's few-row range
-            (rag.cpu_weights.INT8_MAX_ROWS = 4 rows).
+            (rag.cpu_rows.INT8_MAX_ROWS = 4 rows).
         draft_min_ngram: shortest n-gram matched for a draft (1-token matches draft mostly noise).
     """
 

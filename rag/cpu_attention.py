@@ -22,7 +22,7 @@ cache stays float32, and decoding and 2-4-token verifies (float32 attention) are
 
 from __future__ import annotations
 
-from rag.cpu_weights import INT8_MAX_ROWS
+from rag.cpu_rows import INT8_MAX_ROWS
 
 NAME = "codehop_sdpa_gqa"
 BF16_NAME = "codehop_sdpa_bf16_prompts"

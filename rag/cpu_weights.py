@@ -32,13 +32,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from rag.cpu_rows import INT8_MAX_ROWS
 from runtime.errors import InvalidInputError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
-# Up to this many rows the int8 kernel is faster than a bfloat16 matmul (measured on the
-# serving machine: 1536x576 at 3 rows 68 us vs 110 us, at 5 rows 121 us vs 113 us). Past it,
-# attention runs in bfloat16 too (rag.cpu_attention.bf16_prompt_attention).
-INT8_MAX_ROWS = 4
 
 
 @functools.cache

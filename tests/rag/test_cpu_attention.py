@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from code_tools.prompt_lookup import GrowingCache, LookupConfig, greedy_decode  # noqa: E402
 from rag.cpu_attention import (BF16_NAME, NAME, bf16_prompt_attention, gqa_sdpa_attention,  # noqa: E402
                                use_gqa_attention)
-from rag.cpu_weights import INT8_MAX_ROWS  # noqa: E402
+from rag.cpu_rows import INT8_MAX_ROWS  # noqa: E402
 from rag.cpu_weights import prepare_for_cpu  # noqa: E402
 from tests.code_tools.test_prompt_lookup import CODE_PROMPTS  # noqa: E402
 
