@@ -29,13 +29,18 @@ async def _server(project, model, state, *extra: str):
     return client
 
 
-async def _warm_line(client, path: str) -> str:
+async def _log_line(client, start: str) -> str:
+    """The first log message of the server that starts with `start`, waited for up to 60 s."""
     for _ in range(600):
         for message in client.log_messages:
-            if message.message.startswith(f"codehop: KV cache of {path}: "):
+            if message.message.startswith(start):
                 return message.message
         await asyncio.sleep(0.1)
-    raise AssertionError(f"no warm-up report for {path}")
+    raise AssertionError(f"no log message starting {start!r}")
+
+
+async def _warm_line(client, path: str) -> str:
+    return await _log_line(client, f"codehop: KV cache of {path}: ")
 
 
 @pytest.mark.slow
@@ -77,12 +82,7 @@ BETA = ("def narwhal_census(pod, year):\n    \"\"\"Narwhals per pod and year.\"\
 
 
 async def _refresh_line(client, path: str) -> str:
-    for _ in range(600):
-        for message in client.log_messages:
-            if message.message.startswith(f"codehop: context of {path}: refreshed"):
-                return message.message
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no context refresh of {path}")
+    return await _log_line(client, f"codehop: context of {path}: refreshed")
 
 
 @pytest.mark.slow
