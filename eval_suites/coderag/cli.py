@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from eval_suites.coderag.builders import TASKS
-from eval_suites.coderag.retrieval import RETRIEVERS, RetrievalConfig
+from eval_suites.coderag.retrieval import PRODUCT_EMBEDDER, RETRIEVERS, RetrievalConfig
 from index.atomic import atomic_write
 from runtime.errors import InvalidInputError
 
@@ -41,14 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--distractors", type=int, default=400,
                         help="devdocs pages added to the gold pages (-1 = whole devdocs)")
-    parser.add_argument("--embedder", default="sentence-transformers",
+    parser.add_argument("--embedder", default=PRODUCT_EMBEDDER,
                         choices=("sentence-transformers", "onnx-int8", "static"),
                         help="embedding backend of the dense retrievers (runtime.embed; default: "
-                             "sentence-transformers, the MiniLM in torch)")
+                             f"{PRODUCT_EMBEDDER}, what a collection of the shipped MiniLM gets)")
     parser.add_argument("--tune-pairs", type=int, default=2400,
                         help="pseudo-query pairs `codehop tune` mines for the *-tuned rows (default: 2400)")
-    parser.add_argument("--max-chunks-per-doc", type=int, default=4,
-                        help="index a page's first N chunks (0 = all)")
+    parser.add_argument("--max-chunks-per-doc", type=int, default=0,
+                        help="index a page's first N chunks (default 0 = all, as the product indexes; "
+                             "earlier rounds used 4)")
     parser.add_argument("--selfcheck-limit", type=int, default=0,
                         help="problems per task whose canonical solution is executed (0 = all)")
     parser.add_argument("--llm-rewrite-tasks", default="ds1000,odex",

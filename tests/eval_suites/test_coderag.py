@@ -215,5 +215,19 @@ def test_cli_embedder_reaches_the_collections(shared_data):
     add_arguments(parser)
     config = config_from_args(parser.parse_args(["--embedder", "static", "--data", str(shared_data)]))
     assert config.retrieval.embedding_backend == "static"
-    assert config_from_args(parser.parse_args(["--data", str(shared_data)])).retrieval.embedding_backend \
-        == "sentence-transformers"
+
+
+def test_cli_defaults_measure_the_search_the_product_ships(shared_data):
+    """Without options the benchmark indexes every chunk of a page with the embedder a new
+    collection of the shipped MiniLM gets, so its default row is the product's default search."""
+    import argparse
+
+    from eval_suites.coderag.cli import add_arguments, config_from_args
+    from runtime.embed import default_backend
+    from runtime.resolver import DEFAULT_EMBEDDING_MODEL
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    retrieval = config_from_args(parser.parse_args(["--data", str(shared_data)])).retrieval
+    assert retrieval.embedding_backend == default_backend(DEFAULT_EMBEDDING_MODEL)
+    assert retrieval.max_chunks_per_doc is None
