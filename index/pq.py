@@ -30,7 +30,8 @@ live on disk (a memory-mapped .npy after a save/load) and are also what `rebuild
 (`rerank=False`: the codes alone decide).
 
 Training uses a sample: OPQ, the codebooks and the IVF centroids are fitted on
-min(train_size, max(256, train_fraction x N)) vectors drawn at random, and every vector is then
+min(train_size, max(256, train_fraction x N)) vectors drawn at random (and at least one per
+dimension for OPQ, as far as N allows; below that the rotation is the identity), and every vector is then
 encoded with them, so at scale most codes come from vectors the codebooks never saw (measured
 quality is not inflated by fitting the very vectors being compressed).
 
@@ -417,6 +418,8 @@ class PQIndex(BuildsWhenDue):
         cfg, n = self.config, len(x)
         rng = np.random.default_rng(cfg.seed)
         size = min(n, cfg.train_size, max(256, int(cfg.train_fraction * n)))
+        if cfg.rotates:  # OPQ needs a point per dimension (_train_opq)
+            size = min(n, max(size, self.dim))
         sample = x[np.sort(rng.choice(n, size=size, replace=False))]
         opq = self._train_opq(sample) if cfg.rotates else None
         if opq is not None:
@@ -475,9 +478,17 @@ class PQIndex(BuildsWhenDue):
         return faiss.vector_to_array(ivf.pq.centroids).reshape(ivf.pq.M, ivf.pq.ksub, ivf.pq.dsub)
 
     def _train_opq(self, sample: np.ndarray):
+        """The OPQ rotation fitted on `sample`; the identity (plain PQ) when the sample has fewer
+        rows than dimensions: faiss's OPQ training then aborts the process or corrupts its memory
+        (seen with faiss-cpu 1.15.1 at 256-383 rows of 384-d MiniLM vectors, and it would at
+        min_build 1024 for a 1,024-d embedder). The next build past that size fits it."""
         import faiss
 
         opq = faiss.OPQMatrix(self.dim, self.config.m)
+        if len(sample) < self.dim:
+            faiss.copy_array_to_vector(np.eye(self.dim, dtype=np.float32).ravel(), opq.A)
+            opq.is_trained = True
+            return opq
         opq.pq = faiss.ProductQuantizer(self.dim, self.config.m, 8)
         opq.pq.cp.min_points_per_centroid = 1
         opq.niter = self.config.opq_iters

@@ -199,6 +199,24 @@ def test_small_collections_use_exact_search(tmp_path):
         PQIndex.create(30, PQConfig(m=8))
 
 
+@pytest.mark.parametrize("n, fitted", [(300, False), (600, True)])
+def test_opq_needs_a_point_per_dimension(n, fitted):
+    """faiss's OPQ training aborts the process with fewer points than dimensions (256-383 rows of
+    384-d vectors did): such a build keeps the identity rotation, and once the collection holds a
+    point per dimension the sample takes at least that many (600 x 0.5 = 300 < 384 before)."""
+    dim = 384
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = PQIndex.create(dim, PQConfig(m=48, opq_iters=2, min_build=256))
+    index.add(np.arange(n), x)
+    index.build()
+    assert "exact" not in index.describe()
+    probe = rng.normal(size=(4, dim)).astype(np.float32)
+    assert np.allclose(index.rotate(probe), probe, atol=1e-6) != fitted
+    assert [h.ids[0] for h in index.search(x[:20], 1)] == list(range(20))
+
+
 @pytest.mark.parametrize("damage", ["truncate_faiss", "truncate_vectors", "bad_version"])
 def test_corrupt_files_raise_clear_error(opq, tmp_path, damage):
     opq.save(tmp_path)
