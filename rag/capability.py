@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -30,14 +29,13 @@ from runtime.errors import ModelServerError
 from runtime.generation import GenerationConfig
 from rag.filter import LABEL_SCHEMA, parse_label
 from rag.prompts import FILTER_PROMPT, REWRITE_PROMPT
-from rag.rewrite import parse_rewrite, rewrite_schema
+from rag.rewrite import TEMPLATE_ECHO, parse_rewrite, rewrite_schema
 
 PROBE_QUESTION = "How does the BM25 index handle deleted documents?"
 PROBE_TOPIC = ("bm25", "delet", "index", "document", "remov")
 PROBE_ANSWERING = ("Deleting a document from the BM25 index removes its postings and lowers the "
                    "document count used by the IDF; the deleted id is never returned again.")
 PROBE_UNRELATED = "The bakery opens at seven and sells rye bread, croissants and apple pie."
-_TEMPLATE = re.compile(r"<[^<>]*(version|query|question)[^<>]*>|^\.\.\.$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,7 @@ def _rewrite_failure(generator) -> str | None:
     rewrites = [r for r in questions + queries if r.strip()]
     if not rewrites:
         return f"its rewrite did not parse ({reply[:80]!r})"
-    if any(_TEMPLATE.search(r.strip()) for r in rewrites):
+    if any(TEMPLATE_ECHO.search(r.strip()) for r in rewrites):
         return f"its rewrite copied the prompt's template ({rewrites[0][:80]!r})"
     if not any(word in r.lower() for r in rewrites for word in PROBE_TOPIC):
         return f"its rewrite left the question's topic ({rewrites[0][:80]!r})"

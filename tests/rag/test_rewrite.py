@@ -3,7 +3,8 @@ import json
 import pytest
 
 from runtime.generation import Generation, GenerationConfig, Generator
-from rag.rewrite import LLMRewriter, PRFRewriter, Rewrite, RewriteConfig, parse_rewrite, rewrite_schema
+from rag.rewrite import (LLMRewriter, PRFRewriter, Rewrite, RewriteConfig, parse_rewrite, rewrite_schema,
+                         usable_rewrites)
 
 
 @pytest.mark.parametrize("text, questions, queries", [
@@ -18,6 +19,24 @@ from rag.rewrite import LLMRewriter, PRFRewriter, Rewrite, RewriteConfig, parse_
 ])
 def test_parse_rewrite_handles_messy_output(text, questions, queries):
     assert parse_rewrite(text) == (questions, queries)
+
+
+def test_usable_rewrites_drop_template_echoes_and_markup():
+    # SmolLM2-135M's rewrites of CodeRAG questions, as it wrote them
+    echoes = ["<clearer version of the question>", "<short keyword query>", "</longer version of the question>",
+              "<clearer version of the question>',", "<remark 1>", ","]
+    assert usable_rewrites(echoes) == []
+    assert usable_rewrites(["<remark 1>Remove elements from A that are in B", " pandas  read_csv "]) == \
+        ["Remove elements from A that are in B", "pandas read_csv"]
+
+
+def test_a_reply_of_template_echoes_is_asked_again_and_then_unusable():
+    echo = '{"rewritten_questions": ["<clearer version of the question>"], "queries": ["<short keyword query>"]}'
+    model = Scripted([echo, echo])
+    rewrite = LLMRewriter(model).rewrite("read csv")
+    assert (rewrite.method, rewrite.attempts, rewrite.all_queries) == ("none", 2, ["read csv"])
+    mixed = '{"rewritten_questions": ["<clearer version of the question>"], "queries": ["pandas read_csv"]}'
+    assert LLMRewriter(Scripted([mixed])).rewrite("read csv").all_queries == ["read csv", "pandas read_csv"]
 
 
 def test_all_queries_keeps_original_first_and_dedupes():
