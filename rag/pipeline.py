@@ -34,7 +34,7 @@ class PipelineConfig:
             can follow its instructions (see `follows_instructions`), else no rewrite: RM3
             expansion ("prf") lowered NDCG@10 on the code-doc suites (docs/benchmarks.md,
             CodeRAG full corpus), so it runs only when asked for; "llm" falls back to "prf"
-            only without a generator.
+            only without a generator, and an unusable LLM reply leaves the question as asked.
         filter: "auto", "llm", "embedding", "cross-encoder" (needs filter_config.cross_encoder)
             or "off"; "auto" is the LLM judge for a capable generator, else "embedding".
         answer_repetition_penalty, answer_no_repeat_ngram: loop control for the answer of a
@@ -183,11 +183,9 @@ class RagPipeline:
         rewriter = (LLMRewriter(self.generator, self.config.rewrite_config) if method == "llm"
                     else PRFRewriter(self.collection, self.config.rewrite_config))
         rewrite = rewriter.rewrite(question)
-        if method == "llm" and rewrite.method == "none":  # unusable LLM output: RM3 instead
-            seconds = rewrite.seconds
-            rewrite = PRFRewriter(self.collection, self.config.rewrite_config).rewrite(question)
-            rewrite.seconds += seconds
-            why = f"the LLM rewrite ({self.generator.name}) was unusable, so RM3 was used instead"
+        if method == "llm" and rewrite.method == "none":  # the question alone, as "auto" would
+            why = (f"the LLM rewrite ({self.generator.name}) was unusable (no parse, or only the "
+                   "prompt's placeholders), so the question is searched as asked")
         detail = {"method": rewrite.method, "why": why, "queries": rewrite.all_queries[1:]}
         return rewrite, StageRecord("rewrite", True, rewrite.seconds, detail)
 

@@ -42,6 +42,28 @@ def test_auto_rewrite_without_a_capable_model_retrieves_as_plain_search(small_co
     assert [s.id for s in result.sources] == [p.id for p in plain]
 
 
+def test_an_llm_rewrite_of_template_echoes_leaves_the_question_as_asked(small_collection):
+    """rewrite = "llm" forced on a model that copies the prompt's placeholders (SmolLM2-135M
+    does): the rewrite is unusable, and the sources are plain search's, not RM3's."""
+    from runtime.generation import Generation
+
+    class TemplateCopier:
+        name = "template-copier"
+
+        def chat(self, messages, config):
+            return Generation('{"rewritten_questions": ["<clearer version of the question>"], '
+                              '"queries": ["<short keyword query>"]}', [], None, "stop", 0, 0.0)
+
+    question = "How do I read a csv file into a DataFrame?"
+    config = PipelineConfig(rewrite="llm", filter="off", reservoir=False, generate=False, k=4)
+    result = RagPipeline(small_collection, TemplateCopier(), config).run(question)
+    rewrite = {s.name: s for s in result.stages}["rewrite"]
+    assert rewrite.detail["method"] == "none" and rewrite.detail["queries"] == []
+    assert "searched as asked" in rewrite.detail["why"]
+    plain = small_collection.search(question, k=config.candidates)[: config.k]
+    assert [s.id for s in result.sources] == [p.id for p in plain]
+
+
 def test_stages_switch_off(small_collection):
     config = PipelineConfig(rewrite="off", filter="off", reservoir=False)
     result = RagPipeline(small_collection, None, config).run("numpy reshape array")
