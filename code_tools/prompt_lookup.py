@@ -136,6 +136,10 @@ def greedy_decode(model, cache, context_ids: Sequence[int], max_new_tokens: int,
     stats = DecodeStats()
     device = next(model.parameters()).device
     budget = lookup.draft_tokens
+    # a model prepared for CPU decoding carries a leaner forward of a few tokens, bit for bit its
+    # own (rag.cpu_decode.DecodeStep); it writes a GrowingCache's layers directly
+    step = getattr(model, "codehop_decode_step", None) \
+        if isinstance(cache, GrowingCache) and device.type == "cpu" else None
     # inference_mode, not no_grad: no version counters or view tracking per op, ~5% of a one-token
     # step of SmolLM2-135M here, with the same arithmetic
     with torch.inference_mode():
@@ -147,10 +151,13 @@ def greedy_decode(model, cache, context_ids: Sequence[int], max_new_tokens: int,
             draft = lookup_draft(seq, min(budget, room), lookup.ngram, lookup.min_ngram) \
                 if budget > 0 and room > 0 else []
             inputs = [pending] + draft
-            logits = model(input_ids=torch.tensor([inputs], device=device),
-                           position_ids=torch.arange(position, position + len(inputs),
-                                                     device=device).view(1, -1),
-                           cache=cache, use_cache=True, logits_to_keep=len(inputs)).logits[0]
+            if step is not None and len(inputs) <= step.max_rows:
+                logits = step(inputs, position, cache)
+            else:
+                logits = model(input_ids=torch.tensor([inputs], device=device),
+                               position_ids=torch.arange(position, position + len(inputs),
+                                                         device=device).view(1, -1),
+                               cache=cache, use_cache=True, logits_to_keep=len(inputs)).logits[0]
             stats.forwards += 1
             choices = logits.argmax(dim=-1).tolist()
             accepted = 0

@@ -271,13 +271,16 @@ def prepare_for_cpu(model, precision: str) -> Any:
     refinement of its top 16 logits) and every Llama-style gated MLP over them by a GatedMLP
     (the same arithmetic, faster prompts), and runs the attention of prompts (more than
     INT8_MAX_ROWS rows) in bfloat16 (rag.cpu_attention.use_bfloat16_prompts); tied input
-    embeddings stay float32. Every precision
+    embeddings stay float32. A Llama model also gets `codehop_decode_step`
+    (rag.cpu_decode.DecodeStep: its forwards of up to INT8_MAX_ROWS tokens, bit for bit, with
+    less Python and fewer ops per layer), which greedy decoding uses. Every precision
     switches a grouped-query model's "sdpa" attention to rag.cpu_attention's, which is bit for
     bit the same without copying key/value heads for several query rows.
     """
     import torch
 
     from rag.cpu_attention import use_bfloat16_prompts, use_gqa_attention
+    from rag.cpu_decode import decode_step_for
 
     use_gqa_attention(model)  # bit for bit the same attention, without copying key/value heads
     if precision == "float32":
@@ -300,4 +303,7 @@ def prepare_for_cpu(model, precision: str) -> Any:
     if hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False
     model.codehop_precision = "int8"
+    # greedy decoding's forwards of a few tokens without transformers' per-call machinery (bit for
+    # bit the same); None for a model it does not reproduce (code_tools.prompt_lookup reads it)
+    model.codehop_decode_step = decode_step_for(model)
     return model
