@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -143,6 +143,7 @@ class CorpusIndex:
         self.collections = {}
         self.tune_report = None  # the TuneReport of the TUNED collection, when tuned in this run
         self.tune_error = ""  # why it could not be tuned
+        self.tuned_before = ""  # the tuned model an earlier run switched the TUNED collection to
         # The corpus fingerprint names the collection, so a changed subset never mixes with
         # an old one while the shared embedding cache still spares re-embedding known texts.
         digest = hashlib.sha1("\0".join(o + "\1" + t for o, t in zip(owners, texts)).encode()).hexdigest()
@@ -150,10 +151,14 @@ class CorpusIndex:
             backend = config.embedding_backend
             suffix = "" if backend == "sentence-transformers" else f"-{backend}"
             dense = "flat" if kind in (NOCONTEXT, TUNED) else kind
-            collection = Collection.open(Path(workspace), f"{name}-{digest[:10]}-{kind}{suffix}",
-                                         CollectionConfig(dense=dense, dense_config=_ann_config(kind, config),
-                                                          embedding_backend=backend,
-                                                          context=kind != NOCONTEXT))
+            settings = CollectionConfig(dense=dense, dense_config=_ann_config(kind, config),
+                                        embedding_backend=backend, context=kind != NOCONTEXT)
+            collection_name = f"{name}-{digest[:10]}-{kind}{suffix}"
+            if kind == TUNED:  # a run before this one may have tuned it: keep its model
+                self.tuned_before = self._tuned_model(Path(workspace), collection_name)
+                if self.tuned_before:
+                    settings = replace(settings, embedding_model=self.tuned_before)
+            collection = Collection.open(Path(workspace), collection_name, settings)
             if len(collection) != len(texts):
                 self._fill(collection, texts, owners, progress)
             if kind == TUNED:
@@ -175,6 +180,24 @@ class CorpusIndex:
         for text, owner in zip(texts, owners):
             documents.setdefault(owner, []).append(Chunk(text, owner, 1, 1, "passage"))
         collection.add_documents(documents, progress=progress)
+
+    @staticmethod
+    def _tuned_model(workspace: Path, name: str) -> str:
+        """The tuned model an earlier run's `codehop tune` switched collection `name` to, or ""
+        (no such collection, or not tuned): a second run opens it with that model, as it is."""
+        from index import Collection
+        from runtime.embed_tune import tuned_from
+        from runtime.errors import NotFoundError
+
+        try:
+            stored = Collection.open(workspace, name, create=False)
+        except NotFoundError:
+            return ""
+        try:
+            model = stored.config.embedding_model
+        finally:
+            stored.close()
+        return model if tuned_from(model) else ""
 
     @staticmethod
     def _tune(collection, config: RetrievalConfig, progress: bool):

@@ -223,6 +223,9 @@ def _retrieval(config: BenchConfig, tasks: dict[str, _TaskData], corpora, genera
                                  "index_s": round(time.perf_counter() - t0, 1)}
             if indexes[name].tune_report is not None:
                 out.setdefault("tune", {})[name] = indexes[name].tune_report.to_dict()
+            if indexes[name].tuned_before:
+                notes.append(f"{name}: the *-tuned rows search the model an earlier run in this workspace "
+                             f"tuned and switched to ({indexes[name].tuned_before}), reused as it is")
             if indexes[name].tune_error:
                 notes.append(f"{name}: not tuned ({indexes[name].tune_error}): the *-tuned rows "
                              "search the base model")

