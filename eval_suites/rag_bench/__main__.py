@@ -3,9 +3,10 @@
 On HotpotQA dev (the 10 paragraphs of every question pooled into one corpus), in one run:
 retrieval recall@5/@10 and NDCG@10 of supporting paragraphs through the answer pipeline: BM25
 and dense alone, the default hybrid search without rewriting, what `ask` runs by default
-(rewrite "auto"), with RM3 (PRF) and with the LLM rewriter; the knowledge filter's precision/recall against the gold supporting labels;
-answer EM/F1 closed-book, with RAG and with gold paragraphs (oracle); retrieval calls saved by
-the trigger on a stream of repeated questions; mean latency per pipeline stage.
+(rewrite "auto"), with RM3 (PRF) and with the LLM rewriter; the knowledge filter's
+precision/recall against the gold supporting labels; answer EM/F1 closed-book, with RAG and
+with gold paragraphs (oracle); retrieval calls saved by the trigger on a stream of repeated
+questions; mean latency per pipeline stage.
 LLM-dependent parts run on the first --llm-questions questions (CPU time); the rest on all.
 """
 
