@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codehop: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`codehop ask ... | head`): stop quietly, as Unix tools do
+        # Python would report the failed flush of stdout at exit; point stdout at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 if __name__ == "__main__":

@@ -268,6 +268,19 @@ def test_corrupt_workspace_gives_one_error_line_without_traceback(indexed, capsy
     assert code == 4 and err.count("\n") == 1 and "store" in err
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly(indexed, tmp_path):
+    """`codehop search ... | head -1`: the pipe closes before codehop writes; no traceback."""
+    tree, workspace = indexed
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "codehop.cli", "search", "heap queue",
+                                "--workspace", str(workspace)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read().decode(errors="replace")
+    assert process.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_kill_during_indexing_leaves_previous_state_searchable(indexed, capsys, shared_data, tmp_path):
     tree, workspace = indexed
     ws = tmp_path / "ws"
