@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from eval_suites.coderag.metrics import retrieval_metrics
 from eval_suites.hotpotqa import (exact_match, f1_score, load_questions, pooled_corpus, title_of)
 from eval_suites.report import Report
 from index import Collection
@@ -48,16 +49,13 @@ def recall(sources: list[SearchResult], gold: tuple[str, ...], k: int) -> float:
     return len(found & set(gold)) / len(gold)
 
 
-def ndcg_at_10(sources: list[SearchResult], gold: tuple[str, ...]) -> float:
-    """NDCG@10 of the supporting paragraphs (binary gains; a paragraph counts once)."""
-    seen, dcg = set(), 0.0
-    for rank, source in enumerate(sources[:10], start=1):
-        title = title_of(source.path)
-        if title in gold and title not in seen:
-            seen.add(title)
-            dcg += 1.0 / np.log2(rank + 1)
-    ideal = sum(1.0 / np.log2(rank + 1) for rank in range(1, min(len(gold), 10) + 1))
-    return dcg / ideal if ideal else 0.0
+def ranked_titles(sources: list[SearchResult], k: int = 10) -> dict[str, float]:
+    """The first k sources as a run for eval_suites.coderag.metrics: title -> score by rank (a
+    paragraph counts once, where it first appears)."""
+    run: dict[str, float] = {}
+    for rank, source in enumerate(sources[:k], start=1):
+        run.setdefault(title_of(source.path), 1.0 / rank)
+    return run
 
 
 # (row label, search mode, rewrite setting, LLM subset only). "auto" is what `ask` runs when the
@@ -74,12 +72,12 @@ def retrieval_rows(collection, generator, questions, n_llm, stage_times) -> list
         subset = questions[:n_llm] if llm_subset else questions
         pipeline = RagPipeline(collection, generator, PipelineConfig(
             k=10, candidates=20, mode=mode, rewrite=rewrite, filter="off", reservoir=False, generate=False))
-        r5, r10, ndcg, chosen = [], [], [], set()
+        r5, r10, run, qrels, chosen = [], [], {}, {}, set()
         for q in tqdm(subset, desc=f"retrieve, {label}", leave=False):
             result = pipeline.run(q.question)
             r5.append(recall(result.sources, q.supporting_titles, 5))
             r10.append(recall(result.sources, q.supporting_titles, 10))
-            ndcg.append(ndcg_at_10(result.sources, q.supporting_titles))
+            run[q.id], qrels[q.id] = ranked_titles(result.sources), {t: 1 for t in q.supporting_titles}
             for stage in result.stages:
                 if stage.name == "rewrite":
                     chosen.add(stage.detail.get("method", "none") if stage.ran else "none")
@@ -87,7 +85,7 @@ def retrieval_rows(collection, generator, questions, n_llm, stage_times) -> list
                     stage_times[f"{stage.name} ({rewrite})" if stage.name == "rewrite" else stage.name].append(stage.seconds)
         rows.append({"retrieval": label, "questions": len(subset), "rewrite ran": ", ".join(sorted(chosen)),
                      "recall@5": float(np.mean(r5)), "recall@10": float(np.mean(r10)),
-                     "ndcg@10": float(np.mean(ndcg))})
+                     "ndcg@10": retrieval_metrics(qrels, run, ("ndcg@10",))["ndcg@10"]})
     return rows
 
 
