@@ -62,7 +62,7 @@ from typing import Sequence
 
 from code_tools.sandbox_cgroup import Cgroup as _Cgroup
 from code_tools.sandbox_guard import (JailUids, WritableDirs, check_writable, drop_to, seccomp_fd,
-                                      seccomp_program, stage_mounts, staged_path)
+                                      seccomp_program, stage_mounts, staged_paths)
 from code_tools.sandbox_harness import HARNESS, Channel, kill_reason
 from runtime.errors import InvalidInputError, MissingDependencyError
 
@@ -308,7 +308,7 @@ def _child_env(home: str, python: str) -> dict[str, str]:
 
 
 def _limit_child(limits: SandboxLimits, cgroup_procs: Sequence[str], nice: bool,
-                 uid: int | None, stage: Sequence[str] = ()) -> None:
+                 uid: int | None, stage: Sequence[str] = (), staged: Sequence[str] = ()) -> None:
     """Runs in the child between fork and exec: cgroup, mounts, rlimits, then the jail's uid."""
     for procs in cgroup_procs:  # while still privileged: cgroup.procs belongs to root
         fd = os.open(procs, os.O_WRONLY)
@@ -318,7 +318,7 @@ def _limit_child(limits: SandboxLimits, cgroup_procs: Sequence[str], nice: bool,
             os.close(fd)
     os.setsid()
     if stage:
-        stage_mounts(stage)
+        stage_mounts(stage, staged)
     cpu = int(limits.cpu_s)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     memory = limits.memory_mb * 2**20
@@ -450,7 +450,7 @@ def _run(files: dict[str, str], mode: str, limits: SandboxLimits,
                              limits.max_processes + _JAIL_PROCESSES,
                              limits.cpu_share if status.cpu == "cgroup" else None)
         mounts = [*_readonly_paths(limits.python), *binds]
-        staged = [staged_path(i) if uid is not None else path for i, path in enumerate(mounts)]
+        staged = staged_paths(len(mounts)) if uid is not None else list(mounts)
         readonly = list(zip(staged, mounts))[:len(mounts) - len(binds)]
         argv = [exe, *_namespace_args(), *_root_args(readonly, limits.max_file_mb * 2**20)]
         for source, path in list(zip(staged, mounts))[len(readonly):]:
@@ -465,7 +465,8 @@ def _run(files: dict[str, str], mode: str, limits: SandboxLimits,
                  *channel.argv(mode, None if cgroup else limits.max_processes + 1)]
         dirs.prepare()
         preexec = functools.partial(_limit_child, limits, cgroup.procs if cgroup else (),
-                                    status.cpu != "cgroup", uid, mounts if uid is not None else ())
+                                    status.cpu != "cgroup", uid, mounts if uid is not None else (),
+                                    staged if uid is not None else ())
         return _execute(argv, limits, _child_env(_JAIL_HOME, limits.python), None,
                         (*sources, filter_fd, channel.write_fd, channel.nonce_fd), preexec,
                         cgroup, status, channel, dirs)

@@ -174,14 +174,25 @@ _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 
 _CLONE_NEWNS = 0x00020000
 
 
-@functools.lru_cache(maxsize=1)
+_stage_lock = threading.Lock()
+_stage: list[str] = []  # the process's stage directory, made once
+
+
 def stage_dir() -> str:
-    """An empty directory, traversable by anyone, that the jail's private mounts cover."""
-    # In /tmp whatever TMPDIR says: bwrap, already the jail's uid, must traverse to it.
-    path = tempfile.mkdtemp(prefix="codehop-jail-stage-", dir="/tmp")
-    os.chmod(path, 0o755)
-    atexit.register(_remove_stage, path)
-    return path
+    """An empty directory, traversable by anyone, that the jail's private mounts cover.
+
+    Made once per process under a lock: two runs starting at once in threads each made one
+    (functools.lru_cache does not stop a second call while the first runs), and a run whose
+    bwrap named its own directory while its child mounted in the other's failed to start.
+    """
+    with _stage_lock:
+        if not _stage:
+            # In /tmp whatever TMPDIR says: bwrap, already the jail's uid, must traverse to it.
+            path = tempfile.mkdtemp(prefix="codehop-jail-stage-", dir="/tmp")
+            os.chmod(path, 0o755)
+            atexit.register(_remove_stage, path)
+            _stage.append(path)
+        return _stage[0]
 
 
 def _remove_stage(path: str) -> None:
@@ -191,28 +202,30 @@ def _remove_stage(path: str) -> None:
         pass
 
 
-def staged_path(index: int) -> str:
-    """Where `stage_mounts` puts its index-th source."""
-    return os.path.join(stage_dir(), str(index))
+def staged_paths(count: int) -> list[str]:
+    """Where `stage_mounts` puts each of `count` sources, in order (call it in the parent)."""
+    root = stage_dir()
+    return [os.path.join(root, str(index)) for index in range(count)]
 
 
-def stage_mounts(sources: Sequence[str]) -> None:
+def stage_mounts(sources: Sequence[str], targets: Sequence[str]) -> None:
     """In the child, as root, before drop_to: make `sources` reachable to the jail's uid.
 
     bwrap opens its bind sources as the unprivileged user it runs as, and an interpreter under
     /root (pyenv), or a scratch directory under a private /tmp/pytest-of-root, is out of that
     user's reach (bwrap's --bind-fd resolves the path again). So the child takes a private
     mount namespace (the host's mounts are untouched, and it dies with the run), covers the
-    stage directory with a small tmpfs and bind-mounts each source at staged_path(i).
+    stage directory with a small tmpfs and bind-mounts each source at its target, the paths
+    `staged_paths` gave the parent (a forked child takes no locks: another thread may hold one).
     """
     libc = _libc()
     if libc.unshare(_CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) for the jail's mounts")
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE, None)
-    _mount(b"tmpfs", stage_dir(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=755,size=64k")
-    for index, source in enumerate(sources):
-        os.mkdir(staged_path(index))
-        _mount(source.encode(), staged_path(index), None, _MS_BIND | _MS_REC, None)
+    _mount(b"tmpfs", os.path.dirname(targets[0]), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=755,size=64k")
+    for source, target in zip(sources, targets, strict=True):
+        os.mkdir(target)
+        _mount(source.encode(), target, None, _MS_BIND | _MS_REC, None)
 
 
 def _mount(source: bytes | None, target: str, fstype: bytes | None, flags: int, data: bytes | None) -> None:

@@ -385,3 +385,45 @@ def test_as_root_a_hard_link_to_a_host_file_is_not_handed_to_the_jail(tmp_path):
     result = run_python(code, SandboxLimits(timeout_s=20), [rw])
     assert not result.passed and "PermissionError" in result.stderr
     assert host_file.read_text() == "host" and host_file.stat().st_uid == 0
+
+
+_FIRST_RUNS_AT_ONCE = """
+import threading
+from code_tools.sandbox import run_python, sandbox_status
+from code_tools.sandbox_guard import staged_paths
+
+sandbox_status()  # probed once, as a server does before its first request
+start = threading.Barrier(16)
+stages, results = [], []
+
+def stage():
+    start.wait()
+    stages.append(staged_paths(1)[0])
+
+def run():
+    start.wait()
+    results.append(run_python("print(6 * 7)"))
+
+threads = [threading.Thread(target=stage) for _ in range(8)] + [threading.Thread(target=run) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(set(stages)), sum(r.stdout == "42\\n" for r in results))
+for r in results:
+    if r.stdout != "42\\n":
+        print(r.stderr[-300:])
+"""
+
+
+def test_as_root_runs_that_start_at_once_in_a_fresh_process_share_one_stage(tmp_path):
+    """The first runs of a process (a bench's worker threads, a server's first requests) start
+    together: each once made its own stage directory, and one whose bwrap named another's
+    failed to start ("Can't find source path"). Fresh interpreters, so nothing is made yet."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts are staged only when codehop is root")
+    import subprocess
+
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _FIRST_RUNS_AT_ONCE], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parents[2])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines()[0] == "1 8", done.stdout

@@ -133,7 +133,7 @@ def test_canonical_solutions_pass_and_broken_ones_fail(shared_data, tmp_path, ta
     cache = SampleCache(tmp_path / "canonical.jsonl")
     rows = evaluate_condition(problems, "canonical", lambda p: [], None, cache,
                               GenerationSettings(workers=2), progress=False)
-    assert [r["passed"] for r in rows] == [True] * 10
+    assert [r["passed"] for r in rows] == [True] * 10, [r for r in rows if not r["passed"]]
     # resumable: a second pass finds every sample in the cache and runs nothing
     lines = (tmp_path / "canonical.jsonl").read_text().count("\n")
     evaluate_condition(problems, "canonical", lambda p: [], None, SampleCache(cache.path),
