@@ -127,9 +127,11 @@ def rewrite_schema(n_questions: int, n_queries: int) -> dict:
 
 
 # A reply item that copies the prompt's placeholders ("<clearer version of the question>") instead
-# of filling them in; rag.capability fails a generator on it, `usable_rewrites` drops it.
-TEMPLATE_ECHO = re.compile(r"<[^<>]*(version|query|question)[^<>]*>|^\.\.\.$", re.IGNORECASE)
-_TAG = re.compile(r"</?[^<>]*>")
+# of filling them in; rag.capability fails a generator on it, `usable_rewrites` drops it. A `<`
+# right after a name or `::` opens type arguments (`Optional<QueryResult>`, `Vec<u8>`), not a tag.
+_OPENS = r"(?<![\w:.])<"
+TEMPLATE_ECHO = re.compile(_OPENS + r"/?[^<>]*(version|query|question)[^<>]*>|^\.\.\.$", re.IGNORECASE)
+_TAG = re.compile(_OPENS + r"/?[^<>]*>|</[^<>]*>")
 _WORD = re.compile(r"[^\W_]")  # a letter or digit
 
 

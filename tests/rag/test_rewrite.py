@@ -28,6 +28,9 @@ def test_usable_rewrites_drop_template_echoes_and_markup():
     assert usable_rewrites(echoes) == []
     assert usable_rewrites(["<remark 1>Remove elements from A that are in B", " pandas  read_csv "]) == \
         ["Remove elements from A that are in B", "pandas read_csv"]
+    # type arguments are code, not markup: kept whole
+    code = ["iterate a List<int> in Java", "HashMap<String, Integer> to Optional<QueryResult>", "Vec<u8> from &str"]
+    assert usable_rewrites(code) == code
 
 
 def test_a_reply_of_template_echoes_is_asked_again_and_then_unusable():
