@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import select
 import sys
 
 from runtime.errors import CodehopError
@@ -38,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no stdout, or not a file descriptor
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     _configure_threads()
     parser = build_parser()
@@ -53,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codehop: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader left (`codehop ask ... | head`): stop quietly, as Unix tools do
-        # Python would report the failed flush of stdout at exit; point stdout at /dev/null first
+    except BrokenPipeError:
+        if not _reader_left():  # a pipe or socket of the command's own (a model server's, ...)
+            raise
+        # the reader left (`codehop ask ... | head`): stop quietly, as Unix tools do. Python
+        # would report the failed flush of stdout at exit; point stdout at /dev/null first
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 

@@ -1,6 +1,7 @@
 """End to end through the `codehop` CLI: index a small real tree, search it in every mode,
 survive a kill -9 during indexing, and turn bad input into one error line."""
 
+import argparse
 import gzip
 import json
 import os
@@ -279,6 +280,29 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(indexed, tmp_path):
     stderr = process.stderr.read().decode(errors="replace")
     assert process.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_a_broken_pipe_of_the_commands_own_is_not_taken_for_the_reader_leaving(monkeypatch):
+    """Only stdout's reader leaving ends quietly: a BrokenPipeError from a pipe the command
+    opened itself (a model server's socket, a subprocess) still surfaces."""
+    from codehop import cli
+
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert not cli._reader_left()  # someone still reads stdout
+        os.close(read)
+        assert cli._reader_left()
+
+    def broken(args):
+        raise BrokenPipeError("the model server closed the connection")
+
+    monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(func=broken))
+    with pytest.raises(BrokenPipeError):
+        cli.main(["search", "x"])
 
 
 def test_kill_during_indexing_leaves_previous_state_searchable(indexed, capsys, shared_data, tmp_path):
