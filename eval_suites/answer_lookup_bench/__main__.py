@@ -7,6 +7,9 @@ pages (12 pages of each sampled library, as serving_bench's ask part builds it),
 SmolLM2-135M: greedy with repetition penalty 1.1 and an 8-gram ban). Per question every
 variant answers in turn (the order rotates, so load drift spreads over the variants); the
 "generate" stage records forwards, drafted and accepted tokens. Same answers are checked.
+"plain-model-forward" decodes as "plain" through the model's own forward instead of its lean
+one-token step (rag.cpu_decode.DecodeStep, which int8 answers take): `--precisions int8
+--variants plain,plain-model-forward` measures that step.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from pathlib import Path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # name -> (draft_tokens, min_ngram); "plain" is one token per forward; lookup-3 is the default
-VARIANTS = {"plain": (0, 1), "lookup-3": (3, 2), "lookup-8": (8, 1), "lookup-2": (2, 2), "lookup-3-3gram": (3, 3)}
+VARIANTS = {"plain": (0, 1), "lookup-3": (3, 2), "lookup-8": (8, 1), "lookup-2": (2, 2), "lookup-3-3gram": (3, 3),
+            "plain-model-forward": (0, 1)}
+# variants whose one-token steps run the model's own forward instead of its lean step
+# (rag.cpu_decode.DecodeStep, which an int8 model's answers take after the prompt)
+MODEL_FORWARD = {"plain-model-forward"}
 
 
 def ask_questions(data: Path, n: int, seed: int):
@@ -55,6 +62,7 @@ def run(args) -> dict:
     load = {"before": os.getloadavg()}
     for precision in args.precisions.split(","):
         generator = load_generator(args.model, precision=precision)
+        lean_step = getattr(generator.model, "codehop_decode_step", None)
         pipeline = RagPipeline(collection, generator, config)
         pipeline.run(questions[0])  # warm-up
         names = args.variants.split(",")
@@ -62,6 +70,7 @@ def run(args) -> dict:
             for name in names[i % len(names):] + names[:i % len(names)]:
                 tokens, min_ngram = VARIANTS[name]
                 generator.lookup = LookupConfig(draft_tokens=tokens, min_ngram=min_ngram)
+                generator.model.codehop_decode_step = None if name in MODEL_FORWARD else lean_step
                 start = time.perf_counter()
                 result = pipeline.run(question)
                 total = time.perf_counter() - start
@@ -69,8 +78,10 @@ def run(args) -> dict:
                 rows.append({"precision": precision, "variant": name, "question": i, "total_s": total,
                              "generate_s": record.seconds, "answer": result.answer,
                              "decode_s": record.seconds - record.detail["prefill_s"],
-                             **{key: record.detail.get(key) for key in ("forwards", "drafted", "accepted", "prefill_s")}})
+                             **{key: record.detail.get(key) for key in ("forwards", "drafted", "accepted", "prefill_s",
+                                                                        "decode_step")}})
                 print(f"[{precision} q{i} {name}] {record.seconds:.2f}s decode {rows[-1]['decode_s']:.2f}s "
+                      f"step={rows[-1]['decode_step']} "
                       f"forwards={rows[-1]['forwards']} "
                       f"accepted={rows[-1]['accepted']}", flush=True)
         load[f"after {precision}"] = os.getloadavg()

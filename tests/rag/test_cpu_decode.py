@@ -160,3 +160,40 @@ def test_smollm2_greedy_completions_are_the_same_with_the_step():
                 assert outs[0] == outs[1], f"{name} at {cut}"
     finally:
         model.codehop_decode_step = step
+
+
+def test_answers_take_the_step_after_the_prompt_with_the_same_tokens(smollm2_tokenizer):
+    """rag.llm's answers (ask, chat, REST) of an int8 model: the prompt through the model's own
+    forward, then one-token steps through DecodeStep over a GrowingCache: the same tokens and
+    log-probabilities as the model's own steps, with the pipeline's loop control and with a
+    JSON schema (the rules and the grammar mask edit copies of the step's logits)."""
+    from rag.llm import GenerationConfig, TransformersGenerator
+
+    _needs_kernels()
+    model = _llama(True, **WIDE, vocab_size=len(smollm2_tokenizer), max_position_embeddings=4096)
+    step = model.codehop_decode_step
+    generator = TransformersGenerator.from_model(model, smollm2_tokenizer)
+    generator.precision = "int8"  # as rag.llm's loader records rag.cpu_weights' choice
+    prompt = "def area(width, height):\n    return width * height\n\n\ndef volume(width, height, depth):\n"
+    configs = [GenerationConfig(max_new_tokens=24, logprobs=True),
+               GenerationConfig(max_new_tokens=24, logprobs=True, repetition_penalty=1.3, no_repeat_ngram_size=3)]
+    if _has_xgrammar():
+        schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+        configs.append(GenerationConfig(max_new_tokens=24, logprobs=True, json_schema=schema))
+    for config in configs:
+        lean = generator.complete(prompt, config)
+        model.codehop_decode_step = None
+        own = generator.complete(prompt, config)
+        model.codehop_decode_step = step
+        assert lean.decode["decode_step"] == "lean" and own.decode["decode_step"] == "model"
+        assert lean.token_ids == own.token_ids and len(lean.token_ids) > 1, config
+        assert lean.decode["forwards"] == own.decode["forwards"]
+        assert lean.logprobs == own.logprobs and lean.logprobs is not None
+
+
+def _has_xgrammar() -> bool:
+    try:
+        import xgrammar  # noqa: F401
+    except ImportError:
+        return False
+    return True
