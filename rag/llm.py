@@ -123,6 +123,21 @@ def final_text_delta(tokenizer, ids: list[int], stops: tuple[str, ...], emitted:
     return final_text, rest
 
 
+def _growing(cache, spare: int):
+    """`cache` (a prompt's transformers DynamicCache) as a runtime.growing_cache.GrowingCache:
+    the steps after the prompt write into preallocated rows instead of copying every layer's
+    keys and values per token. A cache of another kind (a model's own, sliding-window layers)
+    is kept as it is."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    from runtime.growing_cache import GrowingCache
+
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer or layer.keys is None
+                                              for layer in cache.layers):
+        return cache
+    return GrowingCache([(layer.keys, layer.values) for layer in cache.layers], spare=spare)
+
+
 class TransformersGenerator:
     """A Hugging Face causal LM on CPU (or any torch device) with a manual decoding loop.
 
@@ -161,6 +176,10 @@ class TransformersGenerator:
         # (float32 SmolLM2, 1 thread: a 4-token verify costs ~18% more than a one-token step;
         # 8 tokens from 1-gram matches: 0.75x the forwards, 1.02x the time).
         self.lookup = lookup
+        # After the prompt, decode over a cache that grows in place (runtime.growing_cache);
+        # False keeps transformers' DynamicCache, which copies every layer's keys and values
+        # per token (benchmarks measure one against the other).
+        self.growing_cache = True
         self._decodes = threading.local()  # the record of each thread's latest decode
 
     @classmethod
@@ -262,14 +281,13 @@ class TransformersGenerator:
         the first forward's seconds (prefill_s: the prompt)."""
         import torch
 
-        from runtime.growing_cache import GrowingCache
-
         if not prompt_ids:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
         record = {} if record is None else record
         record.update(forwards=0, drafted=0, accepted=0, prefill_s=0.0)
         draft, record["drafting_why"] = self.drafting(config)
         record["drafting"] = "prompt-lookup" if draft else "off"
+        record["decode_step"] = "model"  # the model's own forward ("lean": rag.cpu_decode's, below)
         if draft:
             yield from self._drafted_steps(prompt_ids, config, record)
             return
@@ -280,9 +298,10 @@ class TransformersGenerator:
         generated: list[int] = []
         # A model prepared for CPU decoding carries a lean one-token forward, bit for bit its own
         # (rag.cpu_decode.DecodeStep; 0.76x a step of SmolLM2 int8 here): after the prompt, the
-        # steps run it over a cache that grows in place.
+        # steps run it (any model's steps run over a cache that grows in place, _growing).
         step = getattr(self.model, "codehop_decode_step", None)
-        record["decode_step"] = "lean" if step is not None else "model"
+        if step is not None:
+            record["decode_step"] = "lean"
         for _ in range(config.max_new_tokens):
             started = time.perf_counter()
             if step is not None and past is not None:
@@ -290,10 +309,10 @@ class TransformersGenerator:
                     logits = step(input_ids[0].tolist(), past.get_seq_length(), past)
                 logits = logits.clone().unsqueeze(0)  # an ordinary tensor: the rules may edit a copy in place
             else:
+                fresh = past is None
                 logits, past = self.forward(input_ids, past, logits_to_keep=1)
-                if step is not None:
-                    past = GrowingCache([(layer.keys, layer.values) for layer in past.layers],
-                                        spare=config.max_new_tokens)
+                if fresh and self.growing_cache:
+                    past = _growing(past, config.max_new_tokens)
             if not record["forwards"]:
                 record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1
@@ -331,7 +350,10 @@ class TransformersGenerator:
             draft = lookup_draft(sequence, min(budget, room), lookup.ngram, lookup.min_ngram) \
                 if past is not None and room > 0 else []
             started = time.perf_counter()
+            fresh = past is None
             logits, past = self.forward(torch.tensor([inputs + draft]), past, logits_to_keep=len(draft) + 1)
+            if fresh and self.growing_cache:
+                past = _growing(past, config.max_new_tokens + lookup.draft_tokens)
             if not record["forwards"]:
                 record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1

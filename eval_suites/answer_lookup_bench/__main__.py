@@ -9,7 +9,9 @@ variant answers in turn (the order rotates, so load drift spreads over the varia
 "generate" stage records forwards, drafted and accepted tokens. Same answers are checked.
 "plain-model-forward" decodes as "plain" through the model's own forward instead of its lean
 one-token step (rag.cpu_decode.DecodeStep, which int8 answers take): `--precisions int8
---variants plain,plain-model-forward` measures that step.
+--variants plain,plain-model-forward` measures that step; "plain-dynamic-cache" and
+"lookup-3-dynamic-cache" decode over transformers' DynamicCache instead of the cache that grows
+in place (runtime.growing_cache).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # name -> (draft_tokens, min_ngram); "plain" is one token per forward; lookup-3 is the default
 VARIANTS = {"plain": (0, 1), "lookup-3": (3, 2), "lookup-8": (8, 1), "lookup-2": (2, 2), "lookup-3-3gram": (3, 3),
-            "plain-model-forward": (0, 1)}
+            "plain-model-forward": (0, 1), "plain-dynamic-cache": (0, 1), "lookup-3-dynamic-cache": (3, 2)}
 # variants whose one-token steps run the model's own forward instead of its lean step
 # (rag.cpu_decode.DecodeStep, which an int8 model's answers take after the prompt)
 MODEL_FORWARD = {"plain-model-forward"}
+# variants that decode over transformers' DynamicCache instead of runtime.growing_cache's (as
+# answers did before both)
+DYNAMIC_CACHE = {"plain-model-forward", "plain-dynamic-cache", "lookup-3-dynamic-cache"}
 
 
 def ask_questions(data: Path, n: int, seed: int):
@@ -71,6 +76,7 @@ def run(args) -> dict:
                 tokens, min_ngram = VARIANTS[name]
                 generator.lookup = LookupConfig(draft_tokens=tokens, min_ngram=min_ngram)
                 generator.model.codehop_decode_step = None if name in MODEL_FORWARD else lean_step
+                generator.growing_cache = name not in DYNAMIC_CACHE
                 start = time.perf_counter()
                 result = pipeline.run(question)
                 total = time.perf_counter() - start

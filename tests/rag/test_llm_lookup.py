@@ -10,6 +10,8 @@ from its sources, is the slow test at the end.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -79,6 +81,26 @@ def test_drafted_answers_equal_plain_greedy_with_and_without_loop_control(models
     # drafts were kept (forwards saved) and rejected (cropped from the cache), both also under
     # the pipeline's loop control, where the rules turn some drafted positions' choices
     assert accepted[1] and rejected[1] and sum(accepted) and sum(rejected), (accepted, rejected)
+
+
+def test_answers_over_the_growing_cache_equal_those_over_transformers_cache(models):
+    """After the prompt, answers decode over runtime.growing_cache (rows written in place, rejected
+    drafts cropped by moving the end): plain and drafted, with and without loop control, the
+    tokens and log-probabilities of the same decode over transformers' DynamicCache."""
+    config_runs = []
+    for growing in (True, False):
+        runs, rejected = [], 0
+        for model, tokenizer in models:
+            for generator in _pair(model, tokenizer, LookupConfig(draft_tokens=3, min_ngram=1)):
+                generator.growing_cache = growing
+                for config in CONFIGS:
+                    for prompt in PROMPTS:
+                        out = generator.complete(prompt, replace(config, logprobs=True))
+                        runs.append((out.token_ids, out.logprobs))
+                        rejected += out.decode["drafted"] - out.decode["accepted"]
+        config_runs.append(runs)
+        assert rejected > 0  # crops ran
+    assert config_runs[0] == config_runs[1]
 
 
 def test_log_probs_and_streams_match_too(context_model):
