@@ -289,6 +289,9 @@ def prepare_for_cpu(model, precision: str) -> Any:
         return model.to(torch.bfloat16)
     if precision != "int8":
         raise InvalidInputError(f"cannot prepare a model for precision {precision!r}")
+    # the model's own count (tied weights once): Int8Linear keeps its weights as buffers, so
+    # model.parameters() no longer counts them (SmolLM2-135M would read as 28M)
+    model.codehop_parameters = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

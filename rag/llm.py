@@ -160,7 +160,8 @@ class TransformersGenerator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.parameters = sum(p.numel() for p in model.parameters())
+        # as loaded: rag.cpu_weights' int8 layers hold their weights as buffers (it records the count)
+        self.parameters = getattr(model, "codehop_parameters", None) or sum(p.numel() for p in model.parameters())
         vocab = tokenizer.get_vocab()
         self.supports_fim = all(token in vocab for token in FIM_TOKENS)
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -180,3 +180,19 @@ def test_reordered_prompt_weights_are_bit_for_bit_linear():
         expected = torch.nn.functional.linear(x, layer.weight)
         assert torch.equal(layer.prompt_product(x), expected), f"{rows} rows"
         assert torch.equal(copy.deepcopy(layer).prompt_product(x), expected)
+
+
+def test_an_int8_model_still_counts_its_parameters(tiny_llama):
+    """Int8Linear keeps weights as buffers; the generator's count (which decides whether LLM
+    stages run) is the model's own, tied weights once, not the float32 rest."""
+    import copy
+
+    from rag.cpu_weights import prepare_for_cpu
+    from rag.llm import TransformersGenerator
+
+    model, tokenizer = tiny_llama
+    loaded = sum(p.numel() for p in model.parameters())
+    prepared = prepare_for_cpu(copy.deepcopy(model), "int8")
+    assert sum(p.numel() for p in prepared.parameters()) < loaded  # what was counted before
+    assert TransformersGenerator.from_model(prepared, tokenizer).parameters == loaded
+    assert TransformersGenerator.from_model(model, tokenizer).parameters == loaded
