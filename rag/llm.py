@@ -123,7 +123,7 @@ def final_text_delta(tokenizer, ids: list[int], stops: tuple[str, ...], emitted:
     return final_text, rest
 
 
-def _growing(cache, spare: int):
+def as_growing_cache(cache, spare: int):
     """`cache` (a prompt's transformers DynamicCache) as a runtime.growing_cache.GrowingCache:
     the steps after the prompt write into preallocated rows instead of copying every layer's
     keys and values per token. A cache of another kind (a model's own, sliding-window layers)
@@ -299,7 +299,7 @@ class TransformersGenerator:
         generated: list[int] = []
         # A model prepared for CPU decoding carries a lean one-token forward, bit for bit its own
         # (rag.cpu_decode.DecodeStep; 0.76x a step of SmolLM2 int8 here): after the prompt, the
-        # steps run it (any model's steps run over a cache that grows in place, _growing).
+        # steps run it (any model's steps run over a cache that grows in place, as_growing_cache).
         step = getattr(self.model, "codehop_decode_step", None)
         if step is not None:
             record["decode_step"] = "lean"
@@ -313,7 +313,7 @@ class TransformersGenerator:
                 fresh = past is None
                 logits, past = self.forward(input_ids, past, logits_to_keep=1)
                 if fresh and self.growing_cache:
-                    past = _growing(past, config.max_new_tokens)
+                    past = as_growing_cache(past, config.max_new_tokens)
             if not record["forwards"]:
                 record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1
@@ -354,7 +354,7 @@ class TransformersGenerator:
             fresh = past is None
             logits, past = self.forward(torch.tensor([inputs + draft]), past, logits_to_keep=len(draft) + 1)
             if fresh and self.growing_cache:
-                past = _growing(past, config.max_new_tokens + lookup.draft_tokens)
+                past = as_growing_cache(past, config.max_new_tokens + lookup.draft_tokens)
             if not record["forwards"]:
                 record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1

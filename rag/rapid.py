@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from runtime.errors import InvalidInputError
-from rag.llm import Generation, GenerationConfig, final_text_delta, text_delta
+from rag.llm import Generation, GenerationConfig, as_growing_cache, final_text_delta, text_delta
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,12 @@ def _forward(generator, ids: list[int], cache, keep: int):
     """
     import torch
 
+    fresh = cache is None
     logits, cache = generator.forward(torch.tensor([ids]), cache, logits_to_keep=keep)
+    if fresh and getattr(generator, "growing_cache", False):
+        # later forwards write into preallocated rows instead of copying the long context's
+        # keys and values at every step (rag.llm.as_growing_cache)
+        cache = as_growing_cache(cache, spare=64)
     return logits[0, -keep:].float(), cache
 
 
@@ -277,7 +282,7 @@ class _Stream:
         while keep < limit and self.fed[keep] == self.tokens[keep]:
             keep += 1
         if keep < len(self.fed):
-            # transformers 5.x: DynamicCache.crop(n) with n < 0 drops the last -n positions.
+            # crop(n) with n < 0 drops the last -n positions (DynamicCache and GrowingCache alike)
             self.cache.crop(keep - len(self.fed))
             del self.fed[keep:]
 

@@ -132,22 +132,42 @@ def rouge_l(prediction: list[str], reference: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+DYNAMIC = " (DynamicCache)"  # suffix of the variants decoded over transformers' own cache
+
+
+def _prefills(target, drafter, prompt_ids: list[int], draft_ids: list[int], growing: bool):
+    """(target prefix, drafter prefix) over caches that grow in place, or over transformers'
+    DynamicCache (copied per step: what decoding used before rag.llm.as_growing_cache)."""
+    for generator in (target, drafter):
+        generator.growing_cache = growing
+    try:
+        return prefill(target, prompt_ids), prefill(drafter, draft_ids)
+    finally:
+        for generator in (target, drafter):
+            generator.growing_cache = True
+
+
 def run_question(target, drafter, question: Question, etas: list[float], max_new: int,
-                 context_config: DraftContextConfig, rotate: int) -> list[dict]:
-    """Plain and RAPID variants on one question, from one shared prefill per model."""
+                 context_config: DraftContextConfig, rotate: int, compare_caches: bool = False) -> list[dict]:
+    """Plain and RAPID variants on one question, from one shared prefill per model (per cache
+    kind: with `compare_caches`, plain and RAPID at the first eta again over DynamicCache)."""
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"{question.context}\nQuestion: {question.question}"}]
     prompt_ids = target.encode(target.render_chat(messages))
     draft = build_draft_context(prompt_ids, lambda i: target.tokenizer.decode([i]), context_config, question.question)
-    target_prefix = prefill(target, prompt_ids)
-    draft_prefix = prefill(drafter, draft.ids)
+    prefixes = {"": _prefills(target, drafter, prompt_ids, draft.ids, True)}
+    if compare_caches:
+        prefixes[DYNAMIC] = _prefills(target, drafter, prompt_ids, draft.ids, False)
     config = GenerationConfig(max_new_tokens=max_new)
-    base = {"page": question.page, "context_tokens": len(prompt_ids), "draft_tokens": len(draft.ids),
-            "target_prefill_s": target_prefix.seconds, "draft_prefill_s": draft_prefix.seconds}
-    variants = [("plain", None)] + [(f"rapid eta={eta:g}", eta) for eta in etas]
+    variants = [("plain", None, "")] + [(f"rapid eta={eta:g}", eta, "") for eta in etas]
+    if compare_caches:
+        variants += [("plain" + DYNAMIC, None, DYNAMIC), (f"rapid eta={etas[0]:g}" + DYNAMIC, etas[0], DYNAMIC)]
     variants = variants[rotate % len(variants):] + variants[: rotate % len(variants)]  # spread load drift
     rows = {}
-    for name, eta in variants:
+    for name, eta, cache in variants:
+        target_prefix, draft_prefix = prefixes[cache]
+        base = {"page": question.page, "context_tokens": len(prompt_ids), "draft_tokens": len(draft.ids),
+                "target_prefill_s": target_prefix.seconds, "draft_prefill_s": draft_prefix.seconds}
         if eta is None:
             tokens, seconds, forwards = plain_greedy(target, prompt_ids, target_prefix.fork(), max_new)
             rows[name] = {**base, "variant": name, "tokens": tokens, "decode_s": seconds,
@@ -172,7 +192,7 @@ def run_question(target, drafter, question: Question, etas: list[float], max_new
                    decode_tok_s=len(row["tokens"]) / row["decode_s"] if row["decode_s"] else 0.0)
         row["speedup_decode"] = rows["plain"]["decode_s"] / row["decode_s"]
         row["speedup_end_to_end"] = rows["plain"]["end_to_end_s"] / row["end_to_end_s"]
-    return [rows[name] for name, _ in sorted(variants, key=lambda v: (v[1] is not None, v[1] or 0))]
+    return [rows[name] for name, *_ in sorted(variants, key=lambda v: (v[2], v[1] is not None, v[1] or 0))]
 
 
 # -- aggregation ------------------------------------------------------------------------------
@@ -210,6 +230,26 @@ def cost_rows(rows: list[dict]) -> list[dict]:
                     "verify forward ms": 1000 * rapid["target_seconds"] / max(1, rapid["target_forwards"]),
                     "drafter forward ms": 1000 * rapid["drafter_seconds"] / max(1, rapid["drafter_forwards"]),
                     "target prefill s": plain["target_prefill_s"], "drafter prefill s": plain["draft_prefill_s"]})
+    return out
+
+
+def cache_rows(rows: list[dict]) -> list[dict]:
+    """Per variant decoded over both caches: decode seconds, ms per target forward, the ratio."""
+    out = []
+    for variant in ("plain", "rapid eta=0"):
+        growing = {r["page"]: r for r in rows if r["variant"] == variant}
+        dynamic = {r["page"]: r for r in rows if r["variant"] == variant + DYNAMIC}
+        pages = sorted(growing.keys() & dynamic.keys())
+        if not pages:
+            continue
+        seconds = [sum(side[p]["decode_s"] for p in pages) for side in (growing, dynamic)]
+        forwards = [sum(side[p]["target_forwards"] for p in pages) for side in (growing, dynamic)]
+        out.append({"variant": variant, "questions": len(pages),
+                    "decode s (growing)": seconds[0], "decode s (DynamicCache)": seconds[1],
+                    "ms per target forward (growing)": 1000 * seconds[0] / forwards[0],
+                    "ms per target forward (DynamicCache)": 1000 * seconds[1] / forwards[1],
+                    "ratio": seconds[0] / seconds[1],
+                    "same tokens": sum(growing[p]["tokens"] == dynamic[p]["tokens"] for p in pages)})
     return out
 
 
@@ -285,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--draft-budget", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-caches", action="store_true",
+                        help="also decode plain and RAPID eta=0 over transformers' DynamicCache (copied per "
+                             "step) on every evaluation question, against the cache that grows in place")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -309,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for i, question in enumerate(evaluate):
-        rows += run_question(generator, generator, question, [0.0, best_eta], args.new_tokens, context_config, i)
+        rows += run_question(generator, generator, question, [0.0, best_eta], args.new_tokens, context_config, i,
+                             args.compare_caches)
         print(f"[eval {i + 1}/{len(evaluate)}] context {question.context_tokens} tokens, "
               f"{time.perf_counter() - started:.0f}s", flush=True)
     variants = ["plain", "rapid eta=0", f"rapid eta={best_eta:g}"]
@@ -326,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = cost_rows([r for r in rows if r["variant"] in ("plain", "rapid eta=0")])
 
     report = Report("RAPID: retrieval-augmented speculative decoding vs plain decoding (SmolLM2-135M, CPU)",
-                    settings={"model": args.model, "target": "SmolLM2-135M (float32)", "drafter": "the same model",
+                    settings={"model": args.model, "target": f"SmolLM2-135M ({generator.precision})", "drafter": "the same model",
                               "questions": args.questions, "tune_questions": args.tune_questions,
                               "context_tokens": [args.min_tokens, args.max_tokens], "new_tokens": args.new_tokens,
                               "decoding": "greedy", "draft_context": {"chunk_tokens": context_config.chunk_tokens,
@@ -344,12 +388,19 @@ def main(argv: list[str] | None = None) -> int:
                           "prefill; end-to-end adds the target prefill and RAPID's drafter prefill). "
                           "Agreement compares with the plain target's output.")
     report.add_table("By context length", buckets)
+    if args.compare_caches:
+        report.add_table("KV cache: growing in place vs transformers' DynamicCache (same questions, same run)",
+                         cache_rows(rows),
+                         note="Each variant decoded from its own prefill of the same prompt over each cache "
+                              "kind, in the question's rotated order. 'ratio' = growing / DynamicCache decode "
+                              "time over all questions; 'same tokens' compares each question's output.")
     report.add_table("Cost per forward (RAPID eta=0 runs)", costs)
     samples = [{"page": r["page"], "variant": r["variant"], "text": r["text"][:140].replace("\n", " ").replace("|", "/")}
                for r in rows[: 3 * len(variants)]]
     report.add_table("Samples", samples)
     report.settings["wall_s"] = round(time.perf_counter() - started)
     report.results = {"tuning": tuning, "best_eta": best_eta, "summary": main_rows, "by_context": buckets,
+                      "caches": cache_rows(rows) if args.compare_caches else None,
                       "costs": costs, "rows": [{k: v for k, v in r.items() if k != "tokens"} for r in rows],
                       "tuning_rows": [{k: v for k, v in r.items() if k != "tokens"} for r in tuning_rows]}
     _plot(report, rows, costs, variants, args.out)

@@ -60,6 +60,38 @@ def test_greedy_rapid_equals_target_greedy_when_drafts_are_rejected(target, othe
     assert 0 < accepted < drafted  # partial acceptances: caches were cropped mid-draft
 
 
+def test_greedy_rapid_of_a_context_sensitive_target_equals_its_plain_greedy(smollm2_tokenizer):
+    """The tiny_llama target repeats a token whatever it reads, so it cannot tell a stale KV row
+    from a fresh one: here a one-layer Llama with large weights, whose tokens depend on what
+    the cache holds, and a drafter that is the same model slightly perturbed (drafts partly
+    accepted). RAPID over caches that grow in place and crop rejected rows gives the tokens of
+    plain greedy decoding over transformers' own cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from runtime.prompt_lookup import LookupConfig
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.5,
+        tie_word_embeddings=False, eos_token_id=smollm2_tokenizer.eos_token_id)).eval()
+    drafter = copy.deepcopy(model)
+    with torch.no_grad():
+        for weight in drafter.model.layers.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    target = TransformersGenerator.from_model(model, smollm2_tokenizer, "target")
+    reference = TransformersGenerator.from_model(model, smollm2_tokenizer, "plain", lookup=LookupConfig(draft_tokens=0))
+    reference.growing_cache = False
+    rapid = RapidDecoder(target, TransformersGenerator.from_model(drafter, smollm2_tokenizer, "drafter"), ALL_DRAFTS)
+    config = GenerationConfig(max_new_tokens=30)
+    drafted = accepted = 0
+    for prompt in PROMPTS:
+        result = rapid.generate(prompt, prompt, config)
+        assert result.generation.token_ids == reference.complete(prompt, config).token_ids
+        drafted, accepted = drafted + result.drafted, accepted + result.accepted
+    assert 0 < accepted < drafted  # partial acceptances: both caches were cropped mid-draft
+
+
 def test_drafter_equal_to_target_accepts_every_draft(target):
     config = GenerationConfig(max_new_tokens=33)
     result = RapidDecoder(target, target, ALL_DRAFTS).generate(PROMPTS[0], PROMPTS[0], config)
