@@ -128,8 +128,9 @@ def rewrite_schema(n_questions: int, n_queries: int) -> dict:
 
 # A reply item that copies the prompt's placeholders ("<clearer version of the question>") instead
 # of filling them in; rag.capability fails a generator on it, `usable_rewrites` drops it. A `<`
-# right after a name or `::` opens type arguments (`Optional<QueryResult>`, `Vec<u8>`), not a tag.
-_OPENS = r"(?<![\w:.])<"
+# right after a name, `.` or `::` opens type arguments (`Optional<QueryResult>`, `collect::<Vec<_>>`),
+# not a tag; after a label's colon ("Q:<clearer version ...>") it is the prompt's placeholder.
+_OPENS = r"(?<![\w.])(?<!::)<"
 TEMPLATE_ECHO = re.compile(_OPENS + r"/?[^<>]*(version|query|question)[^<>]*>|^\.\.\.$", re.IGNORECASE)
 _TAG = re.compile(_OPENS + r"/?[^<>]*>|</[^<>]*>")
 _WORD = re.compile(r"[^\W_]")  # a letter or digit

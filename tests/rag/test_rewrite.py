@@ -24,12 +24,13 @@ def test_parse_rewrite_handles_messy_output(text, questions, queries):
 def test_usable_rewrites_drop_template_echoes_and_markup():
     # SmolLM2-135M's rewrites of CodeRAG questions, as it wrote them
     echoes = ["<clearer version of the question>", "<short keyword query>", "</longer version of the question>",
-              "<clearer version of the question>',", "<remark 1>", ","]
+              "<clearer version of the question>',", "<remark 1>", ",", "Q:<clearer version of the question>"]
     assert usable_rewrites(echoes) == []
     assert usable_rewrites(["<remark 1>Remove elements from A that are in B", " pandas  read_csv "]) == \
         ["Remove elements from A that are in B", "pandas read_csv"]
     # type arguments are code, not markup: kept whole
-    code = ["iterate a List<int> in Java", "HashMap<String, Integer> to Optional<QueryResult>", "Vec<u8> from &str"]
+    code = ["iterate a List<int> in Java", "HashMap<String, Integer> to Optional<QueryResult>", "Vec<u8> from &str",
+            "iter().collect::<Vec<_>>()"]
     assert usable_rewrites(code) == code
 
 
