@@ -139,6 +139,26 @@ class BM25Index:
         self._stale = True
         self._by_term = self._norm = None
 
+    def copy(self) -> "BM25Index":
+        """An index of the same documents that can be added to or deleted from while this one
+        keeps serving searches: the count arrays are shared (add and delete build new ones,
+        never write into them), the vocabulary is copied (adding extends it)."""
+        self._check_writable()
+        out = BM25Index(self.config)
+        out._vocab = dict(self._vocab)
+        out._ids, out._lengths, out._starts = self._ids, self._lengths, self._starts
+        out._terms, out._tfs = self._terms, self._tfs
+        out._stale = True
+        return out
+
+    def dead_term_share(self) -> float:
+        """The share of the vocabulary no document holds any more (deleted documents' terms stay
+        numbered until a rebuild; they do not change scores, only the saved vocabulary's size)."""
+        if not self._vocab:
+            return 0.0
+        live = np.count_nonzero(np.bincount(self._terms, minlength=len(self._vocab)))
+        return 1.0 - live / len(self._vocab)
+
     def grouped(self, groups: np.ndarray) -> "BM25Index":
         """A new index with one row per group of this one's rows, each the union of its rows'
         tokens (term frequencies and lengths summed): a document made of its chunks, counted

@@ -687,10 +687,10 @@ class Collection:
                 tokens = [tokenize(text, self.config.tokenizer) for text in texts]
                 self.store.set_index_terms([(i, words, content_hash(text))
                                             for i, words, text in zip(ids, tokens, texts)])
+                bm25 = BM25Index(self.config.bm25)
+                bm25.index(tokens, np.asarray(ids, dtype=np.int64))
             else:
-                ids, tokens = self.store.chunk_tokens(self.name)
-            bm25 = BM25Index(self.config.bm25)
-            bm25.index(tokens, np.asarray(ids, dtype=np.int64))
+                ids, bm25 = self._updated_bm25(removed, added)
             documents = self._documents_for(bm25)
         dense, pending = self._dense, self._pending
         nothing = dense is None and not len(pending)  # no dense state to build on
@@ -726,6 +726,28 @@ class Collection:
             self.name, generation, final.name, dense, self.config.dense, counts,
             self.config.embedding_model)
         return final
+
+    def _updated_bm25(self, removed: list[int], added: list[int]) -> tuple[list[int], BM25Index]:
+        """(every chunk id, the chunk BM25 of the store view being committed).
+
+        The committed index, copied, with the removed chunks deleted and the added ones counted
+        from their stored tokens: the same scores as counting every chunk again (term numbering
+        aside), which took ~8 s for one new text in a 30k-chunk collection. Counted from scratch
+        when there is no committed index with counts, when the update does not give the store's
+        rows in the store's order, or when over half the vocabulary is deleted documents' terms.
+        """
+        ids = self.store.chunk_ids(self.name)
+        base = self._bm25
+        if base is not None and base.has_counts:
+            bm25 = base.copy()
+            bm25.delete(np.asarray(removed, dtype=np.int64))
+            bm25.add(self.store.tokens_of(added), np.asarray(added, dtype=np.int64))
+            if np.array_equal(bm25.ids(), np.asarray(ids, dtype=np.int64)) and bm25.dead_term_share() <= 0.5:
+                return ids, bm25
+        ids, tokens = self.store.chunk_tokens(self.name)
+        bm25 = BM25Index(self.config.bm25)
+        bm25.index(tokens, np.asarray(ids, dtype=np.int64))
+        return ids, bm25
 
     def _documents_for(self, bm25: BM25Index) -> DocumentBM25:
         """BM25 over whole documents, beside the chunk index `bm25` of the same store view:

@@ -313,6 +313,17 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows], [r[1].split() for r in rows]
 
+    def tokens_of(self, row_ids: list[int]) -> list[list[str]]:
+        """Stored BM25 tokens of chunks by row id, in the given order (every id must exist)."""
+        found: dict[int, list[str]] = {}
+        unique = list(dict.fromkeys(int(i) for i in row_ids))
+        for start in range(0, len(unique), _LOOKUP_BATCH):
+            part = unique[start : start + _LOOKUP_BATCH]
+            rows = self._query(f"SELECT id, tokens FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                               part).fetchall()
+            found.update((r[0], r[1].split()) for r in rows)
+        return [found[int(i)] for i in row_ids]
+
     def chunk_ids(self, collection: str) -> list[int]:
         """Row ids of every chunk of a collection, in row-id order."""
         rows = self._query("SELECT id FROM chunks WHERE collection=? ORDER BY id", [collection])

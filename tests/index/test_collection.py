@@ -385,3 +385,34 @@ def test_special_files_links_out_and_generated_files_are_skipped_other_encodings
     # A file named explicitly is a choice: indexed although its contents look machine-written.
     assert collection.add_paths([tree / "results.json"], progress=False).added == 1
     collection.close()
+
+
+def test_commits_update_bm25_in_place_with_the_scores_of_a_rebuild(tmp_path):
+    """A commit updates the committed chunk BM25 (deleted chunks out, added ones counted from
+    their stored tokens) instead of counting every chunk again: after adds, an update and a
+    delete, BM25 search gives the ids and scores of the same store rebuilt from scratch."""
+    config = CollectionConfig(embedding_backend="static")
+    collection = Collection.open(tmp_path / "ws", "docs", config)
+    words = ["alpha", "beta", "gamma", "delta", "sqlite", "wal", "pasta", "basil", "circle", "radius"]
+    rng = np.random.default_rng(0)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words, size=12)) + f" unique{n}"
+
+    collection.add_texts([text(i) for i in range(20)], paths=[f"t{i}" for i in range(20)])
+    first = collection._bm25
+    collection.add_texts([text(20), "only here: zebra"], paths=["t20", "zebra"])
+    assert collection._bm25 is not first and len(first) == 20  # a copy was updated; the old one served on
+    collection.add_texts([text(21)], paths=["t3"])  # replaces t3's chunk
+    collection.delete("zebra")
+    assert "zebra" in collection._bm25._vocab  # updated in place: a deleted document's term stays numbered
+    queries = ["alpha beta", "sqlite wal radius", "unique3 unique21", "zebra", "pasta basil circle unique7"]
+    incremental = [[(r.id, r.score) for r in collection.search(q, k=10, mode="bm25")] for q in queries]
+    assert np.array_equal(collection._bm25.ids(), collection.store.chunk_ids("docs"))
+    collection.rebuild(progress=False)
+    assert "zebra" not in collection._bm25._vocab  # counted from scratch
+    for query, got in zip(queries, incremental):
+        expected = [(r.id, r.score) for r in collection.search(query, k=10, mode="bm25")]
+        assert [i for i, _ in got] == [i for i, _ in expected], query
+        assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=1e-6), query
+    collection.close()
