@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ from index.document_bm25 import DocumentBM25
 from index.document_vectors import DocumentVectors
 from index.dense import DenseIndex, create_dense_index, load_dense_index
 from runtime.errors import CorruptIndexError, MissingDependencyError
+
+# Index files are read one collection at a time per process. np.load parses each array's header
+# with ast.literal_eval, and CPython 3.11's AST constructor keeps its recursion depth in state
+# that threads share (gh-106905): the shards of a sharded collection, loading in threads on
+# their first search, failed once in CI with "SystemError: AST constructor recursion depth
+# mismatch". Loads are rare and short; searches never take this lock.
+LOAD_LOCK = threading.Lock()
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
