@@ -744,6 +744,10 @@ class Collection:
             bm25.add(self.store.tokens_of(added), np.asarray(added, dtype=np.int64))
             if np.array_equal(bm25.ids(), np.asarray(ids, dtype=np.int64)) and bm25.dead_term_share() <= 0.5:
                 return ids, bm25
+        return self._bm25_from_store()
+
+    def _bm25_from_store(self) -> tuple[list[int], BM25Index]:
+        """(every chunk id, a chunk BM25 counted from every chunk's stored tokens)."""
         ids, tokens = self.store.chunk_tokens(self.name)
         bm25 = BM25Index(self.config.bm25)
         bm25.index(tokens, np.asarray(ids, dtype=np.int64))

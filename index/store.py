@@ -315,13 +315,8 @@ class Store:
 
     def tokens_of(self, row_ids: list[int]) -> list[list[str]]:
         """Stored BM25 tokens of chunks by row id, in the given order (every id must exist)."""
-        found: dict[int, list[str]] = {}
-        unique = list(dict.fromkeys(int(i) for i in row_ids))
-        for start in range(0, len(unique), _LOOKUP_BATCH):
-            part = unique[start : start + _LOOKUP_BATCH]
-            rows = self._query(f"SELECT id, tokens FROM chunks WHERE id IN ({','.join('?' * len(part))})",
-                               part).fetchall()
-            found.update((r[0], r[1].split()) for r in rows)
+        found = {r[0]: r[1].split() for r in self._rows_by_id("SELECT id, tokens FROM chunks WHERE id IN ({ids})",
+                                                              row_ids)}
         return [found[int(i)] for i in row_ids]
 
     def chunk_ids(self, collection: str) -> list[int]:
@@ -331,14 +326,8 @@ class Store:
 
     def chunk_hashes(self, row_ids: list[int]) -> dict[int, str]:
         """text_hash (the vector cache key) of chunks by row id; missing ids are left out."""
-        found: dict[int, str] = {}
-        unique = list(dict.fromkeys(int(i) for i in row_ids))
-        for start in range(0, len(unique), _LOOKUP_BATCH):
-            part = unique[start : start + _LOOKUP_BATCH]
-            rows = self._query(f"SELECT id, text_hash FROM chunks WHERE id IN ({','.join('?' * len(part))})",
-                               part).fetchall()
-            found.update((r[0], r[1]) for r in rows)
-        return found
+        return {r[0]: r[1] for r in self._rows_by_id("SELECT id, text_hash FROM chunks WHERE id IN ({ids})",
+                                                     row_ids)}
 
     def chunk_documents(self, collection: str) -> dict[int, int]:
         """Chunk row id -> document id for every chunk of a collection."""
@@ -355,20 +344,12 @@ class Store:
 
     def get_chunks(self, row_ids: list[int]) -> dict[int, ChunkRow]:
         """Stored chunks by row id (missing ids are left out)."""
-        found: dict[int, ChunkRow] = {}
-        unique = list(dict.fromkeys(int(i) for i in row_ids))
-        for start in range(0, len(unique), _LOOKUP_BATCH):
-            part = unique[start : start + _LOOKUP_BATCH]
-            rows = self._query(
-                "SELECT c.id, c.doc_id, c.ordinal, d.path, c.text, c.text_hash, c.start_line, "
-                "c.end_line, c.kind, c.metadata FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.id IN ({','.join('?' * len(part))})",
-                part,
-            ).fetchall()
-            for r in rows:
-                found[r[0]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                                       json.loads(r[9]))
-        return found
+        rows = self._rows_by_id(
+            "SELECT c.id, c.doc_id, c.ordinal, d.path, c.text, c.text_hash, c.start_line, "
+            "c.end_line, c.kind, c.metadata FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            "WHERE c.id IN ({ids})", row_ids)
+        return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]))
+                for r in rows}
 
     def admitted_row_ids(self, row_ids: list[int], path_prefix: str | None = None,
                          kind: str | None = None) -> set[int]:
@@ -383,15 +364,18 @@ class Store:
         if kind is not None:
             where += " AND c.kind = ?"
             extra.append(kind)
-        found: set[int] = set()
+        rows = self._rows_by_id("SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                                "WHERE c.id IN ({ids})" + where, row_ids, extra)
+        return {r[0] for r in rows}
+
+    def _rows_by_id(self, select: str, row_ids: list[int], extra: list[Any] = ()) -> Iterator[tuple]:
+        """The rows of `select` (its "{ids}" the placeholders of a batch of distinct row ids,
+        followed by the `extra` parameters) over all of `row_ids`, a batch at a time: SQLite
+        caps the parameters of one statement."""
         unique = list(dict.fromkeys(int(i) for i in row_ids))
         for start in range(0, len(unique), _LOOKUP_BATCH):
             part = unique[start : start + _LOOKUP_BATCH]
-            rows = self._query(
-                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.id IN ({','.join('?' * len(part))}){where}", part + extra).fetchall()
-            found.update(r[0] for r in rows)
-        return found
+            yield from self._query(select.format(ids=",".join("?" * len(part))), [*part, *extra]).fetchall()
 
     def row_ids_for(self, collection: str, chunk_ids: list[str]) -> list[int | None]:
         """Row ids of user-facing chunk ids "doc:ordinal" (None where unknown)."""

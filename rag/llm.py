@@ -123,7 +123,7 @@ def final_text_delta(tokenizer, ids: list[int], stops: tuple[str, ...], emitted:
     return final_text, rest
 
 
-def as_growing_cache(cache, spare: int):
+def _growing_cache(cache, spare: int):
     """`cache` (a prompt's transformers DynamicCache) as a runtime.growing_cache.GrowingCache:
     the steps after the prompt write into preallocated rows instead of copying every layer's
     keys and values per token. A cache of another kind (a model's own, sliding-window layers)
@@ -218,13 +218,19 @@ class TransformersGenerator:
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
     # -- model access for PIE / RAPID ---------------------------------------------------
-    def forward(self, input_ids, cache=None, logits_to_keep: int = 0):
+    def forward(self, input_ids, cache=None, logits_to_keep: int = 0, spare: int = 64):
         """One forward pass: (logits [batch, seq, vocab], updated KV cache); `logits_to_keep` = n
-        > 0 computes only the last n rows (a long prefill then skips a seq x vocab matrix)."""
+        > 0 computes only the last n rows (a long prefill then skips a seq x vocab matrix).
+
+        A forward without a cache (a prompt) returns one that grows in place with room for
+        `spare` more tokens (`growing_cache`, _growing_cache): every decoder's later forwards
+        (answers, drafted answers, RAPID's streams) then write rows instead of copying them."""
         import torch
 
         with torch.no_grad():
             out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
+        if cache is None and self.growing_cache:
+            return out.logits, _growing_cache(out.cache, spare)
         return out.logits, out.cache
 
     # -- structured output --------------------------------------------------------------
@@ -299,7 +305,7 @@ class TransformersGenerator:
         generated: list[int] = []
         # A model prepared for CPU decoding carries a lean one-token forward, bit for bit its own
         # (rag.cpu_decode.DecodeStep; 0.76x a step of SmolLM2 int8 here): after the prompt, the
-        # steps run it (any model's steps run over a cache that grows in place, as_growing_cache).
+        # steps run it (over the cache that grows in place, which forward returns for the prompt).
         step = getattr(self.model, "codehop_decode_step", None)
         if step is not None:
             record["decode_step"] = "lean"
@@ -310,10 +316,7 @@ class TransformersGenerator:
                     logits = step(input_ids[0].tolist(), past.get_seq_length(), past)
                 logits = logits.clone().unsqueeze(0)  # an ordinary tensor: the rules may edit a copy in place
             else:
-                fresh = past is None
-                logits, past = self.forward(input_ids, past, logits_to_keep=1)
-                if fresh and self.growing_cache:
-                    past = as_growing_cache(past, config.max_new_tokens)
+                logits, past = self.forward(input_ids, past, logits_to_keep=1, spare=config.max_new_tokens)
             if not record["forwards"]:
                 record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1
@@ -351,10 +354,8 @@ class TransformersGenerator:
             draft = lookup_draft(sequence, min(budget, room), lookup.ngram, lookup.min_ngram) \
                 if past is not None and room > 0 else []
             started = time.perf_counter()
-            fresh = past is None
-            logits, past = self.forward(torch.tensor([inputs + draft]), past, logits_to_keep=len(draft) + 1)
-            if fresh and self.growing_cache:
-                past = as_growing_cache(past, config.max_new_tokens + lookup.draft_tokens)
+            logits, past = self.forward(torch.tensor([inputs + draft]), past, logits_to_keep=len(draft) + 1,
+                                        spare=config.max_new_tokens + lookup.draft_tokens)
             if not record["forwards"]:
                 record["prefill_s"] = time.perf_counter() - started
             record["forwards"] += 1

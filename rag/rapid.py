@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from runtime.errors import InvalidInputError
-from rag.llm import Generation, GenerationConfig, as_growing_cache, final_text_delta, text_delta
+from rag.llm import Generation, GenerationConfig, final_text_delta, text_delta
 
 
 @dataclass(frozen=True)
@@ -202,12 +202,9 @@ def _forward(generator, ids: list[int], cache, keep: int):
     """
     import torch
 
-    fresh = cache is None
+    # a prompt's forward returns a cache that grows in place (rag.llm.TransformersGenerator.forward):
+    # later forwards write rows instead of copying the long context's keys and values each step
     logits, cache = generator.forward(torch.tensor([ids]), cache, logits_to_keep=keep)
-    if fresh and getattr(generator, "growing_cache", False):
-        # later forwards write into preallocated rows instead of copying the long context's
-        # keys and values at every step (rag.llm.as_growing_cache)
-        cache = as_growing_cache(cache, spare=64)
     return logits[0, -keep:].float(), cache
 
 

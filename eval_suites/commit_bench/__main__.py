@@ -24,14 +24,7 @@ VARIANTS = ("in place", "from scratch")
 
 def _from_scratch(collection, removed, added):
     """Collection._updated_bm25's fallback, always: every stored chunk counted again."""
-    import numpy as np
-
-    from index.bm25 import BM25Index
-
-    ids, tokens = collection.store.chunk_tokens(collection.name)
-    bm25 = BM25Index(collection.config.bm25)
-    bm25.index(tokens, np.asarray(ids, dtype=np.int64))
-    return ids, bm25
+    return collection._bm25_from_store()
 
 
 def run(args) -> dict:

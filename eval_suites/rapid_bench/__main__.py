@@ -137,7 +137,8 @@ DYNAMIC = " (DynamicCache)"  # suffix of the variants decoded over transformers'
 
 def _prefills(target, drafter, prompt_ids: list[int], draft_ids: list[int], growing: bool):
     """(target prefix, drafter prefix) over caches that grow in place, or over transformers'
-    DynamicCache (copied per step: what decoding used before rag.llm.as_growing_cache)."""
+    DynamicCache (copied per step: what decoding used before TransformersGenerator.forward grew
+    its caches in place)."""
     for generator in (target, drafter):
         generator.growing_cache = growing
     try:
